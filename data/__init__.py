@@ -1,0 +1,1 @@
+"""Dataset adapters (RAVDESS) and the synthetic demo generator: dataset folder -> manifest."""

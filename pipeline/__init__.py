@@ -1,0 +1,1 @@
+"""What both stages share: configuration, the feature store, media helpers, splits and the CLI."""

@@ -1,0 +1,322 @@
+"""Every setting of mmfer, as typed dataclasses: the one place where defaults are written.
+
+The CLI (`pipeline/cli.py`) is generated from these classes, YAML files and `key=value` overrides only
+override them (`pipeline/overrides.py`), and `__post_init__` checks that fields agree. Presets are named
+override sets (`TINY_*_OVERRIDES`), not second copies of the defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mmfer.pipeline.labels import NUM_CLASSES
+
+# ---------------------------------------------------------------------------------------------------
+# Stage 1: extract
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    dataset: Literal["ravdess"] = "ravdess"
+    """Dataset adapter that turns --root into a manifest."""
+    root: str = ""
+    """Dataset folder (RAVDESS: the Actor_01..Actor_24 folders)."""
+    out: str = "cache"
+    """Output feature store (a Zarr v3 folder); created if absent, completed if present."""
+    preset: Literal["full", "tiny"] = "full"
+    """full: the pretrained encoders named below; tiny: small random encoders of the same classes, saved to --models-dir (demo, tests, no download)."""
+    models_dir: str = "models"
+    """Where --preset tiny writes (once) and loads its tiny encoders."""
+    visual_encoder: str = "google/siglip2-base-patch16-224"
+    """SigLIP2 vision encoder: Hugging Face id or local directory."""
+    visual_revision: str | None = None
+    """Hub revision (branch, tag or commit) of --visual-encoder; recorded in the store."""
+    audio_encoder: str = "nvidia/stt_en_fastconformer_ctc_large"
+    """NeMo FastConformer ASR checkpoint: NGC/HF name or a local .nemo file."""
+    num_frames: int = 16
+    """Tv: frames sampled at uniform timestamps over each clip."""
+    sample_rate_hz: int = 16_000
+    """Audio is resampled to this rate, mono, before the audio encoder."""
+    max_audio_s: float = 20.0
+    """Audio longer than this is cut (RAVDESS clips are 3-5 s); the store records the true duration."""
+    face_crop: Literal["none", "center", "detect"] = "detect"
+    """Crop before the visual encoder: none (full frame), center (central square) or detect (OpenCV Haar face box, smoothed over the clip)."""
+    decode_timeout_s: float = 120.0
+    """Each ffmpeg call is killed after this many seconds and the clip is marked failed with reason timeout."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N or auto (cuda when available)."""
+    batch_size: int = 4
+    """Clips per encoder batch (x num_frames frames for SigLIP2)."""
+    num_workers: int = 2
+    """Decoding worker processes that run ahead of the encoders."""
+    dtype: Literal["float16", "float32"] = "float16"
+    """Storage dtype of the token arrays."""
+    vocal_channels: Literal["speech", "song", "both"] = "speech"
+    """RAVDESS vocal channel to select."""
+    select: str | None = None
+    """Only clips whose clip_id matches this glob (e.g. '*-12' for actor 12)."""
+    limit: int | None = None
+    """Only the first N selected clips (in clip_id order)."""
+    overwrite: bool = False
+    """Replace features made with another encoder/preprocessing instead of refusing."""
+    strict: bool = False
+    """Exit non-zero when any clip failed (default: only when none succeeded)."""
+
+    def __post_init__(self) -> None:
+        if self.num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1, got {self.limit}")
+        if self.decode_timeout_s <= 0 or self.max_audio_s <= 0:
+            raise ValueError("decode_timeout_s and max_audio_s must be > 0")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Stage 2: the model
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VisualBranchConfig:
+    num_keep_tokens: int = 64
+    """K: patch tokens kept per frame by the ROI step."""
+    roi_dim: int = 256
+    """Narrow width in which the ROI step scores and attends over the P patch tokens (keeps its cost low)."""
+    out_dim: int = 768
+    """Width of the visual feature sequence (768 = SigLIP2-base width, as the guide's Linear(768, 8))."""
+    temporal_depth: int = 6
+    """Transformer layers over time."""
+    num_heads: int = 8
+    """Attention heads in the temporal encoder."""
+    max_frames: int = 64
+    """Longest clip, in sampled frames, the time embedding covers."""
+    num_segments: int = 16
+    """Lv: time segments the visual sequence is pooled into (16 = one per frame at 16 frames; tokens LFM2 sees)."""
+
+
+@dataclass(frozen=True)
+class AudioBranchConfig:
+    feature_dim: int = 512
+    """Width of the audio branch (the guide's feature_dim)."""
+    num_layers: int = 4
+    """Light transformer layers over the FastConformer frames."""
+    num_heads: int = 8
+    """Attention heads in the audio layers."""
+    num_segments: int = 8
+    """Segment tokens the audio sequence is pooled into."""
+    max_frames: int = 512
+    """Longest audio, in 80 ms encoder frames, the position table covers (512 = 41 s)."""
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    pretrained_model: str = "LiquidAI/LFM2-700M"
+    """LFM2 checkpoint (hub id or local directory) whose first layers form the fusion backbone."""
+    use_pretrained: bool = True
+    """Load its pretrained weights; False builds the same architecture with random weights."""
+    num_layers: int = 6
+    """First LFM2 layers kept (LFM2-700M: conv, conv, attention, conv, conv, attention)."""
+    mode: Literal["finetune", "frozen", "lora"] = "finetune"
+    """How LFM2 trains: all weights, none (freeze_backbone), or LoRA adapters only."""
+    lora_rank: int = 8
+    """LoRA rank when mode=lora."""
+    lora_alpha: int = 16
+    """LoRA scaling when mode=lora."""
+    gradient_checkpointing: bool = False
+    """Recompute LFM2 layer activations in backward to save memory."""
+    tiny_hidden_size: int = 0
+    """>0 builds a tiny random LFM2 of this width instead of loading pretrained_model's config (tests, demo)."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    variant: Literal["lfm2", "early", "audio", "visual"] = "lfm2"
+    """lfm2: full model; early: concatenated pooled branch features -> MLP; audio / visual: one branch only."""
+    num_classes: int = NUM_CLASSES
+    """C: emotion classes."""
+    visual: VisualBranchConfig = field(default_factory=VisualBranchConfig)
+    audio: AudioBranchConfig = field(default_factory=AudioBranchConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Stage 2: the recipe (keys as in the design guide's `training:` YAML block)
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    batch_size: int = 4
+    """Clips per step."""
+    gradient_accumulation_steps: int = 4
+    """Steps per optimizer update (effective batch = batch_size x this)."""
+    max_epochs: int = 100
+    """Upper bound on epochs (early stopping usually ends sooner)."""
+    optimizer: Literal["AdamW"] = "AdamW"
+    """Optimizer (the guide's)."""
+    lr: float = 1e-4
+    """Learning rate of the classifier heads."""
+    lr_fusion: float = 5e-5
+    """Learning rate of the fusion backbone (LFM2) and its projections."""
+    lr_branches: float = 1e-4
+    """Learning rate of the audio/visual branches. The guide's 1e-5 assumes pretrained branches; from scratch 1e-4 trains them (set 1e-5 with --audio-branch/--visual-branch)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    scheduler: Literal["CosineAnnealingWarmRestarts", "ReduceLROnPlateau", "none"] = "CosineAnnealingWarmRestarts"
+    """Learning-rate schedule after warmup."""
+    warmup_epochs: int = 5
+    """Linear warmup from lr/100 to lr over these epochs."""
+    cosine_t0: int = 10
+    """CosineAnnealingWarmRestarts T_0 (epochs)."""
+    cosine_t_mult: int = 2
+    """CosineAnnealingWarmRestarts T_mult."""
+    eta_min: float = 1e-6
+    """CosineAnnealingWarmRestarts eta_min."""
+    plateau_factor: float = 0.5
+    """ReduceLROnPlateau factor (mode max on the monitored metric)."""
+    plateau_patience: int = 5
+    """ReduceLROnPlateau patience (epochs)."""
+    loss: Literal["CrossEntropyLoss"] = "CrossEntropyLoss"
+    """Classification loss (the guide's)."""
+    label_smoothing: float = 0.1
+    """Cross-entropy label smoothing."""
+    class_weights: str = "none"
+    """none, auto (inverse class frequency of the training split) or 8 comma-separated weights."""
+    loss_weight_fusion: float = 1.0
+    """Weight of the fused classifier's loss."""
+    loss_weight_audio: float = 0.3
+    """Weight of the auxiliary audio classifier's loss (0 turns it off)."""
+    loss_weight_visual: float = 0.3
+    """Weight of the auxiliary visual classifier's loss (0 turns it off)."""
+    contrastive_weight: float = 0.0
+    """Weight of the audio-visual InfoNCE loss (0 = off)."""
+    contrastive_temperature: float = 0.07
+    """InfoNCE temperature."""
+    dropout: float = 0.1
+    """Dropout in the trainable modules."""
+    mixup_alpha: float = 0.2
+    """Mixup Beta(alpha, alpha) on cached features and labels (0 = off)."""
+    gradient_clip: float = 1.0
+    """Max gradient norm (after unscaling)."""
+    mixed_precision: bool = True
+    """AMP on CUDA (bf16 where supported, else fp16 with GradScaler); always fp32 on CPU."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward (LFM2 and temporal layers) to save GPU memory."""
+    early_stopping_patience: int = 15
+    """Epochs without improvement of the monitored metric before stopping."""
+    early_stopping_min_delta: float = 0.001
+    """Smallest improvement that counts."""
+    monitor: Literal["f1_macro", "accuracy", "uar", "f1_weighted"] = "f1_macro"
+    """Validation metric for early stopping, best checkpoint and ReduceLROnPlateau (mode max)."""
+    curriculum: str | None = None
+    """A previous run's predictions.csv: train on its most confident (easy) clips first."""
+    curriculum_epochs: int = 5
+    """Epochs over which the curriculum grows from the easiest half to all clips."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.gradient_accumulation_steps < 1:
+            raise ValueError("training.batch_size and training.gradient_accumulation_steps must be >= 1")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"training.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.class_weights not in ("none", "auto") and len(self.class_weights.split(",")) != NUM_CLASSES:
+            raise ValueError(f"training.class_weights must be none, auto or {NUM_CLASSES} comma-separated numbers")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    protocol: Literal["ravdess-6fold", "fixed", "file"] = "ravdess-6fold"
+    """ravdess-6fold: fold k tests actors 4k-3..4k (published AV protocol); fixed: one train/val/test split by actor; file: --split.fold-file."""
+    fold_file: str | None = None
+    """YAML/JSON with folds: [{name, test_actors, val_actors}] (protocol=file)."""
+    num_val_actors: int = 2
+    """Validation actors (one male, one female) taken from each fold's training actors."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    cache: str = "cache"
+    """Feature store written by `extract`."""
+    out: str = "runs/fusion"
+    """Run directory (config, metrics, checkpoints, predictions, summary)."""
+    preset: Literal["full", "tiny"] = "full"
+    """full: the guide's sizes; tiny: small widths and a tiny random LFM2 (demo, tests, CPU)."""
+    folds: str = "all"
+    """Folds to run: all, or comma-separated fold numbers (1-based)."""
+    seed: int = 0
+    """Seed for weights, shuffling and mixup; the same command twice gives the same metrics on CPU."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N or auto."""
+    preload: Literal["auto", "yes", "no"] = "auto"
+    """Keep the cache in RAM (auto: when it fits in a quarter of free memory)."""
+    num_workers: int = 0
+    """DataLoader worker processes (spawned; each opens the store itself)."""
+    resume: bool = False
+    """Continue an interrupted run in --out from its last checkpoints."""
+    pretrain: Literal["none", "audio", "visual"] = "none"
+    """Train one branch alone with its own classifier and save its weights (the guide's stage 1)."""
+    audio_branch: str | None = None
+    """Pretrained audio-branch weights (a run dir of --pretrain audio, or a .safetensors file)."""
+    visual_branch: str | None = None
+    """Pretrained visual-branch weights (a run dir of --pretrain visual, or a .safetensors file)."""
+    freeze_branches: bool = False
+    """Freeze loaded pretrained branches (the guide's 2.1)."""
+    video_entry: str | None = None
+    """Fingerprint of the video features to read when the cache holds several."""
+    audio_entry: str | None = None
+    """Fingerprint of the audio features to read when the cache holds several."""
+    split: SplitConfig = field(default_factory=SplitConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def __post_init__(self) -> None:
+        if self.folds != "all":
+            try:
+                numbers = [int(f) for f in self.folds.split(",")]
+            except ValueError:
+                raise ValueError(f"folds must be 'all' or comma-separated numbers, got {self.folds!r}") from None
+            if any(n < 1 for n in numbers):
+                raise ValueError(f"folds are 1-based, got {self.folds!r}")
+
+
+TINY_TRAIN_OVERRIDES: dict[str, object] = {
+    # Widths a 2-core CPU trains in seconds per epoch; same architecture, smaller numbers.
+    "model.visual.roi_dim": 64,
+    "model.visual.out_dim": 128,
+    "model.visual.temporal_depth": 2,
+    "model.visual.num_heads": 4,
+    "model.audio.feature_dim": 128,
+    "model.audio.num_layers": 2,
+    "model.audio.num_heads": 4,
+    "model.fusion.use_pretrained": False,
+    "model.fusion.tiny_hidden_size": 128,
+}
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    out: str = "demo_data"
+    """Folder to write the RAVDESS-format demo tree into."""
+    seed: int = 0
+    """Same seed, same clips."""
+    num_actors: int = 24
+    """Actors (Actor_01 ..); 24 gives the full 6-fold protocol."""
+    clips_per_emotion: int = 2
+    """Clips per actor and emotion."""
+    size_px: int = 112
+    """Frame width and height."""
+    duration_s: float = 2.0
+    """Clip length."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.num_actors <= 24:
+            raise ValueError(f"num_actors must be in 1..24, got {self.num_actors}")
+        if self.clips_per_emotion < 1 or self.size_px < 32 or self.duration_s <= 0:
+            raise ValueError("clips_per_emotion >= 1, size_px >= 32 and duration_s > 0 are required")

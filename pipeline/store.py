@@ -1,0 +1,396 @@
+"""The feature store: the one module that knows the Zarr layout (documented in cache_schema.md).
+
+`extract/` writes clips through `FeatureEntry.write_clip`; `train/` reads them through
+`FeatureEntry.read_clip`. Arrays are created at their final size, once, in a staging folder that is
+renamed into place; clip writers only fill their own chunks and write the clip's status last, so a
+crash at any moment leaves a store whose clips are either done (data complete and checksummed) or
+not. Nothing else in mmfer imports zarr or spells a path inside the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import zarr
+import zarr.codecs
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+MODALITIES = ("video", "audio")
+LOCK_FILE = ".extract.lock"
+STAGING_PREFIX = ".staging-"
+PARTIAL_SUFFIX = ".partial"    # zarr's LocalStore writes `<chunk>.<uuid>.partial`, then renames
+ZSTD_LEVEL = 3                 # chosen by measurement, see cache_schema.md "Storage measurements"
+
+# An all-zero clip (e.g. the timestamps of a 1-frame clip) must still leave its chunk on disk, because a
+# missing chunk is how a reader tells "marked done without data". This is a runtime setting in zarr
+# (not stored in the metadata), and this module is zarr's only user in mmfer.
+zarr.config.set({"array.write_empty_chunks": True})
+
+
+class ClipStatus(IntEnum):
+    """Per clip and modality. PENDING is the fill value: a status never written reads as pending."""
+
+    PENDING = 0
+    DONE = 1
+    FAILED = 2
+    MISSING = 3   # the source has no such stream (e.g. no audio): a fact, not an error
+
+
+class StoreError(RuntimeError):
+    """The store is absent, of another schema, or not what the caller asked for."""
+
+
+class CorruptClipError(StoreError):
+    """A clip's data fails its checksum or is marked done without its chunks."""
+
+    def __init__(self, store_path: str, clip_id: str, detail: str) -> None:
+        self.clip_id = clip_id
+        super().__init__(f"{store_path}: clip {clip_id}: {detail}; run `mmfer verify {store_path} --repair` and re-run extract")
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """Shape of one clip's slice of an array (the store adds the leading clip axis) and its dtype."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class ClipRecord:
+    """What `write_clip` wrote: the lhotse-style receipt."""
+
+    clip_id: str
+    modality: str
+    fingerprint: str
+    shapes: dict[str, tuple[int, ...]]
+    num_bytes: int
+
+
+def _array_options(dtype: str) -> dict:
+    # Every array ends in crc32c, so a flipped byte raises instead of decoding to wrong numbers.
+    if dtype == "str":
+        return {"compressors": [zarr.codecs.Crc32cCodec()]}
+    return {"compressors": [zarr.codecs.ZstdCodec(level=ZSTD_LEVEL), zarr.codecs.Crc32cCodec()]}
+
+
+class FeatureEntry:
+    """One modality's features made with one encoder + preprocessing (one fingerprint)."""
+
+    def __init__(self, store: "FeatureStore", modality: str, fingerprint: str, group: zarr.Group) -> None:
+        self.store = store
+        self.modality = modality
+        self.fingerprint = fingerprint
+        self._group = group
+        self.attrs: dict = dict(group.attrs)
+        self.array_specs = {name: ArraySpec(tuple(s["shape"]), s["dtype"]) for name, s in self.attrs["arrays"].items()}
+        self._arrays = {name: group[name] for name in (*self.array_specs, "status", "reason", "source")}
+
+    @property
+    def path(self) -> Path:
+        return self.store.path / self.modality / self.fingerprint
+
+    def statuses(self) -> np.ndarray:
+        """int8 [N] ClipStatus per clip, in clip-table order."""
+        return self._arrays["status"][:]
+
+    def reasons(self) -> list[str]:
+        return [str(r) for r in self._arrays["reason"][:]]
+
+    def sources(self) -> list[str]:
+        return [str(s) for s in self._arrays["source"][:]]
+
+    def raw_bytes_per_clip(self) -> int:
+        return sum(int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for s in self.array_specs.values())
+
+    def write_clip(self, clip_id: str, arrays: dict[str, np.ndarray], source: str) -> ClipRecord:
+        """Write one clip's arrays, then its status DONE (the order is what makes 'done' honest).
+
+        Raises:
+            ValueError: wrong names, shapes beyond the array, or NaN/Inf in the data (never stored).
+        """
+        index = self.store.index_of(clip_id)
+        if set(arrays) != set(self.array_specs):
+            raise ValueError(f"clip {clip_id}: {self.modality} arrays {sorted(arrays)} != {sorted(self.array_specs)}")
+        num_bytes = 0
+        prepared = {}
+        for name, value in arrays.items():
+            spec = self.array_specs[name]
+            value = np.asarray(value)
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                raise ValueError(f"clip {clip_id}: {self.modality}/{name} contains NaN or Inf; refusing to store it")
+            if value.shape != spec.shape:
+                raise ValueError(f"clip {clip_id}: {self.modality}/{name} has shape {value.shape}, the store expects {spec.shape}")
+            prepared[name] = value.astype(spec.dtype, copy=False)
+            num_bytes += prepared[name].nbytes
+        self._set_status(index, ClipStatus.PENDING, "", "")   # a rewrite is never 'done' halfway
+        for name, value in prepared.items():
+            self._arrays[name][index] = value
+        self._set_status(index, ClipStatus.DONE, "", source)
+        return ClipRecord(clip_id, self.modality, self.fingerprint, {k: v.shape for k, v in prepared.items()}, num_bytes)
+
+    def mark(self, clip_id: str, status: ClipStatus, reason: str, source: str = "") -> None:
+        """Record FAILED (with its reason), MISSING (e.g. no audio stream) or PENDING for a clip."""
+        self._set_status(self.store.index_of(clip_id), status, reason, source)
+
+    def _set_status(self, index: int, status: ClipStatus, reason: str, source: str) -> None:
+        self._arrays["reason"][index] = reason
+        self._arrays["source"][index] = source
+        self._arrays["status"][index] = np.int8(status)
+
+    def read_clip(self, clip_id: str) -> dict[str, np.ndarray]:
+        """One clip's arrays (one chunk read each), checked: status DONE, every chunk on disk, checksums.
+
+        Raises:
+            StoreError: the clip is not done.
+            CorruptClipError: a chunk is missing or fails its checksum.
+        """
+        index = self.store.index_of(clip_id)
+        status = ClipStatus(int(self._arrays["status"][index]))
+        if status != ClipStatus.DONE:
+            raise StoreError(f"{self.store.path}: clip {clip_id}: {self.modality} status is {status.name}, not DONE")
+        out = {}
+        for name in self.array_specs:
+            array = self._arrays[name]
+            if not self._chunk_file(array, index).exists():
+                raise CorruptClipError(str(self.store.path), clip_id, f"marked done but {self.modality}/{name} has no data chunk")
+            try:
+                out[name] = array[index]
+            except ValueError as err:   # zarr's crc32c codec raises ValueError on a mismatch
+                raise CorruptClipError(str(self.store.path), clip_id, f"{self.modality}/{name} is damaged ({err})") from err
+        return out
+
+    def _chunk_file(self, array: zarr.Array, index: int) -> Path:
+        key = array.metadata.encode_chunk_key((index,) + (0,) * (array.ndim - 1))
+        return self.path / array.basename / key
+
+    def clip_chunk_files(self, index: int) -> list[Path]:
+        return [self._chunk_file(self._arrays[name], index) for name in self.array_specs]
+
+
+class FeatureStore:
+    """A feature store on disk: the clip table plus one FeatureEntry per modality and fingerprint."""
+
+    def __init__(self, path: Path, group: zarr.Group) -> None:
+        self.path = path
+        self._group = group
+        attrs = dict(group.attrs)
+        found = attrs.get("schema_version")
+        if found != SCHEMA_VERSION:
+            raise StoreError(f"{path}: schema v{found}, this code reads v{SCHEMA_VERSION}; re-run extract into a new --out")
+        self.attrs = attrs
+        self.clip_table = pd.DataFrame(attrs["clip_table"])
+        self._index = {cid: i for i, cid in enumerate(self.clip_table["clip_id"])}
+
+    @property
+    def clip_ids(self) -> list[str]:
+        return list(self.clip_table["clip_id"])
+
+    def index_of(self, clip_id: str) -> int:
+        try:
+            return self._index[clip_id]
+        except KeyError:
+            raise KeyError(f"{self.path}: no clip {clip_id!r} in this store's clip table") from None
+
+    def fingerprints(self, modality: str) -> list[str]:
+        folder = self.path / modality
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if (p / "zarr.json").exists() and not p.name.startswith("."))
+
+    def entry(self, modality: str, fingerprint: str | None = None) -> FeatureEntry:
+        """The entry of `modality` with `fingerprint`, or the only one when None.
+
+        Raises:
+            StoreError: none, or several and no fingerprint given.
+        """
+        found = self.fingerprints(modality)
+        if fingerprint is None:
+            if len(found) != 1:
+                what = "no" if not found else f"{len(found)} ({', '.join(found)}); choose one with --{modality}-entry"
+                raise StoreError(f"{self.path}: {what} {modality} feature entries")
+            fingerprint = found[0]
+        elif fingerprint not in found:
+            raise StoreError(f"{self.path}: no {modality} entry with fingerprint {fingerprint} (have: {', '.join(found) or 'none'})")
+        group = zarr.open_group(str(self.path / modality / fingerprint), mode="r+" if self._writable else "r")
+        return FeatureEntry(self, modality, fingerprint, group)
+
+    @property
+    def _writable(self) -> bool:
+        return not self._group.read_only
+
+    def ensure_entry(self, modality: str, fingerprint: str, attrs: dict, arrays: dict[str, ArraySpec], *, overwrite: bool = False) -> FeatureEntry:
+        """Create the entry at its final size (staged, then renamed into place) unless it exists.
+
+        An entry with another fingerprint for the same modality is refused unless `overwrite`, which
+        deletes it: features of two encoders never mix, and readers always know which they read.
+        """
+        if modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+        others = [f for f in self.fingerprints(modality) if f != fingerprint]
+        if others and not overwrite:
+            old = self.entry(modality, others[0]).attrs.get("encoder", {})
+            raise StoreError(
+                f"{self.path}: holds {modality} features with fingerprint {others[0]} (encoder {old.get('name')}), "
+                f"this run would make {fingerprint} (encoder {attrs.get('encoder', {}).get('name')}); "
+                "use another --out, or --overwrite to replace them")
+        for other in others:
+            log.warning("%s: removing %s entry %s (--overwrite)", self.path, modality, other)
+            shutil.rmtree(self.path / modality / other)
+        target = self.path / modality / fingerprint
+        if not (target / "zarr.json").exists():
+            num_clips = len(self.clip_table)
+            staging = self.path / f"{STAGING_PREFIX}{modality}-{fingerprint}-{uuid.uuid4().hex[:8]}"
+            group = zarr.open_group(str(staging), mode="w", attributes={
+                **attrs, "modality": modality, "fingerprint": fingerprint,
+                "arrays": {n: {"shape": list(s.shape), "dtype": s.dtype} for n, s in arrays.items()}})
+            for name, spec in arrays.items():
+                group.create_array(name, shape=(num_clips, *spec.shape), chunks=(1, *spec.shape), dtype=spec.dtype,
+                                   fill_value=0, **_array_options(spec.dtype))
+            group.create_array("status", shape=(num_clips,), chunks=(1,), dtype="int8", fill_value=0, **_array_options("int8"))
+            for name in ("reason", "source"):
+                group.create_array(name, shape=(num_clips,), chunks=(1,), dtype=str, **_array_options("str"))
+            os.rename(staging, target)
+        return self.entry(modality, fingerprint)
+
+    def clean_leftovers(self) -> int:
+        """Delete what interrupted writes leave behind: staging folders and `*.partial` chunk files."""
+        removed = 0
+        for staging in self.path.glob(f"{STAGING_PREFIX}*"):
+            shutil.rmtree(staging, ignore_errors=True)
+            removed += 1
+        for partial in self.path.rglob(f"*{PARTIAL_SUFFIX}"):
+            partial.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    def bytes_on_disk(self) -> int:
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+
+def create_store(path: str | os.PathLike, clip_table: pd.DataFrame, attrs: dict) -> FeatureStore:
+    """Open the store at `path`, creating it (staged, then renamed) if absent.
+
+    An existing store must hold the same clip ids in the same order; clips are never added to or
+    removed from a store, because writers rely on arrays that never resize.
+
+    Raises:
+        StoreError: the existing store's clip table differs.
+    """
+    path = Path(path)
+    clip_ids = list(clip_table["clip_id"])
+    if len(set(clip_ids)) != len(clip_ids):
+        raise ValueError("clip table has duplicate clip_id values")
+    if not (path / "zarr.json").exists():
+        if path.exists() and any(path.iterdir()):
+            raise StoreError(f"{path}: exists and is not a feature store; choose another --out")
+        staging = path.parent / f"{STAGING_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}"
+        table = json.loads(clip_table.to_json(orient="records"))
+        root = zarr.open_group(str(staging), mode="w", attributes={**attrs, "schema_version": SCHEMA_VERSION, "clip_table": table})
+        for modality in MODALITIES:
+            root.create_group(modality)
+        if path.exists():
+            path.rmdir()
+        os.rename(staging, path)
+    store = open_store(path, mode="r+")
+    if store.clip_ids != clip_ids:
+        extra = sorted(set(clip_ids) - set(store.clip_ids))[:3]
+        raise StoreError(
+            f"{path}: this store was made for {len(store.clip_ids)} clips and this run selects a different set "
+            f"({len(clip_ids)} clips{', e.g. new ' + ', '.join(extra) if extra else ''}); "
+            "use --select/--limit to process part of the same dataset, or a new --out")
+    return store
+
+
+def open_store(path: str | os.PathLike, mode: str = "r") -> FeatureStore:
+    """Open an existing store (`mode` "r" or "r+").
+
+    Raises:
+        StoreError: no store at `path`, or another schema version.
+    """
+    path = Path(path)
+    if not (path / "zarr.json").exists():
+        raise StoreError(f"{path}: no feature store here; run `extract` first (see run_all.sh)")
+    return FeatureStore(path, zarr.open_group(str(path), mode=mode))
+
+
+@contextlib.contextmanager
+def writer_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on the store for one extract run; a second run refuses at once."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.parent / f".{path.name}{LOCK_FILE}"
+    with open(lock_path, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError(f"{path}: another extract is writing this store (lock {lock_path}); wait for it or use another --out") from None
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@dataclass
+class VerifyReport:
+    store_path: str
+    num_checked: int = 0
+    damaged: list[tuple[str, str, str]] = field(default_factory=list)   # (modality, clip_id, problem)
+    num_leftovers_removed: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.damaged
+
+    def format(self) -> str:
+        lines = [f"{self.store_path}: checked {self.num_checked} done clip entries, {len(self.damaged)} damaged, "
+                 f"removed {self.num_leftovers_removed} leftovers of interrupted writes"]
+        lines += [f"  {modality} {clip_id}: {problem}" for modality, clip_id, problem in self.damaged]
+        return "\n".join(lines)
+
+
+def verify_store(path: str | os.PathLike, *, repair: bool = False) -> VerifyReport:
+    """Re-read every chunk of every done clip (checksums included), name the damaged ones, and delete
+    leftovers: staging folders, `*.partial` files and data chunks of clips that are not done.
+
+    With `repair`, damaged clips are marked FAILED ("damaged: ...") so the next extract redoes them.
+    """
+    store = open_store(path, mode="r+")
+    report = VerifyReport(str(store.path), damaged=[])
+    report.num_leftovers_removed = store.clean_leftovers()
+    for modality in MODALITIES:
+        for fp in store.fingerprints(modality):
+            entry = store.entry(modality, fp)
+            statuses = entry.statuses()
+            for index, clip_id in enumerate(store.clip_ids):
+                if statuses[index] == ClipStatus.DONE:
+                    report.num_checked += 1
+                    try:
+                        entry.read_clip(clip_id)
+                    except CorruptClipError as err:
+                        problem = str(err).split(": ", 2)[-1].split(";")[0]
+                        report.damaged.append((modality, clip_id, problem))
+                        if repair:
+                            entry.mark(clip_id, ClipStatus.FAILED, f"damaged: {problem}")
+                else:
+                    for chunk in entry.clip_chunk_files(index):
+                        if chunk.exists():
+                            chunk.unlink()
+                            report.num_leftovers_removed += 1
+    return report

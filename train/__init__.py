@@ -1,0 +1,1 @@
+"""Stage 2: train the light fusion model from the feature store only."""
