@@ -1,0 +1,176 @@
+"""Frozen NeMo FastConformer encoder: 16 kHz mono waves in, time-first frame tokens out.
+
+`load_audio_encoder` restores a `.nemo` file or a pretrained name with NeMo's own loaders; `AudioEncoder.encode`
+runs the model's own preprocessor (mel, per-feature normalization) and encoder on a padded batch and returns one
+float32 (Ta, Da) array per clip, cut to its true length. Randomness (dither, pad_to) is switched off at load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmfer.extract.visual import EncoderLoadError, offline_advice
+
+log = logging.getLogger(__name__)
+
+DEFAULT_AUDIO_ENCODER = "nvidia/stt_en_fastconformer_ctc_large"
+AUDIO_SAMPLE_RATE_HZ = 16_000
+AUDIO_FRAME_SHIFT_S = 0.08  # 10 ms mel hop x 8 subsampling (FastConformer); other models are logged
+
+
+class AudioEncoder:
+    """A loaded, frozen NeMo ASR model used only up to its encoder output."""
+
+    def __init__(self, model: torch.nn.Module, *, device: torch.device, frame_shift_s: float,
+                 identity: dict, preprocessing: dict) -> None:
+        self.model = model
+        self.device = device
+        self.frame_shift_s = frame_shift_s
+        self.identity = identity
+        self.preprocessing = preprocessing
+
+    def encode(self, waves: list[np.ndarray]) -> list[np.ndarray]:
+        """Encode a batch of clips.
+
+        waves: list of float32 (S_i,) mono at 16 kHz
+        returns list of float32 (Ta_i, Da), Ta_i = the encoder's own output length for clip i
+        (about S_i / 16000 / frame_shift_s)
+        """
+        if not waves:
+            return []
+        for i, wave in enumerate(waves):
+            if np.ndim(wave) != 1 or len(wave) == 0:
+                raise ValueError(f"wave {i}: want a non-empty 1-D float array, got shape {np.shape(wave)}")
+        lengths = torch.tensor([len(wave) for wave in waves], dtype=torch.long)
+        signal = torch.zeros(len(waves), int(lengths.max()), dtype=torch.float32)  # (B, S) zero-padded
+        for i, wave in enumerate(waves):
+            signal[i, : len(wave)] = torch.as_tensor(np.asarray(wave, dtype=np.float32))
+        with torch.inference_mode():
+            feats, feat_lengths = self.model.preprocessor(
+                input_signal=signal.to(self.device), length=lengths.to(self.device))  # (B, 80, T_mel)
+            encoded, enc_lengths = self.model.encoder(audio_signal=feats, length=feat_lengths)  # (B, Da, Ta)
+        encoded = encoded.float().transpose(1, 2).cpu()  # (B, Ta, Da): time-first from here on
+        return [encoded[i, : int(n)].numpy().copy() for i, n in enumerate(enc_lengths.cpu())]
+
+
+def load_audio_encoder(name_or_path: str = DEFAULT_AUDIO_ENCODER, *,
+                       device: str | torch.device = "cpu") -> AudioEncoder:
+    """Load a NeMo ASR model (FastConformer CTC by default) as a frozen, deterministic encoder.
+
+    Args:
+        name_or_path: a local `.nemo` file, or a pretrained name (HF hub id such as
+            nvidia/stt_en_fastconformer_ctc_large, read from the HF cache when it is there).
+        device: where the model runs (fp32).
+
+    Raises:
+        EncoderLoadError: the file is missing, or the name is not cached and cannot be downloaded.
+    """
+    from nemo.collections.asr.models import ASRModel
+
+    device = torch.device(device)
+    nemo_path = _resolve_nemo_file(name_or_path, ASRModel)
+    try:
+        model = ASRModel.restore_from(str(nemo_path), map_location=device)
+    except (OSError, RuntimeError, KeyError) as err:
+        raise EncoderLoadError(f"{nemo_path}: cannot restore this .nemo file ({err}); is it a NeMo ASR model "
+                               "and complete? Download it again") from err
+    model.eval().requires_grad_(False)
+
+    featurizer = model.preprocessor.featurizer
+    before = {"dither": featurizer.dither, "pad_to": featurizer.pad_to,
+              "nb_augmentation_prob": featurizer.nb_augmentation_prob}
+    featurizer.dither = 0.0  # dither adds random noise to every sample
+    featurizer.pad_to = 0  # padding to a multiple of 16 frames would only add masked frames
+    featurizer.nb_augmentation_prob = 0.0  # random narrow-band augmentation
+
+    pre_cfg, enc_cfg = model.cfg.preprocessor, model.cfg.encoder
+    sample_rate_hz = int(pre_cfg.get("sample_rate", featurizer.sample_rate))
+    if sample_rate_hz != AUDIO_SAMPLE_RATE_HZ:
+        raise EncoderLoadError(f"{name_or_path}: model expects {sample_rate_hz} Hz audio, this pipeline "
+                               f"decodes at {AUDIO_SAMPLE_RATE_HZ} Hz; pick a 16 kHz model")
+    window_stride_s = float(pre_cfg.window_stride)
+    hop_s = featurizer.hop_length / sample_rate_hz
+    if abs(hop_s - window_stride_s) > 1e-9:
+        raise EncoderLoadError(f"{name_or_path}: config window_stride {window_stride_s} s but featurizer hop "
+                               f"{hop_s} s; the .nemo config is inconsistent")
+    subsampling_factor = int(enc_cfg.get("subsampling_factor", 1))
+    frame_shift_s = round(window_stride_s * subsampling_factor, 6)
+    if abs(frame_shift_s - AUDIO_FRAME_SHIFT_S) > 1e-9:
+        log.warning("%s: audio frame shift %.3f s, not the FastConformer %.2f s; audio_mask steps change",
+                    name_or_path, frame_shift_s, AUDIO_FRAME_SHIFT_S)
+
+    identity = {
+        "name": name_or_path,
+        "model_class": type(model).__name__,
+        "weights_sha256": _state_dict_sha256(model),
+        "encoder_class": type(model.encoder).__name__,
+        "d_model": int(enc_cfg.d_model),
+        "n_layers": int(enc_cfg.n_layers),
+        "subsampling": enc_cfg.get("subsampling"),
+        "subsampling_factor": subsampling_factor,
+    }
+    preprocessing = {
+        "preprocessor_class": type(model.preprocessor).__name__,
+        "sample_rate_hz": sample_rate_hz,
+        "window_size_s": float(pre_cfg.window_size),
+        "window_stride_s": window_stride_s,
+        "window": pre_cfg.get("window"),
+        "n_fft": featurizer.n_fft,
+        "features": int(pre_cfg.features),
+        "normalize": pre_cfg.get("normalize"),
+        "log": pre_cfg.get("log"),
+        "preemph": featurizer.preemph,
+        "dither": 0.0,
+        "pad_to": 0,
+        "nb_augmentation_prob": 0.0,
+        "config_before_override": before,
+        "frame_shift_s": frame_shift_s,
+        "batching": "zero-padded batch with lengths; features and normalization masked per clip",
+    }
+    log.info("audio encoder %s (%s, Da=%d, %d layers, %.3f s/frame) on %s", name_or_path,
+             type(model.encoder).__name__, identity["d_model"], identity["n_layers"], frame_shift_s, device)
+    return AudioEncoder(model, device=device, frame_shift_s=frame_shift_s, identity=identity,
+                        preprocessing=preprocessing)
+
+
+def _resolve_nemo_file(name_or_path: str, asr_model_class: Any) -> Path:
+    """A local .nemo path as is; a pretrained name -> its cached (or freshly downloaded) .nemo file."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    if name_or_path.endswith(".nemo") or os.path.isabs(name_or_path) or name_or_path.startswith("."):
+        raise EncoderLoadError(f"{name_or_path}: no such .nemo file; check the path")
+    if "/" in name_or_path:  # HF hub id: use the cached file without touching the network when it is there
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name_or_path, f"{name_or_path.split('/')[-1]}.nemo")
+        if isinstance(cached, str) and Path(cached).is_file():
+            return Path(cached)
+    advice = offline_advice(name_or_path)
+    try:
+        model_file = asr_model_class.from_pretrained(name_or_path, return_model_file=True)
+    except Exception as err:  # hub and NGC raise OSError, httpx or requests errors, FileNotFoundError...
+        raise EncoderLoadError(f"{name_or_path}: cannot fetch the NeMo audio encoder "
+                               f"({type(err).__name__}: {err}). To fix it, {advice}") from err
+    if not Path(model_file).is_file():
+        raise EncoderLoadError(f"{name_or_path}: NeMo returned {model_file}, not a .nemo file. To fix it, {advice}")
+    return Path(model_file)
+
+
+def _state_dict_sha256(model: torch.nn.Module) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes: the same weights give the same hash,
+    whatever .nemo packaging (tar mtimes) they came in."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        shape = tensor.shape
+        tensor = tensor.detach().cpu().contiguous().reshape(-1)  # 0-d tensors cannot be viewed as bytes
+        digest.update(f"{name}:{tensor.dtype}:{tuple(shape)}\n".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()

@@ -1,0 +1,319 @@
+"""Decode one clip into Tv RGB frames sampled at uniform timestamps, plus mono 16 kHz audio.
+
+In: a media file path. Out: `DecodedClip` (frames, their timestamps, audio or None). Uses only the
+ffmpeg binary (no ffprobe), through `run_ffmpeg`: the banner gives rotation, a stream-copy pass lists
+every frame's pts (a full decode pass when that is not exact), a select pass pulls the chosen frames as
+PPM images, and a last pass decodes the audio. Face cropping and encoders are left to others.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from mmfer.pipeline.media import FfmpegError, run_ffmpeg
+
+log = logging.getLogger(__name__)
+
+AUDIO_SAMPLE_RATE_HZ = 16_000
+NUM_FRAMES = 16   # sampled uniformly over the clip, so Tv = 16 whatever its length
+
+
+class DecodeError(RuntimeError):
+    """A clip could not be decoded.
+
+    Attributes:
+        path: the media file.
+        reason: short machine-readable cause: "missing", "empty", "timeout", "ffmpeg-error",
+            "not-found" (no ffmpeg binary), "no-video-stream", "no-frames", "bad-output".
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str, message: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}: {message}")
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What ffmpeg's input banner says about a file (best effort; streams are re-checked on decode)."""
+
+    duration_s: float | None
+    has_video: bool
+    has_audio: bool
+    rotation_deg: int   # counter-clockwise display rotation from the display matrix, in {0, 90, 180, 270}
+
+
+@dataclass(frozen=True)
+class DecodedClip:
+    """frames: (Tv, H, W, 3) uint8 RGB, upright (display rotation applied).
+    timestamps_s: (Tv,) float32, pts of each frame in seconds from the first video frame (sorted).
+    audio: (S,) float32 mono in [-1, 1] at `sample_rate_hz`, or None when the file has no audio stream.
+    """
+
+    frames: np.ndarray
+    timestamps_s: np.ndarray
+    audio: np.ndarray | None
+    sample_rate_hz: int
+    duration_s: float
+    has_audio: bool
+    rotation_deg: int
+    num_source_frames: int
+
+
+def probe_media(path: str | os.PathLike, timeout_s: float = 30.0) -> MediaInfo:
+    """Read duration, streams and rotation from ffmpeg's banner for `ffmpeg -i path` (no output).
+
+    Raises:
+        DecodeError: the file is missing, empty, unreadable, or ffmpeg timed out.
+    """
+    _check_file(path)
+    try:   # with no output file ffmpeg always exits 1; the banner comes back in the error's stderr
+        run_ffmpeg(["-loglevel", "info", "-i", str(path)], path=path, timeout_s=timeout_s)
+        banner = ""
+    except FfmpegError as err:
+        if err.reason != "ffmpeg-error":
+            raise DecodeError(path, err.reason, str(err)) from err
+        banner = err.stderr_tail
+    if "Error opening input" in banner or "Stream #" not in banner:
+        raise DecodeError(path, "ffmpeg-error", f"ffmpeg cannot read this file; is it a media file?\n{banner}")
+    return _parse_banner(banner)
+
+
+def decode_clip(
+    path: str | os.PathLike,
+    *,
+    num_frames: int = NUM_FRAMES,
+    sample_rate_hz: int = AUDIO_SAMPLE_RATE_HZ,
+    timeout_s: float = 60.0,
+    max_audio_s: float = 20.0,
+    max_side_px: int | None = None,
+) -> DecodedClip:
+    """Decode `num_frames` frames at uniform timestamps and the first audio stream.
+
+    Frame i is the decoded frame whose pts is nearest to (i + 0.5) * duration_s / num_frames, so
+    variable frame rate clips are sampled evenly in time; short clips repeat frames. `timeout_s` bounds
+    all ffmpeg calls together; `max_side_px` downscales frames whose longer side is bigger.
+
+    Raises:
+        DecodeError: see its `reason` attribute.
+    """
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    deadline = time.monotonic() + timeout_s
+    info = probe_media(path, timeout_s)
+    # Fast path: packet pts from a stream copy (no decoding), frames then picked by time.
+    pts_s, dur_s, has_video, has_audio = _list_video_frames(path, _left(path, deadline), decode=False)
+    order = np.argsort(pts_s, kind="stable")   # packets come in decode order; frames leave in pts order
+    pts_s, dur_s = pts_s[order], dur_s[order]
+    if not has_video:
+        raise DecodeError(path, "no-video-stream", "the file has no video stream (audio-only?)")
+    images = None
+    if len(pts_s) and np.isfinite(pts_s).all() and len(np.unique(pts_s)) == len(pts_s):
+        rel_s, picked, duration_s = _pick_frames(pts_s, dur_s, num_frames)
+        unique = np.unique(picked)
+        images = _read_frames(path, unique, pts_s, by_time=True, max_side_px=max_side_px,
+                              timeout_s=_left(path, deadline))
+        if len(images) != len(unique):   # a packet that decodes to no frame, odd timestamps...
+            log.debug("%s: time-based pick got %d of %d frames; listing decoded frames", path, len(images), len(unique))
+            images = None
+    if images is None:   # exact path: decode every frame once to list its pts, then pick by frame number
+        pts_s, dur_s, _, _ = _list_video_frames(path, _left(path, deadline), decode=True)
+        if len(pts_s) == 0:
+            raise DecodeError(path, "no-frames", "the video stream decoded to 0 frames; is the file truncated?")
+        rel_s, picked, duration_s = _pick_frames(pts_s, dur_s, num_frames)
+        unique = np.unique(picked)
+        images = _read_frames(path, unique, rel_s, by_time=False, max_side_px=max_side_px,
+                              timeout_s=_left(path, deadline))
+    if len(images) != len(unique):
+        raise DecodeError(path, "bad-output", f"asked ffmpeg for {len(unique)} frames, got {len(images)}")
+    if len({im.shape for im in images}) > 1:
+        shapes = sorted({im.shape for im in images})
+        raise DecodeError(path, "bad-output", f"frame size changes inside the clip: {shapes}")
+    frames = np.stack(images)[np.searchsorted(unique, picked)]    # (Tv, H, W, 3)
+
+    audio = _read_audio(path, sample_rate_hz, max_audio_s, _left(path, deadline)) if has_audio else None
+    if audio is not None and audio.size == 0:
+        log.warning("%s: audio stream decoded to 0 samples; treating the clip as having no audio", path)
+        audio, has_audio = None, False
+    return DecodedClip(
+        frames=frames,
+        timestamps_s=rel_s[picked].astype(np.float32),
+        audio=audio,
+        sample_rate_hz=sample_rate_hz,
+        duration_s=duration_s,
+        has_audio=has_audio,
+        rotation_deg=info.rotation_deg,
+        num_source_frames=len(rel_s),
+    )
+
+
+def _pick_frames(pts_s: np.ndarray, dur_s: np.ndarray, num_frames: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Nearest frame to each uniform target time. Returns (rel_s (N,), picked (Tv,) indices into it, duration_s).
+
+    rel_s is pts relative to the first frame; duration runs to the end of the last frame (its own
+    duration, else the median frame gap).
+    """
+    rel_s = pts_s - pts_s.min()
+    last = int(rel_s.argmax())
+    gaps = np.diff(np.sort(rel_s))
+    frame_s = dur_s[last] if dur_s[last] > 0 else (float(np.median(gaps)) if len(gaps) else 0.0)
+    duration_s = float(rel_s[last] + frame_s)
+    targets_s = (np.arange(num_frames) + 0.5) * duration_s / num_frames
+    picked = np.abs(rel_s[None, :] - targets_s[:, None]).argmin(axis=1)   # never index = t * fps: VFR-safe
+    return rel_s, picked, duration_s
+
+
+def _check_file(path: str | os.PathLike) -> None:
+    p = Path(path)
+    if not p.is_file():
+        raise DecodeError(path, "missing", "no such file; check the manifest's path column")
+    if p.stat().st_size == 0:
+        raise DecodeError(path, "empty", "the file is 0 bytes; re-copy or re-download it")
+
+
+def _left(path: str | os.PathLike, deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise DecodeError(path, "timeout", "decoding ran past its time limit")
+    return left
+
+
+def _ffmpeg(args: list[str], path: str | os.PathLike, timeout_s: float) -> bytes:
+    try:
+        return run_ffmpeg(args, path=path, timeout_s=timeout_s)
+    except FfmpegError as err:
+        raise DecodeError(path, err.reason, str(err)) from err
+
+
+def _parse_banner(banner: str) -> MediaInfo:
+    duration_s = None
+    m = re.search(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)", banner)
+    if m:
+        duration_s = int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])
+    video_at = re.search(r"Stream #\d+:\d+.*?: Video:", banner)
+    rotation_deg = 0
+    if video_at:   # the display matrix of the first video stream: the lines up to the next stream
+        section = banner[video_at.start():]
+        next_stream = re.search(r"\n\s*Stream #", section)
+        section = section[: next_stream.start()] if next_stream else section
+        r = re.search(r"rotation of (-?\d+(?:\.\d+)?) degrees", section) or re.search(r"rotate\s*:\s*(-?\d+)", section)
+        if r:
+            rotation_deg = int(round(float(r[1]))) % 360
+    return MediaInfo(
+        duration_s=duration_s,
+        has_video=video_at is not None,
+        has_audio=re.search(r"Stream #\d+:\d+.*?: Audio:", banner) is not None,
+        rotation_deg=rotation_deg,
+    )
+
+
+def _list_video_frames(
+    path: str | os.PathLike, timeout_s: float, *, decode: bool
+) -> tuple[np.ndarray, np.ndarray, bool, bool]:
+    """List the first video stream's frames: (pts_s (N,), duration_s (N,), has_video, has_audio).
+
+    framecrc writes one line per packet or frame to stdout. With `decode=False` the streams are only
+    copied (fast; packets the demuxer marks as discarded are left out; NaN where a packet has no pts).
+    With `decode=True` every frame is decoded once, in output order: `-fps_mode passthrough` keeps each
+    frame exactly once and `-enc_time_base filter` keeps the stream's time base, so VFR pts stay exact.
+    """
+    video = ["-c:v", "copy"] if decode is False else ["-fps_mode", "passthrough", "-enc_time_base:v", "filter"]
+    out = _ffmpeg(
+        ["-i", str(path), "-map", "0:V:0?", "-map", "0:a:0?", "-c:a", "copy", "-sn", "-dn", *video,
+         "-f", "framecrc", "-"],
+        path, timeout_s,
+    )
+    media_type: dict[int, str] = {}
+    time_base: dict[int, Fraction] = {}
+    pts: list[float] = []
+    dur: list[int] = []
+    for line in out.decode("ascii", errors="replace").splitlines():
+        if line.startswith("#media_type"):
+            idx, kind = line[len("#media_type"):].split(":")
+            media_type[int(idx)] = kind.strip()
+        elif line.startswith("#tb"):
+            idx, tb = line[len("#tb"):].split(":")
+            time_base[int(idx)] = Fraction(tb.strip())
+        elif line and not line.startswith("#"):
+            fields = [f.strip() for f in line.split(",")]
+            if media_type.get(int(fields[0])) != "video":
+                continue
+            flags = next((int(f[2:], 16) for f in fields[6:] if f.startswith("F=")), 0)
+            if flags & 0x4:   # AV_PKT_FLAG_DISCARD: dropped by the decoder (edit lists)
+                continue
+            pts.append(float(fields[2]) if fields[2].lstrip("-").isdigit() else float("nan"))
+            dur.append(int(fields[3]))
+    video_idx = [i for i, k in media_type.items() if k == "video"]
+    has_audio = "audio" in media_type.values()
+    if not video_idx:
+        return np.zeros(0), np.zeros(0), False, has_audio
+    tb = float(time_base[video_idx[0]])
+    return np.asarray(pts, dtype=np.float64) * tb, np.asarray(dur, dtype=np.float64) * tb, True, has_audio
+
+
+def _read_frames(
+    path: str | os.PathLike,
+    indices: np.ndarray,
+    pts_s: np.ndarray,
+    *,
+    by_time: bool,
+    max_side_px: int | None,
+    timeout_s: float,
+) -> list[np.ndarray]:
+    """Decode the frames at `indices` (sorted, unique; into `pts_s`) as (H, W, 3) uint8 RGB arrays.
+
+    by_time: select frames whose pts is within a quarter of the smallest frame gap of `pts_s[i]`;
+    otherwise select by output frame number i (exact when `pts_s` lists decoded frames in order).
+    """
+    if by_time:
+        gaps = np.diff(np.sort(pts_s))
+        tol_s = min(0.25 * float(gaps.min()), 1e-3) if len(gaps) else 1e-3
+        terms = [f"lt(abs(t-{pts_s[i]:.9f})\\,{tol_s:.9f})" for i in indices]
+    else:
+        terms = [f"eq(n\\,{int(i)})" for i in indices]
+    chain = "select='" + "+".join(terms) + "'"
+    if max_side_px:   # fit the longer side, keep the aspect ratio; never upscale
+        m = int(max_side_px)
+        chain += f",scale=w='if(gte(iw,ih),min(iw,{m}),-1)':h='if(gte(iw,ih),-1,min(ih,{m}))':flags=area"
+    out = _ffmpeg(
+        ["-i", str(path), "-map", "0:V:0", "-an", "-sn", "-dn", "-vf", chain, "-fps_mode", "passthrough",
+         "-frames:v", str(len(indices)), "-pix_fmt", "rgb24", "-c:v", "ppm", "-f", "image2pipe", "-"],
+        path, timeout_s,
+    )
+    return _split_ppm(out, path)
+
+
+def _split_ppm(data: bytes, path: str | os.PathLike) -> list[np.ndarray]:
+    """Parse concatenated binary PPM (P6, maxval 255) images."""
+    images, pos = [], 0
+    header = re.compile(rb"P6\s+(\d+)\s+(\d+)\s+(\d+)\s")
+    while pos < len(data):
+        m = header.match(data, pos)
+        if not m or int(m[3]) != 255:
+            raise DecodeError(path, "bad-output", f"unexpected bytes in ffmpeg's PPM output at offset {pos}")
+        w, h = int(m[1]), int(m[2])
+        start, end = m.end(), m.end() + w * h * 3
+        if end > len(data):
+            raise DecodeError(path, "bad-output", f"truncated PPM frame ({w}x{h}) in ffmpeg's output")
+        images.append(np.frombuffer(data, np.uint8, w * h * 3, start).reshape(h, w, 3))
+        pos = end
+    return images
+
+
+def _read_audio(path: str | os.PathLike, sample_rate_hz: int, max_audio_s: float, timeout_s: float) -> np.ndarray:
+    """Pass 3: the first audio stream, downmixed to mono, resampled, at most `max_audio_s` long. (S,) float32."""
+    out = _ffmpeg(
+        ["-i", str(path), "-map", "0:a:0", "-vn", "-sn", "-dn", "-ac", "1", "-ar", str(sample_rate_hz),
+         "-t", f"{max_audio_s:g}", "-f", "f32le", "-c:a", "pcm_f32le", "-"],
+        path, timeout_s,
+    )
+    audio = np.frombuffer(out, dtype="<f4")
+    return np.clip(audio, -1.0, 1.0).astype(np.float32)

@@ -1,0 +1,137 @@
+"""Crop each clip's frames to the speaker's face before the image encoder sees them.
+
+In: decoded frames (Tv, H, W, 3) uint8 RGB. Out: square crops (Tv, h, w, 3) and their boxes.
+Modes: "none" (whole frame), "center" (central square) or "detect" (OpenCV Haar cascade per frame,
+then one smoothed box track per clip). Decoding is `decode.py`'s job, encoding `video.py`'s.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MODES = ("none", "center", "detect")
+DETECT_SIDE_PX = 320      # frames are shrunk to this longer side for detection: a 25%-width face is ~80 px
+MIN_FACE_PX = 24          # the cascade's own window is 24 px
+SMOOTH_WINDOW = 5         # frames in the running median over box centres (about 1.5 s at Tv=16 over 5 s)
+
+
+class FaceCrops(NamedTuple):
+    """crops: (Tv, h, w, 3) uint8 RGB, square unless mode is "none" without `out_px`.
+    boxes: (Tv, 4) float32, normalized x0, y0, x1, y1 of each crop in its frame.
+    found_face: True when "detect" found a face in at least one frame (False for the other modes).
+    """
+
+    crops: np.ndarray
+    boxes: np.ndarray
+    found_face: bool
+
+
+def crop_faces(frames: np.ndarray, mode: str, *, out_px: int | None = None, margin: float = 0.25) -> FaceCrops:
+    """Crop a clip's frames with one box per frame.
+
+    Args:
+        frames: (Tv, H, W, 3) uint8 RGB.
+        mode: "none", "center" or "detect". "detect" falls back to "center" (with a warning and
+            found_face=False) when no frame has a face.
+        out_px: resize every crop to out_px x out_px; None keeps the crop's own size.
+        margin: "detect" widens the face box by this fraction of its side on each side.
+
+    Raises:
+        ValueError: on an unknown mode or frames that are not (Tv, H, W, 3) uint8.
+    """
+    if mode not in MODES:
+        raise ValueError(f"face crop mode must be one of {MODES}, got {mode!r}")
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
+        raise ValueError(f"want frames (Tv, H, W, 3) uint8 with Tv >= 1, got {frames.shape} {frames.dtype}")
+    num_frames, height, width = frames.shape[:3]
+    found_face = False
+    if mode == "none":
+        squares = None
+    elif mode == "center":
+        squares = _center_squares(num_frames, height, width)
+    else:
+        faces = np.array([_detect_face(f) for f in frames], dtype=np.float64)   # (Tv, 3) cx, cy, side
+        found_face = bool(np.isfinite(faces[:, 0]).any())
+        if found_face:
+            squares = _smooth_track(faces, height, width, margin)
+        else:
+            log.warning("no face found in any of %d frames; using the centre crop", num_frames)
+            squares = _center_squares(num_frames, height, width)
+
+    if squares is None:
+        boxes = np.tile(np.array([0, 0, 1, 1], dtype=np.float32), (num_frames, 1))
+        crops = [f for f in frames]
+    else:   # squares: (Tv, 3) int x0, y0, side in pixels
+        boxes = np.stack(
+            [squares[:, 0] / width, squares[:, 1] / height,
+             (squares[:, 0] + squares[:, 2]) / width, (squares[:, 1] + squares[:, 2]) / height], axis=1
+        ).astype(np.float32)
+        crops = [f[y:y + s, x:x + s] for f, (x, y, s) in zip(frames, squares)]
+    if out_px is not None:
+        crops = [_resize(c, out_px) for c in crops]
+    return FaceCrops(np.stack(crops), boxes, found_face)
+
+
+def _center_squares(num_frames: int, height: int, width: int) -> np.ndarray:
+    side = min(height, width)
+    return np.tile(np.array([(width - side) // 2, (height - side) // 2, side]), (num_frames, 1))
+
+
+@functools.lru_cache(maxsize=1)
+def _cascade() -> cv2.CascadeClassifier:
+    path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
+    cascade = cv2.CascadeClassifier(path)
+    if cascade.empty():
+        raise RuntimeError(f"{path}: cannot load the Haar cascade; reinstall opencv-python-headless (4.x)")
+    return cascade
+
+
+def _detect_face(frame: np.ndarray) -> tuple[float, float, float]:
+    """(cx, cy, side) in frame pixels of the most certain frontal face, or NaNs when there is none."""
+    scale = min(1.0, DETECT_SIDE_PX / max(frame.shape[:2]))
+    gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+    if scale < 1.0:
+        gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    gray = cv2.equalizeHist(gray)
+    found, votes = _cascade().detectMultiScale2(
+        gray, scaleFactor=1.1, minNeighbors=5, minSize=(MIN_FACE_PX, MIN_FACE_PX)
+    )
+    if len(found) == 0:
+        return (np.nan, np.nan, np.nan)
+    # the box most windows agree on: on real faces it gets 10-40 votes, textures that fool the cascade
+    # (clothing, background) 5-8, and those are often bigger, so "largest" would pick them
+    best = max(range(len(found)), key=lambda i: (int(votes[i]), int(found[i][2]), -int(found[i][0]), -int(found[i][1])))
+    x, y, w, h = found[best]
+    return ((x + w / 2) / scale, (y + h / 2) / scale, max(w, h) / scale)
+
+
+def _smooth_track(faces: np.ndarray, height: int, width: int, margin: float) -> np.ndarray:
+    """One square per frame from per-frame detections (NaN = missed). Returns (Tv, 3) int x0, y0, side.
+
+    Missed frames take values interpolated from their neighbours; centres then go through a running
+    median (drops one-frame false positives and jitter); the side is the clip's median, so the crop
+    does not zoom in and out.
+    """
+    index = np.arange(len(faces))
+    hit = np.isfinite(faces[:, 0])
+    filled = np.stack([np.interp(index, index[hit], faces[hit, k]) for k in range(3)], axis=1)   # (Tv, 3)
+    half = SMOOTH_WINDOW // 2
+    padded = np.pad(filled, ((half, half), (0, 0)), mode="edge")
+    centres = np.stack([np.median(padded[i:i + SMOOTH_WINDOW, :2], axis=0) for i in index])   # (Tv, 2)
+    side = min(float(np.median(filled[:, 2])) * (1 + 2 * margin), height, width)
+    side_px = int(round(side))
+    x0 = np.clip(np.round(centres[:, 0] - side / 2), 0, width - side_px).astype(int)
+    y0 = np.clip(np.round(centres[:, 1] - side / 2), 0, height - side_px).astype(int)
+    return np.stack([x0, y0, np.full_like(x0, side_px)], axis=1)
+
+
+def _resize(image: np.ndarray, out_px: int) -> np.ndarray:
+    shrink = max(image.shape[:2]) > out_px
+    return cv2.resize(image, (out_px, out_px), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)

@@ -1,0 +1,219 @@
+"""`extract`: manifest -> decode (worker processes) -> frozen encoders -> feature store.
+
+Decoding, face cropping and the image processor run in spawned DataLoader workers, ahead of the
+encoders in the main process, so on a GPU the encoders do not wait for ffmpeg. Clips already done
+under the same fingerprint and unchanged source file are skipped; a bad clip is recorded as failed
+with its reason and the run goes on.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from fnmatch import fnmatch
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from mmfer.extract.encoders import load_encoders
+from mmfer.extract.worker import DecodeJob, DecodedItem, decode_job
+from mmfer.pipeline.config import ExtractConfig
+from mmfer.pipeline.media import file_signature
+from mmfer.pipeline.store import ArraySpec, ClipStatus, FeatureEntry, StoreError, create_store, writer_lock
+
+log = logging.getLogger(__name__)
+
+CLIP_TABLE_COLUMNS = ["clip_id", "path", "source", "dataset", "actor", "gender", "label", "emotion", "intensity",
+                      "statement", "repetition", "vocal_channel", "modality", "recording_id"]
+
+
+class DiskSpaceError(OSError):
+    """Not enough free space for the run, or the disk filled up while writing."""
+
+
+@dataclass
+class ExtractSummary:
+    num_selected: int = 0
+    num_skipped: int = 0
+    num_done: int = 0
+    num_failed: int = 0
+    num_missing_audio: int = 0
+    bytes_written: int = 0
+    wall_s: float = 0.0
+    failures: list[tuple[str, str, str]] = field(default_factory=list)   # (clip_id, path, reason)
+
+    @property
+    def num_ok(self) -> int:
+        return self.num_done + self.num_skipped
+
+    def format(self) -> str:
+        rate = self.num_done / self.wall_s if self.wall_s else 0.0
+        lines = [f"extract: {self.num_done} done, {self.num_skipped} skipped, {self.num_failed} failed "
+                 f"({self.num_missing_audio} without audio) of {self.num_selected} selected clips in {self.wall_s:.1f} s "
+                 f"({rate:.2f} clips/s), {self.bytes_written / 1e6:.1f} MB written"]
+        for clip_id, path, reason in self.failures[:20]:
+            lines.append(f"  failed {clip_id}: {path}: {reason}")
+        if len(self.failures) > 20:
+            lines.append(f"  ... and {len(self.failures) - 20} more (see `mmfer cache-info`)")
+        return "\n".join(lines)
+
+
+def fingerprint(parts: dict) -> str:
+    """16 hex digits of the SHA-256 of everything that decides a modality's features."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def build_clip_table(manifest: pd.DataFrame) -> pd.DataFrame:
+    table = manifest.copy()
+    table["source"] = [file_signature(p) if Path(p).exists() else "" for p in table["path"]]
+    return table[[c for c in CLIP_TABLE_COLUMNS if c in table]].reset_index(drop=True)
+
+
+def select_clips(table: pd.DataFrame, select: str | None, limit: int | None) -> pd.DataFrame:
+    chosen = table if select is None else table[[fnmatch(c, select) for c in table["clip_id"]]]
+    return chosen.head(limit) if limit else chosen
+
+
+def extract_all(cfg: ExtractConfig, manifest: pd.DataFrame) -> ExtractSummary:
+    """Fill the store at `cfg.out` for the clips of `manifest` (see the module docstring)."""
+    start = time.monotonic()
+    table = build_clip_table(manifest)
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    encoders = load_encoders(cfg, device)
+    video_params = {"encoder": encoders.visual.identity, "preprocessing": encoders.visual.preprocessing,
+                    "num_frames": cfg.num_frames, "face_crop": cfg.face_crop, "dtype": cfg.dtype}
+    audio_params = {"encoder": encoders.audio.identity, "preprocessing": encoders.audio.preprocessing,
+                    "sample_rate_hz": cfg.sample_rate_hz, "max_audio_s": cfg.max_audio_s, "dtype": cfg.dtype}
+    log.info("extract: %d clips in the manifest, device %s, torch %s, visual %s, audio %s", len(table), device,
+             torch.__version__, encoders.visual.identity["name"], encoders.audio.identity["name"])
+
+    with writer_lock(cfg.out):
+        store = create_store(cfg.out, table, {"dataset": cfg.dataset, "root": str(Path(cfg.root).resolve()),
+                                              "created_by": "mmfer extract"})
+        removed = store.clean_leftovers()
+        if removed:
+            log.info("removed %d leftovers of interrupted writes", removed)
+        num_patches, visual_dim = encoders.visual_token_shape()
+        video = store.ensure_entry("video", fingerprint(video_params), video_params, {
+            "tokens": ArraySpec((cfg.num_frames, num_patches, visual_dim), cfg.dtype),
+            "pooled": ArraySpec((cfg.num_frames, visual_dim), cfg.dtype),
+            "timestamps_s": ArraySpec((cfg.num_frames,), "float32"),
+            "boxes": ArraySpec((cfg.num_frames, 4), "float32"),
+        }, overwrite=cfg.overwrite)
+        max_audio_frames, audio_dim = encoders.audio_token_shape(cfg.max_audio_s, cfg.sample_rate_hz)
+        audio = store.ensure_entry("audio", fingerprint(audio_params), {**audio_params, "frame_shift_s": encoders.audio.frame_shift_s}, {
+            "tokens": ArraySpec((max_audio_frames, audio_dim), cfg.dtype),
+            "length": ArraySpec((), "int32"),
+            "duration_s": ArraySpec((), "float32"),
+        }, overwrite=cfg.overwrite)
+
+        selected = select_clips(table, cfg.select, cfg.limit)
+        todo = _clips_to_do(selected, video, audio)
+        summary = ExtractSummary(num_selected=len(selected), num_skipped=len(selected) - len(todo))
+        _check_free_space(Path(cfg.out), len(todo) * (video.raw_bytes_per_clip() + audio.raw_bytes_per_clip()))
+        jobs = [DecodeJob(r.clip_id, r.path, r.source, cfg.num_frames, cfg.sample_rate_hz, cfg.max_audio_s,
+                          cfg.decode_timeout_s, cfg.face_crop) for r in todo.itertuples()]
+        for batch in tqdm(_decoded_batches(jobs, encoders.visual.processor, cfg), total=-(-len(jobs) // cfg.batch_size),
+                          unit="batch", disable=not sys.stderr.isatty(), desc="extract"):
+            _encode_and_write(batch, encoders, video, audio, max_audio_frames, summary)
+    summary.wall_s = time.monotonic() - start
+    log.info("extract finished: %d done, %d skipped, %d failed, %.1f s", summary.num_done, summary.num_skipped,
+             summary.num_failed, summary.wall_s)
+    return summary
+
+
+def _clips_to_do(selected: pd.DataFrame, video: FeatureEntry, audio: FeatureEntry) -> pd.DataFrame:
+    """Clips whose video or audio is not done under this fingerprint for the current source file."""
+    index = [video.store.index_of(c) for c in selected["clip_id"]]
+    video_status, audio_status = video.statuses()[index], audio.statuses()[index]
+    video_source, audio_source = np.array(video.sources())[index], np.array(audio.sources())[index]
+    current = selected["source"].to_numpy()
+    video_ok = (video_status == ClipStatus.DONE) & (video_source == current)
+    audio_ok = np.isin(audio_status, (ClipStatus.DONE, ClipStatus.MISSING)) & (audio_source == current)
+    return selected[~(video_ok & audio_ok)]
+
+
+def _check_free_space(out: Path, needed_bytes: int) -> None:
+    free = shutil.disk_usage(out if out.exists() else out.parent).free
+    log.info("this run writes at most %.1f MB (uncompressed); %.1f MB free at %s", needed_bytes / 1e6, free / 1e6, out)
+    if needed_bytes > free:
+        raise DiskSpaceError(errno.ENOSPC, f"{out}: this run needs up to {needed_bytes / 1e6:.0f} MB but only "
+                                           f"{free / 1e6:.0f} MB are free; free some space or use another --out")
+
+
+def _decoded_batches(jobs: list[DecodeJob], processor, cfg: ExtractConfig):
+    """Batches of DecodedItem, decoded ahead by spawned workers (never forked after zarr was used)."""
+    if not jobs:
+        return
+    loader = torch.utils.data.DataLoader(
+        _JobList(jobs, processor), batch_size=cfg.batch_size, shuffle=False, collate_fn=list,
+        num_workers=cfg.num_workers, multiprocessing_context="spawn" if cfg.num_workers else None,
+        prefetch_factor=4 if cfg.num_workers else None, persistent_workers=False)
+    yield from loader
+
+
+class _JobList(torch.utils.data.Dataset):
+    def __init__(self, jobs: list[DecodeJob], processor) -> None:
+        self.jobs = jobs
+        self.processor = processor
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, i: int) -> DecodedItem:
+        return decode_job(self.jobs[i], self.processor)
+
+
+def _encode_and_write(batch: list[DecodedItem], encoders, video: FeatureEntry, audio: FeatureEntry,
+                      max_audio_frames: int, summary: ExtractSummary) -> None:
+    good = [item for item in batch if item.error is None]
+    for item in batch:
+        if item.error is not None:
+            _record_failure(item, item.error, video, audio, summary)
+    if not good:
+        return
+    tokens, pooled = encoders.encode_visual([item.pixel_inputs for item in good])
+    with_audio = [item for item in good if item.audio is not None]
+    audio_tokens = dict(zip([i.clip_id for i in with_audio], encoders.encode_audio([i.audio for i in with_audio])))
+    for item, clip_tokens, clip_pooled in zip(good, tokens, pooled):
+        try:
+            record = video.write_clip(item.clip_id, {"tokens": clip_tokens, "pooled": clip_pooled,
+                                                     "timestamps_s": item.timestamps_s, "boxes": item.boxes}, item.source)
+            summary.bytes_written += record.num_bytes
+            if item.audio is None:
+                audio.mark(item.clip_id, ClipStatus.MISSING, "no audio stream", item.source)
+                summary.num_missing_audio += 1
+            else:
+                frames = audio_tokens[item.clip_id]
+                padded = np.zeros((max_audio_frames, frames.shape[1]), dtype=np.float32)
+                length = min(len(frames), max_audio_frames)
+                padded[:length] = frames[:length]
+                record = audio.write_clip(item.clip_id, {"tokens": padded, "length": np.int32(length),
+                                                         "duration_s": np.float32(item.duration_s)}, item.source)
+                summary.bytes_written += record.num_bytes
+            summary.num_done += 1
+        except ValueError as err:   # NaN/Inf or a shape the store does not hold: this clip only
+            _record_failure(item, f"encoder-output: {err}", video, audio, summary)
+        except OSError as err:
+            if err.errno == errno.ENOSPC:
+                raise DiskSpaceError(errno.ENOSPC, f"{video.store.path}: disk full while writing clip {item.clip_id}; "
+                                                   "the store is still valid: free space and re-run the same command") from err
+            raise
+
+
+def _record_failure(item: DecodedItem, reason: str, video: FeatureEntry, audio: FeatureEntry, summary: ExtractSummary) -> None:
+    log.warning("clip %s failed: %s", item.clip_id, reason.splitlines()[0])
+    video.mark(item.clip_id, ClipStatus.FAILED, reason, item.source)
+    audio.mark(item.clip_id, ClipStatus.FAILED, reason, item.source)
+    summary.num_failed += 1
+    summary.failures.append((item.clip_id, item.path, reason.splitlines()[0]))

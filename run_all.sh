@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole chain: demo data (or --root PATH for real RAVDESS) -> extract -> train-fusion -> results table.
+#   bash run_all.sh                 # demo: 24 actors x 8 emotions x 2 clips, tiny encoders, 6-fold CV on CPU
+#   bash run_all.sh --root DATA     # real RAVDESS with the pretrained encoders (GPU recommended)
+# Expected on a 2-core CPU for the demo: see README "Demo result" for the time and the table it prints.
+set -euo pipefail
+ROOT=""
+WORK="${MMFER_WORK:-work}"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --root) ROOT="$2"; shift 2 ;;
+    --work) WORK="$2"; shift 2 ;;
+    *) echo "unknown option $1 (use --root PATH, --work DIR)" >&2; exit 2 ;;
+  esac
+done
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"   # read when transformers is imported: set before any command
+if [ -z "$ROOT" ]; then
+  mmfer make-demo --out "$WORK/demo_data"
+  extract --dataset ravdess --root "$WORK/demo_data" --out "$WORK/cache" --preset tiny --models-dir "$WORK/models"
+  mmfer cache-info "$WORK/cache"
+  train-fusion --cache "$WORK/cache" --out "$WORK/runs/lfm2" --preset tiny
+else
+  extract --dataset ravdess --root "$ROOT" --out "$WORK/cache"
+  mmfer cache-info "$WORK/cache"
+  train-fusion --cache "$WORK/cache" --out "$WORK/runs/lfm2"
+fi

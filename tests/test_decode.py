@@ -1,0 +1,161 @@
+"""decode_clip on real tiny clips made with ffmpeg's lavfi sources: counts, VFR picking, rotation, failures."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmfer.extract.decode import DecodeError, decode_clip, probe_media
+from mmfer.pipeline.media import ffmpeg_exe, run_ffmpeg
+
+VFR_PTS_S = [k / 30 for k in range(30)] + [1.0 + j / 5 for j in range(1, 11)]   # 30 fps for 1 s, then 5 fps
+LEVEL_STEP = 5   # frame k of the VFR clip has luma 16 + 5k, so its RGB grey level tells which frame it is
+
+
+def _make(path: Path, args: list[str]) -> Path:
+    run_ffmpeg(["-y", *args, str(path)], path=path, timeout_s=60)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("clips")
+    x264 = ["-c:v", "libx264", "-pix_fmt", "yuv420p"]
+    out = {
+        "av": _make(d / "av.mp4", ["-f", "lavfi", "-i", "testsrc2=size=112x112:rate=25",
+                                   "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
+                                   "-t", "2", *x264, "-c:a", "aac", "-shortest"]),
+        "odd": _make(d / "odd.mp4", ["-f", "lavfi", "-i", "testsrc2=size=98x56:rate=25", "-vf", "scale=97:55",
+                                     "-t", "1",
+                                     "-c:v", "libx264", "-pix_fmt", "yuv444p"]),
+        "wav": _make(d / "speech.wav", ["-f", "lavfi", "-i", "sine=frequency=300:sample_rate=16000", "-t", "1"]),
+        "one": _make(d / "one.mp4", ["-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25", "-frames:v", "1", *x264]),
+    }
+    # VFR: frame k is a flat grey of luma 16 + 5k; pts k/30 s for k < 30, then 0.2 s apart
+    setpts = "if(lt(N,30),N/30,1+(N-29)/5)/TB"
+    grey_ramp = f"nullsrc=s=64x48:r=30,geq=lum='16+{LEVEL_STEP}*N':cb=128:cr=128"
+    out["vfr"] = _make(d / "vfr.mp4", ["-f", "lavfi", "-i", grey_ramp,
+                                       "-frames:v", str(len(VFR_PTS_S)), "-vf", f"setpts='{setpts}'",
+                                       "-fps_mode", "vfr", "-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv420p"])
+    # upright: top-left quadrant white; the file says "rotate 90 degrees counter-clockwise to display"
+    corner = "nullsrc=s=64x48:r=25,geq=lum='if(lt(X,W/2)*lt(Y,H/2),235,16)':cb=128:cr=128"
+    out["upright"] = _make(d / "upright.mp4", ["-f", "lavfi", "-i", corner, "-frames:v", "10", *x264])
+    out["rot90"] = _make(d / "rot90.mp4", ["-display_rotation", "90", "-i", str(out["upright"]), "-c", "copy"])
+    data = out["av"].read_bytes()
+    (d / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    out["truncated"] = d / "truncated.mp4"
+    (d / "random.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    out["random"] = d / "random.mp4"
+    (d / "empty.mp4").write_bytes(b"")
+    out["empty"] = d / "empty.mp4"
+    return out
+
+
+def test_frames_audio_shapes_and_ranges(clips):
+    clip = decode_clip(clips["av"], num_frames=16)
+    assert clip.frames.shape == (16, 112, 112, 3) and clip.frames.dtype == np.uint8
+    assert clip.timestamps_s.dtype == np.float32 and np.all(np.diff(clip.timestamps_s) > 0)
+    assert 0 <= clip.timestamps_s[0] and clip.timestamps_s[-1] < clip.duration_s
+    assert clip.duration_s == pytest.approx(2.0, abs=0.05)
+    assert clip.has_audio and clip.audio.dtype == np.float32 and clip.audio.ndim == 1
+    assert abs(len(clip.audio) - 2.0 * 16000) < 0.03 * 16000, len(clip.audio)
+    assert np.abs(clip.audio).max() <= 1.0 and np.abs(clip.audio).max() > 0.05   # a real sine, not zeros
+    assert clip.frames.std() > 10   # testsrc2 is colourful, not a blank frame
+
+
+def test_audio_limit_odd_size_and_downscale(clips):
+    assert len(decode_clip(clips["av"], max_audio_s=0.5).audio) == pytest.approx(8000, abs=100)
+    odd = decode_clip(clips["odd"], num_frames=5)
+    assert odd.frames.shape == (5, 55, 97, 3) and not odd.has_audio and odd.audio is None
+    small = decode_clip(clips["av"], num_frames=3, max_side_px=64)
+    assert small.frames.shape == (3, 64, 64, 3)
+
+
+def test_single_frame_clip_repeats_it(clips):
+    clip = decode_clip(clips["one"], num_frames=8)
+    assert clip.frames.shape == (8, 48, 64, 3) and clip.num_source_frames == 1
+    assert np.array_equal(clip.frames[0], clip.frames[-1]) and np.all(clip.timestamps_s == 0)
+
+
+def test_vfr_picks_frame_nearest_each_target_time(clips):
+    num_frames = 8
+    clip = decode_clip(clips["vfr"], num_frames=num_frames)
+    pts = np.array(VFR_PTS_S)
+    duration_s = clip.duration_s   # mp4 gives the last frame the nominal 1/30 s, not the last gap
+    assert pts[-1] < duration_s <= pts[-1] + 0.2
+    targets = (np.arange(num_frames) + 0.5) * duration_s / num_frames
+    want = np.abs(pts[None] - targets[:, None]).argmin(axis=1)
+    np.testing.assert_allclose(clip.timestamps_s, pts[want], atol=1e-3)
+    # the pixels are those of the chosen frames, not just the timestamps (limited-range luma -> RGB)
+    got = np.round(clip.frames.reshape(num_frames, -1).mean(axis=1) / (LEVEL_STEP * 255 / 219)).astype(int)
+    np.testing.assert_array_equal(got, want)
+    naive = np.minimum((targets * len(pts) / duration_s).astype(int), len(pts) - 1)   # index = t x mean fps
+    assert (naive != want).sum() >= 3, "test clip is not VFR enough to tell the methods apart"
+
+
+def test_rotation_metadata_gives_upright_frames(clips):
+    assert probe_media(clips["rot90"]).rotation_deg == 90
+    upright = decode_clip(clips["upright"], num_frames=2).frames[0].astype(int)
+    rotated = decode_clip(clips["rot90"], num_frames=2)
+    assert rotated.rotation_deg == 90 and rotated.frames.shape == (2, 64, 48, 3)
+    want = np.rot90(upright, k=1)   # 90 degrees counter-clockwise: the white corner goes bottom-left
+    diff = np.abs(rotated.frames[0].astype(int) - want)
+    assert diff.mean() < 3, f"max diff {diff.max()}, mean {diff.mean():.2f}"
+    assert rotated.frames[0, -8:, :8].mean() > 200 and rotated.frames[0, :8, :8].mean() < 40
+
+
+def test_audio_only_file_is_no_video_stream(clips):
+    with pytest.raises(DecodeError) as err:
+        decode_clip(clips["wav"])
+    assert err.value.reason == "no-video-stream" and str(clips["wav"]) in str(err.value)
+
+
+@pytest.mark.parametrize("name,reason", [("random", "ffmpeg-error"), ("truncated", "ffmpeg-error"), ("empty", "empty")])
+def test_bad_files_raise_decode_error_naming_the_file(clips, name, reason):
+    with pytest.raises(DecodeError) as err:
+        decode_clip(clips[name])
+    assert err.value.reason == reason and str(clips[name]) in str(err.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DecodeError) as err:
+        decode_clip(tmp_path / "nope.mp4")
+    assert err.value.reason == "missing"
+
+
+@pytest.fixture
+def fake_ffmpeg(tmp_path, monkeypatch):
+    """Install a shell script as the ffmpeg binary (ffmpeg_exe is cached, so clear it around the test)."""
+
+    def install(body: str) -> None:
+        script = tmp_path / "ffmpeg"
+        script.write_text("#!/bin/sh\n" + body + "\n")
+        script.chmod(script.stat().st_mode | stat.S_IXUSR)
+        monkeypatch.setenv("MMFER_FFMPEG", str(script))
+        ffmpeg_exe.cache_clear()
+
+    yield install
+    monkeypatch.delenv("MMFER_FFMPEG", raising=False)
+    ffmpeg_exe.cache_clear()
+
+
+def test_hanging_ffmpeg_times_out(clips, fake_ffmpeg):
+    fake_ffmpeg("sleep 30")
+    start = time.monotonic()
+    with pytest.raises(DecodeError) as err:
+        decode_clip(clips["av"], timeout_s=1.0)
+    assert err.value.reason == "timeout" and time.monotonic() - start < 5
+
+
+def test_stderr_flood_does_not_deadlock(clips, fake_ffmpeg):
+    fake_ffmpeg("head -c 2000000 /dev/zero | tr '\\000' x >&2; exit 1")
+    start = time.monotonic()
+    with pytest.raises(DecodeError) as err:
+        decode_clip(clips["av"], timeout_s=20.0)
+    assert err.value.reason == "ffmpeg-error" and time.monotonic() - start < 10
+    assert os.environ["MMFER_FFMPEG"].endswith("ffmpeg")

@@ -1,0 +1,116 @@
+"""`extract` end to end on real demo mp4 files with the tiny encoders: what lands in the store is the
+encoders' real output, reruns skip, bad files fail alone, another preprocessing never mixes in."""
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import extract_config
+
+from mmfer.data.ravdess import scan_ravdess
+from mmfer.extract.audio import load_audio_encoder
+from mmfer.extract.decode import decode_clip
+from mmfer.extract.facecrop import crop_faces
+from mmfer.extract.run import extract_all
+from mmfer.extract.visual import load_visual_encoder
+from mmfer.pipeline.store import ClipStatus, StoreError, open_store
+
+
+def test_shapes_dtypes_and_timestamps(demo_cache):
+    store = open_store(demo_cache)
+    video, audio = store.entry("video"), store.entry("audio")
+    assert (video.statuses() == ClipStatus.DONE).all() and (audio.statuses() == ClipStatus.DONE).all()
+    clip = video.read_clip(store.clip_ids[0])
+    assert clip["tokens"].shape == (16, 196, 64) and clip["tokens"].dtype == np.float16
+    assert clip["pooled"].shape == (16, 64) and clip["boxes"].shape == (16, 4)
+    ts = clip["timestamps_s"]
+    assert ts.dtype == np.float32 and np.all(np.diff(ts) > 0) and 0 <= ts[0] and ts[-1] <= 1.5
+    sound = audio.read_clip(store.clip_ids[0])
+    length = int(sound["length"])
+    assert abs(length - 1.5 / 0.08) <= 2, length                    # 80 ms per encoder frame
+    assert np.abs(sound["tokens"][:length]).sum() > 0 and not sound["tokens"][length:].any()
+    assert video.attrs["encoder"]["weights_sha256"] and video.attrs["face_crop"] == "center"
+
+
+def test_cache_holds_the_real_encoder_output(demo_cache, demo_root, tiny_models):
+    store = open_store(demo_cache)
+    clip_id = store.clip_ids[5]
+    path = store.clip_table.set_index("clip_id").loc[clip_id, "path"]
+    decoded = decode_clip(path)
+    visual = load_visual_encoder(str(tiny_models / "tiny-siglip-vision"))
+    tokens, pooled = visual.encode(crop_faces(decoded.frames, "center").crops)
+    cached = store.entry("video").read_clip(clip_id)
+    diff = np.abs(cached["tokens"].astype(np.float32) - tokens.numpy())
+    assert diff.max() < 2e-2, f"max diff {diff.max():.4g}, mean {diff.mean():.4g}"
+    np.testing.assert_allclose(cached["pooled"].astype(np.float32), pooled.numpy(), atol=2e-2)
+    audio_encoder = load_audio_encoder(str(tiny_models / "tiny-fastconformer-ctc.nemo"))
+    (frames,) = audio_encoder.encode([decoded.audio])
+    sound = store.entry("audio").read_clip(clip_id)
+    got = sound["tokens"][: int(sound["length"])].astype(np.float32)
+    diff = np.abs(got - frames)
+    assert got.shape == frames.shape and diff.max() < 2e-2, f"max diff {diff.max():.4g}, mean {diff.mean():.4g}"
+
+
+def test_rerun_skips_everything(demo_cache, demo_root, tiny_models):
+    summary = extract_all(extract_config(demo_root, demo_cache, tiny_models), scan_ravdess(demo_root))
+    assert summary.num_skipped == 32 and summary.num_done == 0 and summary.num_failed == 0
+
+
+def test_partial_run_then_rerun_equals_one_run(tmp_path, demo_root, demo_cache, tiny_models):
+    out = tmp_path / "cache"
+    manifest = scan_ravdess(demo_root)
+    first = extract_all(extract_config(demo_root, out, tiny_models, limit=9), manifest)
+    assert first.num_done == 9
+    second = extract_all(extract_config(demo_root, out, tiny_models), manifest)
+    assert second.num_skipped == 9 and second.num_done == 23
+    ours, reference = open_store(out), open_store(demo_cache)
+    for modality in ("video", "audio"):
+        a, b = ours.entry(modality), reference.entry(modality)
+        assert a.fingerprint == b.fingerprint
+        for clip_id in ours.clip_ids:
+            for name, value in a.read_clip(clip_id).items():
+                np.testing.assert_allclose(value.astype(np.float32), b.read_clip(clip_id)[name].astype(np.float32),
+                                           atol=2e-3, err_msg=f"{modality}/{name} of {clip_id}")
+
+
+def test_bad_file_fails_alone_and_other_preprocessing_is_refused(tmp_path, demo_root, tiny_models):
+    root = tmp_path / "data"
+    shutil.copytree(demo_root / "Actor_01", root / "Actor_01")
+    bad = root / "Actor_01" / "01-01-08-02-02-02-01.mp4"
+    bad.write_bytes(os.urandom(5000))
+    manifest = scan_ravdess(root)
+    out = tmp_path / "cache"
+    summary = extract_all(extract_config(root, out, tiny_models), manifest)
+    assert summary.num_failed == 1 and summary.num_done == len(manifest) - 1
+    (clip_id, path, reason), = summary.failures
+    assert clip_id == bad.stem and "ffmpeg-error" in reason and str(bad) in reason
+    statuses = open_store(out).entry("video").statuses()
+    assert sorted(statuses.tolist()).count(ClipStatus.FAILED) == 1
+    with pytest.raises(StoreError, match="--overwrite"):
+        extract_all(extract_config(root, out, tiny_models, face_crop="none"), manifest)
+    replaced = extract_all(extract_config(root, out, tiny_models, face_crop="none", overwrite=True, limit=2), manifest)
+    assert replaced.num_done == 2
+    assert open_store(out).entry("video").attrs["face_crop"] == "none"
+
+
+def test_tiny_preset_runs_with_the_network_blocked(tmp_path, demo_root, tiny_models):
+    guard = tmp_path / "guard"
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text(textwrap.dedent("""
+        import socket
+        def _blocked(*args, **kwargs):
+            raise OSError("network blocked by the test")
+        socket.socket.connect = _blocked
+        socket.create_connection = _blocked
+    """))
+    env = {**os.environ, "PYTHONPATH": str(guard), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "mmfer.pipeline.cli", "extract", "--root", str(demo_root), "--out", str(tmp_path / "c"),
+         "--preset", "tiny", "--models-dir", str(tmp_path / "fresh_models"), "--limit", "2", "--num-workers", "0"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 done" in result.stdout

@@ -1,0 +1,116 @@
+"""The feature store on real Zarr folders: round trip, honest 'done', checksums, leftovers, refusals."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmfer.pipeline.store import (ArraySpec, ClipStatus, CorruptClipError, StoreError, create_store, open_store,
+                                  verify_store, writer_lock)
+
+SPECS = {"tokens": ArraySpec((4, 6, 8), "float16"), "pooled": ArraySpec((4, 8), "float16"),
+         "timestamps_s": ArraySpec((4,), "float32"), "length": ArraySpec((), "int32")}
+
+
+def make_table(n=3):
+    return pd.DataFrame({"clip_id": [f"c{i}" for i in range(n)], "actor": list(range(1, n + 1)), "label": [0] * n})
+
+
+def make_arrays(seed=0):
+    rng = np.random.default_rng(seed)
+    return {"tokens": rng.standard_normal((4, 6, 8)), "pooled": rng.standard_normal((4, 8)),
+            "timestamps_s": np.zeros(4), "length": np.int32(3)}
+
+
+def test_round_trip_every_dtype_and_status(tmp_path):
+    store = create_store(tmp_path / "cache", make_table(), {"dataset": "t"})
+    entry = store.ensure_entry("video", "fp1", {"encoder": {"name": "x"}}, SPECS)
+    arrays = make_arrays()
+    record = entry.write_clip("c1", arrays, "10:20")
+    assert record.shapes["tokens"] == (4, 6, 8)
+    entry.mark("c2", ClipStatus.FAILED, "decode: broken")
+    reopened = open_store(tmp_path / "cache").entry("video")
+    assert list(reopened.statuses()) == [ClipStatus.PENDING, ClipStatus.DONE, ClipStatus.FAILED]
+    assert reopened.reasons()[2] == "decode: broken" and reopened.sources()[1] == "10:20"
+    got = reopened.read_clip("c1")
+    np.testing.assert_array_equal(got["tokens"], arrays["tokens"].astype(np.float16))
+    assert got["tokens"].dtype == np.float16 and got["length"] == 3
+    np.testing.assert_array_equal(got["timestamps_s"], np.zeros(4, np.float32))   # all-zero data still has a chunk
+    with pytest.raises(StoreError, match="c0: video status is PENDING"):
+        reopened.read_clip("c0")
+
+
+def test_flipped_byte_is_caught_and_verify_repairs(tmp_path):
+    store = create_store(tmp_path / "cache", make_table(), {})
+    entry = store.ensure_entry("video", "fp1", {}, SPECS)
+    entry.write_clip("c0", make_arrays(), "s")
+    entry.write_clip("c1", make_arrays(1), "s")
+    chunk = entry.clip_chunk_files(0)[0]
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(CorruptClipError, match="clip c0: video/tokens is damaged"):
+        open_store(tmp_path / "cache").entry("video").read_clip("c0")
+    report = verify_store(tmp_path / "cache", repair=True)
+    assert not report.ok and report.damaged[0][:2] == ("video", "c0")
+    assert open_store(tmp_path / "cache").entry("video").statuses()[0] == ClipStatus.FAILED
+    assert verify_store(tmp_path / "cache").ok    # c1 still reads fine
+
+
+def test_done_without_chunk_is_named(tmp_path):
+    store = create_store(tmp_path / "cache", make_table(), {})
+    entry = store.ensure_entry("audio", "fp", {}, SPECS)
+    entry.write_clip("c2", make_arrays(), "s")
+    entry.clip_chunk_files(2)[1].unlink()
+    with pytest.raises(CorruptClipError, match="c2: marked done but audio/pooled has no data chunk"):
+        entry.read_clip("c2")
+
+
+def test_leftovers_are_cleaned(tmp_path):
+    store = create_store(tmp_path / "cache", make_table(), {})
+    entry = store.ensure_entry("video", "fp1", {}, SPECS)
+    entry.write_clip("c0", make_arrays(), "s")
+    entry.mark("c0", ClipStatus.PENDING, "")          # as if killed between data and status
+    partial = entry.clip_chunk_files(1)[0].with_suffix(".abc.partial")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_bytes(b"half a chunk")
+    (tmp_path / "cache" / ".staging-video-x").mkdir()
+    report = verify_store(tmp_path / "cache")
+    assert report.ok and report.num_leftovers_removed >= 3
+    assert not partial.exists() and not entry.clip_chunk_files(0)[0].exists()
+
+
+def test_refusals(tmp_path):
+    store = create_store(tmp_path / "cache", make_table(), {})
+    store.ensure_entry("video", "fp1", {"encoder": {"name": "a"}}, SPECS)
+    with pytest.raises(StoreError, match="use another --out, or --overwrite"):
+        store.ensure_entry("video", "fp2", {"encoder": {"name": "b"}}, SPECS)
+    store.ensure_entry("video", "fp2", {"encoder": {"name": "b"}}, SPECS, overwrite=True)
+    assert store.fingerprints("video") == ["fp2"]
+    with pytest.raises(StoreError, match="different set"):
+        create_store(tmp_path / "cache", make_table(4), {})
+    entry = store.entry("video")
+    bad = make_arrays()
+    bad["tokens"][0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        entry.write_clip("c0", bad, "s")
+    assert entry.statuses()[0] == ClipStatus.PENDING
+    with pytest.raises(StoreError, match="no feature store here"):
+        open_store(tmp_path / "nothing")
+
+
+def test_schema_version_mismatch_is_refused(tmp_path):
+    import json
+    create_store(tmp_path / "cache", make_table(), {})
+    meta_path = tmp_path / "cache" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["attributes"]["schema_version"] = 99
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="schema v99, this code reads v1"):
+        open_store(tmp_path / "cache")
+
+
+def test_second_writer_is_refused(tmp_path):
+    with writer_lock(tmp_path / "cache"):
+        with pytest.raises(StoreError, match="another extract is writing"):
+            with writer_lock(tmp_path / "cache"):
+                pass
