@@ -3,7 +3,8 @@
 The system ffmpeg is used when it is on PATH, else the one shipped in the `imageio-ffmpeg` wheel, so
 `pip install` alone is enough (ffprobe is never needed). Every call has a timeout, and stdout and
 stderr are drained together by `communicate`, because ffmpeg blocks forever once a pipe it writes to
-is full. Command lines are built with ffmpeg-python by the callers (`data/demo.py`, `extract/decode.py`).
+is full. Callers (`data/demo.py`, `extract/decode.py`) pass plain argument lists, kept in view next to
+the output they parse; ffmpeg-python's `run()` has no timeout, so it is not on this path.
 """
 
 from __future__ import annotations
