@@ -15,7 +15,6 @@ import sys
 import typing
 from typing import Any, Callable
 
-from mmfer.pipeline import config as config_module
 from mmfer.pipeline.config import DemoConfig, ExtractConfig, TrainConfig
 from mmfer.pipeline.overrides import (
     ConfigError, apply_overrides, leaf_fields, load_yaml_overrides, parse_key_values)
@@ -61,18 +60,14 @@ def _metavar(annotation: Any) -> str:
     return "VALUE"
 
 
-def resolve_config(cfg_type: type, args: argparse.Namespace, presets: dict[str, dict] | None = None) -> Any:
-    """Defaults <- preset <- --config YAML <- flags <- key=value overrides."""
+def resolve_config(cfg_type: type, args: argparse.Namespace) -> Any:
+    """Defaults <- --config YAML <- flags <- key=value overrides (presets are applied by the stage)."""
     overrides: dict[str, Any] = {}
     if getattr(args, "config", None):
         overrides.update(load_yaml_overrides(args.config, cfg_type))
     overrides.update({k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:")})
     overrides.update(parse_key_values(getattr(args, "overrides", None) or []))
-    cfg = cfg_type()
-    preset = overrides.get("preset")
-    if presets and preset in presets:
-        cfg = apply_overrides(cfg, presets[preset])
-    return apply_overrides(cfg, overrides)
+    return apply_overrides(cfg_type(), overrides)
 
 
 def _common(parser: argparse.ArgumentParser, with_overrides: bool = True) -> None:
@@ -104,11 +99,12 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_train_fusion(args: argparse.Namespace) -> int:
-    cfg: TrainConfig = resolve_config(TrainConfig, args, presets={"tiny": config_module.TINY_TRAIN_OVERRIDES})
+    cfg: TrainConfig = resolve_config(TrainConfig, args)
     if args.dry_run:
         from mmfer.train.dryrun import dry_run_for_cache, format_dry_run
+        from mmfer.train.preset import resolve_preset
 
-        result = dry_run_for_cache(cfg)
+        result = dry_run_for_cache(resolve_preset(cfg))
         print(json.dumps(result, indent=2) if args.json else format_dry_run(result))
         return 0
     from mmfer.train.loop import train

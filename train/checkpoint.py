@@ -1,0 +1,112 @@
+"""Atomic checkpoints: `torch.save` to a temporary file in the same folder, fsync, then rename.
+
+A checkpoint holds only tensors and plain Python values, so it loads with `torch.load(weights_only=True)`
+(never unpickling arbitrary objects). Each save keeps the previous file as `<name>.prev.pt`; a checkpoint
+that fails to load is reported by name and the previous good one is used instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+PREVIOUS_SUFFIX = ".prev.pt"
+
+
+class CheckpointError(RuntimeError):
+    """No loadable checkpoint (named in the message)."""
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
+    """Write `state` to `path` atomically; the file it replaces becomes `<stem>.prev.pt`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if path.exists():
+            os.replace(path, previous_path(path))
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)   # the rename itself survives a power cut
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def previous_path(path: Path) -> Path:
+    return path.with_name(path.stem + PREVIOUS_SUFFIX)
+
+
+def _load_one(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
+        raise CheckpointError(f"{path}: cannot load checkpoint ({type(err).__name__}: {err})") from err
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load `path`, or its `.prev.pt` when `path` is absent, truncated or corrupt.
+
+    Raises:
+        CheckpointError: neither loads; the message names both files.
+    """
+    path = Path(path)
+    previous = previous_path(path)
+    errors = []
+    for candidate in (path, previous):
+        if not candidate.exists():
+            errors.append(f"{candidate}: absent")
+            continue
+        try:
+            state = _load_one(candidate)
+        except CheckpointError as err:
+            log.error("%s; trying the previous checkpoint %s", err, previous)
+            errors.append(str(err))
+            continue
+        if candidate == previous:
+            log.warning("%s: using the previous good checkpoint %s", path, previous)
+        return state
+    raise CheckpointError("no loadable checkpoint: " + "; ".join(errors))
+
+
+def rng_state() -> dict:
+    """Every RNG a run draws from (Python, numpy global, torch CPU and CUDA)."""
+    state = {"python": random.getstate(), "numpy": _numpy_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _numpy_state() -> dict:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def restore_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy = state["numpy"]
+    np.random.set_state((numpy["name"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,266 @@
+"""Cached features -> training batches: which clips are usable, a per-clip dataset, collation, prefetch.
+
+Reads the store only through `pipeline/store.py` and never builds an encoder. The store is opened lazily
+in each process that reads (DataLoader workers are spawned, never forked after the parent used Zarr).
+Collation pads audio to the longest clip of the batch and builds masks (True = real token).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from mmfer.pipeline.store import ClipStatus, FeatureStore, StoreError, open_store
+
+log = logging.getLogger(__name__)
+
+VIDEO_ARRAYS = ("tokens", "pooled")   # what train/ needs from a video entry
+AUDIO_ARRAYS = ("tokens", "length")   # ... and from an audio entry
+PRELOAD_MEMORY_FRACTION = 0.25        # --preload auto keeps the cache in RAM below this share of free memory
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    """What a run reads from a store: fingerprints, feature sizes and the usable clips."""
+
+    path: str
+    video_fingerprint: str | None
+    audio_fingerprint: str | None
+    video_shape: tuple[int, int, int]   # (Tv, P, Dv); (1, 1, 1) when the run reads no video
+    audio_shape: tuple[int, int]        # (Ta_max, Da); (1, 1) when the run reads no audio
+    encoders: dict                      # modality -> the entry's "encoder" identity attrs
+    clips: pd.DataFrame                 # usable clips: clip table columns + has_video, has_audio
+    bytes_per_clip: int
+
+
+def open_cache(path: str, *, use_video: bool, use_audio: bool, video_entry: str | None = None,
+               audio_entry: str | None = None, expected: dict[str, str | None] | None = None) -> CacheInfo:
+    """Open the store, pick the entries and the usable clips.
+
+    A clip is usable when every modality the run reads is DONE or MISSING and at least one is DONE.
+    `expected` ({"video": fp, "audio": fp}, e.g. from a checkpoint) must match the chosen entries.
+
+    Raises:
+        StoreError: no store / another schema version / no such entry / an entry without the arrays
+            train/ reads / fingerprints other than `expected`.
+    """
+    store = open_store(path, mode="r")
+    statuses, fingerprints, encoders, shapes, num_bytes = {}, {}, {}, {}, 0
+    for modality, used, chosen, names in (("video", use_video, video_entry, VIDEO_ARRAYS),
+                                           ("audio", use_audio, audio_entry, AUDIO_ARRAYS)):
+        if not used:
+            fingerprints[modality] = None
+            continue
+        entry = store.entry(modality, chosen)
+        missing = [n for n in names if n not in entry.array_specs]
+        if missing:
+            raise StoreError(f"{entry.path}: {modality} entry lacks arrays {missing} (has {sorted(entry.array_specs)}); "
+                             "this cache was written by another extract version: re-run extract into a new --out")
+        want = (expected or {}).get(modality)
+        if want is not None and want != entry.fingerprint:
+            raise StoreError(f"{path}: this run was trained on {modality} features {want}, the cache holds "
+                             f"{entry.fingerprint}; pass --{modality}-entry {want} or start a new --out")
+        fingerprints[modality] = entry.fingerprint
+        encoders[modality] = dict(entry.attrs.get("encoder", {}))
+        statuses[modality] = entry.statuses()
+        shapes[modality] = entry.array_specs["tokens"].shape
+        num_bytes += entry.raw_bytes_per_clip()
+    table = store.clip_table.copy()
+    done = {m: s == ClipStatus.DONE for m, s in statuses.items()}
+    ok = {m: np.isin(s, (ClipStatus.DONE, ClipStatus.MISSING)) for m, s in statuses.items()}
+    has_video = done.get("video", np.zeros(len(table), bool))
+    has_audio = done.get("audio", np.zeros(len(table), bool))
+    usable = (has_video | has_audio) & np.logical_and.reduce([o for o in ok.values()] or [np.ones(len(table), bool)])
+    table["has_video"], table["has_audio"] = has_video, has_audio
+    skipped = int((~usable).sum())
+    if skipped:
+        log.warning("%s: %d of %d clips are not usable (failed or pending) and are left out", path, skipped, len(table))
+    return CacheInfo(str(path), fingerprints["video"], fingerprints["audio"],
+                     tuple(shapes.get("video", (1, 1, 1))), tuple(shapes.get("audio", (1, 1))),
+                     encoders, table[usable].reset_index(drop=True), num_bytes)
+
+
+def available_memory_bytes() -> int:
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def should_preload(mode: str, num_bytes: int) -> bool:
+    """--preload yes/no, or auto: yes when the cache takes less than a quarter of free memory."""
+    if mode in ("yes", "no"):
+        return mode == "yes"
+    return num_bytes < PRELOAD_MEMORY_FRACTION * available_memory_bytes()
+
+
+class ClipDataset(Dataset):
+    """One clip's cached features by position; the store is opened on first use in each process.
+
+    Items are dicts of numpy arrays as stored (fp16 tokens), plus has_video / has_audio / label.
+    """
+
+    def __init__(self, cache: CacheInfo, clip_ids: list[str], *, preload: bool = False) -> None:
+        rows = cache.clips.set_index("clip_id").loc[clip_ids]
+        self.store_path = cache.path
+        self.fingerprints = {"video": cache.video_fingerprint, "audio": cache.audio_fingerprint}
+        self.video_shape, self.audio_shape = cache.video_shape, cache.audio_shape
+        self.clip_ids = list(clip_ids)
+        self.labels = rows["label"].to_numpy(dtype=np.int64)
+        self.has_video = rows["has_video"].to_numpy(dtype=bool)
+        self.has_audio = rows["has_audio"].to_numpy(dtype=bool)
+        self._store: FeatureStore | None = None
+        self._entries: dict = {}
+        self._pid: int | None = None
+        self._cached: list[dict] | None = None
+        if preload:
+            self._cached = [self._read(i) for i in range(len(self))]
+            log.info("preloaded %d clips from %s", len(self), self.store_path)
+
+    def __len__(self) -> int:
+        return len(self.clip_ids)
+
+    def __getstate__(self) -> dict:
+        # Zarr handles never cross a process boundary: a worker reopens the store itself.
+        return {**self.__dict__, "_store": None, "_entries": {}, "_pid": None}
+
+    def _entry(self, modality: str):
+        if self._pid != os.getpid():
+            self._store, self._entries, self._pid = open_store(self.store_path, mode="r"), {}, os.getpid()
+        if modality not in self._entries:
+            self._entries[modality] = self._store.entry(modality, self.fingerprints[modality])
+        return self._entries[modality]
+
+    def _read(self, index: int) -> dict:
+        clip_id = self.clip_ids[index]
+        item = {"clip_id": clip_id, "label": self.labels[index],
+                "has_video": bool(self.has_video[index]), "has_audio": bool(self.has_audio[index])}
+        if item["has_video"]:
+            video = self._entry("video").read_clip(clip_id)
+            item["video_tokens"], item["video_pooled"] = video["tokens"], video["pooled"]
+        if item["has_audio"]:
+            audio = self._entry("audio").read_clip(clip_id)
+            item["audio_tokens"] = audio["tokens"][: int(audio["length"])]
+        return item
+
+    def __getitem__(self, index: int) -> dict:
+        return self._cached[index] if self._cached is not None else self._read(index)
+
+
+def collate_clips(items: list[dict]) -> dict:
+    """Stack clips into the batch contract (interfaces.md); masks are True for real frames.
+
+    returns video_tokens (B, Tv, P, Dv) float, video_pooled (B, Tv, Dv), frame_mask (B, Tv) bool,
+    has_video (B,) bool, audio_tokens (B, Ta, Da) float, audio_mask (B, Ta) bool, has_audio (B,) bool,
+    labels (B,) long, clip_ids list[str]. A missing modality is zeros with an all-False mask.
+    """
+    first_video = next((it["video_tokens"] for it in items if it["has_video"]), None)
+    first_audio = next((it["audio_tokens"] for it in items if it["has_audio"]), None)
+    tv, p, dv = first_video.shape if first_video is not None else (1, 1, 1)
+    da = first_audio.shape[1] if first_audio is not None else 1
+    ta = max([len(it["audio_tokens"]) for it in items if it["has_audio"]] or [1])
+    b = len(items)
+    batch = {
+        "video_tokens": torch.zeros(b, tv, p, dv), "video_pooled": torch.zeros(b, tv, dv),
+        "frame_mask": torch.zeros(b, tv, dtype=torch.bool), "has_video": torch.zeros(b, dtype=torch.bool),
+        "audio_tokens": torch.zeros(b, ta, da), "audio_mask": torch.zeros(b, ta, dtype=torch.bool),
+        "has_audio": torch.zeros(b, dtype=torch.bool),
+        "labels": torch.tensor([int(it["label"]) for it in items], dtype=torch.long),
+        "clip_ids": [it["clip_id"] for it in items],
+    }
+    for i, it in enumerate(items):
+        if it["has_video"]:
+            if it["video_tokens"].shape != (tv, p, dv):
+                raise ValueError(f"clip {it['clip_id']}: video tokens {it['video_tokens'].shape}, batch has {(tv, p, dv)}")
+            batch["video_tokens"][i] = torch.from_numpy(np.asarray(it["video_tokens"], dtype=np.float32))
+            batch["video_pooled"][i] = torch.from_numpy(np.asarray(it["video_pooled"], dtype=np.float32))
+            batch["frame_mask"][i] = True   # every stored frame is real: extract samples exactly Tv
+            batch["has_video"][i] = True
+        if it["has_audio"]:
+            n = len(it["audio_tokens"])
+            batch["audio_tokens"][i, :n] = torch.from_numpy(np.asarray(it["audio_tokens"], dtype=np.float32))
+            batch["audio_mask"][i, :n] = True
+            batch["has_audio"][i] = True
+    return batch
+
+
+class EpochSampler(Sampler[int]):
+    """Yields the positions set for the current epoch (the loop sets them: shuffled, curriculum subset)."""
+
+    def __init__(self, indices: Iterable[int] = ()) -> None:
+        self.indices = list(indices)
+
+    def set_indices(self, indices: Iterable[int]) -> None:
+        self.indices = list(indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(self.indices))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def make_loader(dataset: ClipDataset, sampler: Sampler, *, batch_size: int, num_workers: int,
+                prefetch_factor: int = 4, seed: int = 0) -> DataLoader:
+    """A DataLoader whose workers are spawned (fork after Zarr use can deadlock) and stay alive across epochs."""
+    extra = {}
+    if num_workers > 0:
+        extra = {"multiprocessing_context": "spawn", "persistent_workers": True, "prefetch_factor": prefetch_factor}
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      collate_fn=collate_clips, generator=torch.Generator().manual_seed(seed), **extra)
+
+
+class _End:
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.error = error
+
+
+def prefetch(batches: Iterable[dict], depth: int = 4) -> Iterator[dict]:
+    """Iterate `batches` in a background thread, `depth` ahead (used when there are no workers)."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if not put(batch):
+                    return
+            put(_End())
+        except Exception as err:   # handed to the consumer, which re-raises it
+            put(_End(err))
+
+    thread = threading.Thread(target=produce, daemon=True, name="mmfer-prefetch")
+    thread.start()
+    try:
+        while True:
+            item = ready.get()
+            if isinstance(item, _End):
+                if item.error is not None:
+                    raise item.error
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)

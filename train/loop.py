@@ -1,0 +1,328 @@
+"""`train(cfg)`: stage-2 training from the feature store, every fold, read top to bottom.
+
+Build the data, then per fold: model, loss, optimizer, schedule; epochs of (mixup, AMP, accumulation,
+clipping) with validation, early stopping and checkpoints; test with the best checkpoint. Then the run
+folder's predictions, confusion matrix and summary. Each epoch's randomness (shuffle, mixup, dropout)
+derives from (seed, fold, epoch), so `--resume` from an epoch's last checkpoint replays the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from mmfer.pipeline.config import TrainConfig
+from mmfer.pipeline.splits import assign_parts, check_no_leakage, describe_protocol, make_folds
+from mmfer.pipeline.store import StoreError
+from mmfer.train.checkpoint import load_checkpoint, previous_path, restore_rng_state, rng_state, save_checkpoint
+from mmfer.train.curriculum import epoch_subset, load_difficulty
+from mmfer.train.dataset import ClipDataset, EpochSampler, make_loader, open_cache, prefetch, should_preload
+from mmfer.train.losses import ContrastiveLoss, MultimodalLoss, resolve_class_weights
+from mmfer.train.metrics import HEADLINE, aggregate_folds, compute_metrics
+from mmfer.train.mixup import mix_batch, sample_mixup
+from mmfer.train.preset import resolve_preset
+from mmfer.train.model import build_model, param_groups
+from mmfer.train.report import (build_summary, format_summary_table, predictions_frame, write_config,
+                                write_confusion, write_predictions, write_summary)
+from mmfer.train.schedule import EarlyStopping, EpochSchedule, build_optimizer
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train and test every selected fold; write the run folder `cfg.out`; return summary.json's content."""
+    started = time.time()
+    cfg = resolve_preset(cfg)
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out)
+    if not cfg.resume and (any(out.glob("*/checkpoints/last*.pt")) or (out / "summary.json").exists()):
+        raise FileExistsError(f"{out}: holds a previous run; pass --resume to continue it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    if cfg.pretrain != "none":   # stage 1 trains one branch alone with its own classifier
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, variant=cfg.pretrain))
+    use_audio = cfg.model.variant in ("lfm2", "early", "audio")
+    use_video = cfg.model.variant in ("lfm2", "early", "visual")
+    expected = None
+    if cfg.resume and (out / "config.yaml").exists():   # a resumed run must read the features it started on
+        expected = yaml.safe_load((out / "config.yaml").read_text()).get("cache_fingerprints")
+    cache = open_cache(cfg.cache, use_video=use_video, use_audio=use_audio,
+                       video_entry=cfg.video_entry, audio_entry=cfg.audio_entry, expected=expected)
+    all_actors = sorted(int(a) for a in cache.clips["actor"].unique())
+    folds = make_folds(cfg.split.protocol, num_val_actors=cfg.split.num_val_actors,
+                       fold_file=cfg.split.fold_file, all_actors=all_actors)
+    if cfg.folds != "all":
+        folds = [folds[int(n) - 1] for n in cfg.folds.split(",")]
+    log.info("protocol %s (%d usable clips):\n%s", cfg.split.protocol, len(cache.clips), describe_protocol(cache.clips, folds))
+    for fold in folds:
+        check_no_leakage(cache.clips, fold)   # raises LeakageError before any training
+    log.info("device %s, torch %s, encoders %s", device, torch.__version__, cache.encoders)
+    resolved = {**dataclasses.asdict(cfg), "resolved_device": str(device),
+                "cache_fingerprints": {"video": cache.video_fingerprint, "audio": cache.audio_fingerprint}}
+    write_config(out, resolved)
+
+    preload = should_preload(cfg.preload, cache.bytes_per_clip * len(cache.clips))
+    dataset = ClipDataset(cache, list(cache.clips["clip_id"]), preload=preload)
+    num_workers = 0 if preload else cfg.num_workers   # preloaded clips are read in-process (a thread prefetches)
+    sampler = EpochSampler()
+    loader = make_loader(dataset, sampler, batch_size=cfg.training.batch_size, num_workers=num_workers, seed=cfg.seed)
+    confidence = load_difficulty(cfg.training.curriculum) if cfg.training.curriculum else None
+
+    fold_metrics, frames, timings = {}, [], []
+    for fold_index, fold in enumerate(folds):
+        metrics, frame, epoch_times = train_fold(cfg, fold, fold_index, out / fold.name, cache, dataset, sampler,
+                                                 loader, device, resolved, confidence)
+        fold_metrics[fold.name], timings = metrics, timings + epoch_times
+        frames.append(frame)
+
+    mean, std = aggregate_folds(list(fold_metrics.values()))
+    write_predictions(out, frames)
+    confusion = np.sum([m["confusion_matrix"] for m in fold_metrics.values()], axis=0)
+    write_confusion(out, confusion, f"{cfg.model.variant}: test clips of {len(folds)} fold(s)")
+    summary = build_summary([f.as_dict() for f in folds], fold_metrics, mean, std, {
+        "variant": cfg.model.variant, "device": str(device), "cache_fingerprints": resolved["cache_fingerprints"],
+        "epoch_s_mean": float(np.mean([t for t, _ in timings])) if timings else None,
+        "samples_per_s_mean": float(np.mean([s for _, s in timings])) if timings else None,
+        "wall_s": time.time() - started})
+    write_summary(out, summary)
+    log.info("results (%s, test actors of each fold):\n%s", cfg.model.variant, format_summary_table(summary))
+    return summary
+
+
+def train_fold(cfg: TrainConfig, fold, fold_index: int, fold_dir: Path, cache, dataset: ClipDataset,
+               sampler: EpochSampler, loader, device: torch.device, resolved: dict, confidence) -> tuple:
+    """One fold: train with validation and checkpoints, then test the best checkpoint.
+
+    Returns (test metrics, predictions frame, [(epoch_s, samples_per_s)] of the epochs run now).
+    """
+    t = cfg.training
+    part = assign_parts(cache.clips, fold).to_numpy()
+    train_pos, val_pos, test_pos = (np.flatnonzero(part == p) for p in ("train", "val", "test"))
+    for name, positions in (("train", train_pos), ("val", val_pos), ("test", test_pos)):
+        if len(positions) == 0:
+            raise ValueError(f"{fold.name}: no usable {name} clips in {cache.path}; check the split and the cache")
+    (fold_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    last_path, best_path = fold_dir / "checkpoints" / "last.pt", fold_dir / "checkpoints" / "best.pt"
+
+    torch.manual_seed(derive_seed(cfg.seed, fold_index, -1))
+    tv, num_patches, video_dim = cache.video_shape
+    model = build_model(cfg.model, video_dim=video_dim, num_patches=num_patches, audio_dim=cache.audio_shape[1],
+                        dropout=t.dropout)
+    if t.gradient_checkpointing:
+        model.set_gradient_checkpointing(True)
+    for name, source in (("audio", cfg.audio_branch), ("visual", cfg.visual_branch)):
+        if source:   # the guide's stage 2: start from stage-1 branch weights
+            model.load_branch_state_dict(name, load_branch_weights(source, name, fold.name), freeze=cfg.freeze_branches)
+    contrastive = None
+    if t.contrastive_weight > 0 and cfg.model.variant in ("lfm2", "early"):
+        contrastive = ContrastiveLoss(cfg.model.audio.feature_dim, cfg.model.visual.out_dim, t.contrastive_temperature)
+    criterion = MultimodalLoss(
+        label_smoothing=t.label_smoothing, class_weights=resolve_class_weights(t.class_weights, dataset.labels[train_pos], cfg.model.num_classes),
+        alpha_fusion=t.loss_weight_fusion, alpha_audio=t.loss_weight_audio, alpha_visual=t.loss_weight_visual,
+        contrastive=contrastive, contrastive_weight=t.contrastive_weight)
+    model.to(device)
+    criterion.to(device)
+    groups = param_groups(model)
+    groups["classifier"] += list(criterion.parameters())   # InfoNCE projections train with the heads
+    optimizer = build_optimizer(groups, lr_branches=t.lr_branches, lr_fusion=t.lr_fusion, lr=t.lr,
+                                weight_decay=t.weight_decay, betas=t.betas)
+    schedule = EpochSchedule(optimizer, kind=t.scheduler, warmup_epochs=t.warmup_epochs, cosine_t0=t.cosine_t0,
+                             cosine_t_mult=t.cosine_t_mult, eta_min=t.eta_min, plateau_factor=t.plateau_factor,
+                             plateau_patience=t.plateau_patience)
+    stopper = EarlyStopping(t.early_stopping_patience, t.early_stopping_min_delta)
+    amp_dtype = autocast_dtype(device, t.mixed_precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    start_epoch = 0
+    if cfg.resume and (last_path.exists() or previous_path(last_path).exists()):
+        state = load_checkpoint(last_path)
+        if state["cache_fingerprints"] != resolved["cache_fingerprints"]:
+            raise StoreError(f"{last_path}: trained on features {state['cache_fingerprints']}, the cache now gives "
+                             f"{resolved['cache_fingerprints']}; pass --video-entry/--audio-entry or start a new --out")
+        model.load_state_dict(state["model"])
+        criterion.load_state_dict(state["criterion"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        stopper.load_state_dict(state["early_stopping"])
+        restore_rng_state(state["rng"])
+        start_epoch = state["epoch"] + 1
+        keep_metrics_lines(fold_dir / "metrics.jsonl", up_to_epoch=state["epoch"])
+        log.info("%s: resuming after epoch %d (best %s %.4f at epoch %d)", fold.name, state["epoch"] + 1,
+                 t.monitor, stopper.best, stopper.best_epoch + 1)
+
+    from torch.utils.tensorboard import SummaryWriter   # here, so importing loop.py stays light
+    writer = SummaryWriter(str(fold_dir / "tb"))
+    timings = []
+    for epoch in range(start_epoch, t.max_epochs):
+        if stopper.should_stop:
+            break
+        torch.manual_seed(derive_seed(cfg.seed, fold_index, epoch))        # dropout
+        rng = np.random.default_rng([cfg.seed, fold_index, epoch])         # shuffle + mixup
+        positions = train_pos if confidence is None else epoch_subset(
+            train_pos, dataset.clip_ids, confidence, epoch, t.curriculum_epochs)
+        sampler.set_indices(rng.permutation(positions))
+        stats = train_epoch(model, criterion, optimizer, scaler, loader, device, amp_dtype, rng,
+                            mixup_alpha=t.mixup_alpha, accumulation=t.gradient_accumulation_steps,
+                            max_grad_norm=t.gradient_clip, desc=f"{fold.name} epoch {epoch + 1}/{t.max_epochs}")
+        _, val_labels, val_probs = predict(model, loader, sampler, val_pos, device, amp_dtype)
+        val = compute_metrics(val_labels, val_probs.argmax(1))
+        lrs = schedule.lrs()
+        is_best = stopper.update(val[t.monitor], epoch)
+        schedule.step(val[t.monitor])
+        state = {"model": model.state_dict(), "criterion": criterion.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": schedule.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                 "metric": {"name": t.monitor, "value": val[t.monitor]}, "early_stopping": stopper.state_dict(),
+                 "rng": rng_state(), "config": resolved, "cache_fingerprints": resolved["cache_fingerprints"]}
+        if is_best:   # best before last: a kill between the two replays this epoch on resume
+            save_checkpoint(best_path, state)
+        save_checkpoint(last_path, state)
+        record = {"fold": fold.name, "epoch": epoch + 1, **stats, **{f"val_{k}": val[k] for k in HEADLINE},
+                  **{f"lr_{k}": v for k, v in lrs.items()}, "is_best": is_best}
+        with open(fold_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch":
+                writer.add_scalar(key, value, epoch + 1)
+        timings.append((stats["epoch_s"], stats["samples_per_s"]))
+        log.info("%s epoch %d: loss %.4f acc %.3f | val %s %.4f%s | %.1f clips/s", fold.name, epoch + 1, stats["loss"],
+                 stats["accuracy"], t.monitor, val[t.monitor], " (best)" if is_best else "", stats["samples_per_s"])
+    writer.close()
+
+    best = load_checkpoint(best_path)
+    model.load_state_dict(best["model"])
+    clip_ids, labels, probs = predict(model, loader, sampler, test_pos, device, amp_dtype)
+    metrics = {**compute_metrics(labels, probs.argmax(1)), "best_epoch": best["epoch"] + 1,
+               "epochs_run": int(load_checkpoint(last_path)["epoch"]) + 1}
+    if cfg.pretrain != "none":   # the guide's stage 1: keep the branch for `--{audio,visual}-branch <out>`
+        save_branch_weights(fold_dir / f"{cfg.pretrain}_branch.safetensors", model.branch_state_dict(cfg.pretrain))
+    log.info("%s test: %s", fold.name, ", ".join(f"{k} {metrics[k]:.4f}" for k in HEADLINE))
+    return metrics, predictions_frame(fold.name, clip_ids, labels, probs), timings
+
+
+def train_epoch(model, criterion, optimizer, scaler, loader, device, amp_dtype, rng: np.random.Generator, *,
+                mixup_alpha: float, accumulation: int, max_grad_norm: float, desc: str) -> dict:
+    """One pass over the sampler's clips: mixup, AMP forward, scaled backward, every `accumulation` batches
+    unscale -> clip -> step. Returns mean loss, accuracy (vs. the dominant mixup label), epoch_s, samples_per_s."""
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    num_batches = len(loader)
+    total_loss, correct, seen, started = 0.0, 0, 0, time.time()
+    batches = loader if loader.num_workers > 0 else prefetch(loader)
+    bar = tqdm(total=num_batches, desc=desc, unit="batch", leave=False, disable=not sys.stderr.isatty())
+    for step, batch in enumerate(batches):
+        batch = to_device(batch, device)
+        labels = batch["labels"]
+        lam, perm = sample_mixup(rng, mixup_alpha, len(labels))
+        labels_b = None
+        if lam < 1.0:
+            batch, labels_b = mix_batch(batch, lam, perm)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            outputs = model(batch)
+            losses = criterion(outputs, labels, labels_b, lam, has_audio=batch["has_audio"], has_video=batch["has_video"])
+        group_size = min(accumulation, num_batches - (step // accumulation) * accumulation)   # last group may be short
+        scaler.scale(losses["loss"] / group_size).backward()
+        if (step + 1) % accumulation == 0 or step + 1 == num_batches:
+            scaler.unscale_(optimizer)   # clip the true gradients, not the scaled ones
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+        target = labels if labels_b is None or lam >= 0.5 else labels_b
+        total_loss += float(losses["loss"].detach()) * len(labels)
+        correct += int((outputs["logits"].argmax(1) == target).sum())
+        seen += len(labels)
+        bar.update(1)
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}",
+                        samples_s=f"{seen / max(time.time() - started, 1e-9):.1f}")
+    bar.close()
+    elapsed = time.time() - started
+    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1), "epoch_s": elapsed,
+            "samples_per_s": seen / max(elapsed, 1e-9)}
+
+
+@torch.inference_mode()
+def predict(model, loader, sampler: EpochSampler, positions: np.ndarray, device, amp_dtype) -> tuple:
+    """(clip_ids, labels (N,) int, probabilities (N, C) float32) for the clips at `positions`, in order."""
+    model.eval()
+    sampler.set_indices(positions)
+    clip_ids, labels, probs = [], [], []
+    batches = loader if loader.num_workers > 0 else prefetch(loader)
+    for batch in batches:
+        batch = to_device(batch, device)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            outputs = model(batch)
+        clip_ids += batch["clip_ids"]
+        labels.append(batch["labels"].cpu().numpy())
+        probs.append(outputs["probabilities"].float().cpu().numpy())
+    return clip_ids, np.concatenate(labels), np.concatenate(probs)
+
+
+def load_branch_weights(source: str, name: str, fold_name: str) -> dict:
+    """A stage-1 branch: `<run dir>/<fold>/<name>_branch.safetensors` (trained on this fold's actors), or a file."""
+    from safetensors.torch import load_file
+    path = Path(source)
+    if path.is_dir():
+        path = path / fold_name / f"{name}_branch.safetensors"
+    else:
+        log.warning("%s: one %s branch file for every fold; its training actors may include this fold's test actors", path, name)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no {name} branch weights; run `train-fusion --pretrain {name} --out {source}` first")
+    return load_file(str(path))
+
+
+def save_branch_weights(path: Path, state: dict) -> None:
+    from safetensors.torch import save_file
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def keep_metrics_lines(path: Path, up_to_epoch: int) -> None:
+    """On resume, drop metrics.jsonl lines of epochs after the checkpoint (written before a kill)."""
+    if path.exists():
+        lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= up_to_epoch + 1]
+        path.write_text("".join(line + "\n" for line in lines))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
+    return device
+
+
+def autocast_dtype(device: torch.device, mixed_precision: bool) -> torch.dtype | None:
+    """bf16 on CUDA where supported, else fp16 (with GradScaler); None (fp32) on CPU or when turned off."""
+    if device.type != "cuda" or not mixed_precision:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def derive_seed(seed: int, fold_index: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, fold_index, epoch + 1]).generate_state(1)[0])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)

@@ -1,0 +1,41 @@
+"""The field's metrics for one fold (scikit-learn) and their mean / standard deviation across folds.
+
+accuracy is WAR (weighted average recall), uar is balanced accuracy (unweighted average recall).
+Standard deviation across folds is the population one (ddof=0), so one fold gives 0, not NaN.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
+                             precision_recall_fscore_support)
+
+from mmfer.pipeline.labels import EMOTIONS
+
+HEADLINE = ("accuracy", "uar", "f1_macro", "f1_weighted")
+
+
+def compute_metrics(labels: np.ndarray, preds: np.ndarray, class_names: tuple[str, ...] = EMOTIONS) -> dict:
+    """labels, preds: (N,) int class ids. Returns headline metrics, per_class P/R/F1/support, confusion_matrix."""
+    classes = list(range(len(class_names)))
+    labels, preds = np.asarray(labels, dtype=np.int64), np.asarray(preds, dtype=np.int64)
+    if len(labels) == 0:
+        raise ValueError("compute_metrics: no clips to score")
+    precision, recall, f1, support = precision_recall_fscore_support(labels, preds, labels=classes, zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(labels, preds)),
+        # uar and f1_macro as scikit-learn (and the guide) compute them: over the classes that occur
+        "uar": float(balanced_accuracy_score(labels, preds)),
+        "f1_macro": float(f1_score(labels, preds, average="macro", zero_division=0)),
+        "f1_weighted": float(f1_score(labels, preds, average="weighted", zero_division=0)),
+        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                             "support": int(support[i])} for i, name in enumerate(class_names)},
+        "confusion_matrix": confusion_matrix(labels, preds, labels=classes).tolist(),
+        "num_clips": int(len(labels)),
+    }
+
+
+def aggregate_folds(fold_metrics: list[dict]) -> tuple[dict, dict]:
+    """(mean, std) of the headline metrics over folds."""
+    values = {k: np.array([m[k] for m in fold_metrics], dtype=np.float64) for k in HEADLINE}
+    return ({k: float(v.mean()) for k, v in values.items()}, {k: float(v.std()) for k, v in values.items()})

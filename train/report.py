@@ -1,0 +1,94 @@
+"""Run-folder outputs: config.yaml, predictions.csv, confusion matrix (PNG + CSV), summary.json, the table.
+
+Inputs are plain values (a config dict, per-clip predictions, per-fold metrics from metrics.py); nothing
+here trains or reads the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from mmfer.pipeline.labels import EMOTIONS
+from mmfer.train.metrics import HEADLINE
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_config(out: Path, config: dict) -> Path:
+    """The resolved config as YAML (tuples become lists)."""
+    path = out / "config.yaml"
+    _write_text(path, yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False))
+    return path
+
+
+def predictions_frame(fold: str, clip_ids: list[str], labels: np.ndarray, probabilities: np.ndarray) -> pd.DataFrame:
+    """One row per test clip: clip_id, fold, label, prediction, prob_<emotion> x C (names, not ids, for labels)."""
+    frame = pd.DataFrame({"clip_id": clip_ids, "fold": fold, "label": [EMOTIONS[i] for i in labels],
+                          "prediction": [EMOTIONS[i] for i in probabilities.argmax(1)]})
+    for i, name in enumerate(EMOTIONS):
+        frame[f"prob_{name}"] = probabilities[:, i].round(6)
+    return frame
+
+
+def write_predictions(out: Path, frames: list[pd.DataFrame]) -> Path:
+    path = out / "predictions.csv"
+    _write_text(path, pd.concat(frames, ignore_index=True).to_csv(index=False))
+    return path
+
+
+def write_confusion(out: Path, matrix: np.ndarray, title: str) -> tuple[Path, Path]:
+    """confusion_matrix.csv (rows true, columns predicted) and a PNG heat map of the same numbers."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = np.asarray(matrix)
+    csv_path, png_path = out / "confusion_matrix.csv", out / "confusion_matrix.png"
+    frame = pd.DataFrame(matrix, index=[f"true_{e}" for e in EMOTIONS], columns=[f"pred_{e}" for e in EMOTIONS])
+    _write_text(csv_path, frame.to_csv())
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(EMOTIONS)), EMOTIONS, rotation=45, ha="right")
+    ax.set_yticks(range(len(EMOTIONS)), EMOTIONS)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    for (r, c), value in np.ndenumerate(matrix):
+        ax.text(c, r, str(value), ha="center", va="center", color="white" if value > matrix.max() / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return csv_path, png_path
+
+
+def build_summary(protocol: list[dict], folds: dict[str, dict], mean: dict, std: dict, extra: dict) -> dict:
+    """summary.json's content: protocol (folds with actors), per-fold metrics, mean and std, plus `extra`."""
+    return {"protocol": protocol, "folds": folds, "mean": mean, "std": std, **extra}
+
+
+def write_summary(out: Path, summary: dict) -> Path:
+    path = out / "summary.json"
+    _write_text(path, json.dumps(summary, indent=2))
+    return path
+
+
+def format_summary_table(summary: dict) -> str:
+    """A plain-text table: one row per fold, then mean +- std, columns = headline metrics."""
+    header = f"{'fold':<10}" + "".join(f"{k:>14}" for k in HEADLINE)
+    lines = [header, "-" * len(header)]
+    for name, metrics in summary["folds"].items():
+        lines.append(f"{name:<10}" + "".join(f"{metrics[k]:>14.4f}" for k in HEADLINE))
+    lines.append("-" * len(header))
+    lines.append(f"{'mean':<10}" + "".join(
+        f"{summary['mean'][k]:>8.4f}±{summary['std'][k]:<5.3f}" for k in HEADLINE))
+    return "\n".join(lines)
