@@ -108,8 +108,10 @@ def cmd_train_fusion(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2) if args.json else format_dry_run(result))
         return 0
     from mmfer.train.loop import train
+    from mmfer.train.report import format_summary_table
 
-    train(cfg)
+    summary = train(cfg)
+    print(format_summary_table(summary))
     return 0
 
 
@@ -191,6 +193,24 @@ def _verify_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repair", action="store_true", help="Mark damaged clips pending so the next extract redoes them.")
     _common(parser, with_overrides=False)
     parser.set_defaults(handler=cmd_verify)
+
+
+@_register("predict", "Emotions for your videos with a trained run or an exported model (the run's exact extraction).")
+def _predict_parser(parser: argparse.ArgumentParser) -> None:
+    from mmfer.pipeline.predict import add_predict_arguments, cmd_predict
+
+    add_predict_arguments(parser)
+    _common(parser, with_overrides=False)
+    parser.set_defaults(handler=cmd_predict)
+
+
+@_register("export", "Write a self-contained model folder from a run, for `mmfer predict --model`.")
+def _export_parser(parser: argparse.ArgumentParser) -> None:
+    from mmfer.pipeline.export import add_export_arguments, cmd_export
+
+    add_export_arguments(parser)
+    _common(parser, with_overrides=False)
+    parser.set_defaults(handler=cmd_export)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ Collation pads audio to the longest clip of the batch and builds masks (True = r
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -160,8 +161,11 @@ class ClipDataset(Dataset):
         return self._cached[index] if self._cached is not None else self._read(index)
 
 
-def collate_clips(items: list[dict]) -> dict:
+def collate_clips(items: list[dict], video_shape: tuple[int, int, int] | None = None, audio_dim: int | None = None) -> dict:
     """Stack clips into the batch contract (interfaces.md); masks are True for real frames.
+
+    `video_shape` (Tv, P, Dv) and `audio_dim` (Da) size a modality that no clip of the batch has, so a
+    batch of only no-audio clips still has the audio width the model expects.
 
     returns video_tokens (B, Tv, P, Dv) float, video_pooled (B, Tv, Dv), frame_mask (B, Tv) bool,
     has_video (B,) bool, audio_tokens (B, Ta, Da) float, audio_mask (B, Ta) bool, has_audio (B,) bool,
@@ -169,8 +173,8 @@ def collate_clips(items: list[dict]) -> dict:
     """
     first_video = next((it["video_tokens"] for it in items if it["has_video"]), None)
     first_audio = next((it["audio_tokens"] for it in items if it["has_audio"]), None)
-    tv, p, dv = first_video.shape if first_video is not None else (1, 1, 1)
-    da = first_audio.shape[1] if first_audio is not None else 1
+    tv, p, dv = first_video.shape if first_video is not None else (video_shape or (1, 1, 1))
+    da = first_audio.shape[1] if first_audio is not None else (audio_dim or 1)
     ta = max([len(it["audio_tokens"]) for it in items if it["has_audio"]] or [1])
     b = len(items)
     batch = {
@@ -219,8 +223,9 @@ def make_loader(dataset: ClipDataset, sampler: Sampler, *, batch_size: int, num_
     extra = {}
     if num_workers > 0:
         extra = {"multiprocessing_context": "spawn", "persistent_workers": True, "prefetch_factor": prefetch_factor}
+    collate = functools.partial(collate_clips, video_shape=dataset.video_shape, audio_dim=dataset.audio_shape[1])
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      collate_fn=collate_clips, generator=torch.Generator().manual_seed(seed), **extra)
+                      collate_fn=collate, generator=torch.Generator().manual_seed(seed), **extra)
 
 
 class _End:

@@ -1,0 +1,142 @@
+"""The trained model(s) predict uses, from a run folder or an `mmfer export` folder.
+
+`load_run_bundle` / `load_export_bundle` gather the fold weights, the resolved config, the feature
+records (the cache entries' attributes: encoder identity, preprocessing, decode parameters) and the
+run's evaluation. Nothing here loads an encoder or decodes a file (that is pipeline/predictor.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from mmfer.pipeline.config import TrainConfig
+from mmfer.pipeline.overrides import apply_overrides, flatten, leaf_fields
+
+log = logging.getLogger(__name__)
+
+EXPORT_MANIFEST = "model.json"
+EXPORT_FORMAT = "mmfer-model/1"
+
+
+@dataclass
+class ModelBundle:
+    """What predict needs: features (modality -> cache entry attrs, only the modalities the model reads),
+    the resolved run config, fold names with their weights, and summary.json's evaluation (or {})."""
+
+    source: str
+    config: dict
+    features: dict[str, dict]
+    fold_names: list[str]
+    states: list[dict[str, torch.Tensor]]
+    evaluation: dict = field(default_factory=dict)
+
+    @property
+    def is_ensemble(self) -> bool:
+        return len(self.fold_names) > 1
+
+    def describe(self) -> str:
+        if self.is_ensemble:
+            return f"ensemble of {len(self.fold_names)} fold models ({', '.join(self.fold_names)}): mean of their probabilities"
+        return f"fold model {self.fold_names[0]}"
+
+
+def choose_folds(available: list[str], fold: str | None, ensemble: bool, where: str) -> list[str]:
+    """`fold` is a 1-based number or a fold name; neither given: the only fold, else all (an ensemble)."""
+    if not available:
+        raise FileNotFoundError(f"{where}: no trained fold models (<fold>/checkpoints/best.pt); has training finished?")
+    if ensemble or fold is None:
+        if fold is None and not ensemble and len(available) > 1:
+            log.info("%s: %d fold models and no --fold: predicting with their ensemble", where, len(available))
+        return list(available)
+    if fold in available:
+        return [fold]
+    if fold.isdigit() and 1 <= int(fold) <= len(available):
+        return [available[int(fold) - 1]]
+    raise FileNotFoundError(f"{where}: no fold {fold!r}; it has {', '.join(available)} (pass a number 1..{len(available)} or a name)")
+
+
+def feature_records(cache_path: str | Path, fingerprints: dict[str, str | None]) -> dict[str, dict]:
+    """The attrs of the cache entries a run read (modality -> attrs), picked by the run's fingerprints."""
+    from mmfer.pipeline.store import open_store
+
+    store = open_store(cache_path, mode="r")
+    return {m: json.loads(json.dumps(store.entry(m, fp).attrs)) for m, fp in fingerprints.items() if fp is not None}
+
+
+def _run_folds(run_dir: Path, evaluation: dict) -> list[str]:
+    names = [f["name"] for f in evaluation.get("protocol", [])]
+    if not names:   # an unfinished run: every fold with a best checkpoint
+        names = sorted(p.parent.parent.name for p in run_dir.glob("*/checkpoints/best.pt"))
+    return [n for n in names if (run_dir / n / "checkpoints" / "best.pt").exists() or
+            (run_dir / n / "checkpoints" / "best.prev.pt").exists()]
+
+
+def load_run_bundle(run_dir: str | Path, *, fold: str | None = None, ensemble: bool = False,
+                    cache: str | None = None) -> ModelBundle:
+    """Fold weights from `<run>/<fold>/checkpoints/best.pt`; feature records from the run's cache (or `cache`).
+
+    Raises:
+        FileNotFoundError: no run, no such fold, or the cache is gone.
+        StoreError: the cache no longer holds the entries the run was trained on.
+    """
+    from mmfer.pipeline.store import StoreError
+    from mmfer.train.checkpoint import load_checkpoint
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise FileNotFoundError(f"{run_dir}: not a run folder (no config.yaml); pass the --out of train-fusion")
+    summary_path = run_dir / "summary.json"
+    evaluation = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    names = choose_folds(_run_folds(run_dir, evaluation), fold, ensemble, str(run_dir))
+    checkpoints = [load_checkpoint(run_dir / n / "checkpoints" / "best.pt") for n in names]
+    config = checkpoints[0]["config"]
+    fingerprints = config["cache_fingerprints"]
+    cache_path = Path(cache or config["cache"])
+    if not (cache_path / "zarr.json").exists():
+        raise FileNotFoundError(
+            f"{cache_path}: the feature store run {run_dir} was trained from is gone, and predict needs its record of "
+            "the encoders and preprocessing; pass --cache PATH if it moved, or use a model folder from `mmfer export`")
+    features = feature_records(cache_path, fingerprints)
+    for name, state in zip(names, checkpoints):
+        if state["cache_fingerprints"] != fingerprints:
+            raise StoreError(f"{run_dir}/{name}: trained on features {state['cache_fingerprints']}, "
+                             f"{names[0]} on {fingerprints}; predict one fold at a time (--fold)")
+    return ModelBundle(str(run_dir), config, features, names, [c["model"] for c in checkpoints], evaluation)
+
+
+def load_export_bundle(model_dir: str | Path, *, fold: str | None = None, ensemble: bool = False) -> ModelBundle:
+    """A folder written by `mmfer export` (see pipeline/export.py).
+
+    Raises:
+        FileNotFoundError: not an exported model folder, or no such fold.
+    """
+    from safetensors.torch import load_file
+
+    model_dir = Path(model_dir)
+    manifest_path = model_dir / EXPORT_MANIFEST
+    if not manifest_path.exists():
+        raise FileNotFoundError(f"{model_dir}: not an exported model (no {EXPORT_MANIFEST}); write one with `mmfer export`")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("format") != EXPORT_FORMAT:
+        raise FileNotFoundError(f"{manifest_path}: format {manifest.get('format')!r}, this code reads {EXPORT_FORMAT}")
+    weights = {f["name"]: f["weights"] for f in manifest["folds"]}
+    names = choose_folds(list(weights), fold, ensemble, str(model_dir))
+    config = json.loads((model_dir / manifest["config"]).read_text())
+    lfm2_dir = model_dir / "lfm2"
+    if lfm2_dir.is_dir():   # an LFM2 config copied at export: build the architecture from it, no download
+        config["model"]["fusion"]["pretrained_model"] = str(lfm2_dir)
+    features = json.loads((model_dir / manifest["features"]).read_text())
+    evaluation = json.loads((model_dir / manifest["evaluation"]).read_text())
+    states = [load_file(str(model_dir / weights[n])) for n in names]
+    return ModelBundle(str(model_dir), config, features, names, states, evaluation)
+
+
+def train_config(config: dict) -> TrainConfig:
+    """A resolved run config (config.yaml / checkpoint) back into a TrainConfig; extra keys are left out."""
+    known = {key for key, *_ in leaf_fields(TrainConfig)}
+    return apply_overrides(TrainConfig(), {k: v for k, v in flatten(config).items() if k in known})

@@ -1,0 +1,158 @@
+"""`mmfer export`: a self-contained model folder that `mmfer predict --model DIR` reads.
+
+It holds the fold weights (safetensors), the resolved config, the feature records (encoder identities,
+preprocessing and decode parameters, copied from the cache entries), the label names, the protocol and
+metrics from summary.json, and a model card. Neither the cache nor the run is needed afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import uuid
+from pathlib import Path
+
+from mmfer.pipeline.labels import EMOTIONS
+
+log = logging.getLogger(__name__)
+
+def export_model(run_dir: str | Path, out: str | Path, *, fold: str | None = None, ensemble: bool = False,
+                 cache: str | None = None) -> Path:
+    """Write the export folder `out` (staged, then renamed into place) and return it.
+
+    Raises:
+        FileExistsError: `out` exists and is not empty.
+        FileNotFoundError: see `load_run_bundle`.
+    """
+    from safetensors.torch import save_file
+
+    from mmfer.pipeline.bundle import EXPORT_FORMAT, EXPORT_MANIFEST, load_run_bundle
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out}: exists and is not empty; choose another --out")
+    bundle = load_run_bundle(run_dir, fold=fold, ensemble=ensemble, cache=cache)
+    staging = out.parent / f".{out.name}.staging-{uuid.uuid4().hex[:8]}"
+    (staging / "weights").mkdir(parents=True)
+    try:
+        folds = []
+        summary = bundle.evaluation
+        protocol = {f["name"]: f for f in summary.get("protocol", [])}
+        for name, state in zip(bundle.fold_names, bundle.states):
+            weights = f"weights/{name}.safetensors"
+            save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()}, str(staging / weights))
+            folds.append({"name": name, "weights": weights, **{k: v for k, v in protocol.get(name, {}).items() if k != "name"},
+                          "metrics": {k: v for k, v in summary.get("folds", {}).get(name, {}).items()
+                                      if not isinstance(v, (dict, list))}})   # per class + confusion: evaluation.json
+        evaluation = {"protocol": [protocol[n] for n in bundle.fold_names if n in protocol],
+                      "folds": {n: summary.get("folds", {}).get(n, {}) for n in bundle.fold_names},
+                      "run_mean": summary.get("mean", {}), "run_std": summary.get("std", {}),
+                      "run_protocol": summary.get("protocol", []), "variant": summary.get("variant")}
+        _write_json(staging / "config.json", bundle.config)
+        _write_json(staging / "features.json", bundle.features)
+        _write_json(staging / "evaluation.json", evaluation)
+        _copy_lfm2_config(bundle.config, staging)
+        manifest = {"format": EXPORT_FORMAT, "label_names": list(EMOTIONS), "folds": folds,
+                    "ensemble": bundle.is_ensemble, "config": "config.json", "features": "features.json",
+                    "evaluation": "evaluation.json", "source_run": str(Path(run_dir).resolve()),
+                    "cache_fingerprints": bundle.config.get("cache_fingerprints")}
+        _write_json(staging / EXPORT_MANIFEST, manifest)
+        (staging / "README.md").write_text(model_card(out.name, bundle, folds, evaluation))
+        if out.exists():
+            out.rmdir()
+        os.rename(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("exported %s (%s) to %s", run_dir, bundle.describe(), out)
+    return out
+
+
+def _write_json(path: Path, value: object) -> None:
+    path.write_text(json.dumps(value, indent=2, default=str))
+
+
+def _copy_lfm2_config(config: dict, staging: Path) -> None:
+    """A pretrained LFM2 other than the built-in LFM2-700M config: keep its config.json, so predict can
+    build the architecture offline (the exported weights replace every weight)."""
+    from mmfer.train.fusion import LFM2_700M_ID, CheckpointNotFoundError, resolve_checkpoint
+
+    model = config["model"]
+    fusion = model["fusion"]
+    if model["variant"] != "lfm2" or fusion["tiny_hidden_size"] > 0 or fusion["pretrained_model"] == LFM2_700M_ID:
+        return
+    try:
+        source = resolve_checkpoint(fusion["pretrained_model"]) / "config.json"
+    except CheckpointNotFoundError as err:
+        log.warning("LFM2 config not copied (%s); predict --model will need %s", err, fusion["pretrained_model"])
+        return
+    (staging / "lfm2").mkdir()
+    shutil.copy2(source, staging / "lfm2" / "config.json")
+
+
+def model_card(title: str, bundle, folds: list[dict], evaluation: dict) -> str:
+    """A short README.md: what the model is, what it needs, how it was evaluated, how to use it."""
+    from mmfer.train.metrics import HEADLINE
+
+    model = bundle.config["model"]
+    video, audio = bundle.features.get("video"), bundle.features.get("audio")
+    lines = [f"# {title}", "",
+             f"Audio-visual emotion recognition model exported by `mmfer export` from run `{bundle.source}`: "
+             f"variant `{model['variant']}`, {bundle.describe()}.", "",
+             f"Labels (C = {len(EMOTIONS)}, in this order): {', '.join(EMOTIONS)}.", "",
+             "## Use", "", "```bash", f"mmfer predict --model {title} clip.mp4 [more.mp4 or folders] --out predictions.csv",
+             f"mmfer predict --model {title} long.mp4 --window 3 --hop 1      # emotion timeline (CSV + PNG)", "```", "",
+             "## Inputs (must match; `predict` checks the encoder weights)", ""]
+    if video:
+        enc = video["encoder"]
+        lines.append(f"- video: {video['num_frames']} frames sampled uniformly, face crop `{video['face_crop']}`, "
+                     f"encoder `{enc['name']}` (revision {enc.get('revision')}, weights sha256 {str(enc.get('weights_sha256'))[:16]}…), "
+                     f"tokens stored as {video['dtype']}")
+    if audio:
+        enc = audio["encoder"]
+        lines.append(f"- audio: mono {audio['sample_rate_hz']} Hz, at most {audio['max_audio_s']:g} s, encoder `{enc['name']}` "
+                     f"(weights sha256 {str(enc.get('weights_sha256'))[:16]}…), {audio.get('frame_shift_s')} s per frame; "
+                     "a clip without audio is predicted from video alone")
+    lines += ["", "Full records: `features.json`. Resolved training config: `config.json`.", "",
+              "## Evaluation (speaker-independent: test actors never seen in training)", "",
+              "| fold | test actors | " + " | ".join(HEADLINE) + " |", "|---|---|" + "---|" * len(HEADLINE)]
+    for fold in folds:
+        metrics = fold.get("metrics", {})
+        values = " | ".join(f"{metrics[k]:.4f}" if k in metrics else "-" for k in HEADLINE)
+        lines.append(f"| {fold['name']} | {fold.get('test_actors', '-')} | {values} |")
+    mean, std = evaluation.get("run_mean", {}), evaluation.get("run_std", {})
+    if mean:
+        lines.append(f"| run mean ± std ({len(evaluation.get('run_protocol', []))} folds) | | "
+                     + " | ".join(f"{mean[k]:.4f} ± {std.get(k, 0):.4f}" for k in HEADLINE) + " |")
+    lines += ["", "An ensemble's own test score is not measured: each fold model was tested on its own test actors, "
+              "whom the other folds trained on.", "",
+              "## Limits", "", "Trained on the clips of one feature store (acted emotions, few speakers); expect lower "
+              "accuracy on spontaneous speech, other languages, other camera setups. Per-fold metrics: `evaluation.json`.", ""]
+    return "\n".join(lines)
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Write a self-contained model folder (weights, config, encoder records, labels, metrics, "
+                          "model card) that `mmfer predict --model DIR` reads without the cache or the run.")
+    parser.add_argument("--run", required=True, metavar="RUN_DIR", help="A train-fusion run folder.")
+    parser.add_argument("--out", required=True, metavar="DIR", help="The model folder to write (must not exist or be empty).")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--fold", metavar="K", help="One fold model: its number (1-based) or name.")
+    which.add_argument("--ensemble", action="store_true", help="Every fold model (predict averages them). Default with several folds.")
+    parser.add_argument("--cache", metavar="PATH", help="The run's feature store, if it moved.")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mmfer.pipeline.store import StoreError
+
+    try:
+        out = export_model(args.run, args.out, fold=args.fold, ensemble=args.ensemble, cache=args.cache)
+    except (FileExistsError, StoreError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"exported {args.run} to {out} (see {out / 'README.md'})")
+    return 0

@@ -1,0 +1,236 @@
+"""`mmfer predict`: emotion probabilities for video files, from a run folder or an exported model.
+
+Inputs are files or folders (walked for video files); each file is predicted on its own, a bad one gets
+an error row and the rest go on. With `--window S` a file is cut into windows (lossless temporary copies
+made by ffmpeg), each predicted like a clip, and the emotion timeline is written as CSV and PNG.
+The model and feature work is `pipeline/predictor.py`; this file walks inputs and writes outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mmfer.pipeline.labels import EMOTIONS
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+WINDOW_EPS_S = 1e-3   # a window may end this much past the reported duration (container rounding)
+
+
+@dataclass
+class ClipResult:
+    """One input file: probabilities (C,) (the mean over windows when windowed) or an error."""
+
+    clip_id: str
+    path: str
+    probabilities: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+    windows: list[tuple[float, float, np.ndarray]] | None = None   # (start_s, end_s, probabilities)
+    timeline: list[str] = field(default_factory=list)              # written CSV / PNG paths
+
+    @property
+    def prediction(self) -> str:
+        return EMOTIONS[int(self.probabilities.argmax())] if self.probabilities is not None else ""
+
+
+def find_videos(inputs: list[str]) -> list[Path]:
+    """Files as given (any suffix; missing ones too, so they get an error row), folders walked for videos."""
+    found: list[Path] = []
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+        else:
+            found.append(path)
+    return found
+
+
+def window_starts(duration_s: float, window_s: float, hop_s: float) -> list[float]:
+    """Starts of the full windows that fit in the clip (one window of the whole clip when it is shorter)."""
+    if duration_s <= window_s + WINDOW_EPS_S:
+        return [0.0]
+    count = int(np.floor((duration_s - window_s + WINDOW_EPS_S) / hop_s)) + 1
+    return [round(i * hop_s, 6) for i in range(count)]
+
+
+def cut_window(path: Path, start_s: float, window_s: float, out_path: Path, timeout_s: float) -> Path:
+    """A lossless copy of [start_s, start_s + window_s) of the first video and audio streams (FFV1 + PCM)."""
+    from mmfer.pipeline.media import run_ffmpeg
+
+    run_ffmpeg(["-y", "-ss", f"{start_s:.6f}", "-i", str(path), "-t", f"{window_s:.6f}", "-map", "0:V:0",
+                "-map", "0:a:0?", "-sn", "-dn", "-c:v", "ffv1", "-c:a", "pcm_f32le", str(out_path)],
+               path=path, timeout_s=timeout_s)
+    return out_path
+
+
+def predict_file(predictor, path: Path, *, window_s: float | None, hop_s: float | None) -> ClipResult:
+    """Predict one file (or its windows); decode/encode problems become `ClipResult.error`."""
+    from mmfer.extract.decode import DecodeError, probe_media
+    from mmfer.pipeline.media import FfmpegError
+    from mmfer.pipeline.predictor import PredictError
+
+    result = ClipResult(path.stem, str(path))
+    try:
+        if window_s is None:
+            item = predictor.features(path, path.stem)
+            result.probabilities, result.notes = predictor.predict([item])[0], item["notes"]
+            return result
+        duration_s = probe_media(path, predictor.decode_timeout_s).duration_s
+        if not duration_s:
+            raise PredictError(f"{path}: ffmpeg reports no duration; cannot place windows")
+        starts = window_starts(duration_s, window_s, hop_s or window_s)
+        items, spans = [], []
+        with tempfile.TemporaryDirectory(prefix="mmfer-window-") as tmp:
+            for start_s in starts:
+                length_s = min(window_s, duration_s - start_s)
+                piece = cut_window(path, start_s, length_s, Path(tmp) / f"w{len(items)}.mkv", predictor.decode_timeout_s)
+                items.append(predictor.features(piece, f"{path.stem}@{start_s:g}s"))
+                spans.append((start_s, start_s + length_s))
+        probs = predictor.predict(items)
+        result.windows = [(s, e, p) for (s, e), p in zip(spans, probs)]
+        result.probabilities = probs.mean(axis=0)
+        result.notes = sorted({n for item in items for n in item["notes"]}) + [f"mean of {len(items)} windows"]
+    except (PredictError, DecodeError, FfmpegError, OSError) as err:
+        message = str(err).splitlines()[0]
+        start = message.find(str(path))   # decode_job prefixes the reason to a message that names the file
+        result.error = message[start:] if start > 0 else message
+        log.warning("%s: %s", path, result.error)
+    return result
+
+
+def write_timeline(result: ClipResult, folder: Path) -> list[str]:
+    """`<clip_id>.timeline.csv` (start_s, end_s, prob_<emotion> x C) and a PNG of the same curves."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path, png_path = folder / f"{result.clip_id}.timeline.csv", folder / f"{result.clip_id}.timeline.png"
+    frame = pd.DataFrame({"start_s": [s for s, _, _ in result.windows], "end_s": [e for _, e, _ in result.windows]})
+    for i, name in enumerate(EMOTIONS):
+        frame[f"prob_{name}"] = [float(p[i]) for _, _, p in result.windows]
+    frame["prediction"] = [EMOTIONS[int(p.argmax())] for _, _, p in result.windows]
+    frame.to_csv(csv_path, index=False, float_format="%.6f")
+    centers = (frame["start_s"] + frame["end_s"]) / 2
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for name in EMOTIONS:
+        ax.plot(centers, frame[f"prob_{name}"], marker="o", markersize=3, label=name)
+    ax.set_xlabel("time (s, window centre)")
+    ax.set_ylabel("probability")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{result.clip_id}: emotion over time")
+    ax.legend(loc="upper right", ncol=4, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return [str(csv_path), str(png_path)]
+
+
+def result_rows(results: list[ClipResult]) -> list[dict]:
+    rows = []
+    for r in results:
+        row = {"clip_id": r.clip_id, "path": r.path, "prediction": r.prediction,
+               "probability": float(r.probabilities.max()) if r.probabilities is not None else None}
+        for i, name in enumerate(EMOTIONS):
+            row[f"prob_{name}"] = float(r.probabilities[i]) if r.probabilities is not None else None
+        row.update(note="; ".join(r.notes), error=r.error or "", timeline=" ".join(r.timeline))
+        rows.append(row)
+    return rows
+
+
+def write_results(results: list[ClipResult], out: Path, model: dict) -> None:
+    """--out FILE.csv (one row per file, all C probabilities) or FILE.json (the same plus the model used)."""
+    import pandas as pd
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".json":
+        out.write_text(json.dumps({"model": model, "clips": result_rows(results)}, indent=2))
+    else:
+        pd.DataFrame(result_rows(results)).to_csv(out, index=False, float_format="%.6f")
+
+
+def format_table(results: list[ClipResult], header: str) -> str:
+    width = max([len(r.clip_id) for r in results] + [4])
+    lines = [header, f"{'clip':<{width}}  {'emotion':<10} {'prob':>6}  note", "-" * (width + 30)]
+    for r in results:
+        if r.error:
+            lines.append(f"{r.clip_id:<{width}}  {'ERROR':<10} {'':>6}  {r.error}")
+        else:
+            note = "; ".join(r.notes + ([f"timeline: {r.timeline[0]}"] if r.timeline else []))
+            lines.append(f"{r.clip_id:<{width}}  {r.prediction:<10} {r.probabilities.max():>6.3f}  {note}")
+    num_failed = sum(r.error is not None for r in results)
+    lines.append(f"{len(results) - num_failed} predicted, {num_failed} failed")
+    return "\n".join(lines)
+
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Emotion probabilities for video files, with the exact feature extraction the model was "
+                          "trained on. Default model: the run's only fold, or the ensemble of all its folds.")
+    parser.add_argument("inputs", nargs="+", metavar="VIDEO_OR_DIR", help=f"Video files or folders (walked for {', '.join(VIDEO_SUFFIXES)}).")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", metavar="RUN_DIR", help="A train-fusion run folder (reads its cache's encoder records).")
+    source.add_argument("--model", metavar="EXPORT_DIR", help="A model folder written by `mmfer export`.")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--fold", metavar="K", help="One fold model: its number (1-based) or name.")
+    which.add_argument("--ensemble", action="store_true", help="Average the probabilities of every fold model.")
+    parser.add_argument("--out", metavar="FILE", help="Write every probability to FILE.csv or FILE.json.")
+    parser.add_argument("--window", type=float, metavar="S", help="Predict over windows of S seconds; writes an emotion timeline (CSV + PNG).")
+    parser.add_argument("--hop", type=float, metavar="S", help="Seconds between window starts (default: --window, no overlap).")
+    parser.add_argument("--cache", metavar="PATH", help="With --run: the run's feature store, if it moved.")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto.")
+    parser.add_argument("--visual-encoder", metavar="PATH", help="Load the SigLIP2 encoder from here instead of the recorded name (its weights must match).")
+    parser.add_argument("--audio-encoder", metavar="PATH", help="Load the audio encoder from here instead of the recorded name (its weights must match).")
+    parser.add_argument("--allow-encoder-mismatch", action="store_true", help="Predict even when the encoders differ from those the model was trained on.")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from mmfer.pipeline.bundle import load_export_bundle, load_run_bundle
+    from mmfer.pipeline.predictor import EncoderMismatchError, Predictor
+    from mmfer.pipeline.store import StoreError
+
+    if args.window is not None and args.window <= 0 or args.hop is not None and args.hop <= 0:
+        print("error: --window and --hop must be > 0 seconds", file=sys.stderr)
+        return 2
+    if args.hop is not None and args.window is None:
+        print("error: --hop needs --window", file=sys.stderr)
+        return 2
+    try:
+        if args.model:
+            bundle = load_export_bundle(args.model, fold=args.fold, ensemble=args.ensemble)
+        else:
+            bundle = load_run_bundle(args.run, fold=args.fold, ensemble=args.ensemble, cache=args.cache)
+        predictor = Predictor(bundle, device=args.device, visual_encoder=args.visual_encoder,
+                              audio_encoder=args.audio_encoder, allow_encoder_mismatch=args.allow_encoder_mismatch)
+    except (EncoderMismatchError, StoreError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from tqdm import tqdm
+
+    paths = find_videos(args.inputs)
+    if not paths:
+        print(f"error: no video files ({', '.join(VIDEO_SUFFIXES)}) in {' '.join(args.inputs)}", file=sys.stderr)
+        return 1
+    results = []
+    timeline_dir = Path(args.out).parent if args.out else Path.cwd()
+    for path in tqdm(paths, unit="clip", disable=not sys.stderr.isatty(), desc="predict"):
+        result = predict_file(predictor, path, window_s=args.window, hop_s=args.hop)
+        if result.windows:
+            result.timeline = write_timeline(result, timeline_dir)
+        results.append(result)
+    print(format_table(results, f"model: {bundle.source}, {bundle.describe()}"))
+    if args.out:
+        write_results(results, Path(args.out), {"source": bundle.source, "folds": bundle.fold_names,
+                                                 "ensemble": bundle.is_ensemble, "description": bundle.describe()})
+        print(f"wrote {args.out}")
+    return 0 if any(r.error is None for r in results) else 1

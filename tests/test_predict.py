@@ -1,0 +1,186 @@
+"""`mmfer predict` / `mmfer export` on demo clips with the tiny encoders and a tiny 2-fold run.
+
+Parity: predict gives a test clip the probabilities its fold model gave it in the run's predictions.csv;
+the ensemble is the mean of the fold models; mismatched encoders are refused; an exported model predicts
+identically without the cache or the run; bad files are reported and the rest predicted; a clip without
+audio is predicted from video and flagged; windows give the expected timeline.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmfer.data.demo import write_demo_clip
+from mmfer.pipeline.config import SplitConfig, TrainConfig, TrainingConfig, ModelConfig, VisualBranchConfig
+from mmfer.pipeline.export import add_export_arguments, cmd_export
+from mmfer.pipeline.labels import EMOTIONS
+from mmfer.pipeline.predict import add_predict_arguments, cmd_predict, window_starts
+from mmfer.train.loop import train
+
+PROBS = [f"prob_{e}" for e in EMOTIONS]
+TOLERANCE = 1e-4   # predictions.csv rounds to 6 decimals; the rest is float noise
+
+
+def run_cli(add_arguments, command, argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return command(parser.parse_args([str(a) for a in argv]))
+
+
+def predict(argv: list, out: Path) -> pd.DataFrame:
+    assert run_cli(add_predict_arguments, cmd_predict, [*argv, "--device", "cpu", "--out", out]) == 0
+    return pd.read_csv(out).set_index("clip_id")
+
+
+@pytest.fixture(scope="module")
+def run(demo_cache, tmp_path_factory) -> Path:
+    """Two folds: fold1 tests actor 1 (validates on 2), fold2 tests actor 3 (validates on 4); one epoch."""
+    root = tmp_path_factory.mktemp("predict_run")
+    fold_file = root / "folds.json"
+    fold_file.write_text(json.dumps([{"name": "fold1", "test_actors": [1], "val_actors": [2]},
+                                     {"name": "fold2", "test_actors": [3], "val_actors": [4]}]))
+    train(TrainConfig(cache=str(demo_cache), out=str(root / "run"), preset="tiny", device="cpu", seed=0,
+                      split=SplitConfig(protocol="file", fold_file=str(fold_file)),
+                      model=ModelConfig(visual=VisualBranchConfig(num_keep_tokens=8)),
+                      training=TrainingConfig(max_epochs=1, warmup_epochs=1, batch_size=4, gradient_accumulation_steps=1)))
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def clips(demo_root) -> list[Path]:
+    """Two test clips of fold1 (actor 1) and one of fold2 (actor 3)."""
+    return [*sorted((demo_root / "Actor_01").glob("*.mp4"))[:2], sorted((demo_root / "Actor_03").glob("*.mp4"))[4]]
+
+
+@pytest.fixture(scope="module")
+def outputs(run, clips, tmp_path_factory) -> dict[str, pd.DataFrame]:
+    out = tmp_path_factory.mktemp("predict_out")
+    return {name: predict(["--run", run, *flags, *clips], out / f"{name}.csv")
+            for name, flags in (("fold1", ["--fold", "1"]), ("fold2", ["--fold", "fold2"]), ("ensemble", ["--ensemble"]))}
+
+
+def test_predict_matches_the_runs_test_predictions(run, clips, outputs):
+    reference = pd.read_csv(run / "predictions.csv").set_index("clip_id")
+    for clip in clips:
+        fold = reference.loc[clip.stem, "fold"]
+        got = outputs[fold].loc[clip.stem, PROBS].to_numpy(float)
+        want = reference.loc[clip.stem, PROBS].to_numpy(float)
+        diff = np.abs(got - want)
+        assert diff.max() < TOLERANCE, f"{clip.stem} ({fold}): max diff {diff.max():.2e}, mean {diff.mean():.2e}"
+        assert outputs[fold].loc[clip.stem, "prediction"] == reference.loc[clip.stem, "prediction"]
+
+
+def test_predict_features_equal_the_cached_features(run, demo_cache, demo_root):
+    """The inputs themselves: the same decode, crop, encoders and float16 cast as the cache holds."""
+    from mmfer.pipeline.bundle import load_run_bundle
+    from mmfer.pipeline.predictor import Predictor
+    from mmfer.pipeline.store import open_store
+
+    bundle = load_run_bundle(run, fold="1")
+    predictor = Predictor(bundle, device="cpu")
+    store = open_store(demo_cache)
+    video = store.entry("video", bundle.config["cache_fingerprints"]["video"])
+    audio = store.entry("audio", bundle.config["cache_fingerprints"]["audio"])
+    for clip in sorted((demo_root / "Actor_02").glob("*.mp4"))[:2]:
+        item = predictor.features(clip, clip.stem)
+        cached_video, cached_audio = video.read_clip(clip.stem), audio.read_clip(clip.stem)
+        assert item["video_tokens"].dtype == np.float16
+        assert np.array_equal(item["video_tokens"], cached_video["tokens"]), clip.stem
+        assert np.array_equal(item["video_pooled"], cached_video["pooled"]), clip.stem
+        want = cached_audio["tokens"][: int(cached_audio["length"])]
+        assert item["audio_tokens"].shape == want.shape
+        # extract encoded audio in batches of 4 clips, predict one at a time: float32 noise may flip a
+        # float16 rounding, never by more than one float16 step
+        step = np.spacing(np.maximum(np.abs(want), np.abs(item["audio_tokens"])))
+        diff = np.abs(item["audio_tokens"].astype(np.float32) - want.astype(np.float32))
+        assert (diff <= step).all(), f"{clip.stem}: audio max diff {diff.max():.2e}, mean {diff.mean():.2e}"
+
+
+def test_ensemble_is_the_mean_of_the_fold_models(clips, outputs):
+    mean = (outputs["fold1"][PROBS].to_numpy() + outputs["fold2"][PROBS].to_numpy()) / 2
+    ensemble = outputs["ensemble"][PROBS].to_numpy()
+    assert np.abs(ensemble - mean).max() < 2e-6, np.abs(ensemble - mean).max()
+    assert np.abs(outputs["fold1"][PROBS].to_numpy() - outputs["fold2"][PROBS].to_numpy()).max() > 1e-4, \
+        "the two folds gave identical probabilities: the ensemble did not load both models"
+    assert np.allclose(ensemble.sum(axis=1), 1, atol=1e-5)
+
+
+def test_mismatched_encoder_is_refused(run, demo_cache, clips, tmp_path, capsys):
+    cache = shutil.copytree(demo_cache, tmp_path / "cache")
+    (entry,) = [p for p in (cache / "video").iterdir() if (p / "zarr.json").exists()]
+    meta = json.loads((entry / "zarr.json").read_text())
+    meta["attributes"]["encoder"]["weights_sha256"] = "0" * 64
+    (entry / "zarr.json").write_text(json.dumps(meta))
+    argv = ["--run", run, "--fold", "1", "--cache", cache, "--device", "cpu", clips[0]]
+    assert run_cli(add_predict_arguments, cmd_predict, argv) == 2
+    err = capsys.readouterr().err
+    assert "video encoder weights_sha256" in err and "--allow-encoder-mismatch" in err, err
+    assert run_cli(add_predict_arguments, cmd_predict, [*argv, "--allow-encoder-mismatch"]) == 0
+
+
+def test_exported_model_predicts_identically_without_cache_or_run(run, demo_cache, clips, outputs, tmp_path):
+    run_copy, cache_copy = shutil.copytree(run, tmp_path / "run"), shutil.copytree(demo_cache, tmp_path / "cache")
+    export = tmp_path / "model"
+    assert run_cli(add_export_arguments, cmd_export, ["--run", run_copy, "--out", export, "--cache", cache_copy]) == 0
+    shutil.rmtree(run_copy)
+    shutil.rmtree(cache_copy)
+    manifest = json.loads((export / "model.json").read_text())
+    assert manifest["label_names"] == list(EMOTIONS) and [f["name"] for f in manifest["folds"]] == ["fold1", "fold2"]
+    assert (export / "weights" / "fold1.safetensors").is_file() and (export / "README.md").read_text().startswith("# model")
+    features = json.loads((export / "features.json").read_text())
+    assert features["video"]["face_crop"] == "center" and features["audio"]["encoder"]["weights_sha256"]
+    assert json.loads((export / "evaluation.json").read_text())["protocol"][1]["test_actors"] == [3]
+
+    exported = predict(["--model", export, *clips], tmp_path / "exported.csv")
+    assert np.array_equal(exported[PROBS].to_numpy(), outputs["ensemble"][PROBS].to_numpy())
+
+
+def test_bad_files_are_reported_and_a_clip_without_audio_is_flagged(run, clips, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(clips[0], folder / "good.mp4")
+    (folder / "broken.mp4").write_bytes(clips[0].read_bytes()[:2000])
+    (folder / "notes.txt").write_text("not a video; not picked up")
+    write_demo_clip(folder / "silent.mp4", "happy", 1, duration_s=1.5, size_px=96, with_audio=False)
+    result = predict(["--run", run, "--fold", "1", folder], tmp_path / "out.csv")
+    assert sorted(result.index) == ["broken", "good", "silent"]
+    assert "ffmpeg" in result.loc["broken", "error"] and pd.isna(result.loc["broken", "prob_happy"])
+    assert result.loc["silent", "note"] == "video only: no audio stream"
+    for name in ("good", "silent"):
+        assert pd.isna(result.loc[name, "error"]) and abs(result.loc[name, PROBS].sum() - 1) < 1e-5
+    table = capsys.readouterr().out
+    assert "broken" in table and "ERROR" in table and "2 predicted, 1 failed" in table
+
+    only_bad = tmp_path / "bad"
+    only_bad.mkdir()
+    (only_bad / "broken.mp4").write_bytes(b"\x00" * 100)
+    assert run_cli(add_predict_arguments, cmd_predict, ["--run", run, "--fold", "1", "--device", "cpu", only_bad]) == 1
+
+
+def test_windows_give_the_timeline(run, tmp_path):
+    video = write_demo_clip(tmp_path / "long.mp4", "angry", 1, duration_s=4.0, size_px=96)
+    out = tmp_path / "out" / "long.json"
+    argv = ["--run", run, "--fold", "1", "--device", "cpu", "--window", "2", "--hop", "1", "--out", out, video]
+    assert run_cli(add_predict_arguments, cmd_predict, argv) == 0
+    timeline = pd.read_csv(tmp_path / "out" / "long.timeline.csv")
+    assert timeline["start_s"].tolist() == [0.0, 1.0, 2.0] and timeline["end_s"].tolist() == [2.0, 3.0, 4.0]
+    assert np.allclose(timeline[PROBS].sum(axis=1), 1, atol=1e-5)
+    assert (tmp_path / "out" / "long.timeline.png").stat().st_size > 1000
+    (clip,) = json.loads(out.read_text())["clips"]
+    assert "mean of 3 windows" in clip["note"]
+    assert np.allclose([clip[p] for p in PROBS], timeline[PROBS].mean().to_numpy(), atol=1e-5)
+
+
+def test_window_starts():
+    assert window_starts(4.0, 2.0, 1.0) == [0.0, 1.0, 2.0]
+    assert window_starts(4.02, 2.0, 1.0) == [0.0, 1.0, 2.0]
+    assert window_starts(1.5, 2.0, 1.0) == [0.0]          # shorter than a window: the whole clip
+    assert window_starts(10.0, 3.0, 3.0) == [0.0, 3.0, 6.0]
