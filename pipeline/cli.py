@@ -213,6 +213,24 @@ def _export_parser(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=cmd_export)
 
 
+@_register("ablate", "Ablation study from one cache: audio/visual/early/LFM2 and recipe variants, same folds and seeds.")
+def _ablate_parser(parser: argparse.ArgumentParser) -> None:
+    from mmfer.train.ablate import add_ablate_arguments, cmd_ablate   # light module: torch loads only when it runs
+
+    add_ablate_arguments(parser)
+    _common(parser)
+    parser.set_defaults(handler=cmd_ablate)
+
+
+@_register("tune", "Optuna search over the recipe (objective: mean validation macro-F1), resumable SQLite study.")
+def _tune_parser(parser: argparse.ArgumentParser) -> None:
+    from mmfer.train.tune import add_tune_arguments, cmd_tune
+
+    add_tune_arguments(parser)
+    _common(parser)
+    parser.set_defaults(handler=cmd_tune)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmfer", description="Audio-visual emotion recognition from cached frozen-encoder features.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)

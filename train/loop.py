@@ -183,7 +183,8 @@ def train_fold(cfg: TrainConfig, fold, fold_index: int, fold_dir: Path, cache, d
         schedule.step(val[t.monitor])
         state = {"model": model.state_dict(), "criterion": criterion.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": schedule.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-                 "metric": {"name": t.monitor, "value": val[t.monitor]}, "early_stopping": stopper.state_dict(),
+                 "metric": {"name": t.monitor, "value": val[t.monitor]}, "val_metrics": {k: val[k] for k in HEADLINE},
+                 "early_stopping": stopper.state_dict(),
                  "rng": rng_state(), "config": resolved, "cache_fingerprints": resolved["cache_fingerprints"]}
         if is_best:   # best before last: a kill between the two replays this epoch on resume
             save_checkpoint(best_path, state)
@@ -204,7 +205,10 @@ def train_fold(cfg: TrainConfig, fold, fold_index: int, fold_dir: Path, cache, d
     model.load_state_dict(best["model"])
     clip_ids, labels, probs = predict(model, loader, sampler, test_pos, device, amp_dtype)
     metrics = {**compute_metrics(labels, probs.argmax(1)), "best_epoch": best["epoch"] + 1,
-               "epochs_run": int(load_checkpoint(last_path)["epoch"]) + 1}
+               "epochs_run": int(load_checkpoint(last_path)["epoch"]) + 1,
+               # validation actors' metrics at the best epoch: what model selection (tune) may look at
+               **{f"val_{k}": v for k, v in best.get("val_metrics", {best["metric"]["name"]: best["metric"]["value"]}).items()},
+               "trainable_params": sum(p.numel() for g in optimizer.param_groups for p in g["params"])}
     if cfg.pretrain != "none":   # the guide's stage 1: keep the branch for `--{audio,visual}-branch <out>`
         save_branch_weights(fold_dir / f"{cfg.pretrain}_branch.safetensors", model.branch_state_dict(cfg.pretrain))
     log.info("%s test: %s", fold.name, ", ".join(f"{k} {metrics[k]:.4f}" for k in HEADLINE))

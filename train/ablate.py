@@ -1,0 +1,257 @@
+"""`mmfer ablate`: train variants of one base config from one cache, with the same folds and seeds, and compare.
+
+Each entry (a name plus dotted-key overrides, optionally `pretrain: true`) x seed is one `train()` run in
+`<out>/<name>-<hash>/`, where hash is the sha256 of the resolved config including the seed. A run folder that
+holds summary.json is skipped, so an interrupted study resumes. Writes ablation.csv, ablation.md and
+ablation.png (intervals from stats.py). Reads only the cache: it never extracts or builds a frozen encoder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+
+import yaml
+
+from mmfer.pipeline.config import TrainConfig
+from mmfer.pipeline.overrides import ConfigError, apply_overrides, flatten, to_dict
+from mmfer.train.preset import resolve_preset
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OUT = "runs/ablate"
+REFERENCE = "full"   # the entry every other one is compared with (paired differences)
+# The default study: the design guide's four models, then one change at a time to the full model.
+# Overrides are dotted TrainConfig keys on top of the user's base config. `pretrain: true` first trains
+# the audio and visual branches alone (--pretrain, same seed, each fold on its own training actors) and
+# then the full run loads them; the pretraining runs take the entry's `model.*` overrides only.
+DEFAULT_ENTRIES: tuple[dict, ...] = (
+    {"name": "audio", "overrides": {"model.variant": "audio"}},                      # audio only
+    {"name": "visual", "overrides": {"model.variant": "visual"}},                    # visual only
+    {"name": "early", "overrides": {"model.variant": "early"}},                      # concat -> MLP, no LFM2
+    {"name": REFERENCE, "overrides": {}},                                            # LFM2 fusion, as configured
+    {"name": "lfm2-frozen", "overrides": {"model.fusion.mode": "frozen"}},
+    {"name": "lfm2-lora", "overrides": {"model.fusion.mode": "lora"}},
+    {"name": "lfm2-2-layers", "overrides": {"model.fusion.num_layers": 2}},         # vs the base's 6
+    {"name": "pretrained-branches", "pretrain": True, "overrides": {"training.lr_branches": 1e-5}},
+    {"name": "no-aux-losses", "overrides": {"training.loss_weight_audio": 0, "training.loss_weight_visual": 0}},
+    {"name": "contrastive", "overrides": {"training.contrastive_weight": 0.1}},     # the base has none
+)
+# metrics.HEADLINE with display names (not imported from metrics.py: sklearn would load with the CLI parser)
+METRIC_NAMES = {"accuracy": "accuracy", "uar": "UAR", "f1_macro": "macro-F1", "f1_weighted": "weighted-F1"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    name: str
+    overrides: dict
+    pretrain: bool = False
+
+
+def load_entries(path: str | Path | None) -> tuple[list[Entry], str]:
+    """(entries, reference name) from a YAML list of {name, overrides, pretrain}, or a mapping with
+    `entries:` and `reference:`; DEFAULT_ENTRIES when path is None."""
+    data, reference = list(DEFAULT_ENTRIES), REFERENCE
+    if path is not None:
+        data = yaml.safe_load(Path(path).read_text())
+        if isinstance(data, dict):
+            reference, data = data.get("reference", REFERENCE), data.get("entries")
+        if not isinstance(data, list) or not data:
+            raise ConfigError(f"{path}: want a list of entries ({{name, overrides}}) or a mapping with `entries:`")
+    entries = []
+    for item in data:
+        if not isinstance(item, dict) or "name" not in item or set(item) - {"name", "overrides", "pretrain"}:
+            raise ConfigError(f"{path}: each entry needs `name` and may have `overrides`, `pretrain`; got {item!r}")
+        entries.append(Entry(str(item["name"]), flatten(item.get("overrides") or {}), bool(item.get("pretrain", False))))
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names) or reference not in names:
+        raise ConfigError(f"{path or 'DEFAULT_ENTRIES'}: entry names must be unique and include the reference "
+                          f"{reference!r}; got {names}")
+    return entries, reference
+
+
+def config_hash(cfg: TrainConfig) -> str:
+    """sha256 of the resolved config (preset applied; out and resume left out, seed kept)."""
+    cfg = dataclasses.replace(resolve_preset(cfg), out="", resume=False)
+    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()
+
+
+def run_ablation(base: TrainConfig, out: str | Path, *, entries: list[Entry], reference: str = REFERENCE,
+                 num_seeds: int = 1, keep_checkpoints: bool = False) -> dict:
+    """Train every entry for seeds base.seed .. base.seed+num_seeds-1 (seed-major, so an early stop still has
+    every entry at the first seed), then write the table and the plot.
+
+    Returns {"rows": [one dict per entry], "ran": [run dirs trained now], "skipped": [run dirs already done],
+    "table": ablation.md's text}.
+    """
+    for entry in entries:   # a typo in an entry fails now, not hours into the study
+        apply_overrides(base, entry.overrides)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ran, skipped = [], []
+    summaries: dict[str, list[tuple[int, dict]]] = {e.name: [] for e in entries}
+    for seed in range(base.seed, base.seed + num_seeds):
+        for entry in entries:
+            cfg = apply_overrides(dataclasses.replace(base, seed=seed), entry.overrides)
+            if entry.pretrain:
+                branch_cfg = apply_overrides(dataclasses.replace(base, seed=seed),
+                                             {k: v for k, v in entry.overrides.items() if k.startswith("model.")})
+                paths = {b: str(_run(dataclasses.replace(branch_cfg, pretrain=b), out / "pretrain", f"{b}-branch",
+                                 ran, skipped, keep_checkpoints)) for b in _branches(cfg.model.variant)}
+                cfg = dataclasses.replace(cfg, audio_branch=paths.get("audio", cfg.audio_branch),
+                                          visual_branch=paths.get("visual", cfg.visual_branch))
+            run_dir = _run(cfg, out, entry.name, ran, skipped, keep_checkpoints)
+            summaries[entry.name].append((seed, json.loads((run_dir / "summary.json").read_text())))
+    rows = summarize(summaries, reference)
+    table = format_markdown(rows, reference)
+    write_outputs(rows, table, out)
+    log.info("ablation: %d run(s) trained, %d already done; %s", len(ran), len(skipped), out / "ablation.md")
+    return {"rows": rows, "ran": ran, "skipped": skipped, "table": table}
+
+
+def _branches(variant: str) -> list[str]:
+    return [b for b, used in (("audio", variant != "visual"), ("visual", variant != "audio")) if used]
+
+
+def _run(cfg: TrainConfig, parent: Path, name: str, ran: list, skipped: list, keep_checkpoints: bool) -> Path:
+    """Train cfg in parent/<name>-<hash> unless its summary.json exists; an unfinished folder is resumed."""
+    from mmfer.train.loop import train   # here: building the parser must not import torch
+
+    run_dir = parent / f"{name}-{config_hash(cfg)[:12]}"
+    if (run_dir / "summary.json").is_file():
+        log.info("ablation: %s done before, skipped", run_dir)
+        skipped.append(str(run_dir))
+        return run_dir
+    log.info("ablation: training %s (seed %d) in %s", name, cfg.seed, run_dir)
+    train(dataclasses.replace(resolve_preset(cfg), out=str(run_dir), resume=True))
+    if not keep_checkpoints:   # the summary and branch weights are what the study reads; checkpoints are large
+        for folder in run_dir.glob("*/checkpoints"):
+            shutil.rmtree(folder)
+    ran.append(str(run_dir))
+    return run_dir
+
+
+def summarize(summaries: dict[str, list[tuple[int, dict]]], reference: str) -> list[dict]:
+    """One row per entry: per metric mean/std/CI over folds x seeds and the paired difference to reference."""
+    from mmfer.train.stats import mean_std_ci, paired_difference   # scipy: only when a study runs
+
+    def values(name: str, metric: str) -> dict[tuple, float]:
+        return {(fold, seed): m[metric] for seed, s in summaries[name] for fold, m in s["folds"].items()}
+
+    rows = []
+    for name, runs in summaries.items():
+        row: dict = {"entry": name, "variant": runs[0][1]["variant"], "num_seeds": len(runs)}
+        for metric in METRIC_NAMES:
+            stats = mean_std_ci(list(values(name, metric).values()))
+            diff = paired_difference(values(name, metric), values(reference, metric))
+            row["n"] = stats["n"]
+            row.update({f"{metric}_{k}": stats[k] for k in ("mean", "std", "ci_low", "ci_high")})
+            row.update({f"{metric}_diff_{k}": diff[k] for k in ("mean", "ci_low", "ci_high")})
+        params = [m.get("trainable_params") for _, s in runs for m in s["folds"].values()]
+        row["trainable_params"] = int(params[0]) if params and params[0] is not None else None
+        epoch_s = [s["epoch_s_mean"] for _, s in runs if s.get("epoch_s_mean") is not None]
+        row["epoch_s"] = sum(epoch_s) / len(epoch_s) if epoch_s else math.nan
+        rows.append(row)
+    return rows
+
+
+def _cell(row: dict, metric: str) -> str:
+    ci = (f" [{row[f'{metric}_ci_low']:.3f}, {row[f'{metric}_ci_high']:.3f}]"
+          if not math.isnan(row[f"{metric}_ci_low"]) else "")
+    return f"{row[f'{metric}_mean']:.3f} ± {row[f'{metric}_std']:.3f}{ci}"
+
+
+def _diff(row: dict, metric: str, reference: str) -> str:
+    if row["entry"] == reference:
+        return "(reference)"
+    low, high = row[f"{metric}_diff_ci_low"], row[f"{metric}_diff_ci_high"]
+    return f"{row[f'{metric}_diff_mean']:+.3f}" + (f" [{low:+.3f}, {high:+.3f}]" if not math.isnan(low) else "")
+
+
+def format_markdown(rows: list[dict], reference: str) -> str:
+    """The comparison as a Markdown table: mean ± std [95% CI] per metric, paired differences to reference."""
+    n = rows[0]["n"] if rows else 0
+    head = (["entry", "variant"] + list(METRIC_NAMES.values())
+            + [f"Δ accuracy vs {reference}", f"Δ macro-F1 vs {reference}", "trainable params", "s/epoch"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        params = f"{row['trainable_params']:,}" if row["trainable_params"] is not None else "?"
+        cells = ([row["entry"], row["variant"]] + [_cell(row, m) for m in METRIC_NAMES]
+                 + [_diff(row, "accuracy", reference), _diff(row, "f1_macro", reference), params, f"{row['epoch_s']:.2f}"])
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append(f"\nTest actors of each fold; mean ± sample std [95% t-interval] over {n} fold x seed values; "
+                 f"Δ = mean paired difference to `{reference}` over the same (fold, seed) [95% t-interval].")
+    return "\n".join(lines)
+
+
+def write_outputs(rows: list[dict], table: str, out: Path) -> None:
+    """ablation.csv (every number), ablation.md (the table) and ablation.png (bars with 95% CI whiskers)."""
+    import pandas as pd
+
+    pd.DataFrame(rows).to_csv(out / "ablation.csv", index=False)
+    (out / "ablation.md").write_text(table + "\n")
+    plot_bars(rows, out / "ablation.png")
+
+
+def plot_bars(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    x = np.arange(len(rows))
+    width = 0.8 / len(METRIC_NAMES)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows) + 2), 4.5))
+    for i, (metric, label) in enumerate(METRIC_NAMES.items()):
+        means = np.array([r[f"{metric}_mean"] for r in rows])
+        # whiskers: the 95% CI where there are >= 2 values, else the std (0)
+        half = np.array([(r[f"{metric}_ci_high"] - r[f"{metric}_ci_low"]) / 2
+                         if not math.isnan(r[f"{metric}_ci_low"]) else r[f"{metric}_std"] for r in rows])
+        ax.bar(x + (i - 1.5) * width, means, width, yerr=half, capsize=3, label=label)
+    ax.set_xticks(x, [r["entry"] for r in rows], rotation=30, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("test score (mean, 95% CI)")
+    ax.set_title("ablation over folds x seeds")
+    ax.legend(ncols=4, fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------------
+# CLI (registered in pipeline/cli.py)
+# ----------------------------------------------------------------------------------------------------
+
+
+def add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
+    from mmfer.pipeline.cli import TRAIN_ALIASES, add_config_flags
+
+    parser.description = ("Ablation study from one cache: every entry x seed trains with the same folds; writes "
+                          "ablation.csv/.md/.png with means, 95% CIs and paired differences to the full model. "
+                          "Finished entries (same config hash) are skipped.")
+    parser.add_argument("--out", default=DEFAULT_OUT, help=f"Study folder (default: {DEFAULT_OUT}).")
+    parser.add_argument("--seeds", type=int, default=1, metavar="N", help="Seeds per entry: seed .. seed+N-1 (default: 1).")
+    parser.add_argument("--entries", metavar="FILE.yaml", help="Entries to run (default: DEFAULT_ENTRIES in train/ablate.py).")
+    parser.add_argument("--keep-checkpoints", action="store_true", help="Keep each run's checkpoints (default: delete after the run).")
+    add_config_flags(parser, TrainConfig, TRAIN_ALIASES, skip=("out", "resume", "pretrain"))
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from mmfer.pipeline.cli import resolve_config
+
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    base = resolve_config(TrainConfig, args)
+    entries, reference = load_entries(args.entries)
+    result = run_ablation(base, args.out, entries=entries, reference=reference, num_seeds=args.seeds,
+                          keep_checkpoints=args.keep_checkpoints)
+    print(result["table"])
+    print(f"\n{len(result['ran'])} run(s) trained, {len(result['skipped'])} already done; "
+          f"wrote {Path(args.out) / 'ablation.csv'}, ablation.md, ablation.png")
+    return 0

@@ -1,0 +1,35 @@
+"""Spread and confidence intervals for comparing runs over folds x seeds (used by `mmfer ablate`).
+
+Inputs are plain {(fold, seed): value} dicts; outputs are floats. The intervals are Student-t intervals
+over the folds x seeds values, which treats them as independent: seeds of one fold share test actors, so
+read the intervals as a guide to the spread, not as exact coverage.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+CONFIDENCE = 0.95
+
+
+def mean_std_ci(values: list[float], confidence: float = CONFIDENCE) -> dict[str, float]:
+    """mean, sample std (ddof=1; 0 for one value), and the t-interval of the mean (NaN for one value)."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        return {"mean": math.nan, "std": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 0}
+    mean = float(x.mean())
+    if x.size == 1:
+        return {"mean": mean, "std": 0.0, "ci_low": math.nan, "ci_high": math.nan, "n": 1}
+    std = float(x.std(ddof=1))
+    half = float(scipy_stats.t.ppf(0.5 + confidence / 2, df=x.size - 1)) * std / math.sqrt(x.size)
+    return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half, "n": int(x.size)}
+
+
+def paired_difference(values: dict[tuple, float], reference: dict[tuple, float],
+                      confidence: float = CONFIDENCE) -> dict[str, float]:
+    """mean_std_ci of value - reference over the (fold, seed) keys both have (the paired differences)."""
+    keys = sorted(set(values) & set(reference))
+    return mean_std_ci([values[k] - reference[k] for k in keys], confidence)

@@ -1,0 +1,204 @@
+"""`mmfer tune`: Optuna search over the recipe's hyperparameters; objective = mean validation macro-F1 over folds.
+
+A trial trains the selected folds one at a time (`train()` with `folds=k`) and reads each fold's best-epoch
+validation macro-F1 (`val_f1_macro` in summary.json: validation actors only, test metrics are never read);
+the running mean is reported after each fold so MedianPruner can stop a poor trial early. The study lives in
+`<study-dir>/study.db` (SQLite): it resumes after a crash and several processes can share it. Writes
+`best_config.yaml` (accepted by `train-fusion --config`) and `optimization_history.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import shutil
+from pathlib import Path
+
+import yaml
+
+from mmfer.pipeline.config import TrainConfig
+from mmfer.pipeline.overrides import ConfigError, apply_overrides, flatten, to_dict
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STUDY_DIR = "runs/tune"
+STUDY_NAME = "mmfer"
+OBJECTIVE = "val_f1_macro"          # best-epoch validation macro-F1 of a fold (train/loop.py's summary)
+MAX_FUSION_LAYERS = 6               # the guide's depth; LFM2-700M has 16 layers, so every depth here exists
+KEEP_TOKEN_CHOICES = (8, 16, 32, 48, 64, 96, 128)   # K, capped at the cache's P patch tokens
+PRUNER_STARTUP_TRIALS = 4           # MedianPruner: no pruning until this many trials finished
+PRUNER_WARMUP_FOLDS = 1             # ... and never on a trial's first fold
+HEARTBEAT_S, GRACE_S = 60, 180      # a trial silent this long (a killed process) is marked failed and retried
+
+
+def suggest(trial, variant: str, num_patches: int) -> dict:
+    """The search space, as dotted TrainConfig overrides; parts the variant lacks are not searched."""
+    fused = variant in ("lfm2", "early")
+    out = {
+        "training.lr": trial.suggest_float("training.lr", 1e-5, 1e-3, log=True),
+        "training.lr_branches": trial.suggest_float("training.lr_branches", 1e-6, 1e-3, log=True),
+        "training.weight_decay": trial.suggest_float("training.weight_decay", 1e-4, 0.1, log=True),
+        "training.dropout": trial.suggest_float("training.dropout", 0.0, 0.3),
+        "training.mixup_alpha": trial.suggest_float("training.mixup_alpha", 0.0, 0.4),
+    }
+    if fused:
+        out["training.loss_weight_audio"] = trial.suggest_float("training.loss_weight_audio", 0.0, 0.5)
+        out["training.loss_weight_visual"] = trial.suggest_float("training.loss_weight_visual", 0.0, 0.5)
+        out["training.contrastive_weight"] = trial.suggest_float("training.contrastive_weight", 0.0, 0.3)
+    if variant == "lfm2":
+        out["training.lr_fusion"] = trial.suggest_float("training.lr_fusion", 1e-6, 1e-3, log=True)
+        out["model.fusion.num_layers"] = trial.suggest_int("model.fusion.num_layers", 1, MAX_FUSION_LAYERS)
+    if variant != "audio":
+        choices = [k for k in KEEP_TOKEN_CHOICES if k <= num_patches] or [num_patches]
+        out["model.visual.num_keep_tokens"] = trial.suggest_categorical("model.visual.num_keep_tokens", choices)
+    return out
+
+
+def run_study(base: TrainConfig, study_dir: str | Path, num_trials: int, *, keep_checkpoints: bool = False) -> dict:
+    """Run trials until the study holds `num_trials` finished (complete or pruned) trials, then write the best
+    config and the history plot. Returns {"num_trials", "best_value", "best_trial", "best_config", "plot"}."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from mmfer.pipeline.splits import make_folds
+    from mmfer.train.dataset import open_cache
+    from mmfer.train.loop import train
+
+    study_dir = Path(study_dir)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    variant = base.model.variant
+    cache = open_cache(base.cache, use_video=variant != "audio", use_audio=variant != "visual",
+                       video_entry=base.video_entry, audio_entry=base.audio_entry)
+    folds = make_folds(base.split.protocol, num_val_actors=base.split.num_val_actors, fold_file=base.split.fold_file,
+                       all_actors=sorted(int(a) for a in cache.clips["actor"].unique()))
+    fold_numbers = list(range(1, len(folds) + 1)) if base.folds == "all" else [int(n) for n in base.folds.split(",")]
+
+    def objective(trial) -> float:
+        cfg = apply_overrides(base, suggest(trial, variant, cache.video_shape[1]))
+        trial_dir = study_dir / "trials" / f"{trial.number:04d}"
+        if trial_dir.exists():   # left by a study.db that was deleted: trial numbers restart at 0
+            shutil.rmtree(trial_dir)
+        scores = []
+        for step, k in enumerate(fold_numbers):
+            summary = train(dataclasses.replace(cfg, folds=str(k), out=str(trial_dir / f"fold{k}")))
+            (fold_metrics,) = summary["folds"].values()
+            scores.append(fold_metrics[OBJECTIVE])
+            if not keep_checkpoints:
+                shutil.rmtree(trial_dir / f"fold{k}" / folds[k - 1].name / "checkpoints", ignore_errors=True)
+            trial.report(sum(scores) / len(scores), step)
+            if trial.should_prune():
+                log.info("trial %d pruned after %d fold(s): mean %s %.4f", trial.number, step + 1, OBJECTIVE,
+                         sum(scores) / len(scores))
+                raise optuna.TrialPruned()
+        return sum(scores) / len(scores)
+
+    storage = optuna.storages.RDBStorage(
+        f"sqlite:///{(study_dir / 'study.db').resolve()}", heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    study = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction="maximize", load_if_exists=True,
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS,
+                                                                   n_warmup_steps=PRUNER_WARMUP_FOLDS))
+    done = len(study.get_trials(deepcopy=False, states=finished))
+    # a fresh sampler seed per session, so a resumed study does not replay its first random trials
+    study.sampler = optuna.samplers.TPESampler(seed=base.seed + len(study.trials))
+    if done < num_trials:
+        log.info("tune: %d of %d trials finished; running the rest in %s", done, num_trials, study_dir)
+        study.optimize(objective, n_trials=num_trials - done,
+                       callbacks=[optuna.study.MaxTrialsCallback(num_trials, states=finished)])
+    result = {"num_trials": len(study.get_trials(deepcopy=False, states=finished)), "best_value": None,
+              "best_trial": None, "best_config": None, "plot": str(plot_history(study, study_dir / "optimization_history.png"))}
+    if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        best = study.best_trial
+        path = write_best_config(base, best.params, study_dir / "best_config.yaml", best.value, best.number,
+                                 result["num_trials"])
+        result.update(best_value=best.value, best_trial=best.number, best_config=str(path))
+    else:
+        log.warning("tune: no trial completed (all pruned or failed); no best_config.yaml written")
+    return result
+
+
+def write_best_config(base: TrainConfig, params: dict, path: Path, value: float, number: int, num_trials: int) -> Path:
+    """The base config plus the best trial's values, as nested YAML of the fields that differ from the
+    defaults (out, folds and resume left out), with a header giving the command and the score."""
+    cfg = apply_overrides(base, params)
+    current, defaults = flatten(to_dict(cfg)), flatten(to_dict(TrainConfig()))
+    nested: dict = {}
+    for key, v in current.items():
+        if v == defaults[key] or key in ("out", "folds", "resume"):
+            continue
+        *parents, leaf = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = v
+    header = (f"# mmfer tune: best of {num_trials} trial(s) is trial {number}, mean validation macro-F1 {value:.4f}\n"
+              f"# (validation actors of each fold; the test actors were not used)\n"
+              f"# train-fusion --config {path.name} --out runs/tuned\n")
+    path.write_text(header + yaml.safe_dump(nested, sort_keys=False))
+    return path
+
+
+def plot_history(study, path: Path) -> Path:
+    """Objective per trial (pruned trials at their last reported mean) and the running best."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.trial import TrialState
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED and t.intermediate_values]
+    ax.scatter([t.number for t in complete], [t.value for t in complete], label="complete", zorder=3)
+    ax.scatter([t.number for t in pruned], [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
+               marker="x", color="grey", label="pruned (last mean)", zorder=3)
+    best, xs, ys = -math.inf, [], []
+    for t in complete:
+        best = max(best, t.value)
+        xs.append(t.number)
+        ys.append(best)
+    ax.step(xs, ys, where="post", color="C3", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("mean validation macro-F1")
+    ax.set_title(f"optuna study {study.study_name}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------
+# CLI (registered in pipeline/cli.py)
+# ----------------------------------------------------------------------------------------------------
+
+
+def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
+    from mmfer.pipeline.cli import TRAIN_ALIASES, add_config_flags
+
+    parser.description = ("Optuna search over learning rates, weight decay, dropout, mixup, loss weights, LFM2 depth "
+                          "and tokens kept; objective = mean validation macro-F1 over the folds (never the test "
+                          "actors), MedianPruner after each fold. The SQLite study resumes and can be shared.")
+    parser.add_argument("--trials", type=int, required=True, metavar="N",
+                        help="Finished trials the study should hold (a resumed study runs only the rest).")
+    parser.add_argument("--study-dir", default=DEFAULT_STUDY_DIR, metavar="DIR",
+                        help=f"study.db, trials/, best_config.yaml, optimization_history.png (default: {DEFAULT_STUDY_DIR}).")
+    parser.add_argument("--keep-checkpoints", action="store_true", help="Keep each trial's checkpoints (default: delete).")
+    add_config_flags(parser, TrainConfig, TRAIN_ALIASES, skip=("out", "resume", "pretrain"))
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from mmfer.pipeline.cli import resolve_config
+
+    if args.trials < 1:
+        raise ConfigError(f"--trials must be >= 1, got {args.trials}")
+    base = resolve_config(TrainConfig, args)
+    result = run_study(base, args.study_dir, args.trials, keep_checkpoints=args.keep_checkpoints)
+    if result["best_config"]:
+        print(f"best: trial {result['best_trial']}, mean validation macro-F1 {result['best_value']:.4f} "
+              f"({result['num_trials']} trials)\nwrote {result['best_config']} and {result['plot']}")
+    else:
+        print(f"no trial completed ({result['num_trials']} finished); wrote {result['plot']}")
+    return 0
