@@ -55,7 +55,7 @@ def parse_ravdess_name(name: str) -> dict:
             f"{name}: expected 7 dash-separated parts MM-VV-EE-II-SS-RR-AA, found {len(parts)}"
         )
     for part_name, part in zip(_PARTS, parts):
-        if len(part) != 2 or not part.isdigit():
+        if len(part) != 2 or not (part.isascii() and part.isdigit()):   # str.isdigit() also takes '٠١'
             raise RavdessNameError(f"{name}: {part_name} part {part!r} is not a two-digit number")
     mm, vv, ee, ii, ss, rr, aa = parts
     emotion_code, intensity, statement, repetition, actor = (int(p) for p in (ee, ii, ss, rr, aa))

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from mmfer.extract.encoders import load_encoders
 from mmfer.extract.worker import DecodeJob, DecodedItem, decode_job
 from mmfer.pipeline.config import ExtractConfig
+from mmfer.pipeline.faults import crash_point
 from mmfer.pipeline.media import file_signature
 from mmfer.pipeline.store import ArraySpec, ClipStatus, FeatureEntry, StoreError, create_store, writer_lock
 
@@ -89,6 +90,11 @@ def extract_all(cfg: ExtractConfig, manifest: pd.DataFrame) -> ExtractSummary:
     table = build_clip_table(manifest)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
+    with writer_lock(cfg.out):   # taken before the encoders load, so a second writer is refused at once
+        return _extract_locked(cfg, table, device, start)
+
+
+def _extract_locked(cfg: ExtractConfig, table: pd.DataFrame, device: torch.device, start: float) -> ExtractSummary:
     encoders = load_encoders(cfg, device)
     video_params = {"encoder": encoders.visual.identity, "preprocessing": encoders.visual.preprocessing,
                     "num_frames": cfg.num_frames, "face_crop": cfg.face_crop, "dtype": cfg.dtype}
@@ -97,35 +103,35 @@ def extract_all(cfg: ExtractConfig, manifest: pd.DataFrame) -> ExtractSummary:
     log.info("extract: %d clips in the manifest, device %s, torch %s, visual %s, audio %s", len(table), device,
              torch.__version__, encoders.visual.identity["name"], encoders.audio.identity["name"])
 
-    with writer_lock(cfg.out):
-        store = create_store(cfg.out, table, {"dataset": cfg.dataset, "root": str(Path(cfg.root).resolve()),
-                                              "created_by": "mmfer extract"})
-        removed = store.clean_leftovers()
-        if removed:
-            log.info("removed %d leftovers of interrupted writes", removed)
-        num_patches, visual_dim = encoders.visual_token_shape()
-        video = store.ensure_entry("video", fingerprint(video_params), video_params, {
-            "tokens": ArraySpec((cfg.num_frames, num_patches, visual_dim), cfg.dtype),
-            "pooled": ArraySpec((cfg.num_frames, visual_dim), cfg.dtype),
-            "timestamps_s": ArraySpec((cfg.num_frames,), "float32"),
-            "boxes": ArraySpec((cfg.num_frames, 4), "float32"),
-        }, overwrite=cfg.overwrite)
-        max_audio_frames, audio_dim = encoders.audio_token_shape(cfg.max_audio_s, cfg.sample_rate_hz)
-        audio = store.ensure_entry("audio", fingerprint(audio_params), {**audio_params, "frame_shift_s": encoders.audio.frame_shift_s}, {
-            "tokens": ArraySpec((max_audio_frames, audio_dim), cfg.dtype),
-            "length": ArraySpec((), "int32"),
-            "duration_s": ArraySpec((), "float32"),
-        }, overwrite=cfg.overwrite)
+    store = create_store(cfg.out, table, {"dataset": cfg.dataset, "root": str(Path(cfg.root).resolve()),
+                                          "created_by": "mmfer extract"})
+    removed = store.clean_leftovers()
+    if removed:
+        log.info("removed %d leftovers of interrupted writes", removed)
+    num_patches, visual_dim = encoders.visual_token_shape()
+    video = store.ensure_entry("video", fingerprint(video_params), video_params, {
+        "tokens": ArraySpec((cfg.num_frames, num_patches, visual_dim), cfg.dtype),
+        "pooled": ArraySpec((cfg.num_frames, visual_dim), cfg.dtype),
+        "timestamps_s": ArraySpec((cfg.num_frames,), "float32"),
+        "boxes": ArraySpec((cfg.num_frames, 4), "float32"),
+    }, overwrite=cfg.overwrite)
+    max_audio_frames, audio_dim = encoders.audio_token_shape(cfg.max_audio_s, cfg.sample_rate_hz)
+    audio = store.ensure_entry("audio", fingerprint(audio_params), {**audio_params, "frame_shift_s": encoders.audio.frame_shift_s}, {
+        "tokens": ArraySpec((max_audio_frames, audio_dim), cfg.dtype),
+        "length": ArraySpec((), "int32"),
+        "duration_s": ArraySpec((), "float32"),
+    }, overwrite=cfg.overwrite)
 
-        selected = select_clips(table, cfg.select, cfg.limit)
-        todo = _clips_to_do(selected, video, audio)
-        summary = ExtractSummary(num_selected=len(selected), num_skipped=len(selected) - len(todo))
-        _check_free_space(Path(cfg.out), len(todo) * (video.raw_bytes_per_clip() + audio.raw_bytes_per_clip()))
-        jobs = [DecodeJob(r.clip_id, r.path, r.source, cfg.num_frames, cfg.sample_rate_hz, cfg.max_audio_s,
-                          cfg.decode_timeout_s, cfg.face_crop) for r in todo.itertuples()]
-        for batch in tqdm(_decoded_batches(jobs, encoders.visual.processor, cfg), total=-(-len(jobs) // cfg.batch_size),
-                          unit="batch", disable=not sys.stderr.isatty(), desc="extract"):
+    selected = select_clips(table, cfg.select, cfg.limit)
+    todo = _clips_to_do(selected, video, audio)
+    summary = ExtractSummary(num_selected=len(selected), num_skipped=len(selected) - len(todo))
+    _check_free_space(Path(cfg.out), len(todo) * (video.raw_bytes_per_clip() + audio.raw_bytes_per_clip()))
+    jobs = [DecodeJob(r.clip_id, r.path, r.source, cfg.num_frames, cfg.sample_rate_hz, cfg.max_audio_s,
+                      cfg.decode_timeout_s, cfg.face_crop) for r in todo.itertuples()]
+    with tqdm(total=len(jobs), unit="clip", disable=not sys.stderr.isatty(), desc="extract") as bar:
+        for batch in _decoded_batches(jobs, encoders.visual.processor, cfg):
             _encode_and_write(batch, encoders, video, audio, max_audio_frames, summary)
+            bar.update(len(batch))
     summary.wall_s = time.monotonic() - start
     log.info("extract finished: %d done, %d skipped, %d failed, %.1f s", summary.num_done, summary.num_skipped,
              summary.num_failed, summary.wall_s)
@@ -171,6 +177,7 @@ class _JobList(torch.utils.data.Dataset):
         return len(self.jobs)
 
     def __getitem__(self, i: int) -> DecodedItem:
+        crash_point("decode")
         return decode_job(self.jobs[i], self.processor)
 
 
@@ -202,6 +209,7 @@ def _encode_and_write(batch: list[DecodedItem], encoders, video: FeatureEntry, a
                                                          "duration_s": np.float32(item.duration_s)}, item.source)
                 summary.bytes_written += record.num_bytes
             summary.num_done += 1
+            crash_point("clip_done")
         except ValueError as err:   # NaN/Inf or a shape the store does not hold: this clip only
             _record_failure(item, f"encoder-output: {err}", video, audio, summary)
         except OSError as err:

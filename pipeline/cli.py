@@ -16,6 +16,8 @@ import typing
 from typing import Any, Callable
 
 from mmfer.pipeline.config import DemoConfig, ExtractConfig, TrainConfig
+from mmfer.pipeline.splits import LeakageError
+from mmfer.pipeline.store import StoreError
 from mmfer.pipeline.overrides import (
     ConfigError, apply_overrides, leaf_fields, load_yaml_overrides, parse_key_values)
 
@@ -257,13 +259,11 @@ def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except Exception as err:   # our own errors carry the file and the fix; show them without a trace
-        from mmfer.pipeline.store import StoreError
-
-        if isinstance(err, StoreError) and not args.verbose:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        raise
+    except (StoreError, LeakageError, OSError) as err:   # ours carry the file and the fix: no traceback
+        if args.verbose:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 1 if isinstance(err, OSError) else 2
 
 
 def main(argv: list[str] | None = None) -> int:

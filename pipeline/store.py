@@ -26,6 +26,8 @@ import pandas as pd
 import zarr
 import zarr.codecs
 
+from mmfer.pipeline.faults import crash_point
+
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -98,21 +100,52 @@ class FeatureEntry:
         self._group = group
         self.attrs: dict = dict(group.attrs)
         self.array_specs = {name: ArraySpec(tuple(s["shape"]), s["dtype"]) for name, s in self.attrs["arrays"].items()}
-        self._arrays = {name: group[name] for name in (*self.array_specs, "status", "reason", "source")}
+        self._arrays = {}
+        for name in (*self.array_specs, "status", "reason", "source"):
+            try:
+                self._arrays[name] = group[name]
+            except (KeyError, ValueError) as err:   # folder deleted, or its zarr.json unreadable
+                raise StoreError(f"{self.path}: array {name!r} is missing or unreadable ({err!r}); this entry is "
+                                 "damaged: re-run extract with --overwrite, or into a new --out") from err
+        self.damaged_status: list[str] = []   # clip ids whose status chunk failed its checksum (see statuses)
 
     @property
     def path(self) -> Path:
         return self.store.path / self.modality / self.fingerprint
 
     def statuses(self) -> np.ndarray:
-        """int8 [N] ClipStatus per clip, in clip-table order."""
-        return self._arrays["status"][:]
+        """int8 [N] ClipStatus per clip, in clip-table order. A status chunk that fails its checksum reads
+        as PENDING (never trusted, redone by extract), with a warning, and its clip goes in `damaged_status`."""
+        values = self._read_all("status", ClipStatus.PENDING)
+        return np.asarray(values, dtype=np.int8)
 
     def reasons(self) -> list[str]:
-        return [str(r) for r in self._arrays["reason"][:]]
+        return [str(r) for r in self._read_all("reason", "")]
 
     def sources(self) -> list[str]:
-        return [str(s) for s in self._arrays["source"][:]]
+        return [str(s) for s in self._read_all("source", "")]
+
+    def _read_all(self, name: str, fallback):
+        try:
+            return list(self._arrays[name][:])
+        except ValueError:   # crc32c mismatch in one clip's chunk: read one by one to name it
+            values = []
+            for index, clip_id in enumerate(self.store.clip_ids):
+                try:
+                    values.append(self._read_meta(name, index))
+                except CorruptClipError as err:
+                    log.warning("%s", err)
+                    if name == "status" and clip_id not in self.damaged_status:
+                        self.damaged_status.append(clip_id)
+                    values.append(fallback)
+            return values
+
+    def _read_meta(self, name: str, index: int):
+        try:
+            return self._arrays[name][index]
+        except ValueError as err:   # zarr's crc32c codec raises ValueError on a mismatch
+            raise CorruptClipError(str(self.store.path), self.store.clip_ids[index],
+                                   f"{self.modality}/{name} is damaged ({err})") from err
 
     def raw_bytes_per_clip(self) -> int:
         return sum(int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for s in self.array_specs.values())
@@ -140,6 +173,8 @@ class FeatureEntry:
         self._set_status(index, ClipStatus.PENDING, "", "")   # a rewrite is never 'done' halfway
         for name, value in prepared.items():
             self._arrays[name][index] = value
+            crash_point("array_written")
+        crash_point("before_done")
         self._set_status(index, ClipStatus.DONE, "", source)
         return ClipRecord(clip_id, self.modality, self.fingerprint, {k: v.shape for k, v in prepared.items()}, num_bytes)
 
@@ -160,7 +195,7 @@ class FeatureEntry:
             CorruptClipError: a chunk is missing or fails its checksum.
         """
         index = self.store.index_of(clip_id)
-        status = ClipStatus(int(self._arrays["status"][index]))
+        status = ClipStatus(int(self._read_meta("status", index)))
         if status != ClipStatus.DONE:
             raise StoreError(f"{self.store.path}: clip {clip_id}: {self.modality} status is {status.name}, not DONE")
         out = {}
@@ -226,7 +261,7 @@ class FeatureStore:
             fingerprint = found[0]
         elif fingerprint not in found:
             raise StoreError(f"{self.path}: no {modality} entry with fingerprint {fingerprint} (have: {', '.join(found) or 'none'})")
-        group = zarr.open_group(str(self.path / modality / fingerprint), mode="r+" if self._writable else "r")
+        group = _open_group(self.path / modality / fingerprint, mode="r+" if self._writable else "r")
         return FeatureEntry(self, modality, fingerprint, group)
 
     @property
@@ -264,13 +299,15 @@ class FeatureStore:
             group.create_array("status", shape=(num_clips,), chunks=(1,), dtype="int8", fill_value=0, **_array_options("int8"))
             for name in ("reason", "source"):
                 group.create_array(name, shape=(num_clips,), chunks=(1,), dtype=str, **_array_options("str"))
+            crash_point("entry_staged")
             os.rename(staging, target)
         return self.entry(modality, fingerprint)
 
     def clean_leftovers(self) -> int:
         """Delete what interrupted writes leave behind: staging folders and `*.partial` chunk files."""
         removed = 0
-        for staging in self.path.glob(f"{STAGING_PREFIX}*"):
+        created = self.path.parent.glob(f"{STAGING_PREFIX}{self.path.name}-{'[0-9a-f]' * 8}")   # see create_store
+        for staging in [*self.path.glob(f"{STAGING_PREFIX}*"), *created]:
             shutil.rmtree(staging, ignore_errors=True)
             removed += 1
         for partial in self.path.rglob(f"*{PARTIAL_SUFFIX}"):
@@ -303,6 +340,7 @@ def create_store(path: str | os.PathLike, clip_table: pd.DataFrame, attrs: dict)
         root = zarr.open_group(str(staging), mode="w", attributes={**attrs, "schema_version": SCHEMA_VERSION, "clip_table": table})
         for modality in MODALITIES:
             root.create_group(modality)
+        crash_point("store_staged")
         if path.exists():
             path.rmdir()
         os.rename(staging, path)
@@ -325,7 +363,15 @@ def open_store(path: str | os.PathLike, mode: str = "r") -> FeatureStore:
     path = Path(path)
     if not (path / "zarr.json").exists():
         raise StoreError(f"{path}: no feature store here; run `extract` first (see run_all.sh)")
-    return FeatureStore(path, zarr.open_group(str(path), mode=mode))
+    return FeatureStore(path, _open_group(path, mode))
+
+
+def _open_group(path: Path, mode: str) -> zarr.Group:
+    try:
+        return zarr.open_group(str(path), mode=mode)
+    except ValueError as err:   # json.JSONDecodeError and zarr's metadata errors
+        raise StoreError(f"{path / 'zarr.json'}: unreadable metadata ({err}); the store is damaged: "
+                         "re-run extract into a new --out") from err
 
 
 @contextlib.contextmanager
@@ -379,7 +425,11 @@ def verify_store(path: str | os.PathLike, *, repair: bool = False) -> VerifyRepo
             entry = store.entry(modality, fp)
             statuses = entry.statuses()
             for index, clip_id in enumerate(store.clip_ids):
-                if statuses[index] == ClipStatus.DONE:
+                if clip_id in entry.damaged_status:
+                    report.damaged.append((modality, clip_id, f"{modality}/status is damaged"))
+                    if repair:
+                        entry.mark(clip_id, ClipStatus.FAILED, f"damaged: {modality}/status is damaged")
+                elif statuses[index] == ClipStatus.DONE:
                     report.num_checked += 1
                     try:
                         entry.read_clip(clip_id)
