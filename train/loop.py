@@ -31,6 +31,7 @@ from mmfer.train.dataset import ClipDataset, EpochSampler, make_loader, open_cac
 from mmfer.train.losses import ContrastiveLoss, MultimodalLoss, resolve_class_weights
 from mmfer.train.metrics import HEADLINE, aggregate_folds, compute_metrics
 from mmfer.train.mixup import mix_batch, sample_mixup
+from mmfer.train.normalize import feature_statistics
 from mmfer.train.preset import resolve_preset
 from mmfer.train.model import build_model, param_groups
 from mmfer.train.report import (build_summary, format_summary_table, predictions_frame, write_config,
@@ -119,6 +120,7 @@ def train_fold(cfg: TrainConfig, fold, fold_index: int, fold_dir: Path, cache, d
     tv, num_patches, video_dim = cache.video_shape
     model = build_model(cfg.model, video_dim=video_dim, num_patches=num_patches, audio_dim=cache.audio_shape[1],
                         dropout=t.dropout)
+    model.input_norm.set_statistics(feature_statistics(dataset[i] for i in train_pos))   # training actors only
     if t.gradient_checkpointing:
         model.set_gradient_checkpointing(True)
     for name, source in (("audio", cfg.audio_branch), ("visual", cfg.visual_branch)):

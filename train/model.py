@@ -14,6 +14,7 @@ from mmfer.pipeline.config import ModelConfig
 from mmfer.train.audio_branch import AudioBranch
 from mmfer.train.fusion import LfmFusion, build_backbone, lfm2_config, resolve_checkpoint
 from mmfer.train.heads import AuxHead, EmotionHead
+from mmfer.train.normalize import FeatureNorm
 from mmfer.train.visual_branch import VisualBranch
 
 
@@ -35,9 +36,13 @@ class FusionModel(nn.Module):
         self.head, self.audio_head, self.visual_head = head, audio_head, visual_head
         self.audio_missing = nn.Parameter(torch.randn(audio.feature_dim) * 0.02) if audio else None
         self.visual_missing = nn.Parameter(torch.randn(visual.out_dim) * 0.02) if visual else None
+        # Standardizes the cached tokens with the training clips' statistics (set by the trainer).
+        self.input_norm = FeatureNorm((visual.num_patches, visual.video_dim) if visual else None,
+                                      audio.audio_dim if audio else None)
 
     def forward_features(self, batch: dict[str, Tensor]) -> dict[str, Tensor | None]:
         """Branch features (B, S, Da') / (B, Lv, Dv') or None, and the fused clip vector (B, D)."""
+        batch = self.input_norm(batch)
         audio_features = visual_features = None
         if self.audio is not None:
             has_audio = batch.get("has_audio", batch["audio_mask"].any(dim=1)).bool()

@@ -20,6 +20,7 @@ class VisualBranch(nn.Module):
         temporal_depth: int, num_heads: int, max_frames: int, num_segments: int, dropout: float,
     ) -> None:
         super().__init__()
+        self.video_dim, self.num_patches = video_dim, num_patches
         self.out_dim = out_dim
         self.num_segments = num_segments
         self.compress = TokenCompressor(
