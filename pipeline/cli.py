@@ -16,8 +16,6 @@ import typing
 from typing import Any, Callable
 
 from mmfer.pipeline.config import DemoConfig, ExtractConfig, TrainConfig
-from mmfer.pipeline.splits import LeakageError
-from mmfer.pipeline.store import StoreError
 from mmfer.pipeline.overrides import (
     ConfigError, apply_overrides, leaf_fields, load_yaml_overrides, parse_key_values)
 
@@ -251,19 +249,39 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """parse_args, but `key=value` overrides may stand anywhere, also between flags (argparse only
+    takes one contiguous run of positionals; the rest come back as extras)."""
+    args, extras = parser.parse_known_args(argv)
+    stray = [e for e in extras if "=" not in e or e.startswith("-")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extras:
+        if not hasattr(args, "overrides"):
+            parser.error(f"this command takes no key=value overrides: {' '.join(extras)}")
+        args.overrides = [*(args.overrides or []), *extras]
+    return args
+
+
 def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     _setup_logging(args.verbose)
     try:
         return args.handler(args)
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (StoreError, LeakageError, OSError) as err:   # ours carry the file and the fix: no traceback
-        if args.verbose:
+    except Exception as err:
+        if args.verbose or not _is_user_error(err):
             raise
         print(f"error: {err}", file=sys.stderr)
         return 1 if isinstance(err, OSError) else 2
+
+
+def _is_user_error(err: Exception) -> bool:
+    """Errors of mmfer's own exception classes (StoreError, CheckpointError, DecodeError, ...) and OS errors
+    name the file and the fix: print that line instead of a traceback (-v shows the traceback)."""
+    return isinstance(err, OSError) or type(err).__module__.startswith("mmfer.")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmfer.pipeline.faults import crash_point
+
 log = logging.getLogger(__name__)
 
 PREVIOUS_SUFFIX = ".prev.pt"
@@ -28,17 +30,21 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
-    """Write `state` to `path` atomically; the file it replaces becomes `<stem>.prev.pt`."""
+    """Write `state` to `path` atomically; the file it replaces becomes `<stem>.prev.pt` (unless truncated)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):   # left by a save that was killed
+        stale.unlink(missing_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(state, handle)
             handle.flush()
             os.fsync(handle.fileno())
-        if path.exists():
+        crash_point("checkpoint_write")   # the new state is in the temp file; last.pt and .prev.pt untouched
+        if path.exists() and zipfile.is_zipfile(path):   # a truncated file never replaces the previous good one
             os.replace(path, previous_path(path))
+        crash_point("checkpoint_rotated")   # a good old file is now .prev.pt, so `path` may be absent
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

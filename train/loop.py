@@ -23,9 +23,10 @@ import yaml
 from tqdm import tqdm
 
 from mmfer.pipeline.config import TrainConfig
+from mmfer.pipeline.faults import crash_point
 from mmfer.pipeline.splits import assign_parts, check_no_leakage, describe_protocol, make_folds
 from mmfer.pipeline.store import StoreError
-from mmfer.train.checkpoint import load_checkpoint, previous_path, restore_rng_state, rng_state, save_checkpoint
+from mmfer.train.checkpoint import CheckpointError, load_checkpoint, previous_path, restore_rng_state, rng_state, save_checkpoint
 from mmfer.train.curriculum import epoch_subset, load_difficulty
 from mmfer.train.dataset import ClipDataset, EpochSampler, make_loader, open_cache, prefetch, should_preload
 from mmfer.train.losses import ContrastiveLoss, MultimodalLoss, resolve_class_weights
@@ -229,6 +230,7 @@ def train_epoch(model, criterion, optimizer, scaler, loader, device, amp_dtype, 
     batches = loader if loader.num_workers > 0 else prefetch(loader)
     bar = tqdm(total=num_batches, desc=desc, unit="batch", leave=False, disable=not sys.stderr.isatty())
     for step, batch in enumerate(batches):
+        crash_point("train_batch")   # mid-epoch: earlier batches of this epoch already stepped the optimizer
         batch = to_device(batch, device)
         labels = batch["labels"]
         lam, perm = sample_mixup(rng, mixup_alpha, len(labels))
@@ -278,6 +280,7 @@ def predict(model, loader, sampler: EpochSampler, positions: np.ndarray, device,
 
 def load_branch_weights(source: str, name: str, fold_name: str) -> dict:
     """A stage-1 branch: `<run dir>/<fold>/<name>_branch.safetensors` (trained on this fold's actors), or a file."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
     path = Path(source)
     if path.is_dir():
@@ -286,7 +289,11 @@ def load_branch_weights(source: str, name: str, fold_name: str) -> dict:
         log.warning("%s: one %s branch file for every fold; its training actors may include this fold's test actors", path, name)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no {name} branch weights; run `train-fusion --pretrain {name} --out {source}` first")
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except SafetensorError as err:   # e.g. a pickled .pt file: refused, never unpickled
+        raise CheckpointError(f"{path}: not a safetensors file of {name} branch weights ({err}); pass the "
+                              f"{name}_branch.safetensors that `train-fusion --pretrain {name}` wrote") from err
 
 
 def save_branch_weights(path: Path, state: dict) -> None:
