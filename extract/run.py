@@ -161,11 +161,24 @@ def _decoded_batches(jobs: list[DecodeJob], processor, cfg: ExtractConfig):
     """Batches of DecodedItem, decoded ahead by spawned workers (never forked after zarr was used)."""
     if not jobs:
         return
+    # One clip per worker item, regrouped here: every worker decodes a share of the first batch, so the
+    # encoders get it sooner than if one worker decoded a whole batch.
     loader = torch.utils.data.DataLoader(
-        _JobList(jobs, processor), batch_size=cfg.batch_size, shuffle=False, collate_fn=list,
+        _JobList(jobs, processor), batch_size=None, shuffle=False, collate_fn=_as_is,
         num_workers=cfg.num_workers, multiprocessing_context="spawn" if cfg.num_workers else None,
-        prefetch_factor=4 if cfg.num_workers else None, persistent_workers=False)
-    yield from loader
+        prefetch_factor=4 * cfg.batch_size if cfg.num_workers else None, persistent_workers=False)
+    batch: list[DecodedItem] = []
+    for item in loader:
+        batch.append(item)
+        if len(batch) == cfg.batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _as_is(item: DecodedItem) -> DecodedItem:
+    return item
 
 
 class _JobList(torch.utils.data.Dataset):

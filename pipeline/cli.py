@@ -231,6 +231,15 @@ def _tune_parser(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=cmd_tune)
 
 
+@_register("bench", "Measure this machine: cached vs online epochs, loader overhead, extract efficiency, storage, scaling.")
+def _bench_parser(parser: argparse.ArgumentParser) -> None:
+    from mmfer.pipeline.bench import add_bench_arguments, cmd_bench   # light import; stages load inside cmd_bench
+
+    add_bench_arguments(parser)
+    _common(parser, with_overrides=False)
+    parser.set_defaults(handler=cmd_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmfer", description="Audio-visual emotion recognition from cached frozen-encoder features.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -187,8 +187,9 @@ class FeatureEntry:
         self._arrays["source"][index] = source
         self._arrays["status"][index] = np.int8(status)
 
-    def read_clip(self, clip_id: str) -> dict[str, np.ndarray]:
-        """One clip's arrays (one chunk read each), checked: status DONE, every chunk on disk, checksums.
+    def read_clip(self, clip_id: str, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """One clip's arrays (one chunk read each; `names` picks some), checked: status DONE, every chunk
+        on disk, checksums.
 
         Raises:
             StoreError: the clip is not done.
@@ -199,7 +200,9 @@ class FeatureEntry:
         if status != ClipStatus.DONE:
             raise StoreError(f"{self.store.path}: clip {clip_id}: {self.modality} status is {status.name}, not DONE")
         out = {}
-        for name in self.array_specs:
+        for name in names or self.array_specs:
+            if name not in self.array_specs:
+                raise StoreError(f"{self.path}: no array {name!r} (has {sorted(self.array_specs)})")
             array = self._arrays[name]
             if not self._chunk_file(array, index).exists():
                 raise CorruptClipError(str(self.store.path), clip_id, f"marked done but {self.modality}/{name} has no data chunk")

@@ -8,21 +8,18 @@ import pytest
 import torch
 from transformers import Lfm2Config, Lfm2ForCausalLM, Lfm2Model
 
-from mmfer.pipeline.config import TINY_TRAIN_OVERRIDES, FusionConfig, ModelConfig
+from mmfer.pipeline.config import FusionConfig, ModelConfig, TrainConfig
 from mmfer.train.fusion import CheckpointNotFoundError, LfmFusion, build_backbone, lfm2_config, resolve_checkpoint
 from mmfer.train.model import build_model, param_groups
+from mmfer.train.preset import resolve_preset
 
 DV, P, DA, TV, TA, B = 32, 49, 24, 6, 20, 4  # P = 7 x 7 patches keeps the tests fast
 
 
 def tiny_config(**fusion: object) -> ModelConfig:
-    """ModelConfig with the tiny preset overrides applied (and `fusion` field overrides)."""
-    parts: dict[str, dict[str, object]] = {"visual": {}, "audio": {}, "fusion": dict(fusion)}
-    for key, value in TINY_TRAIN_OVERRIDES.items():
-        _, part, name = key.split(".")
-        parts[part].setdefault(name, value)
-    cfg = ModelConfig()
-    return dataclasses.replace(cfg, **{k: dataclasses.replace(getattr(cfg, k), **v) for k, v in parts.items()})
+    """ModelConfig with the tiny preset applied (and `fusion` field overrides)."""
+    cfg = resolve_preset(TrainConfig(preset="tiny")).model
+    return dataclasses.replace(cfg, fusion=dataclasses.replace(cfg.fusion, **fusion))
 
 
 def make_model(variant: str = "lfm2", dropout: float = 0.0, **fusion: object):

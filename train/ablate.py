@@ -238,6 +238,7 @@ def add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"Study folder (default: {DEFAULT_OUT}).")
     parser.add_argument("--seeds", type=int, default=1, metavar="N", help="Seeds per entry: seed .. seed+N-1 (default: 1).")
     parser.add_argument("--entries", metavar="FILE.yaml", help="Entries to run (default: DEFAULT_ENTRIES in train/ablate.py).")
+    parser.add_argument("--only", metavar="NAMES", help="Comma-separated entry names to run (e.g. audio,visual,early,full).")
     parser.add_argument("--keep-checkpoints", action="store_true", help="Keep each run's checkpoints (default: delete after the run).")
     add_config_flags(parser, TrainConfig, TRAIN_ALIASES, skip=("out", "resume", "pretrain"))
 
@@ -249,6 +250,12 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
     base = resolve_config(TrainConfig, args)
     entries, reference = load_entries(args.entries)
+    if args.only:
+        wanted = [name.strip() for name in args.only.split(",")]
+        unknown = sorted(set(wanted) - {e.name for e in entries})
+        if unknown:
+            raise ConfigError(f"--only: no entries named {unknown}; have {[e.name for e in entries]}")
+        entries = [e for e in entries if e.name in wanted]
     result = run_ablation(base, args.out, entries=entries, reference=reference, num_seeds=args.seeds,
                           keep_checkpoints=args.keep_checkpoints)
     print(result["table"])

@@ -150,10 +150,10 @@ class ClipDataset(Dataset):
         item = {"clip_id": clip_id, "label": self.labels[index],
                 "has_video": bool(self.has_video[index]), "has_audio": bool(self.has_audio[index])}
         if item["has_video"]:
-            video = self._entry("video").read_clip(clip_id)
+            video = self._entry("video").read_clip(clip_id, VIDEO_ARRAYS)
             item["video_tokens"], item["video_pooled"] = video["tokens"], video["pooled"]
         if item["has_audio"]:
-            audio = self._entry("audio").read_clip(clip_id)
+            audio = self._entry("audio").read_clip(clip_id, AUDIO_ARRAYS)
             item["audio_tokens"] = audio["tokens"][: int(audio["length"])]
         return item
 

@@ -28,7 +28,8 @@ def build_optimizer(groups: dict[str, list[nn.Parameter]], *, lr_branches: float
             param_groups.append({"params": params, "lr": rates[name], "name": name})
     if not param_groups:
         raise ValueError("no trainable parameters: every group is empty or frozen")
-    return torch.optim.AdamW(param_groups, weight_decay=weight_decay, betas=tuple(betas))
+    # fused: one kernel for all tensors instead of a Python loop per tensor (a third of a CPU step otherwise)
+    return torch.optim.AdamW(param_groups, weight_decay=weight_decay, betas=tuple(betas), fused=True)
 
 
 class EpochSchedule:

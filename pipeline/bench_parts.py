@@ -1,0 +1,286 @@
+"""The measurements of `mmfer bench`: stage timings, epochs, storage reads, and the measured subprocesses.
+
+Each function times one thing and returns plain numbers; `pipeline/bench.py` orders them and writes the
+report. Extract runs and cached training epochs at each clip count run in child processes
+(`python -m mmfer.pipeline.bench_parts CHILD.json`) so their peak RSS is their own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmfer.pipeline.bench_setup import (BENCH_SEED, BenchSetup, bench_train_config, build_trainer, child_env,
+                                        decode_jobs, decode_loader, resolve_device_name)
+
+log = logging.getLogger(__name__)
+
+LOOP_START_MESSAGE = "this run writes at most"   # extract/run.py logs it right before its clip loop
+
+
+def sync(device: str) -> None:
+    if resolve_device_name(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Part 3: the extract stages alone
+# ---------------------------------------------------------------------------------------------------
+
+
+def time_decode_only(setup: BenchSetup, processor) -> dict:
+    """decode_job over the clips with extract's DataLoader setup: a first pass (worker start included) and a
+    second pass on the same, already started workers. Returns times and the decoded items of the 2nd pass."""
+    cfg = setup.extract_cfg
+    loader = decode_loader(decode_jobs(setup), processor, cfg, batch_size=cfg.batch_size, persistent=True)
+    started = time.perf_counter()
+    for _ in loader:
+        pass
+    first_s = time.perf_counter() - started
+    started = time.perf_counter()
+    items = [item for batch in loader for item in batch]
+    steady_s = time.perf_counter() - started
+    failed = [item.clip_id for item in items if item.error is not None]
+    if failed:
+        raise RuntimeError(f"bench: demo clips failed to decode: {failed[:3]}; check ffmpeg (`mmfer extract` says why)")
+    return {"first_pass_s": first_s, "steady_s": steady_s, "workers": cfg.num_workers, "items": items,
+            "loader": loader}
+
+
+def started_decode_loader(setup: BenchSetup, processor, clip_ids: list[str], batch_size: int):
+    """A decode loader over clip_ids (repeats allowed) whose workers have started and run one pass."""
+    jobs = {job.clip_id: job for job in decode_jobs(setup)}
+    loader = decode_loader([jobs[c] for c in clip_ids], processor, setup.extract_cfg, batch_size=batch_size,
+                           persistent=True)
+    for _ in loader:
+        pass
+    return loader
+
+
+def time_encode_only(encoders, items: list, batch_size: int, device: str) -> dict:
+    """Both frozen encoders on pre-decoded clips, extract's batch size (a first batch warms up, untimed)."""
+    batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+    encoders.encode_visual([it.pixel_inputs for it in batches[0][:1]])
+    encoders.encode_audio([batches[0][0].audio])
+    visual_s = audio_s = 0.0
+    for batch in batches:
+        sync(device)
+        started = time.perf_counter()
+        encoders.encode_visual([it.pixel_inputs for it in batch])
+        sync(device)
+        middle = time.perf_counter()
+        encoders.encode_audio([it.audio for it in batch if it.audio is not None])
+        sync(device)
+        visual_s, audio_s = visual_s + middle - started, audio_s + time.perf_counter() - middle
+    return {"visual_s": visual_s, "audio_s": audio_s, "total_s": visual_s + audio_s}
+
+
+def count_encoder_gflops(encoders, item) -> dict[str, float]:
+    """Forward GFLOP of each frozen encoder on one clip (Tv frames, its audio), counted by FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counts = {}
+    for name, call in (("visual", lambda: encoders.encode_visual([item.pixel_inputs])),
+                       ("audio", lambda: encoders.encode_audio([item.audio]))):
+        counter = FlopCounterMode(display=False)
+        with counter:
+            call()
+        counts[name] = counter.get_total_flops() / 1e9
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parts 1-2: online, cached and in-memory epochs of the same trainable model and batches
+# ---------------------------------------------------------------------------------------------------
+
+
+def whole_groups(clip_ids: list[str], group: int) -> list[str]:
+    """clip_ids cycled up to a multiple of `group` clips (one optimizer step per group)."""
+    total = -(-len(clip_ids) // group) * group
+    return [clip_ids[i % len(clip_ids)] for i in range(total)]
+
+
+class Batches:
+    """An epoch's batches for train_epoch: len() and iteration, built by `make_iter` each epoch.
+
+    num_workers = 1 tells train_epoch that the batches are already produced ahead (it adds its own
+    prefetch thread only for a DataLoader without workers); these are either in memory or online.
+    """
+
+    num_workers = 1
+
+    def __init__(self, make_iter, num_batches: int) -> None:
+        self.make_iter, self.num_batches = make_iter, num_batches
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self):
+        return iter(self.make_iter())
+
+
+def online_batches(decoder, encoders, labels: dict[str, int]):
+    """decode (workers) -> frozen encoders -> the loader's batch contract, per batch, as stored (fp16)."""
+    from mmfer.train.dataset import collate_clips
+
+    for decoded in decoder:
+        tokens, pooled = encoders.encode_visual([it.pixel_inputs for it in decoded])
+        audio = encoders.encode_audio([it.audio for it in decoded])
+        yield collate_clips([
+            {"clip_id": it.clip_id, "label": labels[it.clip_id], "has_video": True, "has_audio": True,
+             "video_tokens": t.astype(np.float16), "video_pooled": p.astype(np.float16), "audio_tokens": a.astype(np.float16)}
+            for it, t, p, a in zip(decoded, tokens, pooled, audio)])
+
+
+def cached_loader(store_path: str, cfg, clip_ids: list[str] | None = None):
+    """train/'s own reader: open_cache -> ClipDataset (no preload) -> make_loader, in clip order."""
+    from mmfer.train.dataset import ClipDataset, EpochSampler, make_loader, open_cache
+
+    cache = open_cache(store_path, use_video=True, use_audio=True)
+    ids = list(cache.clips["clip_id"]) if clip_ids is None else clip_ids
+    dataset = ClipDataset(cache, ids, preload=False)
+    sampler = EpochSampler(range(len(ids)))
+    loader = make_loader(dataset, sampler, batch_size=cfg.training.batch_size, num_workers=cfg.num_workers, seed=cfg.seed)
+    return cache, dataset, loader
+
+
+def run_epoch(trainer, batches, *, epoch: int = 0) -> float:
+    """Seconds for one train_epoch (train/loop.py) over `batches`; mixup rng fixed per epoch number."""
+    from mmfer.train.loop import train_epoch
+
+    t = trainer.cfg.training
+    rng = np.random.default_rng([BENCH_SEED, epoch])
+    torch.manual_seed(BENCH_SEED + epoch)
+    sync(trainer.device.type)
+    started = time.perf_counter()
+    train_epoch(trainer.model, trainer.criterion, trainer.optimizer, trainer.scaler, batches, trainer.device,
+                trainer.amp_dtype, rng, mixup_alpha=t.mixup_alpha, accumulation=t.gradient_accumulation_steps,
+                max_grad_norm=t.gradient_clip, desc="bench")
+    sync(trainer.device.type)
+    return time.perf_counter() - started
+
+
+# ---------------------------------------------------------------------------------------------------
+# Part 4: storage
+# ---------------------------------------------------------------------------------------------------
+
+
+def storage_stats(store_path: str, clip_ids: list[str], train_cfg) -> dict:
+    """On-disk bytes per clip, cache read vs plain sequential read of the same chunk files (page cache warm)."""
+    from mmfer.pipeline.store import open_store
+
+    store = open_store(store_path)
+    entries = [store.entry("video"), store.entry("audio")]
+    files = [f for cid in clip_ids for e in entries for f in e.clip_chunk_files(store.index_of(cid))]
+    chunk_bytes = sum(f.stat().st_size for f in files)
+    raw_padded = sum(e.raw_bytes_per_clip() for e in entries)
+    tv, p, dv = entries[0].array_specs["tokens"].shape
+    da = entries[1].array_specs["tokens"].shape[1]
+    lengths = [int(entries[1].read_clip(cid)["length"]) for cid in clip_ids]
+    raw_true = 2 * (tv * p * dv + tv * dv + float(np.mean(lengths)) * da)   # fp16 tokens + pooled, true-length audio
+    _, dataset, _ = cached_loader(store_path, train_cfg, clip_ids)
+    _read_all(files)                              # warm the page cache for both readers
+    [dataset[i] for i in range(len(dataset))]
+    plain_s = min(_timed(lambda: _read_all(files)) for _ in range(3))
+    cache_s = min(_timed(lambda: [dataset[i] for i in range(len(dataset))]) for _ in range(3))
+    n = len(clip_ids)
+    return {"bytes_per_clip": store.bytes_on_disk() / n, "chunk_bytes_per_clip": chunk_bytes / n,
+            "raw_fp16_bytes_per_clip": raw_true, "raw_fp16_padded_bytes_per_clip": raw_padded,
+            "cache_read_s_per_clip": cache_s / n, "plain_read_s_per_clip": plain_s / n,
+            "cache_read_mb_s": chunk_bytes / cache_s / 1e6, "cache_read_decoded_mb_s": raw_true * n / cache_s / 1e6,
+            "plain_read_mb_s": chunk_bytes / plain_s / 1e6}
+
+
+def _read_all(files: list[Path]) -> int:
+    total = 0
+    for path in files:
+        with open(path, "rb") as handle:
+            total += len(handle.read())
+    return total
+
+
+def _timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+# ---------------------------------------------------------------------------------------------------
+# Part 5: measured child processes (extract, cached training epoch)
+# ---------------------------------------------------------------------------------------------------
+
+
+def run_child(spec: dict, work_dir: Path) -> dict:
+    """Run `spec` in a fresh interpreter; returns its result with peak RSS of it and of its own children.
+
+    Raises:
+        RuntimeError: the child failed; its log tail is in the message.
+    """
+    name = f"child-{spec['kind']}-{spec['num_clips']}"
+    spec_path, log_path = work_dir / f"{name}.json", work_dir / f"{name}.log"
+    spec_path.write_text(json.dumps({**spec, "result": str(work_dir / f"{name}.result.json")}))
+    with open(log_path, "w") as handle:
+        done = subprocess.run([sys.executable, "-m", "mmfer.pipeline.bench_parts", str(spec_path)], stdout=handle,
+                              stderr=subprocess.STDOUT, env=child_env(), check=False)
+    if done.returncode != 0:
+        tail = log_path.read_text()[-3000:]
+        raise RuntimeError(f"bench: {name} failed (exit {done.returncode}); log {log_path}:\n{tail}")
+    return json.loads(Path(work_dir / f"{name}.result.json").read_text())
+
+
+def _child_extract(spec: dict) -> dict:
+    from mmfer.data.ravdess import scan_ravdess
+    from mmfer.extract.run import extract_all
+    from mmfer.pipeline.config import ExtractConfig
+
+    marks: dict[str, float] = {}
+
+    class LoopStart(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if str(record.msg).startswith(LOOP_START_MESSAGE):
+                marks["loop_start"] = time.perf_counter()
+
+    logger = logging.getLogger("mmfer.extract.run")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(LoopStart())
+    cfg = ExtractConfig(**spec["extract_cfg"])
+    started = time.perf_counter()
+    summary = extract_all(cfg, scan_ravdess(cfg.root, modalities=("av",)))
+    ended = time.perf_counter()
+    if summary.num_done != spec["num_clips"]:
+        raise RuntimeError(f"bench extract: {summary.format()}")
+    return {"wall_s": ended - started, "loop_s": ended - marks.get("loop_start", started),
+            "bytes_written": summary.bytes_written}
+
+
+def _child_train(spec: dict) -> dict:
+    cfg = bench_train_config(spec["preset"], spec["device"])
+    started = time.perf_counter()
+    cache, dataset, loader = cached_loader(spec["store"], cfg)
+    trainer = build_trainer(cfg, video_shape=cache.video_shape, audio_dim=cache.audio_shape[1], labels=dataset.labels)
+    build_s = time.perf_counter() - started
+    first = next(iter(loader))                          # warm-up step, untimed
+    run_epoch(trainer, Batches(lambda: [first], 1))
+    epoch_s = run_epoch(trainer, loader, epoch=1)
+    return {"build_s": build_s, "epoch_s": epoch_s, "num_clips_read": len(dataset)}
+
+
+def child_main(spec_path: str) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    spec = json.loads(Path(spec_path).read_text())
+    result = {"extract": _child_extract, "train": _child_train}[spec["kind"]](spec)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_children_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    Path(spec["result"]).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    child_main(sys.argv[1])
