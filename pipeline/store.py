@@ -35,7 +35,8 @@ MODALITIES = ("video", "audio")
 LOCK_FILE = ".extract.lock"
 STAGING_PREFIX = ".staging-"
 PARTIAL_SUFFIX = ".partial"    # zarr's LocalStore writes `<chunk>.<uuid>.partial`, then renames
-ZSTD_LEVEL = 3                 # chosen by measurement, see cache_schema.md "Storage measurements"
+# Codecs: blosc lz4 with byte shuffle, then crc32c. Measured on real (tiny) SigLIP tokens: 1.16x smaller
+# than raw fp16 and the fastest to read of none / zstd 1, 3 / blosc-zstd (cache_schema.md, "Storage").
 
 # An all-zero clip (e.g. the timestamps of a 1-frame clip) must still leave its chunk on disk, because a
 # missing chunk is how a reader tells "marked done without data". This is a runtime setting in zarr
@@ -87,7 +88,8 @@ def _array_options(dtype: str) -> dict:
     # Every array ends in crc32c, so a flipped byte raises instead of decoding to wrong numbers.
     if dtype == "str":
         return {"compressors": [zarr.codecs.Crc32cCodec()]}
-    return {"compressors": [zarr.codecs.ZstdCodec(level=ZSTD_LEVEL), zarr.codecs.Crc32cCodec()]}
+    blosc = zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=np.dtype(dtype).itemsize)
+    return {"compressors": [blosc, zarr.codecs.Crc32cCodec()]}
 
 
 class FeatureEntry:
