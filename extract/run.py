@@ -15,7 +15,7 @@ import logging
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from mmfer.extract.worker import DecodeJob, DecodedItem, decode_job
 from mmfer.pipeline.config import ExtractConfig
 from mmfer.pipeline.faults import crash_point
 from mmfer.pipeline.media import file_signature
-from mmfer.pipeline.store import ArraySpec, ClipStatus, FeatureEntry, StoreError, create_store, writer_lock
+from mmfer.pipeline.store import ArraySpec, ClipStatus, FeatureEntry, create_store, writer_lock
 
 log = logging.getLogger(__name__)
 

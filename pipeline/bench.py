@@ -231,7 +231,7 @@ def format_report(r: dict) -> str:
         ex, tr = row["extract"], row["train"]
         lines.append(f"   {row['clips']:>6}{ex['loop_s']:>11.1f}{row['extract_loop_s_per_clip']:>8.2f}{ex['peak_rss_mb']:>8.0f}"
                      f"{ex['peak_rss_children_mb']:>9.0f}{tr['epoch_s']:>15.2f}{row['train_epoch_s_per_clip']:>8.3f}{tr['peak_rss_mb']:>8.0f}")
-    lines.append(f"   (extract s: the clip loop after model load; RSS: peak of the process, 'workers': its largest child)")
+    lines.append("   (extract s: the clip loop after model load; RSS: peak of the process, 'workers': its largest child)")
     lines.append(f"bench took {env.get('bench_wall_s', 0):.0f} s")
     return "\n".join(lines)
 

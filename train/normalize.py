@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 STD_FLOOR = 1e-4   # channels that never vary stay finite (and stay ~0 after centring)
 
