@@ -15,7 +15,7 @@ import sys
 import typing
 from typing import Any, Callable
 
-from mmfer.pipeline.config import DemoConfig, ExtractConfig, TrainConfig
+from mmfer.pipeline.config import TRAIN_PRESETS, DemoConfig, ExtractConfig, TrainConfig
 from mmfer.pipeline.overrides import (
     ConfigError, apply_overrides, leaf_fields, load_yaml_overrides, parse_key_values)
 
@@ -61,13 +61,20 @@ def _metavar(annotation: Any) -> str:
 
 
 def resolve_config(cfg_type: type, args: argparse.Namespace) -> Any:
-    """Defaults <- --config YAML <- flags <- key=value overrides (presets are applied by the stage)."""
+    """Defaults <- preset (TrainConfig --preset tiny) <- --config YAML <- flags <- key=value overrides.
+
+    The preset goes in first, so any value the user gives wins, also one equal to the full default.
+    """
     overrides: dict[str, Any] = {}
     if getattr(args, "config", None):
         overrides.update(load_yaml_overrides(args.config, cfg_type))
     overrides.update({k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:")})
     overrides.update(parse_key_values(getattr(args, "overrides", None) or []))
-    return apply_overrides(cfg_type(), overrides)
+    cfg = cfg_type()
+    if cfg_type is TrainConfig:
+        preset = apply_overrides(cfg, {"preset": overrides["preset"]}).preset if "preset" in overrides else cfg.preset
+        cfg = apply_overrides(cfg, TRAIN_PRESETS.get(preset, {}))
+    return apply_overrides(cfg, overrides)
 
 
 def _common(parser: argparse.ArgumentParser, with_overrides: bool = True) -> None:
@@ -102,9 +109,8 @@ def cmd_train_fusion(args: argparse.Namespace) -> int:
     cfg: TrainConfig = resolve_config(TrainConfig, args)
     if args.dry_run:
         from mmfer.train.dryrun import dry_run_for_cache, format_dry_run
-        from mmfer.train.preset import resolve_preset
 
-        result = dry_run_for_cache(resolve_preset(cfg))
+        result = dry_run_for_cache(cfg)
         print(json.dumps(result, indent=2) if args.json else format_dry_run(result))
         return 0
     from mmfer.train.loop import train

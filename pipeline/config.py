@@ -331,3 +331,6 @@ class DemoConfig:
             raise ValueError(f"num_actors must be in 1..24, got {self.num_actors}")
         if self.clips_per_emotion < 1 or self.size_px < 32 or self.duration_s <= 0:
             raise ValueError("clips_per_emotion >= 1, size_px >= 32 and duration_s > 0 are required")
+
+
+TRAIN_PRESETS: dict[str, dict[str, object]] = {"full": {}, "tiny": TINY_TRAIN_OVERRIDES}

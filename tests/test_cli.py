@@ -56,9 +56,7 @@ def test_layering_and_the_guides_yaml_block(tmp_path):
     config_file.write_text(GUIDE_TRAINING_BLOCK)
     args = build_parser().parse_args(["train-fusion", "--config", str(config_file), "--preset", "tiny",
                                       "--epochs", "7", "training.lr=3e-4", "model.fusion.num_layers=2"])
-    from mmfer.train.preset import resolve_preset
-
-    cfg = resolve_preset(resolve_config(TrainConfig, args))
+    cfg = resolve_config(TrainConfig, args)
     assert cfg.training.gradient_checkpointing is True          # from the YAML
     assert cfg.training.max_epochs == 7                          # flag beats YAML
     assert cfg.training.lr == 3e-4                               # key=value beats YAML

@@ -21,6 +21,7 @@ from mmfer.pipeline.config import SplitConfig, TrainConfig, TrainingConfig, Mode
 from mmfer.pipeline.export import add_export_arguments, cmd_export
 from mmfer.pipeline.labels import EMOTIONS
 from mmfer.pipeline.predict import add_predict_arguments, cmd_predict, window_starts
+from mmfer.train.preset import resolve_preset
 from mmfer.train.loop import train
 
 PROBS = [f"prob_{e}" for e in EMOTIONS]
@@ -47,10 +48,10 @@ def run(demo_cache, tmp_path_factory) -> Path:
     fold_file = root / "folds.json"
     fold_file.write_text(json.dumps([{"name": "fold1", "test_actors": [1], "val_actors": [2]},
                                      {"name": "fold2", "test_actors": [3], "val_actors": [4]}]))
-    train(TrainConfig(cache=str(demo_cache), out=str(root / "run"), preset="tiny", device="cpu", seed=0,
+    train(resolve_preset(TrainConfig(cache=str(demo_cache), out=str(root / "run"), preset="tiny", device="cpu", seed=0,
                       split=SplitConfig(protocol="file", fold_file=str(fold_file)),
                       model=ModelConfig(visual=VisualBranchConfig(num_keep_tokens=8)),
-                      training=TrainingConfig(max_epochs=1, warmup_epochs=1, batch_size=4, gradient_accumulation_steps=1)))
+                      training=TrainingConfig(max_epochs=1, warmup_epochs=1, batch_size=4, gradient_accumulation_steps=1))))
     return root / "run"
 
 

@@ -22,6 +22,7 @@ from mmfer.pipeline.config import ModelConfig, SplitConfig, TrainConfig, Trainin
 from mmfer.pipeline.labels import EMOTIONS
 from mmfer.pipeline.store import StoreError
 from mmfer.train.dataset import open_cache
+from mmfer.train.preset import resolve_preset
 from mmfer.train.loop import train
 from synthetic_store import AUDIO_FP, FAILED_VIDEO_CLIP, NO_AUDIO_CLIP, VIDEO_FP, make_store, write_fold_file
 
@@ -29,12 +30,12 @@ EPOCHS = 3
 
 
 def tiny_config(cache: Path, fold_file: Path, out: Path, **training) -> TrainConfig:
-    return TrainConfig(
+    return resolve_preset(TrainConfig(
         cache=str(cache), out=str(out), preset="tiny", device="cpu", seed=7, preload="auto",
         split=SplitConfig(protocol="file", fold_file=str(fold_file)),
         model=ModelConfig(visual=VisualBranchConfig(num_keep_tokens=8)),
         training=TrainingConfig(**{"max_epochs": EPOCHS, "warmup_epochs": 1, "batch_size": 8,
-                                   "gradient_accumulation_steps": 2, "class_weights": "auto", **training}))
+                                   "gradient_accumulation_steps": 2, "class_weights": "auto", **training})))
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ import yaml
 
 from mmfer.pipeline.config import TrainConfig
 from mmfer.pipeline.overrides import ConfigError, apply_overrides, flatten, to_dict
-from mmfer.train.preset import resolve_preset
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +77,7 @@ def load_entries(path: str | Path | None) -> tuple[list[Entry], str]:
 
 def config_hash(cfg: TrainConfig) -> str:
     """sha256 of the resolved config (preset applied; out and resume left out, seed kept)."""
-    cfg = dataclasses.replace(resolve_preset(cfg), out="", resume=False)
+    cfg = dataclasses.replace(cfg, out="", resume=False)
     return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()
 
 
@@ -129,7 +128,7 @@ def _run(cfg: TrainConfig, parent: Path, name: str, ran: list, skipped: list, ke
         skipped.append(str(run_dir))
         return run_dir
     log.info("ablation: training %s (seed %d) in %s", name, cfg.seed, run_dir)
-    train(dataclasses.replace(resolve_preset(cfg), out=str(run_dir), resume=True))
+    train(dataclasses.replace(cfg, out=str(run_dir), resume=True))
     if not keep_checkpoints:   # the summary and branch weights are what the study reads; checkpoints are large
         for folder in run_dir.glob("*/checkpoints"):
             shutil.rmtree(folder)

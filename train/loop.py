@@ -33,7 +33,6 @@ from mmfer.train.losses import ContrastiveLoss, MultimodalLoss, resolve_class_we
 from mmfer.train.metrics import HEADLINE, aggregate_folds, compute_metrics
 from mmfer.train.mixup import mix_batch, sample_mixup
 from mmfer.train.normalize import feature_statistics
-from mmfer.train.preset import resolve_preset
 from mmfer.train.model import build_model, param_groups
 from mmfer.train.report import (build_summary, format_summary_table, predictions_frame, write_config,
                                 write_confusion, write_predictions, write_summary)
@@ -45,7 +44,6 @@ log = logging.getLogger(__name__)
 def train(cfg: TrainConfig) -> dict:
     """Train and test every selected fold; write the run folder `cfg.out`; return summary.json's content."""
     started = time.time()
-    cfg = resolve_preset(cfg)
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
     if not cfg.resume and (any(out.glob("*/checkpoints/last*.pt")) or (out / "summary.json").exists()):

@@ -1,6 +1,7 @@
-"""Named presets: `--preset tiny` applies TINY_TRAIN_OVERRIDES (pipeline/config.py) to a TrainConfig.
+"""Presets for configs built in code: `resolve_preset(TrainConfig(preset="tiny", ...))`.
 
-A preset only changes fields still at their default, so an explicit value (CLI, YAML) always wins.
+The CLI applies the preset itself, before the user's values (pipeline/cli.py `resolve_config`); here,
+in code, a field still equal to its full-size default counts as unset and takes the preset's value.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from mmfer.pipeline.overrides import apply_overrides, flatten, to_dict
 
 
 def resolve_preset(cfg: TrainConfig) -> TrainConfig:
-    """--preset tiny: apply TINY_TRAIN_OVERRIDES to fields still at their default (explicit values win)."""
+    """--preset tiny: apply TINY_TRAIN_OVERRIDES to the fields still at their full-size default."""
     if cfg.preset != "tiny":
         return cfg
     current, defaults = flatten(to_dict(cfg)), flatten(to_dict(TrainConfig()))
