@@ -64,8 +64,19 @@ def previous_path(path: Path) -> Path:
 def _load_one(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
+    except pickle.UnpicklingError as err:   # torch's own text would suggest weights_only=False: never do that
+        raise CheckpointError(f"{path}: refused: the file holds Python objects other than tensors and plain values "
+                              f"({_culprit(err)}); mmfer never unpickles them. Do not load files "
+                              "you do not trust; re-run training to get a clean checkpoint") from err
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
         raise CheckpointError(f"{path}: cannot load checkpoint ({type(err).__name__}: {err})") from err
+
+
+def _culprit(err: pickle.UnpicklingError) -> str:
+    """The line of torch's refusal that names the forbidden global (e.g. `GLOBAL posix.system`)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
+    return (named or lines or ["unsupported content"])[0][:200]
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
