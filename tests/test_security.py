@@ -13,12 +13,14 @@ from mmfer.data.ravdess import RavdessNameError, parse_ravdess_name, scan_ravdes
 from mmfer.pipeline.store import ArraySpec, create_store, open_store
 
 REPO = Path(__file__).resolve().parents[1]
+PACKAGE_FOLDERS = ("pipeline", "extract", "train", "data")
 CLIP_ID = re.compile(r"^\d\d(-\d\d){6}$")
 
 
 def package_sources() -> dict[Path, ast.Module]:
-    files = [p for p in REPO.rglob("*.py")
-             if not {"tests", ".git", "build", "mmfer.egg-info"} & set(p.relative_to(REPO).parts)]
+    # The package is these folders plus the root __init__.py (pyproject's package-dir); a .venv or a
+    # build folder inside the checkout (CI makes one) is not ours to scan.
+    files = [REPO / "__init__.py", *(p for folder in PACKAGE_FOLDERS for p in (REPO / folder).rglob("*.py"))]
     assert len(files) > 20, files   # the scan really sees the package
     return {p: ast.parse(p.read_text(), filename=str(p)) for p in files}
 
