@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import pickle
 import shutil
 import subprocess
@@ -35,7 +36,10 @@ def train_cmd(cache: tuple[Path, Path], out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "mmfer.pipeline.cli", "train-fusion", "--cache", str(store), "--out", str(out),
             "--preset", "tiny", "--epochs", str(EPOCHS), "--device", "cpu", "--seed", "7", "split.protocol=file",
             f"split.fold_file={folds}", "training.batch_size=8", "training.warmup_epochs=1",
-            "model.visual.num_keep_tokens=8", *extra]
+            "model.visual.num_keep_tokens=8",
+            # the guide's slow rates: validation improves every epoch, so each epoch saves best and last
+            # (the kill points below count those saves)
+            "training.lr=1e-4", "training.lr_fusion=5e-5", "training.lr_branches=1e-4", *extra]
 
 
 def run_train(cache, out: Path, *extra: str, crash_at: str | None = None) -> subprocess.CompletedProcess:
@@ -208,7 +212,7 @@ def test_hostile_best_checkpoint_is_refused_by_predict_and_export(full_run, tmp_
     assert not marker.exists()
 
 
-def test_branch_weights_load_only_as_safetensors(cache, tmp_path):
+def test_branch_weights_load_only_as_safetensors(cache, tmp_path, capsys):
     """A pickle given as --audio-branch (a file, or <run>/<fold>/audio_branch.safetensors) is refused unread."""
     marker = tmp_path / "MARKER"
     as_file = write_hostile(tmp_path / "branch.pt", marker)
@@ -216,6 +220,6 @@ def test_branch_weights_load_only_as_safetensors(cache, tmp_path):
     write_hostile(as_run / "fold1" / "audio_branch.safetensors", marker)
     for source in (as_file, as_run):
         argv = train_cmd(cache, tmp_path / f"out-{source.name}", "--audio-branch", str(source))[3:]
-        with pytest.raises(CheckpointError, match=r"audio_branch\.safetensors: not a safetensors file|branch\.pt: not a safetensors file"):
-            mmfer_main(argv)
+        assert mmfer_main(argv) == 2
+        assert re.search(r"(audio_branch\.safetensors|branch\.pt): not a safetensors file", capsys.readouterr().err)
     assert not marker.exists()
