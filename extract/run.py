@@ -27,6 +27,7 @@ from tqdm import tqdm
 from mmfer.extract.encoders import load_encoders
 from mmfer.extract.worker import DecodeJob, DecodedItem, decode_job
 from mmfer.pipeline.config import ExtractConfig
+from mmfer.pipeline.device import resolve_device
 from mmfer.pipeline.faults import crash_point
 from mmfer.pipeline.media import file_signature
 from mmfer.pipeline.store import ArraySpec, ClipStatus, FeatureEntry, create_store, writer_lock
@@ -88,8 +89,7 @@ def extract_all(cfg: ExtractConfig, manifest: pd.DataFrame) -> ExtractSummary:
     """Fill the store at `cfg.out` for the clips of `manifest` (see the module docstring)."""
     start = time.monotonic()
     table = build_clip_table(manifest)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = resolve_device(cfg.device)
     with writer_lock(cfg.out):   # taken before the encoders load, so a second writer is refused at once
         return _extract_locked(cfg, table, device, start)
 

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from mmfer.pipeline.config import ExtractConfig, TrainConfig
+from mmfer.pipeline.device import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def load_encoder_pair(setup: BenchSetup):
 
 
 def resolve_device_name(name: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+    return str(resolve_device(name))
 
 
 def decode_jobs(setup: BenchSetup, manifest: pd.DataFrame | None = None) -> list:
@@ -180,7 +181,7 @@ class Trainer:
 
 def build_trainer(cfg: TrainConfig, *, video_shape: tuple, audio_dim: int, labels: np.ndarray) -> Trainer:
     """Model, loss, AdamW groups and AMP scaler exactly as train_fold sets them up (no schedule needed)."""
-    from mmfer.train.loop import autocast_dtype, resolve_device
+    from mmfer.train.loop import autocast_dtype
     from mmfer.train.losses import ContrastiveLoss, MultimodalLoss, resolve_class_weights
     from mmfer.train.model import build_model, param_groups
     from mmfer.train.schedule import build_optimizer

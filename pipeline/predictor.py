@@ -68,7 +68,8 @@ class Predictor:
                  audio_encoder: str | None = None, allow_encoder_mismatch: bool = False,
                  decode_timeout_s: float = ExtractConfig().decode_timeout_s) -> None:
         from mmfer.extract.encoders import EncoderPair
-        from mmfer.train.loop import autocast_dtype, resolve_device
+        from mmfer.pipeline.device import resolve_device
+        from mmfer.train.loop import autocast_dtype
         from mmfer.train.model import build_model
 
         self.bundle, self.decode_timeout_s = bundle, decode_timeout_s

@@ -23,6 +23,7 @@ import yaml
 from tqdm import tqdm
 
 from mmfer.pipeline.config import TrainConfig
+from mmfer.pipeline.device import resolve_device
 from mmfer.pipeline.faults import crash_point
 from mmfer.pipeline.splits import assign_parts, check_no_leakage, describe_protocol, make_folds
 from mmfer.pipeline.store import StoreError
@@ -310,15 +311,6 @@ def keep_metrics_lines(path: Path, up_to_epoch: int) -> None:
     if path.exists():
         lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= up_to_epoch + 1]
         path.write_text("".join(line + "\n" for line in lines))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
-    return device
 
 
 def autocast_dtype(device: torch.device, mixed_precision: bool) -> torch.dtype | None:
