@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mmfer.pipeline.errors import BadInputError
 from mmfer.pipeline.labels import EMOTIONS
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ MANIFEST_COLUMNS = (
 _PARTS = ("modality", "vocal_channel", "emotion", "intensity", "statement", "repetition", "actor")
 
 
-class RavdessNameError(ValueError):
+class RavdessNameError(BadInputError, ValueError):
     """A file name is not a valid RAVDESS name; the message names the file and the bad part."""
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmfer.pipeline.errors import BadInputError
 from mmfer.pipeline.media import FfmpegError, run_ffmpeg
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ AUDIO_SAMPLE_RATE_HZ = 16_000
 NUM_FRAMES = 16   # sampled uniformly over the clip, so Tv = 16 whatever its length
 
 
-class DecodeError(RuntimeError):
+class DecodeError(BadInputError, RuntimeError):
     """A clip could not be decoded.
 
     Attributes:

@@ -1,6 +1,6 @@
 """The pair of frozen encoders one extract run uses, chosen by preset, with batched encode calls.
 
-`--preset tiny` writes small random encoders of the real classes once (extract/tiny.py) and loads
+`--preset tiny` writes small random encoders of the real classes once (extract/random_encoders.py) and loads
 them through exactly the same loaders as pretrained checkpoints.
 """
 
@@ -56,7 +56,7 @@ class EncoderPair:
 def load_encoders(cfg: ExtractConfig, device: torch.device) -> EncoderPair:
     """The run's encoders: the configured checkpoints, or for --preset tiny the tiny ones in models_dir."""
     if cfg.preset == "tiny":
-        from mmfer.extract.tiny import ensure_tiny_encoders
+        from mmfer.extract.random_encoders import ensure_tiny_encoders
 
         visual_path, audio_path = ensure_tiny_encoders(cfg.models_dir)
         visual_name, audio_name, revision = str(visual_path), str(audio_path), None

@@ -25,9 +25,10 @@ import torch
 from tqdm import tqdm
 
 from mmfer.extract.encoders import load_encoders
-from mmfer.extract.worker import DecodeJob, DecodedItem, decode_job
+from mmfer.extract.worker import DecodedItem, DecodeJob, decode_job
 from mmfer.pipeline.config import ExtractConfig
 from mmfer.pipeline.device import resolve_device
+from mmfer.pipeline.errors import MmferError
 from mmfer.pipeline.faults import crash_point
 from mmfer.pipeline.media import file_signature
 from mmfer.pipeline.store import ArraySpec, ClipStatus, FeatureEntry, create_store, writer_lock
@@ -38,7 +39,7 @@ CLIP_TABLE_COLUMNS = ["clip_id", "path", "source", "dataset", "actor", "gender",
                       "statement", "repetition", "vocal_channel", "modality", "recording_id"]
 
 
-class DiskSpaceError(OSError):
+class DiskSpaceError(MmferError, OSError):
     """Not enough free space for the run, or the disk filled up while writing."""
 
 

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmfer.pipeline.errors import MmferError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_VISUAL_ENCODER = "google/siglip2-base-patch16-224"
@@ -25,7 +27,7 @@ _SIGLIP2_TYPES = {"siglip2", "siglip2_vision_model"}  # NaFlex checkpoints
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
-class EncoderLoadError(RuntimeError):
+class EncoderLoadError(MmferError, RuntimeError):
     """An encoder checkpoint could not be found or read; the message says what to do."""
 
 

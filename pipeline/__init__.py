@@ -1,1 +1,2 @@
-"""What both stages share: configuration, the feature store, media helpers, splits and the CLI."""
+"""The floor both stages stand on: config, overrides, errors, store, media, device, labels, splits,
+faults. Nothing here imports data/, extract/ or train/; the commands above the stages are in app/."""

@@ -144,6 +144,26 @@ class ModelConfig:
     audio: AudioBranchConfig = field(default_factory=AudioBranchConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
 
+    @property
+    def uses_audio(self) -> bool:
+        """The variant reads the audio tokens (lfm2, early, audio)."""
+        return self.variant != "visual"
+
+    @property
+    def uses_video(self) -> bool:
+        """The variant reads the visual tokens (lfm2, early, visual)."""
+        return self.variant != "audio"
+
+    @property
+    def is_fused(self) -> bool:
+        """The variant combines both branches (lfm2, early): contrastive and auxiliary losses apply."""
+        return self.uses_audio and self.uses_video
+
+    @property
+    def uses_lfm2(self) -> bool:
+        """The variant has the truncated LFM2 trunk (and so its fusion modes)."""
+        return self.variant == "lfm2"
+
 
 # ---------------------------------------------------------------------------------------------------
 # Stage 2: the recipe (keys as in the design guide's `training:` YAML block)
@@ -334,3 +354,123 @@ class DemoConfig:
 
 
 TRAIN_PRESETS: dict[str, dict[str, object]] = {"full": {}, "tiny": TINY_TRAIN_OVERRIDES}
+"""The named override sets of `--preset`; applied by `train_config_with_preset`, the one preset rule."""
+
+
+def train_config_with_preset(overrides: dict[str, object]) -> TrainConfig:
+    """The one preset rule, for the CLI and for code alike: defaults <- the preset's values <- `overrides`.
+
+    The preset goes in first, so every value the caller gives wins, also one equal to the full default
+    (`--preset tiny --epochs 100` trains 100 epochs).
+    """
+    from mmfer.pipeline.overrides import apply_overrides   # overrides.py is the floor's parser; no cycle at import
+
+    base = TrainConfig()
+    preset = apply_overrides(base, {"preset": overrides["preset"]}).preset if "preset" in overrides else base.preset
+    return apply_overrides(apply_overrides(base, TRAIN_PRESETS[preset]), overrides)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Commands above the stages (pipeline/app/): predict, export, bench, ablate, tune
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    run: str | None = None
+    """A train-fusion run folder (reads its cache's encoder records); give --run or --model."""
+    model: str | None = None
+    """A model folder written by `mmfer export`; give --run or --model."""
+    fold: str | None = None
+    """One fold model: its number (1-based) or name (default: the only fold, or the ensemble)."""
+    ensemble: bool = False
+    """Average the probabilities of every fold model."""
+    out: str | None = None
+    """Write every probability to FILE.csv or FILE.json."""
+    window_s: float | None = None
+    """Predict over windows of this many seconds; writes an emotion timeline (CSV + PNG)."""
+    hop_s: float | None = None
+    """Seconds between window starts (default: the window length, no overlap)."""
+    cache: str | None = None
+    """With --run: the run's feature store, if it moved."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N or auto."""
+    visual_encoder: str | None = None
+    """Load the SigLIP2 encoder from here instead of the recorded name (its weights must match)."""
+    audio_encoder: str | None = None
+    """Load the audio encoder from here instead of the recorded name (its weights must match)."""
+    allow_encoder_mismatch: bool = False
+    """Predict even when the encoders differ from those the model was trained on."""
+
+    def __post_init__(self) -> None:
+        for name in ("window_s", "hop_s"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {value}")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    run: str = ""
+    """A train-fusion run folder (required)."""
+    out: str = ""
+    """The model folder to write (required; must not exist or be empty)."""
+    fold: str | None = None
+    """One fold model: its number (1-based) or name."""
+    ensemble: bool = False
+    """Every fold model (predict averages them). Default with several folds."""
+    cache: str | None = None
+    """The run's feature store, if it moved."""
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    device: str = "cpu"
+    """cpu, cuda or cuda:N."""
+    clips: int = 8
+    """Demo clips to measure on (full size on a 2-core CPU takes about 30 s per clip); at least 2."""
+    preset: Literal["full", "tiny"] = "full"
+    """full: real architectures with random weights; tiny: the tiny stand-ins (fast)."""
+    json: str | None = None
+    """Also write the results as JSON to this file."""
+    work_dir: str | None = None
+    """Parent of the temporary folder (default: the system temp)."""
+    keep: bool = False
+    """Keep the temporary folder (clips, encoders, stores, logs)."""
+
+    def __post_init__(self) -> None:
+        if self.clips < 2:
+            raise ValueError(f"clips must be at least 2 (scaling needs two clip counts), got {self.clips}")
+
+
+@dataclass(frozen=True)
+class AblateConfig:
+    out: str = "runs/ablate"
+    """Study folder: one run folder per entry x seed, ablation.csv/.md/.png."""
+    seeds: int = 1
+    """Seeds per entry: seed .. seed+N-1."""
+    entries: str | None = None
+    """YAML file of entries to run (default: DEFAULT_ENTRIES in train/studies/ablate.py)."""
+    only: str | None = None
+    """Comma-separated entry names to run (e.g. audio,visual,early,full)."""
+    keep_checkpoints: bool = False
+    """Keep each run's checkpoints (default: delete them after the run)."""
+
+    def __post_init__(self) -> None:
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    trials: int = 0
+    """Finished trials the study should hold (required; a resumed study runs only the rest)."""
+    study_dir: str = "runs/tune"
+    """study.db, trials/, best_config.yaml, optimization_history.png."""
+    keep_checkpoints: bool = False
+    """Keep each trial's checkpoints (default: delete them)."""
+
+    def __post_init__(self) -> None:
+        if self.trials < 0:
+            raise ValueError(f"trials must be >= 1, got {self.trials}")
+

@@ -16,10 +16,12 @@ import signal
 import subprocess
 from pathlib import Path
 
+from mmfer.pipeline.errors import MmferError
+
 STDERR_TAIL_CHARS = 2000   # enough for ffmpeg's real complaint, not its whole banner
 
 
-class FfmpegError(RuntimeError):
+class FfmpegError(MmferError, RuntimeError):
     """ffmpeg failed, timed out or could not be started.
 
     Attributes:

@@ -19,9 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """An override names no field, or gives a value of the wrong type."""
+from mmfer.pipeline.errors import ConfigError
 
 
 def to_dict(cfg: Any) -> dict:
@@ -79,12 +77,19 @@ def _set(obj: Any, parts: list[str], value: Any, full_key: str) -> Any:
 
 
 def coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Parse strings as YAML scalars, then check/convert to `annotation`."""
-    if isinstance(value, str):
-        parsed = yaml.safe_load(value) if value.strip() else value
-        value = value if isinstance(parsed, (dict,)) else parsed
+    """Check/convert `value` to `annotation`. A string for a string field (a path, a glob, a name) is taken
+    literally: `'*-08'`, `data #1`, `0123`, `no` stay as typed. Other strings are parsed as YAML scalars
+    (`1e-4`, `true`, `[0.9, 0.99]`) first."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if isinstance(value, str):
+        if _is_string_field(annotation) or (origin is Literal and value in args):
+            return value
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else value
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config key {key!r}: cannot read {value!r} ({err.problem})") from None
+        value = value if isinstance(parsed, (dict,)) else parsed
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -127,6 +132,15 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"config key {key!r} must be a string")
         return str(value)
     return value
+
+
+def _is_string_field(annotation: Any) -> bool:
+    """str, or str | None."""
+    if annotation is str:
+        return True
+    args = typing.get_args(annotation)
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and str in args and \
+        all(a in (str, type(None)) for a in args)
 
 
 def load_yaml_overrides(path: str | Path, cfg_type: type) -> dict[str, Any]:

@@ -15,12 +15,14 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from mmfer.pipeline.errors import BadInputError
+
 NUM_ACTORS = 24
 ACTORS_PER_FOLD = 4
 FIXED_SPLIT = {"train": list(range(1, 17)), "val": [17, 18, 19, 20], "test": [21, 22, 23, 24]}
 
 
-class LeakageError(ValueError):
+class LeakageError(BadInputError, ValueError):
     """A split puts one actor or one recording in two of its parts."""
 
 

@@ -26,6 +26,7 @@ import pandas as pd
 import zarr
 import zarr.codecs
 
+from mmfer.pipeline.errors import BadInputError
 from mmfer.pipeline.faults import crash_point
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class ClipStatus(IntEnum):
     MISSING = 3   # the source has no such stream (e.g. no audio): a fact, not an error
 
 
-class StoreError(RuntimeError):
+class StoreError(BadInputError, RuntimeError):
     """The store is absent, of another schema, or not what the caller asked for."""
 
 

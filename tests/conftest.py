@@ -8,13 +8,14 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")   # read when transformers is imported, so set it first
 
 import pytest
+from extract_helpers import extract_config
 
 SMALL_DEMO = {"num_actors": 4, "clips_per_emotion": 1, "size_px": 96, "duration_s": 1.5}
 
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
-    from mmfer.extract.tiny import ensure_tiny_encoders
+    from mmfer.extract.random_encoders import ensure_tiny_encoders
 
     models_dir = tmp_path_factory.mktemp("models")
     ensure_tiny_encoders(models_dir)
@@ -29,14 +30,6 @@ def demo_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     make_demo(root, seed=0, **SMALL_DEMO)
     return root
-
-
-def extract_config(root, out, models_dir, **overrides):
-    from mmfer.pipeline.config import ExtractConfig
-
-    return ExtractConfig(root=str(root), out=str(out), preset="tiny", models_dir=str(models_dir),
-                         num_workers=overrides.pop("num_workers", 0), face_crop=overrides.pop("face_crop", "center"),
-                         **overrides)
 
 
 @pytest.fixture(scope="session")

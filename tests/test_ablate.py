@@ -22,14 +22,15 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from synthetic_store import make_store, write_fold_file
 
-from mmfer.pipeline.cli import _common, resolve_config
+from mmfer.pipeline.app.ablate import add_ablate_arguments
+from mmfer.pipeline.app.flags import add_common_arguments, resolve_config
+from mmfer.pipeline.app.tune import add_tune_arguments, cmd_tune
 from mmfer.pipeline.config import TrainConfig
-from mmfer.train.ablate import METRIC_NAMES, Entry, add_ablate_arguments, run_ablation
 from mmfer.train.loop import train
 from mmfer.train.metrics import HEADLINE
-from mmfer.train.tune import add_tune_arguments, cmd_tune
-from synthetic_store import make_store, write_fold_file
+from mmfer.train.studies.ablate import METRIC_NAMES, Entry, run_ablation
 
 ENTRIES = [{"name": "full", "overrides": {}}, {"name": "audio", "overrides": {"model.variant": "audio"}}]
 COLUMNS = [f"{m}_{s}" for m in ("accuracy", "uar", "f1_macro", "f1_weighted")
@@ -56,7 +57,7 @@ def base_overrides(folds: Path) -> list[str]:
 def parse(add, argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add(parser)
-    _common(parser)
+    add_common_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -71,13 +72,13 @@ def study(tmp_path_factory) -> dict:
     info = {"root": root, "cache": cache, "folds": folds, "ablate_argv": ablate_argv}
     script = textwrap.dedent(f"""
         import sys, argparse
-        from mmfer.pipeline.cli import _common
-        from mmfer.train.ablate import add_ablate_arguments, cmd_ablate
-        from mmfer.train.tune import add_tune_arguments, cmd_tune
+        from mmfer.pipeline.app.flags import add_common_arguments
+        from mmfer.pipeline.app.ablate import add_ablate_arguments, cmd_ablate
+        from mmfer.pipeline.app.tune import add_tune_arguments, cmd_tune
         for add, cmd, argv in ((add_ablate_arguments, cmd_ablate, {ablate_argv!r}), (add_tune_arguments, cmd_tune, {tune_argv(info, trials=2)!r})):
             parser = argparse.ArgumentParser()
             add(parser)
-            _common(parser)
+            add_common_arguments(parser)
             assert cmd(parser.parse_args(argv)) == 0
         loaded = [m for m in sys.modules if m == "nemo" or m.startswith(("nemo.", "transformers.models.siglip", "mmfer.extract"))]
         print("LOADED", loaded)

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import extract_config
+from extract_helpers import extract_config
 
 from mmfer.data.demo import write_demo_clip
 from mmfer.data.ravdess import scan_ravdess

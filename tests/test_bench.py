@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from mmfer.pipeline.bench import add_bench_arguments, clip_counts, cmd_bench, format_report
+from mmfer.pipeline.app.bench import add_bench_arguments, clip_counts, cmd_bench, format_report
 
 HEADLINE = ("speedup_cached_vs_online", "speedup_flop_limit", "loader_overhead_pct", "extract_pipeline_efficiency",
             "bytes_per_clip")

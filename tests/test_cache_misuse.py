@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import extract_config
+from extract_helpers import extract_config
 
 from mmfer.data.ravdess import scan_ravdess
 from mmfer.extract.run import extract_all

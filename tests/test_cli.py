@@ -6,9 +6,11 @@ import sys
 
 import pytest
 
-from mmfer.pipeline.cli import build_parser, resolve_config
+from mmfer.pipeline.app.cli import build_parser
+from mmfer.pipeline.app.flags import resolve_config
 from mmfer.pipeline.config import TINY_TRAIN_OVERRIDES, ExtractConfig, TrainConfig
-from mmfer.pipeline.overrides import ConfigError, leaf_fields
+from mmfer.pipeline.errors import ConfigError
+from mmfer.pipeline.overrides import leaf_fields
 
 GUIDE_TRAINING_BLOCK = """
 training:
@@ -72,3 +74,30 @@ def test_bad_overrides_name_the_key():
         resolve_config(TrainConfig, parser.parse_args(["train-fusion", "training.max_epochs=many"]))
     with pytest.raises(ConfigError, match="face_crop' must be one of none, center, detect"):
         resolve_config(ExtractConfig, parser.parse_args(["extract", "--face-crop", "eyes"]))
+
+
+@pytest.mark.parametrize("typed", ["*-08", "data #1", "0123", "no", "[exp]", "runs/run #2 ", "a: b", "&anchor"])
+def test_string_settings_are_taken_literally(typed):
+    """A path, glob or name means what was typed: YAML typing applies only to non-string fields."""
+    parser = build_parser()
+    cfg = resolve_config(ExtractConfig, parser.parse_args(["extract", "--select", typed, "--out", typed]))
+    assert cfg.select == typed and cfg.out == typed
+    cfg = resolve_config(TrainConfig, parser.parse_args(["train-fusion", f"out={typed}", "--preload", "no"]))
+    assert cfg.out == typed and cfg.preload == "no"
+    assert resolve_config(TrainConfig, parser.parse_args(["train-fusion", "training.lr=1e-4"])).training.lr == 1e-4
+
+
+def test_one_handler_one_line_and_the_exit_code_of_each_kind(tmp_path, capsys):
+    """Bad input exits 2, a failure 1, both as one `error:` line without a traceback, in every command."""
+    from mmfer.pipeline.app.cli import main
+
+    not_a_cache = tmp_path / "not-a-cache"
+    not_a_cache.mkdir()
+    for argv in (["train-fusion", "--cache", str(not_a_cache), "--out", str(tmp_path / "run")],
+                 ["cache-info", str(not_a_cache)],
+                 ["export", "--run", str(tmp_path / "no-run"), "--out", str(tmp_path / "exported")],
+                 ["train-fusion", "training.max_epochs=many"],
+                 ["ablate", "--seeds", "0", "--cache", str(not_a_cache)]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "Traceback" not in err and err.count("\n") == 1, (argv, err)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from model_inputs import DA, DV, TA, TV, P, make_batch, tiny_config
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from mmfer.pipeline.config import ModelConfig
 from mmfer.train.dryrun import dry_run, dry_run_for_cache, format_dry_run
-from mmfer.train.model import build_model
-from test_model import DA, DV, P, TA, TV, make_batch, tiny_config
+from mmfer.train.model.builder import build_model
 
 DIMS = dict(video_dim=DV, num_patches=P, audio_dim=DA, dropout=0.1)
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mmfer.extract.audio import load_audio_encoder
-from mmfer.extract.tiny import TINY_AUDIO_DIM, TINY_VISUAL_DIM, ensure_tiny_encoders
+from mmfer.extract.random_encoders import TINY_AUDIO_DIM, TINY_VISUAL_DIM, ensure_tiny_encoders
 from mmfer.extract.visual import EncoderLoadError, load_visual_encoder
 
 SAMPLE_RATE_HZ = 16_000
@@ -193,7 +193,7 @@ socket.getaddrinfo = _blocked
 
 _OFFLINE_SCRIPT = '''
 import json, sys, numpy as np
-from mmfer.extract.tiny import ensure_tiny_encoders
+from mmfer.extract.random_encoders import ensure_tiny_encoders
 from mmfer.extract.visual import EncoderLoadError, load_visual_encoder
 from mmfer.extract.audio import load_audio_encoder
 visual_dir, audio_nemo = ensure_tiny_encoders(sys.argv[1])

@@ -9,7 +9,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import extract_config
+from extract_helpers import extract_config
 
 from mmfer.data.ravdess import scan_ravdess
 from mmfer.extract.audio import load_audio_encoder
@@ -109,7 +109,7 @@ def test_tiny_preset_runs_with_the_network_blocked(tmp_path, demo_root, tiny_mod
     """))
     env = {**os.environ, "PYTHONPATH": str(guard), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "mmfer.pipeline.cli", "extract", "--root", str(demo_root), "--out", str(tmp_path / "c"),
+        [sys.executable, "-m", "mmfer.pipeline.app.cli", "extract", "--root", str(demo_root), "--out", str(tmp_path / "c"),
          "--preset", "tiny", "--models-dir", str(tmp_path / "fresh_models"), "--limit", "2", "--num-workers", "0"],
         env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

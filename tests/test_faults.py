@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import extract_config
+from extract_helpers import extract_config
 
 from mmfer.data.demo import make_demo
 from mmfer.data.ravdess import scan_ravdess
 from mmfer.extract.decode import DecodeError, decode_clip
 from mmfer.extract.run import DiskSpaceError, extract_all
-from mmfer.pipeline.cli import main as mmfer_main
+from mmfer.pipeline.app.cli import main as mmfer_main
 from mmfer.pipeline.media import ffmpeg_exe
 from mmfer.pipeline.store import MODALITIES, ClipStatus, StoreError, open_store, verify_store
 
@@ -61,7 +61,7 @@ def small_root(tmp_path_factory):
 
 
 def extract_cmd(root, out, models_dir, *extra):
-    return [sys.executable, "-m", "mmfer.pipeline.cli", "extract", "--root", str(root), "--out", str(out),
+    return [sys.executable, "-m", "mmfer.pipeline.app.cli", "extract", "--root", str(root), "--out", str(out),
             "--preset", "tiny", "--models-dir", str(models_dir), "--num-workers", "0", "--face-crop", "center",
             "--batch-size", "1", *extra]
 

@@ -17,11 +17,13 @@ import pandas as pd
 import pytest
 
 from mmfer.data.demo import write_demo_clip
-from mmfer.pipeline.config import SplitConfig, TrainConfig, TrainingConfig, ModelConfig, VisualBranchConfig
-from mmfer.pipeline.export import add_export_arguments, cmd_export
+from mmfer.pipeline.app.export import add_export_arguments, cmd_export
+from mmfer.pipeline.app.cli import main as mmfer_main
+from mmfer.pipeline.app.predict import add_predict_arguments, cmd_predict, window_starts
+from mmfer.pipeline.config import (
+    train_config_with_preset,
+)
 from mmfer.pipeline.labels import EMOTIONS
-from mmfer.pipeline.predict import add_predict_arguments, cmd_predict, window_starts
-from mmfer.train.preset import resolve_preset
 from mmfer.train.loop import train
 
 PROBS = [f"prob_{e}" for e in EMOTIONS]
@@ -48,10 +50,11 @@ def run(demo_cache, tmp_path_factory) -> Path:
     fold_file = root / "folds.json"
     fold_file.write_text(json.dumps([{"name": "fold1", "test_actors": [1], "val_actors": [2]},
                                      {"name": "fold2", "test_actors": [3], "val_actors": [4]}]))
-    train(resolve_preset(TrainConfig(cache=str(demo_cache), out=str(root / "run"), preset="tiny", device="cpu", seed=0,
-                      split=SplitConfig(protocol="file", fold_file=str(fold_file)),
-                      model=ModelConfig(visual=VisualBranchConfig(num_keep_tokens=8)),
-                      training=TrainingConfig(max_epochs=1, warmup_epochs=1, batch_size=4, gradient_accumulation_steps=1))))
+    train(train_config_with_preset({
+        "cache": str(demo_cache), "out": str(root / "run"), "preset": "tiny", "device": "cpu", "seed": 0,
+        "split.protocol": "file", "split.fold_file": str(fold_file), "model.visual.num_keep_tokens": 8,
+        "training.max_epochs": 1, "training.warmup_epochs": 1, "training.batch_size": 4,
+        "training.gradient_accumulation_steps": 1}))
     return root / "run"
 
 
@@ -81,8 +84,8 @@ def test_predict_matches_the_runs_test_predictions(run, clips, outputs):
 
 def test_predict_features_equal_the_cached_features(run, demo_cache, demo_root):
     """The inputs themselves: the same decode, crop, encoders and float16 cast as the cache holds."""
-    from mmfer.pipeline.bundle import load_run_bundle
-    from mmfer.pipeline.predictor import Predictor
+    from mmfer.pipeline.app.bundle import load_run_bundle
+    from mmfer.pipeline.app.predictor import Predictor
     from mmfer.pipeline.store import open_store
 
     bundle = load_run_bundle(run, fold="1")
@@ -121,7 +124,7 @@ def test_mismatched_encoder_is_refused(run, demo_cache, clips, tmp_path, capsys)
     meta["attributes"]["encoder"]["weights_sha256"] = "0" * 64
     (entry / "zarr.json").write_text(json.dumps(meta))
     argv = ["--run", run, "--fold", "1", "--cache", cache, "--device", "cpu", clips[0]]
-    assert run_cli(add_predict_arguments, cmd_predict, argv) == 2
+    assert mmfer_main(["predict", *map(str, argv)]) == 2   # through the CLI's one error handler
     err = capsys.readouterr().err
     assert "video encoder weights_sha256" in err and "--allow-encoder-mismatch" in err, err
     assert run_cli(add_predict_arguments, cmd_predict, [*argv, "--allow-encoder-mismatch"]) == 0

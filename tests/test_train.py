@@ -17,25 +17,26 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from synthetic_store import AUDIO_FP, FAILED_VIDEO_CLIP, NO_AUDIO_CLIP, VIDEO_FP, make_store, write_fold_file
 
-from mmfer.pipeline.config import ModelConfig, SplitConfig, TrainConfig, TrainingConfig, VisualBranchConfig
+from mmfer.pipeline.config import (
+    TrainConfig,
+    train_config_with_preset,
+)
 from mmfer.pipeline.labels import EMOTIONS
 from mmfer.pipeline.store import StoreError
 from mmfer.train.dataset import open_cache
-from mmfer.train.preset import resolve_preset
 from mmfer.train.loop import train
-from synthetic_store import AUDIO_FP, FAILED_VIDEO_CLIP, NO_AUDIO_CLIP, VIDEO_FP, make_store, write_fold_file
 
 EPOCHS = 3
 
 
 def tiny_config(cache: Path, fold_file: Path, out: Path, **training) -> TrainConfig:
-    return resolve_preset(TrainConfig(
-        cache=str(cache), out=str(out), preset="tiny", device="cpu", seed=7, preload="auto",
-        split=SplitConfig(protocol="file", fold_file=str(fold_file)),
-        model=ModelConfig(visual=VisualBranchConfig(num_keep_tokens=8)),
-        training=TrainingConfig(**{"max_epochs": EPOCHS, "warmup_epochs": 1, "batch_size": 8,
-                                   "gradient_accumulation_steps": 2, "class_weights": "auto", **training})))
+    return train_config_with_preset({
+        "cache": str(cache), "out": str(out), "preset": "tiny", "device": "cpu", "seed": 7, "preload": "auto",
+        "split.protocol": "file", "split.fold_file": str(fold_file), "model.visual.num_keep_tokens": 8,
+        **{f"training.{k}": v for k, v in {"max_epochs": EPOCHS, "warmup_epochs": 1, "batch_size": 8,
+                                           "gradient_accumulation_steps": 2, "class_weights": "auto", **training}.items()}})
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +133,7 @@ def test_other_schema_or_fingerprint_is_refused(cache, tmp_path):
         open_cache(str(cache[0]), use_video=True, use_audio=True, video_entry="nope")
     with pytest.raises(StoreError, match=f"trained on audio features {'b' * 12}.*--audio-entry"):
         open_cache(str(cache[0]), use_video=True, use_audio=True, expected={"video": VIDEO_FP, "audio": "b" * 12})
-    import zarr   # tests may touch the layout directly to fake an old cache
+    import zarr  # tests may touch the layout directly to fake an old cache
     other = make_store(tmp_path / "old", repetitions=1)
     zarr.open_group(str(other), mode="r+").attrs["schema_version"] = 0
     with pytest.raises(StoreError, match="schema v0.*re-run extract"):

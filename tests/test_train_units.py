@@ -10,12 +10,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmfer.pipeline.config import ModelConfig, TrainConfig, VisualBranchConfig
+from mmfer.pipeline.config import TrainConfig, train_config_with_preset
 from mmfer.train.checkpoint import CheckpointError, load_checkpoint, previous_path, save_checkpoint
 from mmfer.train.curriculum import epoch_subset
 from mmfer.train.dataset import collate_clips, prefetch
-from mmfer.train.losses import ContrastiveLoss, EmotionLoss, MultimodalLoss, class_weights_from_labels, resolve_class_weights
-from mmfer.train.preset import resolve_preset
+from mmfer.train.losses import (
+    ContrastiveLoss,
+    EmotionLoss,
+    MultimodalLoss,
+    class_weights_from_labels,
+    resolve_class_weights,
+)
 from mmfer.train.metrics import aggregate_folds, compute_metrics
 from mmfer.train.mixup import mix_batch, sample_mixup
 from mmfer.train.report import format_summary_table
@@ -202,6 +207,8 @@ def test_curriculum_grows_from_easiest_half():
 
 
 def test_tiny_preset_keeps_explicit_values():
-    cfg = resolve_preset(TrainConfig(preset="tiny", model=ModelConfig(visual=VisualBranchConfig(out_dim=96))))
+    cfg = train_config_with_preset({"preset": "tiny", "model.visual.out_dim": 96})
     assert cfg.model.visual.out_dim == 96 and cfg.model.audio.feature_dim == 128
+    kept = train_config_with_preset({"preset": "tiny", "training.max_epochs": TrainConfig().training.max_epochs})
+    assert kept.training.max_epochs == TrainConfig().training.max_epochs   # a value equal to the full default wins too
     assert cfg.model.fusion.use_pretrained is False

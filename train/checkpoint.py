@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmfer.pipeline.errors import BadInputError
 from mmfer.pipeline.faults import crash_point
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 PREVIOUS_SUFFIX = ".prev.pt"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(BadInputError, RuntimeError):
     """No loadable checkpoint (named in the message)."""
 
 

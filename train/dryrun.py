@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mmfer.pipeline.config import ModelConfig, TrainConfig
-from mmfer.train.model import FusionModel, build_model
+from mmfer.train.model.builder import FusionModel, build_model
 
 # Forward GFLOP per clip of the frozen encoders, measured by the issue-5 author with FlopCounterMode on the
 # real architectures (random weights): SigLIP2-base/16 at 224 px on 16 frames, FastConformer-large on 3.5 s.
@@ -38,12 +38,11 @@ def dry_run_for_cache(cfg: TrainConfig) -> dict:
     if Path(cfg.cache).exists():
         from mmfer.train.dataset import open_cache
 
-        variant = cfg.model.variant
-        cache = open_cache(cfg.cache, use_video=variant != "audio", use_audio=variant != "visual",
+        cache = open_cache(cfg.cache, use_video=cfg.model.uses_video, use_audio=cfg.model.uses_audio,
                            video_entry=cfg.video_entry, audio_entry=cfg.audio_entry)
-        if variant != "audio":
+        if cfg.model.uses_video:
             dims.update(num_frames=cache.video_shape[0], num_patches=cache.video_shape[1], video_dim=cache.video_shape[2])
-        if variant != "visual":
+        if cfg.model.uses_audio:
             dims.update(audio_dim=cache.audio_shape[1])
     else:
         log.info("%s: no cache yet; dry run with the full encoders' feature sizes %s", cfg.cache, dims)
@@ -79,14 +78,14 @@ def dry_run(
     encoder_total = sum(encoder.values())
     train_gflops = TRAIN_STEP_FLOPS_PER_FORWARD * forward_gflops
 
-    modes = ("finetune", "frozen", "lora") if cfg.variant == "lfm2" else ("finetune",)
+    modes = ("finetune", "frozen", "lora") if cfg.uses_lfm2 else ("finetune",)
     memory = {}
     for mode in modes:
         mode_cfg = dataclasses.replace(cfg, fusion=dataclasses.replace(cfg.fusion, mode=mode))
         with torch.device("meta"):
             mode_model = build_model(mode_cfg, **dims)
         memory[mode] = _memory_estimate(mode_model, batch, precision)
-    chosen = memory[cfg.fusion.mode if cfg.variant == "lfm2" else "finetune"]
+    chosen = memory[cfg.fusion.mode if cfg.uses_lfm2 else "finetune"]
     peak = chosen["peak_ckpt_gb" if cfg.fusion.gradient_checkpointing else "peak_gb"]
     return {
         "variant": cfg.variant, "mode": cfg.fusion.mode, "batch_size": batch_size, "precision": precision,

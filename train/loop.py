@@ -33,8 +33,8 @@ from mmfer.train.dataset import ClipDataset, EpochSampler, make_loader, open_cac
 from mmfer.train.losses import ContrastiveLoss, MultimodalLoss, resolve_class_weights
 from mmfer.train.metrics import HEADLINE, aggregate_folds, compute_metrics
 from mmfer.train.mixup import mix_batch, sample_mixup
-from mmfer.train.normalize import feature_statistics
-from mmfer.train.model import build_model, param_groups
+from mmfer.train.model.normalize import feature_statistics
+from mmfer.train.model.builder import build_model, param_groups
 from mmfer.train.report import (build_summary, predictions_frame, write_config,
                                 write_confusion, write_predictions, write_summary)
 from mmfer.train.schedule import EarlyStopping, EpochSchedule, build_optimizer
@@ -53,8 +53,7 @@ def train(cfg: TrainConfig) -> dict:
     seed_everything(cfg.seed)
     if cfg.pretrain != "none":   # stage 1 trains one branch alone with its own classifier
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, variant=cfg.pretrain))
-    use_audio = cfg.model.variant in ("lfm2", "early", "audio")
-    use_video = cfg.model.variant in ("lfm2", "early", "visual")
+    use_audio, use_video = cfg.model.uses_audio, cfg.model.uses_video
     expected = None
     if cfg.resume and (out / "config.yaml").exists():   # a resumed run must read the features it started on
         expected = yaml.safe_load((out / "config.yaml").read_text()).get("cache_fingerprints")
@@ -127,7 +126,7 @@ def train_fold(cfg: TrainConfig, fold, fold_index: int, fold_dir: Path, cache, d
         if source:   # the guide's stage 2: start from stage-1 branch weights
             model.load_branch_state_dict(name, load_branch_weights(source, name, fold.name), freeze=cfg.freeze_branches)
     contrastive = None
-    if t.contrastive_weight > 0 and cfg.model.variant in ("lfm2", "early"):
+    if t.contrastive_weight > 0 and cfg.model.is_fused:
         contrastive = ContrastiveLoss(cfg.model.audio.feature_dim, cfg.model.visual.out_dim, t.contrastive_temperature)
     criterion = MultimodalLoss(
         label_smoothing=t.label_smoothing, class_weights=resolve_class_weights(t.class_weights, dataset.labels[train_pos], cfg.model.num_classes),

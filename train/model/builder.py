@@ -11,11 +11,11 @@ import torch
 from torch import Tensor, nn
 
 from mmfer.pipeline.config import ModelConfig
-from mmfer.train.audio_branch import AudioBranch
-from mmfer.train.fusion import LfmFusion, build_backbone, lfm2_config, resolve_checkpoint
-from mmfer.train.heads import AuxHead, EmotionHead
-from mmfer.train.normalize import FeatureNorm
-from mmfer.train.visual_branch import VisualBranch
+from mmfer.train.model.audio_branch import AudioBranch
+from mmfer.train.model.fusion import LfmFusion, build_backbone, lfm2_config, resolve_checkpoint
+from mmfer.train.model.heads import AuxHead, EmotionHead
+from mmfer.train.model.normalize import FeatureNorm
+from mmfer.train.model.visual_branch import VisualBranch
 
 
 class FusionModel(nn.Module):
@@ -117,8 +117,7 @@ def build_model(cfg: ModelConfig, *, video_dim: int, num_patches: int, audio_dim
         CheckpointNotFoundError: use_pretrained=True and the LFM2 checkpoint is neither local nor downloadable.
     """
     v, a, f = cfg.visual, cfg.audio, cfg.fusion
-    use_audio = cfg.variant in ("lfm2", "early", "audio")
-    use_visual = cfg.variant in ("lfm2", "early", "visual")
+    use_audio, use_visual = cfg.uses_audio, cfg.uses_video
     audio = AudioBranch(audio_dim, a.feature_dim, a.num_layers, a.num_heads, a.num_segments, a.max_frames, dropout) \
         if use_audio else None
     visual = VisualBranch(
@@ -126,8 +125,8 @@ def build_model(cfg: ModelConfig, *, video_dim: int, num_patches: int, audio_dim
         v.max_frames, v.num_segments, dropout,
     ) if use_visual else None
     fusion = None
-    both = cfg.variant in ("lfm2", "early")
-    if cfg.variant == "lfm2":
+    both = cfg.is_fused
+    if cfg.uses_lfm2:
         config = lfm2_config(f.pretrained_model, f.use_pretrained, f.num_layers, f.tiny_hidden_size)
         is_loaded = f.use_pretrained and f.tiny_hidden_size == 0
         backbone = build_backbone(config, resolve_checkpoint(f.pretrained_model) if is_loaded else None)

@@ -8,7 +8,6 @@ ablation.png (intervals from stats.py). Reads only the cache: it never extracts 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -19,12 +18,12 @@ from pathlib import Path
 
 import yaml
 
-from mmfer.pipeline.config import TrainConfig
-from mmfer.pipeline.overrides import ConfigError, apply_overrides, flatten, to_dict
+from mmfer.pipeline.config import ModelConfig, TrainConfig
+from mmfer.pipeline.errors import ConfigError
+from mmfer.pipeline.overrides import apply_overrides, flatten, to_dict
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OUT = "runs/ablate"
 REFERENCE = "full"   # the entry every other one is compared with (paired differences)
 # The default study: the design guide's four models, then one change at a time to the full model.
 # Overrides are dotted TrainConfig keys on top of the user's base config. `pretrain: true` first trains
@@ -102,7 +101,7 @@ def run_ablation(base: TrainConfig, out: str | Path, *, entries: list[Entry], re
                 branch_cfg = apply_overrides(dataclasses.replace(base, seed=seed),
                                              {k: v for k, v in entry.overrides.items() if k.startswith("model.")})
                 paths = {b: str(_run(dataclasses.replace(branch_cfg, pretrain=b), out / "pretrain", f"{b}-branch",
-                                 ran, skipped, keep_checkpoints)) for b in _branches(cfg.model.variant)}
+                                 ran, skipped, keep_checkpoints)) for b in _branches(cfg.model)}
                 cfg = dataclasses.replace(cfg, audio_branch=paths.get("audio", cfg.audio_branch),
                                           visual_branch=paths.get("visual", cfg.visual_branch))
             run_dir = _run(cfg, out, entry.name, ran, skipped, keep_checkpoints)
@@ -114,13 +113,13 @@ def run_ablation(base: TrainConfig, out: str | Path, *, entries: list[Entry], re
     return {"rows": rows, "ran": ran, "skipped": skipped, "table": table}
 
 
-def _branches(variant: str) -> list[str]:
-    return [b for b, used in (("audio", variant != "visual"), ("visual", variant != "audio")) if used]
+def _branches(model: ModelConfig) -> list[str]:
+    return [b for b, used in (("audio", model.uses_audio), ("visual", model.uses_video)) if used]
 
 
 def _run(cfg: TrainConfig, parent: Path, name: str, ran: list, skipped: list, keep_checkpoints: bool) -> Path:
     """Train cfg in parent/<name>-<hash> unless its summary.json exists; an unfinished folder is resumed."""
-    from mmfer.train.loop import train   # here: building the parser must not import torch
+    from mmfer.train.loop import train  # here: building the parser must not import torch
 
     run_dir = parent / f"{name}-{config_hash(cfg)[:12]}"
     if (run_dir / "summary.json").is_file():
@@ -138,7 +137,7 @@ def _run(cfg: TrainConfig, parent: Path, name: str, ran: list, skipped: list, ke
 
 def summarize(summaries: dict[str, list[tuple[int, dict]]], reference: str) -> list[dict]:
     """One row per entry: per metric mean/std/CI over folds x seeds and the paired difference to reference."""
-    from mmfer.train.stats import mean_std_ci, paired_difference   # scipy: only when a study runs
+    from mmfer.train.studies.stats import mean_std_ci, paired_difference  # scipy: only when a study runs
 
     def values(name: str, metric: str) -> dict[tuple, float]:
         return {(fold, seed): m[metric] for seed, s in summaries[name] for fold, m in s["folds"].items()}
@@ -221,43 +220,3 @@ def plot_bars(rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-# ----------------------------------------------------------------------------------------------------
-# CLI (registered in pipeline/cli.py)
-# ----------------------------------------------------------------------------------------------------
-
-
-def add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
-    from mmfer.pipeline.cli import TRAIN_ALIASES, add_config_flags
-
-    parser.description = ("Ablation study from one cache: every entry x seed trains with the same folds; writes "
-                          "ablation.csv/.md/.png with means, 95% CIs and paired differences to the full model. "
-                          "Finished entries (same config hash) are skipped.")
-    parser.add_argument("--out", default=DEFAULT_OUT, help=f"Study folder (default: {DEFAULT_OUT}).")
-    parser.add_argument("--seeds", type=int, default=1, metavar="N", help="Seeds per entry: seed .. seed+N-1 (default: 1).")
-    parser.add_argument("--entries", metavar="FILE.yaml", help="Entries to run (default: DEFAULT_ENTRIES in train/ablate.py).")
-    parser.add_argument("--only", metavar="NAMES", help="Comma-separated entry names to run (e.g. audio,visual,early,full).")
-    parser.add_argument("--keep-checkpoints", action="store_true", help="Keep each run's checkpoints (default: delete after the run).")
-    add_config_flags(parser, TrainConfig, TRAIN_ALIASES, skip=("out", "resume", "pretrain"))
-
-
-def cmd_ablate(args: argparse.Namespace) -> int:
-    from mmfer.pipeline.cli import resolve_config
-
-    if args.seeds < 1:
-        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
-    base = resolve_config(TrainConfig, args)
-    entries, reference = load_entries(args.entries)
-    if args.only:
-        wanted = [name.strip() for name in args.only.split(",")]
-        unknown = sorted(set(wanted) - {e.name for e in entries})
-        if unknown:
-            raise ConfigError(f"--only: no entries named {unknown}; have {[e.name for e in entries]}")
-        entries = [e for e in entries if e.name in wanted]
-    result = run_ablation(base, args.out, entries=entries, reference=reference, num_seeds=args.seeds,
-                          keep_checkpoints=args.keep_checkpoints)
-    print(result["table"])
-    print(f"\n{len(result['ran'])} run(s) trained, {len(result['skipped'])} already done; "
-          f"wrote {Path(args.out) / 'ablation.csv'}, ablation.md, ablation.png")
-    return 0

@@ -17,6 +17,8 @@ import platform
 import time
 from pathlib import Path
 
+from mmfer.pipeline.config import BenchConfig
+
 log = logging.getLogger(__name__)
 
 RAVDESS_EPOCH_CLIPS = 1440          # 24 actors x 60 speech clips
@@ -25,28 +27,23 @@ TARGETS = {"speedup_cached_vs_online": 10.0, "fraction_of_flop_limit": 0.9, "loa
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    from mmfer.pipeline.app.flags import add_config_flags
+
     parser.description = ("Measure the pipeline on this machine: cached vs online epochs and their FLOP limit, loader "
                           "overhead, extract efficiency, storage, scaling. Full model sizes (random weights) by default.")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu).")
-    parser.add_argument("--clips", type=int, default=8, help="Demo clips to measure on (default: 8; full size on a "
-                        "2-core CPU takes about 30 s per clip).")
-    parser.add_argument("--preset", choices=("full", "tiny"), default="full",
-                        help="full: real architectures with random weights; tiny: the tiny stand-ins (fast).")
-    parser.add_argument("--json", metavar="FILE", help="Also write the results as JSON to FILE.")
-    parser.add_argument("--work-dir", metavar="DIR", help="Parent of the temporary folder (default: the system temp).")
-    parser.add_argument("--keep", action="store_true", help="Keep the temporary folder (clips, encoders, stores, logs).")
+    add_config_flags(parser, BenchConfig, layered=False)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    if args.clips < 2:
-        print("error: --clips must be at least 2 (scaling needs two clip counts)")
-        return 2
-    result = run_bench(num_clips=args.clips, preset=args.preset, device=args.device, work_parent=args.work_dir,
-                       keep=args.keep)
+    from mmfer.pipeline.app.flags import resolve_config
+
+    cfg: BenchConfig = resolve_config(BenchConfig, args, layered=False)
+    result = run_bench(num_clips=cfg.clips, preset=cfg.preset, device=cfg.device, work_parent=cfg.work_dir,
+                       keep=cfg.keep)
     print(format_report(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
+    if cfg.json:
+        Path(cfg.json).write_text(json.dumps(result, indent=2))
+        print(f"wrote {cfg.json}")
     return 0
 
 
@@ -58,14 +55,14 @@ def clip_counts(num_clips: int) -> list[int]:
     return sorted(counts)
 
 
-def run_bench(*, num_clips: int, preset: str = "full", device: str = "cpu", work_parent: str | None = None,
-              keep: bool = False) -> dict:
+def run_bench(*, num_clips: int, preset: str, device: str, work_parent: str | None,
+              keep: bool) -> dict:
     """Run all five parts; returns the JSON report (see format_report for the table)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")   # the bench never downloads; read before transformers loads
     import torch
 
-    from mmfer.pipeline import bench_parts as parts
-    from mmfer.pipeline.bench_setup import load_encoder_pair, make_setup, make_work_dir, remove_work_dir
+    from mmfer.pipeline.app import bench_parts as parts
+    from mmfer.pipeline.app.bench_setup import load_encoder_pair, make_setup, make_work_dir, remove_work_dir
 
     started = time.perf_counter()
     work_dir = make_work_dir(work_parent)

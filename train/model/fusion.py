@@ -20,6 +20,8 @@ from torch import Tensor, nn
 from transformers import Lfm2Config, Lfm2Model
 from transformers.models.lfm2.modeling_lfm2 import Lfm2RotaryEmbedding
 
+from mmfer.pipeline.errors import BadInputError
+
 log = logging.getLogger(__name__)
 
 LFM2_700M_ID = "LiquidAI/LFM2-700M"
@@ -34,7 +36,7 @@ LFM2_700M_CONFIG: dict[str, object] = {
 TINY_LAYER_TYPES = ["conv", "conv", "full_attention"]  # LFM2-700M's pattern, repeated for deeper tiny models
 
 
-class CheckpointNotFoundError(FileNotFoundError):
+class CheckpointNotFoundError(BadInputError, FileNotFoundError):
     """The LFM2 checkpoint named by fusion.pretrained_model is neither a local folder nor downloadable."""
 
 

@@ -12,10 +12,11 @@ import json
 import logging
 import os
 import shutil
-import sys
 import uuid
 from pathlib import Path
 
+from mmfer.pipeline.config import ExportConfig
+from mmfer.pipeline.errors import ConfigError
 from mmfer.pipeline.labels import EMOTIONS
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ def export_model(run_dir: str | Path, out: str | Path, *, fold: str | None = Non
     """
     from safetensors.torch import save_file
 
-    from mmfer.pipeline.bundle import EXPORT_FORMAT, EXPORT_MANIFEST, load_run_bundle
+    from mmfer.pipeline.app.bundle import EXPORT_FORMAT, EXPORT_MANIFEST, load_run_bundle
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -79,7 +80,7 @@ def _write_json(path: Path, value: object) -> None:
 def _copy_lfm2_config(config: dict, staging: Path) -> None:
     """A pretrained LFM2 other than the built-in LFM2-700M config: keep its config.json, so predict can
     build the architecture offline (the exported weights replace every weight)."""
-    from mmfer.train.fusion import LFM2_700M_ID, CheckpointNotFoundError, resolve_checkpoint
+    from mmfer.train.model.fusion import LFM2_700M_ID, CheckpointNotFoundError, resolve_checkpoint
 
     model = config["model"]
     fusion = model["fusion"]
@@ -136,23 +137,21 @@ def model_card(title: str, bundle, folds: list[dict], evaluation: dict) -> str:
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    from mmfer.pipeline.app.flags import add_config_flags
+
     parser.description = ("Write a self-contained model folder (weights, config, encoder records, labels, metrics, "
                           "model card) that `mmfer predict --model DIR` reads without the cache or the run.")
-    parser.add_argument("--run", required=True, metavar="RUN_DIR", help="A train-fusion run folder.")
-    parser.add_argument("--out", required=True, metavar="DIR", help="The model folder to write (must not exist or be empty).")
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--fold", metavar="K", help="One fold model: its number (1-based) or name.")
-    which.add_argument("--ensemble", action="store_true", help="Every fold model (predict averages them). Default with several folds.")
-    parser.add_argument("--cache", metavar="PATH", help="The run's feature store, if it moved.")
+    add_config_flags(parser, ExportConfig, layered=False)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from mmfer.pipeline.store import StoreError
+    from mmfer.pipeline.app.flags import resolve_config
 
-    try:
-        out = export_model(args.run, args.out, fold=args.fold, ensemble=args.ensemble, cache=args.cache)
-    except (FileExistsError, StoreError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"exported {args.run} to {out} (see {out / 'README.md'})")
+    cfg: ExportConfig = resolve_config(ExportConfig, args, layered=False)
+    if not cfg.run or not cfg.out:
+        raise ConfigError("export needs --run RUN_DIR and --out DIR")
+    if cfg.fold is not None and cfg.ensemble:
+        raise ConfigError("give --fold K or --ensemble, not both")
+    out = export_model(cfg.run, cfg.out, fold=cfg.fold, ensemble=cfg.ensemble, cache=cfg.cache)
+    print(f"exported {cfg.run} to {out} (see {out / 'README.md'})")
     return 0

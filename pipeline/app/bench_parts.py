@@ -2,7 +2,7 @@
 
 Each function times one thing and returns plain numbers; `pipeline/bench.py` orders them and writes the
 report. Extract runs and cached training epochs at each clip count run in child processes
-(`python -m mmfer.pipeline.bench_parts CHILD.json`) so their peak RSS is their own.
+(`python -m mmfer.pipeline.app.bench_parts CHILD.json`) so their peak RSS is their own.
 """
 
 from __future__ import annotations
@@ -18,8 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmfer.pipeline.bench_setup import (BENCH_SEED, BenchSetup, bench_train_config, build_trainer, child_env,
-                                        decode_jobs, decode_loader, resolve_device_name)
+from mmfer.pipeline.app.bench_setup import (
+    BENCH_SEED,
+    BenchSetup,
+    bench_train_config,
+    build_trainer,
+    child_env,
+    decode_jobs,
+    decode_loader,
+    resolve_device_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +236,7 @@ def run_child(spec: dict, work_dir: Path) -> dict:
     spec_path, log_path = work_dir / f"{name}.json", work_dir / f"{name}.log"
     spec_path.write_text(json.dumps({**spec, "result": str(work_dir / f"{name}.result.json")}))
     with open(log_path, "w") as handle:
-        done = subprocess.run([sys.executable, "-m", "mmfer.pipeline.bench_parts", str(spec_path)], stdout=handle,
+        done = subprocess.run([sys.executable, "-m", "mmfer.pipeline.app.bench_parts", str(spec_path)], stdout=handle,
                               stderr=subprocess.STDOUT, env=child_env(), check=False)
     if done.returncode != 0:
         tail = log_path.read_text()[-3000:]

@@ -9,7 +9,6 @@ the running mean is reported after each fold so MedianPruner can stop a poor tri
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import math
@@ -18,12 +17,11 @@ from pathlib import Path
 
 import yaml
 
-from mmfer.pipeline.config import TrainConfig
-from mmfer.pipeline.overrides import ConfigError, apply_overrides, flatten, to_dict
+from mmfer.pipeline.config import ModelConfig, TrainConfig
+from mmfer.pipeline.overrides import apply_overrides, flatten, to_dict
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STUDY_DIR = "runs/tune"
 STUDY_NAME = "mmfer"
 OBJECTIVE = "val_f1_macro"          # best-epoch validation macro-F1 of a fold (train/loop.py's summary)
 MAX_FUSION_LAYERS = 6               # the guide's depth; LFM2-700M has 16 layers, so every depth here exists
@@ -33,9 +31,8 @@ PRUNER_WARMUP_FOLDS = 1             # ... and never on a trial's first fold
 HEARTBEAT_S, GRACE_S = 60, 180      # a trial silent this long (a killed process) is marked failed and retried
 
 
-def suggest(trial, variant: str, num_patches: int) -> dict:
+def suggest(trial, model: ModelConfig, num_patches: int) -> dict:
     """The search space, as dotted TrainConfig overrides; parts the variant lacks are not searched."""
-    fused = variant in ("lfm2", "early")
     out = {
         "training.lr": trial.suggest_float("training.lr", 1e-5, 1e-3, log=True),
         "training.lr_branches": trial.suggest_float("training.lr_branches", 1e-6, 1e-3, log=True),
@@ -43,14 +40,14 @@ def suggest(trial, variant: str, num_patches: int) -> dict:
         "training.dropout": trial.suggest_float("training.dropout", 0.0, 0.3),
         "training.mixup_alpha": trial.suggest_float("training.mixup_alpha", 0.0, 0.4),
     }
-    if fused:
+    if model.is_fused:
         out["training.loss_weight_audio"] = trial.suggest_float("training.loss_weight_audio", 0.0, 0.5)
         out["training.loss_weight_visual"] = trial.suggest_float("training.loss_weight_visual", 0.0, 0.5)
         out["training.contrastive_weight"] = trial.suggest_float("training.contrastive_weight", 0.0, 0.3)
-    if variant == "lfm2":
+    if model.uses_lfm2:
         out["training.lr_fusion"] = trial.suggest_float("training.lr_fusion", 1e-6, 1e-3, log=True)
         out["model.fusion.num_layers"] = trial.suggest_int("model.fusion.num_layers", 1, MAX_FUSION_LAYERS)
-    if variant != "audio":
+    if model.uses_video:
         choices = [k for k in KEEP_TOKEN_CHOICES if k <= num_patches] or [num_patches]
         out["model.visual.num_keep_tokens"] = trial.suggest_categorical("model.visual.num_keep_tokens", choices)
     return out
@@ -68,15 +65,14 @@ def run_study(base: TrainConfig, study_dir: str | Path, num_trials: int, *, keep
 
     study_dir = Path(study_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
-    variant = base.model.variant
-    cache = open_cache(base.cache, use_video=variant != "audio", use_audio=variant != "visual",
+    cache = open_cache(base.cache, use_video=base.model.uses_video, use_audio=base.model.uses_audio,
                        video_entry=base.video_entry, audio_entry=base.audio_entry)
     folds = make_folds(base.split.protocol, num_val_actors=base.split.num_val_actors, fold_file=base.split.fold_file,
                        all_actors=sorted(int(a) for a in cache.clips["actor"].unique()))
     fold_numbers = list(range(1, len(folds) + 1)) if base.folds == "all" else [int(n) for n in base.folds.split(",")]
 
     def objective(trial) -> float:
-        cfg = apply_overrides(base, suggest(trial, variant, cache.video_shape[1]))
+        cfg = apply_overrides(base, suggest(trial, base.model, cache.video_shape[1]))
         trial_dir = study_dir / "trials" / f"{trial.number:04d}"
         if trial_dir.exists():   # left by a study.db that was deleted: trial numbers restart at 0
             shutil.rmtree(trial_dir)
@@ -168,37 +164,3 @@ def plot_history(study, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
-
-# ----------------------------------------------------------------------------------------------------
-# CLI (registered in pipeline/cli.py)
-# ----------------------------------------------------------------------------------------------------
-
-
-def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
-    from mmfer.pipeline.cli import TRAIN_ALIASES, add_config_flags
-
-    parser.description = ("Optuna search over learning rates, weight decay, dropout, mixup, loss weights, LFM2 depth "
-                          "and tokens kept; objective = mean validation macro-F1 over the folds (never the test "
-                          "actors), MedianPruner after each fold. The SQLite study resumes and can be shared.")
-    parser.add_argument("--trials", type=int, required=True, metavar="N",
-                        help="Finished trials the study should hold (a resumed study runs only the rest).")
-    parser.add_argument("--study-dir", default=DEFAULT_STUDY_DIR, metavar="DIR",
-                        help=f"study.db, trials/, best_config.yaml, optimization_history.png (default: {DEFAULT_STUDY_DIR}).")
-    parser.add_argument("--keep-checkpoints", action="store_true", help="Keep each trial's checkpoints (default: delete).")
-    add_config_flags(parser, TrainConfig, TRAIN_ALIASES, skip=("out", "resume", "pretrain"))
-
-
-def cmd_tune(args: argparse.Namespace) -> int:
-    from mmfer.pipeline.cli import resolve_config
-
-    if args.trials < 1:
-        raise ConfigError(f"--trials must be >= 1, got {args.trials}")
-    base = resolve_config(TrainConfig, args)
-    result = run_study(base, args.study_dir, args.trials, keep_checkpoints=args.keep_checkpoints)
-    if result["best_config"]:
-        print(f"best: trial {result['best_trial']}, mean validation macro-F1 {result['best_value']:.4f} "
-              f"({result['num_trials']} trials)\nwrote {result['best_config']} and {result['plot']}")
-    else:
-        print(f"no trial completed ({result['num_trials']} finished); wrote {result['plot']}")
-    return 0

@@ -7,7 +7,6 @@ from its built-in config with random weights. The stages are imported inside fun
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import math
@@ -21,20 +20,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmfer.pipeline.config import ExtractConfig, TrainConfig
+from mmfer.pipeline.config import ExtractConfig, TrainConfig, train_config_with_preset
 from mmfer.pipeline.device import resolve_device
 
 log = logging.getLogger(__name__)
 
 BENCH_CLIP_S = 3.5          # RAVDESS speech clips are 3-4 s
 BENCH_SEED = 0
-# SigLIP2-base/16 at 224 px (google/siglip2-base-patch16-224 vision tower): 86M parameters, P = 196, Dv = 768.
-FULL_VISUAL = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
-               "image_size": 224, "patch_size": 16}
-# FastConformer-large CTC (nvidia/stt_en_fastconformer_ctc_large): 17 layers, d_model 512, 8 heads, ff 2048.
-FULL_AUDIO = {"n_layers": 17, "d_model": 512, "n_heads": 8, "ff_expansion_factor": 4, "subsampling_conv_channels": 256}
-
-
 @dataclass
 class BenchSetup:
     """Everything the parts share: the temp folder, clips, encoder paths and the configs of both stages."""
@@ -70,49 +62,16 @@ def make_setup(work_dir: Path, *, num_clips: int, preset: str, device: str) -> B
 
 def bench_train_config(preset: str, device: str) -> TrainConfig:
     """train-fusion's defaults (or the tiny preset), LFM2 with random weights, the cache read from disk."""
-    from mmfer.train.preset import resolve_preset
-
-    cfg = resolve_preset(TrainConfig(preset=preset, device=device, preload="no"))
+    cfg = train_config_with_preset({"preset": preset, "device": device, "preload": "no"})
     fusion = dataclasses.replace(cfg.model.fusion, use_pretrained=False)   # built-in LFM2-700M config, no download
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, fusion=fusion))
 
 
 def write_encoders(models_dir: Path, preset: str) -> tuple[Path, Path]:
-    """(visual folder, audio .nemo): the tiny stand-ins, or random encoders of the real full architectures."""
-    if preset == "tiny":
-        from mmfer.extract.tiny import ensure_tiny_encoders
+    """The random encoders of the preset's size, written by extract's one writer of stand-in encoders."""
+    from mmfer.extract.random_encoders import ensure_random_encoders
 
-        return ensure_tiny_encoders(models_dir)
-    models_dir.mkdir(parents=True, exist_ok=True)
-    return _write_full_visual(models_dir / "siglip-base-random"), _write_full_audio(models_dir / "fastconformer-large-random.nemo")
-
-
-def _write_full_visual(folder: Path) -> Path:
-    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(BENCH_SEED)
-        model = SiglipVisionModel(SiglipVisionConfig(**FULL_VISUAL)).eval()
-    processor = SiglipImageProcessor(size={"height": 224, "width": 224}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
-
-
-def _write_full_audio(path: Path) -> Path:
-    from nemo.collections.asr.models import EncDecCTCModel
-    from omegaconf import OmegaConf
-
-    from mmfer.extract.tiny import tiny_audio_config
-
-    values = copy.deepcopy(tiny_audio_config())
-    values["encoder"].update(FULL_AUDIO)
-    values["decoder"]["feat_in"] = FULL_AUDIO["d_model"]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(BENCH_SEED)
-        model = EncDecCTCModel(cfg=OmegaConf.create(values)).eval()
-    model.save_to(str(path))
-    return path
+    return ensure_random_encoders(models_dir, size=preset)
 
 
 def load_encoder_pair(setup: BenchSetup):
@@ -183,7 +142,7 @@ def build_trainer(cfg: TrainConfig, *, video_shape: tuple, audio_dim: int, label
     """Model, loss, AdamW groups and AMP scaler exactly as train_fold sets them up (no schedule needed)."""
     from mmfer.train.loop import autocast_dtype
     from mmfer.train.losses import ContrastiveLoss, MultimodalLoss, resolve_class_weights
-    from mmfer.train.model import build_model, param_groups
+    from mmfer.train.model.builder import build_model, param_groups
     from mmfer.train.schedule import build_optimizer
 
     t = cfg.training
@@ -194,7 +153,7 @@ def build_trainer(cfg: TrainConfig, *, video_shape: tuple, audio_dim: int, label
     if t.gradient_checkpointing:
         model.set_gradient_checkpointing(True)
     contrastive = None
-    if t.contrastive_weight > 0 and cfg.model.variant in ("lfm2", "early"):
+    if t.contrastive_weight > 0 and cfg.model.is_fused:
         contrastive = ContrastiveLoss(cfg.model.audio.feature_dim, cfg.model.visual.out_dim, t.contrastive_temperature)
     criterion = MultimodalLoss(
         label_smoothing=t.label_smoothing, class_weights=resolve_class_weights(t.class_weights, labels, cfg.model.num_classes),

@@ -12,77 +12,13 @@ import argparse
 import json
 import logging
 import sys
-import typing
-from typing import Any, Callable
+from typing import Callable
 
-from mmfer.pipeline.config import TRAIN_PRESETS, DemoConfig, ExtractConfig, TrainConfig
-from mmfer.pipeline.overrides import (
-    ConfigError, apply_overrides, leaf_fields, load_yaml_overrides, parse_key_values)
+from mmfer.pipeline.app.flags import TRAIN_ALIASES, add_common_arguments, add_config_flags, resolve_config
+from mmfer.pipeline.config import DemoConfig, ExtractConfig, TrainConfig
+from mmfer.pipeline.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, ConfigError, MmferError
 
 log = logging.getLogger("mmfer")
-
-# Short flags users type, mapped to their config keys (the long dotted form works too).
-TRAIN_ALIASES = {
-    "epochs": "training.max_epochs",
-    "variant": "model.variant",
-    "batch-size": "training.batch_size",
-}
-
-
-def _flag(key: str) -> str:
-    return "--" + (key.replace("_", "-") if "." not in key else key)
-
-
-def add_config_flags(parser: argparse.ArgumentParser, cfg_type: type, aliases: dict[str, str] | None = None,
-                     skip: tuple[str, ...] = ()) -> None:
-    """One flag per config field, its help the field's docstring and default."""
-    alias_of = {v: k for k, v in (aliases or {}).items()}
-    group = parser.add_argument_group(f"{cfg_type.__name__} (also settable as key=value or in --config YAML)")
-    for key, annotation, default, doc in leaf_fields(cfg_type):
-        if key in skip:
-            continue
-        names = [_flag(key)] + ([f"--{alias_of[key]}"] if key in alias_of else [])
-        kwargs: dict[str, Any] = {"dest": "cfg:" + key, "default": argparse.SUPPRESS, "help": f"{doc} (default: {default})"}
-        if annotation is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["metavar"] = _metavar(annotation)
-        group.add_argument(*names, **kwargs)
-
-
-def _metavar(annotation: Any) -> str:
-    if typing.get_origin(annotation) is typing.Literal:
-        return "{" + ",".join(map(str, typing.get_args(annotation))) + "}"
-    names = {int: "N", float: "X", str: "STR"}
-    for arg in (annotation, *typing.get_args(annotation)):
-        if arg in names:
-            return names[arg]
-    return "VALUE"
-
-
-def resolve_config(cfg_type: type, args: argparse.Namespace) -> Any:
-    """Defaults <- preset (TrainConfig --preset tiny) <- --config YAML <- flags <- key=value overrides.
-
-    The preset goes in first, so any value the user gives wins, also one equal to the full default.
-    """
-    overrides: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        overrides.update(load_yaml_overrides(args.config, cfg_type))
-    overrides.update({k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:")})
-    overrides.update(parse_key_values(getattr(args, "overrides", None) or []))
-    cfg = cfg_type()
-    if cfg_type is TrainConfig:
-        preset = apply_overrides(cfg, {"preset": overrides["preset"]}).preset if "preset" in overrides else cfg.preset
-        cfg = apply_overrides(cfg, TRAIN_PRESETS.get(preset, {}))
-    return apply_overrides(cfg, overrides)
-
-
-def _common(parser: argparse.ArgumentParser, with_overrides: bool = True) -> None:
-    parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
-    if with_overrides:
-        parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of config values (flags and key=value win).")
-        parser.add_argument("overrides", nargs="*", metavar="key=value", help="Config overrides, e.g. training.max_epochs=30.")
-
 
 # ----------------------------------------------------------------------------------------------------
 # Subcommands
@@ -93,7 +29,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     cfg: ExtractConfig = resolve_config(ExtractConfig, args)
     if not cfg.root:
         raise ConfigError("extract needs --root (the dataset folder; e.g. `mmfer make-demo --out demo_data` first)")
-    from mmfer.data.ravdess import scan_ravdess   # imported here: each subcommand loads only what it uses
+    from mmfer.data.ravdess import scan_ravdess  # imported here: each subcommand loads only what it uses
     from mmfer.extract.run import extract_all
 
     channels = ("speech", "song") if cfg.vocal_channels == "both" else (cfg.vocal_channels,)
@@ -132,7 +68,7 @@ def cmd_make_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_info(args: argparse.Namespace) -> int:
-    from mmfer.pipeline.cache_report import cache_info, format_cache_info
+    from mmfer.pipeline.app.cache_info import cache_info, format_cache_info
 
     info = cache_info(args.cache)
     print(json.dumps(info, indent=2) if args.json else format_cache_info(info))
@@ -155,7 +91,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def _extract_parser(parser: argparse.ArgumentParser) -> None:
     parser.description = "Stage 1: decode each clip, run the frozen SigLIP2 + FastConformer encoders once, write their tokens to a Zarr feature store. Reruns skip finished clips."
     add_config_flags(parser, ExtractConfig)
-    _common(parser)
+    add_common_arguments(parser)
     parser.set_defaults(handler=cmd_extract)
 
 
@@ -164,7 +100,7 @@ def _train_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="Print parameters, FLOPs per clip and GPU memory estimates; train nothing.")
     parser.add_argument("--json", action="store_true", help="With --dry-run: print one JSON object.")
     add_config_flags(parser, TrainConfig, TRAIN_ALIASES)
-    _common(parser)
+    add_common_arguments(parser)
     parser.set_defaults(handler=cmd_train_fusion)
 
 
@@ -181,7 +117,7 @@ def _register(name: str, help_text: str):
 @_register("make-demo", "Write the synthetic RAVDESS-format demo dataset (real mp4 files).")
 def _demo_parser(parser: argparse.ArgumentParser) -> None:
     add_config_flags(parser, DemoConfig)
-    _common(parser)
+    add_common_arguments(parser)
     parser.set_defaults(handler=cmd_make_demo)
 
 
@@ -189,7 +125,7 @@ def _demo_parser(parser: argparse.ArgumentParser) -> None:
 def _info_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("cache", help="Feature store folder.")
     parser.add_argument("--json", action="store_true", help="Print one JSON object.")
-    _common(parser, with_overrides=False)
+    add_common_arguments(parser, with_overrides=False)
     parser.set_defaults(handler=cmd_cache_info)
 
 
@@ -197,52 +133,52 @@ def _info_parser(parser: argparse.ArgumentParser) -> None:
 def _verify_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("cache", help="Feature store folder.")
     parser.add_argument("--repair", action="store_true", help="Mark damaged clips pending so the next extract redoes them.")
-    _common(parser, with_overrides=False)
+    add_common_arguments(parser, with_overrides=False)
     parser.set_defaults(handler=cmd_verify)
 
 
 @_register("predict", "Emotions for your videos with a trained run or an exported model (the run's exact extraction).")
 def _predict_parser(parser: argparse.ArgumentParser) -> None:
-    from mmfer.pipeline.predict import add_predict_arguments, cmd_predict
+    from mmfer.pipeline.app.predict import add_predict_arguments, cmd_predict  # light: the stages load in cmd_predict
 
     add_predict_arguments(parser)
-    _common(parser, with_overrides=False)
+    add_common_arguments(parser, with_overrides=False)
     parser.set_defaults(handler=cmd_predict)
 
 
 @_register("export", "Write a self-contained model folder from a run, for `mmfer predict --model`.")
 def _export_parser(parser: argparse.ArgumentParser) -> None:
-    from mmfer.pipeline.export import add_export_arguments, cmd_export
+    from mmfer.pipeline.app.export import add_export_arguments, cmd_export
 
     add_export_arguments(parser)
-    _common(parser, with_overrides=False)
+    add_common_arguments(parser, with_overrides=False)
     parser.set_defaults(handler=cmd_export)
 
 
 @_register("ablate", "Ablation study from one cache: audio/visual/early/LFM2 and recipe variants, same folds and seeds.")
 def _ablate_parser(parser: argparse.ArgumentParser) -> None:
-    from mmfer.train.ablate import add_ablate_arguments, cmd_ablate   # light module: torch loads only when it runs
+    from mmfer.pipeline.app.ablate import add_ablate_arguments, cmd_ablate  # light: torch loads only when it runs
 
     add_ablate_arguments(parser)
-    _common(parser)
+    add_common_arguments(parser)
     parser.set_defaults(handler=cmd_ablate)
 
 
 @_register("tune", "Optuna search over the recipe (objective: mean validation macro-F1), resumable SQLite study.")
 def _tune_parser(parser: argparse.ArgumentParser) -> None:
-    from mmfer.train.tune import add_tune_arguments, cmd_tune
+    from mmfer.pipeline.app.tune import add_tune_arguments, cmd_tune
 
     add_tune_arguments(parser)
-    _common(parser)
+    add_common_arguments(parser)
     parser.set_defaults(handler=cmd_tune)
 
 
 @_register("bench", "Measure this machine: cached vs online epochs, loader overhead, extract efficiency, storage, scaling.")
 def _bench_parser(parser: argparse.ArgumentParser) -> None:
-    from mmfer.pipeline.bench import add_bench_arguments, cmd_bench   # light import; stages load inside cmd_bench
+    from mmfer.pipeline.app.bench import add_bench_arguments, cmd_bench  # light import; stages load inside cmd_bench
 
     add_bench_arguments(parser)
-    _common(parser, with_overrides=False)
+    add_common_arguments(parser, with_overrides=False)
     parser.set_defaults(handler=cmd_bench)
 
 
@@ -279,24 +215,31 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
 
 
 def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """The one error handler of every command: a project error (MmferError) or an OS error on a file
+    prints one line to stderr and exits 2 (bad input) or 1 (failure); Ctrl-C exits 130; anything else
+    is a bug and keeps its traceback (-v shows the traceback of project errors too)."""
     args = _parse(parser, argv)
     _setup_logging(args.verbose)
     try:
         return args.handler(args)
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:
-        if args.verbose or not _is_user_error(err):
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (MmferError, OSError) as err:
+        if args.verbose:
             raise
         print(f"error: {err}", file=sys.stderr)
-        return 1 if isinstance(err, OSError) else 2
+        return exit_code(err)
 
 
-def _is_user_error(err: Exception) -> bool:
-    """Errors of mmfer's own exception classes (StoreError, CheckpointError, DecodeError, ...) and OS errors
-    name the file and the fix: print that line instead of a traceback (-v shows the traceback)."""
-    return isinstance(err, OSError) or type(err).__module__.startswith("mmfer.")
+def exit_code(err: BaseException) -> int:
+    """2 for bad input (a project BadInputError, or a path that does not exist or is of the wrong kind),
+    1 for any other failure."""
+    if isinstance(err, MmferError):
+        return err.exit_code
+    if isinstance(err, (FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError)):
+        return EXIT_BAD_INPUT
+    return EXIT_FAILURE
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from mmfer.train.temporal import TransformerBlock, segment_pool
+from mmfer.train.model.temporal import TransformerBlock, segment_pool
 
 
 class AudioBranch(nn.Module):

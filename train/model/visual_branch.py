@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from mmfer.train.compress import TokenCompressor
-from mmfer.train.temporal import TemporalEncoder, segment_pool
+from mmfer.train.model.compress import TokenCompressor
+from mmfer.train.model.temporal import TemporalEncoder, segment_pool
 
 
 class VisualBranch(nn.Module):

@@ -18,11 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
+from mmfer.pipeline.config import PredictConfig
+from mmfer.pipeline.errors import BadInputError, ConfigError
 from mmfer.pipeline.labels import EMOTIONS
 
 log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+PREDICT_ALIASES = {"window": "window_s", "hop": "hop_s"}   # the short flags users type
 WINDOW_EPS_S = 1e-3   # a window may end this much past the reported duration (container rounding)
 
 
@@ -76,8 +79,8 @@ def cut_window(path: Path, start_s: float, window_s: float, out_path: Path, time
 def predict_file(predictor, path: Path, *, window_s: float | None, hop_s: float | None) -> ClipResult:
     """Predict one file (or its windows); decode/encode problems become `ClipResult.error`."""
     from mmfer.extract.decode import DecodeError, probe_media
+    from mmfer.pipeline.app.predictor import PredictError
     from mmfer.pipeline.media import FfmpegError
-    from mmfer.pipeline.predictor import PredictError
 
     result = ClipResult(path.stem, str(path))
     try:
@@ -175,62 +178,47 @@ def format_table(results: list[ClipResult], header: str) -> str:
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = ("Emotion probabilities for video files, with the exact feature extraction the model was "
-                          "trained on. Default model: the run's only fold, or the ensemble of all its folds.")
+    from mmfer.pipeline.app.flags import add_config_flags
+
+    parser.description = ("Emotion probabilities for video files, with the run's exact extraction and its trained "
+                          "model (or an exported model folder). A bad file gets an error row; the rest go on.")
     parser.add_argument("inputs", nargs="+", metavar="VIDEO_OR_DIR", help=f"Video files or folders (walked for {', '.join(VIDEO_SUFFIXES)}).")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", metavar="RUN_DIR", help="A train-fusion run folder (reads its cache's encoder records).")
-    source.add_argument("--model", metavar="EXPORT_DIR", help="A model folder written by `mmfer export`.")
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--fold", metavar="K", help="One fold model: its number (1-based) or name.")
-    which.add_argument("--ensemble", action="store_true", help="Average the probabilities of every fold model.")
-    parser.add_argument("--out", metavar="FILE", help="Write every probability to FILE.csv or FILE.json.")
-    parser.add_argument("--window", type=float, metavar="S", help="Predict over windows of S seconds; writes an emotion timeline (CSV + PNG).")
-    parser.add_argument("--hop", type=float, metavar="S", help="Seconds between window starts (default: --window, no overlap).")
-    parser.add_argument("--cache", metavar="PATH", help="With --run: the run's feature store, if it moved.")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto.")
-    parser.add_argument("--visual-encoder", metavar="PATH", help="Load the SigLIP2 encoder from here instead of the recorded name (its weights must match).")
-    parser.add_argument("--audio-encoder", metavar="PATH", help="Load the audio encoder from here instead of the recorded name (its weights must match).")
-    parser.add_argument("--allow-encoder-mismatch", action="store_true", help="Predict even when the encoders differ from those the model was trained on.")
+    add_config_flags(parser, PredictConfig, aliases=PREDICT_ALIASES, layered=False)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from mmfer.pipeline.bundle import load_export_bundle, load_run_bundle
-    from mmfer.pipeline.predictor import EncoderMismatchError, Predictor
-    from mmfer.pipeline.store import StoreError
+    from mmfer.pipeline.app.bundle import load_export_bundle, load_run_bundle
+    from mmfer.pipeline.app.flags import resolve_config
+    from mmfer.pipeline.app.predictor import Predictor
 
-    if args.window is not None and args.window <= 0 or args.hop is not None and args.hop <= 0:
-        print("error: --window and --hop must be > 0 seconds", file=sys.stderr)
-        return 2
-    if args.hop is not None and args.window is None:
-        print("error: --hop needs --window", file=sys.stderr)
-        return 2
-    try:
-        if args.model:
-            bundle = load_export_bundle(args.model, fold=args.fold, ensemble=args.ensemble)
-        else:
-            bundle = load_run_bundle(args.run, fold=args.fold, ensemble=args.ensemble, cache=args.cache)
-        predictor = Predictor(bundle, device=args.device, visual_encoder=args.visual_encoder,
-                              audio_encoder=args.audio_encoder, allow_encoder_mismatch=args.allow_encoder_mismatch)
-    except (EncoderMismatchError, StoreError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cfg: PredictConfig = resolve_config(PredictConfig, args, layered=False)
+    if (cfg.run is None) == (cfg.model is None):
+        raise ConfigError("predict needs exactly one of --run RUN_DIR or --model EXPORT_DIR")
+    if cfg.fold is not None and cfg.ensemble:
+        raise ConfigError("give --fold K or --ensemble, not both")
+    if cfg.hop_s is not None and cfg.window_s is None:
+        raise ConfigError("--hop needs --window")
+    if cfg.model:
+        bundle = load_export_bundle(cfg.model, fold=cfg.fold, ensemble=cfg.ensemble)
+    else:
+        bundle = load_run_bundle(cfg.run, fold=cfg.fold, ensemble=cfg.ensemble, cache=cfg.cache)
+    predictor = Predictor(bundle, device=cfg.device, visual_encoder=cfg.visual_encoder,
+                          audio_encoder=cfg.audio_encoder, allow_encoder_mismatch=cfg.allow_encoder_mismatch)
     from tqdm import tqdm
 
     paths = find_videos(args.inputs)
     if not paths:
-        print(f"error: no video files ({', '.join(VIDEO_SUFFIXES)}) in {' '.join(args.inputs)}", file=sys.stderr)
-        return 1
+        raise BadInputError(f"no video files ({', '.join(VIDEO_SUFFIXES)}) in {' '.join(args.inputs)}")
     results = []
-    timeline_dir = Path(args.out).parent if args.out else Path.cwd()
+    timeline_dir = Path(cfg.out).parent if cfg.out else Path.cwd()
     for path in tqdm(paths, unit="clip", disable=not sys.stderr.isatty(), desc="predict"):
-        result = predict_file(predictor, path, window_s=args.window, hop_s=args.hop)
+        result = predict_file(predictor, path, window_s=cfg.window_s, hop_s=cfg.hop_s)
         if result.windows:
             result.timeline = write_timeline(result, timeline_dir)
         results.append(result)
     print(format_table(results, f"model: {bundle.source}, {bundle.describe()}"))
-    if args.out:
-        write_results(results, Path(args.out), {"source": bundle.source, "folds": bundle.fold_names,
+    if cfg.out:
+        write_results(results, Path(cfg.out), {"source": bundle.source, "folds": bundle.fold_names,
                                                  "ensemble": bundle.is_ensemble, "description": bundle.describe()})
-        print(f"wrote {args.out}")
+        print(f"wrote {cfg.out}")
     return 0 if any(r.error is None for r in results) else 1

@@ -14,19 +14,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmfer.pipeline.bundle import ModelBundle, train_config
+from mmfer.pipeline.app.bundle import ModelBundle, train_config
 from mmfer.pipeline.config import ExtractConfig
+from mmfer.pipeline.errors import BadInputError, MmferError
 
 log = logging.getLogger(__name__)
 
 _DTYPE_POLICY = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}   # recorded autocast -> loader policy
 
 
-class PredictError(RuntimeError):
+class PredictError(MmferError, RuntimeError):
     """One input file could not be predicted (the message names it); the other files go on."""
 
 
-class EncoderMismatchError(RuntimeError):
+class EncoderMismatchError(BadInputError, RuntimeError):
     """The encoders this machine would load are not the ones the model's features were made with."""
 
 
@@ -70,7 +71,7 @@ class Predictor:
         from mmfer.extract.encoders import EncoderPair
         from mmfer.pipeline.device import resolve_device
         from mmfer.train.loop import autocast_dtype
-        from mmfer.train.model import build_model
+        from mmfer.train.model.builder import build_model
 
         self.bundle, self.decode_timeout_s = bundle, decode_timeout_s
         self.device = resolve_device(device)
@@ -187,7 +188,7 @@ def _offline_model_config(model_cfg):
     its config is known without the checkpoint: the built-in LFM2-700M config, or a local folder."""
     import dataclasses
 
-    from mmfer.train.fusion import LFM2_700M_ID
+    from mmfer.train.model.fusion import LFM2_700M_ID
 
     fusion = model_cfg.fusion
     if fusion.use_pretrained and (fusion.pretrained_model == LFM2_700M_ID or Path(fusion.pretrained_model).is_dir()):

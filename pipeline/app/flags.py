@@ -1,0 +1,98 @@
+"""Flags from the config dataclasses: one flag per field, its help the field's docstring and default.
+
+Every command's parser is built here (`add_config_flags`) and every command resolves its config here
+(`resolve_config`), so a default lives only in pipeline/config.py. Layering: defaults <- preset <-
+--config YAML <- flags <- key=value overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import typing
+from typing import Any
+
+from mmfer.pipeline.config import TrainConfig, train_config_with_preset
+from mmfer.pipeline.overrides import apply_overrides, leaf_fields, load_yaml_overrides, parse_key_values
+
+log = logging.getLogger("mmfer")
+
+# Short flags users type, mapped to their config keys (the long dotted form works too).
+TRAIN_ALIASES = {
+    "epochs": "training.max_epochs",
+    "variant": "model.variant",
+    "batch-size": "training.batch_size",
+}
+
+
+def _flag(key: str) -> str:
+    return "--" + (key.replace("_", "-") if "." not in key else key)
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cfg_type: type, aliases: dict[str, str] | None = None,
+                     skip: tuple[str, ...] = (), prefix: str = "cfg:", layered: bool = True) -> None:
+    """One flag per config field, its help the field's docstring and default.
+
+    `prefix` keeps two configs of one command apart (a study's own settings and its base TrainConfig);
+    `layered` says whether the group also takes --config YAML and key=value overrides.
+    """
+    alias_of = {v: k for k, v in (aliases or {}).items()}
+    title = f"{cfg_type.__name__} (also settable as key=value or in --config YAML)" if layered else cfg_type.__name__
+    group = parser.add_argument_group(title)
+    for key, annotation, default, doc in leaf_fields(cfg_type):
+        if key in skip:
+            continue
+        names = [_flag(key)] + ([f"--{alias_of[key]}"] if key in alias_of else [])
+        kwargs: dict[str, Any] = {"dest": prefix + key, "default": argparse.SUPPRESS, "help": f"{doc} (default: {default})"}
+        if annotation is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["metavar"] = _metavar(annotation)
+        group.add_argument(*names, **kwargs)
+
+
+def _metavar(annotation: Any) -> str:
+    if typing.get_origin(annotation) is typing.Literal:
+        return "{" + ",".join(map(str, typing.get_args(annotation))) + "}"
+    names = {int: "N", float: "X", str: "STR"}
+    for arg in (annotation, *typing.get_args(annotation)):
+        if arg in names:
+            return names[arg]
+    return "VALUE"
+
+
+def resolve_config(cfg_type: type, args: argparse.Namespace, prefix: str = "cfg:", layered: bool = True) -> Any:
+    """Defaults <- preset (TrainConfig: --preset, else the one the cache was extracted with) <- --config YAML
+    <- flags <- key=value overrides. Only a `layered` config takes the YAML file and the overrides."""
+    overrides: dict[str, Any] = {}
+    if layered and getattr(args, "config", None):
+        overrides.update(load_yaml_overrides(args.config, cfg_type))
+    overrides.update({k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix)})
+    if layered:
+        overrides.update(parse_key_values(getattr(args, "overrides", None) or []))
+    if cfg_type is TrainConfig:
+        if "preset" not in overrides:
+            cache = str(overrides.get("cache", TrainConfig.cache))
+            cache_preset = _cache_preset(cache)
+            if cache_preset is not None and cache_preset != TrainConfig.preset:
+                log.info("preset %s: the preset %s was extracted with (--preset full overrides it)", cache_preset, cache)
+                overrides["preset"] = cache_preset
+        return train_config_with_preset(overrides)
+    return apply_overrides(cfg_type(), overrides)
+
+
+def _cache_preset(cache: str) -> str | None:
+    """The encoder preset a feature store records (None for a store that records none, or no store)."""
+    from mmfer.pipeline.store import StoreError, open_store
+
+    try:
+        return open_store(cache).attrs.get("preset")
+    except StoreError:
+        return None
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, with_overrides: bool = True) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
+    if with_overrides:
+        parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of config values (flags and key=value win).")
+        parser.add_argument("overrides", nargs="*", metavar="key=value", help="Config overrides, e.g. training.max_epochs=30.")

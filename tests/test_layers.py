@@ -1,0 +1,180 @@
+"""The package's layers, read from the source: a wrong arrow fails here with the file and the import.
+
+    roof     pipeline/app/   may import everything below
+    stages   data/  extract/  train/   import the floor only, never each other or the roof
+    floor    pipeline/*.py   imports nothing above it
+
+Also: only the store module imports zarr or h5py; only extract/ imports NeMo or the SigLIP classes;
+no import cycle among mmfer's modules; a test module does not import another test module. Every import
+counts, also one inside a function (a lazy import is still an arrow).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = {"pipeline": "mmfer.pipeline", "extract": "mmfer.extract", "train": "mmfer.train", "data": "mmfer.data"}
+STORE_MODULES = {"mmfer.pipeline.store"}
+STORE_LIBRARIES = ("zarr", "h5py", "tensorstore")
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(["mmfer", *parts])
+
+
+def source_files() -> dict[Path, str]:
+    return {p: p.read_text() for p in sorted(p for folder in PACKAGES for p in (ROOT / folder).rglob("*.py"))}
+
+
+def imports_of(path: Path, source: str) -> list[tuple[int, str, tuple[str, ...]]]:
+    """(line, module, imported names) for every import statement in the file, at any depth."""
+    tree = ast.parse(source, filename=str(path))
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.extend((node.lineno, alias.name, ()) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            found.append((node.lineno, base, tuple(alias.name for alias in node.names)))
+    return found
+
+
+def layer_of(module: str) -> str:
+    """floor, app, data, extract or train for an mmfer module; '' for anything else."""
+    if module.startswith("mmfer.pipeline.app"):
+        return "app"
+    for layer in ("data", "extract", "train"):
+        if module == f"mmfer.{layer}" or module.startswith(f"mmfer.{layer}."):
+            return layer
+    if module.startswith("mmfer.pipeline") or module == "mmfer":
+        return "floor"
+    return ""
+
+
+ALLOWED = {   # layer -> the mmfer layers it may import
+    "floor": {"floor"},
+    "data": {"floor", "data"},
+    "extract": {"floor", "extract"},
+    "train": {"floor", "train"},
+    "app": {"floor", "data", "extract", "train", "app"},
+}
+
+
+def layer_violations(files: dict[Path, str]) -> list[str]:
+    out = []
+    for path, source in files.items():
+        layer = layer_of(module_name(path))
+        rel = path.relative_to(ROOT)
+        for line, module, names in imports_of(path, source):
+            targets = [module] if module != "mmfer" else [f"mmfer.{n}" for n in names]
+            for target in targets:
+                target_layer = layer_of(target)
+                if target_layer and target_layer not in ALLOWED[layer]:
+                    out.append(f"{rel}:{line}: {layer} code imports {target} ({target_layer}); "
+                               f"{layer} may import only {sorted(ALLOWED[layer])}")
+            top = module.split(".")[0]
+            if top in STORE_LIBRARIES and module_name(path) not in STORE_MODULES:
+                out.append(f"{rel}:{line}: imports {module}; only {sorted(STORE_MODULES)} may touch the store's files")
+            is_siglip = "siglip" in module.lower() or any("siglip" in n.lower() for n in names if top == "transformers")
+            if (top == "nemo" or is_siglip) and layer != "extract":
+                out.append(f"{rel}:{line}: imports {module} {list(names)}; only extract/ loads NeMo or SigLIP")
+    return out
+
+
+def import_cycles(files: dict[Path, str]) -> list[list[str]]:
+    """Strongly connected components of more than one module in the mmfer import graph (Tarjan)."""
+    known = {module_name(p) for p in files}
+    graph: dict[str, set[str]] = {m: set() for m in known}
+    for path, source in files.items():
+        name = module_name(path)
+        for _, module, names in imports_of(path, source):
+            for target in [module, *(f"{module}.{n}" for n in names)]:
+                if target in known and target != name:
+                    graph[name].add(target)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return cycles
+
+
+def test_every_import_points_down_the_layers():
+    violations = layer_violations(source_files())
+    assert not violations, "wrong arrows:\n" + "\n".join(violations)
+
+
+def test_no_import_cycle():
+    cycles = import_cycles(source_files())
+    assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+def test_test_modules_do_not_import_each_other():
+    tests = sorted((ROOT / "tests").glob("test_*.py"))
+    names = {p.stem for p in tests} | {"conftest"}
+    bad = [f"{p.relative_to(ROOT)}:{line}: imports {module}" for p in tests
+           for line, module, _ in imports_of(p, p.read_text()) if module.split(".")[0] in names]
+    assert not bad, "tests import other test modules (move shared helpers into a helper module):\n" + "\n".join(bad)
+
+
+# The checker itself must catch each kind of wrong arrow the layering exists to prevent.
+@pytest.mark.parametrize("relpath, code, expected", [
+    ("pipeline/bad.py", "from mmfer.train.loop import train\n", "floor code imports mmfer.train.loop"),
+    ("pipeline/bad.py", "def f():\n    from mmfer.pipeline.app.cli import main\n", "floor code imports mmfer.pipeline.app.cli"),
+    ("extract/bad.py", "from mmfer.train import dataset\n", "extract code imports mmfer.train"),
+    ("train/bad.py", "import mmfer.extract.decode\n", "train code imports mmfer.extract.decode"),
+    ("train/bad.py", "from mmfer import extract\n", "train code imports mmfer.extract"),
+    ("train/studies/bad.py", "from mmfer.pipeline.app.cli import resolve_config\n", "train code imports mmfer.pipeline.app.cli"),
+    ("data/bad.py", "from ..extract import run\n", "data code imports mmfer.extract"),
+    ("train/bad.py", "import zarr\n", "only ['mmfer.pipeline.store'] may touch"),
+    ("pipeline/bad.py", "import h5py\n", "only ['mmfer.pipeline.store'] may touch"),
+    ("pipeline/app/bad.py", "from nemo.collections.asr.models import ASRModel\n", "only extract/ loads NeMo"),
+    ("pipeline/app/bad.py", "from transformers import SiglipVisionModel\n", "only extract/ loads NeMo or SigLIP"),
+])
+def test_checker_names_the_file_and_the_forbidden_import(relpath, code, expected):
+    (violation,) = layer_violations({ROOT / relpath: code})
+    assert violation.startswith(f"{relpath}:") and expected in violation, violation
+
+
+def test_checker_finds_a_cycle():
+    """The cycle this layering removed: the CLI imported the ablation, which imported the CLI back."""
+    sources = {ROOT / "pipeline" / "app" / "cli.py": "def f():\n    from mmfer.train.studies.ablate import run_ablation\n",
+               ROOT / "train" / "studies" / "ablate.py": "def g():\n    from mmfer.pipeline.app.cli import resolve_config\n"}
+    assert import_cycles(sources) == [["mmfer.pipeline.app.cli", "mmfer.train.studies.ablate"]]
