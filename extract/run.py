@@ -105,7 +105,7 @@ def _extract_locked(cfg: ExtractConfig, table: pd.DataFrame, device: torch.devic
              torch.__version__, encoders.visual.identity["name"], encoders.audio.identity["name"])
 
     store = create_store(cfg.out, table, {"dataset": cfg.dataset, "root": str(Path(cfg.root).resolve()),
-                                          "created_by": "mmfer extract"})
+                                          "created_by": "mmfer extract", "preset": cfg.preset})
     removed = store.clean_leftovers()
     if removed:
         log.info("removed %d leftovers of interrupted writes", removed)

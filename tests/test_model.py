@@ -189,3 +189,29 @@ def test_branch_weights_round_trip() -> None:
     assert not any(p.requires_grad for p in target.audio.parameters())
     with pytest.raises(ValueError, match="no 'visual' branch"):
         source.branch_state_dict("visual")
+
+
+def test_a_checkpoint_rebuilds_its_model_alone(tmp_path):
+    """The saved spec (widths, dims, variant, dropout) rebuilds the model without any config or cache."""
+    from mmfer.train.checkpoint import load_checkpoint, save_checkpoint
+    from mmfer.train.model.builder import build_model_from_spec
+
+    model = make_model("early", dropout=0.25).eval()
+    save_checkpoint(tmp_path / "best.pt", {"model": model.state_dict(), "model_spec": model.spec})
+    state = load_checkpoint(tmp_path / "best.pt")
+    rebuilt = build_model_from_spec(state["model_spec"]).eval()
+    rebuilt.load_state_dict(state["model"])
+    assert rebuilt.variant == "early" and rebuilt.spec == model.spec and state["model_spec"]["dropout"] == 0.25
+    assert state["model_spec"]["num_patches"] == P and state["model_spec"]["audio_dim"] == DA
+    batch = make_batch()
+    assert_same(model(batch), rebuilt(batch))
+
+
+def test_branch_constructors_take_keywords_only():
+    from mmfer.train.model.audio_branch import AudioBranch
+    from mmfer.train.model.visual_branch import VisualBranch
+
+    with pytest.raises(TypeError):
+        AudioBranch(DA, 32, 1, 2, 4, 64, 0.0)
+    with pytest.raises(TypeError):
+        VisualBranch(DV, P, 8, 16, 32, 1, 2, 16, 4, 0.0)

@@ -142,6 +142,11 @@ def test_exported_model_predicts_identically_without_cache_or_run(run, demo_cach
     features = json.loads((export / "features.json").read_text())
     assert features["video"]["face_crop"] == "center" and features["audio"]["encoder"]["weights_sha256"]
     assert json.loads((export / "evaluation.json").read_text())["protocol"][1]["test_actors"] == [3]
+    from safetensors import safe_open   # each weights file carries build_model's arguments
+
+    with safe_open(str(export / "weights" / "fold1.safetensors"), framework="pt") as handle:
+        spec = json.loads(handle.metadata()["model_spec"])
+    assert spec["model"]["visual"]["num_keep_tokens"] == 8 and spec["num_patches"] == 196
 
     exported = predict(["--model", export, *clips], tmp_path / "exported.csv")
     assert np.array_equal(exported[PROBS].to_numpy(), outputs["ensemble"][PROBS].to_numpy())

@@ -186,7 +186,8 @@ def train_fold(cfg: TrainConfig, fold, fold_index: int, fold_dir: Path, cache, d
                  "scheduler": schedule.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
                  "metric": {"name": t.monitor, "value": val[t.monitor]}, "val_metrics": {k: val[k] for k in HEADLINE},
                  "early_stopping": stopper.state_dict(),
-                 "rng": rng_state(), "config": resolved, "cache_fingerprints": resolved["cache_fingerprints"]}
+                 "rng": rng_state(), "config": resolved, "cache_fingerprints": resolved["cache_fingerprints"],
+                 "model_spec": model.spec}
         if is_best:   # best before last: a kill between the two replays this epoch on resume
             save_checkpoint(best_path, state)
         save_checkpoint(last_path, state)

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 EXPORT_MANIFEST = "model.json"
 EXPORT_FORMAT = "mmfer-model/1"
+MODEL_SPEC_KEY = "model_spec"   # safetensors metadata key of an exported weights file: build_model's arguments (JSON)
 
 
 @dataclass
@@ -34,6 +35,7 @@ class ModelBundle:
     fold_names: list[str]
     states: list[dict[str, torch.Tensor]]
     evaluation: dict = field(default_factory=dict)
+    model_spec: dict | None = None   # build_model's arguments; None for checkpoints saved before they carried it
 
     @property
     def is_ensemble(self) -> bool:
@@ -106,7 +108,8 @@ def load_run_bundle(run_dir: str | Path, *, fold: str | None = None, ensemble: b
         if state["cache_fingerprints"] != fingerprints:
             raise StoreError(f"{run_dir}/{name}: trained on features {state['cache_fingerprints']}, "
                              f"{names[0]} on {fingerprints}; predict one fold at a time (--fold)")
-    return ModelBundle(str(run_dir), config, features, names, [c["model"] for c in checkpoints], evaluation)
+    return ModelBundle(str(run_dir), config, features, names, [c["model"] for c in checkpoints], evaluation,
+                       checkpoints[0].get("model_spec"))
 
 
 def load_export_bundle(model_dir: str | Path, *, fold: str | None = None, ensemble: bool = False) -> ModelBundle:
@@ -115,6 +118,7 @@ def load_export_bundle(model_dir: str | Path, *, fold: str | None = None, ensemb
     Raises:
         FileNotFoundError: not an exported model folder, or no such fold.
     """
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     model_dir = Path(model_dir)
@@ -133,7 +137,10 @@ def load_export_bundle(model_dir: str | Path, *, fold: str | None = None, ensemb
     features = json.loads((model_dir / manifest["features"]).read_text())
     evaluation = json.loads((model_dir / manifest["evaluation"]).read_text())
     states = [load_file(str(model_dir / weights[n])) for n in names]
-    return ModelBundle(str(model_dir), config, features, names, states, evaluation)
+    with safe_open(str(model_dir / weights[names[0]]), framework="pt") as handle:
+        spec = (handle.metadata() or {}).get(MODEL_SPEC_KEY)
+    return ModelBundle(str(model_dir), config, features, names, states, evaluation,
+                       json.loads(spec) if spec else None)
 
 
 def train_config(config: dict) -> TrainConfig:

@@ -31,7 +31,7 @@ def export_model(run_dir: str | Path, out: str | Path, *, fold: str | None = Non
     """
     from safetensors.torch import save_file
 
-    from mmfer.pipeline.app.bundle import EXPORT_FORMAT, EXPORT_MANIFEST, load_run_bundle
+    from mmfer.pipeline.app.bundle import EXPORT_FORMAT, EXPORT_MANIFEST, MODEL_SPEC_KEY, load_run_bundle
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -45,7 +45,9 @@ def export_model(run_dir: str | Path, out: str | Path, *, fold: str | None = Non
         protocol = {f["name"]: f for f in summary.get("protocol", [])}
         for name, state in zip(bundle.fold_names, bundle.states):
             weights = f"weights/{name}.safetensors"
-            save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()}, str(staging / weights))
+            metadata = {MODEL_SPEC_KEY: json.dumps(bundle.model_spec)} if bundle.model_spec else None
+            save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()}, str(staging / weights),
+                      metadata=metadata)   # the weights file alone rebuilds its model (build_model_from_spec)
             folds.append({"name": name, "weights": weights, **{k: v for k, v in protocol.get(name, {}).items() if k != "name"},
                           "metrics": {k: v for k, v in summary.get("folds", {}).get(name, {}).items()
                                       if not isinstance(v, (dict, list))}})   # per class + confusion: evaluation.json

@@ -71,7 +71,7 @@ class Predictor:
         from mmfer.extract.encoders import EncoderPair
         from mmfer.pipeline.device import resolve_device
         from mmfer.train.loop import autocast_dtype
-        from mmfer.train.model.builder import build_model
+        from mmfer.train.model.builder import build_model_from_spec, model_spec
 
         self.bundle, self.decode_timeout_s = bundle, decode_timeout_s
         self.device = resolve_device(device)
@@ -104,8 +104,9 @@ class Predictor:
         self.processor = visual.processor if visual is not None else _NoImages()
         video_shape = tuple(self.video["arrays"]["tokens"]["shape"]) if self.video else (1, 1, 1)
         audio_shape = tuple(self.audio["arrays"]["tokens"]["shape"]) if self.audio else (1, 1)
-        self.model = build_model(_offline_model_config(cfg.model), video_dim=video_shape[2], num_patches=video_shape[1],
-                                 audio_dim=audio_shape[1], dropout=cfg.training.dropout).to(self.device).eval()
+        spec = bundle.model_spec or model_spec(cfg.model, video_dim=video_shape[2], num_patches=video_shape[1],
+                                               audio_dim=audio_shape[1], dropout=cfg.training.dropout)
+        self.model = build_model_from_spec(spec, _offline_overrides(cfg.model)).to(self.device).eval()
         self.num_classes = cfg.model.num_classes
         if len(bundle.states) == 1:
             self.model.load_state_dict(bundle.states[0])
@@ -183,14 +184,12 @@ def _as_stored(value: np.ndarray, record: dict, name: str, path, time_axis: bool
     return value.astype(spec["dtype"], copy=False)
 
 
-def _offline_model_config(model_cfg):
+def _offline_overrides(model_cfg) -> dict[str, object]:
     """The trained weights replace every weight, so LFM2 is built from its config alone (no download) when
     its config is known without the checkpoint: the built-in LFM2-700M config, or a local folder."""
-    import dataclasses
-
     from mmfer.train.model.fusion import LFM2_700M_ID
 
     fusion = model_cfg.fusion
     if fusion.use_pretrained and (fusion.pretrained_model == LFM2_700M_ID or Path(fusion.pretrained_model).is_dir()):
-        return dataclasses.replace(model_cfg, fusion=dataclasses.replace(fusion, use_pretrained=False))
-    return model_cfg
+        return {"fusion.use_pretrained": False, "fusion.pretrained_model": fusion.pretrained_model}
+    return {}

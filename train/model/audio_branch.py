@@ -17,7 +17,7 @@ class AudioBranch(nn.Module):
     """Projection + position table + `num_layers` TransformerBlocks + segment pooling."""
 
     def __init__(
-        self, audio_dim: int, feature_dim: int, num_layers: int, num_heads: int, num_segments: int,
+        self, *, audio_dim: int, feature_dim: int, num_layers: int, num_heads: int, num_segments: int,
         max_frames: int, dropout: float,
     ) -> None:
         super().__init__()

@@ -2,7 +2,9 @@
 
 `build_model` turns the config into plain constructor arguments; `FusionModel` connects the parts for the
 four variants (lfm2, early, audio, visual) and returns the output dict of the batch contract
-(notes/interfaces.md). `param_groups` splits trainable parameters for differential learning rates.
+(the keys of `FusionModel.forward`). `param_groups` splits trainable parameters for differential learning
+rates. `model_spec` is everything `build_model` takes, as plain JSON: checkpoints and exported weights carry
+it, so `build_model_from_spec` rebuilds the model from the file alone (whisper's checkpoints do the same).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from mmfer.pipeline.config import ModelConfig
+from mmfer.pipeline.overrides import apply_overrides, flatten, to_dict
 from mmfer.train.model.audio_branch import AudioBranch
 from mmfer.train.model.fusion import LfmFusion, build_backbone, lfm2_config, resolve_checkpoint
 from mmfer.train.model.heads import AuxHead, EmotionHead
@@ -32,6 +35,7 @@ class FusionModel(nn.Module):
     ) -> None:
         super().__init__()
         self.variant = variant
+        self.spec: dict = {}   # build_model's arguments (model_spec), saved with the weights
         self.audio, self.visual, self.fusion = audio, visual, fusion
         self.head, self.audio_head, self.visual_head = head, audio_head, visual_head
         self.audio_missing = nn.Parameter(torch.randn(audio.feature_dim) * 0.02) if audio else None
@@ -118,11 +122,13 @@ def build_model(cfg: ModelConfig, *, video_dim: int, num_patches: int, audio_dim
     """
     v, a, f = cfg.visual, cfg.audio, cfg.fusion
     use_audio, use_visual = cfg.uses_audio, cfg.uses_video
-    audio = AudioBranch(audio_dim, a.feature_dim, a.num_layers, a.num_heads, a.num_segments, a.max_frames, dropout) \
-        if use_audio else None
+    audio = AudioBranch(audio_dim=audio_dim, feature_dim=a.feature_dim, num_layers=a.num_layers,
+                        num_heads=a.num_heads, num_segments=a.num_segments, max_frames=a.max_frames,
+                        dropout=dropout) if use_audio else None
     visual = VisualBranch(
-        video_dim, num_patches, v.num_keep_tokens, v.roi_dim, v.out_dim, v.temporal_depth, v.num_heads,
-        v.max_frames, v.num_segments, dropout,
+        video_dim=video_dim, num_patches=num_patches, num_keep_tokens=v.num_keep_tokens, roi_dim=v.roi_dim,
+        out_dim=v.out_dim, temporal_depth=v.temporal_depth, num_heads=v.num_heads, max_frames=v.max_frames,
+        num_segments=v.num_segments, dropout=dropout,
     ) if use_visual else None
     fusion = None
     both = cfg.is_fused
@@ -142,4 +148,21 @@ def build_model(cfg: ModelConfig, *, video_dim: int, num_patches: int, audio_dim
         visual_head=AuxHead(v.out_dim, cfg.num_classes) if both else None,
     )
     model.set_gradient_checkpointing(f.gradient_checkpointing)
+    model.spec = model_spec(cfg, video_dim=video_dim, num_patches=num_patches, audio_dim=audio_dim, dropout=dropout)
     return model
+
+
+def model_spec(cfg: ModelConfig, *, video_dim: int, num_patches: int, audio_dim: int, dropout: float) -> dict:
+    """Every argument of `build_model`, as plain JSON (the model config nested, the cache's dims beside it)."""
+    return {"model": to_dict(cfg), "video_dim": video_dim, "num_patches": num_patches, "audio_dim": audio_dim,
+            "dropout": dropout}
+
+
+def build_model_from_spec(spec: dict, model_overrides: dict[str, object] | None = None) -> FusionModel:
+    """The model a checkpoint's or an export's `model_spec` describes, with random weights (load them next).
+
+    `model_overrides` are dotted ModelConfig keys set on top (predict builds LFM2 from its config, offline).
+    """
+    cfg = apply_overrides(apply_overrides(ModelConfig(), flatten(spec["model"])), model_overrides or {})
+    return build_model(cfg, video_dim=spec["video_dim"], num_patches=spec["num_patches"], audio_dim=spec["audio_dim"],
+                       dropout=spec["dropout"])

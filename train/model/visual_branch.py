@@ -16,7 +16,7 @@ class VisualBranch(nn.Module):
     """TokenCompressor -> TemporalEncoder -> segment_pool."""
 
     def __init__(
-        self, video_dim: int, num_patches: int, num_keep_tokens: int, roi_dim: int, out_dim: int,
+        self, *, video_dim: int, num_patches: int, num_keep_tokens: int, roi_dim: int, out_dim: int,
         temporal_depth: int, num_heads: int, max_frames: int, num_segments: int, dropout: float,
     ) -> None:
         super().__init__()
