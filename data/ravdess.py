@@ -2,8 +2,8 @@
 
 Names are `MM-VV-EE-II-SS-RR-AA` (modality, vocal channel, emotion, intensity, statement, repetition,
 actor). `scan_ravdess` walks a folder (the official `Actor_XX` layout or anything else), keeps the
-selected modality / vocal-channel clips and returns the manifest (one row per clip, columns
-MANIFEST_COLUMNS).
+selected modality / vocal-channel clips and returns its rows of the manifest (data/manifest.py; the
+`source` column is stamped by `with_sources`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mmfer.data.manifest import MANIFEST_COLUMNS, with_sources
 from mmfer.pipeline.errors import BadInputError
 from mmfer.pipeline.labels import EMOTIONS
 
@@ -25,10 +26,7 @@ SUFFIX_BY_MODALITY = {"av": ".mp4", "video": ".mp4", "audio": ".wav"}
 MEDIA_SUFFIXES = (".mp4", ".wav")
 NUM_ACTORS = 24
 NUM_NAMES_IN_WARNING = 5   # a few examples are enough to spot the pattern
-MANIFEST_COLUMNS = (
-    "clip_id", "path", "dataset", "modality", "vocal_channel", "emotion", "label", "intensity",
-    "statement", "repetition", "actor", "gender", "recording_id",
-)
+RAVDESS_COLUMNS = tuple(c for c in MANIFEST_COLUMNS if c != "source")   # the manifest's columns a name gives
 _PARTS = ("modality", "vocal_channel", "emotion", "intensity", "statement", "repetition", "actor")
 
 
@@ -148,10 +146,10 @@ def scan_ravdess(
         )
     if not rows:
         log.warning("%s: no %s %s clips found", root_path, "/".join(modalities), "/".join(vocal_channels))
-    manifest = pd.DataFrame([rows[k] for k in sorted(rows)], columns=list(MANIFEST_COLUMNS))
+    manifest = pd.DataFrame([rows[k] for k in sorted(rows)], columns=list(RAVDESS_COLUMNS))
     for column in ("label", "intensity", "statement", "repetition", "actor"):
         manifest[column] = manifest[column].astype("int64")
-    return manifest
+    return with_sources(manifest)
 
 
 def _media_files(root: Path):

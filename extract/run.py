@@ -30,13 +30,10 @@ from mmfer.pipeline.config import ExtractConfig
 from mmfer.pipeline.device import resolve_device
 from mmfer.pipeline.errors import MmferError
 from mmfer.pipeline.faults import crash_point
-from mmfer.pipeline.media import file_signature
 from mmfer.pipeline.store import ArraySpec, ClipStatus, FeatureEntry, create_store, writer_lock
 
 log = logging.getLogger(__name__)
 
-CLIP_TABLE_COLUMNS = ["clip_id", "path", "source", "dataset", "actor", "gender", "label", "emotion", "intensity",
-                      "statement", "repetition", "vocal_channel", "modality", "recording_id"]
 
 
 class DiskSpaceError(MmferError, OSError):
@@ -75,10 +72,15 @@ def fingerprint(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def build_clip_table(manifest: pd.DataFrame) -> pd.DataFrame:
-    table = manifest.copy()
-    table["source"] = [file_signature(p) if Path(p).exists() else "" for p in table["path"]]
-    return table[[c for c in CLIP_TABLE_COLUMNS if c in table]].reset_index(drop=True)
+REQUIRED_COLUMNS = ("clip_id", "path", "source")   # what extract reads of the manifest (data/manifest.py)
+
+
+def check_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The manifest as the store's clip table: it must carry clip_id, path and source."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in manifest]
+    if missing:
+        raise ValueError(f"manifest lacks columns {missing}; build it with mmfer.data.manifest.build_manifest")
+    return manifest.reset_index(drop=True)
 
 
 def select_clips(table: pd.DataFrame, select: str | None, limit: int | None) -> pd.DataFrame:
@@ -89,7 +91,7 @@ def select_clips(table: pd.DataFrame, select: str | None, limit: int | None) -> 
 def extract_all(cfg: ExtractConfig, manifest: pd.DataFrame) -> ExtractSummary:
     """Fill the store at `cfg.out` for the clips of `manifest` (see the module docstring)."""
     start = time.monotonic()
-    table = build_clip_table(manifest)
+    table = check_manifest(manifest)
     device = resolve_device(cfg.device)
     with writer_lock(cfg.out):   # taken before the encoders load, so a second writer is refused at once
         return _extract_locked(cfg, table, device, start)

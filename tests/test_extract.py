@@ -114,3 +114,16 @@ def test_tiny_preset_runs_with_the_network_blocked(tmp_path, demo_root, tiny_mod
         env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 done" in result.stdout
+
+
+def test_the_stores_clip_table_is_the_manifest(demo_root, demo_cache):
+    """One column list (data/manifest.py): what `build_manifest` returns is what the store keeps."""
+    from mmfer.data.datasets import build_manifest
+    from mmfer.data.manifest import MANIFEST_COLUMNS
+    from mmfer.pipeline.config import ExtractConfig
+    from mmfer.pipeline.store import open_store
+
+    manifest = build_manifest(ExtractConfig(root=str(demo_root)))
+    table = open_store(demo_cache).clip_table
+    assert tuple(manifest.columns) == MANIFEST_COLUMNS == tuple(table.columns)
+    assert table.astype(str).equals(manifest.astype(str))

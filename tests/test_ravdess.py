@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from mmfer.data.ravdess import MANIFEST_COLUMNS, RavdessNameError, parse_ravdess_name, scan_ravdess
+from mmfer.data.manifest import MANIFEST_COLUMNS
+from mmfer.data.ravdess import RavdessNameError, parse_ravdess_name, scan_ravdess
 from mmfer.pipeline.labels import EMOTIONS
 
 

@@ -245,7 +245,7 @@ def run_child(spec: dict, work_dir: Path) -> dict:
 
 
 def _child_extract(spec: dict) -> dict:
-    from mmfer.data.ravdess import scan_ravdess
+    from mmfer.data.datasets import build_manifest
     from mmfer.extract.run import extract_all
     from mmfer.pipeline.config import ExtractConfig
 
@@ -261,7 +261,7 @@ def _child_extract(spec: dict) -> dict:
     logger.addHandler(LoopStart())
     cfg = ExtractConfig(**spec["extract_cfg"])
     started = time.perf_counter()
-    summary = extract_all(cfg, scan_ravdess(cfg.root, modalities=("av",)))
+    summary = extract_all(cfg, build_manifest(cfg))
     ended = time.perf_counter()
     if summary.num_done != spec["num_clips"]:
         raise RuntimeError(f"bench extract: {summary.format()}")

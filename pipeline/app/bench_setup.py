@@ -91,11 +91,10 @@ def resolve_device_name(name: str) -> str:
 
 def decode_jobs(setup: BenchSetup, manifest: pd.DataFrame | None = None) -> list:
     """extract's DecodeJobs for the bench clips, with extract's default decode settings."""
-    from mmfer.extract.run import build_clip_table
     from mmfer.extract.worker import DecodeJob
 
     cfg = setup.extract_cfg
-    table = build_clip_table(setup.manifest if manifest is None else manifest)
+    table = setup.manifest if manifest is None else manifest
     return [DecodeJob(r.clip_id, r.path, r.source, cfg.num_frames, cfg.sample_rate_hz, cfg.max_audio_s,
                       cfg.decode_timeout_s, cfg.face_crop) for r in table.itertuples()]
 

@@ -29,12 +29,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
     cfg: ExtractConfig = resolve_config(ExtractConfig, args)
     if not cfg.root:
         raise ConfigError("extract needs --root (the dataset folder; e.g. `mmfer make-demo --out demo_data` first)")
-    from mmfer.data.ravdess import scan_ravdess  # imported here: each subcommand loads only what it uses
+    from mmfer.data.datasets import build_manifest  # imported here: each subcommand loads only what it uses
     from mmfer.extract.run import extract_all
 
-    channels = ("speech", "song") if cfg.vocal_channels == "both" else (cfg.vocal_channels,)
-    manifest = scan_ravdess(cfg.root, vocal_channels=channels, modalities=("av",))
-    summary = extract_all(cfg, manifest)
+    summary = extract_all(cfg, build_manifest(cfg))
     print(summary.format())
     if summary.num_ok == 0 and summary.num_selected > 0:
         return 1

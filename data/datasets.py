@@ -1,0 +1,15 @@
+"""`--dataset NAME` -> that dataset's adapter -> the manifest (data/manifest.py). The one hand-off that the
+commands (extract, bench) call."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from mmfer.data.ravdess import scan_ravdess
+from mmfer.pipeline.config import ExtractConfig
+
+
+def build_manifest(cfg: ExtractConfig) -> pd.DataFrame:
+    """The manifest of the clips under `cfg.root` for `cfg.dataset`, in MANIFEST_COLUMNS order."""
+    channels = ("speech", "song") if cfg.vocal_channels == "both" else (cfg.vocal_channels,)
+    return scan_ravdess(cfg.root, vocal_channels=channels, modalities=("av",))

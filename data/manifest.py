@@ -1,0 +1,30 @@
+"""The manifest: one row per clip, the hand-off from data/ to extract/, and the store's clip table as is.
+
+Its columns are defined here once. A dataset's adapter (data/ravdess.py) fills the rows and stamps each
+file's `source` signature (size:mtime_ns, `with_sources`), which extract records so a changed file is
+redone; data/datasets.py picks the adapter for `--dataset`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from mmfer.pipeline.media import file_signature
+
+MANIFEST_COLUMNS = (
+    "clip_id", "path", "source", "dataset", "actor", "gender", "label", "emotion", "intensity",
+    "statement", "repetition", "vocal_channel", "modality", "recording_id",
+)
+"""clip_id (the key everywhere), path (the media file), source (its size:mtime_ns when the manifest was
+made), dataset, actor (the speaker), gender, label (class index), emotion (class name), then the dataset's
+own fields (RAVDESS: intensity, statement, repetition, vocal_channel, modality), and recording_id (one
+recording's files share it; the leakage guard keeps them in one split)."""
+
+
+def with_sources(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The manifest with its `source` column filled ("" for a file that is gone) and columns in order."""
+    table = manifest.copy()
+    table["source"] = [file_signature(p) if Path(p).exists() else "" for p in table["path"]]
+    return table[[c for c in MANIFEST_COLUMNS if c in table]].reset_index(drop=True)
