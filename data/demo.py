@@ -31,8 +31,8 @@ import pandas as pd
 
 from mmfer.data.demo_face import render_face_frames
 from mmfer.data.demo_voice import synthesize_voice
-from mmfer.data.ravdess import NUM_ACTORS, scan_ravdess
-from mmfer.pipeline.labels import EMOTIONS
+from mmfer.data.ravdess import scan_ravdess
+from mmfer.pipeline.labels import EMOTIONS, RAVDESS_NUM_ACTORS
 from mmfer.pipeline.media import run_ffmpeg
 
 log = logging.getLogger(__name__)
@@ -123,8 +123,8 @@ def render_demo_clip(
 
 
 def make_demo(
-    out_dir: str | os.PathLike, *, seed: int = 0, num_actors: int = 24, clips_per_emotion: int = 2,
-    size_px: int = 112, duration_s: float = 2.0, fps: int = 25, sample_rate_hz: int = 16000,
+    out_dir: str | os.PathLike, *, seed: int, num_actors: int, clips_per_emotion: int,
+    size_px: int, duration_s: float, fps: int = 25, sample_rate_hz: int = 16000,
 ) -> pd.DataFrame:
     """Write a RAVDESS-format demo tree (num_actors x 8 emotions x clips_per_emotion clips) and scan it.
 
@@ -134,8 +134,8 @@ def make_demo(
     Raises:
         ValueError: num_actors outside 1..24 or clips_per_emotion outside 1..4.
     """
-    if not 1 <= num_actors <= NUM_ACTORS:
-        raise ValueError(f"make_demo: num_actors must be 1..{NUM_ACTORS} (RAVDESS actor ids), got {num_actors}")
+    if not 1 <= num_actors <= RAVDESS_NUM_ACTORS:
+        raise ValueError(f"make_demo: num_actors must be 1..{RAVDESS_NUM_ACTORS} (RAVDESS actor ids), got {num_actors}")
     if not 1 <= clips_per_emotion <= MAX_CLIPS_PER_EMOTION:
         raise ValueError(
             f"make_demo: clips_per_emotion must be 1..{MAX_CLIPS_PER_EMOTION} (neutral has only "

@@ -16,7 +16,7 @@ import pandas as pd
 
 from mmfer.data.manifest import MANIFEST_COLUMNS, with_sources
 from mmfer.pipeline.errors import BadInputError
-from mmfer.pipeline.labels import EMOTIONS
+from mmfer.pipeline.labels import EMOTIONS, RAVDESS_NUM_ACTORS
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,6 @@ MODALITIES = {"01": "av", "02": "video", "03": "audio"}
 VOCAL_CHANNELS = {"01": "speech", "02": "song"}
 SUFFIX_BY_MODALITY = {"av": ".mp4", "video": ".mp4", "audio": ".wav"}
 MEDIA_SUFFIXES = (".mp4", ".wav")
-NUM_ACTORS = 24
 NUM_NAMES_IN_WARNING = 5   # a few examples are enough to spot the pattern
 RAVDESS_COLUMNS = tuple(c for c in MANIFEST_COLUMNS if c != "source")   # the manifest's columns a name gives
 _PARTS = ("modality", "vocal_channel", "emotion", "intensity", "statement", "repetition", "actor")
@@ -76,8 +75,8 @@ def parse_ravdess_name(name: str) -> dict:
         raise bad("statement", ss, "01, 02")
     if repetition not in (1, 2):
         raise bad("repetition", rr, "01, 02")
-    if not 1 <= actor <= NUM_ACTORS:
-        raise bad("actor", aa, f"01..{NUM_ACTORS:02d}")
+    if not 1 <= actor <= RAVDESS_NUM_ACTORS:
+        raise bad("actor", aa, f"01..{RAVDESS_NUM_ACTORS:02d}")
     return {
         "clip_id": stem,
         "modality": MODALITIES[mm],

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mmfer.pipeline.labels import NUM_CLASSES
+from mmfer.pipeline.labels import NUM_CLASSES, RAVDESS_NUM_ACTORS
 
 # ---------------------------------------------------------------------------------------------------
 # Stage 1: extract
@@ -347,8 +347,8 @@ class DemoConfig:
     """Clip length."""
 
     def __post_init__(self) -> None:
-        if not 1 <= self.num_actors <= 24:
-            raise ValueError(f"num_actors must be in 1..24, got {self.num_actors}")
+        if not 1 <= self.num_actors <= RAVDESS_NUM_ACTORS:
+            raise ValueError(f"num_actors must be in 1..{RAVDESS_NUM_ACTORS}, got {self.num_actors}")
         if self.clips_per_emotion < 1 or self.size_px < 32 or self.duration_s <= 0:
             raise ValueError("clips_per_emotion >= 1, size_px >= 32 and duration_s > 0 are required")
 

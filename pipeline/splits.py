@@ -16,8 +16,8 @@ import pandas as pd
 import yaml
 
 from mmfer.pipeline.errors import BadInputError
+from mmfer.pipeline.labels import RAVDESS_NUM_ACTORS
 
-NUM_ACTORS = 24
 ACTORS_PER_FOLD = 4
 FIXED_SPLIT = {"train": list(range(1, 17)), "val": [17, 18, 19, 20], "test": [21, 22, 23, 24]}
 
@@ -49,9 +49,9 @@ class Fold:
 def ravdess_folds(num_val_actors: int = 2) -> list[Fold]:
     """The six speaker-independent folds, validation actors taken from the next fold's group."""
     folds = []
-    for k in range(1, NUM_ACTORS // ACTORS_PER_FOLD + 1):
+    for k in range(1, RAVDESS_NUM_ACTORS // ACTORS_PER_FOLD + 1):
         test = tuple(range(4 * k - 3, 4 * k + 1))
-        rest = [a for a in range(1, NUM_ACTORS + 1) if a not in test]
+        rest = [a for a in range(1, RAVDESS_NUM_ACTORS + 1) if a not in test]
         start = rest.index(4 * k + 1) if 4 * k + 1 in rest else 0
         ordered = rest[start:] + rest[:start]
         val = tuple(sorted(ordered[:num_val_actors]))
@@ -87,7 +87,7 @@ def make_folds(protocol: str, *, num_val_actors: int = 2, fold_file: str | None 
     if protocol == "file":
         if not fold_file:
             raise ValueError("split.protocol=file needs split.fold_file")
-        return folds_from_file(fold_file, all_actors or list(range(1, NUM_ACTORS + 1)))
+        return folds_from_file(fold_file, all_actors or list(range(1, RAVDESS_NUM_ACTORS + 1)))
     raise ValueError(f"unknown split.protocol {protocol!r}")
 
 

@@ -15,6 +15,7 @@ from mmfer.pipeline.labels import EMOTIONS
 from mmfer.pipeline.media import FfmpegError, run_ffmpeg
 
 SIZE_PX, DURATION_S, FPS, SAMPLE_RATE_HZ = 64, 1.0, 25, 16000
+DEMO_ARGS = {"seed": 0, "num_actors": 2, "clips_per_emotion": 1, "size_px": SIZE_PX, "duration_s": DURATION_S}
 AAC_TOLERANCE_SAMPLES = 1024        # one AAC frame of priming / padding
 
 
@@ -38,7 +39,7 @@ def _raw(row, **overrides):
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("demo")
-    return make_demo(out_dir, num_actors=2, clips_per_emotion=1, size_px=SIZE_PX, duration_s=DURATION_S, fps=FPS)
+    return make_demo(out_dir, **DEMO_ARGS, fps=FPS)
 
 
 def test_code_table_splits_the_information():
@@ -137,6 +138,6 @@ def test_bad_arguments_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="even"):
         write_demo_clip(tmp_path / "a.mp4", "sad", 1, size_px=63)
     with pytest.raises(ValueError, match="clips_per_emotion"):
-        make_demo(tmp_path, clips_per_emotion=5)
+        make_demo(tmp_path, **{**DEMO_ARGS, "clips_per_emotion": 5})
     with pytest.raises(ValueError, match="num_actors"):
-        make_demo(tmp_path, num_actors=25)
+        make_demo(tmp_path, **{**DEMO_ARGS, "num_actors": 25})
