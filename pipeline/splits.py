@@ -46,7 +46,7 @@ class Fold:
                 "val_actors": list(self.val_actors), "test_actors": list(self.test_actors)}
 
 
-def ravdess_folds(num_val_actors: int = 2) -> list[Fold]:
+def ravdess_folds(*, num_val_actors: int) -> list[Fold]:
     """The six speaker-independent folds, validation actors taken from the next fold's group."""
     folds = []
     for k in range(1, RAVDESS_NUM_ACTORS // ACTORS_PER_FOLD + 1):
@@ -79,9 +79,9 @@ def folds_from_file(path: str | Path, all_actors: list[int]) -> list[Fold]:
     return folds
 
 
-def make_folds(protocol: str, *, num_val_actors: int = 2, fold_file: str | None = None, all_actors: list[int] | None = None) -> list[Fold]:
+def make_folds(protocol: str, *, num_val_actors: int, fold_file: str | None, all_actors: list[int] | None = None) -> list[Fold]:
     if protocol == "ravdess-6fold":
-        return ravdess_folds(num_val_actors)
+        return ravdess_folds(num_val_actors=num_val_actors)
     if protocol == "fixed":
         return fixed_split()
     if protocol == "file":

@@ -9,8 +9,8 @@ from model_inputs import DA, DV, TA, TV, P, make_batch, tiny_config
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from mmfer.pipeline.config import ModelConfig
-from mmfer.train.dryrun import dry_run, dry_run_for_cache, format_dry_run
+from mmfer.pipeline.config import ModelConfig, TrainingConfig
+from mmfer.train.dryrun import FULL_DIMS, dry_run, dry_run_for_cache, format_dry_run
 from mmfer.train.model.builder import build_model
 
 DIMS = dict(video_dim=DV, num_patches=P, audio_dim=DA, dropout=0.1)
@@ -18,7 +18,7 @@ DIMS = dict(video_dim=DV, num_patches=P, audio_dim=DA, dropout=0.1)
 
 def test_tiny_dry_run_matches_direct_counts() -> None:
     cfg = tiny_config(mode="frozen")
-    result = dry_run(cfg, num_frames=TV, audio_frames=TA, batch_size=4, **DIMS)
+    result = dry_run(cfg, num_frames=TV, audio_frames=TA, batch_size=4, precision="fp16", **DIMS)
     model = build_model(cfg, **DIMS)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
@@ -45,7 +45,8 @@ def test_tiny_dry_run_matches_direct_counts() -> None:
 
 
 def test_full_default_config_meets_the_flop_budget_offline() -> None:
-    result = dry_run(ModelConfig())   # use_pretrained=True: architecture from the built-in LFM2-700M config
+    t = TrainingConfig()   # use_pretrained=True: architecture from the built-in LFM2-700M config
+    result = dry_run(ModelConfig(), **FULL_DIMS, batch_size=t.batch_size, precision="fp16", dropout=t.dropout)
     lfm2 = next(r for r in result["modules"] if r["name"] == "fusion.lfm2")
     assert abs(lfm2["trainable_params"] - 241.47e6) < 0.01e6   # LFM2-700M's first 6 layers
     assert result["forward_gflops_per_clip"] <= 20.0
@@ -58,7 +59,8 @@ def test_full_default_config_meets_the_flop_budget_offline() -> None:
 
 
 def test_branch_only_variants_report_one_mode() -> None:
-    result = dry_run(dataclasses.replace(tiny_config(), variant="audio"), num_frames=TV, audio_frames=TA, **DIMS)
+    result = dry_run(dataclasses.replace(tiny_config(), variant="audio"), num_frames=TV, audio_frames=TA, batch_size=4,
+                     precision="fp16", **DIMS)
     assert list(result["memory"]) == ["finetune"] and result["frozen_params"] == 0
     assert [r["name"] for r in result["modules"]] == ["audio", "heads", "other (pooling)"]
 

@@ -178,3 +178,50 @@ def test_checker_finds_a_cycle():
     sources = {ROOT / "pipeline" / "app" / "cli.py": "def f():\n    from mmfer.train.studies.ablate import run_ablation\n",
                ROOT / "train" / "studies" / "ablate.py": "def g():\n    from mmfer.pipeline.app.cli import resolve_config\n"}
     assert import_cycles(sources) == [["mmfer.pipeline.app.cli", "mmfer.train.studies.ablate"]]
+
+
+# Parameters that share a config field's name but keep a default, each for a reason a reader can check.
+DEFAULT_ALLOWED = {
+    ("open_store", "mode"): "a file mode ('r'/'r+'), not FusionConfig.mode",
+    ("ensure_entry", "overwrite"): "the store API never replaces features unless asked; extract passes ExtractConfig.overwrite",
+    ("open_cache", "video_entry"): "None = the store's only entry; train passes TrainConfig.video_entry",
+    ("open_cache", "audio_entry"): "None = the store's only entry; train passes TrainConfig.audio_entry",
+    ("__init__", "preload"): "ClipDataset's bool (already decided), not TrainConfig.preload's auto/yes/no",
+    ("load_visual_encoder", "device"): "library use keeps a loaded encoder on the CPU; commands pass the resolved device",
+    ("load_audio_encoder", "device"): "library use keeps a loaded encoder on the CPU; commands pass the resolved device",
+    ("scan_ravdess", "vocal_channels"): "RAVDESS's own subset for library use; build_manifest passes ExtractConfig's",
+    ("write_demo_clip", "*"): "one demo clip's media format; make_demo passes DemoConfig's values",
+    ("render_face_frames", "seed"): "one demo clip's drawing; make_demo passes DemoConfig.seed",
+    ("synthesize_voice", "*"): "one demo clip's voice; make_demo passes its own values",
+    ("make_demo", "sample_rate_hz"): "the demo files' audio rate (a file format, not ExtractConfig's resampling rate)",
+}
+
+
+def config_field_names() -> set[str]:
+    from mmfer.pipeline import config
+    from mmfer.pipeline.overrides import leaf_fields
+
+    classes = [c for c in vars(config).values() if isinstance(c, type) and c.__module__ == config.__name__
+               and hasattr(c, "__dataclass_fields__")]
+    return {key.rsplit(".", 1)[-1] for cls in classes for key, *_ in leaf_fields(cls)} | {"timeout_s"}
+
+
+def test_functions_below_the_commands_take_config_settings_without_their_own_default():
+    """A setting's default lives in pipeline/config.py only: a function that takes it has no default of
+    its own (decode timeout was 120 s in ExtractConfig, 60 s in decode_clip and 30 s in probe_media)."""
+    names, found = config_field_names(), []
+    for path, source in source_files().items():
+        if layer_of(module_name(path)) == "app" or path.name == "config.py":
+            continue
+        for node in ast.walk(ast.parse(source)):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            a = node.args
+            positional = a.posonlyargs + a.args
+            pairs = list(zip(positional[len(positional) - len(a.defaults):], a.defaults))
+            pairs += [(arg, d) for arg, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None]
+            for arg, default in pairs:
+                allowed = (node.name, arg.arg) in DEFAULT_ALLOWED or (node.name, "*") in DEFAULT_ALLOWED
+                if arg.arg in names and not allowed:
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.name}({arg.arg}={ast.unparse(default)})")
+    assert not found, "defaults written twice (take them as keyword-only arguments without a default):\n" + "\n".join(found)

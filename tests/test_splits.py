@@ -3,6 +3,7 @@
 import pandas as pd
 import pytest
 
+from mmfer.pipeline.config import SplitConfig
 from mmfer.pipeline.splits import Fold, LeakageError, check_no_leakage, make_folds, ravdess_folds
 
 
@@ -16,7 +17,7 @@ def clip_table():
 
 
 def test_six_folds_are_the_published_actor_groups():
-    folds = ravdess_folds()
+    folds = ravdess_folds(num_val_actors=SplitConfig().num_val_actors)
     assert [f.test_actors for f in folds] == [tuple(range(4 * k - 3, 4 * k + 1)) for k in range(1, 7)]
     for fold in folds:
         genders = {a % 2 for a in fold.test_actors}
@@ -29,7 +30,7 @@ def test_six_folds_are_the_published_actor_groups():
 
 
 def test_every_actor_is_tested_exactly_once():
-    tested = [a for f in ravdess_folds() for a in f.test_actors]
+    tested = [a for f in ravdess_folds(num_val_actors=2) for a in f.test_actors]
     assert sorted(tested) == list(range(1, 25))
 
 
@@ -44,14 +45,14 @@ def test_leaking_recording_is_refused():
     # The same take as a video-only file credited to a test actor: a recording shared between parts.
     leak = table.iloc[[0]].assign(clip_id="02-x", actor=24)
     with pytest.raises(LeakageError, match="recording .* is in test and train"):
-        check_no_leakage(pd.concat([table, leak]), ravdess_folds()[0])
+        check_no_leakage(pd.concat([table, leak]), ravdess_folds(num_val_actors=2)[0])
 
 
 def test_fixed_and_file_protocols(tmp_path):
-    (fixed,) = make_folds("fixed")
+    (fixed,) = make_folds("fixed", num_val_actors=2, fold_file=None)
     assert fixed.test_actors == (21, 22, 23, 24)
     check_no_leakage(clip_table(), fixed)
     fold_file = tmp_path / "folds.yaml"
     fold_file.write_text("- {name: a, test_actors: [1, 2], val_actors: [3]}\n")
-    (fold,) = make_folds("file", fold_file=str(fold_file), all_actors=list(range(1, 7)))
+    (fold,) = make_folds("file", num_val_actors=2, fold_file=str(fold_file), all_actors=list(range(1, 7)))
     assert fold.train_actors == (4, 5, 6) and fold.name == "a"

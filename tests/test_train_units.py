@@ -40,7 +40,7 @@ def test_class_weights_from_frequencies():
 def test_emotion_loss_weights_smoothing_and_mixup():
     logits, a, b = torch.randn(6, 8), torch.randint(0, 8, (6,)), torch.randint(0, 8, (6,))
     weights = torch.rand(8) + 0.5
-    loss = EmotionLoss(0.1, weights)
+    loss = EmotionLoss(label_smoothing=0.1, class_weights=weights)
     want = 0.3 * F.cross_entropy(logits, a, weight=weights, label_smoothing=0.1) + \
         0.7 * F.cross_entropy(logits, b, weight=weights, label_smoothing=0.1)
     assert loss(logits, a, b, 0.3).item() == pytest.approx(want.item(), rel=1e-5)
@@ -51,7 +51,8 @@ def test_multimodal_loss_weights_and_masks_aux_losses():
     outputs = {"logits": torch.randn(4, 8), "audio_logits": torch.randn(4, 8), "visual_logits": torch.randn(4, 8)}
     has_audio = torch.tensor([True, True, False, True])
     has_video = torch.ones(4, dtype=torch.bool)
-    parts = MultimodalLoss(label_smoothing=0.0)(outputs, labels, has_audio=has_audio, has_video=has_video)
+    parts = MultimodalLoss(label_smoothing=0.0, class_weights=None, alpha_fusion=1.0, alpha_audio=0.3, alpha_visual=0.3,
+                           contrastive=None, contrastive_weight=0.0)(outputs, labels, has_audio=has_audio, has_video=has_video)
     ce = F.cross_entropy
     assert parts["loss_audio"].item() == pytest.approx(ce(outputs["audio_logits"][has_audio], labels[has_audio]).item(), rel=1e-5)
     want = ce(outputs["logits"], labels) + 0.3 * parts["loss_audio"] + 0.3 * ce(outputs["visual_logits"], labels)

@@ -218,7 +218,7 @@ class EpochSampler(Sampler[int]):
 
 
 def make_loader(dataset: ClipDataset, sampler: Sampler, *, batch_size: int, num_workers: int,
-                prefetch_factor: int = 4, seed: int = 0) -> DataLoader:
+                seed: int, prefetch_factor: int = 4) -> DataLoader:
     """A DataLoader whose workers are spawned (fork after Zarr use can deadlock) and stay alive across epochs."""
     extra = {}
     if num_workers > 0:

@@ -27,6 +27,7 @@ CUDA_OVERHEAD_GB = 0.5               # CUDA context + allocator slack on a consu
 CARD_SIZES_GB = (4, 6, 8)
 GB = 1024**3
 FULL_DIMS = {"video_dim": 768, "num_patches": 196, "num_frames": 16, "audio_dim": 512}  # SigLIP2-base, FastConformer-L
+TYPICAL_AUDIO_FRAMES = 44   # Ta of a 3.5 s RAVDESS clip at 80 ms per FastConformer frame
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,8 @@ def dry_run_for_cache(cfg: TrainConfig) -> dict:
 
 
 def dry_run(
-    cfg: ModelConfig, *, video_dim: int = 768, num_patches: int = 196, num_frames: int = 16, audio_dim: int = 512,
-    audio_frames: int = 44, batch_size: int = 4, precision: str = "fp16", dropout: float = 0.1,
-    encoder_gflops: dict[str, float] | None = None,
+    cfg: ModelConfig, *, video_dim: int, num_patches: int, num_frames: int, audio_dim: int, batch_size: int,
+    precision: str, dropout: float, audio_frames: int = TYPICAL_AUDIO_FRAMES, encoder_gflops: dict[str, float] | None = None,
 ) -> dict:
     """Parameters, forward GFLOP per clip and peak-memory estimates for `cfg` (see format_dry_run).
 

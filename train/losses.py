@@ -40,7 +40,7 @@ def resolve_class_weights(spec: str, labels: np.ndarray, num_classes: int) -> Te
 class EmotionLoss(nn.Module):
     """Cross-entropy with label smoothing and optional class weights; mixup-aware."""
 
-    def __init__(self, label_smoothing: float = 0.1, class_weights: Tensor | None = None) -> None:
+    def __init__(self, *, label_smoothing: float, class_weights: Tensor | None) -> None:
         super().__init__()
         self.label_smoothing = label_smoothing
         self.register_buffer("class_weights", class_weights, persistent=False)
@@ -87,11 +87,11 @@ class MultimodalLoss(nn.Module):
     is None (branch absent) contributes nothing.
     """
 
-    def __init__(self, *, label_smoothing: float = 0.1, class_weights: Tensor | None = None,
-                 alpha_fusion: float = 1.0, alpha_audio: float = 0.3, alpha_visual: float = 0.3,
-                 contrastive: ContrastiveLoss | None = None, contrastive_weight: float = 0.0) -> None:
+    def __init__(self, *, label_smoothing: float, class_weights: Tensor | None, alpha_fusion: float,
+                 alpha_audio: float, alpha_visual: float, contrastive: ContrastiveLoss | None,
+                 contrastive_weight: float) -> None:
         super().__init__()
-        self.ce = EmotionLoss(label_smoothing, class_weights)
+        self.ce = EmotionLoss(label_smoothing=label_smoothing, class_weights=class_weights)
         self.alpha_fusion, self.alpha_audio, self.alpha_visual = alpha_fusion, alpha_audio, alpha_visual
         self.contrastive = contrastive
         self.contrastive_weight = contrastive_weight

@@ -81,7 +81,7 @@ def config_hash(cfg: TrainConfig) -> str:
 
 
 def run_ablation(base: TrainConfig, out: str | Path, *, entries: list[Entry], reference: str = REFERENCE,
-                 num_seeds: int = 1, keep_checkpoints: bool = False) -> dict:
+                 num_seeds: int, keep_checkpoints: bool) -> dict:
     """Train every entry for seeds base.seed .. base.seed+num_seeds-1 (seed-major, so an early stop still has
     every entry at the first seed), then write the table and the plot.
 

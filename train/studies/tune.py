@@ -53,7 +53,7 @@ def suggest(trial, model: ModelConfig, num_patches: int) -> dict:
     return out
 
 
-def run_study(base: TrainConfig, study_dir: str | Path, num_trials: int, *, keep_checkpoints: bool = False) -> dict:
+def run_study(base: TrainConfig, study_dir: str | Path, num_trials: int, *, keep_checkpoints: bool) -> dict:
     """Run trials until the study holds `num_trials` finished (complete or pruned) trials, then write the best
     config and the history plot. Returns {"num_trials", "best_value", "best_trial", "best_config", "plot"}."""
     import optuna
