@@ -27,29 +27,16 @@ from mmfer.pipeline.device import resolve_device
 from mmfer.pipeline.faults import crash_point
 from mmfer.pipeline.splits import assign_parts, check_no_leakage, describe_protocol, make_folds
 from mmfer.pipeline.store import StoreError
-from mmfer.train.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    previous_path,
-    restore_rng_state,
-    rng_state,
-    save_checkpoint,
-)
+from mmfer.train.checkpoint import CheckpointError, load_checkpoint, previous_path, restore_rng_state, rng_state, save_checkpoint
 from mmfer.train.curriculum import epoch_subset, load_difficulty
 from mmfer.train.dataset import ClipDataset, EpochSampler, make_loader, open_cache, prefetch, should_preload
 from mmfer.train.losses import ContrastiveLoss, MultimodalLoss, resolve_class_weights
 from mmfer.train.metrics import HEADLINE, aggregate_folds, compute_metrics
 from mmfer.train.mixup import mix_batch, sample_mixup
-from mmfer.train.model.builder import build_model, param_groups
 from mmfer.train.model.normalize import feature_statistics
-from mmfer.train.report import (
-    build_summary,
-    predictions_frame,
-    write_config,
-    write_confusion,
-    write_predictions,
-    write_summary,
-)
+from mmfer.train.model.builder import build_model, param_groups
+from mmfer.train.report import (build_summary, predictions_frame, write_config,
+                                write_confusion, write_predictions, write_summary)
 from mmfer.train.schedule import EarlyStopping, EpochSchedule, build_optimizer
 
 log = logging.getLogger(__name__)
@@ -176,7 +163,7 @@ def train_fold(cfg: TrainConfig, fold, fold_index: int, fold_dir: Path, cache, d
         log.info("%s: resuming after epoch %d (best %s %.4f at epoch %d)", fold.name, state["epoch"] + 1,
                  t.monitor, stopper.best, stopper.best_epoch + 1)
 
-    from torch.utils.tensorboard import SummaryWriter  # here, so importing loop.py stays light
+    from torch.utils.tensorboard import SummaryWriter   # here, so importing loop.py stays light
     writer = SummaryWriter(str(fold_dir / "tb"))
     timings = []
     for epoch in range(start_epoch, t.max_epochs):

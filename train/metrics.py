@@ -7,13 +7,8 @@ Standard deviation across folds is the population one (ddof=0), so one fold give
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    confusion_matrix,
-    f1_score,
-    precision_recall_fscore_support,
-)
+from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
+                             precision_recall_fscore_support)
 
 from mmfer.pipeline.labels import EMOTIONS
 
