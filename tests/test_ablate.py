@@ -32,6 +32,8 @@ from mmfer.train.loop import train
 from mmfer.train.metrics import HEADLINE
 from mmfer.train.studies.ablate import METRIC_NAMES, Entry, run_ablation
 
+pytestmark = pytest.mark.slow   # a real ablation + Optuna study in a fresh process
+
 ENTRIES = [{"name": "full", "overrides": {}}, {"name": "audio", "overrides": {"model.variant": "audio"}}]
 COLUMNS = [f"{m}_{s}" for m in ("accuracy", "uar", "f1_macro", "f1_weighted")
            for s in ("mean", "std", "ci_low", "ci_high", "diff_mean", "diff_ci_low", "diff_ci_high")]

@@ -13,6 +13,8 @@ import pytest
 
 from mmfer.pipeline.app.bench import add_bench_arguments, clip_counts, cmd_bench, format_report
 
+pytestmark = pytest.mark.slow   # runs the whole bench (extract and train in child processes)
+
 HEADLINE = ("speedup_cached_vs_online", "speedup_flop_limit", "loader_overhead_pct", "extract_pipeline_efficiency",
             "bytes_per_clip")
 

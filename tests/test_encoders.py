@@ -226,6 +226,7 @@ def blocked_run(tmp_path_factory):
     return result
 
 
+@pytest.mark.slow
 def test_tiny_encoders_work_with_network_blocked(blocked_run):
     assert blocked_run["visual"] == [2, 196, TINY_VISUAL_DIM]
     assert blocked_run["audio"] == [13, TINY_AUDIO_DIM]  # 1 s -> ceil(100 mel frames / 8)

@@ -60,6 +60,7 @@ def test_rerun_skips_everything(demo_cache, demo_root, tiny_models):
     assert summary.num_skipped == 32 and summary.num_done == 0 and summary.num_failed == 0
 
 
+@pytest.mark.slow
 def test_partial_run_then_rerun_equals_one_run(tmp_path, demo_root, demo_cache, tiny_models):
     out = tmp_path / "cache"
     manifest = scan_ravdess(demo_root)
@@ -97,6 +98,7 @@ def test_bad_file_fails_alone_and_other_preprocessing_is_refused(tmp_path, demo_
     assert open_store(out).entry("video").attrs["face_crop"] == "none"
 
 
+@pytest.mark.slow
 def test_tiny_preset_runs_with_the_network_blocked(tmp_path, demo_root, tiny_models):
     guard = tmp_path / "guard"
     guard.mkdir()

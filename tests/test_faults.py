@@ -28,6 +28,7 @@ from mmfer.pipeline.app.cli import main as mmfer_main
 from mmfer.pipeline.media import ffmpeg_exe
 from mmfer.pipeline.store import MODALITIES, ClipStatus, StoreError, open_store, verify_store
 
+pytestmark = pytest.mark.slow   # real kill -9 chains, disk-full and hanging decoders in subprocesses: minutes
 DEMO = {"num_actors": 1, "clips_per_emotion": 1, "size_px": 64, "duration_s": 1.0}   # 8 clips
 NUM_CLIPS = 8
 RUN_TIMEOUT_S = 300
@@ -37,6 +38,7 @@ RUN_TIMEOUT_S = 300
 KILL_IN_CHUNK_WRITE = '''
 import os, signal, uuid
 import zarr.storage._local as _local
+
 _put, _hits = _local._put, [0]
 def _dying_put(path, value, exclusive=False):
     if "/video/" in str(path) and "/tokens/c/" in str(path):

@@ -108,6 +108,7 @@ def test_kill_and_resume_gives_the_uninterrupted_metrics(cache, full_run, tmp_pa
     assert losses == pytest.approx(full_losses, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_spawned_workers_after_parent_read_and_no_encoder_loaded(cache, tmp_path):
     script = textwrap.dedent(f"""
         import sys, dataclasses

@@ -104,6 +104,7 @@ KILL_STEPS = [
 ]
 
 
+@pytest.mark.slow
 def test_kill_9_at_each_moment_then_resume_gives_the_uninterrupted_run(cache, full_run, tmp_path):
     out = tmp_path / "run"
     folder = out / "fold1" / "checkpoints"
