@@ -1,8 +1,9 @@
 """Every setting of mmfer, as typed dataclasses: the one place where defaults are written.
 
-The CLI (`pipeline/cli.py`) is generated from these classes, YAML files and `key=value` overrides only
+The CLI (`pipeline/app/flags.py`) is generated from these classes, YAML files and `key=value` overrides only
 override them (`pipeline/overrides.py`), and `__post_init__` checks that fields agree. Presets are named
-override sets (`TINY_*_OVERRIDES`), not second copies of the defaults.
+override sets (`TINY_*_OVERRIDES`), not second copies of the defaults. "The design guide" in the field docs
+is the training recipe this project implements: docs/design-guide/ (an English summary and the original).
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ class VisualBranchConfig:
     roi_dim: int = 256
     """Narrow width in which the ROI step scores and attends over the P patch tokens (keeps its cost low)."""
     out_dim: int = 768
-    """Width of the visual feature sequence (768 = SigLIP2-base width, as the guide's Linear(768, 8))."""
+    """Width of the visual feature sequence (768 = SigLIP2-base width, as the design guide's Linear(768, 8))."""
     temporal_depth: int = 6
     """Transformer layers over time."""
     num_heads: int = 8
@@ -103,7 +104,7 @@ class VisualBranchConfig:
 @dataclass(frozen=True)
 class AudioBranchConfig:
     feature_dim: int = 512
-    """Width of the audio branch (the guide's feature_dim)."""
+    """Width of the audio branch (the design guide's feature_dim)."""
     num_layers: int = 4
     """Light transformer layers over the FastConformer frames."""
     num_heads: int = 8
@@ -179,7 +180,7 @@ class TrainingConfig:
     max_epochs: int = 100
     """Upper bound on epochs (early stopping usually ends sooner)."""
     optimizer: Literal["AdamW"] = "AdamW"
-    """Optimizer (the guide's)."""
+    """Optimizer (the design guide's)."""
     lr: float = 1e-4
     """Learning rate of the classifier heads."""
     lr_fusion: float = 5e-5
@@ -205,7 +206,7 @@ class TrainingConfig:
     plateau_patience: int = 5
     """ReduceLROnPlateau patience (epochs)."""
     loss: Literal["CrossEntropyLoss"] = "CrossEntropyLoss"
-    """Classification loss (the guide's)."""
+    """Classification loss (the design guide's)."""
     label_smoothing: float = 0.1
     """Cross-entropy label smoothing."""
     class_weights: str = "none"
@@ -267,7 +268,7 @@ class TrainConfig:
     out: str = "runs/fusion"
     """Run directory (config, metrics, checkpoints, predictions, summary)."""
     preset: Literal["full", "tiny"] = "full"
-    """full: the guide's sizes; tiny: small widths and a tiny random LFM2 (demo, tests, CPU)."""
+    """full: the design guide's sizes; tiny: small widths and a tiny random LFM2 (demo, tests, CPU)."""
     folds: str = "all"
     """Folds to run: all, or comma-separated fold numbers (1-based)."""
     seed: int = 0
@@ -281,13 +282,13 @@ class TrainConfig:
     resume: bool = False
     """Continue an interrupted run in --out from its last checkpoints."""
     pretrain: Literal["none", "audio", "visual"] = "none"
-    """Train one branch alone with its own classifier and save its weights (the guide's stage 1)."""
+    """Train one branch alone with its own classifier and save its weights (the design guide's stage 1)."""
     audio_branch: str | None = None
     """Pretrained audio-branch weights (a run dir of --pretrain audio, or a .safetensors file)."""
     visual_branch: str | None = None
     """Pretrained visual-branch weights (a run dir of --pretrain visual, or a .safetensors file)."""
     freeze_branches: bool = False
-    """Freeze loaded pretrained branches (the guide's 2.1)."""
+    """Freeze loaded pretrained branches (the design guide's 2.1)."""
     video_entry: str | None = None
     """Fingerprint of the video features to read when the cache holds several."""
     audio_entry: str | None = None
@@ -318,7 +319,7 @@ TINY_TRAIN_OVERRIDES: dict[str, object] = {
     "model.audio.num_heads": 4,
     "model.fusion.use_pretrained": False,
     "model.fusion.tiny_hidden_size": 128,
-    # Everything starts from random weights, so the guide's rates for pretrained parts (1e-5 .. 1e-4,
+    # Everything starts from random weights, so the design guide's rates for pretrained parts (1e-5 .. 1e-4,
     # 5 warmup epochs) barely move it in 30 epochs; measured on the demo (README "Demo result").
     "training.lr": 1e-3,
     "training.lr_fusion": 1e-3,

@@ -113,7 +113,7 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
             return value
         raise ConfigError(f"config key {key!r} must be true or false, got {value!r}")
     if annotation in (int, float) and isinstance(value, str):
-        try:   # PyYAML reads "1e-4" (no dot) as a string: the guide's own YAML writes lr that way
+        try:   # PyYAML reads "1e-4" (no dot) as a string: the design guide's own YAML writes lr that way
             value = float(value)
         except ValueError:
             pass

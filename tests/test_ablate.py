@@ -53,7 +53,7 @@ def base_argv(cache: Path, folds: Path) -> list[str]:
 def base_overrides(folds: Path) -> list[str]:
     return ["split.protocol=file", f"split.fold_file={folds}", "model.visual.num_keep_tokens=8",
             "model.fusion.num_layers=2", "training.warmup_epochs=0",
-            "training.lr=1e-4", "training.lr_fusion=5e-5"]   # the guide's rates (also the full defaults: explicit wins)
+            "training.lr=1e-4", "training.lr_fusion=5e-5"]   # the design guide's rates (also the full defaults: explicit wins)
 
 
 def parse(add, argv: list[str]) -> argparse.Namespace:

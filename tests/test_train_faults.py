@@ -37,7 +37,7 @@ def train_cmd(cache: tuple[Path, Path], out: Path, *extra: str) -> list[str]:
             "--preset", "tiny", "--epochs", str(EPOCHS), "--device", "cpu", "--seed", "7", "split.protocol=file",
             f"split.fold_file={folds}", "training.batch_size=8", "training.warmup_epochs=1",
             "model.visual.num_keep_tokens=8",
-            # the guide's slow rates: validation improves every epoch, so each epoch saves best and last
+            # the design guide's slow rates: validation improves every epoch, so each epoch saves best and last
             # (the kill points below count those saves)
             "training.lr=1e-4", "training.lr_fusion=5e-5", "training.lr_branches=1e-4", *extra]
 

@@ -123,7 +123,7 @@ def train_fold(cfg: TrainConfig, fold, fold_index: int, fold_dir: Path, cache, d
     if t.gradient_checkpointing:
         model.set_gradient_checkpointing(True)
     for name, source in (("audio", cfg.audio_branch), ("visual", cfg.visual_branch)):
-        if source:   # the guide's stage 2: start from stage-1 branch weights
+        if source:   # the design guide's stage 2: start from stage-1 branch weights
             model.load_branch_state_dict(name, load_branch_weights(source, name, fold.name), freeze=cfg.freeze_branches)
     contrastive = None
     if t.contrastive_weight > 0 and cfg.model.is_fused:
@@ -211,7 +211,7 @@ def train_fold(cfg: TrainConfig, fold, fold_index: int, fold_dir: Path, cache, d
                # validation actors' metrics at the best epoch: what model selection (tune) may look at
                **{f"val_{k}": v for k, v in best.get("val_metrics", {best["metric"]["name"]: best["metric"]["value"]}).items()},
                "trainable_params": sum(p.numel() for g in optimizer.param_groups for p in g["params"])}
-    if cfg.pretrain != "none":   # the guide's stage 1: keep the branch for `--{audio,visual}-branch <out>`
+    if cfg.pretrain != "none":   # the design guide's stage 1: keep the branch for `--{audio,visual}-branch <out>`
         save_branch_weights(fold_dir / f"{cfg.pretrain}_branch.safetensors", model.branch_state_dict(cfg.pretrain))
     log.info("%s test: %s", fold.name, ", ".join(f"{k} {metrics[k]:.4f}" for k in HEADLINE))
     return metrics, predictions_frame(fold.name, clip_ids, labels, probs), timings

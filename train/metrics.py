@@ -24,7 +24,7 @@ def compute_metrics(labels: np.ndarray, preds: np.ndarray, class_names: tuple[st
     precision, recall, f1, support = precision_recall_fscore_support(labels, preds, labels=classes, zero_division=0)
     return {
         "accuracy": float(accuracy_score(labels, preds)),
-        # uar and f1_macro as scikit-learn (and the guide) compute them: over the classes that occur
+        # uar and f1_macro as scikit-learn (and the design guide) compute them: over the classes that occur
         "uar": float(balanced_accuracy_score(labels, preds)),
         "f1_macro": float(f1_score(labels, preds, average="macro", zero_division=0)),
         "f1_weighted": float(f1_score(labels, preds, average="weighted", zero_division=0)),

@@ -3,7 +3,7 @@
 Writes demo clips and encoders to a temporary folder (full sizes: random weights of the real architectures),
 then measures (1) online vs cached epochs against their FLOP limit, (2) loader overhead, (3) extract pipeline
 efficiency vs its slowest stage, (4) storage and read speed, (5) scaling and peak RSS with the clip count.
-Light to import: the measuring code (pipeline/bench_parts.py) and both stages load inside `run_bench`.
+Light to import: the measuring code (pipeline/app/bench_parts.py) and both stages load inside `run_bench`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The measurements of `mmfer bench`: stage timings, epochs, storage reads, and the measured subprocesses.
 
-Each function times one thing and returns plain numbers; `pipeline/bench.py` orders them and writes the
+Each function times one thing and returns plain numbers; `pipeline/app/bench.py` orders them and writes the
 report. Extract runs and cached training epochs at each clip count run in child processes
 (`python -m mmfer.pipeline.app.bench_parts CHILD.json`) so their peak RSS is their own.
 """

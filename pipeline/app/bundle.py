@@ -2,7 +2,7 @@
 
 `load_run_bundle` / `load_export_bundle` gather the fold weights, the resolved config, the feature
 records (the cache entries' attributes: encoder identity, preprocessing, decode parameters) and the
-run's evaluation. Nothing here loads an encoder or decodes a file (that is pipeline/predictor.py).
+run's evaluation. Nothing here loads an encoder or decodes a file (that is pipeline/app/predictor.py).
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def load_run_bundle(run_dir: str | Path, *, fold: str | None = None, ensemble: b
 
 
 def load_export_bundle(model_dir: str | Path, *, fold: str | None = None, ensemble: bool = False) -> ModelBundle:
-    """A folder written by `mmfer export` (see pipeline/export.py).
+    """A folder written by `mmfer export` (see pipeline/app/export.py).
 
     Raises:
         FileNotFoundError: not an exported model folder, or no such fold.

@@ -3,7 +3,7 @@
 Inputs are files or folders (walked for video files); each file is predicted on its own, a bad one gets
 an error row and the rest go on. With `--window S` a file is cut into windows (lossless temporary copies
 made by ffmpeg), each predicted like a clip, and the emotion timeline is written as CSV and PNG.
-The model and feature work is `pipeline/predictor.py`; this file walks inputs and writes outputs.
+The model and feature work is `pipeline/app/predictor.py`; this file walks inputs and writes outputs.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A trained model plus the exact feature extraction it was trained on, for new video files.
 
-`Predictor` takes a `ModelBundle` (pipeline/bundle.py), loads the encoders its cache recorded, refuses
+`Predictor` takes a `ModelBundle` (pipeline/app/bundle.py), loads the encoders its cache recorded, refuses
 other weights, and runs extract's own decode/encode functions, the store's float16 cast, train's collate
 and the model, so a clip's inputs equal what training read from the cache.
 """

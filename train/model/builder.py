@@ -64,7 +64,7 @@ class FusionModel(nn.Module):
         return {"audio_features": audio_features, "visual_features": visual_features, "fused": fused}
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor | None]:
-        """batch: the loader's dict (notes/interfaces.md). Returns logits and probabilities (B, C),
+        """batch: the loader's dict (the keys of `ClipDataset` items, padded by `collate_clips`). Returns logits and probabilities (B, C),
         audio_features (B, S, Da'), visual_features (B, Lv, Dv'), fused (B, D), audio_logits and
         visual_logits (B, C); None where the variant has no such part."""
         out = self.forward_features(batch)
@@ -90,7 +90,7 @@ class FusionModel(nn.Module):
         return {k: v.detach().clone() for k, v in self._branch(name).state_dict().items()}
 
     def load_branch_state_dict(self, name: str, state: dict[str, Tensor], freeze: bool = False) -> None:
-        """Load stage-1 weights into one branch; freeze=True stops its gradients (the guide's 2.1)."""
+        """Load stage-1 weights into one branch; freeze=True stops its gradients (the design guide's 2.1)."""
         self._branch(name).load_state_dict(state, strict=True)
         if freeze:
             self._branch(name).requires_grad_(False)
@@ -103,7 +103,7 @@ class FusionModel(nn.Module):
 
 
 def param_groups(model: FusionModel) -> dict[str, list[nn.Parameter]]:
-    """Trainable parameters split as branches / fusion / classifier (the guide's differential rates)."""
+    """Trainable parameters split as branches / fusion / classifier (the design guide's differential rates)."""
     groups: dict[str, list[nn.Parameter]] = {"branches": [], "fusion": [], "classifier": []}
     for name, param in model.named_parameters():
         if not param.requires_grad:

@@ -3,7 +3,7 @@
 The patch tokens are projected to a narrow `roi_dim` and given a learned 2-D patch position embedding
 (pooling without position throws the face signal away), then K learned queries attend over them. The K
 query outputs keep their slot order and are flattened into one vector per frame, so the temporal
-encoder and LFM2 see Tv tokens, not Tv x K (the cost budget of issue 5).
+encoder and LFM2 see Tv tokens, not Tv x K (the trainable stage's budget of ~20 GFLOP per clip).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ class EmotionHead(nn.Module):
 
 
 class AuxHead(nn.Module):
-    """Mean over the sequence, then one Linear layer (the guide's auxiliary classifiers)."""
+    """Mean over the sequence, then one Linear layer (the design guide's auxiliary classifiers)."""
 
     def __init__(self, in_dim: int, num_classes: int) -> None:
         super().__init__()

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 STUDY_NAME = "mmfer"
 OBJECTIVE = "val_f1_macro"          # best-epoch validation macro-F1 of a fold (train/loop.py's summary)
-MAX_FUSION_LAYERS = 6               # the guide's depth; LFM2-700M has 16 layers, so every depth here exists
+MAX_FUSION_LAYERS = 6               # the design guide's depth; LFM2-700M has 16 layers, so every depth here exists
 KEEP_TOKEN_CHOICES = (8, 16, 32, 48, 64, 96, 128)   # K, capped at the cache's P patch tokens
 PRUNER_STARTUP_TRIALS = 4           # MedianPruner: no pruning until this many trials finished
 PRUNER_WARMUP_FOLDS = 1             # ... and never on a trial's first fold
