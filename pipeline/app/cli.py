@@ -12,11 +12,12 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Callable
 
 from mmfer.pipeline.app.flags import TRAIN_ALIASES, add_common_arguments, add_config_flags, resolve_config
 from mmfer.pipeline.config import DemoConfig, ExtractConfig, TrainConfig
-from mmfer.pipeline.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, ConfigError, MmferError
+from mmfer.pipeline.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, BadInputError, ConfigError, MmferError
 
 log = logging.getLogger("mmfer")
 
@@ -29,11 +30,14 @@ def cmd_extract(args: argparse.Namespace) -> int:
     cfg: ExtractConfig = resolve_config(ExtractConfig, args)
     if not cfg.root:
         raise ConfigError("extract needs --root (the dataset folder; e.g. `mmfer make-demo --out demo_data` first)")
-    from mmfer.data.ravdess import scan_ravdess  # imported here: each subcommand loads only what it uses
+    from mmfer.data.ravdess import require_clips, scan_ravdess  # imported here: each subcommand loads only what it uses
     from mmfer.extract.run import extract_all
 
     channels = ("speech", "song") if cfg.vocal_channels == "both" else (cfg.vocal_channels,)
     manifest = scan_ravdess(cfg.root, vocal_channels=channels, modalities=("av",))
+    require_clips(manifest, cfg.root, vocal_channels=channels, modalities=("av",))   # before any model or --out
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise BadInputError(f"{cfg.out}: --out is a file, not a folder; give a folder for the feature store")
     summary = extract_all(cfg, manifest)
     print(summary.format())
     if summary.num_ok == 0 and summary.num_selected > 0:
@@ -62,7 +66,7 @@ def cmd_make_demo(args: argparse.Namespace) -> int:
     from mmfer.data.demo import make_demo
 
     manifest = make_demo(cfg.out, seed=cfg.seed, num_actors=cfg.num_actors, clips_per_emotion=cfg.clips_per_emotion,
-                         size_px=cfg.size_px, duration_s=cfg.duration_s)
+                         size_px=cfg.size_px, duration_s=cfg.duration_s, overwrite=cfg.overwrite)
     print(f"wrote {len(manifest)} demo clips ({cfg.num_actors} actors) to {cfg.out}")
     return 0
 
