@@ -153,6 +153,6 @@ def changed_settings(started: dict, now: dict) -> list[str]:
                 out[f"{prefix}{key}"] = value
         return out
 
-    old, new = flat(started), flat(now)
-    return [f"{key}: {old.get(key, '(absent)')} -> {new.get(key, '(absent)')}" for key in sorted(old.keys() | new.keys())
-            if key not in RESUME_MAY_CHANGE and old.get(key) != new.get(key)]
+    old, new = flat(started), flat(now)   # a key only one side knows (a setting added or removed since) is no change
+    return [f"{key}: {old[key]} -> {new[key]}" for key in sorted(old.keys() & new.keys())
+            if key not in RESUME_MAY_CHANGE and old[key] != new[key]]
