@@ -17,7 +17,8 @@ while [ $# -gt 0 ]; do
 done
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"   # read when transformers is imported: set before any command
 if [ -z "$ROOT" ]; then
-  mmfer make-demo --out "$WORK/demo_data"
+  # a rerun keeps the demo it made (make-demo refuses a non-empty --out; extract then skips finished clips)
+  [ -d "$WORK/demo_data" ] || mmfer make-demo --out "$WORK/demo_data"
   extract --dataset ravdess --root "$WORK/demo_data" --out "$WORK/cache" --preset tiny --models-dir "$WORK/models"
   mmfer cache-info "$WORK/cache"
   train-fusion --cache "$WORK/cache" --out "$WORK/runs/lfm2" --preset tiny

@@ -32,6 +32,7 @@ import pandas as pd
 from mmfer.data.demo_face import render_face_frames
 from mmfer.data.demo_voice import synthesize_voice
 from mmfer.data.ravdess import scan_ravdess
+from mmfer.pipeline.errors import BadInputError
 from mmfer.pipeline.labels import EMOTIONS, RAVDESS_NUM_ACTORS
 from mmfer.pipeline.media import run_ffmpeg
 
@@ -48,6 +49,10 @@ _TAKES = [(1, 1, 1), (2, 2, 1), (1, 2, 2), (2, 1, 2)]
 _NEUTRAL_TAKES = [(1, 1, 1), (1, 2, 1), (1, 2, 2), (1, 1, 2)]
 MAX_CLIPS_PER_EMOTION = len(_NEUTRAL_TAKES)     # keeps the 8 classes balanced
 ENCODE_TIMEOUT_S = 120.0
+
+
+class DemoOutError(BadInputError, FileExistsError):
+    """make-demo's --out is a file, or a folder that already holds something (and no --overwrite)."""
 
 
 def ravdess_clip_name(emotion: str, actor: int, intensity: int, statement: int, repetition: int) -> str:
@@ -124,15 +129,19 @@ def render_demo_clip(
 
 def make_demo(
     out_dir: str | os.PathLike, *, seed: int, num_actors: int, clips_per_emotion: int,
-    size_px: int, duration_s: float, fps: int = 25, sample_rate_hz: int = 16000,
+    size_px: int, duration_s: float, overwrite: bool, fps: int = 25, sample_rate_hz: int = 16000,
 ) -> pd.DataFrame:
     """Write a RAVDESS-format demo tree (num_actors x 8 emotions x clips_per_emotion clips) and scan it.
+
+    `out_dir` must be absent or empty unless `overwrite` (then demo clips replace files of the same
+    names; other files stay): pointed at a real dataset, it must not write over real clips.
 
     Returns:
         the manifest of exactly the clips written (scan_ravdess columns), sorted by clip_id.
 
     Raises:
         ValueError: num_actors outside 1..24 or clips_per_emotion outside 1..4.
+        DemoOutError: out_dir is a file, or a non-empty folder and not `overwrite`.
     """
     if not 1 <= num_actors <= RAVDESS_NUM_ACTORS:
         raise ValueError(f"make_demo: num_actors must be 1..{RAVDESS_NUM_ACTORS} (RAVDESS actor ids), got {num_actors}")
@@ -142,6 +151,13 @@ def make_demo(
             f"{MAX_CLIPS_PER_EMOTION} valid RAVDESS takes per actor), got {clips_per_emotion}"
         )
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DemoOutError(f"{out_dir}: --out is a file, not a folder; choose a new folder for the demo clips")
+    if out_dir.is_dir() and not overwrite:
+        held = sorted(p.name for p in out_dir.iterdir())
+        if held:
+            raise DemoOutError(f"{out_dir}: not empty (holds {len(held)} entries, e.g. {', '.join(held[:3])}); the demo "
+                               "would write over clips of the same names: choose a new --out, or pass --overwrite")
     start = time.perf_counter()
     written = []
     for actor in range(1, num_actors + 1):

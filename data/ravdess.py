@@ -151,6 +151,44 @@ def scan_ravdess(
     return with_sources(manifest)
 
 
+class NoClipsError(BadInputError, FileNotFoundError):
+    """--root holds no clip of the asked kind; the message says what the folder holds instead."""
+
+
+def require_clips(manifest: pd.DataFrame, root: str | os.PathLike, *, vocal_channels: tuple[str, ...],
+                  modalities: tuple[str, ...]) -> pd.DataFrame:
+    """`manifest` unchanged when it holds a clip; else NoClipsError naming what `root` holds instead
+    (other RAVDESS channels/modalities, media with other names, other files, folders), so the user
+    sees the mistake before any model loads or any output is created."""
+    if len(manifest):
+        return manifest
+    root_path = Path(root).expanduser()
+    other_kinds: dict[str, int] = {}
+    bad_names: list[str] = []
+    for path in _media_files(root_path):
+        try:
+            fields = parse_ravdess_name(path.name)
+        except RavdessNameError:
+            bad_names.append(path.name)
+            continue
+        kind = f"{fields['modality']} {fields['vocal_channel']}"
+        other_kinds[kind] = other_kinds.get(kind, 0) + 1
+    others = [p.name for p in sorted(root_path.rglob("*")) if p.is_file() and not p.name.lower().endswith(MEDIA_SUFFIXES)]
+    folders = sorted(p.name for p in root_path.iterdir() if p.is_dir())
+    found = [f"{n} {kind} clips" for kind, n in sorted(other_kinds.items())]
+    if bad_names:
+        found.append(f"{len(bad_names)} .mp4/.wav files without RAVDESS names (e.g. {', '.join(bad_names[:3])})")
+    if others:
+        found.append(f"{len(others)} other files (e.g. {', '.join(others[:3])})")
+    if folders:
+        found.append(f"{len(folders)} folders ({', '.join(folders[:3])}{', ...' if len(folders) > 3 else ''})")
+    wanted = f"{'/'.join(modalities)} {'/'.join(vocal_channels)}"
+    raise NoClipsError(
+        f"no RAVDESS clips under {root_path} ({wanted} clips named MM-VV-EE-II-SS-RR-AA.mp4); found "
+        f"{'; '.join(found) if found else 'nothing'}. Point --root at the folder holding Actor_01..Actor_24"
+        f"{' or choose --vocal-channels' if other_kinds else ''} (or write a demo: mmfer make-demo --out demo_data)")
+
+
 def _media_files(root: Path):
     """Yield absolute paths of .mp4 / .wav files under root; each real folder is entered once."""
     visited: set[str] = set()

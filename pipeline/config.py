@@ -8,10 +8,21 @@ is the training recipe this project implements: docs/design-guide/ (an English s
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
 from mmfer.pipeline.labels import NUM_CLASSES, RAVDESS_NUM_ACTORS
+
+def _check_finite(cfg: object, section: str) -> None:
+    """Refuse nan and inf in every float field (and float tuple) of a config section; names the field."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        values = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise ValueError(f"{section + '.' if section else ''}{f.name} must be a finite number, got {value}")
+
 
 # ---------------------------------------------------------------------------------------------------
 # Stage 1: extract
@@ -66,6 +77,7 @@ class ExtractConfig:
     """Exit non-zero when any clip failed (default: only when none succeeded)."""
 
     def __post_init__(self) -> None:
+        _check_finite(self, "")
         if self.num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
         if self.batch_size < 1:
@@ -243,8 +255,23 @@ class TrainingConfig:
     """Epochs over which the curriculum grows from the easiest half to all clips."""
 
     def __post_init__(self) -> None:
+        _check_finite(self, "training")
         if self.batch_size < 1 or self.gradient_accumulation_steps < 1:
             raise ValueError("training.batch_size and training.gradient_accumulation_steps must be >= 1")
+        if self.max_epochs < 1:
+            raise ValueError(f"training.max_epochs must be >= 1, got {self.max_epochs}")
+        for name in ("lr", "lr_fusion", "lr_branches", "gradient_clip", "contrastive_temperature"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"training.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "mixup_alpha", "eta_min", "warmup_epochs", "early_stopping_patience",
+                     "early_stopping_min_delta", "curriculum_epochs", "loss_weight_fusion", "loss_weight_audio",
+                     "loss_weight_visual", "contrastive_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"training.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"training.dropout must be in [0, 1), got {self.dropout}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"training.betas must be in [0, 1), got {list(self.betas)}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"training.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.class_weights not in ("none", "auto") and len(self.class_weights.split(",")) != NUM_CLASSES:
@@ -281,6 +308,8 @@ class TrainConfig:
     """DataLoader worker processes (spawned; each opens the store itself)."""
     resume: bool = False
     """Continue an interrupted run in --out from its last checkpoints."""
+    allow_writing_cache: bool = False
+    """Train even while an extract is still writing --cache (trains on the clips done so far); default: refuse."""
     pretrain: Literal["none", "audio", "visual"] = "none"
     """Train one branch alone with its own classifier and save its weights (the design guide's stage 1)."""
     audio_branch: str | None = None
@@ -346,8 +375,11 @@ class DemoConfig:
     """Frame width and height."""
     duration_s: float = 2.0
     """Clip length."""
+    overwrite: bool = False
+    """Write into a non-empty --out (demo clips replace files of the same names); default: refuse."""
 
     def __post_init__(self) -> None:
+        _check_finite(self, "")
         if not 1 <= self.num_actors <= RAVDESS_NUM_ACTORS:
             raise ValueError(f"num_actors must be in 1..{RAVDESS_NUM_ACTORS}, got {self.num_actors}")
         if self.clips_per_emotion < 1 or self.size_px < 32 or self.duration_s <= 0:

@@ -146,7 +146,7 @@ def _is_string_field(annotation: Any) -> bool:
 def load_yaml_overrides(path: str | Path, cfg_type: type) -> dict[str, Any]:
     """Flat overrides from a YAML file. The guide's `training:` block is accepted as written; its
     scheduler name and `mixed_precision` keys map onto the same fields."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must be a mapping, got {type(data).__name__}")
     known = {f.name for f in dataclasses.fields(cfg_type)}
@@ -154,6 +154,28 @@ def load_yaml_overrides(path: str | Path, cfg_type: type) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"{path}: unknown top-level keys {unknown}; known: {sorted(known)}")
     return flatten(data)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's plain data (safe loading: a `!!python` tag builds nothing).
+
+    Raises:
+        ConfigError: a syntax error or a tag safe loading refuses, naming the file, line and column.
+    """
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except yaml.constructor.ConstructorError as err:
+        tag = str(err.problem).split("tag '", 1)[-1].rstrip("'").replace("tag:yaml.org,2002:", "!!")
+        raise ConfigError(f"{path}{_where(err)}: the tag {tag} is not allowed (config files hold plain values; "
+                          "no Python objects are ever built); remove the tag") from None
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}{_where(err)}: not valid YAML ({problem}); fix the file") from None
+
+
+def _where(err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    return f", line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
 
 
 def parse_key_values(items: list[str]) -> dict[str, str]:

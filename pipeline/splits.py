@@ -9,14 +9,17 @@ group (fold 1 -> actors 5, 6; fold 6 -> actors 1, 2), one male and one female fo
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-from mmfer.pipeline.errors import BadInputError
+from mmfer.pipeline.errors import BadInputError, ConfigError
 from mmfer.pipeline.labels import RAVDESS_NUM_ACTORS
+from mmfer.pipeline.overrides import read_yaml
+
+log = logging.getLogger(__name__)
 
 ACTORS_PER_FOLD = 4
 FIXED_SPLIT = {"train": list(range(1, 17)), "val": [17, 18, 19, 20], "test": [21, 22, 23, 24]}
@@ -40,6 +43,12 @@ class Fold:
             if actor in getattr(self, f"{part}_actors"):
                 return part
         return None
+
+    def restricted_to(self, actors: list[int]) -> "Fold":
+        """The same fold listing only `actors` (those the cache holds), so logs, summaries and model
+        cards name the actors a run really used."""
+        keep = set(actors)
+        return Fold(self.name, *(tuple(a for a in getattr(self, f"{p}_actors") if a in keep) for p in ("train", "val", "test")))
 
     def as_dict(self) -> dict:
         return {"name": self.name, "train_actors": list(self.train_actors),
@@ -66,14 +75,19 @@ def fixed_split() -> list[Fold]:
 
 def folds_from_file(path: str | Path, all_actors: list[int]) -> list[Fold]:
     """Folds from a YAML/JSON list of {name, test_actors, val_actors}; training takes every other actor."""
-    text = Path(path).read_text()
-    entries = yaml.safe_load(text) if Path(path).suffix in (".yaml", ".yml") else json.loads(text)
+    if Path(path).suffix in (".yaml", ".yml"):
+        entries = read_yaml(path)
+    else:
+        try:
+            entries = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}: not valid JSON ({err}); fix the fold file") from None
     folds = []
     for i, entry in enumerate(entries):
         try:
             test, val = tuple(entry["test_actors"]), tuple(entry["val_actors"])
         except (KeyError, TypeError):
-            raise ValueError(f"{path}: fold {i} needs test_actors and val_actors lists") from None
+            raise ConfigError(f"{path}: fold {i} needs test_actors and val_actors lists") from None
         train = tuple(a for a in all_actors if a not in test and a not in val)
         folds.append(Fold(str(entry.get("name", f"fold{i + 1}")), train, val, test))
     return folds
@@ -86,7 +100,7 @@ def make_folds(protocol: str, *, num_val_actors: int, fold_file: str | None, all
         return fixed_split()
     if protocol == "file":
         if not fold_file:
-            raise ValueError("split.protocol=file needs split.fold_file")
+            raise ConfigError("split.protocol=file needs split.fold_file (a YAML/JSON list of {name, test_actors, val_actors})")
         return folds_from_file(fold_file, all_actors or list(range(1, RAVDESS_NUM_ACTORS + 1)))
     raise ValueError(f"unknown split.protocol {protocol!r}")
 
@@ -124,13 +138,62 @@ def check_no_leakage(clip_table: pd.DataFrame, fold: Fold) -> None:
 
 
 def describe_protocol(clip_table: pd.DataFrame, folds: list[Fold]) -> str:
-    """One line per fold: actors and clip counts per part (each run prints this)."""
+    """One line per fold: the actors the clip table holds and their clip counts per part, plus the
+    fold's actors it lacks (each run prints this)."""
+    present = set(int(a) for a in clip_table["actor"])
     lines = []
     for fold in folds:
         part = assign_parts(clip_table, fold)
         counts = {p: int((part == p).sum()) for p in ("train", "val", "test")}
+        actors = {p: [a for a in getattr(fold, f"{p}_actors") if a in present] for p in ("train", "val", "test")}
+        absent = sorted(a for p in ("train", "val", "test") for a in getattr(fold, f"{p}_actors") if a not in present)
         lines.append(
-            f"{fold.name}: test actors {list(fold.test_actors)} ({counts['test']} clips), "
-            f"val actors {list(fold.val_actors)} ({counts['val']} clips), "
-            f"train {len(fold.train_actors)} actors ({counts['train']} clips)")
+            f"{fold.name}: test actors {actors['test']} ({counts['test']} clips), "
+            f"val actors {actors['val']} ({counts['val']} clips), "
+            f"train {len(actors['train'])} actors ({counts['train']} clips)"
+            + (f"; not in the cache: actors {_ranges(absent)}" if absent else ""))
     return "\n".join(lines)
+
+
+def why_fold_cannot_run(clip_table: pd.DataFrame, fold: Fold) -> str | None:
+    """None when every part of the fold (train, val, test) has usable clips; else why not, naming the
+    part's actors and the actors the clip table holds."""
+    part = assign_parts(clip_table, fold)
+    empty = [p for p in ("test", "val", "train") if not (part == p).any()]
+    if not empty:
+        return None
+    present = sorted(set(int(a) for a in clip_table["actor"]))
+    return "; ".join(f"no usable clips of its {p} actors {list(getattr(fold, f'{p}_actors'))}" for p in empty) + \
+        f" (the cache holds actors {_ranges(present)})"
+
+
+def runnable_folds(clips: pd.DataFrame, folds: list[Fold], *, chosen: bool, cache_path: str) -> tuple[list[Fold], dict[str, str]]:
+    """(the folds every part of which has usable clips, {fold name: why not} of the others).
+
+    A cache with some actors only cannot run every fold. Folds the user chose by number must all run;
+    of `--folds all` the others are skipped with a warning (and listed in summary.json).
+
+    Raises:
+        ConfigError: a chosen fold cannot run, or none can; the message names each fold and why.
+    """
+    why = {fold.name: reason for fold in folds if (reason := why_fold_cannot_run(clips, fold))}
+    ok = [fold for fold in folds if fold.name not in why]
+    if why and (chosen or not ok):
+        lines = "; ".join(f"{name}: {reason}" for name, reason in why.items())
+        hint = f"drop {', '.join(why)} from --folds, or " if ok else ""
+        raise ConfigError(f"{cache_path}: {len(why)} of {len(folds)} fold(s) cannot run: {lines}; {hint}choose a split "
+                          "that fits the cache's actors (split.protocol=file with split.fold_file)")
+    for name, reason in why.items():
+        log.warning("%s: skipped: %s", name, reason)
+    return ok, why
+
+
+def _ranges(actors: list[int]) -> str:
+    """[1, 2, 3, 7] -> '1-3, 7'."""
+    out: list[str] = []
+    for a in sorted(actors):
+        if out and a == int(out[-1].split("-")[-1]) + 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{a}"
+        else:
+            out.append(str(a))
+    return ", ".join(out)

@@ -284,11 +284,11 @@ class FeatureStore:
             raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
         others = [f for f in self.fingerprints(modality) if f != fingerprint]
         if others and not overwrite:
-            old = self.entry(modality, others[0]).attrs.get("encoder", {})
+            old_attrs = dict(self.entry(modality, others[0]).attrs)
             raise StoreError(
-                f"{self.path}: holds {modality} features with fingerprint {others[0]} (encoder {old.get('name')}), "
-                f"this run would make {fingerprint} (encoder {attrs.get('encoder', {}).get('name')}); "
-                "use another --out, or --overwrite to replace them")
+                f"{self.path}: holds {modality} features with fingerprint {others[0]}, this run would make "
+                f"{fingerprint}; settings that differ: {_differences(old_attrs, attrs)}; "
+                "run with the store's settings, use another --out, or --overwrite to replace them")
         for other in others:
             log.warning("%s: removing %s entry %s (--overwrite)", self.path, modality, other)
             shutil.rmtree(self.path / modality / other)
@@ -323,6 +323,22 @@ class FeatureStore:
 
     def bytes_on_disk(self) -> int:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> str:
+    """`key: stored -> this run` for each differing setting of two entries' attrs (nested keys dotted)."""
+    def flat(d: dict, pre: str) -> dict:
+        out = {}
+        for k, v in d.items():
+            if k in ("modality", "fingerprint", "arrays"):
+                continue
+            out.update(flat(v, f"{pre}{k}.") if isinstance(v, dict) else {f"{pre}{k}": v})
+        return out
+
+    a, b = flat(old, prefix), flat(new, prefix)
+    diffs = [f"{k}: {a.get(k, '(none)')} -> {b.get(k, '(none)')}" for k in sorted(a.keys() | b.keys())
+             if a.get(k) != b.get(k) and not (isinstance(b.get(k), tuple) and list(b[k]) == a.get(k))]
+    return "; ".join(diffs) if diffs else "none recorded (the stored entry predates these records)"
 
 
 def create_store(path: str | os.PathLike, clip_table: pd.DataFrame, attrs: dict) -> FeatureStore:
@@ -385,7 +401,7 @@ def writer_lock(path: str | os.PathLike) -> Iterator[None]:
     """Hold an exclusive lock on the store for one extract run; a second run refuses at once."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = path.parent / f".{path.name}{LOCK_FILE}"
+    lock_path = _lock_path(path)
     with open(lock_path, "w") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -397,6 +413,27 @@ def writer_lock(path: str | os.PathLike) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _lock_path(path: Path) -> Path:
+    return path.parent / f".{path.name}{LOCK_FILE}"
+
+
+def writer_lock_holder(path: str | os.PathLike) -> str | None:
+    """Read-only: who holds the store's writer lock ("pid N, lock FILE"), or None when no extract is
+    writing it. Creates nothing and never blocks."""
+    lock_path = _lock_path(Path(path))
+    try:
+        handle = open(lock_path)
+    except FileNotFoundError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return f"pid {handle.read().strip() or '?'}, lock {lock_path}"
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
 
 
 @dataclass

@@ -28,7 +28,7 @@ def demo_root(tmp_path_factory):
     from mmfer.data.demo import make_demo
 
     root = tmp_path_factory.mktemp("demo")
-    make_demo(root, seed=0, **SMALL_DEMO)
+    make_demo(root, seed=0, overwrite=False, **SMALL_DEMO)
     return root
 
 

@@ -101,3 +101,67 @@ def test_one_handler_one_line_and_the_exit_code_of_each_kind(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("error: ") and "Traceback" not in err and err.count("\n") == 1, (argv, err)
+
+
+def test_common_mistakes_get_one_line_and_leave_no_empty_out(tmp_path, capsys):
+    """Issue 15 item 11: a broken or hostile --config, a fold that does not exist, values out of range,
+    --out on a file and a non-cache --cache: exit 2, one `error:` line, no --out folder left behind."""
+    from synthetic_store import make_store
+
+    from mmfer.pipeline.app.cli import main
+
+    store = make_store(tmp_path / "cache", repetitions=1)
+    broken, tagged, a_file, not_a_cache = (tmp_path / n for n in ("broken.yaml", "tagged.yaml", "a-file", "not-a-cache"))
+    broken.write_text("training:\n  lr: [1\n")
+    tagged.write_text(f"training: !!python/object/apply:os.system ['touch {tmp_path / 'pwned'}']\n")
+    a_file.write_text("x")
+    not_a_cache.mkdir()
+    out = tmp_path / "run"
+    cases = [(["--config", str(broken)], f"{broken}, line 3 column 1: not valid YAML"),
+             (["--config", str(tagged)], "the tag !!python/object/apply:os.system is not allowed"),
+             (["--folds", "7"], "folds 7: split.protocol ravdess-6fold has 6 fold(s), numbered 1..6"),
+             (["--epochs", "0"], "training.max_epochs must be >= 1, got 0"),
+             (["training.lr=-1"], "training.lr must be > 0, got -1.0"),
+             (["training.mixup_alpha=nan"], "training.mixup_alpha must be a finite number, got nan"),
+             (["--out", str(a_file)], f"{a_file}: --out is a file, not a folder"),
+             (["--cache", str(not_a_cache)], f"{not_a_cache}: no feature store here")]
+    for extra, message in cases:
+        argv = ["train-fusion", "--cache", str(store), "--out", str(out), "--preset", "tiny", "--device", "cpu", *extra]
+        assert main(argv) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "Traceback" not in err and err.count("\n") == 1, (extra, err)
+        assert message in err, (extra, err)
+        assert not out.exists(), extra
+    assert not (tmp_path / "pwned").exists()
+
+    root = tmp_path / "root" / "Actor_01"
+    root.mkdir(parents=True)
+    (root / "01-01-01-01-01-01-01.mp4").write_bytes(b"x")
+    assert main(["extract", "--root", str(root.parent), "--out", str(a_file), "--preset", "tiny",
+                 "--models-dir", str(tmp_path / "models")]) == 2
+    assert f"{a_file}: --out is a file, not a folder" in capsys.readouterr().err and not (tmp_path / "models").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
+    """A real SIGINT to a training `mmfer` process: `interrupted` on one line, exit 130, no traceback."""
+    import signal
+    import time
+
+    from synthetic_store import make_store
+
+    store = make_store(tmp_path / "cache", repetitions=1)
+    log_path = tmp_path / "stderr.txt"
+    mmfer = __import__("pathlib").Path(sys.executable).parent / "mmfer"
+    with open(log_path, "w") as stderr:
+        proc = subprocess.Popen([str(mmfer), "train-fusion", "--cache", str(store), "--out", str(tmp_path / "run"),
+                                 "--preset", "tiny", "--device", "cpu", "--epochs", "50", "training.batch_size=8",
+                                 "model.visual.num_keep_tokens=8"], stderr=stderr, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 240
+        while "fold1 epoch 1:" not in log_path.read_text() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+    err = log_path.read_text()
+    assert err.endswith("interrupted\n") and "Traceback" not in err, err[-3000:]

@@ -15,7 +15,7 @@ from mmfer.pipeline.labels import EMOTIONS
 from mmfer.pipeline.media import FfmpegError, run_ffmpeg
 
 SIZE_PX, DURATION_S, FPS, SAMPLE_RATE_HZ = 64, 1.0, 25, 16000
-DEMO_ARGS = {"seed": 0, "num_actors": 2, "clips_per_emotion": 1, "size_px": SIZE_PX, "duration_s": DURATION_S}
+DEMO_ARGS = {"seed": 0, "overwrite": False, "num_actors": 2, "clips_per_emotion": 1, "size_px": SIZE_PX, "duration_s": DURATION_S}
 AAC_TOLERANCE_SAMPLES = 1024        # one AAC frame of priming / padding
 
 

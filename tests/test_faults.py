@@ -58,7 +58,7 @@ _local._put = _dying_put
 @pytest.fixture(scope="module")
 def small_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults_demo")
-    make_demo(root, seed=0, **DEMO)
+    make_demo(root, seed=0, overwrite=False, **DEMO)
     return root
 
 

@@ -128,3 +128,31 @@ def restore_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# Settings a resumed run may change: where things are and how fast they run, not what is trained.
+RESUME_MAY_CHANGE = ("resume", "device", "preload", "num_workers", "allow_writing_cache", "cache", "out",
+                     "resolved_device", "cache_fingerprints",   # the fingerprints are checked on their own
+                     "resume_changes")
+# Settings a resumed run applies and records in config.yaml's resume_changes (train longer: more epochs).
+RESUME_MAY_APPLY = ("training.max_epochs",)
+
+
+def changed_settings(started: dict, now: dict) -> list[str]:
+    """`key: old -> new` for every setting (dotted key) a resumed run changes, except RESUME_MAY_CHANGE
+    (RESUME_MAY_APPLY ones included: the caller applies and records those, refuses the rest).
+
+    `started` is the run's config.yaml, `now` the resolved config of the resuming command (both nested
+    plain dicts, tuples as lists)."""
+    def flat(nested: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in nested.items():
+            if isinstance(value, dict) and key != "cache_fingerprints":
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    old, new = flat(started), flat(now)   # a key only one side knows (a setting added or removed since) is no change
+    return [f"{key}: {old[key]} -> {new[key]}" for key in sorted(old.keys() & new.keys())
+            if key not in RESUME_MAY_CHANGE and old[key] != new[key]]

@@ -24,10 +24,11 @@ from tqdm import tqdm
 
 from mmfer.pipeline.config import TrainConfig
 from mmfer.pipeline.device import resolve_device
+from mmfer.pipeline.errors import BadInputError, ConfigError
 from mmfer.pipeline.faults import crash_point
-from mmfer.pipeline.splits import assign_parts, check_no_leakage, describe_protocol, make_folds
-from mmfer.pipeline.store import StoreError
-from mmfer.train.checkpoint import CheckpointError, load_checkpoint, previous_path, restore_rng_state, rng_state, save_checkpoint
+from mmfer.pipeline.splits import assign_parts, check_no_leakage, describe_protocol, make_folds, runnable_folds
+from mmfer.pipeline.store import StoreError, writer_lock_holder
+from mmfer.train.checkpoint import RESUME_MAY_APPLY, CheckpointError, changed_settings, load_checkpoint, previous_path, restore_rng_state, rng_state, save_checkpoint
 from mmfer.train.curriculum import epoch_subset, load_difficulty
 from mmfer.train.dataset import ClipDataset, EpochSampler, make_loader, open_cache, prefetch, should_preload
 from mmfer.train.losses import ContrastiveLoss, MultimodalLoss, resolve_class_weights
@@ -47,29 +48,54 @@ def train(cfg: TrainConfig) -> dict:
     started = time.time()
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"{out}: --out is a file, not a folder; give a folder for the run (created if absent)")
     if not cfg.resume and (any(out.glob("*/checkpoints/last*.pt")) or (out / "summary.json").exists()):
         raise FileExistsError(f"{out}: holds a previous run; pass --resume to continue it or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     if cfg.pretrain != "none":   # stage 1 trains one branch alone with its own classifier
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, variant=cfg.pretrain))
     use_audio, use_video = cfg.model.uses_audio, cfg.model.uses_video
-    expected = None
+    holder = writer_lock_holder(cfg.cache)
+    if holder and not cfg.allow_writing_cache:
+        raise StoreError(f"{cfg.cache}: an extract is still writing this store ({holder}); wait for it to finish, "
+                         "or pass --allow-writing-cache to train on the clips done so far")
+    if holder:
+        log.warning("%s: an extract is still writing this store (%s); training on the clips done so far", cfg.cache, holder)
+    expected, resume_changes = None, []
     if cfg.resume and (out / "config.yaml").exists():   # a resumed run must read the features it started on
-        expected = yaml.safe_load((out / "config.yaml").read_text()).get("cache_fingerprints")
+        started_with = yaml.safe_load((out / "config.yaml").read_text()) or {}
+        changed = changed_settings(started_with, json.loads(json.dumps(dataclasses.asdict(cfg))))
+        refused = [c for c in changed if c.split(":")[0] not in RESUME_MAY_APPLY]
+        if refused:
+            raise ConfigError(f"{out / 'config.yaml'}: --resume continues the run with the settings it started with, "
+                              f"and this command changes {len(refused)}: {'; '.join(refused)}; drop the changes "
+                              "(or set them back) to resume, or start a new --out")
+        resume_changes = started_with.get("resume_changes", []) + changed
+        for change in changed:
+            log.warning("%s: resumed with %s (recorded in config.yaml resume_changes)", out, change)
+        expected = started_with.get("cache_fingerprints")
     cache = open_cache(cfg.cache, use_video=use_video, use_audio=use_audio,
                        video_entry=cfg.video_entry, audio_entry=cfg.audio_entry, expected=expected)
     all_actors = sorted(int(a) for a in cache.clips["actor"].unique())
     folds = make_folds(cfg.split.protocol, num_val_actors=cfg.split.num_val_actors,
                        fold_file=cfg.split.fold_file, all_actors=all_actors)
     if cfg.folds != "all":
-        folds = [folds[int(n) - 1] for n in cfg.folds.split(",")]
+        numbers = [int(n) for n in cfg.folds.split(",")]
+        if max(numbers) > len(folds):
+            raise ConfigError(f"folds {cfg.folds}: split.protocol {cfg.split.protocol} has {len(folds)} fold(s), "
+                              f"numbered 1..{len(folds)}; choose among them or pass --folds all")
+        folds = [folds[n - 1] for n in numbers]
     log.info("protocol %s (%d usable clips):\n%s", cfg.split.protocol, len(cache.clips), describe_protocol(cache.clips, folds))
     for fold in folds:
         check_no_leakage(cache.clips, fold)   # raises LeakageError before any training
+    folds, skipped = runnable_folds(cache.clips, folds, chosen=cfg.folds != "all", cache_path=cfg.cache)
+    folds = [fold.restricted_to(all_actors) for fold in folds]   # summaries and model cards name real actors
     log.info("device %s, torch %s, encoders %s", device, torch.__version__, cache.encoders)
+    out.mkdir(parents=True, exist_ok=True)   # only now: a refused command leaves no empty --out behind
     resolved = {**dataclasses.asdict(cfg), "resolved_device": str(device),
-                "cache_fingerprints": {"video": cache.video_fingerprint, "audio": cache.audio_fingerprint}}
+                "cache_fingerprints": {"video": cache.video_fingerprint, "audio": cache.audio_fingerprint},
+                **({"resume_changes": resume_changes} if resume_changes else {})}
     write_config(out, resolved)
 
     preload = should_preload(cfg.preload, cache.bytes_per_clip * len(cache.clips))
@@ -92,6 +118,7 @@ def train(cfg: TrainConfig) -> dict:
     write_confusion(out, confusion, f"{cfg.model.variant}: test clips of {len(folds)} fold(s)")
     summary = build_summary([f.as_dict() for f in folds], fold_metrics, mean, std, {
         "variant": cfg.model.variant, "device": str(device), "cache_fingerprints": resolved["cache_fingerprints"],
+        **({"skipped_folds": skipped} if skipped else {}),
         "epoch_s_mean": float(np.mean([t for t, _ in timings])) if timings else None,
         "samples_per_s_mean": float(np.mean([s for _, s in timings])) if timings else None,
         "wall_s": time.time() - started})
@@ -110,8 +137,8 @@ def train_fold(cfg: TrainConfig, fold, fold_index: int, fold_dir: Path, cache, d
     part = assign_parts(cache.clips, fold).to_numpy()
     train_pos, val_pos, test_pos = (np.flatnonzero(part == p) for p in ("train", "val", "test"))
     for name, positions in (("train", train_pos), ("val", val_pos), ("test", test_pos)):
-        if len(positions) == 0:
-            raise ValueError(f"{fold.name}: no usable {name} clips in {cache.path}; check the split and the cache")
+        if len(positions) == 0:   # runnable_folds refused it already; a guard for direct callers
+            raise BadInputError(f"{fold.name}: no usable {name} clips in {cache.path}; check the split and the cache")
     (fold_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     last_path, best_path = fold_dir / "checkpoints" / "last.pt", fold_dir / "checkpoints" / "best.pt"
 

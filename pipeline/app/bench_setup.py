@@ -50,7 +50,7 @@ def make_setup(work_dir: Path, *, num_clips: int, preset: str, device: str) -> B
     num_actors = min(24, math.ceil(num_clips / 8))
     per_emotion = min(4, math.ceil(num_clips / (8 * num_actors)))
     manifest = make_demo(demo_root, seed=BENCH_SEED, num_actors=num_actors, clips_per_emotion=per_emotion,
-                         size_px=DemoConfig().size_px, duration_s=BENCH_CLIP_S)
+                         size_px=DemoConfig().size_px, duration_s=BENCH_CLIP_S, overwrite=False)
     if len(manifest) < num_clips:
         raise ValueError(f"--clips {num_clips}: the demo generator makes at most {len(manifest)} clips")
     visual_path, audio_path = write_encoders(work_dir / "models", preset)

@@ -12,11 +12,12 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Callable
 
 from mmfer.pipeline.app.flags import TRAIN_ALIASES, add_common_arguments, add_config_flags, resolve_config
 from mmfer.pipeline.config import DemoConfig, ExtractConfig, TrainConfig
-from mmfer.pipeline.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, ConfigError, MmferError
+from mmfer.pipeline.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, BadInputError, ConfigError, MmferError
 
 log = logging.getLogger("mmfer")
 
@@ -32,7 +33,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from mmfer.data.datasets import build_manifest  # imported here: each subcommand loads only what it uses
     from mmfer.extract.run import extract_all
 
-    summary = extract_all(cfg, build_manifest(cfg))
+    manifest = build_manifest(cfg)   # refuses a root without clips, before any model or --out
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise BadInputError(f"{cfg.out}: --out is a file, not a folder; give a folder for the feature store")
+    summary = extract_all(cfg, manifest)
     print(summary.format())
     if summary.num_ok == 0 and summary.num_selected > 0:
         return 1
@@ -60,7 +64,7 @@ def cmd_make_demo(args: argparse.Namespace) -> int:
     from mmfer.data.demo import make_demo
 
     manifest = make_demo(cfg.out, seed=cfg.seed, num_actors=cfg.num_actors, clips_per_emotion=cfg.clips_per_emotion,
-                         size_px=cfg.size_px, duration_s=cfg.duration_s)
+                         size_px=cfg.size_px, duration_s=cfg.duration_s, overwrite=cfg.overwrite)
     print(f"wrote {len(manifest)} demo clips ({cfg.num_actors} actors) to {cfg.out}")
     return 0
 

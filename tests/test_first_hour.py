@@ -1,0 +1,166 @@
+"""A newcomer's first hour (issue 15): mistakes are refused early, in one line, and nothing is destroyed.
+
+An empty or wrong --root, make-demo into a folder that holds files, --resume with other settings, a
+cache still being written, a cache holding some actors only, a refused fingerprint. Real tiny stores
+(tests/synthetic_store.py), real files, the real CLI handler; a real process holds the writer lock.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from synthetic_store import NUM_ACTORS, make_store, write_fold_file
+
+from mmfer.pipeline.app.cli import main
+from mmfer.pipeline.store import ArraySpec, StoreError, open_store
+
+TINY = ["--preset", "tiny", "--device", "cpu", "model.visual.num_keep_tokens=8", "training.batch_size=8"]
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err and err.count("\n") == 1, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """Actors 1..8 only: of the 6-fold protocol, fold 1 runs (tests 1-4, validates 5-6, trains 7-8)."""
+    return make_store(tmp_path_factory.mktemp("first_hour") / "cache", repetitions=1)
+
+
+@pytest.fixture(scope="module")
+def subset_run(store, tmp_path_factory) -> Path:
+    """One epoch of `--folds all` on the 8-actor store."""
+    out = tmp_path_factory.mktemp("runs") / "subset"
+    assert main(["train-fusion", "--cache", str(store), "--out", str(out), "--epochs", "1", *TINY]) == 0
+    return out
+
+
+# ---- item 2: an empty or wrong --root ----------------------------------------------------------------
+
+
+def test_no_clips_under_root_says_what_is_there_before_any_model_or_output(tmp_path, capsys):
+    root = tmp_path / "wrong"
+    (root / "Actor_01").mkdir(parents=True)
+    for name in ("01-02-03-01-01-01-01.mp4", "02-01-03-01-01-01-01.mp4", "holiday.mp4", "notes.txt"):
+        (root / "Actor_01" / name).write_bytes(b"x")   # song, video-only, not RAVDESS, not media
+    out, models = tmp_path / "cache", tmp_path / "models"
+    assert main(["extract", "--root", str(root), "--out", str(out), "--preset", "tiny", "--models-dir", str(models)]) == 2
+    err = one_error_line(capsys)
+    assert f"no RAVDESS clips under {root}" in err
+    for found in ("1 av song clips", "1 video speech clips", "holiday.mp4", "notes.txt", "--vocal-channels"):
+        assert found in err, (found, err)
+    assert not out.exists() and not models.exists()            # no store left behind, no model written/loaded
+    assert not list(tmp_path.glob(".cache*"))                   # nor its lock file
+
+    (tmp_path / "empty").mkdir()
+    assert main(["extract", "--root", str(tmp_path / "empty"), "--out", str(out), "--preset", "tiny"]) == 2
+    assert "found nothing" in one_error_line(capsys) and not out.exists()
+
+
+# ---- item 4: make-demo into a folder that holds files --------------------------------------------------
+
+
+def test_make_demo_refuses_a_folder_that_holds_files_unless_overwrite(tmp_path, capsys):
+    real = tmp_path / "ravdess" / "Actor_01" / "01-01-01-01-01-01-01.mp4"
+    real.parent.mkdir(parents=True)
+    real.write_bytes(b"a real clip")
+    demo = ["make-demo", "--out", str(tmp_path / "ravdess"), "--num-actors", "1", "--clips-per-emotion", "1",
+            "--size-px", "32", "--duration-s", "0.2"]
+    assert main(demo) == 2
+    err = one_error_line(capsys)
+    assert "not empty" in err and "--overwrite" in err
+    assert real.read_bytes() == b"a real clip"
+
+    (tmp_path / "file").write_text("x")
+    assert main([*demo[:2], str(tmp_path / "file"), *demo[3:]]) == 2
+    assert "is a file" in one_error_line(capsys)
+
+    assert main([*demo, "--overwrite"]) == 0
+    assert real.read_bytes() != b"a real clip" and len(list(real.parent.glob("*.mp4"))) == 8
+
+
+# ---- item 10: a store holding some actors only ------------------------------------------------------
+
+
+def test_actor_subset_runs_the_folds_it_can_and_names_the_others(subset_run, store, tmp_path, capsys, caplog):
+    summary = json.loads((subset_run / "summary.json").read_text())
+    assert summary["protocol"] == [{"name": "fold1", "train_actors": [7, 8], "val_actors": [5, 6],   # actors used,
+                                    "test_actors": [1, 2, 3, 4]}]                                     # not the 24
+    assert sorted(summary["skipped_folds"]) == ["fold2", "fold3", "fold4", "fold5", "fold6"]
+    assert "val actors [9, 10]" in summary["skipped_folds"]["fold2"]
+    assert f"actors 1-{NUM_ACTORS}" in summary["skipped_folds"]["fold6"]
+
+    assert main(["train-fusion", "--cache", str(store), "--out", str(tmp_path / "run"), "--folds", "1,3", *TINY]) == 2
+    err = one_error_line(capsys)
+    assert "fold3: no usable clips of its test actors [9, 10, 11, 12]" in err and "drop fold3 from --folds" in err
+    assert not (tmp_path / "run").exists()
+
+
+# ---- item 5: --resume with other settings ---------------------------------------------------------------
+
+
+def test_resume_refuses_changed_settings_by_name_and_records_more_epochs(store, tmp_path, capsys):
+    run = tmp_path / "run"
+    split = ["split.protocol=file", f"split.fold_file={write_fold_file(tmp_path / 'folds.json')}"]
+    assert main(["train-fusion", "--cache", str(store), "--out", str(run), "--epochs", "1", *TINY, *split]) == 0
+    config = (run / "config.yaml").read_text()
+    resume = ["train-fusion", "--cache", str(store), "--out", str(run), "--resume", *TINY, *split]
+    assert main([*resume, "--epochs", "1", "training.lr=0.002", "training.mixup_alpha=0"]) == 2
+    err = one_error_line(capsys)
+    assert "training.lr: 0.001 -> 0.002" in err and "training.mixup_alpha: 0.2 -> 0.0" in err
+    assert (run / "config.yaml").read_text() == config          # untouched
+
+    assert main([*resume, "--epochs", "2"]) == 0                 # training longer is applied and recorded
+    recorded = yaml.safe_load((run / "config.yaml").read_text())
+    assert recorded["resume_changes"] == ["training.max_epochs: 1 -> 2"]
+    assert len((run / "fold1" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+# ---- item 9: a cache that extract is still writing ----------------------------------------------------
+
+
+def test_train_refuses_a_cache_whose_writer_lock_is_held(store, tmp_path, capsys):
+    from mmfer.pipeline.store import writer_lock_holder   # the read-only query this item adds
+
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from mmfer.pipeline.store import writer_lock
+        with writer_lock({str(store)!r}):
+            print("locked", flush=True)
+            time.sleep(120)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert writer_lock_holder(store) == f"pid {holder.pid}, lock {store.parent / '.cache.extract.lock'}"
+        out = tmp_path / "run"
+        assert main(["train-fusion", "--cache", str(store), "--out", str(out), "--epochs", "1", *TINY]) == 2
+        err = one_error_line(capsys)
+        assert "an extract is still writing this store" in err and f"pid {holder.pid}" in err
+        assert "--allow-writing-cache" in err and not out.exists()
+        assert main(["train-fusion", "--cache", str(store), "--out", str(out), "--dry-run", *TINY]) == 0   # reading is fine
+    finally:
+        holder.kill()
+        holder.wait()
+    assert writer_lock_holder(store) is None
+
+
+# ---- item 11: a refused fingerprint names the setting -------------------------------------------------
+
+
+def test_a_refused_fingerprint_names_the_settings_that_differ(tmp_path):
+    path = make_store(tmp_path / "cache", repetitions=1)
+    store = open_store(path, mode="r+")
+    attrs = dict(store.entry("video").attrs)
+    attrs = {**{k: v for k, v in attrs.items() if k not in ("modality", "fingerprint", "arrays")},
+             "num_frames": 8, "encoder": {**attrs["encoder"], "dim": 64}}
+    with pytest.raises(StoreError) as err:
+        store.ensure_entry("video", "b" * 12, attrs, {"tokens": ArraySpec((8, 16, 64), "float16")})
+    assert "encoder.dim: 32 -> 64" in str(err.value) and "num_frames: (none) -> 8" in str(err.value)
