@@ -310,11 +310,39 @@ def _split_ppm(data: bytes, path: str | os.PathLike) -> list[np.ndarray]:
 
 
 def _read_audio(path: str | os.PathLike, sample_rate_hz: int, max_audio_s: float, timeout_s: float) -> np.ndarray:
-    """Pass 3: the first audio stream, downmixed to mono, resampled, at most `max_audio_s` long. (S,) float32."""
+    """Pass 3: the first audio stream, resampled, at most `max_audio_s` long, channels averaged. (S,) float32.
+
+    The channels come back as they are (a WAV stream, whose header gives their count) and are averaged
+    here, as NeMo's 'average' channel selector does: ffmpeg's own `-ac 1` mixes each channel in at 0.707
+    without normalising, so a loud stereo clip would come out 1.41x louder and clipped.
+    """
     out = _ffmpeg(
-        ["-i", str(path), "-map", "0:a:0", "-vn", "-sn", "-dn", "-ac", "1", "-ar", str(sample_rate_hz),
-         "-t", f"{max_audio_s:g}", "-f", "f32le", "-c:a", "pcm_f32le", "-"],
+        ["-i", str(path), "-map", "0:a:0", "-vn", "-sn", "-dn", "-ar", str(sample_rate_hz),
+         "-t", f"{max_audio_s:g}", "-f", "wav", "-c:a", "pcm_f32le", "-"],
         path, timeout_s,
     )
-    audio = np.frombuffer(out, dtype="<f4")
+    samples, num_channels = _split_wav(out, path)
+    audio = samples.reshape(-1, num_channels).mean(axis=1)   # (S, channels) -> (S,)
     return np.clip(audio, -1.0, 1.0).astype(np.float32)
+
+
+def _split_wav(data: bytes, path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Samples (interleaved float32) and channel count of the WAV stream ffmpeg wrote to a pipe.
+
+    A piped WAV cannot seek back to fill in its sizes, so the data chunk runs to the end of the stream.
+    """
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise DecodeError(path, "bad-output", "ffmpeg's audio output is not a WAV stream")
+    pos, num_channels = 12, None
+    while pos + 8 <= len(data):
+        chunk_id, size = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "little")
+        if chunk_id == b"fmt ":
+            num_channels = int.from_bytes(data[pos + 10:pos + 12], "little")
+        elif chunk_id == b"data":
+            if not num_channels:
+                break
+            body = data[pos + 8:]
+            usable = len(body) // (4 * num_channels) * 4 * num_channels   # whole sample frames only
+            return np.frombuffer(body[:usable], dtype="<f4"), num_channels
+        pos += 8 + size + (size & 1)
+    raise DecodeError(path, "bad-output", "ffmpeg's WAV output has no fmt or data chunk")

@@ -14,6 +14,7 @@ from mmfer.extract.decode import DecodeError, decode_clip, probe_media
 from mmfer.pipeline.media import ffmpeg_exe, run_ffmpeg
 
 VFR_PTS_S = [k / 30 for k in range(30)] + [1.0 + j / 5 for j in range(1, 11)]   # 30 fps for 1 s, then 5 fps
+STEREO_GAINS = (0.9, 0.6)   # channel peaks; their mean 0.75, ffmpeg's `-ac 1` sum x 0.707 would be 1.06
 LEVEL_STEP = 5   # frame k of the VFR clip has luma 16 + 5k, so its RGB grey level tells which frame it is
 
 
@@ -46,6 +47,10 @@ def clips(tmp_path_factory) -> dict[str, Path]:
     corner = "nullsrc=s=64x48:r=25,geq=lum='if(lt(X,W/2)*lt(Y,H/2),235,16)':cb=128:cr=128"
     out["upright"] = _make(d / "upright.mp4", ["-f", "lavfi", "-i", corner, "-frames:v", "10", *x264])
     out["rot90"] = _make(d / "rot90.mp4", ["-display_rotation", "90", "-i", str(out["upright"]), "-c", "copy"])
+    # stereo, lossless float PCM at 16 kHz (no resampling): left 0.9 x sine, right 0.6 x the same sine
+    stereo = f"aevalsrc='{STEREO_GAINS[0]}*sin(2*PI*300*t)|{STEREO_GAINS[1]}*sin(2*PI*300*t)':s=16000:d=1"
+    out["stereo"] = _make(d / "stereo.mkv", ["-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25", "-f", "lavfi",
+                                             "-i", stereo, "-t", "1", *x264, "-c:a", "pcm_f32le"])
     data = out["av"].read_bytes()
     (d / "truncated.mp4").write_bytes(data[: len(data) // 2])
     out["truncated"] = d / "truncated.mp4"
@@ -74,6 +79,15 @@ def test_audio_limit_odd_size_and_downscale(clips):
     assert odd.frames.shape == (5, 55, 97, 3) and not odd.has_audio and odd.audio is None
     small = decode_clip(clips["av"], num_frames=3, max_side_px=64)
     assert small.frames.shape == (3, 64, 64, 3)
+
+
+def test_stereo_is_the_mean_of_its_channels_without_clipping(clips):
+    clip = decode_clip(clips["stereo"], num_frames=2)
+    t = np.arange(len(clip.audio)) / 16000
+    want = np.mean(STEREO_GAINS) * np.sin(2 * np.pi * 300 * t)
+    diff = np.abs(clip.audio - want)
+    assert len(clip.audio) == 16000 and diff.max() < 1e-4, f"max diff {diff.max():.3g}, mean {diff.mean():.3g}"
+    assert (np.abs(clip.audio) >= 0.999).sum() == 0 and np.abs(clip.audio).max() == pytest.approx(0.75, abs=1e-3)
 
 
 def test_single_frame_clip_repeats_it(clips):
