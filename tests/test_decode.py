@@ -173,3 +173,48 @@ def test_stderr_flood_does_not_deadlock(clips, fake_ffmpeg):
         decode_clip(clips["av"], timeout_s=20.0)
     assert err.value.reason == "ffmpeg-error" and time.monotonic() - start < 10
     assert os.environ["MMFER_FFMPEG"].endswith("ffmpeg")
+
+
+OLD_FFMPEG = """#!/bin/sh
+# ffmpeg {version} as a distribution ships it: no -fps_mode before 5.1
+if [ "$1" = "-version" ]; then echo "ffmpeg version {version}-0ubuntu0.22.04.1 Copyright (c) 2000-2021"; exit 0; fi
+for arg in "$@"; do
+  if [ "$arg" = "-fps_mode" ]; then echo "Unrecognized option 'fps_mode'." >&2; exit 8; fi
+done
+exec {real} "$@"
+"""
+
+
+@pytest.fixture
+def ffmpeg_on_path(tmp_path, monkeypatch):
+    """Put a wrapper claiming ffmpeg `version` first on PATH (and no $MMFER_FFMPEG); returns its path."""
+    real = ffmpeg_exe()
+
+    def install(version: str) -> Path:
+        folder = tmp_path / f"bin-{version}"
+        folder.mkdir()
+        script = folder / "ffmpeg"
+        script.write_text(OLD_FFMPEG.format(version=version, real=real))
+        script.chmod(script.stat().st_mode | stat.S_IXUSR)
+        monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+        monkeypatch.delenv("MMFER_FFMPEG", raising=False)
+        ffmpeg_exe.cache_clear()
+        return script
+
+    yield install
+    ffmpeg_exe.cache_clear()
+
+
+def test_old_ffmpeg_on_path_falls_back_to_the_bundled_one(clips, ffmpeg_on_path, caplog):
+    script = ffmpeg_on_path("4.4.2")
+    with caplog.at_level("WARNING", logger="mmfer.pipeline.media"):
+        clip = decode_clip(clips["av"], num_frames=4)
+    assert clip.frames.shape == (4, 112, 112, 3) and clip.has_audio
+    assert ffmpeg_exe() != str(script)
+    lines = [r.getMessage() for r in caplog.records if r.name == "mmfer.pipeline.media"]
+    assert len(lines) == 1 and "4.4" in lines[0] and "bundled" in lines[0], lines
+
+
+def test_new_enough_ffmpeg_on_path_is_used(ffmpeg_on_path):
+    script = ffmpeg_on_path("6.1.1")
+    assert ffmpeg_exe() == str(script)
