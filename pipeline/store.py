@@ -2,9 +2,9 @@
 
 `extract/` writes clips through `FeatureEntry.write_clip`; `train/` reads them through
 `FeatureEntry.read_clip`. Arrays are created at their final size, once, in a staging folder that is
-renamed into place; clip writers only fill their own chunks and write the clip's status last, so a
-crash at any moment leaves a store whose clips are either done (data complete and checksummed) or
-not. Nothing else in mmfer imports zarr or spells a path inside the store.
+renamed into place; clip writers only fill their own chunks and write the clip's status last (it goes
+PENDING before anything else of the clip changes), so a crash at any moment leaves a store whose clips
+are either done (data complete and checksummed) or not. Nothing else in mmfer imports zarr or spells a path inside the store.
 """
 
 from __future__ import annotations
@@ -186,9 +186,14 @@ class FeatureEntry:
         self._set_status(self.store.index_of(clip_id), status, reason, source)
 
     def _set_status(self, index: int, status: ClipStatus, reason: str, source: str) -> None:
+        # PENDING first: a kill between the writes below must not leave an old DONE standing over a new
+        # source signature (which would make the next run skip a clip whose data is the old file's).
+        self._arrays["status"][index] = np.int8(ClipStatus.PENDING)
         self._arrays["reason"][index] = reason
         self._arrays["source"][index] = source
-        self._arrays["status"][index] = np.int8(status)
+        crash_point("status_meta_written")
+        if status != ClipStatus.PENDING:
+            self._arrays["status"][index] = np.int8(status)
 
     def read_clip(self, clip_id: str, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         """One clip's arrays (one chunk read each; `names` picks some), checked: status DONE, every chunk
