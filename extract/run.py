@@ -15,7 +15,7 @@ import logging
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -31,7 +31,8 @@ from mmfer.pipeline.device import resolve_device
 from mmfer.pipeline.errors import MmferError
 from mmfer.pipeline.faults import crash_point
 from mmfer.pipeline.media import file_signature
-from mmfer.pipeline.store import ArraySpec, ClipStatus, FeatureEntry, create_store, writer_lock
+from mmfer.pipeline.store import (ArraySpec, ClipStatus, FeatureEntry, FeatureStore, StoreError, create_store,
+                                  writer_lock)
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +71,20 @@ class ExtractSummary:
         return "\n".join(lines)
 
 
+# Where an encoder was read from, recorded in the entry but not fingerprinted: the weights hash (and the
+# hub revision asked for) say what it is, so the same weights under another --models-dir or folder resume.
+ENCODER_LOCATION_KEYS = ("name", "commit_hash")
+
+
 def fingerprint(parts: dict) -> str:
-    """16 hex digits of the SHA-256 of everything that decides a modality's features."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """16 hex digits of the SHA-256 of everything that decides a modality's features (see fingerprint_parts)."""
+    return hashlib.sha256(json.dumps(fingerprint_parts(parts), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def fingerprint_parts(params: dict) -> dict:
+    """An entry's parameters without the encoder's location (ENCODER_LOCATION_KEYS)."""
+    encoder = {k: v for k, v in params.get("encoder", {}).items() if k not in ENCODER_LOCATION_KEYS}
+    return {**params, "encoder": encoder}
 
 
 def build_clip_table(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -110,6 +122,9 @@ def _extract_locked(cfg: ExtractConfig, table: pd.DataFrame, device: torch.devic
     if removed:
         log.info("removed %d leftovers of interrupted writes", removed)
     num_patches, visual_dim = encoders.visual_token_shape()
+    audio_attrs = {**audio_params, "frame_shift_s": encoders.audio.frame_shift_s}
+    for modality, params in (("video", video_params), ("audio", audio_attrs)):
+        _refuse_other_settings(store, modality, params, overwrite=cfg.overwrite)
     video = store.ensure_entry("video", fingerprint(video_params), video_params, {
         "tokens": ArraySpec((cfg.num_frames, num_patches, visual_dim), cfg.dtype),
         "pooled": ArraySpec((cfg.num_frames, visual_dim), cfg.dtype),
@@ -117,7 +132,7 @@ def _extract_locked(cfg: ExtractConfig, table: pd.DataFrame, device: torch.devic
         "boxes": ArraySpec((cfg.num_frames, 4), "float32"),
     }, overwrite=cfg.overwrite)
     max_audio_frames, audio_dim = encoders.audio_token_shape(cfg.max_audio_s, cfg.sample_rate_hz)
-    audio = store.ensure_entry("audio", fingerprint(audio_params), {**audio_params, "frame_shift_s": encoders.audio.frame_shift_s}, {
+    audio = store.ensure_entry("audio", fingerprint(audio_attrs), audio_attrs, {
         "tokens": ArraySpec((max_audio_frames, audio_dim), cfg.dtype),
         "length": ArraySpec((), "int32"),
         "duration_s": ArraySpec((), "float32"),
@@ -137,6 +152,50 @@ def _extract_locked(cfg: ExtractConfig, table: pd.DataFrame, device: torch.devic
     log.info("extract finished: %d done, %d skipped, %d failed, %.1f s", summary.num_done, summary.num_skipped,
              summary.num_failed, summary.wall_s)
     return summary
+
+
+def _refuse_other_settings(store: FeatureStore, modality: str, params: dict, *, overwrite: bool) -> None:
+    """Refuse, naming what differs, when the store holds `modality` features made with other settings.
+
+    Raises:
+        StoreError: another fingerprint is there and not `overwrite` (which replaces it in ensure_entry).
+    """
+    others = [f for f in store.fingerprints(modality) if f != fingerprint(params)]
+    if not others or overwrite:
+        return
+    old = fingerprint_parts(store.entry(modality, others[0]).attrs)
+    new = fingerprint_parts(json.loads(json.dumps(params, default=str)))
+    changed = [f"{_setting_name(key, modality)}: {old_value!r} -> {new_value!r}"
+               for key, old_value, new_value in _differences(old, new, ignore=("modality", "fingerprint", "arrays"))]
+    raise StoreError(
+        f"{store.path}: holds {modality} features (entry {others[0]}) made with other settings: "
+        f"{'; '.join(changed[:6]) or 'an older extractor'}{' ...' if len(changed) > 6 else ''}; "
+        "run with the same settings, use another --out, or --overwrite to replace them")
+
+
+def _differences(old: dict, new: dict, *, ignore: tuple[str, ...] = (), prefix: str = "") -> list[tuple[str, object, object]]:
+    """(dotted key, old value, new value) for every leaf that differs between two nested dicts."""
+    found = []
+    for key in sorted(set(old) | set(new)):
+        if key in ignore:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += _differences(a, b, prefix=f"{prefix}{key}.")
+        elif a != b:
+            found.append((f"{prefix}{key}", a, b))
+    return found
+
+
+def _setting_name(key: str, modality: str) -> str:
+    """A differing attribute, with the extract flag that sets it where there is one."""
+    flags = {f.name for f in fields(ExtractConfig)}
+    top = key.split(".")[0]
+    if top in flags:
+        return f"{key} (--{top.replace('_', '-')})"
+    if top == "encoder":
+        return f"{key} (--{'visual' if modality == 'video' else 'audio'}-encoder / --preset)"
+    return key
 
 
 def _clips_to_do(selected: pd.DataFrame, video: FeatureEntry, audio: FeatureEntry) -> pd.DataFrame:

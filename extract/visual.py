@@ -152,7 +152,7 @@ def load_visual_encoder(name_or_path: str = DEFAULT_VISUAL_ENCODER, *, revision:
     weight_files = _weight_files(name_or_path, is_local, revision)
     identity = {
         "name": name_or_path,
-        "revision": revision,
+        "revision": None if is_local else revision,   # the loader ignores it for a folder
         "commit_hash": _commit_hash(weight_files),
         "weights_sha256": _hash_files(weight_files),
         "model_class": model_class.__name__,

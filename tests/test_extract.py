@@ -114,3 +114,16 @@ def test_tiny_preset_runs_with_the_network_blocked(tmp_path, demo_root, tiny_mod
         env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 done" in result.stdout
+
+
+def test_same_weights_in_another_models_dir_resume_and_a_refusal_names_the_setting(tmp_path, demo_root, tiny_models):
+    manifest = scan_ravdess(demo_root)
+    out = tmp_path / "cache"
+    assert extract_all(extract_config(demo_root, out, tiny_models, limit=2), manifest).num_done == 2
+    moved = tmp_path / "moved_models"
+    shutil.copytree(tiny_models, moved)
+    again = extract_all(extract_config(demo_root, out, moved, limit=3), manifest)
+    assert again.num_skipped == 2 and again.num_done == 1
+    assert open_store(out).entry("video").attrs["encoder"]["name"] == str(tiny_models / "tiny-siglip-vision")
+    with pytest.raises(StoreError, match=r"face_crop \(--face-crop\): 'center' -> 'none'.*--overwrite"):
+        extract_all(extract_config(demo_root, out, moved, limit=3, face_crop="none"), manifest)
