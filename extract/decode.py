@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 AUDIO_SAMPLE_RATE_HZ = 16_000
 NUM_FRAMES = 16   # sampled uniformly over the clip, so Tv = 16 whatever its length
+# How frames and audio are chosen, recorded in the feature fingerprint: change the text with the code.
+FRAME_SAMPLING = "frame whose pts is nearest (i + 0.5) * duration_s / num_frames; duration to the end of the last frame"
+AUDIO_MIX = "first audio stream, resampled by ffmpeg, channels averaged"
 
 
 class DecodeError(BadInputError, RuntimeError):

@@ -24,7 +24,9 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from mmfer.extract.decode import AUDIO_MIX, FRAME_SAMPLING
 from mmfer.extract.encoders import load_encoders
+from mmfer.extract.facecrop import detector_settings
 from mmfer.extract.worker import DecodedItem, DecodeJob, decode_job
 from mmfer.pipeline.config import ExtractConfig
 from mmfer.pipeline.device import resolve_device
@@ -71,6 +73,11 @@ class ExtractSummary:
         return "\n".join(lines)
 
 
+# Bump when anything this package does to a clip before or around the encoders changes in a way that
+# changes stored values (decode, sampling, cropping, mixing, padding). 1: stores made before the version
+# was recorded; 2: stereo averaged, not summed at 0.707 (issue 14.11).
+EXTRACTOR_VERSION = 2
+
 # Where an encoder was read from, recorded in the entry but not fingerprinted: the weights hash (and the
 # hub revision asked for) say what it is, so the same weights under another --models-dir or folder resume.
 ENCODER_LOCATION_KEYS = ("name", "commit_hash")
@@ -110,9 +117,9 @@ def extract_all(cfg: ExtractConfig, manifest: pd.DataFrame) -> ExtractSummary:
 def _extract_locked(cfg: ExtractConfig, table: pd.DataFrame, device: torch.device, start: float) -> ExtractSummary:
     encoders = load_encoders(cfg, device)
     video_params = {"encoder": encoders.visual.identity, "preprocessing": encoders.visual.preprocessing,
-                    "num_frames": cfg.num_frames, "face_crop": cfg.face_crop, "dtype": cfg.dtype}
+                    **decode_params("video", cfg)}
     audio_params = {"encoder": encoders.audio.identity, "preprocessing": encoders.audio.preprocessing,
-                    "sample_rate_hz": cfg.sample_rate_hz, "max_audio_s": cfg.max_audio_s, "dtype": cfg.dtype}
+                    **decode_params("audio", cfg)}
     log.info("extract: %d clips in the manifest, device %s, torch %s, visual %s, audio %s", len(table), device,
              torch.__version__, encoders.visual.identity["name"], encoders.audio.identity["name"])
 
@@ -152,6 +159,16 @@ def _extract_locked(cfg: ExtractConfig, table: pd.DataFrame, device: torch.devic
     log.info("extract finished: %d done, %d skipped, %d failed, %.1f s", summary.num_done, summary.num_skipped,
              summary.num_failed, summary.wall_s)
     return summary
+
+
+def decode_params(modality: str, cfg: ExtractConfig) -> dict:
+    """What decides a modality's features besides its encoder: settings, the extractor version, the rules."""
+    if modality == "video":
+        face = {"face_detector": detector_settings()} if cfg.face_crop == "detect" else {}
+        return {"num_frames": cfg.num_frames, "face_crop": cfg.face_crop, **face, "frame_sampling": FRAME_SAMPLING,
+                "dtype": cfg.dtype, "extractor_version": EXTRACTOR_VERSION}
+    return {"sample_rate_hz": cfg.sample_rate_hz, "max_audio_s": cfg.max_audio_s, "audio_mix": AUDIO_MIX,
+            "dtype": cfg.dtype, "extractor_version": EXTRACTOR_VERSION}
 
 
 def _refuse_other_settings(store: FeatureStore, modality: str, params: dict, *, overwrite: bool) -> None:

@@ -127,3 +127,21 @@ def test_same_weights_in_another_models_dir_resume_and_a_refusal_names_the_setti
     assert open_store(out).entry("video").attrs["encoder"]["name"] == str(tiny_models / "tiny-siglip-vision")
     with pytest.raises(StoreError, match=r"face_crop \(--face-crop\): 'center' -> 'none'.*--overwrite"):
         extract_all(extract_config(demo_root, out, moved, limit=3, face_crop="none"), manifest)
+
+
+def test_entries_record_the_extractor_version_sampling_rule_and_detector_constants(demo_cache, tmp_path):
+    from mmfer.extract.decode import AUDIO_MIX, FRAME_SAMPLING
+    from mmfer.extract.facecrop import MIN_FACE_PX, SMOOTH_WINDOW
+    from mmfer.extract.run import EXTRACTOR_VERSION, decode_params, fingerprint
+
+    store = open_store(demo_cache)
+    video, audio = store.entry("video"), store.entry("audio")
+    assert video.attrs["extractor_version"] == audio.attrs["extractor_version"] == EXTRACTOR_VERSION
+    assert video.attrs["frame_sampling"] == FRAME_SAMPLING and audio.attrs["audio_mix"] == AUDIO_MIX
+    assert "face_detector" not in video.attrs   # the demo cache is center-cropped: no detector in play
+    assert fingerprint({k: v for k, v in video.attrs.items() if k not in ("modality", "fingerprint", "arrays")}) \
+        == video.fingerprint
+    detect = decode_params("video", extract_config(tmp_path, tmp_path / "c", tmp_path, face_crop="detect"))
+    assert detect["face_detector"]["min_face_px"] == MIN_FACE_PX
+    assert detect["face_detector"]["smooth_window"] == SMOOTH_WINDOW
+    assert fingerprint({**detect, "extractor_version": EXTRACTOR_VERSION + 1}) != fingerprint(detect)
