@@ -25,6 +25,7 @@ DEFAULT_VISUAL_ENCODER = "google/siglip2-base-patch16-224"
 _SIGLIP_TYPES = {"siglip", "siglip_vision_model"}  # full SigLIP checkpoint, or a saved vision tower
 _SIGLIP2_TYPES = {"siglip2", "siglip2_vision_model"}  # NaFlex checkpoints
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+IMAGE_PROCESSOR_BACKEND = "pil"   # transformers' PIL image processors, never the torchvision ones
 
 
 class EncoderLoadError(MmferError, RuntimeError):
@@ -139,7 +140,10 @@ def load_visual_encoder(name_or_path: str = DEFAULT_VISUAL_ENCODER, *, revision:
     else:
         raise EncoderLoadError(f"{name_or_path}: model_type {config.model_type!r} is not SigLIP/SigLIP2; "
                                "pass a SigLIP2 checkpoint")
-    processor = from_pretrained(AutoImageProcessor.from_pretrained)
+    # Pinned: left to itself transformers picks the torchvision backend where torchvision is installed and
+    # PIL elsewhere, whose pixels (resize, rounding) and class differ, so features and fingerprint would
+    # depend on the machine. PIL is what every install has.
+    processor = from_pretrained(AutoImageProcessor.from_pretrained, backend=IMAGE_PROCESSOR_BACKEND)
     model, info = from_pretrained(model_class.from_pretrained, output_loading_info=True)
     if info.get("missing_keys"):
         raise EncoderLoadError(f"{name_or_path}: checkpoint lacks vision weights "
@@ -164,6 +168,7 @@ def load_visual_encoder(name_or_path: str = DEFAULT_VISUAL_ENCODER, *, revision:
     }
     autocast_dtype = _autocast_dtype(device, dtype_policy)
     preprocessing = {**_jsonable(processor.to_dict()), "processor_class": type(processor).__name__,
+                     "processor_backend": IMAGE_PROCESSOR_BACKEND,
                      "autocast_dtype": str(autocast_dtype).removeprefix("torch.") if autocast_dtype else "float32"}
     log.info("visual encoder %s (%s, Dv=%d, P=%s) on %s, compute %s", name_or_path, model_class.__name__,
              vision_cfg.hidden_size, num_patches, device, preprocessing["autocast_dtype"])

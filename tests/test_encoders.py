@@ -238,3 +238,11 @@ def test_unknown_hub_id_offline_gives_advice(blocked_run):
         assert "no-such-org/no-such-model-xyz" in message, f"{kind}: {message!r}"
         for advice in ("hf download no-such-org/no-such-model-xyz", "local path", "--preset tiny"):
             assert advice in message, f"{kind} error lacks {advice!r}: {message!r}"
+
+
+def test_image_processor_backend_is_pinned_to_pil(tiny_models):
+    """Left to itself transformers picks torchvision when it is installed and PIL otherwise; the pinned
+    backend (recorded, hence fingerprinted) makes pixels and fingerprint the same on every machine."""
+    loaded = load_visual_encoder(str(tiny_models[0]))
+    assert loaded.processor.backend == "pil" and loaded.preprocessing["processor_backend"] == "pil"
+    assert loaded.preprocessing["processor_class"] == "SiglipImageProcessorPil"
