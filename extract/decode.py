@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mmfer.pipeline.errors import BadInputError
-from mmfer.pipeline.media import FfmpegError, run_ffmpeg
+from mmfer.pipeline.media import FfmpegError, local_input, run_ffmpeg
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def probe_media(path: str | os.PathLike, timeout_s: float = 30.0) -> MediaInfo:
     """
     _check_file(path)
     try:   # with no output file ffmpeg always exits 1; the banner comes back in the error's stderr
-        run_ffmpeg(["-loglevel", "info", "-i", str(path)], path=path, timeout_s=timeout_s)
+        run_ffmpeg(["-loglevel", "info", "-i", local_input(path)], path=path, timeout_s=timeout_s)
         banner = ""
     except FfmpegError as err:
         if err.reason != "ffmpeg-error":
@@ -231,7 +231,7 @@ def _list_video_frames(
     """
     video = ["-c:v", "copy"] if decode is False else ["-fps_mode", "passthrough", "-enc_time_base:v", "filter"]
     out = _ffmpeg(
-        ["-i", str(path), "-map", "0:V:0?", "-map", "0:a:0?", "-c:a", "copy", "-sn", "-dn", *video,
+        ["-i", local_input(path), "-map", "0:V:0?", "-map", "0:a:0?", "-c:a", "copy", "-sn", "-dn", *video,
          "-f", "framecrc", "-"],
         path, timeout_s,
     )
@@ -288,7 +288,7 @@ def _read_frames(
         m = int(max_side_px)
         chain += f",scale=w='if(gte(iw,ih),min(iw,{m}),-1)':h='if(gte(iw,ih),-1,min(ih,{m}))':flags=area"
     out = _ffmpeg(
-        ["-i", str(path), "-map", "0:V:0", "-an", "-sn", "-dn", "-vf", chain, "-fps_mode", "passthrough",
+        ["-i", local_input(path), "-map", "0:V:0", "-an", "-sn", "-dn", "-vf", chain, "-fps_mode", "passthrough",
          "-frames:v", str(len(indices)), "-pix_fmt", "rgb24", "-c:v", "ppm", "-f", "image2pipe", "-"],
         path, timeout_s,
     )
@@ -320,7 +320,7 @@ def _read_audio(path: str | os.PathLike, sample_rate_hz: int, max_audio_s: float
     without normalising, so a loud stereo clip would come out 1.41x louder and clipped.
     """
     out = _ffmpeg(
-        ["-i", str(path), "-map", "0:a:0", "-vn", "-sn", "-dn", "-ar", str(sample_rate_hz),
+        ["-i", local_input(path), "-map", "0:a:0", "-vn", "-sn", "-dn", "-ar", str(sample_rate_hz),
          "-t", f"{max_audio_s:g}", "-f", "wav", "-c:a", "pcm_f32le", "-"],
         path, timeout_s,
     )

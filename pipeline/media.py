@@ -127,6 +127,12 @@ def _tail(stderr: bytes | None) -> str:
     return text[-STDERR_TAIL_CHARS:]
 
 
+def local_input(path: str | os.PathLike) -> str:
+    """`path` as an ffmpeg input that is always a local file: `file:` in front, so a name with a colon
+    (`take:1.mp4`, `C:clip.mp4`) is never read as a protocol (`take:`) or a URL."""
+    return "file:" + os.fspath(path)
+
+
 def file_signature(path: str | os.PathLike) -> str:
     """`size:mtime_ns` of a source file: cheap, and changes whenever the file is replaced or edited."""
     st = Path(path).stat()

@@ -218,3 +218,11 @@ def test_old_ffmpeg_on_path_falls_back_to_the_bundled_one(clips, ffmpeg_on_path,
 def test_new_enough_ffmpeg_on_path_is_used(ffmpeg_on_path):
     script = ffmpeg_on_path("6.1.1")
     assert ffmpeg_exe() == str(script)
+
+
+def test_relative_path_with_a_colon_is_a_local_file(clips, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("take:1.mp4").write_bytes(clips["av"].read_bytes())
+    assert probe_media("take:1.mp4", timeout_s=30).has_audio
+    clip = decode_clip("take:1.mp4", num_frames=4)
+    assert clip.frames.shape == (4, 112, 112, 3) and clip.has_audio and len(clip.audio) > 16000
