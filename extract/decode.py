@@ -1,7 +1,8 @@
 """Decode one clip into Tv RGB frames sampled at uniform timestamps, plus mono 16 kHz audio.
 
 In: a media file path. Out: `DecodedClip` (frames, their timestamps, audio or None). Uses only the
-ffmpeg binary (no ffprobe), through `run_ffmpeg`: the banner gives rotation, a stream-copy pass lists
+ffmpeg binary (no ffprobe), through `run_ffmpeg`: the banner gives the streams (the default-flagged video
+and audio streams are used, else the first ones) and rotation, a stream-copy pass lists
 every frame's pts (a full decode pass when that is not exact), a select pass pulls the chosen frames as
 PPM images, and a last pass decodes the audio. Face cropping and encoders are left to others.
 """
@@ -26,8 +27,8 @@ log = logging.getLogger(__name__)
 AUDIO_SAMPLE_RATE_HZ = 16_000
 NUM_FRAMES = 16   # sampled uniformly over the clip, so Tv = 16 whatever its length
 # How frames and audio are chosen, recorded in the feature fingerprint: change the text with the code.
-FRAME_SAMPLING = "frame whose pts is nearest (i + 0.5) * duration_s / num_frames; duration to the end of the last frame"
-AUDIO_MIX = "first audio stream, resampled by ffmpeg, channels averaged"
+FRAME_SAMPLING = "default-flagged (else first) video stream; frame whose pts is nearest (i + 0.5) * duration_s / num_frames; duration to the end of the last frame"
+AUDIO_MIX = "default-flagged (else first) audio stream, resampled by ffmpeg, channels averaged"
 
 
 class DecodeError(BadInputError, RuntimeError):
@@ -53,6 +54,10 @@ class MediaInfo:
     has_video: bool
     has_audio: bool
     rotation_deg: int   # counter-clockwise display rotation from the display matrix, in {0, 90, 180, 270}
+    video_map: str = "0:V:0"   # the video stream used: the default-flagged one, else the first ("0:<index>")
+    audio_map: str = "0:a:0"   # the audio stream used, chosen the same way
+    num_video_streams: int = 0
+    num_audio_streams: int = 0
 
 
 @dataclass(frozen=True)
@@ -100,7 +105,8 @@ def decode_clip(
     max_audio_s: float = 20.0,
     max_side_px: int | None = None,
 ) -> DecodedClip:
-    """Decode `num_frames` frames at uniform timestamps and the first audio stream.
+    """Decode `num_frames` frames at uniform timestamps and the audio, from the streams flagged default
+    (else the first video and audio streams; a log line names the choice when there are several).
 
     Frame i is the decoded frame whose pts is nearest to (i + 0.5) * duration_s / num_frames, so
     variable frame rate clips are sampled evenly in time; short clips repeat frames. `timeout_s` bounds
@@ -114,7 +120,8 @@ def decode_clip(
     deadline = time.monotonic() + timeout_s
     info = probe_media(path, timeout_s)
     # Fast path: packet pts from a stream copy (no decoding), frames then picked by time.
-    pts_s, dur_s, has_video, has_audio = _list_video_frames(path, _left(path, deadline), decode=False)
+    _note_stream_choice(path, info)
+    pts_s, dur_s, has_video, has_audio = _list_video_frames(path, info, _left(path, deadline), decode=False)
     order = np.argsort(pts_s, kind="stable")   # packets come in decode order; frames leave in pts order
     pts_s, dur_s = pts_s[order], dur_s[order]
     if not has_video:
@@ -123,18 +130,18 @@ def decode_clip(
     if len(pts_s) and np.isfinite(pts_s).all() and len(np.unique(pts_s)) == len(pts_s):
         rel_s, picked, duration_s = _pick_frames(pts_s, dur_s, num_frames)
         unique = np.unique(picked)
-        images = _read_frames(path, unique, pts_s, by_time=True, max_side_px=max_side_px,
+        images = _read_frames(path, info.video_map, unique, pts_s, by_time=True, max_side_px=max_side_px,
                               timeout_s=_left(path, deadline))
         if len(images) != len(unique):   # a packet that decodes to no frame, odd timestamps...
             log.debug("%s: time-based pick got %d of %d frames; listing decoded frames", path, len(images), len(unique))
             images = None
     if images is None:   # exact path: decode every frame once to list its pts, then pick by frame number
-        pts_s, dur_s, _, _ = _list_video_frames(path, _left(path, deadline), decode=True)
+        pts_s, dur_s, _, _ = _list_video_frames(path, info, _left(path, deadline), decode=True)
         if len(pts_s) == 0:
             raise DecodeError(path, "no-frames", "the video stream decoded to 0 frames; is the file truncated?")
         rel_s, picked, duration_s = _pick_frames(pts_s, dur_s, num_frames)
         unique = np.unique(picked)
-        images = _read_frames(path, unique, rel_s, by_time=False, max_side_px=max_side_px,
+        images = _read_frames(path, info.video_map, unique, rel_s, by_time=False, max_side_px=max_side_px,
                               timeout_s=_left(path, deadline))
     if len(images) != len(unique):
         raise DecodeError(path, "bad-output", f"asked ffmpeg for {len(unique)} frames, got {len(images)}")
@@ -143,7 +150,7 @@ def decode_clip(
         raise DecodeError(path, "bad-output", f"frame size changes inside the clip: {shapes}")
     frames = np.stack(images)[np.searchsorted(unique, picked)]    # (Tv, H, W, 3)
 
-    audio = _read_audio(path, sample_rate_hz, max_audio_s, _left(path, deadline)) if has_audio else None
+    audio = _read_audio(path, info.audio_map, sample_rate_hz, max_audio_s, _left(path, deadline)) if has_audio else None
     if audio is not None and audio.size == 0:
         log.warning("%s: audio stream decoded to 0 samples; treating the clip as having no audio", path)
         audio, has_audio = None, False
@@ -157,6 +164,15 @@ def decode_clip(
         rotation_deg=info.rotation_deg,
         num_source_frames=len(rel_s),
     )
+
+
+def _note_stream_choice(path: str | os.PathLike, info: MediaInfo) -> None:
+    """One log line when a file has several video or audio streams, naming the one used and why."""
+    for kind, count, chosen in (("video", info.num_video_streams, info.video_map),
+                                ("audio", info.num_audio_streams, info.audio_map)):
+        if count > 1:
+            log.info("%s: %d %s streams; using stream %s (the default-flagged one, else the first)",
+                     path, count, kind, chosen.removeprefix("0:"))
 
 
 def _pick_frames(pts_s: np.ndarray, dur_s: np.ndarray, num_frames: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -197,32 +213,52 @@ def _ffmpeg(args: list[str], path: str | os.PathLike, timeout_s: float) -> bytes
         raise DecodeError(path, err.reason, str(err)) from err
 
 
+_STREAM_LINE = re.compile(r"^\s*Stream #\d+:(\d+)\S*: (Video|Audio): (.*)$", re.MULTILINE)
+
+
 def _parse_banner(banner: str) -> MediaInfo:
+    """Duration, the streams, and which video and audio stream to use: the first one flagged `(default)`,
+    else the first one (cover art, `(attached pic)`, is never video)."""
     duration_s = None
     m = re.search(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)", banner)
     if m:
         duration_s = int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])
-    video_at = re.search(r"Stream #\d+:\d+.*?: Video:", banner)
+    streams = {"Video": [], "Audio": []}   # kind -> [(index, is_default, section text)]
+    starts = list(_STREAM_LINE.finditer(banner))
+    for k, line in enumerate(starts):
+        if line[2] == "Video" and "(attached pic)" in line[3]:
+            continue
+        end = starts[k + 1].start() if k + 1 < len(starts) else len(banner)
+        next_stream = re.search(r"\n\s*Stream #", banner[line.end():end])
+        section = banner[line.start(): line.end() + next_stream.start() if next_stream else end]
+        streams[line[2]].append((int(line[1]), "(default)" in line[3], section))
+    video = _pick_stream(streams["Video"])
+    audio = _pick_stream(streams["Audio"])
     rotation_deg = 0
-    if video_at:   # the display matrix of the first video stream: the lines up to the next stream
-        section = banner[video_at.start():]
-        next_stream = re.search(r"\n\s*Stream #", section)
-        section = section[: next_stream.start()] if next_stream else section
-        r = re.search(r"rotation of (-?\d+(?:\.\d+)?) degrees", section) or re.search(r"rotate\s*:\s*(-?\d+)", section)
+    if video:   # the display matrix of the chosen video stream: its lines up to the next stream
+        r = re.search(r"rotation of (-?\d+(?:\.\d+)?) degrees", video[2]) or re.search(r"rotate\s*:\s*(-?\d+)", video[2])
         if r:
             rotation_deg = int(round(float(r[1]))) % 360
     return MediaInfo(
         duration_s=duration_s,
-        has_video=video_at is not None,
-        has_audio=re.search(r"Stream #\d+:\d+.*?: Audio:", banner) is not None,
+        has_video=video is not None,
+        has_audio=audio is not None,
         rotation_deg=rotation_deg,
+        video_map=f"0:{video[0]}" if video else "0:V:0",
+        audio_map=f"0:{audio[0]}" if audio else "0:a:0",
+        num_video_streams=len(streams["Video"]),
+        num_audio_streams=len(streams["Audio"]),
     )
 
 
+def _pick_stream(found: list[tuple[int, bool, str]]) -> tuple[int, bool, str] | None:
+    return next((s for s in found if s[1]), found[0] if found else None)
+
+
 def _list_video_frames(
-    path: str | os.PathLike, timeout_s: float, *, decode: bool
+    path: str | os.PathLike, info: MediaInfo, timeout_s: float, *, decode: bool
 ) -> tuple[np.ndarray, np.ndarray, bool, bool]:
-    """List the first video stream's frames: (pts_s (N,), duration_s (N,), has_video, has_audio).
+    """List the chosen video stream's frames: (pts_s (N,), duration_s (N,), has_video, has_audio).
 
     framecrc writes one line per packet or frame to stdout. With `decode=False` the streams are only
     copied (fast; packets the demuxer marks as discarded are left out; NaN where a packet has no pts).
@@ -231,7 +267,7 @@ def _list_video_frames(
     """
     video = ["-c:v", "copy"] if decode is False else ["-fps_mode", "passthrough", "-enc_time_base:v", "filter"]
     out = _ffmpeg(
-        ["-i", local_input(path), "-map", "0:V:0?", "-map", "0:a:0?", "-c:a", "copy", "-sn", "-dn", *video,
+        ["-i", local_input(path), "-map", f"{info.video_map}?", "-map", f"{info.audio_map}?", "-c:a", "copy", "-sn", "-dn", *video,
          "-f", "framecrc", "-"],
         path, timeout_s,
     )
@@ -265,6 +301,7 @@ def _list_video_frames(
 
 def _read_frames(
     path: str | os.PathLike,
+    stream_map: str,
     indices: np.ndarray,
     pts_s: np.ndarray,
     *,
@@ -288,7 +325,7 @@ def _read_frames(
         m = int(max_side_px)
         chain += f",scale=w='if(gte(iw,ih),min(iw,{m}),-1)':h='if(gte(iw,ih),-1,min(ih,{m}))':flags=area"
     out = _ffmpeg(
-        ["-i", local_input(path), "-map", "0:V:0", "-an", "-sn", "-dn", "-vf", chain, "-fps_mode", "passthrough",
+        ["-i", local_input(path), "-map", stream_map, "-an", "-sn", "-dn", "-vf", chain, "-fps_mode", "passthrough",
          "-frames:v", str(len(indices)), "-pix_fmt", "rgb24", "-c:v", "ppm", "-f", "image2pipe", "-"],
         path, timeout_s,
     )
@@ -312,15 +349,16 @@ def _split_ppm(data: bytes, path: str | os.PathLike) -> list[np.ndarray]:
     return images
 
 
-def _read_audio(path: str | os.PathLike, sample_rate_hz: int, max_audio_s: float, timeout_s: float) -> np.ndarray:
-    """Pass 3: the first audio stream, resampled, at most `max_audio_s` long, channels averaged. (S,) float32.
+def _read_audio(path: str | os.PathLike, stream_map: str, sample_rate_hz: int, max_audio_s: float,
+                timeout_s: float) -> np.ndarray:
+    """Pass 3: the chosen audio stream, resampled, at most `max_audio_s` long, channels averaged. (S,) float32.
 
     The channels come back as they are (a WAV stream, whose header gives their count) and are averaged
     here, as NeMo's 'average' channel selector does: ffmpeg's own `-ac 1` mixes each channel in at 0.707
     without normalising, so a loud stereo clip would come out 1.41x louder and clipped.
     """
     out = _ffmpeg(
-        ["-i", local_input(path), "-map", "0:a:0", "-vn", "-sn", "-dn", "-ar", str(sample_rate_hz),
+        ["-i", local_input(path), "-map", stream_map, "-vn", "-sn", "-dn", "-ar", str(sample_rate_hz),
          "-t", f"{max_audio_s:g}", "-f", "wav", "-c:a", "pcm_f32le", "-"],
         path, timeout_s,
     )

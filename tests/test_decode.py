@@ -51,6 +51,12 @@ def clips(tmp_path_factory) -> dict[str, Path]:
     stereo = f"aevalsrc='{STEREO_GAINS[0]}*sin(2*PI*300*t)|{STEREO_GAINS[1]}*sin(2*PI*300*t)':s=16000:d=1"
     out["stereo"] = _make(d / "stereo.mkv", ["-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25", "-f", "lavfi",
                                              "-i", stereo, "-t", "1", *x264, "-c:a", "pcm_f32le"])
+    # two video and two audio streams; the second of each is flagged default: a flat grey picture, a sine
+    out["multi"] = _make(d / "multi.mp4", [
+        "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25", "-f", "lavfi", "-i", "color=c=gray:size=64x48:rate=25",
+        "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000",
+        "-map", "0:v", "-map", "1:v", "-map", "2:a", "-map", "3:a", "-t", "1", *x264, "-c:a", "aac",
+        "-disposition:v:0", "0", "-disposition:v:1", "default", "-disposition:a:0", "0", "-disposition:a:1", "default"])
     data = out["av"].read_bytes()
     (d / "truncated.mp4").write_bytes(data[: len(data) // 2])
     out["truncated"] = d / "truncated.mp4"
@@ -88,6 +94,15 @@ def test_stereo_is_the_mean_of_its_channels_without_clipping(clips):
     diff = np.abs(clip.audio - want)
     assert len(clip.audio) == 16000 and diff.max() < 1e-4, f"max diff {diff.max():.3g}, mean {diff.mean():.3g}"
     assert (np.abs(clip.audio) >= 0.999).sum() == 0 and np.abs(clip.audio).max() == pytest.approx(0.75, abs=1e-3)
+
+
+def test_default_flagged_streams_are_used_and_named(clips, caplog):
+    with caplog.at_level("INFO", logger="mmfer.extract.decode"):
+        clip = decode_clip(clips["multi"], num_frames=4)
+    assert clip.frames.std() < 3, "decoded the colourful first video stream, not the default grey one"
+    assert np.abs(clip.audio).max() > 0.05, "decoded the silent first audio stream, not the default sine"
+    notes = [r.getMessage() for r in caplog.records if "streams; using stream" in r.getMessage()]
+    assert len(notes) == 2 and "using stream 1" in notes[0] and "using stream 3" in notes[1], notes
 
 
 def test_single_frame_clip_repeats_it(clips):
