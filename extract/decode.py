@@ -4,7 +4,8 @@ In: a media file path. Out: `DecodedClip` (frames, their timestamps, audio or No
 ffmpeg binary (no ffprobe), through `run_ffmpeg`: the banner gives the streams (the default-flagged video
 and audio streams are used, else the first ones) and rotation, a stream-copy pass lists
 every frame's pts (a full decode pass when that is not exact), a select pass pulls the chosen frames as
-PPM images, and a last pass decodes the audio. Face cropping and encoders are left to others.
+PPM images, and a last pass decodes the audio. Each pass's arguments are compiled from an ffmpeg-python
+graph and run by `run_ffmpeg`. Face cropping and encoders are left to others.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+import ffmpeg   # ffmpeg-python: builds each pass's argument list from a stream graph; never runs ffmpeg itself
 import numpy as np
 
 from mmfer.pipeline.errors import BadInputError
@@ -54,8 +56,8 @@ class MediaInfo:
     has_video: bool
     has_audio: bool
     rotation_deg: int   # counter-clockwise display rotation from the display matrix, in {0, 90, 180, 270}
-    video_map: str = "0:V:0"   # the video stream used: the default-flagged one, else the first ("0:<index>")
-    audio_map: str = "0:a:0"   # the audio stream used, chosen the same way
+    video_stream: str = "V:0"   # stream specifier of the video used: the default-flagged one, else the first
+    audio_stream: str = "a:0"   # the audio stream used, chosen the same way
     num_video_streams: int = 0
     num_audio_streams: int = 0
 
@@ -130,7 +132,7 @@ def decode_clip(
     if len(pts_s) and np.isfinite(pts_s).all() and len(np.unique(pts_s)) == len(pts_s):
         rel_s, picked, duration_s = _pick_frames(pts_s, dur_s, num_frames)
         unique = np.unique(picked)
-        images = _read_frames(path, info.video_map, unique, pts_s, by_time=True, max_side_px=max_side_px,
+        images = _read_frames(path, info.video_stream, unique, pts_s, by_time=True, max_side_px=max_side_px,
                               timeout_s=_left(path, deadline))
         if len(images) != len(unique):   # a packet that decodes to no frame, odd timestamps...
             log.debug("%s: time-based pick got %d of %d frames; listing decoded frames", path, len(images), len(unique))
@@ -141,7 +143,7 @@ def decode_clip(
             raise DecodeError(path, "no-frames", "the video stream decoded to 0 frames; is the file truncated?")
         rel_s, picked, duration_s = _pick_frames(pts_s, dur_s, num_frames)
         unique = np.unique(picked)
-        images = _read_frames(path, info.video_map, unique, rel_s, by_time=False, max_side_px=max_side_px,
+        images = _read_frames(path, info.video_stream, unique, rel_s, by_time=False, max_side_px=max_side_px,
                               timeout_s=_left(path, deadline))
     if len(images) != len(unique):
         raise DecodeError(path, "bad-output", f"asked ffmpeg for {len(unique)} frames, got {len(images)}")
@@ -150,7 +152,7 @@ def decode_clip(
         raise DecodeError(path, "bad-output", f"frame size changes inside the clip: {shapes}")
     frames = np.stack(images)[np.searchsorted(unique, picked)]    # (Tv, H, W, 3)
 
-    audio = _read_audio(path, info.audio_map, sample_rate_hz, max_audio_s, _left(path, deadline)) if has_audio else None
+    audio = _read_audio(path, info.audio_stream, sample_rate_hz, max_audio_s, _left(path, deadline)) if has_audio else None
     if audio is not None and audio.size == 0:
         log.warning("%s: audio stream decoded to 0 samples; treating the clip as having no audio", path)
         audio, has_audio = None, False
@@ -168,11 +170,11 @@ def decode_clip(
 
 def _note_stream_choice(path: str | os.PathLike, info: MediaInfo) -> None:
     """One log line when a file has several video or audio streams, naming the one used and why."""
-    for kind, count, chosen in (("video", info.num_video_streams, info.video_map),
-                                ("audio", info.num_audio_streams, info.audio_map)):
+    for kind, count, chosen in (("video", info.num_video_streams, info.video_stream),
+                                ("audio", info.num_audio_streams, info.audio_stream)):
         if count > 1:
             log.info("%s: %d %s streams; using stream %s (the default-flagged one, else the first)",
-                     path, count, kind, chosen.removeprefix("0:"))
+                     path, count, kind, chosen)
 
 
 def _pick_frames(pts_s: np.ndarray, dur_s: np.ndarray, num_frames: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -206,9 +208,11 @@ def _left(path: str | os.PathLike, deadline: float) -> float:
     return left
 
 
-def _ffmpeg(args: list[str], path: str | os.PathLike, timeout_s: float) -> bytes:
+def _ffmpeg(graph: "ffmpeg.nodes.OutputStream", path: str | os.PathLike, timeout_s: float) -> bytes:
+    """Compile an ffmpeg-python graph to its argument list and run it with run_ffmpeg (timeout, drained pipes;
+    ffmpeg-python's own `run()` has neither)."""
     try:
-        return run_ffmpeg(args, path=path, timeout_s=timeout_s)
+        return run_ffmpeg(graph.compile(cmd=[]), path=path, timeout_s=timeout_s)
     except FfmpegError as err:
         raise DecodeError(path, err.reason, str(err)) from err
 
@@ -244,8 +248,8 @@ def _parse_banner(banner: str) -> MediaInfo:
         has_video=video is not None,
         has_audio=audio is not None,
         rotation_deg=rotation_deg,
-        video_map=f"0:{video[0]}" if video else "0:V:0",
-        audio_map=f"0:{audio[0]}" if audio else "0:a:0",
+        video_stream=str(video[0]) if video else "V:0",
+        audio_stream=str(audio[0]) if audio else "a:0",
         num_video_streams=len(streams["Video"]),
         num_audio_streams=len(streams["Audio"]),
     )
@@ -253,6 +257,14 @@ def _parse_banner(banner: str) -> MediaInfo:
 
 def _pick_stream(found: list[tuple[int, bool, str]]) -> tuple[int, bool, str] | None:
     return next((s for s in found if s[1]), found[0] if found else None)
+
+
+def frame_list_graph(path: str | os.PathLike, info: MediaInfo, *, decode: bool) -> "ffmpeg.nodes.OutputStream":
+    """Pass 1 (see _list_video_frames): the chosen video and audio streams to framecrc on stdout."""
+    source = ffmpeg.input(local_input(path))
+    video = {"c:v": "copy"} if decode is False else {"fps_mode": "passthrough", "enc_time_base:v": "filter"}
+    return ffmpeg.output(source[f"{info.video_stream}?"], source[f"{info.audio_stream}?"], "-", f="framecrc",
+                         sn=None, dn=None, **{"c:a": "copy"}, **video)
 
 
 def _list_video_frames(
@@ -265,12 +277,7 @@ def _list_video_frames(
     With `decode=True` every frame is decoded once, in output order: `-fps_mode passthrough` keeps each
     frame exactly once and `-enc_time_base filter` keeps the stream's time base, so VFR pts stay exact.
     """
-    video = ["-c:v", "copy"] if decode is False else ["-fps_mode", "passthrough", "-enc_time_base:v", "filter"]
-    out = _ffmpeg(
-        ["-i", local_input(path), "-map", f"{info.video_map}?", "-map", f"{info.audio_map}?", "-c:a", "copy", "-sn", "-dn", *video,
-         "-f", "framecrc", "-"],
-        path, timeout_s,
-    )
+    out = _ffmpeg(frame_list_graph(path, info, decode=decode), path, timeout_s)
     media_type: dict[int, str] = {}
     time_base: dict[int, Fraction] = {}
     pts: list[float] = []
@@ -299,9 +306,22 @@ def _list_video_frames(
     return np.asarray(pts, dtype=np.float64) * tb, np.asarray(dur, dtype=np.float64) * tb, True, has_audio
 
 
+def frame_select_graph(path: str | os.PathLike, stream: str, terms: list[str], *,
+                       max_side_px: int | None) -> "ffmpeg.nodes.OutputStream":
+    """Pass 2: the frames any of the select `terms` (ffmpeg expressions) match, as PPM images on stdout.
+    ffmpeg-python escapes the expressions' commas for the filter graph."""
+    frames = ffmpeg.input(local_input(path))[stream].filter("select", "+".join(terms))
+    if max_side_px:   # fit the longer side, keep the aspect ratio; never upscale
+        m = int(max_side_px)
+        frames = frames.filter("scale", w=f"if(gte(iw,ih),min(iw,{m}),-1)", h=f"if(gte(iw,ih),-1,min(ih,{m}))",
+                               flags="area")
+    return ffmpeg.output(frames, "-", an=None, sn=None, dn=None, fps_mode="passthrough",
+                         **{"frames:v": len(terms), "c:v": "ppm"}, pix_fmt="rgb24", f="image2pipe")
+
+
 def _read_frames(
     path: str | os.PathLike,
-    stream_map: str,
+    stream: str,
     indices: np.ndarray,
     pts_s: np.ndarray,
     *,
@@ -317,18 +337,10 @@ def _read_frames(
     if by_time:
         gaps = np.diff(np.sort(pts_s))
         tol_s = min(0.25 * float(gaps.min()), 1e-3) if len(gaps) else 1e-3
-        terms = [f"lt(abs(t-{pts_s[i]:.9f})\\,{tol_s:.9f})" for i in indices]
+        terms = [f"lt(abs(t-{pts_s[i]:.9f}),{tol_s:.9f})" for i in indices]
     else:
-        terms = [f"eq(n\\,{int(i)})" for i in indices]
-    chain = "select='" + "+".join(terms) + "'"
-    if max_side_px:   # fit the longer side, keep the aspect ratio; never upscale
-        m = int(max_side_px)
-        chain += f",scale=w='if(gte(iw,ih),min(iw,{m}),-1)':h='if(gte(iw,ih),-1,min(ih,{m}))':flags=area"
-    out = _ffmpeg(
-        ["-i", local_input(path), "-map", stream_map, "-an", "-sn", "-dn", "-vf", chain, "-fps_mode", "passthrough",
-         "-frames:v", str(len(indices)), "-pix_fmt", "rgb24", "-c:v", "ppm", "-f", "image2pipe", "-"],
-        path, timeout_s,
-    )
+        terms = [f"eq(n,{int(i)})" for i in indices]
+    out = _ffmpeg(frame_select_graph(path, stream, terms, max_side_px=max_side_px), path, timeout_s)
     return _split_ppm(out, path)
 
 
@@ -349,7 +361,13 @@ def _split_ppm(data: bytes, path: str | os.PathLike) -> list[np.ndarray]:
     return images
 
 
-def _read_audio(path: str | os.PathLike, stream_map: str, sample_rate_hz: int, max_audio_s: float,
+def audio_graph(path: str | os.PathLike, stream: str, sample_rate_hz: int, max_audio_s: float) -> "ffmpeg.nodes.OutputStream":
+    """Pass 3: the audio `stream`, resampled, cut at `max_audio_s`, every channel kept, as float WAV on stdout."""
+    return ffmpeg.output(ffmpeg.input(local_input(path))[stream], "-", vn=None, sn=None, dn=None, ar=sample_rate_hz,
+                         t=f"{max_audio_s:g}", f="wav", **{"c:a": "pcm_f32le"})
+
+
+def _read_audio(path: str | os.PathLike, stream: str, sample_rate_hz: int, max_audio_s: float,
                 timeout_s: float) -> np.ndarray:
     """Pass 3: the chosen audio stream, resampled, at most `max_audio_s` long, channels averaged. (S,) float32.
 
@@ -357,11 +375,7 @@ def _read_audio(path: str | os.PathLike, stream_map: str, sample_rate_hz: int, m
     here, as NeMo's 'average' channel selector does: ffmpeg's own `-ac 1` mixes each channel in at 0.707
     without normalising, so a loud stereo clip would come out 1.41x louder and clipped.
     """
-    out = _ffmpeg(
-        ["-i", local_input(path), "-map", stream_map, "-vn", "-sn", "-dn", "-ar", str(sample_rate_hz),
-         "-t", f"{max_audio_s:g}", "-f", "wav", "-c:a", "pcm_f32le", "-"],
-        path, timeout_s,
-    )
+    out = _ffmpeg(audio_graph(path, stream, sample_rate_hz, max_audio_s), path, timeout_s)
     samples, num_channels = _split_wav(out, path)
     audio = samples.reshape(-1, num_channels).mean(axis=1)   # (S, channels) -> (S,)
     return np.clip(audio, -1.0, 1.0).astype(np.float32)

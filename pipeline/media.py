@@ -3,8 +3,9 @@
 The system ffmpeg is used when it is on PATH and new enough (5.1: `-fps_mode`), else the one shipped in
 the `imageio-ffmpeg` wheel, so `pip install` alone is enough (ffprobe is never needed). Every call has a timeout, and stdout and
 stderr are drained together by `communicate`, because ffmpeg blocks forever once a pipe it writes to
-is full. Callers (`data/demo.py`, `extract/decode.py`) pass plain argument lists, kept in view next to
-the output they parse; ffmpeg-python's `run()` has no timeout, so it is not on this path.
+is full. Callers pass argument lists: `extract/decode.py` compiles them from ffmpeg-python stream graphs
+(`.compile()`), `data/demo.py` writes them out; ffmpeg-python's own `run()` has no timeout, so it is never
+used to run anything.
 """
 
 from __future__ import annotations

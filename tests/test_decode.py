@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmfer.extract.decode import DecodeError, decode_clip, probe_media
+from mmfer.extract.decode import (DecodeError, audio_graph, decode_clip, frame_list_graph, frame_select_graph,
+                                  probe_media)
 from mmfer.pipeline.media import ffmpeg_exe, run_ffmpeg
 
 VFR_PTS_S = [k / 30 for k in range(30)] + [1.0 + j / 5 for j in range(1, 11)]   # 30 fps for 1 s, then 5 fps
@@ -241,3 +242,18 @@ def test_relative_path_with_a_colon_is_a_local_file(clips, tmp_path, monkeypatch
     assert probe_media("take:1.mp4", timeout_s=30).has_audio
     clip = decode_clip("take:1.mp4", num_frames=4)
     assert clip.frames.shape == (4, 112, 112, 3) and clip.has_audio and len(clip.audio) > 16000
+
+
+def test_each_pass_is_an_ffmpeg_python_graph_run_by_run_ffmpeg(clips):
+    import ffmpeg
+
+    path = clips["av"]
+    info = probe_media(path, timeout_s=30)
+    graphs = [frame_list_graph(path, info, decode=False), frame_list_graph(path, info, decode=True),
+              frame_select_graph(path, info.video_stream, ["eq(n,0)", "eq(n,7)"], max_side_px=32),
+              audio_graph(path, info.audio_stream, 16000, 1.0)]
+    assert all(isinstance(g, ffmpeg.nodes.OutputStream) for g in graphs)
+    # the select and scale expressions' commas survive ffmpeg-python's escaping: two 32x32 frames come back
+    out = run_ffmpeg(graphs[2].compile(cmd=[]), path=path, timeout_s=30)
+    frame_bytes = len(b"P6\n32 32\n255\n") + 32 * 32 * 3
+    assert len(out) == 2 * frame_bytes and out.startswith(b"P6\n32 32\n255\n")
