@@ -30,7 +30,7 @@ from mmfer.extract.facecrop import detector_settings
 from mmfer.extract.worker import DecodedItem, DecodeJob, decode_job
 from mmfer.pipeline.config import ExtractConfig
 from mmfer.pipeline.device import resolve_device
-from mmfer.pipeline.errors import MmferError
+from mmfer.pipeline.errors import ConfigError, MmferError
 from mmfer.pipeline.faults import crash_point
 from mmfer.pipeline.media import file_signature
 from mmfer.pipeline.store import (ArraySpec, ClipStatus, FeatureEntry, FeatureStore, StoreError, create_store,
@@ -116,6 +116,10 @@ def extract_all(cfg: ExtractConfig, manifest: pd.DataFrame) -> ExtractSummary:
 
 def _extract_locked(cfg: ExtractConfig, table: pd.DataFrame, device: torch.device, start: float) -> ExtractSummary:
     encoders = load_encoders(cfg, device)
+    if encoders.visual.identity["model_class"] == "Siglip2VisionModel" and cfg.face_crop == "none":
+        # NaFlex pads non-square frames with patches the store would keep as data (it has no patch mask)
+        raise ConfigError(f"{encoders.visual.identity['name']}: a NaFlex SigLIP2 checkpoint needs square crops; "
+                          "use --face-crop center or detect (or a fixed-resolution SigLIP2 checkpoint)")
     video_params = {"encoder": encoders.visual.identity, "preprocessing": encoders.visual.preprocessing,
                     **decode_params("video", cfg)}
     audio_params = {"encoder": encoders.audio.identity, "preprocessing": encoders.audio.preprocessing,

@@ -85,12 +85,21 @@ def preprocess_frames(processor: Any, frames: np.ndarray) -> dict[str, torch.Ten
     A plain function of the processor so decoding workers can run it without the model.
     frames: uint8 (N, H, W, 3) RGB
     returns dict with pixel_values float32 (N, 3, 224, 224) for fixed-resolution SigLIP; for NaFlex
-    SigLIP2 also pixel_attention_mask and spatial_shapes.
+    SigLIP2 pixel_values (N, max_num_patches, 3 * patch^2), pixel_attention_mask and spatial_shapes.
+
+    Raises:
+        ValueError: bad frames, or NaFlex frames that leave padding patches (the store has no patch mask).
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"want uint8 frames (N, H, W, 3), got {frames.dtype} {frames.shape}")
     batch = processor(images=list(frames), return_tensors="pt")
+    mask = batch.get("pixel_attention_mask")   # NaFlex only: (N, max_num_patches), 1 = a real patch
+    if mask is not None and not bool(mask.all()):
+        raise ValueError(
+            f"NaFlex SigLIP2 left {int((mask == 0).sum())} of {mask.numel()} patches as padding for "
+            f"{frames.shape[1]}x{frames.shape[2]} frames; the store keeps no patch mask, so NaFlex checkpoints "
+            "take square crops only (--face-crop center or detect, and a square max_num_patches)")
     return {key: value for key, value in batch.items() if isinstance(value, torch.Tensor)}
 
 
