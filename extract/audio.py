@@ -20,7 +20,6 @@ from mmfer.extract.visual import EncoderLoadError, offline_advice
 
 log = logging.getLogger(__name__)
 
-DEFAULT_AUDIO_ENCODER = "nvidia/stt_en_fastconformer_ctc_large"
 AUDIO_SAMPLE_RATE_HZ = 16_000
 AUDIO_FRAME_SHIFT_S = 0.08  # 10 ms mel hop x 8 subsampling (FastConformer); other models are logged
 
@@ -60,7 +59,7 @@ class AudioEncoder:
         return [encoded[i, : int(n)].numpy().copy() for i, n in enumerate(enc_lengths.cpu())]
 
 
-def load_audio_encoder(name_or_path: str = DEFAULT_AUDIO_ENCODER, *,
+def load_audio_encoder(name_or_path: str, *,
                        device: str | torch.device = "cpu") -> AudioEncoder:
     """Load a NeMo ASR model (FastConformer CTC by default) as a frozen, deterministic encoder.
 

@@ -26,8 +26,6 @@ from mmfer.pipeline.media import FfmpegError, local_input, run_ffmpeg
 
 log = logging.getLogger(__name__)
 
-AUDIO_SAMPLE_RATE_HZ = 16_000
-NUM_FRAMES = 16   # sampled uniformly over the clip, so Tv = 16 whatever its length
 # How frames and audio are chosen, recorded in the feature fingerprint: change the text with the code.
 FRAME_SAMPLING = "default-flagged (else first) video stream; frame whose pts is nearest (i + 0.5) * duration_s / num_frames; duration to the end of the last frame"
 AUDIO_MIX = "default-flagged (else first) audio stream, resampled by ffmpeg, channels averaged"
@@ -79,7 +77,7 @@ class DecodedClip:
     num_source_frames: int
 
 
-def probe_media(path: str | os.PathLike, timeout_s: float = 30.0) -> MediaInfo:
+def probe_media(path: str | os.PathLike, *, timeout_s: float) -> MediaInfo:
     """Read duration, streams and rotation from ffmpeg's banner for `ffmpeg -i path` (no output).
 
     Raises:
@@ -101,10 +99,10 @@ def probe_media(path: str | os.PathLike, timeout_s: float = 30.0) -> MediaInfo:
 def decode_clip(
     path: str | os.PathLike,
     *,
-    num_frames: int = NUM_FRAMES,
-    sample_rate_hz: int = AUDIO_SAMPLE_RATE_HZ,
-    timeout_s: float = 60.0,
-    max_audio_s: float = 20.0,
+    num_frames: int,
+    sample_rate_hz: int,
+    timeout_s: float,
+    max_audio_s: float,
     max_side_px: int | None = None,
 ) -> DecodedClip:
     """Decode `num_frames` frames at uniform timestamps and the audio, from the streams flagged default
@@ -112,7 +110,8 @@ def decode_clip(
 
     Frame i is the decoded frame whose pts is nearest to (i + 0.5) * duration_s / num_frames, so
     variable frame rate clips are sampled evenly in time; short clips repeat frames. `timeout_s` bounds
-    all ffmpeg calls together; `max_side_px` downscales frames whose longer side is bigger.
+    all ffmpeg calls together; `max_side_px` downscales frames whose longer side is bigger. The settings
+    have no defaults here: ExtractConfig owns them (num_frames, sample_rate_hz, decode_timeout_s, max_audio_s).
 
     Raises:
         DecodeError: see its `reason` attribute.
@@ -120,7 +119,7 @@ def decode_clip(
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     deadline = time.monotonic() + timeout_s
-    info = probe_media(path, timeout_s)
+    info = probe_media(path, timeout_s=timeout_s)
     # Fast path: packet pts from a stream copy (no decoding), frames then picked by time.
     _note_stream_choice(path, info)
     pts_s, dur_s, has_video, has_audio = _list_video_frames(path, info, _left(path, deadline), decode=False)

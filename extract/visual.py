@@ -21,7 +21,6 @@ from mmfer.pipeline.errors import MmferError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_VISUAL_ENCODER = "google/siglip2-base-patch16-224"
 _SIGLIP_TYPES = {"siglip", "siglip_vision_model"}  # full SigLIP checkpoint, or a saved vision tower
 _SIGLIP2_TYPES = {"siglip2", "siglip2_vision_model"}  # NaFlex checkpoints
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -103,7 +102,7 @@ def preprocess_frames(processor: Any, frames: np.ndarray) -> dict[str, torch.Ten
     return {key: value for key, value in batch.items() if isinstance(value, torch.Tensor)}
 
 
-def load_visual_encoder(name_or_path: str = DEFAULT_VISUAL_ENCODER, *, revision: str | None = None,
+def load_visual_encoder(name_or_path: str, *, revision: str | None = None,
                         device: str | torch.device = "cpu", dtype_policy: str = "auto") -> VisualEncoder:
     """Load a frozen SigLIP/SigLIP2 vision tower and its image processor.
 

@@ -40,7 +40,9 @@ def test_cache_holds_the_real_encoder_output(demo_cache, demo_root, tiny_models)
     store = open_store(demo_cache)
     clip_id = store.clip_ids[5]
     path = store.clip_table.set_index("clip_id").loc[clip_id, "path"]
-    decoded = decode_clip(path)
+    cfg = extract_config(demo_root, demo_cache, tiny_models)
+    decoded = decode_clip(path, num_frames=cfg.num_frames, sample_rate_hz=cfg.sample_rate_hz,
+                          timeout_s=cfg.decode_timeout_s, max_audio_s=cfg.max_audio_s)
     visual = load_visual_encoder(str(tiny_models / "tiny-siglip-vision"))
     tokens, pooled = visual.encode(crop_faces(decoded.frames, "center").crops)
     cached = store.entry("video").read_clip(clip_id)
