@@ -227,13 +227,12 @@ def _parse_banner(banner: str) -> MediaInfo:
     if m:
         duration_s = int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])
     streams = {"Video": [], "Audio": []}   # kind -> [(index, is_default, section text)]
-    starts = list(_STREAM_LINE.finditer(banner))
-    for k, line in enumerate(starts):
+    for line in _STREAM_LINE.finditer(banner):
         if line[2] == "Video" and "(attached pic)" in line[3]:
             continue
-        end = starts[k + 1].start() if k + 1 < len(starts) else len(banner)
-        next_stream = re.search(r"\n\s*Stream #", banner[line.end():end])
-        section = banner[line.start(): line.end() + next_stream.start() if next_stream else end]
+        rest = banner[line.end():]
+        next_stream = re.search(r"\n\s*Stream #", rest)   # a stream's lines run up to the next stream of any kind
+        section = banner[line.start(): line.end() + (next_stream.start() if next_stream else len(rest))]
         streams[line[2]].append((int(line[1]), "(default)" in line[3], section))
     video = _pick_stream(streams["Video"])
     audio = _pick_stream(streams["Audio"])
