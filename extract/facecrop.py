@@ -20,6 +20,17 @@ MODES = ("none", "center", "detect")
 DETECT_SIDE_PX = 320      # frames are shrunk to this longer side for detection: a 25%-width face is ~80 px
 MIN_FACE_PX = 24          # the cascade's own window is 24 px
 SMOOTH_WINDOW = 5         # frames in the running median over box centres (about 1.5 s at Tv=16 over 5 s)
+SCALE_FACTOR = 1.1        # the cascade's step between window sizes
+MIN_NEIGHBORS = 5         # overlapping windows a box needs to count as a face
+FACE_MARGIN = 0.25        # "detect" widens the face box by this fraction of its side on each side
+CASCADE_FILE = "haarcascade_frontalface_default.xml"
+
+
+def detector_settings() -> dict:
+    """Every constant that decides a "detect" crop, for the feature fingerprint (extract/run.py)."""
+    return {"cascade": CASCADE_FILE, "detect_side_px": DETECT_SIDE_PX, "min_face_px": MIN_FACE_PX,
+            "scale_factor": SCALE_FACTOR, "min_neighbors": MIN_NEIGHBORS, "smooth_window": SMOOTH_WINDOW,
+            "margin": FACE_MARGIN, "track": "interpolate misses, running median of centres, median side"}
 
 
 class FaceCrops(NamedTuple):
@@ -33,7 +44,7 @@ class FaceCrops(NamedTuple):
     found_face: bool
 
 
-def crop_faces(frames: np.ndarray, mode: str, *, out_px: int | None = None, margin: float = 0.25) -> FaceCrops:
+def crop_faces(frames: np.ndarray, mode: str, *, out_px: int | None = None, margin: float = FACE_MARGIN) -> FaceCrops:
     """Crop a clip's frames with one box per frame.
 
     Args:
@@ -86,7 +97,7 @@ def _center_squares(num_frames: int, height: int, width: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=1)
 def _cascade() -> cv2.CascadeClassifier:
-    path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
+    path = cv2.data.haarcascades + CASCADE_FILE
     cascade = cv2.CascadeClassifier(path)
     if cascade.empty():
         raise RuntimeError(f"{path}: cannot load the Haar cascade; reinstall opencv-python-headless (4.x)")
@@ -101,7 +112,7 @@ def _detect_face(frame: np.ndarray) -> tuple[float, float, float]:
         gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     gray = cv2.equalizeHist(gray)
     found, votes = _cascade().detectMultiScale2(
-        gray, scaleFactor=1.1, minNeighbors=5, minSize=(MIN_FACE_PX, MIN_FACE_PX)
+        gray, scaleFactor=SCALE_FACTOR, minNeighbors=MIN_NEIGHBORS, minSize=(MIN_FACE_PX, MIN_FACE_PX)
     )
     if len(found) == 0:
         return (np.nan, np.nan, np.nan)

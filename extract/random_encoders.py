@@ -36,8 +36,11 @@ SIZES: dict[str, dict] = {
         # SigLIP2-base/16 at 224 px (google/siglip2-base-patch16-224 vision tower): 86M parameters, Dv = 768.
         "visual_dirname": "siglip-base-random", "audio_filename": "fastconformer-large-random.nemo",
         "visual": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
-        # FastConformer-large CTC (nvidia/stt_en_fastconformer_ctc_large): 17 layers, d_model 512, 8 heads, ff 2048.
-        "audio": {"n_layers": 17, "d_model": 512, "n_heads": 8, "subsampling_conv_channels": 256},
+        # FastConformer-large CTC (nvidia/stt_en_fastconformer_ctc_large, "around 115M parameters", a 463 MB fp32
+        # .nemo): 18 layers (NeMo's fast-conformer_ctc_bpe.yaml; its table says 17), d_model 512, 8 heads, ff 2048.
+        # Counted: 18 layers give a 115.1M encoder (+0.5M for the real 1024-token CTC head = 462 MB fp32);
+        # 17 give 108.8M (437 MB).
+        "audio": {"n_layers": 18, "d_model": 512, "n_heads": 8, "subsampling_conv_channels": 256},
     },
 }
 

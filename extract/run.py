@@ -15,7 +15,7 @@ import logging
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -24,13 +24,16 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from mmfer.extract.decode import AUDIO_MIX, FRAME_SAMPLING
 from mmfer.extract.encoders import load_encoders
+from mmfer.extract.facecrop import detector_settings
 from mmfer.extract.worker import DecodedItem, DecodeJob, decode_job
 from mmfer.pipeline.config import ExtractConfig
 from mmfer.pipeline.device import resolve_device
-from mmfer.pipeline.errors import MmferError
+from mmfer.pipeline.errors import ConfigError, MmferError
 from mmfer.pipeline.faults import crash_point
-from mmfer.pipeline.store import ArraySpec, ClipStatus, FeatureEntry, create_store, writer_lock
+from mmfer.pipeline.store import (ArraySpec, ClipStatus, FeatureEntry, FeatureStore, StoreError, create_store,
+                                  entry_differences, writer_lock)
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +70,25 @@ class ExtractSummary:
         return "\n".join(lines)
 
 
+# Bump when anything this package does to a clip before or around the encoders changes in a way that
+# changes stored values (decode, sampling, cropping, mixing, padding). 1: stores made before the version
+# was recorded; 2: stereo averaged, not summed at 0.707 (issue 14.11).
+EXTRACTOR_VERSION = 2
+
+# Where an encoder was read from, recorded in the entry but not fingerprinted: the weights hash (and the
+# hub revision asked for) say what it is, so the same weights under another --models-dir or folder resume.
+ENCODER_LOCATION_KEYS = ("name", "commit_hash")
+
+
 def fingerprint(parts: dict) -> str:
-    """16 hex digits of the SHA-256 of everything that decides a modality's features."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """16 hex digits of the SHA-256 of everything that decides a modality's features (see fingerprint_parts)."""
+    return hashlib.sha256(json.dumps(fingerprint_parts(parts), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def fingerprint_parts(params: dict) -> dict:
+    """An entry's parameters without the encoder's location (ENCODER_LOCATION_KEYS)."""
+    encoder = {k: v for k, v in params.get("encoder", {}).items() if k not in ENCODER_LOCATION_KEYS}
+    return {**params, "encoder": encoder}
 
 
 REQUIRED_COLUMNS = ("clip_id", "path", "source")   # what extract reads of the manifest (data/manifest.py)
@@ -99,10 +118,14 @@ def extract_all(cfg: ExtractConfig, manifest: pd.DataFrame) -> ExtractSummary:
 
 def _extract_locked(cfg: ExtractConfig, table: pd.DataFrame, device: torch.device, start: float) -> ExtractSummary:
     encoders = load_encoders(cfg, device)
+    if encoders.visual.identity["model_class"] == "Siglip2VisionModel" and cfg.face_crop == "none":
+        # NaFlex pads non-square frames with patches the store would keep as data (it has no patch mask)
+        raise ConfigError(f"{encoders.visual.identity['name']}: a NaFlex SigLIP2 checkpoint needs square crops; "
+                          "use --face-crop center or detect (or a fixed-resolution SigLIP2 checkpoint)")
     video_params = {"encoder": encoders.visual.identity, "preprocessing": encoders.visual.preprocessing,
-                    "num_frames": cfg.num_frames, "face_crop": cfg.face_crop, "dtype": cfg.dtype}
+                    **decode_params("video", cfg)}
     audio_params = {"encoder": encoders.audio.identity, "preprocessing": encoders.audio.preprocessing,
-                    "sample_rate_hz": cfg.sample_rate_hz, "max_audio_s": cfg.max_audio_s, "dtype": cfg.dtype}
+                    **decode_params("audio", cfg)}
     log.info("extract: %d clips in the manifest, device %s, torch %s, visual %s, audio %s", len(table), device,
              torch.__version__, encoders.visual.identity["name"], encoders.audio.identity["name"])
 
@@ -112,6 +135,9 @@ def _extract_locked(cfg: ExtractConfig, table: pd.DataFrame, device: torch.devic
     if removed:
         log.info("removed %d leftovers of interrupted writes", removed)
     num_patches, visual_dim = encoders.visual_token_shape()
+    audio_attrs = {**audio_params, "frame_shift_s": encoders.audio.frame_shift_s}
+    for modality, params in (("video", video_params), ("audio", audio_attrs)):
+        _refuse_other_settings(store, modality, params, overwrite=cfg.overwrite)
     video = store.ensure_entry("video", fingerprint(video_params), video_params, {
         "tokens": ArraySpec((cfg.num_frames, num_patches, visual_dim), cfg.dtype),
         "pooled": ArraySpec((cfg.num_frames, visual_dim), cfg.dtype),
@@ -119,7 +145,7 @@ def _extract_locked(cfg: ExtractConfig, table: pd.DataFrame, device: torch.devic
         "boxes": ArraySpec((cfg.num_frames, 4), "float32"),
     }, overwrite=cfg.overwrite)
     max_audio_frames, audio_dim = encoders.audio_token_shape(cfg.max_audio_s, cfg.sample_rate_hz)
-    audio = store.ensure_entry("audio", fingerprint(audio_params), {**audio_params, "frame_shift_s": encoders.audio.frame_shift_s}, {
+    audio = store.ensure_entry("audio", fingerprint(audio_attrs), audio_attrs, {
         "tokens": ArraySpec((max_audio_frames, audio_dim), cfg.dtype),
         "length": ArraySpec((), "int32"),
         "duration_s": ArraySpec((), "float32"),
@@ -139,6 +165,46 @@ def _extract_locked(cfg: ExtractConfig, table: pd.DataFrame, device: torch.devic
     log.info("extract finished: %d done, %d skipped, %d failed, %.1f s", summary.num_done, summary.num_skipped,
              summary.num_failed, summary.wall_s)
     return summary
+
+
+def decode_params(modality: str, cfg: ExtractConfig) -> dict:
+    """What decides a modality's features besides its encoder: settings, the extractor version, the rules."""
+    if modality == "video":
+        face = {"face_detector": detector_settings()} if cfg.face_crop == "detect" else {}
+        return {"num_frames": cfg.num_frames, "face_crop": cfg.face_crop, **face, "frame_sampling": FRAME_SAMPLING,
+                "dtype": cfg.dtype, "extractor_version": EXTRACTOR_VERSION}
+    return {"sample_rate_hz": cfg.sample_rate_hz, "max_audio_s": cfg.max_audio_s, "audio_mix": AUDIO_MIX,
+            "dtype": cfg.dtype, "extractor_version": EXTRACTOR_VERSION}
+
+
+def _refuse_other_settings(store: FeatureStore, modality: str, params: dict, *, overwrite: bool) -> None:
+    """Refuse, naming what differs, when the store holds `modality` features made with other settings.
+
+    Raises:
+        StoreError: another fingerprint is there and not `overwrite` (which replaces it in ensure_entry).
+    """
+    others = [f for f in store.fingerprints(modality) if f != fingerprint(params)]
+    if not others or overwrite:
+        return
+    old = fingerprint_parts(store.entry(modality, others[0]).attrs)
+    new = fingerprint_parts(json.loads(json.dumps(params, default=str)))
+    changed = [f"{_setting_name(key, modality)}: {old_value!r} -> {new_value!r}"
+               for key, old_value, new_value in entry_differences(old, new)]
+    raise StoreError(
+        f"{store.path}: holds {modality} features (entry {others[0]}) made with other settings: "
+        f"{'; '.join(changed[:6]) or 'an older extractor'}{' ...' if len(changed) > 6 else ''}; "
+        "run with the same settings, use another --out, or --overwrite to replace them")
+
+
+def _setting_name(key: str, modality: str) -> str:
+    """A differing attribute, with the extract flag that sets it where there is one."""
+    flags = {f.name for f in fields(ExtractConfig)}
+    top = key.split(".")[0]
+    if top in flags:
+        return f"{key} (--{top.replace('_', '-')})"
+    if top == "encoder":
+        return f"{key} (--{'visual' if modality == 'video' else 'audio'}-encoder / --preset)"
+    return key
 
 
 def _clips_to_do(selected: pd.DataFrame, video: FeatureEntry, audio: FeatureEntry) -> pd.DataFrame:

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 _SIGLIP_TYPES = {"siglip", "siglip_vision_model"}  # full SigLIP checkpoint, or a saved vision tower
 _SIGLIP2_TYPES = {"siglip2", "siglip2_vision_model"}  # NaFlex checkpoints
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+IMAGE_PROCESSOR_BACKEND = "pil"   # transformers' PIL image processors, never the torchvision ones
 
 
 class EncoderLoadError(MmferError, RuntimeError):
@@ -83,12 +84,21 @@ def preprocess_frames(processor: Any, frames: np.ndarray) -> dict[str, torch.Ten
     A plain function of the processor so decoding workers can run it without the model.
     frames: uint8 (N, H, W, 3) RGB
     returns dict with pixel_values float32 (N, 3, 224, 224) for fixed-resolution SigLIP; for NaFlex
-    SigLIP2 also pixel_attention_mask and spatial_shapes.
+    SigLIP2 pixel_values (N, max_num_patches, 3 * patch^2), pixel_attention_mask and spatial_shapes.
+
+    Raises:
+        ValueError: bad frames, or NaFlex frames that leave padding patches (the store has no patch mask).
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"want uint8 frames (N, H, W, 3), got {frames.dtype} {frames.shape}")
     batch = processor(images=list(frames), return_tensors="pt")
+    mask = batch.get("pixel_attention_mask")   # NaFlex only: (N, max_num_patches), 1 = a real patch
+    if mask is not None and not bool(mask.all()):
+        raise ValueError(
+            f"NaFlex SigLIP2 left {int((mask == 0).sum())} of {mask.numel()} patches as padding for "
+            f"{frames.shape[1]}x{frames.shape[2]} frames; the store keeps no patch mask, so NaFlex checkpoints "
+            "take square crops only (--face-crop center or detect, and a square max_num_patches)")
     return {key: value for key, value in batch.items() if isinstance(value, torch.Tensor)}
 
 
@@ -138,7 +148,10 @@ def load_visual_encoder(name_or_path: str, *, revision: str | None = None,
     else:
         raise EncoderLoadError(f"{name_or_path}: model_type {config.model_type!r} is not SigLIP/SigLIP2; "
                                "pass a SigLIP2 checkpoint")
-    processor = from_pretrained(AutoImageProcessor.from_pretrained)
+    # Pinned: left to itself transformers picks the torchvision backend where torchvision is installed and
+    # PIL elsewhere, whose pixels (resize, rounding) and class differ, so features and fingerprint would
+    # depend on the machine. PIL is what every install has.
+    processor = from_pretrained(AutoImageProcessor.from_pretrained, backend=IMAGE_PROCESSOR_BACKEND)
     model, info = from_pretrained(model_class.from_pretrained, output_loading_info=True)
     if info.get("missing_keys"):
         raise EncoderLoadError(f"{name_or_path}: checkpoint lacks vision weights "
@@ -151,7 +164,7 @@ def load_visual_encoder(name_or_path: str, *, revision: str | None = None,
     weight_files = _weight_files(name_or_path, is_local, revision)
     identity = {
         "name": name_or_path,
-        "revision": revision,
+        "revision": None if is_local else revision,   # the loader ignores it for a folder
         "commit_hash": _commit_hash(weight_files),
         "weights_sha256": _hash_files(weight_files),
         "model_class": model_class.__name__,
@@ -163,6 +176,7 @@ def load_visual_encoder(name_or_path: str, *, revision: str | None = None,
     }
     autocast_dtype = _autocast_dtype(device, dtype_policy)
     preprocessing = {**_jsonable(processor.to_dict()), "processor_class": type(processor).__name__,
+                     "processor_backend": IMAGE_PROCESSOR_BACKEND,
                      "autocast_dtype": str(autocast_dtype).removeprefix("torch.") if autocast_dtype else "float32"}
     log.info("visual encoder %s (%s, Dv=%d, P=%s) on %s, compute %s", name_or_path, model_class.__name__,
              vision_cfg.hidden_size, num_patches, device, preprocessing["autocast_dtype"])

@@ -1,16 +1,19 @@
 """Find and run the ffmpeg binary, safely.
 
-The system ffmpeg is used when it is on PATH, else the one shipped in the `imageio-ffmpeg` wheel, so
-`pip install` alone is enough (ffprobe is never needed). Every call has a timeout, and stdout and
+The system ffmpeg is used when it is on PATH and new enough (5.1: `-fps_mode`), else the one shipped in
+the `imageio-ffmpeg` wheel, so `pip install` alone is enough (ffprobe is never needed). Every call has a timeout, and stdout and
 stderr are drained together by `communicate`, because ffmpeg blocks forever once a pipe it writes to
-is full. Callers (`data/demo.py`, `extract/decode.py`) pass plain argument lists, kept in view next to
-the output they parse; ffmpeg-python's `run()` has no timeout, so it is not on this path.
+is full. Callers pass argument lists: `extract/decode.py` compiles them from ffmpeg-python stream graphs
+(`.compile()`), `data/demo.py` writes them out; ffmpeg-python's own `run()` has no timeout, so it is never
+used to run anything.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,7 +21,11 @@ from pathlib import Path
 
 from mmfer.pipeline.errors import MmferError
 
+log = logging.getLogger(__name__)
+
 STDERR_TAIL_CHARS = 2000   # enough for ffmpeg's real complaint, not its whole banner
+MIN_FFMPEG_VERSION = (5, 1)   # `-fps_mode` (decode.py) first came in ffmpeg 5.1; Ubuntu 22.04 ships 4.4
+VERSION_CHECK_TIMEOUT_S = 10.0   # `ffmpeg -version` prints and exits at once; this only bounds a broken binary
 
 
 class FfmpegError(MmferError, RuntimeError):
@@ -42,16 +49,38 @@ class FfmpegError(MmferError, RuntimeError):
 
 @functools.lru_cache(maxsize=1)
 def ffmpeg_exe() -> str:
-    """Path of the ffmpeg binary: $MMFER_FFMPEG, else ffmpeg on PATH, else the imageio-ffmpeg one."""
+    """Path of the ffmpeg binary: $MMFER_FFMPEG (taken as is), else ffmpeg on PATH when it is at least
+    MIN_FFMPEG_VERSION, else the imageio-ffmpeg one (with one log line saying why)."""
     configured = os.environ.get("MMFER_FFMPEG")
     if configured:
         return configured
     on_path = shutil.which("ffmpeg")
     if on_path:
-        return on_path
+        version = ffmpeg_version(on_path)
+        if version is None or version >= MIN_FFMPEG_VERSION:   # None: a git build ("N-12345-g..."), new
+            return on_path
+        import imageio_ffmpeg
+
+        bundled = imageio_ffmpeg.get_ffmpeg_exe()
+        log.warning("%s is ffmpeg %s, older than the %s this pipeline needs (-fps_mode); using the bundled %s",
+                    on_path, ".".join(map(str, version)), ".".join(map(str, MIN_FFMPEG_VERSION)), bundled)
+        return bundled
     import imageio_ffmpeg  # a dependency; imported here so a system ffmpeg needs nothing else
 
     return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def ffmpeg_version(exe: str) -> tuple[int, ...] | None:
+    """(major, minor) from `exe -version` ("ffmpeg version 4.4.2-0ubuntu0.22.04.1", "n6.1"), or None when
+    the first line has no release number (git builds) or the binary does not answer."""
+    try:
+        proc = subprocess.run([exe, "-version"], stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=VERSION_CHECK_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    first = proc.stdout.decode("utf-8", errors="replace").partition("\n")[0]
+    m = re.match(r"ffmpeg version n?(\d+)\.(\d+)", first)
+    return (int(m[1]), int(m[2])) if m else None
 
 
 def run_ffmpeg(args: list[str], *, path: str | os.PathLike, timeout_s: float, input_bytes: bytes | None = None) -> bytes:
@@ -97,6 +126,12 @@ def _kill_group(proc: subprocess.Popen) -> None:
 def _tail(stderr: bytes | None) -> str:
     text = (stderr or b"").decode("utf-8", errors="replace").strip()
     return text[-STDERR_TAIL_CHARS:]
+
+
+def local_input(path: str | os.PathLike) -> str:
+    """`path` as an ffmpeg input that is always a local file: `file:` in front, so a name with a colon
+    (`take:1.mp4`, `C:clip.mp4`) is never read as a protocol (`take:`) or a URL."""
+    return "file:" + os.fspath(path)
 
 
 def file_signature(path: str | os.PathLike) -> str:

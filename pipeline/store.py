@@ -2,9 +2,9 @@
 
 `extract/` writes clips through `FeatureEntry.write_clip`; `train/` reads them through
 `FeatureEntry.read_clip`. Arrays are created at their final size, once, in a staging folder that is
-renamed into place; clip writers only fill their own chunks and write the clip's status last, so a
-crash at any moment leaves a store whose clips are either done (data complete and checksummed) or
-not. Nothing else in mmfer imports zarr or spells a path inside the store.
+renamed into place; clip writers only fill their own chunks and write the clip's status last (it goes
+PENDING before anything else of the clip changes), so a crash at any moment leaves a store whose clips
+are either done (data complete and checksummed) or not. Nothing else in mmfer imports zarr or spells a path inside the store.
 """
 
 from __future__ import annotations
@@ -186,9 +186,14 @@ class FeatureEntry:
         self._set_status(self.store.index_of(clip_id), status, reason, source)
 
     def _set_status(self, index: int, status: ClipStatus, reason: str, source: str) -> None:
+        # PENDING first: a kill between the writes below must not leave an old DONE standing over a new
+        # source signature (which would make the next run skip a clip whose data is the old file's).
+        self._arrays["status"][index] = np.int8(ClipStatus.PENDING)
         self._arrays["reason"][index] = reason
         self._arrays["source"][index] = source
-        self._arrays["status"][index] = np.int8(status)
+        crash_point("status_meta_written")
+        if status != ClipStatus.PENDING:
+            self._arrays["status"][index] = np.int8(status)
 
     def read_clip(self, clip_id: str, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         """One clip's arrays (one chunk read each; `names` picks some), checked: status DONE, every chunk
@@ -325,19 +330,30 @@ class FeatureStore:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
 
 
-def _differences(old: dict, new: dict, prefix: str = "") -> str:
-    """`key: stored -> this run` for each differing setting of two entries' attrs (nested keys dotted)."""
-    def flat(d: dict, pre: str) -> dict:
-        out = {}
-        for k, v in d.items():
-            if k in ("modality", "fingerprint", "arrays"):
-                continue
-            out.update(flat(v, f"{pre}{k}.") if isinstance(v, dict) else {f"{pre}{k}": v})
-        return out
+ENTRY_BOOKKEEPING = ("modality", "fingerprint", "arrays")   # entry attrs that are not settings
 
-    a, b = flat(old, prefix), flat(new, prefix)
-    diffs = [f"{k}: {a.get(k, '(none)')} -> {b.get(k, '(none)')}" for k in sorted(a.keys() | b.keys())
-             if a.get(k) != b.get(k) and not (isinstance(b.get(k), tuple) and list(b[k]) == a.get(k))]
+
+def entry_differences(old: dict, new: dict, *, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(dotted key, stored value, this run's value) for every setting that differs between two entries'
+    attrs (tuples compare equal to the lists JSON stores them as)."""
+    found = []
+    for key in sorted(set(old) | set(new)):
+        if key in ENTRY_BOOKKEEPING and not prefix:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += entry_differences(a, b, prefix=f"{prefix}{key}.")
+        elif a != b and not (isinstance(b, tuple) and list(b) == a):
+            found.append((f"{prefix}{key}", a, b))
+    return found
+
+
+def _differences(old: dict, new: dict) -> str:
+    """`key: stored -> this run` for each differing setting, for a refusal message."""
+    def shown(value: object) -> object:
+        return "(none)" if value is None else value
+
+    diffs = [f"{k}: {shown(a)} -> {shown(b)}" for k, a, b in entry_differences(old, new)]
     return "; ".join(diffs) if diffs else "none recorded (the stored entry predates these records)"
 
 

@@ -239,3 +239,23 @@ def test_unknown_hub_id_offline_gives_advice(blocked_run):
         assert "no-such-org/no-such-model-xyz" in message, f"{kind}: {message!r}"
         for advice in ("hf download no-such-org/no-such-model-xyz", "local path", "--preset tiny"):
             assert advice in message, f"{kind} error lacks {advice!r}: {message!r}"
+
+
+def test_image_processor_backend_is_pinned_to_pil(tiny_models):
+    """Left to itself transformers picks torchvision when it is installed and PIL otherwise; the pinned
+    backend (recorded, hence fingerprinted) makes pixels and fingerprint the same on every machine."""
+    loaded = load_visual_encoder(str(tiny_models[0]))
+    assert loaded.processor.backend == "pil" and loaded.preprocessing["processor_backend"] == "pil"
+    assert loaded.preprocessing["processor_class"] == "SiglipImageProcessorPil"
+
+
+def test_full_size_random_fastconformer_has_the_real_models_parameter_count():
+    """nvidia/stt_en_fastconformer_ctc_large: about 115M parameters (model card), a 463 MB fp32 .nemo; our
+    character CTC head is 0.5M smaller than its 1024-token one, so the encoder alone must be ~115M."""
+    from nemo.collections.asr.modules import ConformerEncoder
+
+    from mmfer.extract.random_encoders import SIZES, audio_model_config
+
+    cfg = {k: v for k, v in audio_model_config(SIZES["full"]["audio"])["encoder"].items() if k != "_target_"}
+    num_params = sum(p.numel() for p in ConformerEncoder(**cfg).parameters())
+    assert 113e6 < num_params < 117e6, f"{num_params / 1e6:.1f}M encoder parameters, the real model has ~115M"

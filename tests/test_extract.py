@@ -40,7 +40,9 @@ def test_cache_holds_the_real_encoder_output(demo_cache, demo_root, tiny_models)
     store = open_store(demo_cache)
     clip_id = store.clip_ids[5]
     path = store.clip_table.set_index("clip_id").loc[clip_id, "path"]
-    decoded = decode_clip(path)
+    cfg = extract_config(demo_root, demo_cache, tiny_models)
+    decoded = decode_clip(path, num_frames=cfg.num_frames, sample_rate_hz=cfg.sample_rate_hz,
+                          timeout_s=cfg.decode_timeout_s, max_audio_s=cfg.max_audio_s)
     visual = load_visual_encoder(str(tiny_models / "tiny-siglip-vision"))
     tokens, pooled = visual.encode(crop_faces(decoded.frames, "center").crops)
     cached = store.entry("video").read_clip(clip_id)
@@ -129,3 +131,34 @@ def test_the_stores_clip_table_is_the_manifest(demo_root, demo_cache):
     table = open_store(demo_cache).clip_table
     assert tuple(manifest.columns) == MANIFEST_COLUMNS == tuple(table.columns)
     assert table.astype(str).equals(manifest.astype(str))
+
+
+def test_same_weights_in_another_models_dir_resume_and_a_refusal_names_the_setting(tmp_path, demo_root, tiny_models):
+    manifest = scan_ravdess(demo_root)
+    out = tmp_path / "cache"
+    assert extract_all(extract_config(demo_root, out, tiny_models, limit=2), manifest).num_done == 2
+    moved = tmp_path / "moved_models"
+    shutil.copytree(tiny_models, moved)
+    again = extract_all(extract_config(demo_root, out, moved, limit=3), manifest)
+    assert again.num_skipped == 2 and again.num_done == 1
+    assert open_store(out).entry("video").attrs["encoder"]["name"] == str(tiny_models / "tiny-siglip-vision")
+    with pytest.raises(StoreError, match=r"face_crop \(--face-crop\): 'center' -> 'none'.*--overwrite"):
+        extract_all(extract_config(demo_root, out, moved, limit=3, face_crop="none"), manifest)
+
+
+def test_entries_record_the_extractor_version_sampling_rule_and_detector_constants(demo_cache, tmp_path):
+    from mmfer.extract.decode import AUDIO_MIX, FRAME_SAMPLING
+    from mmfer.extract.facecrop import MIN_FACE_PX, SMOOTH_WINDOW
+    from mmfer.extract.run import EXTRACTOR_VERSION, decode_params, fingerprint
+
+    store = open_store(demo_cache)
+    video, audio = store.entry("video"), store.entry("audio")
+    assert video.attrs["extractor_version"] == audio.attrs["extractor_version"] == EXTRACTOR_VERSION
+    assert video.attrs["frame_sampling"] == FRAME_SAMPLING and audio.attrs["audio_mix"] == AUDIO_MIX
+    assert "face_detector" not in video.attrs   # the demo cache is center-cropped: no detector in play
+    assert fingerprint({k: v for k, v in video.attrs.items() if k not in ("modality", "fingerprint", "arrays")}) \
+        == video.fingerprint
+    detect = decode_params("video", extract_config(tmp_path, tmp_path / "c", tmp_path, face_crop="detect"))
+    assert detect["face_detector"]["min_face_px"] == MIN_FACE_PX
+    assert detect["face_detector"]["smooth_window"] == SMOOTH_WINDOW
+    assert fingerprint({**detect, "extractor_version": EXTRACTOR_VERSION + 1}) != fingerprint(detect)

@@ -25,6 +25,7 @@ from mmfer.data.ravdess import scan_ravdess
 from mmfer.extract.decode import DecodeError, decode_clip
 from mmfer.extract.run import DiskSpaceError, extract_all
 from mmfer.pipeline.app.cli import main as mmfer_main
+from mmfer.pipeline.config import ExtractConfig
 from mmfer.pipeline.media import ffmpeg_exe
 from mmfer.pipeline.store import MODALITIES, ClipStatus, StoreError, open_store, verify_store
 
@@ -316,10 +317,12 @@ def test_hanging_or_flooding_decoder_times_out_and_the_run_goes_on(tmp_path, sma
     for clip, folder in zip(clips, ("hang_dir", "flood_dir", "noisy_dir", "ok_dir")):
         (root / folder).mkdir(parents=True)
         shutil.copy(clip, root / folder / clip.name)
+    defaults = ExtractConfig()
     for folder in ("hang_dir", "flood_dir"):
         start = time.monotonic()
         with pytest.raises(DecodeError) as caught:
-            decode_clip(next((root / folder).iterdir()), timeout_s=timeout_s)
+            decode_clip(next((root / folder).iterdir()), num_frames=defaults.num_frames,
+                        sample_rate_hz=defaults.sample_rate_hz, timeout_s=timeout_s, max_audio_s=defaults.max_audio_s)
         took_s = time.monotonic() - start
         assert caught.value.reason == "timeout" and took_s < timeout_s + 3, (folder, took_s, str(caught.value))
 

@@ -88,7 +88,7 @@ def predict_file(predictor, path: Path, *, window_s: float | None, hop_s: float 
             item = predictor.features(path, path.stem)
             result.probabilities, result.notes = predictor.predict([item])[0], item["notes"]
             return result
-        duration_s = probe_media(path, predictor.decode_timeout_s).duration_s
+        duration_s = probe_media(path, timeout_s=predictor.decode_timeout_s).duration_s
         if not duration_s:
             raise PredictError(f"{path}: ffmpeg reports no duration; cannot place windows")
         starts = window_starts(duration_s, window_s, hop_s or window_s)
