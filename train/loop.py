@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from mmfer.pipeline.config import TrainConfig
 from mmfer.pipeline.device import resolve_device
+from mmfer.pipeline.errors import ConfigError
 from mmfer.pipeline.faults import crash_point
 from mmfer.pipeline.splits import assign_parts, check_no_leakage, describe_protocol, make_folds
 from mmfer.pipeline.store import StoreError
@@ -62,8 +63,10 @@ def train(cfg: TrainConfig) -> dict:
     all_actors = sorted(int(a) for a in cache.clips["actor"].unique())
     folds = make_folds(cfg.split.protocol, num_val_actors=cfg.split.num_val_actors,
                        fold_file=cfg.split.fold_file, all_actors=all_actors)
-    if cfg.folds != "all":
-        folds = [folds[int(n) - 1] for n in cfg.folds.split(",")]
+    fold_numbers = list(range(1, len(folds) + 1)) if cfg.folds == "all" else [int(n) for n in cfg.folds.split(",")]
+    if max(fold_numbers) > len(folds):
+        raise ConfigError(f"--folds {cfg.folds}: the {cfg.split.protocol} protocol has {len(folds)} fold(s)")
+    folds = [folds[n - 1] for n in fold_numbers]
     log.info("protocol %s (%d usable clips):\n%s", cfg.split.protocol, len(cache.clips), describe_protocol(cache.clips, folds))
     for fold in folds:
         check_no_leakage(cache.clips, fold)   # raises LeakageError before any training
@@ -80,8 +83,8 @@ def train(cfg: TrainConfig) -> dict:
     confidence = load_difficulty(cfg.training.curriculum) if cfg.training.curriculum else None
 
     fold_metrics, frames, timings = {}, [], []
-    for fold_index, fold in enumerate(folds):
-        metrics, frame, epoch_times = train_fold(cfg, fold, fold_index, out / fold.name, cache, dataset, sampler,
+    for fold_number, fold in zip(fold_numbers, folds):   # seeds follow the fold's number, not its position
+        metrics, frame, epoch_times = train_fold(cfg, fold, fold_number, out / fold.name, cache, dataset, sampler,
                                                  loader, device, resolved, confidence)
         fold_metrics[fold.name], timings = metrics, timings + epoch_times
         frames.append(frame)
@@ -100,7 +103,7 @@ def train(cfg: TrainConfig) -> dict:
     return summary
 
 
-def train_fold(cfg: TrainConfig, fold, fold_index: int, fold_dir: Path, cache, dataset: ClipDataset,
+def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, dataset: ClipDataset,
                sampler: EpochSampler, loader, device: torch.device, resolved: dict, confidence) -> tuple:
     """One fold: train with validation and checkpoints, then test the best checkpoint.
 
@@ -115,7 +118,7 @@ def train_fold(cfg: TrainConfig, fold, fold_index: int, fold_dir: Path, cache, d
     (fold_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     last_path, best_path = fold_dir / "checkpoints" / "last.pt", fold_dir / "checkpoints" / "best.pt"
 
-    torch.manual_seed(derive_seed(cfg.seed, fold_index, -1))
+    torch.manual_seed(derive_seed(cfg.seed, fold_number, -1))
     tv, num_patches, video_dim = cache.video_shape
     model = build_model(cfg.model, video_dim=video_dim, num_patches=num_patches, audio_dim=cache.audio_shape[1],
                         dropout=t.dropout)
@@ -169,8 +172,8 @@ def train_fold(cfg: TrainConfig, fold, fold_index: int, fold_dir: Path, cache, d
     for epoch in range(start_epoch, t.max_epochs):
         if stopper.should_stop:
             break
-        torch.manual_seed(derive_seed(cfg.seed, fold_index, epoch))        # dropout
-        rng = np.random.default_rng([cfg.seed, fold_index, epoch])         # shuffle + mixup
+        torch.manual_seed(derive_seed(cfg.seed, fold_number, epoch))        # dropout
+        rng = np.random.default_rng([cfg.seed, fold_number, epoch])         # shuffle + mixup
         positions = train_pos if confidence is None else epoch_subset(
             train_pos, dataset.clip_ids, confidence, epoch, t.curriculum_epochs)
         sampler.set_indices(rng.permutation(positions))
@@ -233,8 +236,8 @@ def train_epoch(model, criterion, optimizer, scaler, loader, device, amp_dtype, 
         labels = batch["labels"]
         lam, perm = sample_mixup(rng, mixup_alpha, len(labels))
         labels_b = None
-        if lam < 1.0:
-            batch, labels_b = mix_batch(batch, lam, perm)
+        if lam < 1.0:   # mixed after standardization, where padding (0) is neutral
+            batch, labels_b = mix_batch(model.input_norm(batch), lam, perm)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             outputs = model(batch)
             losses = criterion(outputs, labels, labels_b, lam, has_audio=batch["has_audio"], has_video=batch["has_video"])
@@ -319,8 +322,9 @@ def autocast_dtype(device: torch.device, mixed_precision: bool) -> torch.dtype |
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def derive_seed(seed: int, fold_index: int, epoch: int) -> int:
-    return int(np.random.SeedSequence([seed, fold_index, epoch + 1]).generate_state(1)[0])
+def derive_seed(seed: int, fold_number: int, epoch: int) -> int:
+    """The torch seed of one fold's epoch (-1: model initialisation), by the fold's 1-based number."""
+    return int(np.random.SeedSequence([seed, fold_number, epoch + 1]).generate_state(1)[0])
 
 
 def seed_everything(seed: int) -> None:

@@ -15,7 +15,7 @@ import pandas as pd
 import yaml
 
 from mmfer.pipeline.labels import EMOTIONS
-from mmfer.train.metrics import HEADLINE
+from mmfer.train.metrics import HEADLINE, STD_LABEL
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -72,8 +72,9 @@ def write_confusion(out: Path, matrix: np.ndarray, title: str) -> tuple[Path, Pa
 
 
 def build_summary(protocol: list[dict], folds: dict[str, dict], mean: dict, std: dict, extra: dict) -> dict:
-    """summary.json's content: protocol (folds with actors), per-fold metrics, mean and std, plus `extra`."""
-    return {"protocol": protocol, "folds": folds, "mean": mean, "std": std, **extra}
+    """summary.json's content: protocol (folds with actors), per-fold metrics, mean and sample std (labelled
+    by `std_kind`), plus `extra`."""
+    return {"protocol": protocol, "folds": folds, "mean": mean, "std": std, "std_kind": STD_LABEL, **extra}
 
 
 def write_summary(out: Path, summary: dict) -> Path:
@@ -90,5 +91,10 @@ def format_summary_table(summary: dict) -> str:
         lines.append(f"{name:<10}" + "".join(f"{metrics[k]:>14.4f}" for k in HEADLINE))
     lines.append("-" * len(header))
     lines.append(f"{'mean':<10}" + "".join(
-        f"{summary['mean'][k]:>8.4f}±{summary['std'][k]:<5.3f}" for k in HEADLINE))
+        f"{summary['mean'][k]:>8.4f}±{_spread(summary['std'][k]):<5}" for k in HEADLINE))
+    lines.append(f"± = {summary.get('std_kind', STD_LABEL)}" + ("" if len(summary["folds"]) > 1 else " (n/a: one fold)"))
     return "\n".join(lines)
+
+
+def _spread(std: float | None) -> str:
+    return "n/a" if std is None else f"{std:.3f}"
