@@ -252,3 +252,19 @@ def test_tiny_preset_keeps_explicit_values():
     kept = train_config_with_preset({"preset": "tiny", "training.max_epochs": TrainConfig().training.max_epochs})
     assert kept.training.max_epochs == TrainConfig().training.max_epochs   # a value equal to the full default wins too
     assert cfg.model.fusion.use_pretrained is False
+
+
+@pytest.mark.parametrize("capability, want", [((7, 0), torch.float16), ((7, 5), torch.float16),
+                                               ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
+def test_amp_dtype_is_bf16_only_where_the_chosen_gpu_has_it_natively(monkeypatch, capability, want):
+    """V100 (7.0) and T4 (7.5) emulate bf16 (is_bf16_supported() says True): fp16 + GradScaler there."""
+    from mmfer.train.loop import autocast_dtype, dtype_name
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)   # counts emulation
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: asked.append(device) or capability)
+    assert autocast_dtype(torch.device("cuda:1"), True) == want
+    assert asked == [torch.device("cuda:1")]                                  # the chosen device, not the current one
+    assert autocast_dtype(torch.device("cuda:1"), False) is None
+    assert autocast_dtype(torch.device("cpu"), True) is None
+    assert dtype_name(want) == str(want).removeprefix("torch.") and dtype_name(None) == "float32"

@@ -72,6 +72,7 @@ def train(cfg: TrainConfig) -> dict:
         check_no_leakage(cache.clips, fold)   # raises LeakageError before any training
     log.info("device %s, torch %s, encoders %s", device, torch.__version__, cache.encoders)
     resolved = {**dataclasses.asdict(cfg), "resolved_device": str(device),
+                "amp_dtype": dtype_name(autocast_dtype(device, cfg.training.mixed_precision)),
                 "cache_fingerprints": {"video": cache.video_fingerprint, "audio": cache.audio_fingerprint}}
     write_config(out, resolved)
 
@@ -94,7 +95,8 @@ def train(cfg: TrainConfig) -> dict:
     confusion = np.sum([m["confusion_matrix"] for m in fold_metrics.values()], axis=0)
     write_confusion(out, confusion, f"{cfg.model.variant}: test clips of {len(folds)} fold(s)")
     summary = build_summary([f.as_dict() for f in folds], fold_metrics, mean, std, {
-        "variant": cfg.model.variant, "device": str(device), "cache_fingerprints": resolved["cache_fingerprints"],
+        "variant": cfg.model.variant, "device": str(device), "amp_dtype": resolved["amp_dtype"],
+        "cache_fingerprints": resolved["cache_fingerprints"],
         "epoch_s_mean": float(np.mean([t for t, _ in timings])) if timings else None,
         "samples_per_s_mean": float(np.mean([s for _, s in timings])) if timings else None,
         "wall_s": time.time() - started})
@@ -315,11 +317,21 @@ def keep_metrics_lines(path: Path, up_to_epoch: int) -> None:
         path.write_text("".join(line + "\n" for line in lines))
 
 
+NATIVE_BF16_CAPABILITY = (8, 0)   # Ampere and later have bf16 tensor cores; older GPUs only emulate it (slowly)
+
+
 def autocast_dtype(device: torch.device, mixed_precision: bool) -> torch.dtype | None:
-    """bf16 on CUDA where supported, else fp16 (with GradScaler); None (fp32) on CPU or when turned off."""
+    """bf16 on a CUDA device with native bf16 (compute capability >= 8.0), else fp16 (with GradScaler); None
+    (fp32) on CPU or when turned off. Asks the chosen device, not the current one, and ignores
+    `torch.cuda.is_bf16_supported()`, which also counts emulated bf16 (a T4 or V100 would pick it)."""
     if device.type != "cuda" or not mixed_precision:
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if torch.cuda.get_device_capability(device) >= NATIVE_BF16_CAPABILITY else torch.float16
+
+
+def dtype_name(dtype: torch.dtype | None) -> str:
+    """What summary.json and config.yaml record as the training compute dtype."""
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
 
 
 def derive_seed(seed: int, fold_number: int, epoch: int) -> int:
