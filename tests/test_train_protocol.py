@@ -14,6 +14,7 @@ import pytest
 from synthetic_store import make_store
 from train_helpers import tiny_config, write_folds
 
+from mmfer.pipeline.splits import LeakageError
 from mmfer.train.loop import train
 
 
@@ -43,3 +44,31 @@ def test_a_fold_alone_equals_the_same_fold_of_a_full_run(store, both_folds, tmp_
     b = pd.read_csv(store["root"] / "all" / "predictions.csv").query("fold == 'fold2'").reset_index(drop=True)
     diff = (a.filter(like="prob_") - b.filter(like="prob_")).abs().to_numpy()
     assert diff.max() == 0, f"max diff {diff.max()}, mean {diff.mean()}"
+
+
+def test_pretrained_branch_must_have_trained_on_this_folds_training_actors(store, tmp_path):
+    """Stage 1's fold 1 trained on actors 5-8; fold 2 tests 3, 4 and trains on 1, 2, 7, 8: refused."""
+    stage1 = tmp_path / "stage1"
+    train(dataclasses.replace(tiny_config(store["cache"], store["folds"], stage1, variant="audio", epochs=1, folds="1"),
+                              pretrain="audio"))
+    fold1_file = stage1 / "fold1" / "audio_branch.safetensors"
+    for source in (str(fold1_file), str(stage1)):   # one file for every fold, or a run folder lacking fold2
+        with pytest.raises((LeakageError, FileNotFoundError)) as err:
+            train(dataclasses.replace(tiny_config(store["cache"], store["folds"], tmp_path / "stage2", epochs=1),
+                                      audio_branch=source))
+        assert not (tmp_path / "stage2" / "fold1" / "checkpoints" / "best.pt").exists(), "checked before any fold trained"
+    # the file alone, for fold 2: the message names the file, the actors and their part in fold 2
+    with pytest.raises(LeakageError, match=r"audio_branch\.safetensors.*actors 5 \(val\), 6 \(val\)"):
+        train(dataclasses.replace(tiny_config(store["cache"], store["folds"], tmp_path / "s2", epochs=1, folds="2"),
+                                  audio_branch=str(fold1_file)))
+    # another split that tests actors stage 1 trained on is refused too; the same split loads (test_train.py)
+    other = write_folds(tmp_path / "other.json", [{"name": "fold1", "test_actors": [5, 6], "val_actors": [3, 4]}])
+    with pytest.raises(LeakageError, match=r"5 \(test\), 6 \(test\)"):
+        train(dataclasses.replace(tiny_config(store["cache"], other, tmp_path / "s3", epochs=1), audio_branch=str(stage1)))
+    # a branch file that records no split cannot be checked: refused
+    from safetensors.torch import load_file, save_file
+    bare = tmp_path / "bare.safetensors"
+    save_file(load_file(str(fold1_file)), str(bare))
+    with pytest.raises(LeakageError, match="records no split"):
+        train(dataclasses.replace(tiny_config(store["cache"], store["folds"], tmp_path / "s4", epochs=1, folds="1"),
+                                  audio_branch=str(bare)))

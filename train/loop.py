@@ -26,7 +26,7 @@ from mmfer.pipeline.config import TrainConfig
 from mmfer.pipeline.device import resolve_device
 from mmfer.pipeline.errors import ConfigError
 from mmfer.pipeline.faults import crash_point
-from mmfer.pipeline.splits import assign_parts, check_no_leakage, describe_protocol, make_folds
+from mmfer.pipeline.splits import Fold, LeakageError, assign_parts, check_no_leakage, check_reuse, describe_protocol, make_folds
 from mmfer.pipeline.store import StoreError
 from mmfer.train.checkpoint import CheckpointError, load_checkpoint, previous_path, restore_rng_state, rng_state, save_checkpoint
 from mmfer.train.curriculum import epoch_subset, load_difficulty
@@ -68,8 +68,11 @@ def train(cfg: TrainConfig) -> dict:
         raise ConfigError(f"--folds {cfg.folds}: the {cfg.split.protocol} protocol has {len(folds)} fold(s)")
     folds = [folds[n - 1] for n in fold_numbers]
     log.info("protocol %s (%d usable clips):\n%s", cfg.split.protocol, len(cache.clips), describe_protocol(cache.clips, folds))
-    for fold in folds:
-        check_no_leakage(cache.clips, fold)   # raises LeakageError before any training
+    for fold in folds:   # every check raises LeakageError before any fold trains
+        check_no_leakage(cache.clips, fold)
+        for name, source in (("audio", cfg.audio_branch), ("visual", cfg.visual_branch)):
+            if source:
+                branch_path(source, name, fold)
     log.info("device %s, torch %s, encoders %s", device, torch.__version__, cache.encoders)
     resolved = {**dataclasses.asdict(cfg), "resolved_device": str(device),
                 "amp_dtype": dtype_name(autocast_dtype(device, cfg.training.mixed_precision)),
@@ -129,7 +132,8 @@ def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, 
         model.set_gradient_checkpointing(True)
     for name, source in (("audio", cfg.audio_branch), ("visual", cfg.visual_branch)):
         if source:   # the guide's stage 2: start from stage-1 branch weights
-            model.load_branch_state_dict(name, load_branch_weights(source, name, fold.name), freeze=cfg.freeze_branches)
+            model.load_branch_state_dict(name, load_branch_weights(branch_path(source, name, fold), name),
+                                         freeze=cfg.freeze_branches)
     contrastive = None
     if t.contrastive_weight > 0 and cfg.model.is_fused:
         contrastive = ContrastiveLoss(cfg.model.audio.feature_dim, cfg.model.visual.out_dim, t.contrastive_temperature)
@@ -216,7 +220,7 @@ def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, 
                **{f"val_{k}": v for k, v in best.get("val_metrics", {best["metric"]["name"]: best["metric"]["value"]}).items()},
                "trainable_params": sum(p.numel() for g in optimizer.param_groups for p in g["params"])}
     if cfg.pretrain != "none":   # the guide's stage 1: keep the branch for `--{audio,visual}-branch <out>`
-        save_branch_weights(fold_dir / f"{cfg.pretrain}_branch.safetensors", model.branch_state_dict(cfg.pretrain))
+        save_branch_weights(fold_dir / f"{cfg.pretrain}_branch.safetensors", model.branch_state_dict(cfg.pretrain), fold)
     log.info("%s test: %s", fold.name, ", ".join(f"{k} {metrics[k]:.4f}" for k in HEADLINE))
     return metrics, predictions_frame(fold.name, clip_ids, labels, probs), timings
 
@@ -281,28 +285,49 @@ def predict(model, loader, sampler: EpochSampler, positions: np.ndarray, device,
     return clip_ids, np.concatenate(labels), np.concatenate(probs)
 
 
-def load_branch_weights(source: str, name: str, fold_name: str) -> dict:
-    """A stage-1 branch: `<run dir>/<fold>/<name>_branch.safetensors` (trained on this fold's actors), or a file."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def branch_path(source: str, name: str, fold: Fold) -> Path:
+    """The stage-1 branch file for `fold`: `<run dir>/<fold>/<name>_branch.safetensors`, or a file; checked
+    against the split: the protocol stored in the file's metadata must have trained on this fold's
+    training actors only (and not selected its epoch on this fold's test actors).
+
+    Raises:
+        FileNotFoundError: no such branch file.
+        CheckpointError: not a safetensors file.
+        LeakageError: no protocol recorded, or one that trained on actors outside this fold's training actors.
+    """
+    from safetensors import SafetensorError, safe_open
     path = Path(source)
     if path.is_dir():
-        path = path / fold_name / f"{name}_branch.safetensors"
-    else:
-        log.warning("%s: one %s branch file for every fold; its training actors may include this fold's test actors", path, name)
+        path = path / fold.name / f"{name}_branch.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no {name} branch weights; run `train-fusion --pretrain {name} --out {source}` first")
     try:
-        return load_file(str(path))
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
     except SafetensorError as err:   # e.g. a pickled .pt file: refused, never unpickled
         raise CheckpointError(f"{path}: not a safetensors file of {name} branch weights ({err}); pass the "
                               f"{name}_branch.safetensors that `train-fusion --pretrain {name}` wrote") from err
+    if "train_actors" not in meta:
+        raise LeakageError(f"{path}: records no split (train_actors), so it may have trained on {fold.name}'s test "
+                           f"actors; re-run `train-fusion --pretrain {name}` with this run's split")
+    check_reuse(fold, source=f"{path} ({name} branch, {meta.get('fold', '?')} of its run)",
+                train_actors=json.loads(meta["train_actors"]), val_actors=json.loads(meta.get("val_actors", "[]")))
+    return path
 
 
-def save_branch_weights(path: Path, state: dict) -> None:
+def load_branch_weights(path: Path, name: str) -> dict:
+    """The tensors of a branch file that `branch_path` found and checked."""
+    from safetensors.torch import load_file
+    return load_file(str(path))
+
+
+def save_branch_weights(path: Path, state: dict, fold: Fold) -> None:
+    """The branch weights, with the fold's actors in the file's metadata (read by `branch_path`)."""
     from safetensors.torch import save_file
+    meta = {"fold": fold.name, **{f"{p}_actors": json.dumps(list(getattr(fold, f"{p}_actors")))
+                                  for p in ("train", "val", "test")}}
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=meta)
     os.replace(tmp, path)
 
 
