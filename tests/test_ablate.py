@@ -190,3 +190,21 @@ def test_tune_resumes_to_the_asked_trials_and_writes_a_usable_best_config(study)
     records = [json.loads(line) for line in (run / "fold1" / "metrics.jsonl").read_text().splitlines()]
     assert best.value == fold["val_f1_macro"] == records[fold["best_epoch"] - 1]["val_f1_macro"]
     assert not (run / "fold1" / "checkpoints").exists()
+
+
+def test_only_without_the_reference_entry_has_no_delta_columns(study, tmp_path, capsys):
+    """`--only audio` leaves out `full`, the reference: the table is written without Δ columns (was a KeyError
+    after every run had trained). The audio runs are copied in, so nothing trains here."""
+    import shutil
+
+    from mmfer.pipeline.app.ablate import cmd_ablate
+
+    for run in (study["root"] / "ablate").glob("audio-*"):
+        shutil.copytree(run, tmp_path / run.name)
+    argv = [*study["ablate_argv"], "--only", "audio", "--out", str(tmp_path)]
+    assert cmd_ablate(parse(add_ablate_arguments, argv)) == 0
+    printed = capsys.readouterr().out
+    assert "| audio | audio |" in printed and "Δ" not in printed.split("\n\n")[0]
+    assert "0 run(s) trained, 2 already done" in printed
+    table = pd.read_csv(tmp_path / "ablation.csv")
+    assert list(table["entry"]) == ["audio"] and table["f1_macro_diff_mean"].isna().all()
