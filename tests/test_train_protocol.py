@@ -14,6 +14,7 @@ import pytest
 from synthetic_store import make_store
 from train_helpers import tiny_config, write_folds
 
+from mmfer.pipeline.errors import BadInputError
 from mmfer.pipeline.splits import LeakageError
 from mmfer.train.loop import train
 
@@ -72,3 +73,25 @@ def test_pretrained_branch_must_have_trained_on_this_folds_training_actors(store
     with pytest.raises(LeakageError, match="records no split"):
         train(dataclasses.replace(tiny_config(store["cache"], store["folds"], tmp_path / "s4", epochs=1, folds="1"),
                                   audio_branch=str(bare)))
+
+
+def test_curriculum_from_models_that_saw_this_folds_test_actors_is_refused(store, both_folds, tmp_path):
+    """both_folds' fold 1 model (trained on actors 5-8) scored actors 1, 2; a fold that trains on 1, 2 and
+    tests 5, 6 would order its training clips by a model that learned its test actors' labels."""
+    predictions = store["root"] / "all" / "predictions.csv"
+    other = write_folds(tmp_path / "other.json", [{"name": "fold1", "test_actors": [5, 6], "val_actors": [3, 4]}])
+    cfg = tiny_config(store["cache"], other, tmp_path / "run", epochs=1, **{"training.curriculum": str(predictions)})
+    with pytest.raises(LeakageError, match=r"predictions\.csv \(scores by its fold1 model\).*5 \(test\), 6 \(test\)"):
+        train(cfg)
+    # the same run's own CV predictions: fold 2's training clips of actors 1, 2 were scored by a model that
+    # trained on 5, 6 (fold 2's validation actors)
+    with pytest.raises(LeakageError, match=r"fold1 model.*fold2 trains on"):
+        train(tiny_config(store["cache"], store["folds"], tmp_path / "run2", epochs=1,
+                          **{"training.curriculum": str(predictions)}))
+    assert not list(tmp_path.glob("run*/fold*/checkpoints/*.pt")), "checked before any fold trained"
+    # without the summary.json beside it, the models' actors are unknown: refused
+    alone = tmp_path / "alone" / "predictions.csv"
+    alone.parent.mkdir()
+    alone.write_bytes(predictions.read_bytes())
+    with pytest.raises(BadInputError, match="no readable summary.json beside it"):
+        train(tiny_config(store["cache"], store["folds"], tmp_path / "run3", epochs=1, **{"training.curriculum": str(alone)}))

@@ -29,7 +29,7 @@ from mmfer.pipeline.faults import crash_point
 from mmfer.pipeline.splits import Fold, LeakageError, assign_parts, check_no_leakage, check_reuse, describe_protocol, make_folds
 from mmfer.pipeline.store import StoreError
 from mmfer.train.checkpoint import CheckpointError, load_checkpoint, previous_path, restore_rng_state, rng_state, save_checkpoint
-from mmfer.train.curriculum import epoch_subset, load_difficulty
+from mmfer.train.curriculum import check_difficulty, epoch_subset, load_difficulty
 from mmfer.train.dataset import ClipDataset, EpochSampler, make_loader, open_cache, prefetch, should_preload
 from mmfer.train.losses import ContrastiveLoss, MultimodalLoss, resolve_class_weights
 from mmfer.train.metrics import HEADLINE, aggregate_folds, compute_metrics
@@ -68,8 +68,12 @@ def train(cfg: TrainConfig) -> dict:
         raise ConfigError(f"--folds {cfg.folds}: the {cfg.split.protocol} protocol has {len(folds)} fold(s)")
     folds = [folds[n - 1] for n in fold_numbers]
     log.info("protocol %s (%d usable clips):\n%s", cfg.split.protocol, len(cache.clips), describe_protocol(cache.clips, folds))
+    difficulty = load_difficulty(cfg.training.curriculum) if cfg.training.curriculum else None
     for fold in folds:   # every check raises LeakageError before any fold trains
         check_no_leakage(cache.clips, fold)
+        if difficulty is not None:
+            part = assign_parts(cache.clips, fold)
+            check_difficulty(difficulty, fold, list(cache.clips["clip_id"][part == "train"]))
         for name, source in (("audio", cfg.audio_branch), ("visual", cfg.visual_branch)):
             if source:
                 branch_path(source, name, fold)
@@ -84,7 +88,7 @@ def train(cfg: TrainConfig) -> dict:
     num_workers = 0 if preload else cfg.num_workers   # preloaded clips are read in-process (a thread prefetches)
     sampler = EpochSampler()
     loader = make_loader(dataset, sampler, batch_size=cfg.training.batch_size, num_workers=num_workers, seed=cfg.seed)
-    confidence = load_difficulty(cfg.training.curriculum) if cfg.training.curriculum else None
+    confidence = difficulty.confidence if difficulty is not None else None
 
     fold_metrics, frames, timings = {}, [], []
     for fold_number, fold in zip(fold_numbers, folds):   # seeds follow the fold's number, not its position
