@@ -95,3 +95,24 @@ def test_curriculum_from_models_that_saw_this_folds_test_actors_is_refused(store
     alone.write_bytes(predictions.read_bytes())
     with pytest.raises(BadInputError, match="no readable summary.json beside it"):
         train(tiny_config(store["cache"], store["folds"], tmp_path / "run3", epochs=1, **{"training.curriculum": str(alone)}))
+
+
+def test_summary_reports_the_last_epoch_and_a_protocol_card(store, both_folds):
+    from mmfer.train.report import format_summary_table
+
+    on_disk = json.loads((store["root"] / "all" / "summary.json").read_text())
+    assert on_disk["protocol_card"] == both_folds["protocol_card"]
+    cards = {c["fold"]: c for c in on_disk["protocol_card"]}
+    assert cards["fold2"]["test_actors"] == [3, 4] and cards["fold2"]["val_actors"] == [5, 6]
+    assert cards["fold2"]["seed"] == 7 and cards["fold2"]["fold_number"] == 2
+    assert "best validation f1_macro" in cards["fold2"]["selection"] and "validation actors only" in on_disk["selection"]
+    for name, fold in on_disk["folds"].items():
+        assert set(fold["last_epoch"]) == {"accuracy", "uar", "f1_macro", "f1_weighted"}
+        assert cards[name]["selected_epoch"] == fold["best_epoch"] and cards[name]["epochs_run"] == fold["epochs_run"] == 2
+        if fold["best_epoch"] == fold["epochs_run"]:   # the selected epoch is the last: the same model, the same score
+            assert fold["last_epoch"]["f1_macro"] == fold["f1_macro"]
+    values = [f["last_epoch"]["f1_macro"] for f in on_disk["folds"].values()]
+    assert on_disk["mean_last_epoch"]["f1_macro"] == pytest.approx(sum(values) / 2)
+    table = format_summary_table(on_disk)
+    assert "last-ep F1" in table and "selection: each fold's test score is that of the epoch" in table
+    assert "fold2: test actors [3, 4], val actors [5, 6], seed 7 (fold number 2), epoch" in table

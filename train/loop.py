@@ -98,10 +98,14 @@ def train(cfg: TrainConfig) -> dict:
         frames.append(frame)
 
     mean, std = aggregate_folds(list(fold_metrics.values()))
+    mean_last, std_last = aggregate_folds([m["last_epoch"] for m in fold_metrics.values()])
     write_predictions(out, frames)
     confusion = np.sum([m["confusion_matrix"] for m in fold_metrics.values()], axis=0)
     write_confusion(out, confusion, f"{cfg.model.variant}: test clips of {len(folds)} fold(s)")
+    card = protocol_card(cfg, folds, fold_numbers, fold_metrics)
     summary = build_summary([f.as_dict() for f in folds], fold_metrics, mean, std, {
+        "selection": SELECTION_RULE.format(monitor=cfg.training.monitor), "protocol_card": card,
+        "mean_last_epoch": mean_last, "std_last_epoch": std_last,
         "variant": cfg.model.variant, "device": str(device), "amp_dtype": resolved["amp_dtype"],
         "cache_fingerprints": resolved["cache_fingerprints"],
         "epoch_s_mean": float(np.mean([t for t, _ in timings])) if timings else None,
@@ -110,6 +114,24 @@ def train(cfg: TrainConfig) -> dict:
     write_summary(out, summary)
     log.info("results (%s, test actors of each fold) written to %s", cfg.model.variant, out)   # the CLI prints the table
     return summary
+
+
+SELECTION_RULE = ("each fold's test score is that of the epoch with the best validation {monitor} (validation "
+                  "actors only; test actors never select); the last epoch's test score is reported beside it")
+
+
+def protocol_card(cfg: TrainConfig, folds: list[Fold], fold_numbers: list[int], fold_metrics: dict) -> list[dict]:
+    """Per fold: the actors of each part, the seeds, and what selected the reported epoch."""
+    t = cfg.training
+    return [{"fold": fold.name, "fold_number": number, "test_actors": list(fold.test_actors),
+             "val_actors": list(fold.val_actors), "train_actors": list(fold.train_actors),
+             "seed": cfg.seed, "init_seed": derive_seed(cfg.seed, number, -1),
+             "epoch_seeds": f"derive_seed({cfg.seed}, {number}, epoch) for dropout; numpy [{cfg.seed}, {number}, epoch] "
+                            "for shuffling and mixup",
+             "selection": f"best validation {t.monitor} (min delta {t.early_stopping_min_delta}, early-stopping "
+                          f"patience {t.early_stopping_patience}, max {t.max_epochs} epochs)",
+             "selected_epoch": fold_metrics[fold.name]["best_epoch"], "epochs_run": fold_metrics[fold.name]["epochs_run"]}
+            for fold, number in zip(folds, fold_numbers)]
 
 
 def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, dataset: ClipDataset,
@@ -215,11 +237,16 @@ def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, 
                  stats["accuracy"], t.monitor, val[t.monitor], " (best)" if is_best else "", stats["samples_per_s"])
     writer.close()
 
+    last = load_checkpoint(last_path)   # the last epoch's test score, reported beside the selected one
+    model.load_state_dict(last["model"])
+    _, last_labels, last_probs = predict(model, loader, sampler, test_pos, device, amp_dtype)
+    last_metrics = compute_metrics(last_labels, last_probs.argmax(1))
     best = load_checkpoint(best_path)
     model.load_state_dict(best["model"])
     clip_ids, labels, probs = predict(model, loader, sampler, test_pos, device, amp_dtype)
     metrics = {**compute_metrics(labels, probs.argmax(1)), "best_epoch": best["epoch"] + 1,
-               "epochs_run": int(load_checkpoint(last_path)["epoch"]) + 1,
+               "epochs_run": int(last["epoch"]) + 1,
+               "last_epoch": {k: last_metrics[k] for k in HEADLINE},
                # validation actors' metrics at the best epoch: what model selection (tune) may look at
                **{f"val_{k}": v for k, v in best.get("val_metrics", {best["metric"]["name"]: best["metric"]["value"]}).items()},
                "trainable_params": sum(p.numel() for g in optimizer.param_groups for p in g["params"])}
