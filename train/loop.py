@@ -78,6 +78,7 @@ def train(cfg: TrainConfig) -> dict:
             if source:
                 branch_path(source, name, fold)
     log.info("device %s, torch %s, encoders %s", device, torch.__version__, cache.encoders)
+    tuned_on_test = tuned_on_test_actors(cfg, folds)
     resolved = {**dataclasses.asdict(cfg), "resolved_device": str(device),
                 "amp_dtype": dtype_name(autocast_dtype(device, cfg.training.mixed_precision)),
                 "cache_fingerprints": {"video": cache.video_fingerprint, "audio": cache.audio_fingerprint}}
@@ -106,6 +107,7 @@ def train(cfg: TrainConfig) -> dict:
     summary = build_summary([f.as_dict() for f in folds], fold_metrics, mean, std, {
         "selection": SELECTION_RULE.format(monitor=cfg.training.monitor), "protocol_card": card,
         "mean_last_epoch": mean_last, "std_last_epoch": std_last,
+        **({"tuned_on_test_actors": tuned_on_test} if tuned_on_test is not None else {}),
         "variant": cfg.model.variant, "device": str(device), "amp_dtype": resolved["amp_dtype"],
         "cache_fingerprints": resolved["cache_fingerprints"],
         "epoch_s_mean": float(np.mean([t for t, _ in timings])) if timings else None,
@@ -114,6 +116,19 @@ def train(cfg: TrainConfig) -> dict:
     write_summary(out, summary)
     log.info("results (%s, test actors of each fold) written to %s", cfg.model.variant, out)   # the CLI prints the table
     return summary
+
+
+def tuned_on_test_actors(cfg: TrainConfig, folds: list[Fold]) -> list[int] | None:
+    """The run's test actors among those its config was tuned on (None: not a tuned config); warns if any."""
+    if cfg.tuned_on_actors is None:
+        return None
+    tuned = {int(a) for a in cfg.tuned_on_actors.split(",")}
+    overlap = sorted(tuned & {a for fold in folds for a in fold.test_actors})
+    if overlap:
+        log.warning("this config was tuned on actors %s, and this run tests %s of them: their test scores helped "
+                    "choose it (optimistic); report the nested score of `mmfer tune` (tune_summary.json) instead, "
+                    "or use the best_config_<fold>.yaml of each fold with --folds <fold>", sorted(tuned), overlap)
+    return overlap
 
 
 SELECTION_RULE = ("each fold's test score is that of the epoch with the best validation {monitor} (validation "
