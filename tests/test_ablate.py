@@ -3,7 +3,8 @@
 One subprocess runs both commands and reports any encoder module they imported; in-process runs then check
 the ablation table, that a rerun trains nothing (same config hashes), branch pretraining -> load -> freeze with
 the differential learning rates, and that the SQLite study resumes to the asked number of trials with a best
-config that `--config` accepts and an objective read from validation actors only.
+config that `--config` accepts and an objective read from validation actors only; tuning is nested (each outer
+fold's study sees only its non-test actors) and a tuned config marks a run that tests its tuning actors.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """What a run's numbers mean: seeds by fold number, the sample std, the selection rule and protocol card,
-and the splits that reused inputs (pretrained branches, curriculum files, tuned configs) were made on.
+and the splits that reused inputs (pretrained branches, curriculum files) were made on; tuned configs are
+checked in test_ablate.py, next to the tune study that writes them.
 
 Tiny early-fusion runs on the synthetic store (tests/synthetic_store.py) with two folds.
 """
