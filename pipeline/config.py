@@ -322,11 +322,15 @@ class TrainConfig:
     """Fingerprint of the video features to read when the cache holds several."""
     audio_entry: str | None = None
     """Fingerprint of the audio features to read when the cache holds several."""
+    tuned_on_actors: str | None = None
+    """Comma-separated actors whose scores chose this config (`mmfer tune` writes it into best_config.yaml); a run testing any of them warns and lists them in summary.json as tuned_on_test_actors."""
     split: SplitConfig = field(default_factory=SplitConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
     def __post_init__(self) -> None:
+        if self.tuned_on_actors is not None and not all(a.strip().isdigit() for a in self.tuned_on_actors.split(",")):
+            raise ValueError(f"tuned_on_actors must be comma-separated actor numbers, got {self.tuned_on_actors!r}")
         if self.folds != "all":
             try:
                 numbers = [int(f) for f in self.folds.split(",")]

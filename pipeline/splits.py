@@ -197,3 +197,30 @@ def _ranges(actors: list[int]) -> str:
         else:
             out.append(str(a))
     return ", ".join(out)
+
+
+def check_reuse(fold: Fold, *, source: str, train_actors, val_actors=(), test_actors=None) -> None:
+    """Refuse to reuse something learned on a split (branch weights, difficulty scores, a tuned config)
+    for `fold` unless it learned from this fold's training actors only.
+
+    train_actors / val_actors: the actors its model trained on / selected its epoch with. test_actors:
+    when given, the split it was made on must test the same actors (a curriculum from another protocol).
+
+    Raises:
+        LeakageError: naming `source`, the actors it saw and the part of `fold` they belong to.
+    """
+    trained, selected = {int(a) for a in train_actors}, {int(a) for a in val_actors}
+    outside = sorted(trained - set(fold.train_actors))
+    if outside:
+        parts = ", ".join(f"{a} ({fold.part_of(a) or 'not in this split'})" for a in outside)
+        raise LeakageError(f"{source}: trained on actors {sorted(trained)}, but {fold.name} trains on "
+                           f"{list(fold.train_actors)} only; actors {parts} are not this fold's training actors. "
+                           "Make it with this run's split (same --split settings and fold).")
+    seen_test = sorted(selected & set(fold.test_actors))
+    if seen_test:
+        raise LeakageError(f"{source}: its epoch was selected on actors {seen_test}, {fold.name}'s test actors; "
+                           "make it with this run's split (same --split settings and fold).")
+    if test_actors is not None and {int(a) for a in test_actors} != set(fold.test_actors):
+        raise LeakageError(f"{source}: made on a split that tests actors {sorted(int(a) for a in test_actors)}, "
+                           f"{fold.name} tests {list(fold.test_actors)}; make it with this run's split.")
+

@@ -3,7 +3,8 @@
 One subprocess runs both commands and reports any encoder module they imported; in-process runs then check
 the ablation table, that a rerun trains nothing (same config hashes), branch pretraining -> load -> freeze with
 the differential learning rates, and that the SQLite study resumes to the asked number of trials with a best
-config that `--config` accepts and an objective read from validation actors only.
+config that `--config` accepts and an objective read from validation actors only; tuning is nested (each outer
+fold's study sees only its non-test actors) and a tuned config marks a run that tests its tuning actors.
 """
 
 from __future__ import annotations
@@ -173,9 +174,9 @@ def test_pretrain_then_load_then_freeze(study, tmp_path):
 def test_tune_resumes_to_the_asked_trials_and_writes_a_usable_best_config(study):
     study_dir = study["root"] / "tune"
     storage = f"sqlite:///{study_dir / 'study.db'}"
-    assert len(optuna.load_study(study_name="mmfer", storage=storage).trials) == 2
+    assert len(optuna.load_study(study_name="mmfer-fold1", storage=storage).trials) == 2   # one study per outer fold
     assert cmd_tune(parse(add_tune_arguments, tune_argv(study, trials=3))) == 0
-    loaded = optuna.load_study(study_name="mmfer", storage=storage)
+    loaded = optuna.load_study(study_name="mmfer-fold1", storage=storage)
     assert len(loaded.trials) == 3
     assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in loaded.trials)
 
@@ -184,11 +185,66 @@ def test_tune_resumes_to_the_asked_trials_and_writes_a_usable_best_config(study)
     best = loaded.best_trial
     assert cfg.training.lr == pytest.approx(best.params["training.lr"])
     assert cfg.model.variant == "early" and cfg.preset == "tiny" and cfg.split.protocol == "file"
+    assert cfg.tuned_on_actors == "3,4,5,6,7,8"   # fold 1's training + validation actors, never its test 1, 2
     assert (study_dir / "optimization_history.png").read_bytes()[:4] == b"\x89PNG"
 
     # the objective is the validation actors' macro-F1 at each fold's best epoch, not the test score
-    run = study_dir / "trials" / f"{best.number:04d}" / "fold1"
+    run = study_dir / "trials" / "fold1" / f"{best.number:04d}"
     fold = json.loads((run / "summary.json").read_text())["folds"]["fold1"]
     records = [json.loads(line) for line in (run / "fold1" / "metrics.jsonl").read_text().splitlines()]
     assert best.value == fold["val_f1_macro"] == records[fold["best_epoch"] - 1]["val_f1_macro"]
     assert not (run / "fold1" / "checkpoints").exists()
+
+
+def test_tuning_is_nested_and_a_tuned_config_is_marked_on_its_tuning_actors(study, tmp_path, caplog):
+    """Each outer fold's study sees only that fold's non-test actors; its test score is its best trial's;
+    train-fusion with the tuned config on a split that tests tuning actors warns and says so in summary.json."""
+    study_dir = study["root"] / "tune"
+    summary = json.loads((study_dir / "tune_summary.json").read_text())
+    (entry,) = summary["folds"]
+    assert entry["fold"] == "fold1" and entry["test_actors"] == [1, 2]
+    assert entry["tuning_actors"] == [3, 4, 5, 6, 7, 8] and not set(entry["tuning_actors"]) & set(entry["test_actors"])
+    best = optuna.load_study(study_name="mmfer-fold1", storage=f"sqlite:///{study_dir / 'study.db'}").best_trial
+    assert entry["best_params"] == best.params and entry["best_trial"] == best.number
+    # every trial of the fold trained and validated only on its tuning actors
+    for trial in (study_dir / "trials" / "fold1").glob("*/summary.json"):
+        (protocol,) = json.loads(trial.read_text())["protocol"]
+        assert set(protocol["train_actors"]) | set(protocol["val_actors"]) <= set(entry["tuning_actors"])
+    run = json.loads((study_dir / "trials" / "fold1" / f"{best.number:04d}" / "summary.json").read_text())
+    assert entry["test_metrics"] == {k: run["folds"]["fold1"][k] for k in HEADLINE}
+    assert summary["test_mean"]["f1_macro"] == entry["test_metrics"]["f1_macro"] and summary["test_std"]["f1_macro"] is None
+    assert "tuned_on_actors: 3,4,5,6,7,8" in (study_dir / "best_config_fold1.yaml").read_text()
+
+    # the tuned config on the same split: no overlap; on a split testing actors 5, 6: warned and marked
+    cfg = resolve_config(TrainConfig, argparse.Namespace(config=str(study_dir / "best_config.yaml"), overrides=[]))
+    cfg = dataclasses.replace(cfg, cache=str(study["cache"]), device="cpu",
+                              training=dataclasses.replace(cfg.training, max_epochs=1))
+    same = train(dataclasses.replace(cfg, out=str(tmp_path / "same"), split=dataclasses.replace(
+        cfg.split, fold_file=str(study["folds"]))))
+    assert same["tuned_on_test_actors"] == []
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps([{"name": "fold1", "test_actors": [5, 6], "val_actors": [3, 4]}]))
+    with caplog.at_level("WARNING", logger="mmfer.train.loop"):
+        marked = train(dataclasses.replace(cfg, out=str(tmp_path / "other"), split=dataclasses.replace(
+            cfg.split, fold_file=str(other))))
+    assert marked["tuned_on_test_actors"] == [5, 6]
+    assert json.loads((tmp_path / "other" / "summary.json").read_text())["tuned_on_test_actors"] == [5, 6]
+    assert "tuned on actors [3, 4, 5, 6, 7, 8], and this run tests [5, 6]" in caplog.text
+
+
+def test_only_without_the_reference_entry_has_no_delta_columns(study, tmp_path, capsys):
+    """`--only audio` leaves out `full`, the reference: the table is written without Δ columns (was a KeyError
+    after every run had trained). The audio runs are copied in, so nothing trains here."""
+    import shutil
+
+    from mmfer.pipeline.app.ablate import cmd_ablate
+
+    for run in (study["root"] / "ablate").glob("audio-*"):
+        shutil.copytree(run, tmp_path / run.name)
+    argv = [*study["ablate_argv"], "--only", "audio", "--out", str(tmp_path)]
+    assert cmd_ablate(parse(add_ablate_arguments, argv)) == 0
+    printed = capsys.readouterr().out
+    assert "| audio | audio |" in printed and "Δ" not in printed.split("\n\n")[0]
+    assert "0 run(s) trained, 2 already done" in printed
+    table = pd.read_csv(tmp_path / "ablation.csv")
+    assert list(table["entry"]) == ["audio"] and table["f1_macro_diff_mean"].isna().all()

@@ -65,7 +65,7 @@ def test_a_few_epochs_learn_and_write_every_output(full_run):
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["protocol"] == [{"name": "fold1", "train_actors": [5, 6, 7, 8], "val_actors": [3, 4], "test_actors": [1, 2]}]
     for key in ("accuracy", "uar", "f1_macro", "f1_weighted"):
-        assert 0 <= on_disk["mean"][key] <= 1 and on_disk["std"][key] == 0.0
+        assert 0 <= on_disk["mean"][key] <= 1 and on_disk["std"][key] is None   # sample std: undefined for 1 fold
         assert on_disk["folds"]["fold1"][key] == pytest.approx(summary["folds"]["fold1"][key])
     assert on_disk["mean"]["accuracy"] > 0.5, "class-separable features should be learned in 3 epochs"
 

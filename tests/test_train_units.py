@@ -23,7 +23,7 @@ from mmfer.train.losses import (
 )
 from mmfer.train.metrics import aggregate_folds, compute_metrics
 from mmfer.train.mixup import mix_batch, sample_mixup
-from mmfer.train.report import format_summary_table
+from mmfer.train.report import build_summary, format_summary_table
 from mmfer.train.schedule import EarlyStopping, EpochSchedule, build_optimizer
 
 
@@ -83,21 +83,45 @@ def _batch(labels: list[int]) -> dict:
 
 
 def test_mixup_mixes_features_and_labels_with_one_lambda_and_permutation():
-    batch = _batch([0, 1, 2, 3])
+    batch = dict(_batch([0, 1, 2, 3]), is_standardized=True)
     lam, perm = sample_mixup(np.random.default_rng(3), 0.2, 4)
     assert sorted(perm.tolist()) == [0, 1, 2, 3] and 0 <= lam <= 1
     mixed, labels_b = mix_batch(batch, lam, perm)
     assert labels_b.tolist() == [batch["labels"][p].item() for p in perm]
     # each clip's features hold its label value, so the mixed features must equal the mixed labels
     want = lam * batch["labels"].float() + (1 - lam) * labels_b.float()
-    for name in ("video_tokens", "video_pooled", "audio_tokens"):
+    for name in ("video_tokens", "video_pooled"):
         got = mixed[name].flatten(1)
         assert torch.allclose(got, want[:, None].expand_as(got), atol=1e-6), name
-    assert torch.equal(mixed["audio_mask"], batch["audio_mask"] | batch["audio_mask"][torch.as_tensor(perm)])
-    assert torch.equal(mixed["has_audio"], batch["has_audio"] | batch["has_audio"][torch.as_tensor(perm)])
     again = sample_mixup(np.random.default_rng(3), 0.2, 4)
     assert again[0] == lam and np.array_equal(again[1], perm)
     assert sample_mixup(np.random.default_rng(0), 0.0, 3)[0] == 1.0
+
+
+def test_mixup_keeps_each_clips_masks_and_presence_and_padding_neutral():
+    """Padding and a missing modality count as 0 (the standardized mean), never as data, and no clip gains
+    audio or real frames from its partner: a no-audio clip stays no-audio."""
+    from mmfer.train.model.normalize import FeatureNorm
+
+    raw = _batch([0, 1, 2, 3])      # clips 1 and 3 have no audio; clip i has i + 1 real audio frames
+    with pytest.raises(ValueError, match="standardize"):
+        mix_batch(raw, 0.5, np.array([1, 0, 3, 2]))
+    norm = FeatureNorm((3, 4), 3)
+    norm.set_statistics({"audio_mean": np.full(3, 5.0), "audio_std": np.full(3, 0.5)})
+    batch = norm(raw)
+    assert norm(batch) is batch                                          # standardized once, not twice
+    perm = np.array([1, 0, 3, 2])                                        # audio clip 0 <-> no-audio clip 1, ...
+    mixed, _ = mix_batch(batch, 0.7, perm)
+    for name in ("audio_mask", "has_audio", "frame_mask", "has_video"):
+        assert torch.equal(mixed[name], raw[name]), name                 # each clip's own, not OR-ed
+    assert mixed["has_audio"].tolist() == [True, False, True, False]
+    real = raw["audio_mask"] & raw["has_audio"][:, None]
+    standardized = (raw["audio_tokens"] - 5.0) / 0.5 * real[:, :, None]
+    want = 0.7 * standardized + 0.3 * standardized[torch.as_tensor(perm)]
+    assert torch.allclose(mixed["audio_tokens"], want, atol=1e-6)
+    # clip 0's real frames take 0.7 of its own value and nothing from its no-audio partner (not -mean/std)
+    assert torch.allclose(mixed["audio_tokens"][0, :1], 0.7 * standardized[0, :1])
+    assert mixed["audio_tokens"][0, 1:].abs().max() == 0                # its padding stays neutral
 
 
 def _optimizer() -> torch.optim.Optimizer:
@@ -153,9 +177,25 @@ def test_metrics_and_fold_aggregation():
     assert m["per_class"]["calm"]["recall"] == pytest.approx(0.5)
     assert m["confusion_matrix"][1][0] == 1 and len(m["confusion_matrix"]) == 8
     mean, std = aggregate_folds([{**m, "accuracy": 0.5}, {**m, "accuracy": 1.0}])
-    assert mean["accuracy"] == pytest.approx(0.75) and std["accuracy"] == pytest.approx(0.25)
+    assert mean["accuracy"] == pytest.approx(0.75) and std["accuracy"] == pytest.approx(0.25 * math.sqrt(2))
     table = format_summary_table({"folds": {"fold1": m}, "mean": mean, "std": std})
     assert "fold1" in table and "mean" in table
+
+
+def test_one_spread_convention_sample_std_labelled():
+    from mmfer.train.studies.stats import mean_std_ci
+
+    values = [0.5, 1.0, 0.6]
+    _, std = aggregate_folds([{k: v for k in ("accuracy", "uar", "f1_macro", "f1_weighted")} for v in values])
+    assert std["accuracy"] == pytest.approx(float(np.std(values, ddof=1)))   # not the population std
+    assert std["accuracy"] == pytest.approx(mean_std_ci(values)["std"])       # train-fusion == ablate
+    one_mean, one_std = aggregate_folds([{k: 0.5 for k in ("accuracy", "uar", "f1_macro", "f1_weighted")}])
+    assert one_std["accuracy"] is None and math.isnan(mean_std_ci([0.5])["std"])   # undefined, not 0
+    summary = build_summary([], {"fold1": {"accuracy": 0.5, "uar": 0.5, "f1_macro": 0.5, "f1_weighted": 0.5}},
+                            one_mean, one_std, {})
+    assert summary["std_kind"] == "sample std (ddof=1) over folds"
+    table = format_summary_table(summary)
+    assert "± = sample std (ddof=1) over folds" in table and "n/a" in table
 
 
 def test_checkpoint_atomic_and_falls_back_to_previous(tmp_path):
@@ -213,3 +253,19 @@ def test_tiny_preset_keeps_explicit_values():
     kept = train_config_with_preset({"preset": "tiny", "training.max_epochs": TrainConfig().training.max_epochs})
     assert kept.training.max_epochs == TrainConfig().training.max_epochs   # a value equal to the full default wins too
     assert cfg.model.fusion.use_pretrained is False
+
+
+@pytest.mark.parametrize("capability, want", [((7, 0), torch.float16), ((7, 5), torch.float16),
+                                               ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
+def test_amp_dtype_is_bf16_only_where_the_chosen_gpu_has_it_natively(monkeypatch, capability, want):
+    """V100 (7.0) and T4 (7.5) emulate bf16 (is_bf16_supported() says True): fp16 + GradScaler there."""
+    from mmfer.train.loop import autocast_dtype, dtype_name
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)   # counts emulation
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: asked.append(device) or capability)
+    assert autocast_dtype(torch.device("cuda:1"), True) == want
+    assert asked == [torch.device("cuda:1")]                                  # the chosen device, not the current one
+    assert autocast_dtype(torch.device("cuda:1"), False) is None
+    assert autocast_dtype(torch.device("cpu"), True) is None
+    assert dtype_name(want) == str(want).removeprefix("torch.") and dtype_name(None) == "float32"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import random
 import sys
 import time
@@ -26,10 +25,12 @@ from mmfer.pipeline.config import TrainConfig
 from mmfer.pipeline.device import resolve_device
 from mmfer.pipeline.errors import BadInputError, ConfigError
 from mmfer.pipeline.faults import crash_point
-from mmfer.pipeline.splits import assign_parts, check_no_leakage, describe_protocol, make_folds, runnable_folds
+from mmfer.pipeline.splits import Fold, assign_parts, check_no_leakage, describe_protocol, make_folds, runnable_folds
 from mmfer.pipeline.store import StoreError, writer_lock_holder
-from mmfer.train.checkpoint import RESUME_MAY_APPLY, CheckpointError, changed_settings, load_checkpoint, previous_path, restore_rng_state, rng_state, save_checkpoint
-from mmfer.train.curriculum import epoch_subset, load_difficulty
+from mmfer.train.branch_weights import branch_path, load_branch_weights, save_branch_weights
+from mmfer.train.checkpoint import (RESUME_MAY_APPLY, changed_settings, load_checkpoint, previous_path, restore_rng_state,
+                                    rng_state, save_checkpoint)
+from mmfer.train.curriculum import check_difficulty, epoch_subset, load_difficulty
 from mmfer.train.dataset import ClipDataset, EpochSampler, make_loader, open_cache, prefetch, should_preload
 from mmfer.train.losses import ContrastiveLoss, MultimodalLoss, resolve_class_weights
 from mmfer.train.metrics import HEADLINE, aggregate_folds, compute_metrics
@@ -80,20 +81,29 @@ def train(cfg: TrainConfig) -> dict:
     all_actors = sorted(int(a) for a in cache.clips["actor"].unique())
     folds = make_folds(cfg.split.protocol, num_val_actors=cfg.split.num_val_actors,
                        fold_file=cfg.split.fold_file, all_actors=all_actors)
-    if cfg.folds != "all":
-        numbers = [int(n) for n in cfg.folds.split(",")]
-        if max(numbers) > len(folds):
-            raise ConfigError(f"folds {cfg.folds}: split.protocol {cfg.split.protocol} has {len(folds)} fold(s), "
-                              f"numbered 1..{len(folds)}; choose among them or pass --folds all")
-        folds = [folds[n - 1] for n in numbers]
-    log.info("protocol %s (%d usable clips):\n%s", cfg.split.protocol, len(cache.clips), describe_protocol(cache.clips, folds))
-    for fold in folds:
-        check_no_leakage(cache.clips, fold)   # raises LeakageError before any training
-    folds, skipped = runnable_folds(cache.clips, folds, chosen=cfg.folds != "all", cache_path=cfg.cache)
-    folds = [fold.restricted_to(all_actors) for fold in folds]   # summaries and model cards name real actors
+    fold_numbers = list(range(1, len(folds) + 1)) if cfg.folds == "all" else [int(n) for n in cfg.folds.split(",")]
+    if max(fold_numbers) > len(folds):
+        raise ConfigError(f"folds {cfg.folds}: split.protocol {cfg.split.protocol} has {len(folds)} fold(s), "
+                          f"numbered 1..{len(folds)}; choose among them or pass --folds all")
+    chosen = [folds[n - 1] for n in fold_numbers]
+    log.info("protocol %s (%d usable clips):\n%s", cfg.split.protocol, len(cache.clips), describe_protocol(cache.clips, chosen))
+    runnable, skipped = runnable_folds(cache.clips, chosen, chosen=cfg.folds != "all", cache_path=cfg.cache)
+    fold_numbers = [n for n, fold in zip(fold_numbers, chosen) if fold.name not in skipped]
+    folds = [fold.restricted_to(all_actors) for fold in runnable]   # summaries and model cards name real actors
+    difficulty = load_difficulty(cfg.training.curriculum) if cfg.training.curriculum else None
+    for fold in folds:   # every check raises LeakageError before any fold trains
+        check_no_leakage(cache.clips, fold)
+        if difficulty is not None:
+            part = assign_parts(cache.clips, fold)
+            check_difficulty(difficulty, fold, list(cache.clips["clip_id"][part == "train"]))
+        for name, source in (("audio", cfg.audio_branch), ("visual", cfg.visual_branch)):
+            if source:
+                branch_path(source, name, fold)
     log.info("device %s, torch %s, encoders %s", device, torch.__version__, cache.encoders)
+    tuned_on_test = tuned_on_test_actors(cfg, folds)
     out.mkdir(parents=True, exist_ok=True)   # only now: a refused command leaves no empty --out behind
     resolved = {**dataclasses.asdict(cfg), "resolved_device": str(device),
+                "amp_dtype": dtype_name(autocast_dtype(device, cfg.training.mixed_precision)),
                 "cache_fingerprints": {"video": cache.video_fingerprint, "audio": cache.audio_fingerprint},
                 **({"resume_changes": resume_changes} if resume_changes else {})}
     write_config(out, resolved)
@@ -103,21 +113,27 @@ def train(cfg: TrainConfig) -> dict:
     num_workers = 0 if preload else cfg.num_workers   # preloaded clips are read in-process (a thread prefetches)
     sampler = EpochSampler()
     loader = make_loader(dataset, sampler, batch_size=cfg.training.batch_size, num_workers=num_workers, seed=cfg.seed)
-    confidence = load_difficulty(cfg.training.curriculum) if cfg.training.curriculum else None
+    confidence = difficulty.confidence if difficulty is not None else None
 
     fold_metrics, frames, timings = {}, [], []
-    for fold_index, fold in enumerate(folds):
-        metrics, frame, epoch_times = train_fold(cfg, fold, fold_index, out / fold.name, cache, dataset, sampler,
+    for fold_number, fold in zip(fold_numbers, folds):   # seeds follow the fold's number, not its position
+        metrics, frame, epoch_times = train_fold(cfg, fold, fold_number, out / fold.name, cache, dataset, sampler,
                                                  loader, device, resolved, confidence)
         fold_metrics[fold.name], timings = metrics, timings + epoch_times
         frames.append(frame)
 
     mean, std = aggregate_folds(list(fold_metrics.values()))
+    mean_last, std_last = aggregate_folds([m["last_epoch"] for m in fold_metrics.values()])
     write_predictions(out, frames)
     confusion = np.sum([m["confusion_matrix"] for m in fold_metrics.values()], axis=0)
     write_confusion(out, confusion, f"{cfg.model.variant}: test clips of {len(folds)} fold(s)")
+    card = protocol_card(cfg, folds, fold_numbers, fold_metrics)
     summary = build_summary([f.as_dict() for f in folds], fold_metrics, mean, std, {
-        "variant": cfg.model.variant, "device": str(device), "cache_fingerprints": resolved["cache_fingerprints"],
+        "selection": SELECTION_RULE.format(monitor=cfg.training.monitor), "protocol_card": card,
+        "mean_last_epoch": mean_last, "std_last_epoch": std_last,
+        **({"tuned_on_test_actors": tuned_on_test} if tuned_on_test is not None else {}),
+        "variant": cfg.model.variant, "device": str(device), "amp_dtype": resolved["amp_dtype"],
+        "cache_fingerprints": resolved["cache_fingerprints"],
         **({"skipped_folds": skipped} if skipped else {}),
         "epoch_s_mean": float(np.mean([t for t, _ in timings])) if timings else None,
         "samples_per_s_mean": float(np.mean([s for _, s in timings])) if timings else None,
@@ -127,7 +143,38 @@ def train(cfg: TrainConfig) -> dict:
     return summary
 
 
-def train_fold(cfg: TrainConfig, fold, fold_index: int, fold_dir: Path, cache, dataset: ClipDataset,
+def tuned_on_test_actors(cfg: TrainConfig, folds: list[Fold]) -> list[int] | None:
+    """The run's test actors among those its config was tuned on (None: not a tuned config); warns if any."""
+    if cfg.tuned_on_actors is None:
+        return None
+    tuned = {int(a) for a in cfg.tuned_on_actors.split(",")}
+    overlap = sorted(tuned & {a for fold in folds for a in fold.test_actors})
+    if overlap:
+        log.warning("this config was tuned on actors %s, and this run tests %s of them: their test scores helped "
+                    "choose it (optimistic); report the nested score of `mmfer tune` (tune_summary.json) instead, "
+                    "or use the best_config_<fold>.yaml of each fold with --folds <fold>", sorted(tuned), overlap)
+    return overlap
+
+
+SELECTION_RULE = ("each fold's test score is that of the epoch with the best validation {monitor} (validation "
+                  "actors only; test actors never select); the last epoch's test score is reported beside it")
+
+
+def protocol_card(cfg: TrainConfig, folds: list[Fold], fold_numbers: list[int], fold_metrics: dict) -> list[dict]:
+    """Per fold: the actors of each part, the seeds, and what selected the reported epoch."""
+    t = cfg.training
+    return [{"fold": fold.name, "fold_number": number, "test_actors": list(fold.test_actors),
+             "val_actors": list(fold.val_actors), "train_actors": list(fold.train_actors),
+             "seed": cfg.seed, "init_seed": derive_seed(cfg.seed, number, -1),
+             "epoch_seeds": f"derive_seed({cfg.seed}, {number}, epoch) for dropout; numpy [{cfg.seed}, {number}, epoch] "
+                            "for shuffling and mixup",
+             "selection": f"best validation {t.monitor} (min delta {t.early_stopping_min_delta}, early-stopping "
+                          f"patience {t.early_stopping_patience}, max {t.max_epochs} epochs)",
+             "selected_epoch": fold_metrics[fold.name]["best_epoch"], "epochs_run": fold_metrics[fold.name]["epochs_run"]}
+            for fold, number in zip(folds, fold_numbers)]
+
+
+def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, dataset: ClipDataset,
                sampler: EpochSampler, loader, device: torch.device, resolved: dict, confidence) -> tuple:
     """One fold: train with validation and checkpoints, then test the best checkpoint.
 
@@ -142,7 +189,7 @@ def train_fold(cfg: TrainConfig, fold, fold_index: int, fold_dir: Path, cache, d
     (fold_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     last_path, best_path = fold_dir / "checkpoints" / "last.pt", fold_dir / "checkpoints" / "best.pt"
 
-    torch.manual_seed(derive_seed(cfg.seed, fold_index, -1))
+    torch.manual_seed(derive_seed(cfg.seed, fold_number, -1))
     tv, num_patches, video_dim = cache.video_shape
     model = build_model(cfg.model, video_dim=video_dim, num_patches=num_patches, audio_dim=cache.audio_shape[1],
                         dropout=t.dropout)
@@ -151,7 +198,8 @@ def train_fold(cfg: TrainConfig, fold, fold_index: int, fold_dir: Path, cache, d
         model.set_gradient_checkpointing(True)
     for name, source in (("audio", cfg.audio_branch), ("visual", cfg.visual_branch)):
         if source:   # the design guide's stage 2: start from stage-1 branch weights
-            model.load_branch_state_dict(name, load_branch_weights(source, name, fold.name), freeze=cfg.freeze_branches)
+            model.load_branch_state_dict(name, load_branch_weights(branch_path(source, name, fold), name),
+                                         freeze=cfg.freeze_branches)
     contrastive = None
     if t.contrastive_weight > 0 and cfg.model.is_fused:
         contrastive = ContrastiveLoss(cfg.model.audio.feature_dim, cfg.model.visual.out_dim, t.contrastive_temperature)
@@ -196,8 +244,8 @@ def train_fold(cfg: TrainConfig, fold, fold_index: int, fold_dir: Path, cache, d
     for epoch in range(start_epoch, t.max_epochs):
         if stopper.should_stop:
             break
-        torch.manual_seed(derive_seed(cfg.seed, fold_index, epoch))        # dropout
-        rng = np.random.default_rng([cfg.seed, fold_index, epoch])         # shuffle + mixup
+        torch.manual_seed(derive_seed(cfg.seed, fold_number, epoch))        # dropout
+        rng = np.random.default_rng([cfg.seed, fold_number, epoch])         # shuffle + mixup
         positions = train_pos if confidence is None else epoch_subset(
             train_pos, dataset.clip_ids, confidence, epoch, t.curriculum_epochs)
         sampler.set_indices(rng.permutation(positions))
@@ -230,16 +278,21 @@ def train_fold(cfg: TrainConfig, fold, fold_index: int, fold_dir: Path, cache, d
                  stats["accuracy"], t.monitor, val[t.monitor], " (best)" if is_best else "", stats["samples_per_s"])
     writer.close()
 
+    last = load_checkpoint(last_path)   # the last epoch's test score, reported beside the selected one
+    model.load_state_dict(last["model"])
+    _, last_labels, last_probs = predict(model, loader, sampler, test_pos, device, amp_dtype)
+    last_metrics = compute_metrics(last_labels, last_probs.argmax(1))
     best = load_checkpoint(best_path)
     model.load_state_dict(best["model"])
     clip_ids, labels, probs = predict(model, loader, sampler, test_pos, device, amp_dtype)
     metrics = {**compute_metrics(labels, probs.argmax(1)), "best_epoch": best["epoch"] + 1,
-               "epochs_run": int(load_checkpoint(last_path)["epoch"]) + 1,
+               "epochs_run": int(last["epoch"]) + 1,
+               "last_epoch": {k: last_metrics[k] for k in HEADLINE},
                # validation actors' metrics at the best epoch: what model selection (tune) may look at
                **{f"val_{k}": v for k, v in best.get("val_metrics", {best["metric"]["name"]: best["metric"]["value"]}).items()},
                "trainable_params": sum(p.numel() for g in optimizer.param_groups for p in g["params"])}
     if cfg.pretrain != "none":   # the design guide's stage 1: keep the branch for `--{audio,visual}-branch <out>`
-        save_branch_weights(fold_dir / f"{cfg.pretrain}_branch.safetensors", model.branch_state_dict(cfg.pretrain))
+        save_branch_weights(fold_dir / f"{cfg.pretrain}_branch.safetensors", model.branch_state_dict(cfg.pretrain), fold)
     log.info("%s test: %s", fold.name, ", ".join(f"{k} {metrics[k]:.4f}" for k in HEADLINE))
     return metrics, predictions_frame(fold.name, clip_ids, labels, probs), timings
 
@@ -261,8 +314,8 @@ def train_epoch(model, criterion, optimizer, scaler, loader, device, amp_dtype, 
         labels = batch["labels"]
         lam, perm = sample_mixup(rng, mixup_alpha, len(labels))
         labels_b = None
-        if lam < 1.0:
-            batch, labels_b = mix_batch(batch, lam, perm)
+        if lam < 1.0:   # mixed after standardization, where padding (0) is neutral
+            batch, labels_b = mix_batch(model.input_norm(batch), lam, perm)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             outputs = model(batch)
             losses = criterion(outputs, labels, labels_b, lam, has_audio=batch["has_audio"], has_video=batch["has_video"])
@@ -304,31 +357,6 @@ def predict(model, loader, sampler: EpochSampler, positions: np.ndarray, device,
     return clip_ids, np.concatenate(labels), np.concatenate(probs)
 
 
-def load_branch_weights(source: str, name: str, fold_name: str) -> dict:
-    """A stage-1 branch: `<run dir>/<fold>/<name>_branch.safetensors` (trained on this fold's actors), or a file."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-    path = Path(source)
-    if path.is_dir():
-        path = path / fold_name / f"{name}_branch.safetensors"
-    else:
-        log.warning("%s: one %s branch file for every fold; its training actors may include this fold's test actors", path, name)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no {name} branch weights; run `train-fusion --pretrain {name} --out {source}` first")
-    try:
-        return load_file(str(path))
-    except SafetensorError as err:   # e.g. a pickled .pt file: refused, never unpickled
-        raise CheckpointError(f"{path}: not a safetensors file of {name} branch weights ({err}); pass the "
-                              f"{name}_branch.safetensors that `train-fusion --pretrain {name}` wrote") from err
-
-
-def save_branch_weights(path: Path, state: dict) -> None:
-    from safetensors.torch import save_file
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
-    os.replace(tmp, path)
-
-
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -340,15 +368,26 @@ def keep_metrics_lines(path: Path, up_to_epoch: int) -> None:
         path.write_text("".join(line + "\n" for line in lines))
 
 
+NATIVE_BF16_CAPABILITY = (8, 0)   # Ampere and later have bf16 tensor cores; older GPUs only emulate it (slowly)
+
+
 def autocast_dtype(device: torch.device, mixed_precision: bool) -> torch.dtype | None:
-    """bf16 on CUDA where supported, else fp16 (with GradScaler); None (fp32) on CPU or when turned off."""
+    """bf16 on a CUDA device with native bf16 (compute capability >= 8.0), else fp16 (with GradScaler); None
+    (fp32) on CPU or when turned off. Asks the chosen device, not the current one, and ignores
+    `torch.cuda.is_bf16_supported()`, which also counts emulated bf16 (a T4 or V100 would pick it)."""
     if device.type != "cuda" or not mixed_precision:
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if torch.cuda.get_device_capability(device) >= NATIVE_BF16_CAPABILITY else torch.float16
 
 
-def derive_seed(seed: int, fold_index: int, epoch: int) -> int:
-    return int(np.random.SeedSequence([seed, fold_index, epoch + 1]).generate_state(1)[0])
+def dtype_name(dtype: torch.dtype | None) -> str:
+    """What summary.json and config.yaml record as the training compute dtype."""
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def derive_seed(seed: int, fold_number: int, epoch: int) -> int:
+    """The torch seed of one fold's epoch (-1: model initialisation), by the fold's 1-based number."""
+    return int(np.random.SeedSequence([seed, fold_number, epoch + 1]).generate_state(1)[0])
 
 
 def seed_everything(seed: int) -> None:

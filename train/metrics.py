@@ -1,7 +1,8 @@
 """The field's metrics for one fold (scikit-learn) and their mean / standard deviation across folds.
 
 accuracy is WAR (weighted average recall), uar is balanced accuracy (unweighted average recall).
-Standard deviation across folds is the population one (ddof=0), so one fold gives 0, not NaN.
+Spread across folds is the sample standard deviation (ddof=1), as `mmfer ablate` reports it; with one fold
+it is undefined and given as None (null in summary.json), never 0.
 """
 
 from __future__ import annotations
@@ -35,7 +36,16 @@ def compute_metrics(labels: np.ndarray, preds: np.ndarray, class_names: tuple[st
     }
 
 
-def aggregate_folds(fold_metrics: list[dict]) -> tuple[dict, dict]:
-    """(mean, std) of the headline metrics over folds."""
-    values = {k: np.array([m[k] for m in fold_metrics], dtype=np.float64) for k in HEADLINE}
-    return ({k: float(v.mean()) for k, v in values.items()}, {k: float(v.std()) for k, v in values.items()})
+STD_LABEL = "sample std (ddof=1) over folds"   # what summary.json's "std" and the printed table's ± mean
+
+
+def sample_std(values) -> float | None:
+    """Sample standard deviation (ddof=1); None for fewer than two values (undefined, not 0)."""
+    x = np.asarray(values, dtype=np.float64)
+    return float(x.std(ddof=1)) if x.size >= 2 else None
+
+
+def aggregate_folds(fold_metrics: list[dict], keys: tuple[str, ...] = HEADLINE) -> tuple[dict, dict]:
+    """(mean, sample std) of the headline metrics over folds; std values are None for one fold."""
+    values = {k: np.array([m[k] for m in fold_metrics], dtype=np.float64) for k in keys}
+    return ({k: float(v.mean()) for k, v in values.items()}, {k: sample_std(v) for k, v in values.items()})

@@ -15,7 +15,7 @@ import pandas as pd
 import yaml
 
 from mmfer.pipeline.labels import EMOTIONS
-from mmfer.train.metrics import HEADLINE
+from mmfer.train.metrics import HEADLINE, STD_LABEL
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -72,8 +72,9 @@ def write_confusion(out: Path, matrix: np.ndarray, title: str) -> tuple[Path, Pa
 
 
 def build_summary(protocol: list[dict], folds: dict[str, dict], mean: dict, std: dict, extra: dict) -> dict:
-    """summary.json's content: protocol (folds with actors), per-fold metrics, mean and std, plus `extra`."""
-    return {"protocol": protocol, "folds": folds, "mean": mean, "std": std, **extra}
+    """summary.json's content: protocol (folds with actors), per-fold metrics, mean and sample std (labelled
+    by `std_kind`), plus `extra`."""
+    return {"protocol": protocol, "folds": folds, "mean": mean, "std": std, "std_kind": STD_LABEL, **extra}
 
 
 def write_summary(out: Path, summary: dict) -> Path:
@@ -83,12 +84,27 @@ def write_summary(out: Path, summary: dict) -> Path:
 
 
 def format_summary_table(summary: dict) -> str:
-    """A plain-text table: one row per fold, then mean +- std, columns = headline metrics."""
-    header = f"{'fold':<10}" + "".join(f"{k:>14}" for k in HEADLINE)
+    """A plain-text table: one row per fold (test metrics at the selected epoch, then the last epoch's
+    macro-F1), mean ± sample std, and the protocol card (actors, seeds, selection rule) under it."""
+    has_last = all("last_epoch" in m for m in summary["folds"].values())
+    header = f"{'fold':<10}" + "".join(f"{k:>14}" for k in HEADLINE) + (f"{'epoch':>8}{'last-ep F1':>12}" if has_last else "")
     lines = [header, "-" * len(header)]
     for name, metrics in summary["folds"].items():
-        lines.append(f"{name:<10}" + "".join(f"{metrics[k]:>14.4f}" for k in HEADLINE))
+        tail = f"{metrics['best_epoch']:>8}{metrics['last_epoch']['f1_macro']:>12.4f}" if has_last else ""
+        lines.append(f"{name:<10}" + "".join(f"{metrics[k]:>14.4f}" for k in HEADLINE) + tail)
     lines.append("-" * len(header))
     lines.append(f"{'mean':<10}" + "".join(
-        f"{summary['mean'][k]:>8.4f}±{summary['std'][k]:<5.3f}" for k in HEADLINE))
+        f"{summary['mean'][k]:>8.4f}±{_spread(summary['std'][k]):<5}" for k in HEADLINE)
+        + (f"{'':>8}{summary['mean_last_epoch']['f1_macro']:>12.4f}" if has_last and "mean_last_epoch" in summary else ""))
+    lines.append(f"± = {summary.get('std_kind', STD_LABEL)}" + ("" if len(summary["folds"]) > 1 else " (n/a: one fold)"))
+    if summary.get("selection"):
+        lines.append(f"selection: {summary['selection']}")
+    for card in summary.get("protocol_card", []):
+        lines.append(f"{card['fold']}: test actors {card['test_actors']}, val actors {card['val_actors']}, seed "
+                     f"{card['seed']} (fold number {card['fold_number']}), epoch {card['selected_epoch']} of "
+                     f"{card['epochs_run']} by {card['selection']}")
     return "\n".join(lines)
+
+
+def _spread(std: float | None) -> str:
+    return "n/a" if std is None else f"{std:.3f}"

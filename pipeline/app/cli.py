@@ -166,7 +166,7 @@ def _ablate_parser(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=cmd_ablate)
 
 
-@_register("tune", "Optuna search over the recipe (objective: mean validation macro-F1), resumable SQLite study.")
+@_register("tune", "Nested Optuna search over the recipe (per outer fold; objective: its validation macro-F1), resumable SQLite study.")
 def _tune_parser(parser: argparse.ArgumentParser) -> None:
     from mmfer.pipeline.app.tune import add_tune_arguments, cmd_tune
 

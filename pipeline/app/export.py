@@ -129,8 +129,9 @@ def model_card(title: str, bundle, folds: list[dict], evaluation: dict) -> str:
         lines.append(f"| {fold['name']} | {fold.get('test_actors', '-')} | {values} |")
     mean, std = evaluation.get("run_mean", {}), evaluation.get("run_std", {})
     if mean:
-        lines.append(f"| run mean ± std ({len(evaluation.get('run_protocol', []))} folds) | | "
-                     + " | ".join(f"{mean[k]:.4f} ± {std.get(k, 0):.4f}" for k in HEADLINE) + " |")
+        lines.append(f"| run mean ± sample std ({len(evaluation.get('run_protocol', []))} folds) | | "   # std None: one fold
+                     + " | ".join(f"{mean[k]:.4f} ± " + ("n/a" if std.get(k) is None else f"{std[k]:.4f}")
+                                  for k in HEADLINE) + " |")
     lines += ["", "An ensemble's own test score is not measured: each fold model was tested on its own test actors, "
               "whom the other folds trained on.", "",
               "## Limits", "", "Trained on the clips of one feature store (acted emotions, few speakers); expect lower "

@@ -16,11 +16,13 @@ STUDY = "study:"   # argparse dest prefix of TuneConfig's flags
 
 
 def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = ("Optuna search over learning rates, weight decay, dropout, mixup, loss weights, LFM2 depth "
-                          "and tokens kept; objective = mean validation macro-F1 over the folds (never the test "
-                          "actors), MedianPruner after each fold. The SQLite study resumes and can be shared.")
+    parser.description = ("Nested Optuna search over learning rates, weight decay, dropout, mixup, loss weights, LFM2 "
+                          "depth and tokens kept: one study per outer fold, whose trials see only that fold's non-test "
+                          "actors (objective: its validation macro-F1); the fold's test score comes from its best "
+                          "trial. Writes tune_summary.json (mean ± sample std of the outer test scores) and best "
+                          "configs that record the actors they were tuned on. The SQLite study resumes and can be shared.")
     add_config_flags(parser, TuneConfig, prefix=STUDY, layered=False)
-    add_config_flags(parser, TrainConfig, TRAIN_ALIASES, skip=("out", "resume", "pretrain"))
+    add_config_flags(parser, TrainConfig, TRAIN_ALIASES, skip=("out", "resume", "pretrain", "tuned_on_actors"))
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -32,8 +34,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
     base = resolve_config(TrainConfig, args)
     result = run_study(base, study.study_dir, study.trials, keep_checkpoints=study.keep_checkpoints)
     if result["best_config"]:
-        print(f"best: trial {result['best_trial']}, mean validation macro-F1 {result['best_value']:.4f} "
-              f"({result['num_trials']} trials)\nwrote {result['best_config']} and {result['plot']}")
+        for entry in result["folds"]:
+            print(f"{entry['fold']}: tuned on actors {entry['tuning_actors']}, best trial {entry['best_trial']} "
+                  f"(validation macro-F1 {entry['best_value']:.4f}), test actors {entry['test_actors']}: "
+                  f"macro-F1 {entry['test_metrics']['f1_macro']:.4f}")
+        std = result["test_std"]["f1_macro"]
+        print(f"nested test macro-F1 over {len(result['folds'])} outer fold(s): {result['test_mean']['f1_macro']:.4f} ± "
+              + ("n/a" if std is None else f"{std:.4f}") + " (sample std)\n"
+              f"wrote {result['summary']}, {result['best_config']} (tuned on {result['best_fold']}'s non-test actors) "
+              f"and {result['plot']}")
     else:
         print(f"no trial completed ({result['num_trials']} finished); wrote {result['plot']}")
     return 0

@@ -10,7 +10,6 @@ embedding table, no LM head.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from torch import Tensor, nn
 from transformers import Lfm2Config, Lfm2Model
 from transformers.models.lfm2.modeling_lfm2 import Lfm2RotaryEmbedding
 
-from mmfer.pipeline.errors import BadInputError
+from mmfer.pipeline.errors import BadInputError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +32,10 @@ LFM2_700M_CONFIG: dict[str, object] = {
     "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0},
     "layer_types": ["full_attention" if i in (2, 5, 8, 10, 12, 14) else "conv" for i in range(16)],
 }
-TINY_LAYER_TYPES = ["conv", "conv", "full_attention"]  # LFM2-700M's pattern, repeated for deeper tiny models
+TINY_LAYER_TYPES = ["conv", "conv", "full_attention"]
+# Attention implementations that are causal when given no mask (sdpa sets is_causal itself); eager is not:
+# with attention_mask=None it lets every token see every later one.
+CAUSAL_WITHOUT_MASK = ("sdpa",)  # LFM2-700M's pattern, repeated for deeper tiny models
 
 
 class CheckpointNotFoundError(BadInputError, FileNotFoundError):
@@ -41,30 +43,33 @@ class CheckpointNotFoundError(BadInputError, FileNotFoundError):
 
 
 def lfm2_config(pretrained_model: str, use_pretrained: bool, num_layers: int, tiny_hidden_size: int) -> Lfm2Config:
-    """The truncated LFM2 config: `num_layers` layers, vocab of 1 (the embedding table is never used)."""
+    """The truncated LFM2 config: `num_layers` layers, vocab of 1 (the embedding table is never used).
+
+    A checkpoint's config.json is read by transformers itself (`Lfm2Config.from_pretrained`), so keys that
+    are not dataclass fields (a top-level `rope_theta`, `block_ff_dim`, old `full_attn_idxs`) keep the
+    meaning transformers gives them instead of being dropped for defaults.
+    """
     if tiny_hidden_size > 0:
-        values: dict[str, object] = {
-            "hidden_size": tiny_hidden_size, "intermediate_size": 2 * tiny_hidden_size, "num_attention_heads": 4,
-            "num_key_value_heads": 2, "block_auto_adjust_ff_dim": False, "max_position_embeddings": 512,
-            "layer_types": [TINY_LAYER_TYPES[i % 3] for i in range(num_layers)],
-        }
+        config = Lfm2Config(
+            hidden_size=tiny_hidden_size, intermediate_size=2 * tiny_hidden_size, num_hidden_layers=num_layers,
+            num_attention_heads=4, num_key_value_heads=2, block_auto_adjust_ff_dim=False, max_position_embeddings=512,
+            layer_types=[TINY_LAYER_TYPES[i % 3] for i in range(num_layers)])
     elif use_pretrained or Path(pretrained_model).is_dir():
-        values = json.loads((resolve_checkpoint(pretrained_model) / "config.json").read_text())
+        config = Lfm2Config.from_pretrained(str(resolve_checkpoint(pretrained_model)))
     elif pretrained_model == LFM2_700M_ID:
-        values = dict(LFM2_700M_CONFIG)
+        config = Lfm2Config(**LFM2_700M_CONFIG)
     else:
         raise CheckpointNotFoundError(
             f"{pretrained_model}: no built-in config for this model; pass a local folder holding its config.json"
         )
-    values = {k: v for k, v in values.items() if k in Lfm2Config.__dataclass_fields__ and k != "full_attn_idxs"}
-    if values.get("layer_types") is None:  # old checkpoints only list full_attn_idxs
-        raise ValueError(f"{pretrained_model}: config.json has no layer_types; this code expects LFM2 (v1) configs")
-    total = len(values["layer_types"])
+    total = len(config.layer_types)
     if num_layers > total:
         raise ValueError(f"fusion.num_layers={num_layers} but {pretrained_model} has only {total} layers")
-    values.update(num_hidden_layers=num_layers, layer_types=list(values["layer_types"][:num_layers]),
-                  vocab_size=1, pad_token_id=0, bos_token_id=None, eos_token_id=None, use_cache=False, tie_word_embeddings=False)
-    config = Lfm2Config(**values)
+    layer_types = list(config.layer_types[:num_layers])
+    config.num_hidden_layers, config.layer_types = num_layers, layer_types
+    config.full_attn_idxs = [i for i, kind in enumerate(layer_types) if kind == "full_attention"]
+    config.vocab_size, config.pad_token_id, config.bos_token_id, config.eos_token_id = 1, 0, None, None
+    config.use_cache, config.tie_word_embeddings = False, False
     config._attn_implementation = "sdpa"  # LfmFusion relies on sdpa's is_causal when it passes no mask
     return config
 
@@ -126,6 +131,10 @@ class LfmFusion(nn.Module):
         num_audio_tokens: int, num_visual_tokens: int,
     ) -> None:
         super().__init__()
+        implementation = backbone.config._attn_implementation
+        if implementation not in CAUSAL_WITHOUT_MASK:
+            raise ConfigError(f"LFM2 attention implementation {implementation!r}: without a mask it would attend "
+                              f"both ways (LfmFusion passes none); use one of {CAUSAL_WITHOUT_MASK}")
         self.backbone = backbone
         hidden = backbone.config.hidden_size
         self.hidden_size = hidden

@@ -38,8 +38,11 @@ class FeatureNorm(nn.Module):
 
     def forward(self, batch: dict) -> dict:
         """Returns a shallow copy of `batch` with video_tokens (B, Tv, P, Dv) and audio_tokens (B, Ta, Da)
-        standardized; masks are untouched (padded positions stay ignored downstream)."""
-        batch = dict(batch)
+        standardized and `is_standardized` True; masks are untouched (padded positions stay ignored
+        downstream). A batch already standardized (mixup mixes after this step) passes through."""
+        if batch.get("is_standardized"):
+            return batch
+        batch = dict(batch, is_standardized=True)
         if self.has_video and "video_tokens" in batch:
             batch["video_tokens"] = (batch["video_tokens"] - self.video_mean) / self.video_std
         if self.has_audio and "audio_tokens" in batch:

@@ -80,16 +80,21 @@ def config_hash(cfg: TrainConfig) -> str:
     return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()
 
 
-def run_ablation(base: TrainConfig, out: str | Path, *, entries: list[Entry], reference: str = REFERENCE,
+def run_ablation(base: TrainConfig, out: str | Path, *, entries: list[Entry], reference: str | None,
                  num_seeds: int, keep_checkpoints: bool) -> dict:
     """Train every entry for seeds base.seed .. base.seed+num_seeds-1 (seed-major, so an early stop still has
-    every entry at the first seed), then write the table and the plot.
+    every entry at the first seed), then write the table and the plot. Without the reference entry among
+    `entries` (or with reference None) the table has no Δ columns.
 
     Returns {"rows": [one dict per entry], "ran": [run dirs trained now], "skipped": [run dirs already done],
     "table": ablation.md's text}.
     """
     for entry in entries:   # a typo in an entry fails now, not hours into the study
         apply_overrides(base, entry.overrides)
+    if reference not in {e.name for e in entries}:   # e.g. --only audio: no Δ columns, decided before training
+        log.warning("ablation: the reference entry %r is not selected; the table has no Δ columns "
+                    "(add %s to --only to compare with it)", reference, reference)
+        reference = None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ran, skipped = [], []
@@ -135,8 +140,9 @@ def _run(cfg: TrainConfig, parent: Path, name: str, ran: list, skipped: list, ke
     return run_dir
 
 
-def summarize(summaries: dict[str, list[tuple[int, dict]]], reference: str) -> list[dict]:
-    """One row per entry: per metric mean/std/CI over folds x seeds and the paired difference to reference."""
+def summarize(summaries: dict[str, list[tuple[int, dict]]], reference: str | None) -> list[dict]:
+    """One row per entry: per metric mean/std/CI over folds x seeds and the paired difference to reference
+    (NaN when reference is None)."""
     from mmfer.train.studies.stats import mean_std_ci, paired_difference  # scipy: only when a study runs
 
     def values(name: str, metric: str) -> dict[tuple, float]:
@@ -147,7 +153,8 @@ def summarize(summaries: dict[str, list[tuple[int, dict]]], reference: str) -> l
         row: dict = {"entry": name, "variant": runs[0][1]["variant"], "num_seeds": len(runs)}
         for metric in METRIC_NAMES:
             stats = mean_std_ci(list(values(name, metric).values()))
-            diff = paired_difference(values(name, metric), values(reference, metric))
+            diff = (paired_difference(values(name, metric), values(reference, metric)) if reference is not None
+                    else {"mean": math.nan, "ci_low": math.nan, "ci_high": math.nan})
             row["n"] = stats["n"]
             row.update({f"{metric}_{k}": stats[k] for k in ("mean", "std", "ci_low", "ci_high")})
             row.update({f"{metric}_diff_{k}": diff[k] for k in ("mean", "ci_low", "ci_high")})
@@ -162,7 +169,8 @@ def summarize(summaries: dict[str, list[tuple[int, dict]]], reference: str) -> l
 def _cell(row: dict, metric: str) -> str:
     ci = (f" [{row[f'{metric}_ci_low']:.3f}, {row[f'{metric}_ci_high']:.3f}]"
           if not math.isnan(row[f"{metric}_ci_low"]) else "")
-    return f"{row[f'{metric}_mean']:.3f} ± {row[f'{metric}_std']:.3f}{ci}"
+    std = row[f"{metric}_std"]
+    return f"{row[f'{metric}_mean']:.3f} ± " + ("n/a" if math.isnan(std) else f"{std:.3f}") + ci
 
 
 def _diff(row: dict, metric: str, reference: str) -> str:
@@ -172,19 +180,21 @@ def _diff(row: dict, metric: str, reference: str) -> str:
     return f"{row[f'{metric}_diff_mean']:+.3f}" + (f" [{low:+.3f}, {high:+.3f}]" if not math.isnan(low) else "")
 
 
-def format_markdown(rows: list[dict], reference: str) -> str:
-    """The comparison as a Markdown table: mean ± std [95% CI] per metric, paired differences to reference."""
+def format_markdown(rows: list[dict], reference: str | None) -> str:
+    """The comparison as a Markdown table: mean ± std [95% CI] per metric, paired differences to reference
+    (no Δ columns when reference is None)."""
     n = rows[0]["n"] if rows else 0
-    head = (["entry", "variant"] + list(METRIC_NAMES.values())
-            + [f"Δ accuracy vs {reference}", f"Δ macro-F1 vs {reference}", "trainable params", "s/epoch"])
+    deltas = [] if reference is None else [f"Δ accuracy vs {reference}", f"Δ macro-F1 vs {reference}"]
+    head = ["entry", "variant"] + list(METRIC_NAMES.values()) + deltas + ["trainable params", "s/epoch"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         params = f"{row['trainable_params']:,}" if row["trainable_params"] is not None else "?"
-        cells = ([row["entry"], row["variant"]] + [_cell(row, m) for m in METRIC_NAMES]
-                 + [_diff(row, "accuracy", reference), _diff(row, "f1_macro", reference), params, f"{row['epoch_s']:.2f}"])
+        diffs = [] if reference is None else [_diff(row, "accuracy", reference), _diff(row, "f1_macro", reference)]
+        cells = [row["entry"], row["variant"]] + [_cell(row, m) for m in METRIC_NAMES] + diffs + [params, f"{row['epoch_s']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines.append(f"\nTest actors of each fold; mean ± sample std [95% t-interval] over {n} fold x seed values; "
-                 f"Δ = mean paired difference to `{reference}` over the same (fold, seed) [95% t-interval].")
+    lines.append(f"\nTest actors of each fold; mean ± sample std (ddof=1) [95% t-interval] over {n} fold x seed values; "
+                 + (f"Δ = mean paired difference to `{reference}` over the same (fold, seed) [95% t-interval]."
+                    if reference is not None else "no Δ columns: the reference entry was not run."))
     return "\n".join(lines)
 
 
@@ -208,9 +218,9 @@ def plot_bars(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows) + 2), 4.5))
     for i, (metric, label) in enumerate(METRIC_NAMES.items()):
         means = np.array([r[f"{metric}_mean"] for r in rows])
-        # whiskers: the 95% CI where there are >= 2 values, else the std (0)
+        # whiskers: the 95% CI where there are >= 2 values, else none
         half = np.array([(r[f"{metric}_ci_high"] - r[f"{metric}_ci_low"]) / 2
-                         if not math.isnan(r[f"{metric}_ci_low"]) else r[f"{metric}_std"] for r in rows])
+                         if not math.isnan(r[f"{metric}_ci_low"]) else 0.0 for r in rows])
         ax.bar(x + (i - 1.5) * width, means, width, yerr=half, capsize=3, label=label)
     ax.set_xticks(x, [r["entry"] for r in rows], rotation=30, ha="right")
     ax.set_ylim(0, 1)

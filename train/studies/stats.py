@@ -12,18 +12,21 @@ import math
 import numpy as np
 from scipy import stats as scipy_stats
 
+from mmfer.train.metrics import sample_std
+
 CONFIDENCE = 0.95
 
 
 def mean_std_ci(values: list[float], confidence: float = CONFIDENCE) -> dict[str, float]:
-    """mean, sample std (ddof=1; 0 for one value), and the t-interval of the mean (NaN for one value)."""
+    """mean, sample std (ddof=1, as train-fusion's summary), and the t-interval of the mean (std and
+    interval NaN for one value: undefined, not 0)."""
     x = np.asarray(values, dtype=np.float64)
     if x.size == 0:
         return {"mean": math.nan, "std": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 0}
     mean = float(x.mean())
     if x.size == 1:
-        return {"mean": mean, "std": 0.0, "ci_low": math.nan, "ci_high": math.nan, "n": 1}
-    std = float(x.std(ddof=1))
+        return {"mean": mean, "std": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 1}
+    std = sample_std(x)
     half = float(scipy_stats.t.ppf(0.5 + confidence / 2, df=x.size - 1)) * std / math.sqrt(x.size)
     return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half, "n": int(x.size)}
 

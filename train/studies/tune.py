@@ -1,15 +1,24 @@
-"""`mmfer tune`: Optuna search over the recipe's hyperparameters; objective = mean validation macro-F1 over folds.
+"""`mmfer tune`: nested Optuna search over the recipe's hyperparameters, one study per outer fold.
 
-A trial trains the selected folds one at a time (`train()` with `folds=k`) and reads each fold's best-epoch
-validation macro-F1 (`val_f1_macro` in summary.json: validation actors only, test metrics are never read);
-the running mean is reported after each fold so MedianPruner can stop a poor trial early. The study lives in
-`<study-dir>/study.db` (SQLite): it resumes after a crash and several processes can share it. Writes
-`best_config.yaml` (accepted by `train-fusion --config`) and `optimization_history.png`.
+For each outer fold (the run's folds, `--folds`) a study of its own (`mmfer-<fold>` in `<study-dir>/study.db`)
+sees only that fold's non-test actors: a trial trains on the fold's training actors and is scored by the
+best-epoch validation macro-F1 of its validation actors (`val_f1_macro`; the inner split). The fold's test
+score is then that of its best trial (same seeds as `train-fusion --folds k` with that config), so every
+outer test score comes from a config chosen without its test actors; their mean ± sample std is the honest
+tuned number. In a plain (non-nested) search over folds, fold k's validation actors are fold k+1's test
+actors, so the reported test scores would have helped choose the config.
+
+Writes `tune_summary.json` (per outer fold: test_actors, tuning_actors, best_params, test_metrics; mean and
+sample std of the outer test scores), `best_config_<fold>.yaml` per outer fold and `best_config.yaml` (the
+best inner validation score), each recording the actors it was tuned on (`tuned_on_actors`, which
+`train-fusion` checks against its test actors), and `optimization_history.png`. The SQLite study resumes
+after a crash and several processes can share it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import shutil
@@ -22,12 +31,10 @@ from mmfer.pipeline.overrides import apply_overrides, flatten, to_dict
 
 log = logging.getLogger(__name__)
 
-STUDY_NAME = "mmfer"
+STUDY_NAME = "mmfer"                # one study per outer fold: mmfer-<fold name>
 OBJECTIVE = "val_f1_macro"          # best-epoch validation macro-F1 of a fold (train/loop.py's summary)
 MAX_FUSION_LAYERS = 6               # the design guide's depth; LFM2-700M has 16 layers, so every depth here exists
 KEEP_TOKEN_CHOICES = (8, 16, 32, 48, 64, 96, 128)   # K, capped at the cache's P patch tokens
-PRUNER_STARTUP_TRIALS = 4           # MedianPruner: no pruning until this many trials finished
-PRUNER_WARMUP_FOLDS = 1             # ... and never on a trial's first fold
 HEARTBEAT_S, GRACE_S = 60, 180      # a trial silent this long (a killed process) is marked failed and retried
 
 
@@ -54,14 +61,14 @@ def suggest(trial, model: ModelConfig, num_patches: int) -> dict:
 
 
 def run_study(base: TrainConfig, study_dir: str | Path, num_trials: int, *, keep_checkpoints: bool) -> dict:
-    """Run trials until the study holds `num_trials` finished (complete or pruned) trials, then write the best
-    config and the history plot. Returns {"num_trials", "best_value", "best_trial", "best_config", "plot"}."""
+    """Per outer fold, run trials until its study holds `num_trials` finished ones; then write the summary,
+    the best configs and the plot. Returns {"num_trials" (finished, all folds), "best_value", "best_trial",
+    "best_fold", "best_config", "summary", "test_mean", "test_std", "folds" (tune_summary's entries), "plot"}."""
     import optuna
-    from optuna.trial import TrialState
 
     from mmfer.pipeline.splits import make_folds
     from mmfer.train.dataset import open_cache
-    from mmfer.train.loop import train
+    from mmfer.train.metrics import HEADLINE, STD_LABEL, aggregate_folds
 
     study_dir = Path(study_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -70,56 +77,99 @@ def run_study(base: TrainConfig, study_dir: str | Path, num_trials: int, *, keep
     folds = make_folds(base.split.protocol, num_val_actors=base.split.num_val_actors, fold_file=base.split.fold_file,
                        all_actors=sorted(int(a) for a in cache.clips["actor"].unique()))
     fold_numbers = list(range(1, len(folds) + 1)) if base.folds == "all" else [int(n) for n in base.folds.split(",")]
-
-    def objective(trial) -> float:
-        cfg = apply_overrides(base, suggest(trial, base.model, cache.video_shape[1]))
-        trial_dir = study_dir / "trials" / f"{trial.number:04d}"
-        if trial_dir.exists():   # left by a study.db that was deleted: trial numbers restart at 0
-            shutil.rmtree(trial_dir)
-        scores = []
-        for step, k in enumerate(fold_numbers):
-            summary = train(dataclasses.replace(cfg, folds=str(k), out=str(trial_dir / f"fold{k}")))
-            (fold_metrics,) = summary["folds"].values()
-            scores.append(fold_metrics[OBJECTIVE])
-            if not keep_checkpoints:
-                shutil.rmtree(trial_dir / f"fold{k}" / folds[k - 1].name / "checkpoints", ignore_errors=True)
-            trial.report(sum(scores) / len(scores), step)
-            if trial.should_prune():
-                log.info("trial %d pruned after %d fold(s): mean %s %.4f", trial.number, step + 1, OBJECTIVE,
-                         sum(scores) / len(scores))
-                raise optuna.TrialPruned()
-        return sum(scores) / len(scores)
-
     storage = optuna.storages.RDBStorage(
         f"sqlite:///{(study_dir / 'study.db').resolve()}", heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
-    finished = (TrialState.COMPLETE, TrialState.PRUNED)
-    study = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction="maximize", load_if_exists=True,
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS,
-                                                                   n_warmup_steps=PRUNER_WARMUP_FOLDS))
-    done = len(study.get_trials(deepcopy=False, states=finished))
-    # a fresh sampler seed per session, so a resumed study does not replay its first random trials
-    study.sampler = optuna.samplers.TPESampler(seed=base.seed + len(study.trials))
-    if done < num_trials:
-        log.info("tune: %d of %d trials finished; running the rest in %s", done, num_trials, study_dir)
-        study.optimize(objective, n_trials=num_trials - done,
-                       callbacks=[optuna.study.MaxTrialsCallback(num_trials, states=finished)])
-    result = {"num_trials": len(study.get_trials(deepcopy=False, states=finished)), "best_value": None,
-              "best_trial": None, "best_config": None, "plot": str(plot_history(study, study_dir / "optimization_history.png"))}
-    if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        best = study.best_trial
-        path = write_best_config(base, best.params, study_dir / "best_config.yaml", best.value, best.number,
-                                 result["num_trials"])
-        result.update(best_value=best.value, best_trial=best.number, best_config=str(path))
-    else:
+    entries, studies = [], []
+    for number in fold_numbers:
+        study, entry = tune_fold(base, folds[number - 1], number, study_dir, num_trials, storage,
+                                 num_patches=cache.video_shape[1], keep_checkpoints=keep_checkpoints)
+        studies.append(study)
+        if entry is not None:
+            entries.append(entry)
+    finished = sum(e["num_trials"] for e in entries)
+    result = {"num_trials": finished, "best_value": None, "best_trial": None, "best_fold": None, "best_config": None,
+              "summary": None, "test_mean": None, "test_std": None, "folds": entries,
+              "plot": str(plot_history(studies, study_dir / "optimization_history.png"))}
+    if not entries:
         log.warning("tune: no trial completed (all pruned or failed); no best_config.yaml written")
+        return result
+    test_mean, test_std = aggregate_folds([e["test_metrics"] for e in entries], HEADLINE)
+    best = max(entries, key=lambda e: e["best_value"])
+    path = write_best_config(base, best["best_params"], study_dir / "best_config.yaml", best["best_value"],
+                             best["best_trial"], best["num_trials"], tuned_on=best["tuning_actors"], fold=best["fold"])
+    summary = {"objective": f"{OBJECTIVE}: best-epoch macro-F1 of each outer fold's own validation actors",
+               "nested": "one study per outer fold; its trials train and validate on that fold's non-test actors",
+               "num_trials_per_fold": num_trials, "folds": entries, "test_mean": test_mean, "test_std": test_std,
+               "std_kind": STD_LABEL.replace("folds", "outer folds"), "best_config": str(path), "best_fold": best["fold"]}
+    (study_dir / "tune_summary.json").write_text(json.dumps(summary, indent=2))
+    result.update(best_value=best["best_value"], best_trial=best["best_trial"], best_fold=best["fold"],
+                  best_config=str(path), summary=str(study_dir / "tune_summary.json"), test_mean=test_mean,
+                  test_std=test_std)
     return result
 
 
-def write_best_config(base: TrainConfig, params: dict, path: Path, value: float, number: int, num_trials: int) -> Path:
-    """The base config plus the best trial's values, as nested YAML of the fields that differ from the
-    defaults (out, folds and resume left out), with a header giving the command and the score."""
-    cfg = apply_overrides(base, params)
+def tune_fold(base: TrainConfig, fold, number: int, study_dir: Path, num_trials: int, storage, *, num_patches: int,
+              keep_checkpoints: bool) -> tuple:
+    """One outer fold's study: trials train on `fold`'s training actors and are scored on its validation
+    actors. Returns (study, tune_summary entry or None when no trial completed)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from mmfer.train.loop import train
+    from mmfer.train.metrics import HEADLINE
+
+    def trial_dir(n: int) -> Path:
+        return study_dir / "trials" / fold.name / f"{n:04d}"
+
+    def objective(trial) -> float:
+        cfg = apply_overrides(base, suggest(trial, base.model, num_patches))
+        out = trial_dir(trial.number)
+        if out.exists():   # left by a study.db that was deleted: trial numbers restart at 0
+            shutil.rmtree(out)
+        summary = train(dataclasses.replace(cfg, folds=str(number), out=str(out)))
+        if not keep_checkpoints:
+            shutil.rmtree(out / fold.name / "checkpoints", ignore_errors=True)
+        return summary["folds"][fold.name][OBJECTIVE]   # validation actors only; test metrics are not read here
+
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    study = optuna.create_study(storage=storage, study_name=f"{STUDY_NAME}-{fold.name}", direction="maximize",
+                                load_if_exists=True)
+    done = len(study.get_trials(deepcopy=False, states=finished))
+    # a fresh sampler seed per session, so a resumed study does not replay its first random trials
+    study.sampler = optuna.samplers.TPESampler(seed=base.seed + number * 1000 + len(study.trials))
+    if done < num_trials:
+        log.info("tune %s: %d of %d trials finished; running the rest in %s", fold.name, done, num_trials, study_dir)
+        study.optimize(objective, n_trials=num_trials - done,
+                       callbacks=[optuna.study.MaxTrialsCallback(num_trials, states=finished)])
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return study, None
+    best = study.best_trial
+    # the outer test score: the best trial's own run (the config tuned without this fold's test actors),
+    # read only now that the choice is made; retrained when its folder is gone
+    summary_path = trial_dir(best.number) / "summary.json"
+    if summary_path.is_file():
+        fold_summary = json.loads(summary_path.read_text())
+    else:
+        fold_summary = train(dataclasses.replace(apply_overrides(base, best.params), folds=str(number),
+                                                 out=str(study_dir / "outer" / fold.name), resume=True))
+    test_metrics = {k: fold_summary["folds"][fold.name][k] for k in HEADLINE}
+    tuning_actors = sorted(set(fold.train_actors) | set(fold.val_actors))
+    config = write_best_config(base, best.params, study_dir / f"best_config_{fold.name}.yaml", best.value, best.number,
+                               len(study.get_trials(deepcopy=False, states=finished)), tuned_on=tuning_actors,
+                               fold=fold.name)
+    return study, {"fold": fold.name, "test_actors": list(fold.test_actors), "tuning_actors": tuning_actors,
+                   "inner_train_actors": list(fold.train_actors), "inner_val_actors": list(fold.val_actors),
+                   "num_trials": len(study.get_trials(deepcopy=False, states=finished)), "best_trial": best.number,
+                   "best_value": best.value, "best_params": best.params, "best_config": str(config),
+                   "test_metrics": test_metrics}
+
+
+def write_best_config(base: TrainConfig, params: dict, path: Path, value: float, number: int, num_trials: int, *,
+                      tuned_on: list[int], fold: str) -> Path:
+    """The base config plus a trial's values, as nested YAML of the fields that differ from the defaults
+    (out, folds and resume left out) and `tuned_on_actors`, with a header giving the command and the score."""
+    cfg = dataclasses.replace(apply_overrides(base, params), tuned_on_actors=",".join(map(str, tuned_on)))
     current, defaults = flatten(to_dict(cfg)), flatten(to_dict(TrainConfig()))
     nested: dict = {}
     for key, v in current.items():
@@ -130,35 +180,35 @@ def write_best_config(base: TrainConfig, params: dict, path: Path, value: float,
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = v
-    header = (f"# mmfer tune: best of {num_trials} trial(s) is trial {number}, mean validation macro-F1 {value:.4f}\n"
-              f"# (validation actors of each fold; the test actors were not used)\n"
+    header = (f"# mmfer tune ({fold}'s study): best of {num_trials} trial(s) is trial {number}, validation macro-F1 "
+              f"{value:.4f}\n# tuned on actors {tuned_on} (training and validation actors of {fold}); a run that tests "
+              f"any of them is marked tuned_on_test_actors\n"
               f"# train-fusion --config {path.name} --out runs/tuned\n")
     path.write_text(header + yaml.safe_dump(nested, sort_keys=False))
     return path
 
 
-def plot_history(study, path: Path) -> Path:
-    """Objective per trial (pruned trials at their last reported mean) and the running best."""
+def plot_history(studies: list, path: Path) -> Path:
+    """Objective per trial and the running best, one colour per outer fold's study."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from optuna.trial import TrialState
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    pruned = [t for t in study.trials if t.state == TrialState.PRUNED and t.intermediate_values]
-    ax.scatter([t.number for t in complete], [t.value for t in complete], label="complete", zorder=3)
-    ax.scatter([t.number for t in pruned], [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
-               marker="x", color="grey", label="pruned (last mean)", zorder=3)
-    best, xs, ys = -math.inf, [], []
-    for t in complete:
-        best = max(best, t.value)
-        xs.append(t.number)
-        ys.append(best)
-    ax.step(xs, ys, where="post", color="C3", label="best so far")
+    for i, study in enumerate(studies):
+        complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+        name = study.study_name.removeprefix(f"{STUDY_NAME}-")
+        ax.scatter([t.number for t in complete], [t.value for t in complete], color=f"C{i}", label=name, zorder=3)
+        best, xs, ys = -math.inf, [], []
+        for t in complete:
+            best = max(best, t.value)
+            xs.append(t.number)
+            ys.append(best)
+        ax.step(xs, ys, where="post", color=f"C{i}", alpha=0.6)
     ax.set_xlabel("trial")
-    ax.set_ylabel("mean validation macro-F1")
-    ax.set_title(f"optuna study {study.study_name}")
+    ax.set_ylabel("validation macro-F1 (inner split)")
+    ax.set_title("optuna studies per outer fold (line: best so far)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
