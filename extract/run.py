@@ -51,7 +51,12 @@ class ExtractSummary:
     num_failed: int = 0
     num_missing_audio: int = 0
     bytes_written: int = 0
+    setup_s: float = 0.0
+    """Seconds from the call to the clip loop: clip table, store opened, encoders loaded, jobs built."""
+    loop_s: float = 0.0
+    """Seconds of the clip loop: decode workers started, every clip decoded, encoded and written."""
     wall_s: float = 0.0
+    """Seconds of the whole call (setup_s + loop_s + the summary)."""
     failures: list[tuple[str, str, str]] = field(default_factory=list)   # (clip_id, path, reason)
 
     @property
@@ -155,13 +160,18 @@ def _extract_locked(cfg: ExtractConfig, table: pd.DataFrame, device: torch.devic
     todo = _clips_to_do(selected, video, audio)
     summary = ExtractSummary(num_selected=len(selected), num_skipped=len(selected) - len(todo))
     _check_free_space(Path(cfg.out), len(todo) * (video.raw_bytes_per_clip() + audio.raw_bytes_per_clip()))
-    jobs = [DecodeJob(r.clip_id, r.path, r.source, cfg.num_frames, cfg.sample_rate_hz, cfg.max_audio_s,
-                      cfg.decode_timeout_s, cfg.face_crop) for r in todo.itertuples()]
+    jobs = decode_jobs(todo, cfg)
+    loop_start = time.monotonic()
+    summary.setup_s = loop_start - start
     with tqdm(total=len(jobs), unit="clip", disable=not sys.stderr.isatty(), desc="extract") as bar:
-        for batch in _decoded_batches(jobs, encoders.visual.processor, cfg):
-            _encode_and_write(batch, encoders, video, audio, max_audio_frames, summary)
-            bar.update(len(batch))
-    summary.wall_s = time.monotonic() - start
+        if jobs:
+            loader = decode_loader(jobs, encoders.visual.processor, num_workers=cfg.num_workers,
+                                   batch_size=cfg.batch_size, persistent_workers=False)
+            for batch in decoded_batches(loader, batch_size=cfg.batch_size):
+                _encode_and_write(batch, encoders, video, audio, max_audio_frames, summary)
+                bar.update(len(batch))
+    end = time.monotonic()
+    summary.loop_s, summary.wall_s = end - loop_start, end - start
     log.info("extract finished: %d done, %d skipped, %d failed, %.1f s", summary.num_done, summary.num_skipped,
              summary.num_failed, summary.wall_s)
     return summary
@@ -226,20 +236,31 @@ def _check_free_space(out: Path, needed_bytes: int) -> None:
                                            f"{free / 1e6:.0f} MB are free; free some space or use another --out")
 
 
-def _decoded_batches(jobs: list[DecodeJob], processor, cfg: ExtractConfig):
-    """Batches of DecodedItem, decoded ahead by spawned workers (never forked after zarr was used)."""
-    if not jobs:
-        return
-    # One clip per worker item, regrouped here: every worker decodes a share of the first batch, so the
-    # encoders get it sooner than if one worker decoded a whole batch.
-    loader = torch.utils.data.DataLoader(
+def decode_jobs(clips: pd.DataFrame, cfg: ExtractConfig) -> list[DecodeJob]:
+    """One DecodeJob per row of `clips` (clip_id, path, source: the clip table's columns), with cfg's decode
+    settings (frames, sample rate, audio length, timeout, face crop)."""
+    return [DecodeJob(r.clip_id, r.path, r.source, cfg.num_frames, cfg.sample_rate_hz, cfg.max_audio_s,
+                      cfg.decode_timeout_s, cfg.face_crop) for r in clips.itertuples()]
+
+
+def decode_loader(jobs: list[DecodeJob], processor, *, num_workers: int, batch_size: int,
+                  persistent_workers: bool) -> torch.utils.data.DataLoader:
+    """The DataLoader that decodes `jobs` in spawned workers (never forked after zarr was used), one
+    DecodedItem per item, in job order; `decoded_batches` groups them. Workers start at its first iteration."""
+    # One clip per worker item, regrouped by decoded_batches: every worker decodes a share of the first
+    # batch, so the encoders get it sooner than if one worker decoded a whole batch.
+    return torch.utils.data.DataLoader(
         _JobList(jobs, processor), batch_size=None, shuffle=False, collate_fn=_as_is,
-        num_workers=cfg.num_workers, multiprocessing_context="spawn" if cfg.num_workers else None,
-        prefetch_factor=4 * cfg.batch_size if cfg.num_workers else None, persistent_workers=False)
+        num_workers=num_workers, multiprocessing_context="spawn" if num_workers else None,
+        prefetch_factor=4 * batch_size if num_workers else None, persistent_workers=persistent_workers and num_workers > 0)
+
+
+def decoded_batches(loader, *, batch_size: int):
+    """Batches of up to batch_size DecodedItem from one pass of a `decode_loader`."""
     batch: list[DecodedItem] = []
     for item in loader:
         batch.append(item)
-        if len(batch) == cfg.batch_size:
+        if len(batch) == batch_size:
             yield batch
             batch = []
     if batch:

@@ -1,6 +1,7 @@
 """`mmfer bench --preset tiny --clips 4` runs every part on real demo clips and reports finite, positive numbers.
 
 No timing assertions: the numbers depend on the machine and its load; only their presence and sanity are checked.
+The bench's trainer is train's own fold set-up, and its extract timings are extract's own summary.
 """
 
 from __future__ import annotations
@@ -8,10 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 
+import numpy as np
 import pytest
+import torch
+from synthetic_store import make_store
 
-from mmfer.pipeline.app.bench import add_bench_arguments, clip_counts, cmd_bench, format_report
+from mmfer.pipeline.app.bench import add_bench_arguments, clip_counts, cmd_bench, format_report, marginal_clips_per_s
 
 pytestmark = pytest.mark.slow   # runs the whole bench (extract and train in child processes)
 
@@ -22,9 +27,13 @@ HEADLINE = ("speedup_cached_vs_online", "speedup_flop_limit", "loader_overhead_p
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("bench")
+    return run_bench_command(out, 4)
+
+
+def run_bench_command(out, num_clips: int) -> dict:
     parser = argparse.ArgumentParser()
     add_bench_arguments(parser)
-    args = parser.parse_args(["--preset", "tiny", "--clips", "4", "--json", str(out / "bench.json"),
+    args = parser.parse_args(["--preset", "tiny", "--clips", str(num_clips), "--json", str(out / "bench.json"),
                               "--work-dir", str(out)])
     assert cmd_bench(args) == 0
     assert [p.name for p in out.iterdir()] == ["bench.json"], "the temporary folder must be removed"
@@ -53,6 +62,65 @@ def test_every_part_is_reported(report):
     for row in report["scaling"]:
         assert row["extract"]["peak_rss_mb"] > 100 and row["train"]["peak_rss_mb"] > 100   # real processes
         assert row["extract"]["loop_s"] > 0 and row["train"]["epoch_s"] > 0
+        # extract's own timings (ExtractSummary), not a log line: set-up and loop add up to at most the wall time
+        ex = row["extract"]
+        assert ex["setup_s"] > 0 and ex["setup_s"] + ex["loop_s"] <= ex["wall_s"]
+    assert report["extract"]["setup_s"] == report["scaling"][-1]["extract"]["setup_s"]
     table = format_report(report)
     for label in ("1 cached vs online", "2 loader overhead", "3 extract pipeline", "4 bytes per clip", "5 "):
         assert label in table, label
+
+
+def test_bench_trainer_is_trains_fold_setup(tmp_path):
+    """The bench trains what train-fusion trains: train/loop.py's setup_fold, input standardization included."""
+    from mmfer.pipeline.app.bench_parts import build_trainer, cached_loader
+    from mmfer.pipeline.app.bench_setup import bench_train_config
+    from mmfer.train.loop import setup_fold
+    from mmfer.train.model.normalize import feature_statistics
+
+    cfg = bench_train_config("tiny", "cpu")
+    cache, dataset, loader = cached_loader(str(make_store(tmp_path / "cache", repetitions=1)), cfg)
+    trainer = build_trainer(cfg, cache, dataset)
+    norm = trainer.fold.model.input_norm
+    stats = feature_statistics(dataset[i] for i in range(len(dataset)))   # every bench clip is a training clip
+    assert set(stats) == {"video_mean", "video_std", "audio_mean", "audio_std"}
+    for name, value in stats.items():
+        np.testing.assert_allclose(getattr(norm, name).numpy(), value.reshape(getattr(norm, name).shape), rtol=1e-5,
+                                   err_msg=name)
+    assert norm.video_mean.abs().max() > 0.1 and norm.audio_mean.abs().max() > 0.1   # not the identity it starts as
+
+    fold = setup_fold(cfg, cache, dataset, np.arange(len(dataset)), torch.device("cpu"), fold_number=1, fold=None)
+    bench_state, train_state = trainer.fold.model.state_dict(), fold.model.state_dict()
+    assert bench_state.keys() == train_state.keys()
+    for key in bench_state:
+        assert torch.equal(bench_state[key], train_state[key]), key
+    batch = next(iter(loader))
+    trainer.fold.model.eval()
+    fold.model.eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(trainer.fold.model(batch)["logits"], fold.model(batch)["logits"])
+    assert type(trainer.fold.criterion) is type(fold.criterion)
+    assert [g["lr"] for g in trainer.fold.optimizer.param_groups] == [g["lr"] for g in fold.optimizer.param_groups]
+
+
+def test_marginal_rate_needs_a_batch_of_extra_clips():
+    """`bench --clips 2` compares 1- and 2-clip extract runs: the second clip decodes beside the first and is
+    encoded in the same batch, so their loop times differ by noise, often negatively. No rate from that."""
+    rows = lambda a, b, s_a, s_b: [{"clips": a, "extract": {"loop_s": s_a}}, {"clips": b, "extract": {"loop_s": s_b}}]  # noqa: E731
+    assert marginal_clips_per_s(rows(1, 2, 6.0, 5.8), extract_batch_size=4) is None    # was -5 clips/s
+    assert marginal_clips_per_s(rows(1, 2, 6.0, 6.1), extract_batch_size=4) is None    # was 10 clips/s: noise
+    assert marginal_clips_per_s(rows(4, 8, 6.0, 5.9), extract_batch_size=4) is None    # not slower: unmeasurable
+    assert marginal_clips_per_s(rows(4, 8, 6.0, 8.0), extract_batch_size=4) == pytest.approx(2.0)
+    assert marginal_clips_per_s(rows(4, 4, 6.0, 6.0)[:1], extract_batch_size=4) is None
+
+
+@pytest.mark.slow
+def test_two_clips_print_no_negative_efficiency(tmp_path):
+    """`mmfer bench --clips 2` (issue 15 item 14): every efficiency is absent or >= 0, in the JSON and the table."""
+    report = run_bench_command(tmp_path, 2)
+    assert report["extract_pipeline_efficiency"] > 0
+    marginal = report["extract_pipeline_efficiency_marginal"]
+    assert marginal is None or marginal >= 0
+    table = format_report(report)
+    efficiency_lines = [line for line in table.splitlines() if "efficiency" in line or "marginal" in line]
+    assert efficiency_lines and not any(re.search(r"(?<![\w.])-\d", line) for line in efficiency_lines), efficiency_lines

@@ -189,36 +189,10 @@ def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, 
     (fold_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     last_path, best_path = fold_dir / "checkpoints" / "last.pt", fold_dir / "checkpoints" / "best.pt"
 
-    torch.manual_seed(derive_seed(cfg.seed, fold_number, -1))
-    tv, num_patches, video_dim = cache.video_shape
-    model = build_model(cfg.model, video_dim=video_dim, num_patches=num_patches, audio_dim=cache.audio_shape[1],
-                        dropout=t.dropout)
-    model.input_norm.set_statistics(feature_statistics(dataset[i] for i in train_pos))   # training actors only
-    if t.gradient_checkpointing:
-        model.set_gradient_checkpointing(True)
-    for name, source in (("audio", cfg.audio_branch), ("visual", cfg.visual_branch)):
-        if source:   # the design guide's stage 2: start from stage-1 branch weights
-            model.load_branch_state_dict(name, load_branch_weights(branch_path(source, name, fold), name),
-                                         freeze=cfg.freeze_branches)
-    contrastive = None
-    if t.contrastive_weight > 0 and cfg.model.is_fused:
-        contrastive = ContrastiveLoss(cfg.model.audio.feature_dim, cfg.model.visual.out_dim, t.contrastive_temperature)
-    criterion = MultimodalLoss(
-        label_smoothing=t.label_smoothing, class_weights=resolve_class_weights(t.class_weights, dataset.labels[train_pos], cfg.model.num_classes),
-        alpha_fusion=t.loss_weight_fusion, alpha_audio=t.loss_weight_audio, alpha_visual=t.loss_weight_visual,
-        contrastive=contrastive, contrastive_weight=t.contrastive_weight)
-    model.to(device)
-    criterion.to(device)
-    groups = param_groups(model)
-    groups["classifier"] += list(criterion.parameters())   # InfoNCE projections train with the heads
-    optimizer = build_optimizer(groups, lr_branches=t.lr_branches, lr_fusion=t.lr_fusion, lr=t.lr,
-                                weight_decay=t.weight_decay, betas=t.betas)
-    schedule = EpochSchedule(optimizer, kind=t.scheduler, warmup_epochs=t.warmup_epochs, cosine_t0=t.cosine_t0,
-                             cosine_t_mult=t.cosine_t_mult, eta_min=t.eta_min, plateau_factor=t.plateau_factor,
-                             plateau_patience=t.plateau_patience)
+    fit = setup_fold(cfg, cache, dataset, train_pos, device, fold_number=fold_number, fold=fold)
+    model, criterion, optimizer, schedule, scaler, amp_dtype = (fit.model, fit.criterion, fit.optimizer, fit.schedule,
+                                                                fit.scaler, fit.amp_dtype)
     stopper = EarlyStopping(t.early_stopping_patience, t.early_stopping_min_delta)
-    amp_dtype = autocast_dtype(device, t.mixed_precision)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     start_epoch = 0
     if cfg.resume and (last_path.exists() or previous_path(last_path).exists()):
@@ -295,6 +269,58 @@ def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, 
         save_branch_weights(fold_dir / f"{cfg.pretrain}_branch.safetensors", model.branch_state_dict(cfg.pretrain), fold)
     log.info("%s test: %s", fold.name, ", ".join(f"{k} {metrics[k]:.4f}" for k in HEADLINE))
     return metrics, predictions_frame(fold.name, clip_ids, labels, probs), timings
+
+
+@dataclasses.dataclass
+class FoldSetup:
+    """One fold's trainable state before its first epoch (what `setup_fold` builds)."""
+
+    model: torch.nn.Module
+    criterion: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: EpochSchedule
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+
+
+def setup_fold(cfg: TrainConfig, cache, dataset: ClipDataset, train_pos: np.ndarray, device: torch.device, *,
+               fold_number: int, fold: Fold | None) -> FoldSetup:
+    """The model (seeded by the fold's number) with its input standardization from the training clips'
+    statistics and any stage-1 branch weights (checked against `fold`), the loss (class weights from the
+    training labels), AdamW groups, schedule and AMP scaler. train_fold and `mmfer bench` both start from it."""
+    t = cfg.training
+    torch.manual_seed(derive_seed(cfg.seed, fold_number, -1))
+    _, num_patches, video_dim = cache.video_shape
+    model = build_model(cfg.model, video_dim=video_dim, num_patches=num_patches, audio_dim=cache.audio_shape[1],
+                        dropout=t.dropout)
+    model.input_norm.set_statistics(feature_statistics(dataset[i] for i in train_pos))   # training actors only
+    if t.gradient_checkpointing:
+        model.set_gradient_checkpointing(True)
+    for name, source in (("audio", cfg.audio_branch), ("visual", cfg.visual_branch)):
+        if source:   # the design guide's stage 2: start from stage-1 branch weights
+            if fold is None:
+                raise ValueError("stage-1 branch weights are chosen per fold: setup_fold needs the fold")
+            model.load_branch_state_dict(name, load_branch_weights(branch_path(source, name, fold), name),
+                                         freeze=cfg.freeze_branches)
+    contrastive = None
+    if t.contrastive_weight > 0 and cfg.model.is_fused:
+        contrastive = ContrastiveLoss(cfg.model.audio.feature_dim, cfg.model.visual.out_dim, t.contrastive_temperature)
+    criterion = MultimodalLoss(
+        label_smoothing=t.label_smoothing, class_weights=resolve_class_weights(t.class_weights, dataset.labels[train_pos], cfg.model.num_classes),
+        alpha_fusion=t.loss_weight_fusion, alpha_audio=t.loss_weight_audio, alpha_visual=t.loss_weight_visual,
+        contrastive=contrastive, contrastive_weight=t.contrastive_weight)
+    model.to(device)
+    criterion.to(device)
+    groups = param_groups(model)
+    groups["classifier"] += list(criterion.parameters())   # InfoNCE projections train with the heads
+    optimizer = build_optimizer(groups, lr_branches=t.lr_branches, lr_fusion=t.lr_fusion, lr=t.lr,
+                                weight_decay=t.weight_decay, betas=t.betas)
+    schedule = EpochSchedule(optimizer, kind=t.scheduler, warmup_epochs=t.warmup_epochs, cosine_t0=t.cosine_t0,
+                             cosine_t_mult=t.cosine_t_mult, eta_min=t.eta_min, plateau_factor=t.plateau_factor,
+                             plateau_patience=t.plateau_patience)
+    amp_dtype = autocast_dtype(device, t.mixed_precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    return FoldSetup(model, criterion, optimizer, schedule, scaler, amp_dtype)
 
 
 def train_epoch(model, criterion, optimizer, scaler, loader, device, amp_dtype, rng: np.random.Generator, *,

@@ -103,21 +103,21 @@ def run_bench(*, num_clips: int, preset: str, device: str, work_parent: str | No
 
         t = setup.train_cfg.training
         cache, dataset, _ = parts.cached_loader(stores[num_clips], setup.train_cfg)
+        trainer = parts.build_trainer(setup.train_cfg, cache, dataset)   # train's fold set-up, all clips for training
         epoch_ids = parts.whole_groups(dataset.clip_ids, t.batch_size * t.gradient_accumulation_steps)
         _, dataset, loader = parts.cached_loader(stores[num_clips], setup.train_cfg, epoch_ids)
         in_memory = list(loader)
-        trainer = parts.build_trainer(setup.train_cfg, video_shape=cache.video_shape, audio_dim=cache.audio_shape[1],
-                                      labels=dataset.labels)
         parts.run_epoch(trainer, parts.Batches(lambda: in_memory[:1], 1))   # warm-up
         memory_runs, cached_runs = [], []
         for epoch in range(1, 4):   # interleaved, best of 3: other jobs on the machine only ever add time
             memory_runs.append(parts.run_epoch(trainer, parts.Batches(lambda: in_memory, len(in_memory)), epoch=epoch))
             cached_runs.append(parts.run_epoch(trainer, loader, epoch=epoch))
         labels = dict(zip(dataset.clip_ids, (int(v) for v in dataset.labels)))
-        if len(epoch_ids) != num_clips or t.batch_size != setup.extract_cfg.batch_size:
+        if epoch_ids != list(setup.manifest["clip_id"]):   # the online epoch decodes the cached epoch's clips, in order
             decoder = None   # its persistent workers exit when it is collected
             decoder = parts.started_decode_loader(setup, encoders.visual.processor, epoch_ids, t.batch_size)
-        online = parts.Batches(lambda: parts.online_batches(decoder, encoders, labels), len(in_memory))
+        online = parts.Batches(lambda: parts.online_batches(decoder, encoders, labels, batch_size=t.batch_size),
+                               len(in_memory))
         online_s = parts.run_epoch(trainer, online, epoch=1)
         epoch_clips = len(epoch_ids)
         env["load_avg_epochs"] = os.getloadavg()[0]
@@ -126,11 +126,12 @@ def run_bench(*, num_clips: int, preset: str, device: str, work_parent: str | No
         tv, p, dv = cache.video_shape
         dry = dry_run(setup.train_cfg.model, video_dim=dv, num_patches=p, num_frames=tv, audio_dim=cache.audio_shape[1],
                       audio_frames=audio_frames, batch_size=setup.train_cfg.training.batch_size,
-                      precision="fp32" if trainer.amp_dtype is None else "fp16", dropout=setup.train_cfg.training.dropout,
+                      precision="fp32" if trainer.fold.amp_dtype is None else "fp16", dropout=setup.train_cfg.training.dropout,
                       encoder_gflops=None if preset == "full" else counted)
         storage = parts.storage_stats(stores[num_clips], list(cache.clips["clip_id"]), setup.train_cfg)
         result = summarize(num_clips, epoch_clips, env, setup_s, scaling, decode, encode, counted, dry,
-                           {"memory": memory_runs, "cached": cached_runs, "online": [online_s]}, storage)
+                           {"memory": memory_runs, "cached": cached_runs, "online": [online_s]}, storage,
+                           extract_batch_size=setup.extract_cfg.batch_size)
         result["env"]["load_avg_end"] = os.getloadavg()[0]
         result["env"]["bench_wall_s"] = time.perf_counter() - started
         if keep:
@@ -142,7 +143,7 @@ def run_bench(*, num_clips: int, preset: str, device: str, work_parent: str | No
 
 
 def summarize(n: int, epoch_clips: int, env: dict, setup_s: float, scaling: list, decode: dict, encode: dict,
-              counted: dict, dry: dict, runs: dict, storage: dict) -> dict:
+              counted: dict, dry: dict, runs: dict, storage: dict, *, extract_batch_size: int) -> dict:
     """The JSON report: headline ratios first, then each part's details (runs: epoch seconds, each try)."""
     memory_s, cached_s, online_s = (min(runs[k]) / epoch_clips * n for k in ("memory", "cached", "online"))
     limit = dry["cache_speedup"]
@@ -150,10 +151,7 @@ def summarize(n: int, epoch_clips: int, env: dict, setup_s: float, scaling: list
     full = scaling[-1]["extract"]
     measured, decode_rate, encode_rate = n / full["loop_s"], n / decode["steady_s"], n / encode["total_s"]
     bottleneck = "decode" if decode_rate < encode_rate else "encode"
-    marginal = None
-    if len(scaling) > 1:
-        first, last = scaling[0], scaling[-1]
-        marginal = (last["clips"] - first["clips"]) / (last["extract"]["loop_s"] - first["extract"]["loop_s"])
+    marginal = marginal_clips_per_s(scaling, extract_batch_size=extract_batch_size)
     for row in scaling:
         row["extract_loop_s_per_clip"] = row["extract"]["loop_s"] / row["clips"]
         row["train_epoch_s_per_clip"] = row["train"]["epoch_s"] / row["clips"]
@@ -174,7 +172,7 @@ def summarize(n: int, epoch_clips: int, env: dict, setup_s: float, scaling: list
                    "encoder_gflops_per_clip": dry["encoder_gflops_per_clip"],
                    "encoder_gflops_counted": counted, "trainable_params": dry["trainable_params"],
                    "train_gflops_per_s": dry["train_step_gflops_per_clip"] * n / memory_s},
-        "extract": {"clips": n, "clips_per_s": measured, "clips_per_s_with_load": n / full["wall_s"],
+        "extract": {"clips": n, "batch_size": extract_batch_size, "setup_s": full["setup_s"], "clips_per_s": measured, "clips_per_s_with_load": n / full["wall_s"],
                     "clips_per_s_marginal": marginal, "decode_only_clips_per_s": decode_rate,
                     "decode_first_pass_s": decode["first_pass_s"], "decode_workers": decode["workers"],
                     "encode_only_clips_per_s": encode_rate, "visual_encode_s_per_clip": encode["visual_s"] / n,
@@ -184,6 +182,21 @@ def summarize(n: int, epoch_clips: int, env: dict, setup_s: float, scaling: list
                     "ravdess_epoch_cached_train_s": RAVDESS_EPOCH_CLIPS * cached_s / n},
         "scaling": scaling,
     }
+
+
+def marginal_clips_per_s(scaling: list, *, extract_batch_size: int) -> float | None:
+    """Clips/s of the extra clips between the smallest and largest extract run (start-up cancels out), or None
+    when it cannot be measured: the runs differ by less than one encoder batch (e.g. 1 vs 2 clips: the second
+    clip is decoded beside the first, by another worker, and encoded in the same batch, so the difference is
+    noise and can be negative), or the larger run was not slower."""
+    if len(scaling) < 2:
+        return None
+    first, last = scaling[0], scaling[-1]
+    extra_clips = last["clips"] - first["clips"]
+    extra_s = last["extract"]["loop_s"] - first["extract"]["loop_s"]
+    if extra_clips < extract_batch_size or extra_s <= 0:
+        return None
+    return extra_clips / extra_s
 
 
 def format_report(r: dict) -> str:
@@ -208,6 +221,9 @@ def format_report(r: dict) -> str:
                         "timings and ratios are inflated and noisy; re-run when it is idle")
     if r["extract_pipeline_efficiency_marginal"] is not None:
         lines.append(f"{'  same, marginal (no start-up)':<34}{r['extract_pipeline_efficiency_marginal']:>14.2f}")
+    elif len(r["scaling"]) > 1:
+        lines.append(f"{'  same, marginal (no start-up)':<34}{'n/a':>14}  (the extract runs of part 5 differ by less "
+                     f"than one batch of {r['extract']['batch_size']} clips; use more --clips)")
     lines += [f"{'4 bytes per clip on disk':<34}{r['bytes_per_clip'] / 1e6:>11.2f} MB  (raw fp16 {s['raw_fp16_bytes_per_clip'] / 1e6:.2f} MB, "
               f"padded {s['raw_fp16_padded_bytes_per_clip'] / 1e6:.2f} MB)", "",
               f"1  s/clip (best of {len(e['epoch_runs_s']['cached'])} interleaved, epoch of {e['clips']} clips = whole "
@@ -215,7 +231,8 @@ def format_report(r: dict) -> str:
               f"{e['in_memory_s_per_clip']:.3f}; GFLOP/clip: encoders {e['encoder_gflops_per_clip']:.1f} (counted "
               + ", ".join(f"{k} {v:.1f}" for k, v in e["encoder_gflops_counted"].items())
               + f"), trainable forward {e['forward_gflops_per_clip']:.2f} x3; training runs at {e['train_gflops_per_s']:.0f} GFLOP/s",
-              f"3  clips/s: extract {x['clips_per_s']:.3f} (with model load {x['clips_per_s_with_load']:.3f}"
+              f"3  clips/s: extract {x['clips_per_s']:.3f} (with set-up {x['clips_per_s_with_load']:.3f}; set-up: store "
+              f"and encoders {x['setup_s']:.1f} s"
               + (f", marginal {x['clips_per_s_marginal']:.3f}" if x["clips_per_s_marginal"] else "")
               + f"), decode only {x['decode_only_clips_per_s']:.3f} ({x['decode_workers']} workers; first pass with worker "
               f"start {x['decode_first_pass_s']:.1f} s), encode only {x['encode_only_clips_per_s']:.3f} (visual "
@@ -228,7 +245,8 @@ def format_report(r: dict) -> str:
         ex, tr = row["extract"], row["train"]
         lines.append(f"   {row['clips']:>6}{ex['loop_s']:>11.1f}{row['extract_loop_s_per_clip']:>8.2f}{ex['peak_rss_mb']:>8.0f}"
                      f"{ex['peak_rss_children_mb']:>9.0f}{tr['epoch_s']:>15.2f}{row['train_epoch_s_per_clip']:>8.3f}{tr['peak_rss_mb']:>8.0f}")
-    lines.append("   (extract s: the clip loop after model load; RSS: peak of the process, 'workers': its largest child)")
+    lines.append("   (extract s: the clip loop after set-up (extract's ExtractSummary.loop_s); RSS: peak of the process, "
+                 "'workers': its largest child)")
     lines.append(f"bench took {env.get('bench_wall_s', 0):.0f} s")
     return "\n".join(lines)
 

@@ -21,17 +21,15 @@ import torch
 from mmfer.pipeline.app.bench_setup import (
     BENCH_SEED,
     BenchSetup,
+    bench_decode_jobs,
+    bench_decode_loader,
     bench_train_config,
     build_trainer,
     child_env,
-    decode_jobs,
-    decode_loader,
     resolve_device_name,
 )
 
 log = logging.getLogger(__name__)
-
-LOOP_START_MESSAGE = "this run writes at most"   # extract/run.py logs it right before its clip loop
 
 
 def sync(device: str) -> None:
@@ -45,16 +43,16 @@ def sync(device: str) -> None:
 
 
 def time_decode_only(setup: BenchSetup, processor) -> dict:
-    """decode_job over the clips with extract's DataLoader setup: a first pass (worker start included) and a
-    second pass on the same, already started workers. Returns times and the decoded items of the 2nd pass."""
+    """extract's decode loader over the clips: a first pass (worker start included) and a second pass on the
+    same, already started workers. Returns times, the decoded items of the 2nd pass and the loader."""
     cfg = setup.extract_cfg
-    loader = decode_loader(decode_jobs(setup), processor, cfg, batch_size=cfg.batch_size, persistent=True)
+    loader = bench_decode_loader(bench_decode_jobs(setup), processor, cfg, batch_size=cfg.batch_size)
     started = time.perf_counter()
     for _ in loader:
         pass
     first_s = time.perf_counter() - started
     started = time.perf_counter()
-    items = [item for batch in loader for item in batch]
+    items = list(loader)
     steady_s = time.perf_counter() - started
     failed = [item.clip_id for item in items if item.error is not None]
     if failed:
@@ -64,10 +62,8 @@ def time_decode_only(setup: BenchSetup, processor) -> dict:
 
 
 def started_decode_loader(setup: BenchSetup, processor, clip_ids: list[str], batch_size: int):
-    """A decode loader over clip_ids (repeats allowed) whose workers have started and run one pass."""
-    jobs = {job.clip_id: job for job in decode_jobs(setup)}
-    loader = decode_loader([jobs[c] for c in clip_ids], processor, setup.extract_cfg, batch_size=batch_size,
-                           persistent=True)
+    """extract's decode loader over clip_ids (repeats allowed) whose workers have started and run one pass."""
+    loader = bench_decode_loader(bench_decode_jobs(setup, clip_ids), processor, setup.extract_cfg, batch_size=batch_size)
     for _ in loader:
         pass
     return loader
@@ -135,11 +131,12 @@ class Batches:
         return iter(self.make_iter())
 
 
-def online_batches(decoder, encoders, labels: dict[str, int]):
-    """decode (workers) -> frozen encoders -> the loader's batch contract, per batch, as stored (fp16)."""
+def online_batches(decoder, encoders, labels: dict[str, int], *, batch_size: int):
+    """decode (extract's loader) -> frozen encoders -> the loader's batch contract, per batch, as stored (fp16)."""
+    from mmfer.extract.run import decoded_batches
     from mmfer.train.dataset import collate_clips
 
-    for decoded in decoder:
+    for decoded in decoded_batches(decoder, batch_size=batch_size):
         tokens, pooled = encoders.encode_visual([it.pixel_inputs for it in decoded])
         audio = encoders.encode_audio([it.audio for it in decoded])
         yield collate_clips([
@@ -164,13 +161,13 @@ def run_epoch(trainer, batches, *, epoch: int = 0) -> float:
     """Seconds for one train_epoch (train/loop.py) over `batches`; mixup rng fixed per epoch number."""
     from mmfer.train.loop import train_epoch
 
-    t = trainer.cfg.training
+    t, fold = trainer.cfg.training, trainer.fold
     rng = np.random.default_rng([BENCH_SEED, epoch])
     torch.manual_seed(BENCH_SEED + epoch)
     sync(trainer.device.type)
     started = time.perf_counter()
-    train_epoch(trainer.model, trainer.criterion, trainer.optimizer, trainer.scaler, batches, trainer.device,
-                trainer.amp_dtype, rng, mixup_alpha=t.mixup_alpha, accumulation=t.gradient_accumulation_steps,
+    train_epoch(fold.model, fold.criterion, fold.optimizer, fold.scaler, batches, trainer.device,
+                fold.amp_dtype, rng, mixup_alpha=t.mixup_alpha, accumulation=t.gradient_accumulation_steps,
                 max_grad_norm=t.gradient_clip, desc="bench")
     sync(trainer.device.type)
     return time.perf_counter() - started
@@ -249,23 +246,11 @@ def _child_extract(spec: dict) -> dict:
     from mmfer.extract.run import extract_all
     from mmfer.pipeline.config import ExtractConfig
 
-    marks: dict[str, float] = {}
-
-    class LoopStart(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if str(record.msg).startswith(LOOP_START_MESSAGE):
-                marks["loop_start"] = time.perf_counter()
-
-    logger = logging.getLogger("mmfer.extract.run")
-    logger.setLevel(logging.INFO)
-    logger.addHandler(LoopStart())
     cfg = ExtractConfig(**spec["extract_cfg"])
-    started = time.perf_counter()
     summary = extract_all(cfg, build_manifest(cfg))
-    ended = time.perf_counter()
     if summary.num_done != spec["num_clips"]:
         raise RuntimeError(f"bench extract: {summary.format()}")
-    return {"wall_s": ended - started, "loop_s": ended - marks.get("loop_start", started),
+    return {"wall_s": summary.wall_s, "setup_s": summary.setup_s, "loop_s": summary.loop_s,
             "bytes_written": summary.bytes_written}
 
 
@@ -273,7 +258,7 @@ def _child_train(spec: dict) -> dict:
     cfg = bench_train_config(spec["preset"], spec["device"])
     started = time.perf_counter()
     cache, dataset, loader = cached_loader(spec["store"], cfg)
-    trainer = build_trainer(cfg, video_shape=cache.video_shape, audio_dim=cache.audio_shape[1], labels=dataset.labels)
+    trainer = build_trainer(cfg, cache, dataset)
     build_s = time.perf_counter() - started
     first = next(iter(loader))                          # warm-up step, untimed
     run_epoch(trainer, Batches(lambda: [first], 1))

@@ -2,7 +2,9 @@
 
 Full size without downloads: a random SigLIP-base/16 vision tower and a random FastConformer-large-like NeMo
 model are written with the libraries' own savers and read back through extract's loaders, and LFM2 is built
-from its built-in config with random weights. The stages are imported inside functions (pipeline/ may use both).
+from its built-in config with random weights. The stages are imported inside functions (pipeline/app/ may use
+both). Decode jobs, the decode loader and the trainer's set-up are the stages' own (extract/run.py,
+train/loop.py): this file only points them at the bench's clips.
 """
 
 from __future__ import annotations
@@ -89,84 +91,40 @@ def resolve_device_name(name: str) -> str:
     return str(resolve_device(name))
 
 
-def decode_jobs(setup: BenchSetup, manifest: pd.DataFrame | None = None) -> list:
-    """extract's DecodeJobs for the bench clips, with extract's default decode settings."""
-    from mmfer.extract.worker import DecodeJob
+def bench_decode_jobs(setup: BenchSetup, clip_ids: list[str] | None = None) -> list:
+    """extract's own DecodeJobs (extract/run.py `decode_jobs`) for the bench clips, or for clip_ids (repeats allowed)."""
+    from mmfer.extract.run import decode_jobs
 
-    cfg = setup.extract_cfg
-    table = setup.manifest if manifest is None else manifest
-    return [DecodeJob(r.clip_id, r.path, r.source, cfg.num_frames, cfg.sample_rate_hz, cfg.max_audio_s,
-                      cfg.decode_timeout_s, cfg.face_crop) for r in table.itertuples()]
-
-
-class DecodeDataset(torch.utils.data.Dataset):
-    """decode_job per clip, as extract's worker processes run it (picklable for spawned workers)."""
-
-    def __init__(self, jobs: list, processor) -> None:
-        self.jobs = jobs
-        self.processor = processor
-
-    def __len__(self) -> int:
-        return len(self.jobs)
-
-    def __getitem__(self, i: int):
-        from mmfer.extract.worker import decode_job
-
-        return decode_job(self.jobs[i], self.processor)
+    jobs = decode_jobs(setup.manifest, setup.extract_cfg)
+    if clip_ids is None:
+        return jobs
+    by_id = {job.clip_id: job for job in jobs}
+    return [by_id[c] for c in clip_ids]
 
 
-def decode_loader(jobs: list, processor, cfg: ExtractConfig, *, batch_size: int, persistent: bool):
-    """The DataLoader setup of extract/run.py (spawned workers, prefetch 4, collate to a list)."""
-    workers = cfg.num_workers
-    return torch.utils.data.DataLoader(
-        DecodeDataset(jobs, processor), batch_size=batch_size, shuffle=False, collate_fn=list, num_workers=workers,
-        multiprocessing_context="spawn" if workers else None, prefetch_factor=4 if workers else None,
-        persistent_workers=persistent and workers > 0)
+def bench_decode_loader(jobs: list, processor, cfg: ExtractConfig, *, batch_size: int):
+    """extract's own decode loader (extract/run.py `decode_loader`), its workers kept between passes."""
+    from mmfer.extract.run import decode_loader
+
+    return decode_loader(jobs, processor, num_workers=cfg.num_workers, batch_size=batch_size, persistent_workers=True)
 
 
 @dataclass
 class Trainer:
-    """The trainable model and its step state, built as train/loop.py's train_fold builds them."""
+    """train's own per-fold set-up (train/loop.py `setup_fold`) with every bench clip as a training clip."""
 
-    model: torch.nn.Module
-    criterion: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
+    fold: object                    # train.loop.FoldSetup: model, criterion, optimizer, schedule, scaler, amp_dtype
     device: torch.device
-    amp_dtype: torch.dtype | None
     cfg: TrainConfig
 
 
-def build_trainer(cfg: TrainConfig, *, video_shape: tuple, audio_dim: int, labels: np.ndarray) -> Trainer:
-    """Model, loss, AdamW groups and AMP scaler exactly as train_fold sets them up (no schedule needed)."""
-    from mmfer.train.loop import autocast_dtype
-    from mmfer.train.losses import ContrastiveLoss, MultimodalLoss, resolve_class_weights
-    from mmfer.train.model.builder import build_model, param_groups
-    from mmfer.train.schedule import build_optimizer
+def build_trainer(cfg: TrainConfig, cache, dataset) -> Trainer:
+    """setup_fold over all clips of `dataset` (input standardization from their statistics), as fold 1 of train."""
+    from mmfer.train.loop import setup_fold
 
-    t = cfg.training
     device = resolve_device(cfg.device)
-    torch.manual_seed(BENCH_SEED)
-    _, num_patches, video_dim = video_shape
-    model = build_model(cfg.model, video_dim=video_dim, num_patches=num_patches, audio_dim=audio_dim, dropout=t.dropout)
-    if t.gradient_checkpointing:
-        model.set_gradient_checkpointing(True)
-    contrastive = None
-    if t.contrastive_weight > 0 and cfg.model.is_fused:
-        contrastive = ContrastiveLoss(cfg.model.audio.feature_dim, cfg.model.visual.out_dim, t.contrastive_temperature)
-    criterion = MultimodalLoss(
-        label_smoothing=t.label_smoothing, class_weights=resolve_class_weights(t.class_weights, labels, cfg.model.num_classes),
-        alpha_fusion=t.loss_weight_fusion, alpha_audio=t.loss_weight_audio, alpha_visual=t.loss_weight_visual,
-        contrastive=contrastive, contrastive_weight=t.contrastive_weight)
-    model.to(device)
-    criterion.to(device)
-    groups = param_groups(model)
-    groups["classifier"] += list(criterion.parameters())
-    optimizer = build_optimizer(groups, lr_branches=t.lr_branches, lr_fusion=t.lr_fusion, lr=t.lr,
-                                weight_decay=t.weight_decay, betas=t.betas)
-    amp_dtype = autocast_dtype(device, t.mixed_precision)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    return Trainer(model, criterion, optimizer, scaler, device, amp_dtype, cfg)
+    fold = setup_fold(cfg, cache, dataset, np.arange(len(dataset)), device, fold_number=1, fold=None)
+    return Trainer(fold, device, cfg)
 
 
 def make_work_dir(parent: str | None) -> Path:

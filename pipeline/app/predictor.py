@@ -108,6 +108,12 @@ class Predictor:
                                                audio_dim=audio_shape[1], dropout=cfg.training.dropout)
         self.model = build_model_from_spec(spec, _offline_overrides(cfg.model)).to(self.device).eval()
         self.num_classes = cfg.model.num_classes
+        video_record, audio_record, defaults = self.video or {}, self.audio or {}, ExtractConfig()
+        self.decode_cfg = ExtractConfig(   # the decode settings the model's features were extracted with
+            num_frames=video_record.get("num_frames", defaults.num_frames),
+            sample_rate_hz=audio_record.get("sample_rate_hz", defaults.sample_rate_hz),
+            max_audio_s=audio_record.get("max_audio_s", defaults.max_audio_s),
+            face_crop=video_record.get("face_crop", "none"), decode_timeout_s=decode_timeout_s)
         if len(bundle.states) == 1:
             self.model.load_state_dict(bundle.states[0])
 
@@ -117,14 +123,14 @@ class Predictor:
         Raises:
             PredictError: the file cannot be decoded or encoded.
         """
-        from mmfer.extract.worker import DecodeJob, decode_job
+        import pandas as pd
 
-        video, audio = self.video or {}, self.audio or {}
-        defaults = ExtractConfig()
-        job = DecodeJob(clip_id, str(path), "", video.get("num_frames", defaults.num_frames),
-                        audio.get("sample_rate_hz", defaults.sample_rate_hz), audio.get("max_audio_s", defaults.max_audio_s),
-                        self.decode_timeout_s, video.get("face_crop", "none"))
-        decoded = decode_job(job, self.processor)   # extract's own decode + crop + image processor
+        from mmfer.extract.run import decode_jobs
+        from mmfer.extract.worker import decode_job
+
+        audio = self.audio or {}
+        (job,) = decode_jobs(pd.DataFrame({"clip_id": [clip_id], "path": [str(path)], "source": [""]}), self.decode_cfg)
+        decoded = decode_job(job, self.processor)   # extract's own job, decode + crop + image processor
         if decoded.error is not None:
             raise PredictError(decoded.error)
         item = {"clip_id": clip_id, "label": 0, "has_video": self.video is not None, "has_audio": False,
