@@ -18,7 +18,8 @@ STUDY = "study:"   # argparse dest prefix of TuneConfig's flags
 def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Optuna search over learning rates, weight decay, dropout, mixup, loss weights, LFM2 depth "
                           "and tokens kept; objective = mean validation macro-F1 over the folds (never the test "
-                          "actors), MedianPruner after each fold. The SQLite study resumes and can be shared.")
+                          "actors), MedianPruner after each fold. The SQLite study resumes and can be shared, "
+                          "with the base settings it was started with (other settings are refused, by name).")
     add_config_flags(parser, TuneConfig, prefix=STUDY, layered=False)
     add_config_flags(parser, TrainConfig, TRAIN_ALIASES, skip=("out", "resume", "pretrain"))
 

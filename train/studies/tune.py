@@ -3,13 +3,16 @@
 A trial trains the selected folds one at a time (`train()` with `folds=k`) and reads each fold's best-epoch
 validation macro-F1 (`val_f1_macro` in summary.json: validation actors only, test metrics are never read);
 the running mean is reported after each fold so MedianPruner can stop a poor trial early. The study lives in
-`<study-dir>/study.db` (SQLite): it resumes after a crash and several processes can share it. Writes
+`<study-dir>/study.db` (SQLite): it resumes after a crash and several processes can share it, under the
+base settings it was started with (a study user attr; others are refused). Writes
 `best_config.yaml` (accepted by `train-fusion --config`) and `optimization_history.png`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import math
 import shutil
@@ -18,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from mmfer.pipeline.config import ModelConfig, TrainConfig
+from mmfer.pipeline.errors import ConfigError
 from mmfer.pipeline.overrides import apply_overrides, flatten, to_dict
 
 log = logging.getLogger(__name__)
@@ -28,6 +32,7 @@ MAX_FUSION_LAYERS = 6               # the guide's depth; LFM2-700M has 16 layers
 KEEP_TOKEN_CHOICES = (8, 16, 32, 48, 64, 96, 128)   # K, capped at the cache's P patch tokens
 PRUNER_STARTUP_TRIALS = 4           # MedianPruner: no pruning until this many trials finished
 PRUNER_WARMUP_FOLDS = 1             # ... and never on a trial's first fold
+BASE_HASH_ATTR, BASE_CONFIG_ATTR = "base_config_sha256", "base_config"   # study user attrs (check_base)
 HEARTBEAT_S, GRACE_S = 60, 180      # a trial silent this long (a killed process) is marked failed and retried
 
 
@@ -97,6 +102,7 @@ def run_study(base: TrainConfig, study_dir: str | Path, num_trials: int, *, keep
     study = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction="maximize", load_if_exists=True,
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS,
                                                                    n_warmup_steps=PRUNER_WARMUP_FOLDS))
+    check_base(study, base, study_dir)
     done = len(study.get_trials(deepcopy=False, states=finished))
     # a fresh sampler seed per session, so a resumed study does not replay its first random trials
     study.sampler = optuna.samplers.TPESampler(seed=base.seed + len(study.trials))
@@ -114,6 +120,35 @@ def run_study(base: TrainConfig, study_dir: str | Path, num_trials: int, *, keep
     else:
         log.warning("tune: no trial completed (all pruned or failed); no best_config.yaml written")
     return result
+
+
+def base_settings(base: TrainConfig) -> dict:
+    """The base config every trial starts from, flat and JSON-plain (out and resume say nothing about a trial)."""
+    flat = {k: v for k, v in flatten(to_dict(base)).items() if k not in ("out", "resume")}
+    return json.loads(json.dumps(flat, default=str))
+
+
+def check_base(study, base: TrainConfig, study_dir: Path) -> None:
+    """A study's trials are comparable only under one base config: the first session records it (and its
+    SHA-256) as study user attrs; a later session with other base settings is refused, naming them.
+
+    Raises:
+        ConfigError: the study was run with other base settings.
+    """
+    settings = base_settings(base)
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    recorded = study.user_attrs.get(BASE_HASH_ATTR)
+    if recorded is None:
+        study.set_user_attr(BASE_HASH_ATTR, digest)
+        study.set_user_attr(BASE_CONFIG_ATTR, settings)
+        return
+    if recorded == digest:
+        return
+    old = study.user_attrs.get(BASE_CONFIG_ATTR, {})
+    changed = [f"{k} {old.get(k, '(unset)')!r} -> {settings.get(k, '(unset)')!r}"
+               for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+    raise ConfigError(f"{study_dir / 'study.db'}: this study's trials ran with other base settings "
+                      f"({', '.join(changed) or 'unrecorded'}); resume with the same settings, or use a new --study-dir")
 
 
 def write_best_config(base: TrainConfig, params: dict, path: Path, value: float, number: int, num_trials: int) -> Path:
