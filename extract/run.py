@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
@@ -22,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from mmfer.extract.encoders import load_encoders
 from mmfer.extract.worker import DecodedItem, DecodeJob, decode_job
@@ -31,6 +29,7 @@ from mmfer.pipeline.device import resolve_device
 from mmfer.pipeline.errors import MmferError
 from mmfer.pipeline.faults import crash_point
 from mmfer.pipeline.media import file_signature
+from mmfer.pipeline.progress import Progress
 from mmfer.pipeline.store import ArraySpec, ClipStatus, FeatureEntry, create_store, writer_lock
 
 log = logging.getLogger(__name__)
@@ -129,10 +128,10 @@ def _extract_locked(cfg: ExtractConfig, table: pd.DataFrame, device: torch.devic
     _check_free_space(Path(cfg.out), len(todo) * (video.raw_bytes_per_clip() + audio.raw_bytes_per_clip()))
     jobs = [DecodeJob(r.clip_id, r.path, r.source, cfg.num_frames, cfg.sample_rate_hz, cfg.max_audio_s,
                       cfg.decode_timeout_s, cfg.face_crop) for r in todo.itertuples()]
-    with tqdm(total=len(jobs), unit="clip", disable=not sys.stderr.isatty(), desc="extract") as bar:
+    with Progress(len(jobs), desc="extract", unit="clip", logger=log) as progress:
         for batch in _decoded_batches(jobs, encoders.visual.processor, cfg):
             _encode_and_write(batch, encoders, video, audio, max_audio_frames, summary)
-            bar.update(len(batch))
+            progress.update(len(batch))
     summary.wall_s = time.monotonic() - start
     log.info("extract finished: %d done, %d skipped, %d failed, %.1f s", summary.num_done, summary.num_skipped,
              summary.num_failed, summary.wall_s)

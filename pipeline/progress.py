@@ -14,6 +14,9 @@ import time
 PROGRESS_INTERVAL_S = 30.0   # a line per 30 s: a stalled run shows within half a minute, an hour-long one logs ~120 lines
 
 
+PLURALS = {"batch": "batches"}   # units whose plural is not unit + "s" (clip, file, window, epoch are)
+
+
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     if seconds < 60:
@@ -26,12 +29,16 @@ def _duration(seconds: float) -> str:
 class Progress:
     """Counts done items of one loop; a context manager (closing the bar, logging nothing more)."""
 
-    def __init__(self, total: int, *, desc: str, unit: str, logger: logging.Logger, leave: bool = True) -> None:
+    def __init__(self, total: int, *, desc: str, unit: str, logger: logging.Logger, leave: bool = True,
+                 with_bar: bool = True) -> None:
+        """`with_bar=False`: no bar on a terminal either (an outer loop whose inner loop has the bar)."""
         self.total, self.desc, self.unit, self.logger = total, desc, unit, logger
+        self.units = PLURALS.get(unit, unit + "s")
         self.done, self.postfix = 0, ""
         self.started = self.last_line = time.monotonic()
         self.bar = None
-        if sys.stderr.isatty():
+        self.is_terminal = sys.stderr.isatty()
+        if self.is_terminal and with_bar:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc=desc, unit=unit, leave=leave)
@@ -45,6 +52,7 @@ class Progress:
             self.bar.update(n)
             if postfix:
                 self.bar.set_postfix(postfix)
+        if self.is_terminal:
             return
         now = time.monotonic()
         if now - self.last_line >= PROGRESS_INTERVAL_S and self.done < self.total:
@@ -52,12 +60,12 @@ class Progress:
             self.logger.info("%s", self.line(now))
 
     def line(self, now: float | None = None) -> str:
-        """'desc: 12/40 clips (30%), 1.5 clips/s, 18 s left[, postfix]'."""
+        """'desc: 12/40 clips (30%), 1.50 clips/s, 18 s left[, postfix]'."""
         elapsed = max((now or time.monotonic()) - self.started, 1e-9)
         rate = self.done / elapsed
         left = f"{_duration((self.total - self.done) / rate)} left" if rate > 0 else "time left unknown"
         percent = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
-        text = f"{self.desc}: {self.done}/{self.total} {self.unit}s{percent}, {rate:.2f} {self.unit}s/s, {left}"
+        text = f"{self.desc}: {self.done}/{self.total} {self.units}{percent}, {rate:.2f} {self.units}/s, {left}"
         return f"{text}, {self.postfix}" if self.postfix else text
 
     def close(self) -> None:
