@@ -246,7 +246,7 @@ class WindowWatch(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
-        if " windows: " in message or message.startswith("predict: "):
+        if " windows (" in message or message.startswith("predict: "):
             self.lines.append((message, sorted(p.name for p in self.temp.rglob("*") if p.is_file())))
             if self.interrupt_at is not None and len(self.lines) == self.interrupt_at:
                 raise KeyboardInterrupt
@@ -281,7 +281,7 @@ def test_long_video_windows_stream_in_batches_with_progress_and_leave_no_temp_fi
     finally:
         logger.removeHandler(watch)
     lines = [m for m, _ in watch.lines]
-    assert [m.split(",")[0] for m in lines] == ["long.mp4 windows: 2/6 windows (33%)", "long.mp4 windows: 4/6 windows (67%)",
+    assert [m.split(",")[0] for m in lines] == ["long.mp4: 2/6 windows (33%)", "long.mp4: 4/6 windows (67%)",
                                                 "predict: 1/2 files (50%)"], lines
     assert "left" in lines[0] and "windows/s" in lines[0]
     assert all(files == [] for _, files in watch.lines), watch.lines   # each batch's cuts are gone once encoded

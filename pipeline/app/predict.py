@@ -2,7 +2,8 @@
 
 Inputs are files or folders (walked for video files); each file is predicted on its own, a bad one gets
 an error row and the rest go on. With `--window S` a file is cut into windows (lossless temporary copies
-made by ffmpeg), each predicted like a clip, and the emotion timeline is written as CSV and PNG.
+made by ffmpeg, WINDOW_BATCH at a time), each predicted like a clip, and the emotion timeline is written
+as CSV and PNG; inputs that share a file name get unique names (`unique_names`).
 The model and feature work is `pipeline/predictor.py`; this file walks inputs and writes outputs.
 """
 
@@ -86,11 +87,12 @@ def unique_names(paths: list[Path]) -> list[str]:
     else its path below the inputs' common folder, suffix kept (`a/clip.mp4`, `b/clip.mp4`, `b/clip.mkv` ->
     `a__clip.mp4`, `b__clip.mp4`, `b__clip.mkv`); a file given twice gets `-2`, `-3`."""
     stems = [p.stem for p in paths]
+    shared = {stem for stem, n in Counter(stems).items() if n > 1}
     resolved = [p.resolve() for p in paths]
     common = Path(os.path.commonpath([str(r.parent) for r in resolved])) if resolved else Path()
     names, taken = [], set()
     for path, stem, full in zip(paths, stems, resolved):
-        name = stem if stems.count(stem) == 1 else "__".join(full.relative_to(common).parts)
+        name = "__".join(full.relative_to(common).parts) if stem in shared else stem
         base, k = name, 1
         while name in taken:
             k += 1
@@ -171,7 +173,7 @@ def predict_file(predictor, path: Path, *, clip_id: str, window_s: float | None,
         starts = window_starts(duration_s, window_s, hop_s or window_s)
         windows, notes = [], Counter()
         with tempfile.TemporaryDirectory(prefix=f"{WINDOW_DIR_PREFIX}{os.getpid()}-", suffix="-") as tmp, \
-                Progress(len(starts), desc=f"{path.name} windows", unit="window", logger=log, leave=False) as progress, \
+                Progress(len(starts), desc=path.name, unit="window", logger=log, leave=False) as progress, \
                 _one_line_per_file(path, len(starts)):
             for first in range(0, len(starts), WINDOW_BATCH):
                 items, spans = [], []
