@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field, fields
 from fnmatch import fnmatch
@@ -22,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from mmfer.extract.decode import AUDIO_MIX, FRAME_SAMPLING
 from mmfer.extract.encoders import load_encoders
@@ -32,6 +30,7 @@ from mmfer.pipeline.config import ExtractConfig
 from mmfer.pipeline.device import resolve_device
 from mmfer.pipeline.errors import ConfigError, MmferError
 from mmfer.pipeline.faults import crash_point
+from mmfer.pipeline.progress import Progress
 from mmfer.pipeline.store import (ArraySpec, ClipStatus, FeatureEntry, FeatureStore, StoreError, create_store,
                                   entry_differences, writer_lock)
 
@@ -163,13 +162,13 @@ def _extract_locked(cfg: ExtractConfig, table: pd.DataFrame, device: torch.devic
     jobs = decode_jobs(todo, cfg)
     loop_start = time.monotonic()
     summary.setup_s = loop_start - start
-    with tqdm(total=len(jobs), unit="clip", disable=not sys.stderr.isatty(), desc="extract") as bar:
+    with Progress(len(jobs), desc="extract", unit="clip", logger=log) as progress:
         if jobs:
             loader = decode_loader(jobs, encoders.visual.processor, num_workers=cfg.num_workers,
                                    batch_size=cfg.batch_size, persistent_workers=False)
             for batch in decoded_batches(loader, batch_size=cfg.batch_size):
                 _encode_and_write(batch, encoders, video, audio, max_audio_frames, summary)
-                bar.update(len(batch))
+                progress.update(len(batch))
     end = time.monotonic()
     summary.loop_s, summary.wall_s = end - loop_start, end - start
     log.info("extract finished: %d done, %d skipped, %d failed, %.1f s", summary.num_done, summary.num_skipped,

@@ -9,7 +9,11 @@ audio is predicted from video and flagged; windows give the expected timeline.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -193,3 +197,178 @@ def test_window_starts():
     assert window_starts(4.02, 2.0, 1.0) == [0.0, 1.0, 2.0]
     assert window_starts(1.5, 2.0, 1.0) == [0.0]          # shorter than a window: the whole clip
     assert window_starts(10.0, 3.0, 3.0) == [0.0, 3.0, 6.0]
+
+
+# ---- issue 15: names, --out, long videos, exported folders, quiet output -------------------------------
+
+
+def faceless_clip(path: Path, duration_s: float) -> Path:
+    """A grey picture with a tone: a real video file in which no face can be found."""
+    from mmfer.pipeline.media import run_ffmpeg
+
+    run_ffmpeg(["-y", "-f", "lavfi", "-i", f"color=c=gray:s=96x96:d={duration_s}:r=25", "-f", "lavfi", "-i",
+                f"sine=frequency=220:duration={duration_s}:sample_rate=16000", "-c:v", "libx264", "-pix_fmt",
+                "yuv420p", "-c:a", "aac", "-shortest", str(path)], path=path, timeout_s=60)
+    return path
+
+
+def test_same_named_files_get_their_own_rows_and_timelines(run, clips, tmp_path):
+    from mmfer.pipeline.media import run_ffmpeg
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    shutil.copy(clips[0], tmp_path / "a" / "clip.mp4")
+    shutil.copy(clips[1], tmp_path / "b" / "clip.mp4")
+    run_ffmpeg(["-y", "-i", str(clips[2]), "-c", "copy", str(tmp_path / "b" / "clip.mkv")], path=clips[2], timeout_s=60)
+    out = tmp_path / "out" / "pred.csv"
+    result = predict(["--run", run, "--fold", "1", "--window", "2", tmp_path / "a", tmp_path / "b"], out)
+    assert sorted(result.index) == ["a__clip.mp4", "b__clip.mkv", "b__clip.mp4"], list(result.index)
+    for clip_id, source in (("a__clip.mp4", clips[0]), ("b__clip.mp4", clips[1]), ("b__clip.mkv", clips[2])):
+        timeline = pd.read_csv(tmp_path / "out" / f"{clip_id}.timeline.csv")
+        assert result.loc[clip_id, "timeline"].split()[0] == str(tmp_path / "out" / f"{clip_id}.timeline.csv")
+        assert np.allclose(timeline[PROBS].mean().to_numpy(), result.loc[clip_id, PROBS].to_numpy(float), atol=1e-5)
+    assert len(set(result[PROBS].round(5).itertuples(index=False))) == 3, "two rows hold the same clip's result"
+
+
+def test_out_folder_is_refused_before_anything_is_predicted(clips, tmp_path, capsys):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    # --run names no run at all: the --out check comes first, so its message is the one shown
+    assert mmfer_main(["predict", "--run", str(tmp_path / "no-run"), "--out", str(folder), str(clips[0])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {folder}: is a folder; --out takes a file, e.g. --out {folder / 'predictions.csv'}", err
+    (tmp_path / "file").write_text("x")
+    assert mmfer_main(["predict", "--run", str(tmp_path / "no-run"), "--out", str(tmp_path / "file" / "p.csv"), str(clips[0])]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
+class WindowWatch(logging.Handler):
+    """At each progress line of predict: the files in the temp folder; raises Ctrl-C at line `interrupt_at`."""
+
+    def __init__(self, temp: Path, interrupt_at: int | None = None) -> None:
+        super().__init__()
+        self.temp, self.interrupt_at, self.lines = temp, interrupt_at, []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if " windows (" in message or message.startswith("predict: "):
+            self.lines.append((message, sorted(p.name for p in self.temp.rglob("*") if p.is_file())))
+            if self.interrupt_at is not None and len(self.lines) == self.interrupt_at:
+                raise KeyboardInterrupt
+
+
+def test_long_video_windows_stream_in_batches_with_progress_and_leave_no_temp_files(run, clips, tmp_path, monkeypatch):
+    import tempfile
+
+    import mmfer.pipeline.app.predict as predict_module
+    import mmfer.pipeline.progress as progress_module
+    from mmfer.pipeline.app.bundle import load_run_bundle
+    from mmfer.pipeline.app.predictor import Predictor
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    monkeypatch.setattr(progress_module, "PROGRESS_INTERVAL_S", 0.0)   # a line at every update
+    monkeypatch.setattr(predict_module, "WINDOW_BATCH", 2)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = temp / f"mmfer-window-{dead.pid}-abcd-"   # what a killed run leaves behind
+    stale.mkdir()
+    (stale / "w0.mkv").write_bytes(b"x")
+    video = write_demo_clip(tmp_path / "long.mp4", "angry", 1, duration_s=6.0, size_px=96)
+    watch = WindowWatch(temp)
+    logger = logging.getLogger("mmfer.pipeline.app.predict")
+    logger.addHandler(watch)
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    try:
+        out = tmp_path / "out" / "long.csv"
+        result = predict(["--run", run, "--fold", "1", "--window", "1", video, clips[0]], out)
+    finally:
+        logger.removeHandler(watch)
+    lines = [m for m, _ in watch.lines]
+    assert [m.split(",")[0] for m in lines] == ["long.mp4: 2/6 windows (33%)", "long.mp4: 4/6 windows (67%)",
+                                                "predict: 1/2 files (50%)"], lines
+    assert "left" in lines[0] and "windows/s" in lines[0]
+    assert all(files == [] for _, files in watch.lines), watch.lines   # each batch's cuts are gone once encoded
+    assert list(temp.iterdir()) == [], list(temp.iterdir())            # the stale folder too
+    assert len(pd.read_csv(tmp_path / "out" / "long.timeline.csv")) == 6 and "mean of 6 windows" in result.loc["long", "note"]
+
+    # Ctrl-C in the middle of a file: the temp folder goes too
+    predictor = Predictor(load_run_bundle(run, fold="1"), device="cpu")
+    watch = WindowWatch(temp, interrupt_at=1)
+    logger.addHandler(watch)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            predict_module.predict_file(predictor, video, clip_id="long", window_s=1.0, hop_s=None)
+    finally:
+        logger.removeHandler(watch)
+    assert len(watch.lines) == 1 and list(temp.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def exported(run, demo_cache, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("exported") / "model"
+    assert run_cli(add_export_arguments, cmd_export, ["--run", run, "--out", out, "--fold", "1"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("attack", ["dotdot", "absolute", "symlink", "pickle", "manifest_symlink"])
+def test_exported_folder_reads_only_its_own_files_and_never_a_pickle(exported, clips, tmp_path, capsys, attack):
+    import torch
+
+    model = shutil.copytree(exported, tmp_path / "model", symlinks=True)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    manifest = json.loads((model / "model.json").read_text())
+    if attack == "dotdot":
+        shutil.copy(model / "features.json", outside / "features.json")
+        manifest["features"] = "../elsewhere/features.json"
+    elif attack == "absolute":
+        shutil.copy(model / "config.json", outside / "config.json")
+        manifest["config"] = str(outside / "config.json")
+    elif attack == "symlink":
+        shutil.move(model / "features.json", outside / "features.json")
+        (model / "features.json").symlink_to(outside / "features.json")
+    elif attack == "pickle":
+        torch.save({"w": torch.zeros(2)}, model / "weights" / "fold1.safetensors")
+    elif attack == "manifest_symlink":
+        (outside / "model.json").write_text(json.dumps(manifest))
+        (model / "model.json").unlink()
+        (model / "model.json").symlink_to(outside / "model.json")
+    if attack in ("dotdot", "absolute"):
+        (model / "model.json").write_text(json.dumps(manifest))
+    assert mmfer_main(["predict", "--model", str(model), "--device", "cpu", str(clips[0])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    if attack == "pickle":
+        assert "refused: a pickle" in err and "fold1.safetensors" in err and "weights_only" not in err, err
+    else:
+        assert "outside the model folder" in err, err
+
+
+def test_no_face_fallback_is_one_line_naming_the_file(exported, tmp_path, caplog):
+    model = shutil.copytree(exported, tmp_path / "model")
+    features = json.loads((model / "features.json").read_text())
+    features["video"]["face_crop"] = "detect"
+    (model / "features.json").write_text(json.dumps(features))
+    video = faceless_clip(tmp_path / "grey.mp4", 4.0)
+    with caplog.at_level(logging.WARNING):
+        result = predict(["--model", model, "--window", "1", video], tmp_path / "out.csv")
+    face_lines = [r.getMessage() for r in caplog.records if "no face" in r.getMessage()]
+    assert face_lines == [f"{video}: no face found in 4 of 4 windows; used the centre crop there"], face_lines
+    assert result.loc["grey", "note"].startswith("no face found: centre crop")
+
+
+def test_stdout_holds_only_the_results(run, clips, tmp_path):
+    """A real `mmfer predict > file`: NeMo's info line went to stdout; now stdout is the table alone, and the
+    hidden third-party info lines are counted in one stderr line."""
+    cli = [sys.executable, "-m", "mmfer.pipeline.app.cli"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([*cli, "predict", "--run", str(run), "--fold", "1", "--device", "cpu", str(clips[0])],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("model: ") and lines[-1] == "1 predicted, 0 failed" and len(lines) == 5, result.stdout
+    assert "NeMo" not in result.stdout
+    assert "hid" in result.stderr and "from NeMo" in result.stderr and "-v shows them" in result.stderr, result.stderr
+    assert "Loading weights" not in result.stderr, result.stderr   # no tqdm bars in a log file

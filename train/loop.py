@@ -12,19 +12,18 @@ import dataclasses
 import json
 import logging
 import random
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
-from tqdm import tqdm
 
 from mmfer.pipeline.config import TrainConfig
 from mmfer.pipeline.device import resolve_device
 from mmfer.pipeline.errors import BadInputError, ConfigError
 from mmfer.pipeline.faults import crash_point
+from mmfer.pipeline.progress import Progress
 from mmfer.pipeline.splits import Fold, assign_parts, check_no_leakage, describe_protocol, make_folds, runnable_folds
 from mmfer.pipeline.store import StoreError, writer_lock_holder
 from mmfer.train.branch_weights import branch_path, load_branch_weights, save_branch_weights
@@ -215,6 +214,7 @@ def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, 
     from torch.utils.tensorboard import SummaryWriter   # here, so importing loop.py stays light
     writer = SummaryWriter(str(fold_dir / "tb"))
     timings = []
+    epochs = Progress(t.max_epochs - start_epoch, desc=fold.name, unit="epoch", logger=log, with_bar=False)
     for epoch in range(start_epoch, t.max_epochs):
         if stopper.should_stop:
             break
@@ -250,6 +250,7 @@ def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, 
         timings.append((stats["epoch_s"], stats["samples_per_s"]))
         log.info("%s epoch %d: loss %.4f acc %.3f | val %s %.4f%s | %.1f clips/s", fold.name, epoch + 1, stats["loss"],
                  stats["accuracy"], t.monitor, val[t.monitor], " (best)" if is_best else "", stats["samples_per_s"])
+        epochs.update(1)
     writer.close()
 
     last = load_checkpoint(last_path)   # the last epoch's test score, reported beside the selected one
@@ -333,7 +334,7 @@ def train_epoch(model, criterion, optimizer, scaler, loader, device, amp_dtype, 
     num_batches = len(loader)
     total_loss, correct, seen, started = 0.0, 0, 0, time.time()
     batches = loader if loader.num_workers > 0 else prefetch(loader)
-    bar = tqdm(total=num_batches, desc=desc, unit="batch", leave=False, disable=not sys.stderr.isatty())
+    progress = Progress(num_batches, desc=desc, unit="batch", logger=log, leave=False)
     for step, batch in enumerate(batches):
         crash_point("train_batch")   # mid-epoch: earlier batches of this epoch already stepped the optimizer
         batch = to_device(batch, device)
@@ -357,10 +358,9 @@ def train_epoch(model, criterion, optimizer, scaler, loader, device, amp_dtype, 
         total_loss += float(losses["loss"].detach()) * len(labels)
         correct += int((outputs["logits"].argmax(1) == target).sum())
         seen += len(labels)
-        bar.update(1)
-        bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}",
+        progress.update(1, loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}",
                         samples_s=f"{seen / max(time.time() - started, 1e-9):.1f}")
-    bar.close()
+    progress.close()
     elapsed = time.time() - started
     return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1), "epoch_s": elapsed,
             "samples_per_s": seen / max(elapsed, 1e-9)}

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from mmfer.pipeline.config import TrainConfig
+from mmfer.pipeline.errors import BadInputError
 from mmfer.pipeline.overrides import apply_overrides, flatten, leaf_fields
 
 log = logging.getLogger(__name__)
@@ -112,11 +114,18 @@ def load_run_bundle(run_dir: str | Path, *, fold: str | None = None, ensemble: b
                        checkpoints[0].get("model_spec"))
 
 
+class ExportFolderError(BadInputError, ValueError):
+    """An exported model folder that is damaged or names files outside itself (the message names the file)."""
+
+
 def load_export_bundle(model_dir: str | Path, *, fold: str | None = None, ensemble: bool = False) -> ModelBundle:
-    """A folder written by `mmfer export` (see pipeline/app/export.py).
+    """A folder written by `mmfer export` (see pipeline/app/export.py). It reads only its own files: a name in
+    model.json that resolves outside the folder (`../`, an absolute path, a symlink) is refused, and so is a
+    weights file that is not safetensors (a pickle is never loaded).
 
     Raises:
         FileNotFoundError: not an exported model folder, or no such fold.
+        ExportFolderError: a file outside the folder, a pickle, or a file that does not parse.
     """
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -125,22 +134,65 @@ def load_export_bundle(model_dir: str | Path, *, fold: str | None = None, ensemb
     manifest_path = model_dir / EXPORT_MANIFEST
     if not manifest_path.exists():
         raise FileNotFoundError(f"{model_dir}: not an exported model (no {EXPORT_MANIFEST}); write one with `mmfer export`")
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("format") != EXPORT_FORMAT:
-        raise FileNotFoundError(f"{manifest_path}: format {manifest.get('format')!r}, this code reads {EXPORT_FORMAT}")
+    manifest = _read_json(_inside(model_dir, EXPORT_MANIFEST, "the manifest"))
+    if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise FileNotFoundError(f"{manifest_path}: format {found!r}, this code reads {EXPORT_FORMAT}")
     weights = {f["name"]: f["weights"] for f in manifest["folds"]}
     names = choose_folds(list(weights), fold, ensemble, str(model_dir))
-    config = json.loads((model_dir / manifest["config"]).read_text())
+    config = _read_json(_inside(model_dir, manifest["config"], "config"))
     lfm2_dir = model_dir / "lfm2"
     if lfm2_dir.is_dir():   # an LFM2 config copied at export: build the architecture from it, no download
-        config["model"]["fusion"]["pretrained_model"] = str(lfm2_dir)
-    features = json.loads((model_dir / manifest["features"]).read_text())
-    evaluation = json.loads((model_dir / manifest["evaluation"]).read_text())
-    states = [load_file(str(model_dir / weights[n])) for n in names]
-    with safe_open(str(model_dir / weights[names[0]]), framework="pt") as handle:
-        spec = (handle.metadata() or {}).get(MODEL_SPEC_KEY)
+        config["model"]["fusion"]["pretrained_model"] = str(_inside(model_dir, "lfm2", "the LFM2 config folder"))
+        _inside(model_dir, "lfm2/config.json", "the LFM2 config")
+    features = _read_json(_inside(model_dir, manifest["features"], "features"))
+    evaluation = _read_json(_inside(model_dir, manifest["evaluation"], "evaluation"))
+    states, spec = [], None
+    for n in names:
+        path = _inside(model_dir, weights[n], f"fold {n} weights")
+        _refuse_pickle(path)
+        try:
+            states.append(load_file(str(path)))
+            if spec is None:
+                with safe_open(str(path), framework="pt") as handle:
+                    spec = (handle.metadata() or {}).get(MODEL_SPEC_KEY)
+        except SafetensorError as err:
+            raise ExportFolderError(f"{path}: not a readable safetensors file ({err}); re-export the model") from err
     return ModelBundle(str(model_dir), config, features, names, states, evaluation,
                        json.loads(spec) if spec else None)
+
+
+def _inside(model_dir: Path, name: object, what: str) -> Path:
+    """`model_dir / name`, refused unless it resolves (symlinks followed) to a path inside the folder."""
+    manifest = model_dir / EXPORT_MANIFEST
+    if not isinstance(name, str) or not name:
+        raise ExportFolderError(f"{manifest}: {what} must be a file name inside the folder, got {name!r}")
+    path = model_dir / name
+    resolved, root = path.resolve(), model_dir.resolve()
+    if Path(name).is_absolute() or not resolved.is_relative_to(root):
+        raise ExportFolderError(f"{manifest}: {what} {name!r} resolves to {resolved}, outside the model folder {root}; "
+                                "an exported model reads only its own files (copy them in, or re-export with `mmfer export`)")
+    return path
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ExportFolderError(f"{path}: not valid JSON ({err}); re-export the model with `mmfer export`") from err
+
+
+PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")   # pickle protocol >= 2, and torch.save's zip archive of pickles
+
+
+def _refuse_pickle(path: Path) -> None:
+    """mmfer never unpickles a model file: a pickle where safetensors belong is refused by name, before any
+    loader could suggest `weights_only=False`."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head.startswith(PICKLE_MAGIC):
+        raise ExportFolderError(f"{path}: refused: a pickle (torch.save) file where safetensors weights belong; mmfer "
+                                "never unpickles model files, which can run any code. Use a folder written by `mmfer export`")
 
 
 def train_config(config: dict) -> TrainConfig:

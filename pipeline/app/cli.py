@@ -11,7 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+from collections import Counter
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable
 
@@ -82,6 +85,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     report = verify_store(args.cache, repair=args.repair)
     print(report.format())
+    if report.damaged and args.repair:
+        print(f"repaired: marked {len(report.damaged)} damaged clip entries failed; the next `extract` with the "
+              "same settings redoes them")
+        return 0
     return 0 if report.ok else 1
 
 
@@ -93,7 +100,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def _extract_parser(parser: argparse.ArgumentParser) -> None:
     parser.description = "Stage 1: decode each clip, run the frozen SigLIP2 + FastConformer encoders once, write their tokens to a Zarr feature store. Reruns skip finished clips."
     add_config_flags(parser, ExtractConfig)
-    add_common_arguments(parser)
+    add_common_arguments(parser, example="batch_size=8")
     parser.set_defaults(handler=cmd_extract)
 
 
@@ -119,7 +126,7 @@ def _register(name: str, help_text: str):
 @_register("make-demo", "Write the synthetic RAVDESS-format demo dataset (real mp4 files).")
 def _demo_parser(parser: argparse.ArgumentParser) -> None:
     add_config_flags(parser, DemoConfig)
-    add_common_arguments(parser)
+    add_common_arguments(parser, example="num_actors=2")
     parser.set_defaults(handler=cmd_make_demo)
 
 
@@ -131,10 +138,12 @@ def _info_parser(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=cmd_cache_info)
 
 
-@_register("verify", "Re-read every chunk of a feature store; name damaged clips; clean leftovers of interrupted writes.")
+@_register("verify", "Re-read every chunk of a feature store; name damaged clips; clean leftovers of interrupted writes. "
+                     "Exits 1 when damage is found and not repaired.")
 def _verify_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("cache", help="Feature store folder.")
-    parser.add_argument("--repair", action="store_true", help="Mark damaged clips pending so the next extract redoes them.")
+    parser.add_argument("--repair", action="store_true",
+                        help="Mark damaged clips failed ('damaged: ...'), so the next extract redoes them; exits 0 once marked.")
     add_common_arguments(parser, with_overrides=False)
     parser.set_defaults(handler=cmd_verify)
 
@@ -184,9 +193,21 @@ def _bench_parser(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=cmd_bench)
 
 
+def mmfer_version() -> str:
+    try:
+        return version("mmfer")
+    except PackageNotFoundError:   # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _add_version(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", action="version", version=f"%(prog)s {mmfer_version()}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmfer", description="Audio-visual emotion recognition from cached frozen-encoder features.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _extract_parser(sub.add_parser("extract", help="Stage 1: frozen encoders -> Zarr feature store."))
     _train_parser(sub.add_parser("train-fusion", help="Stage 2: train the fusion model from the store."))
@@ -195,11 +216,65 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    for noisy in ("nemo_logger", "numba", "matplotlib", "PIL", "urllib3", "httpx", "filelock"):
+class _ThirdPartyLines(logging.Filter):
+    """On mmfer's stderr handler: without -v, another library's info lines (and nv_one_logger's notices that
+    its telemetry is off) are counted instead of shown; the command ends with one line giving the counts."""
+
+    HIDE_BELOW = {"nv_one_logger": logging.ERROR}   # telemetry notices: warnings a user can do nothing about
+
+    def __init__(self, verbose: bool) -> None:
+        super().__init__()
+        self.verbose, self.hidden = verbose, Counter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        top = record.name.split(".")[0]
+        if top == "mmfer" or self.verbose or record.levelno >= self.HIDE_BELOW.get(top, logging.WARNING):
+            return True
+        self.hidden[{"nemo_logger": "NeMo"}.get(top, top)] += 1
+        return False
+
+
+class _NemoToStderr(logging.Filter):
+    """On NeMo's own logger (it does not propagate, and its handler writes info lines to stdout, where they
+    would pollute `predict > file`): hand each record to mmfer's handlers instead, so NeMo writes nothing itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        logging.getLogger().handle(record)
+        return False
+
+
+def _setup_logging(verbose: bool) -> _ThirdPartyLines | None:
+    """mmfer's lines at INFO (DEBUG with -v) on stderr; other libraries at INFO at most, so -v does not flood
+    with zarr/numcodecs debug lines; stdout is left to results. Returns the filter counting hidden lines
+    (None when logging was already set up by someone else, e.g. pytest)."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "is_mmfer", False)]:
+        root.removeHandler(handler)
+    nemo = logging.getLogger("nemo_logger")   # a logger filter set now survives NeMo's own set-up at import
+    for old in [f for f in nemo.filters if isinstance(f, _NemoToStderr)]:
+        nemo.removeFilter(old)
+    nemo.addFilter(_NemoToStderr())
+    if not sys.stderr.isatty():   # HF's tqdm bars ("Loading weights") in a log file: noise; ours log lines instead
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if root.handlers:
+        return None
+    handler = logging.StreamHandler(sys.stderr)
+    handler.is_mmfer = True
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
+    quiet = _ThirdPartyLines(verbose)
+    handler.addFilter(quiet)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    logging.getLogger("mmfer").setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("numba", "matplotlib", "PIL", "urllib3", "httpx", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    return quiet
+
+
+def _report_hidden(quiet: _ThirdPartyLines | None) -> None:
+    if quiet is not None and quiet.hidden:
+        counts = ", ".join(f"{n} from {name}" for name, n in sorted(quiet.hidden.items()))
+        log.info("hid %d info lines of other libraries (%s); -v shows them", sum(quiet.hidden.values()), counts)
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
@@ -221,9 +296,11 @@ def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     prints one line to stderr and exits 2 (bad input) or 1 (failure); Ctrl-C exits 130; anything else
     is a bug and keeps its traceback (-v shows the traceback of project errors too)."""
     args = _parse(parser, argv)
-    _setup_logging(args.verbose)
+    quiet = _setup_logging(args.verbose)
     try:
-        return args.handler(args)
+        code = args.handler(args)
+        _report_hidden(quiet)
+        return code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -250,12 +327,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def extract_main() -> None:
     parser = argparse.ArgumentParser(prog="extract")
+    _add_version(parser)
     _extract_parser(parser)
     sys.exit(_run(parser, None))
 
 
 def train_fusion_main() -> None:
     parser = argparse.ArgumentParser(prog="train-fusion")
+    _add_version(parser)
     _train_parser(parser)
     sys.exit(_run(parser, None))
 

@@ -91,8 +91,10 @@ def _cache_preset(cache: str) -> str | None:
         return None
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, with_overrides: bool = True) -> None:
+def add_common_arguments(parser: argparse.ArgumentParser, with_overrides: bool = True,
+                         example: str = "training.max_epochs=30") -> None:
+    """-v, and (with_overrides) --config and key=value; `example` is an override this command takes."""
     parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
     if with_overrides:
         parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of config values (flags and key=value win).")
-        parser.add_argument("overrides", nargs="*", metavar="key=value", help="Config overrides, e.g. training.max_epochs=30.")
+        parser.add_argument("overrides", nargs="*", metavar="key=value", help=f"Config overrides, e.g. {example}.")

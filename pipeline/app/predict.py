@@ -2,7 +2,8 @@
 
 Inputs are files or folders (walked for video files); each file is predicted on its own, a bad one gets
 an error row and the rest go on. With `--window S` a file is cut into windows (lossless temporary copies
-made by ffmpeg), each predicted like a clip, and the emotion timeline is written as CSV and PNG.
+made by ffmpeg, WINDOW_BATCH at a time), each predicted like a clip, and the emotion timeline is written
+as CSV and PNG; inputs that share a file name get unique names (`unique_names`).
 The model and feature work is `pipeline/app/predictor.py`; this file walks inputs and writes outputs.
 """
 
@@ -11,8 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
+import os
+import shutil
 import tempfile
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +31,8 @@ log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 PREDICT_ALIASES = {"window": "window_s", "hop": "hop_s"}   # the short flags users type
 WINDOW_EPS_S = 1e-3   # a window may end this much past the reported duration (container rounding)
+WINDOW_BATCH = 8      # windows encoded and predicted together: 8 x (Tv, P, Dv) float16 tokens held at a time
+WINDOW_DIR_PREFIX = "mmfer-window-"   # + pid: a folder left by a killed run is found and removed by the next
 
 
 @dataclass
@@ -76,33 +82,118 @@ def cut_window(path: Path, start_s: float, window_s: float, out_path: Path, time
     return out_path
 
 
-def predict_file(predictor, path: Path, *, window_s: float | None, hop_s: float | None) -> ClipResult:
-    """Predict one file (or its windows); decode/encode problems become `ClipResult.error`."""
+def unique_names(paths: list[Path]) -> list[str]:
+    """One name per input for its table row and timeline files: the file stem when no other input shares it,
+    else its path below the inputs' common folder, suffix kept (`a/clip.mp4`, `b/clip.mp4`, `b/clip.mkv` ->
+    `a__clip.mp4`, `b__clip.mp4`, `b__clip.mkv`); a file given twice gets `-2`, `-3`."""
+    stems = [p.stem for p in paths]
+    shared = {stem for stem, n in Counter(stems).items() if n > 1}
+    resolved = [p.resolve() for p in paths]
+    common = Path(os.path.commonpath([str(r.parent) for r in resolved])) if resolved else Path()
+    names, taken = [], set()
+    for path, stem, full in zip(paths, stems, resolved):
+        name = "__".join(full.relative_to(common).parts) if stem in shared else stem
+        base, k = name, 1
+        while name in taken:
+            k += 1
+            name = f"{base}-{k}"
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+def _remove_stale_window_folders() -> None:
+    """Delete window folders left by predict runs that were killed (SIGKILL/SIGTERM run no cleanup): the
+    folder name carries the pid of its process, and only folders of processes that are gone are removed."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{WINDOW_DIR_PREFIX}*-"):
+        pid = folder.name[len(WINDOW_DIR_PREFIX):].split("-")[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("removed %s, left by a predict run that was killed", folder)
+        except PermissionError:   # another user's live process
+            continue
+
+
+class _FaceFallbacks(logging.Filter):
+    """Counts (and holds back) extract's per-clip "no face found" warnings while one file is predicted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("no face found"):
+            self.count += 1
+            return False
+        return True
+
+
+@contextmanager
+def _one_line_per_file(path: Path, num_windows: int):
+    """The "no face found" warning extract logs for each clip comes once per file here, naming it: a long
+    video would otherwise repeat it for every window, without saying which file."""
+    logger = logging.getLogger("mmfer.extract.facecrop")
+    fallbacks = _FaceFallbacks()
+    logger.addFilter(fallbacks)
+    try:
+        yield
+    finally:
+        logger.removeFilter(fallbacks)
+        if fallbacks.count:
+            where = f"{fallbacks.count} of {num_windows} windows" if num_windows > 1 else "any frame"
+            log.warning("%s: no face found in %s; used the centre crop there", path, where)
+
+
+def predict_file(predictor, path: Path, *, clip_id: str, window_s: float | None, hop_s: float | None) -> ClipResult:
+    """Predict one file (or its windows); decode/encode problems become `ClipResult.error`.
+
+    Windows are cut, encoded and predicted WINDOW_BATCH at a time; only each window's (start_s, end_s,
+    probabilities) is kept, and each cut is deleted once encoded, so memory and the temp folder stay
+    bounded on a long video. The temp folder is removed on every exit path, Ctrl-C included.
+    """
     from mmfer.extract.decode import DecodeError, probe_media
     from mmfer.pipeline.app.predictor import PredictError
     from mmfer.pipeline.media import FfmpegError
+    from mmfer.pipeline.progress import Progress
 
-    result = ClipResult(path.stem, str(path))
+    result = ClipResult(clip_id, str(path))
     try:
         if window_s is None:
-            item = predictor.features(path, path.stem)
+            with _one_line_per_file(path, 1):
+                item = predictor.features(path, clip_id)
             result.probabilities, result.notes = predictor.predict([item])[0], item["notes"]
             return result
         duration_s = probe_media(path, timeout_s=predictor.decode_timeout_s).duration_s
         if not duration_s:
             raise PredictError(f"{path}: ffmpeg reports no duration; cannot place windows")
         starts = window_starts(duration_s, window_s, hop_s or window_s)
-        items, spans = [], []
-        with tempfile.TemporaryDirectory(prefix="mmfer-window-") as tmp:
-            for start_s in starts:
-                length_s = min(window_s, duration_s - start_s)
-                piece = cut_window(path, start_s, length_s, Path(tmp) / f"w{len(items)}.mkv", predictor.decode_timeout_s)
-                items.append(predictor.features(piece, f"{path.stem}@{start_s:g}s"))
-                spans.append((start_s, start_s + length_s))
-        probs = predictor.predict(items)
-        result.windows = [(s, e, p) for (s, e), p in zip(spans, probs)]
-        result.probabilities = probs.mean(axis=0)
-        result.notes = sorted({n for item in items for n in item["notes"]}) + [f"mean of {len(items)} windows"]
+        windows, notes = [], Counter()
+        with tempfile.TemporaryDirectory(prefix=f"{WINDOW_DIR_PREFIX}{os.getpid()}-", suffix="-") as tmp, \
+                Progress(len(starts), desc=path.name, unit="window", logger=log, leave=False) as progress, \
+                _one_line_per_file(path, len(starts)):
+            for first in range(0, len(starts), WINDOW_BATCH):
+                items, spans = [], []
+                for start_s in starts[first:first + WINDOW_BATCH]:
+                    length_s = min(window_s, duration_s - start_s)
+                    piece = cut_window(path, start_s, length_s, Path(tmp) / f"w{first + len(items)}.mkv",
+                                       predictor.decode_timeout_s)
+                    try:
+                        items.append(predictor.features(piece, f"{clip_id}@{start_s:g}s"))
+                    finally:
+                        piece.unlink(missing_ok=True)
+                    spans.append((start_s, start_s + length_s))
+                probs = predictor.predict(items)
+                windows += [(s, e, p) for (s, e), p in zip(spans, probs)]
+                notes.update(n for item in items for n in set(item["notes"]))
+                progress.update(len(items))
+        result.windows = windows
+        result.probabilities = np.mean([p for _, _, p in windows], axis=0)
+        result.notes = [n if k == len(windows) else f"{n} ({k} of {len(windows)} windows)" for n, k in sorted(notes.items())]
+        result.notes.append(f"mean of {len(windows)} windows")
     except (PredictError, DecodeError, FfmpegError, OSError) as err:
         message = str(err).splitlines()[0]
         start = message.find(str(path))   # decode_job prefixes the reason to a message that names the file
@@ -190,6 +281,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from mmfer.pipeline.app.bundle import load_export_bundle, load_run_bundle
     from mmfer.pipeline.app.flags import resolve_config
     from mmfer.pipeline.app.predictor import Predictor
+    from mmfer.pipeline.progress import Progress
 
     cfg: PredictConfig = resolve_config(PredictConfig, args, layered=False)
     if (cfg.run is None) == (cfg.model is None):
@@ -198,27 +290,48 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigError("give --fold K or --ensemble, not both")
     if cfg.hop_s is not None and cfg.window_s is None:
         raise ConfigError("--hop needs --window")
+    out = check_out(cfg.out) if cfg.out else None   # before any model loads or file is predicted
+    paths = find_videos(args.inputs)
+    if not paths:
+        raise BadInputError(f"no video files ({', '.join(VIDEO_SUFFIXES)}) in {' '.join(args.inputs)}")
     if cfg.model:
         bundle = load_export_bundle(cfg.model, fold=cfg.fold, ensemble=cfg.ensemble)
     else:
         bundle = load_run_bundle(cfg.run, fold=cfg.fold, ensemble=cfg.ensemble, cache=cfg.cache)
     predictor = Predictor(bundle, device=cfg.device, visual_encoder=cfg.visual_encoder,
                           audio_encoder=cfg.audio_encoder, allow_encoder_mismatch=cfg.allow_encoder_mismatch)
-    from tqdm import tqdm
-
-    paths = find_videos(args.inputs)
-    if not paths:
-        raise BadInputError(f"no video files ({', '.join(VIDEO_SUFFIXES)}) in {' '.join(args.inputs)}")
+    if cfg.window_s is not None:
+        _remove_stale_window_folders()
     results = []
-    timeline_dir = Path(cfg.out).parent if cfg.out else Path.cwd()
-    for path in tqdm(paths, unit="clip", disable=not sys.stderr.isatty(), desc="predict"):
-        result = predict_file(predictor, path, window_s=cfg.window_s, hop_s=cfg.hop_s)
-        if result.windows:
-            result.timeline = write_timeline(result, timeline_dir)
-        results.append(result)
+    timeline_dir = out.parent if out else Path.cwd()
+    with Progress(len(paths), desc="predict", unit="file", logger=log) as progress:
+        for path, clip_id in zip(paths, unique_names(paths)):
+            result = predict_file(predictor, path, clip_id=clip_id, window_s=cfg.window_s, hop_s=cfg.hop_s)
+            if result.windows:
+                result.timeline = write_timeline(result, timeline_dir)
+            results.append(result)
+            progress.update(1)
     print(format_table(results, f"model: {bundle.source}, {bundle.describe()}"))
-    if cfg.out:
-        write_results(results, Path(cfg.out), {"source": bundle.source, "folds": bundle.fold_names,
-                                                 "ensemble": bundle.is_ensemble, "description": bundle.describe()})
-        print(f"wrote {cfg.out}")
+    if out:
+        write_results(results, out, {"source": bundle.source, "folds": bundle.fold_names,
+                                     "ensemble": bundle.is_ensemble, "description": bundle.describe()})
+        print(f"wrote {out}")
     return 0 if any(r.error is None for r in results) else 1
+
+
+def check_out(out: str) -> Path:
+    """--out is a file to write (FILE.csv or FILE.json): refused at once when it names a folder, or when a
+    file stands where its folder would be, so no prediction is computed only to be lost.
+
+    Raises:
+        BadInputError: `out` cannot be written as a file.
+    """
+    path = Path(out)
+    if path.is_dir():
+        raise BadInputError(f"{path}: is a folder; --out takes a file, e.g. --out {path / 'predictions.csv'}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise BadInputError(f"{path}: {parent} is a file, not a folder; choose another --out")
+            break
+    return path

@@ -20,6 +20,7 @@ from mmfer.pipeline.errors import BadInputError, MmferError
 
 log = logging.getLogger(__name__)
 
+NO_FACE_NOTE = "no face found: centre crop"   # face_crop "detect" fell back, as extract does
 _DTYPE_POLICY = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}   # recorded autocast -> loader policy
 
 
@@ -128,13 +129,15 @@ class Predictor:
         from mmfer.extract.run import decode_jobs
         from mmfer.extract.worker import decode_job
 
-        audio = self.audio or {}
+        video, audio = self.video or {}, self.audio or {}
         (job,) = decode_jobs(pd.DataFrame({"clip_id": [clip_id], "path": [str(path)], "source": [""]}), self.decode_cfg)
         decoded = decode_job(job, self.processor)   # extract's own job, decode + crop + image processor
         if decoded.error is not None:
             raise PredictError(decoded.error)
         item = {"clip_id": clip_id, "label": 0, "has_video": self.video is not None, "has_audio": False,
                 "duration_s": decoded.duration_s, "notes": []}
+        if video.get("face_crop") == "detect" and not decoded.found_face:
+            item["notes"].append(NO_FACE_NOTE)
         if self.video is not None:
             tokens, pooled = self.encoders.encode_visual([decoded.pixel_inputs])
             item["video_tokens"] = _as_stored(tokens[0], self.video, "tokens", path)

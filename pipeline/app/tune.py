@@ -20,7 +20,8 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
                           "depth and tokens kept: one study per outer fold, whose trials see only that fold's non-test "
                           "actors (objective: its validation macro-F1); the fold's test score comes from its best "
                           "trial. Writes tune_summary.json (mean ± sample std of the outer test scores) and best "
-                          "configs that record the actors they were tuned on. The SQLite study resumes and can be shared.")
+                          "configs that record the actors they were tuned on. The SQLite study resumes and can be "
+                          "shared, with the base settings it was started with (other settings are refused, by name).")
     add_config_flags(parser, TuneConfig, prefix=STUDY, layered=False)
     add_config_flags(parser, TrainConfig, TRAIN_ALIASES, skip=("out", "resume", "pretrain", "tuned_on_actors"))
 

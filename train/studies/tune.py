@@ -12,12 +12,14 @@ Writes `tune_summary.json` (per outer fold: test_actors, tuning_actors, best_par
 sample std of the outer test scores), `best_config_<fold>.yaml` per outer fold and `best_config.yaml` (the
 best inner validation score), each recording the actors it was tuned on (`tuned_on_actors`, which
 `train-fusion` checks against its test actors), and `optimization_history.png`. The SQLite study resumes
-after a crash and several processes can share it.
+after a crash and several processes can share it, under the base settings it was started with (a study user
+attr; other settings are refused, by name).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -27,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from mmfer.pipeline.config import ModelConfig, TrainConfig
+from mmfer.pipeline.errors import ConfigError
 from mmfer.pipeline.overrides import apply_overrides, flatten, to_dict
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,7 @@ STUDY_NAME = "mmfer"                # one study per outer fold: mmfer-<fold name
 OBJECTIVE = "val_f1_macro"          # best-epoch validation macro-F1 of a fold (train/loop.py's summary)
 MAX_FUSION_LAYERS = 6               # the design guide's depth; LFM2-700M has 16 layers, so every depth here exists
 KEEP_TOKEN_CHOICES = (8, 16, 32, 48, 64, 96, 128)   # K, capped at the cache's P patch tokens
+BASE_HASH_ATTR, BASE_CONFIG_ATTR = "base_config_sha256", "base_config"   # study user attrs (check_base)
 HEARTBEAT_S, GRACE_S = 60, 180      # a trial silent this long (a killed process) is marked failed and retried
 
 
@@ -135,6 +139,7 @@ def tune_fold(base: TrainConfig, fold, number: int, study_dir: Path, num_trials:
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
     study = optuna.create_study(storage=storage, study_name=f"{STUDY_NAME}-{fold.name}", direction="maximize",
                                 load_if_exists=True)
+    check_base(study, base, study_dir)
     done = len(study.get_trials(deepcopy=False, states=finished))
     # a fresh sampler seed per session, so a resumed study does not replay its first random trials
     study.sampler = optuna.samplers.TPESampler(seed=base.seed + number * 1000 + len(study.trials))
@@ -163,6 +168,35 @@ def tune_fold(base: TrainConfig, fold, number: int, study_dir: Path, num_trials:
                    "num_trials": len(study.get_trials(deepcopy=False, states=finished)), "best_trial": best.number,
                    "best_value": best.value, "best_params": best.params, "best_config": str(config),
                    "test_metrics": test_metrics}
+
+
+def base_settings(base: TrainConfig) -> dict:
+    """The base config every trial starts from, flat and JSON-plain (out and resume say nothing about a trial)."""
+    flat = {k: v for k, v in flatten(to_dict(base)).items() if k not in ("out", "resume")}
+    return json.loads(json.dumps(flat, default=str))
+
+
+def check_base(study, base: TrainConfig, study_dir: Path) -> None:
+    """A study's trials are comparable only under one base config: the first session records it (and its
+    SHA-256) as study user attrs; a later session with other base settings is refused, naming them.
+
+    Raises:
+        ConfigError: the study was run with other base settings.
+    """
+    settings = base_settings(base)
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    recorded = study.user_attrs.get(BASE_HASH_ATTR)
+    if recorded is None:
+        study.set_user_attr(BASE_HASH_ATTR, digest)
+        study.set_user_attr(BASE_CONFIG_ATTR, settings)
+        return
+    if recorded == digest:
+        return
+    old = study.user_attrs.get(BASE_CONFIG_ATTR, {})
+    changed = [f"{k} {old.get(k, '(unset)')!r} -> {settings.get(k, '(unset)')!r}"
+               for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+    raise ConfigError(f"{study_dir / 'study.db'}: this study's trials ran with other base settings "
+                      f"({', '.join(changed) or 'unrecorded'}); resume with the same settings, or use a new --study-dir")
 
 
 def write_best_config(base: TrainConfig, params: dict, path: Path, value: float, number: int, num_trials: int, *,

@@ -1,0 +1,56 @@
+"""Quiet, correct command-line output (issue 15, item 14): --version, --help examples that the command
+accepts, and -v that shows mmfer's debug lines without the libraries' (zarr, numcodecs)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+from synthetic_store import make_store
+
+from mmfer.pipeline.app.cli import _extract_parser, _train_parser, build_parser
+from mmfer.pipeline.config import DemoConfig, ExtractConfig, TrainConfig
+from mmfer.pipeline.overrides import apply_overrides, parse_key_values
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.parametrize("script", ["mmfer", "extract", "train-fusion"])
+def test_version_flag(script):
+    result = subprocess.run([str(BIN / script), "--version"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == f"{script} {version('mmfer')}", result
+
+
+def _subparsers():
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return sub.choices
+
+
+@pytest.mark.parametrize("command, cfg_type", [("extract", ExtractConfig), ("train-fusion", TrainConfig),
+                                               ("make-demo", DemoConfig), ("ablate", TrainConfig), ("tune", TrainConfig)])
+def test_help_override_example_is_a_key_of_that_command(command, cfg_type):
+    import argparse
+
+    parsers = [_subparsers()[command]]
+    if command in ("extract", "train-fusion"):   # the console scripts build their own parser
+        own = argparse.ArgumentParser(prog=command)
+        (_extract_parser if command == "extract" else _train_parser)(own)
+        parsers.append(own)
+    for parser in parsers:
+        text = " ".join(parser.format_help().split())
+        (example,) = re.findall(r"Config overrides, e\.g\. (\S+=\S+?)\.(?:\s|$)", text)
+        apply_overrides(cfg_type(), parse_key_values([example]))   # raises ConfigError on a key it does not have
+
+
+def test_verbose_shows_no_zarr_debug_lines(tmp_path):
+    cache = make_store(tmp_path / "cache", repetitions=1)
+    result = subprocess.run([str(BIN / "mmfer"), "cache-info", str(cache), "-v"], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    foreign = [line for line in result.stderr.splitlines() if " DEBUG " in line and " mmfer" not in line]
+    assert foreign == [], "\n".join(foreign[:5])
