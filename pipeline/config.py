@@ -306,6 +306,8 @@ class TrainConfig:
     """Keep the cache in RAM (auto: when it fits in a quarter of free memory)."""
     num_workers: int = 0
     """DataLoader worker processes (spawned; each opens the store itself)."""
+    compute_threads: int = 0
+    """Torch threads of the training process; 0: the cores left after the loader workers (one thread each), at least 1."""
     resume: bool = False
     """Continue an interrupted run in --out from its last checkpoints."""
     allow_writing_cache: bool = False
@@ -331,6 +333,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.tuned_on_actors is not None and not all(a.strip().isdigit() for a in self.tuned_on_actors.split(",")):
             raise ValueError(f"tuned_on_actors must be comma-separated actor numbers, got {self.tuned_on_actors!r}")
+        if self.num_workers < 0 or self.compute_threads < 0:
+            raise ValueError(f"num_workers and compute_threads must be >= 0, got {self.num_workers}, {self.compute_threads}")
         if self.folds != "all":
             try:
                 numbers = [int(f) for f in self.folds.split(",")]

@@ -422,6 +422,15 @@ def _open_group(path: Path, mode: str) -> zarr.Group:
                          "re-run extract into a new --out") from err
 
 
+def set_codec_threads(num_threads: int) -> None:
+    """Threads blosc may start for one decode in this process (1: decode in the calling thread only), so the
+    codec's threads count in the loader's thread budget instead of competing with the compute threads."""
+    import numcodecs.blosc
+
+    numcodecs.blosc.set_nthreads(num_threads)
+    numcodecs.blosc.use_threads = num_threads > 1
+
+
 @contextlib.contextmanager
 def writer_lock(path: str | os.PathLike) -> Iterator[None]:
     """Hold an exclusive lock on the store for one extract run; a second run refuses at once."""

@@ -147,13 +147,15 @@ def online_batches(decoder, encoders, labels: dict[str, int], *, batch_size: int
 
 def cached_loader(store_path: str, cfg, clip_ids: list[str] | None = None):
     """train/'s own reader: open_cache -> ClipDataset (no preload) -> make_loader, in clip order."""
+    from mmfer.pipeline.device import resolve_device
     from mmfer.train.dataset import ClipDataset, EpochSampler, make_loader, open_cache
 
     cache = open_cache(store_path, use_video=True, use_audio=True)
     ids = list(cache.clips["clip_id"]) if clip_ids is None else clip_ids
     dataset = ClipDataset(cache, ids, preload=False)
     sampler = EpochSampler(range(len(ids)))
-    loader = make_loader(dataset, sampler, batch_size=cfg.training.batch_size, num_workers=cfg.num_workers, seed=cfg.seed)
+    loader = make_loader(dataset, sampler, batch_size=cfg.training.batch_size, num_workers=cfg.num_workers, seed=cfg.seed,
+                         pin_memory=resolve_device(cfg.device).type == "cuda")
     return cache, dataset, loader
 
 

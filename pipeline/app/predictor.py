@@ -158,8 +158,7 @@ class Predictor:
     @torch.inference_mode()
     def predict(self, items: list[dict]) -> np.ndarray:
         """Probabilities (N, C) float32: each clip alone (B = 1), averaged over the bundle's fold models."""
-        from mmfer.train.dataset import collate_clips
-        from mmfer.train.loop import to_device
+        from mmfer.train.dataset import collate_clips, to_device
 
         total = np.zeros((len(items), self.num_classes), dtype=np.float64)
         for state in self.bundle.states:
