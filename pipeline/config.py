@@ -65,6 +65,10 @@ class ExtractConfig:
     """Decoding worker processes that run ahead of the encoders."""
     dtype: Literal["float16", "float32"] = "float16"
     """Storage dtype of the token arrays."""
+    token_pool: int = 1
+    """Average the visual patch grid in k x k blocks before storing (2: 196 -> 49 tokens per frame, 4x smaller); 1 keeps every patch."""
+    token_dtype: Literal["float", "int8"] = "float"
+    """Visual tokens stored as --dtype floats, or as int8 with one scale per token (2x smaller than float16); training reads both."""
     vocal_channels: Literal["speech", "song", "both"] = "speech"
     """RAVDESS vocal channel to select."""
     select: str | None = None
@@ -84,6 +88,8 @@ class ExtractConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.token_pool < 1:
+            raise ValueError(f"token_pool must be >= 1, got {self.token_pool}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
         if self.decode_timeout_s <= 0 or self.max_audio_s <= 0:

@@ -96,6 +96,21 @@ def _array_options(dtype: str) -> dict:
     return {"compressors": [blosc, zarr.codecs.Crc32cCodec()]}
 
 
+TOKEN_SCALE = "token_scale"   # float16 (..., P): an int8 entry's per-token scale, beside its "tokens"
+
+
+def quantize_tokens(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float tokens (..., D) -> int8 tokens and a float16 scale (...,) per token: x ~ q * scale, |q| <= 127."""
+    scale = (np.abs(tokens).max(axis=-1) / 127.0).astype(np.float16)
+    safe = np.where(scale > 0, scale, 1).astype(np.float32)[..., None]
+    return np.clip(np.rint(tokens / safe), -127, 127).astype(np.int8), scale
+
+
+def dequantize_tokens(quantized: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """int8 tokens and their scale -> float16 tokens, as training reads them."""
+    return (quantized.astype(np.float32) * scale.astype(np.float32)[..., None]).astype(np.float16)
+
+
 class FeatureEntry:
     """One modality's features made with one encoder + preprocessing (one fingerprint)."""
 
@@ -153,6 +168,11 @@ class FeatureEntry:
             raise CorruptClipError(str(self.store.path), self.store.clip_ids[index],
                                    f"{self.modality}/{name} is damaged ({err})") from err
 
+    @property
+    def is_quantized(self) -> bool:
+        """Tokens stored as int8 with a per-token scale (`--token-dtype int8`); read_clip gives them back as float16."""
+        return TOKEN_SCALE in self.array_specs
+
     def raw_bytes_per_clip(self) -> int:
         return sum(int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for s in self.array_specs.values())
 
@@ -163,6 +183,9 @@ class FeatureEntry:
             ValueError: wrong names, shapes beyond the array, or NaN/Inf in the data (never stored).
         """
         index = self.store.index_of(clip_id)
+        if self.is_quantized and TOKEN_SCALE not in arrays and "tokens" in arrays:
+            arrays = dict(arrays)
+            arrays["tokens"], arrays[TOKEN_SCALE] = quantize_tokens(np.asarray(arrays["tokens"], dtype=np.float32))
         if set(arrays) != set(self.array_specs):
             raise ValueError(f"clip {clip_id}: {self.modality} arrays {sorted(arrays)} != {sorted(self.array_specs)}")
         num_bytes = 0
@@ -210,8 +233,11 @@ class FeatureEntry:
         status = ClipStatus(int(self._read_meta("status", index)))
         if status != ClipStatus.DONE:
             raise StoreError(f"{self.store.path}: clip {clip_id}: {self.modality} status is {status.name}, not DONE")
+        wanted = list(names or self.array_specs)
+        if self.is_quantized and "tokens" in wanted and TOKEN_SCALE not in wanted:
+            wanted.append(TOKEN_SCALE)
         out = {}
-        for name in names or self.array_specs:
+        for name in wanted:
             if name not in self.array_specs:
                 raise StoreError(f"{self.path}: no array {name!r} (has {sorted(self.array_specs)})")
             if not self._has_chunk(name, index):
@@ -220,6 +246,10 @@ class FeatureEntry:
                 out[name] = self._arrays[name][index]
             except CHECKSUM_ERRORS as err:
                 raise CorruptClipError(str(self.store.path), clip_id, f"{self.modality}/{name} is damaged ({err})") from err
+        if self.is_quantized and "tokens" in out:
+            out["tokens"] = dequantize_tokens(out["tokens"], out[TOKEN_SCALE])
+            if names and TOKEN_SCALE not in names:
+                del out[TOKEN_SCALE]
         return out
 
     def _has_chunk(self, name: str, index: int) -> bool:

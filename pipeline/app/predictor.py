@@ -139,8 +139,11 @@ class Predictor:
         if video.get("face_crop") == "detect" and not decoded.found_face:
             item["notes"].append(NO_FACE_NOTE)
         if self.video is not None:
+            from mmfer.extract.shrink import pool_tokens
+
             tokens, pooled = self.encoders.encode_visual([decoded.pixel_inputs])
-            item["video_tokens"] = _as_stored(tokens[0], self.video, "tokens", path)
+            clip_tokens = pool_tokens(tokens[0], int(self.video.get("token_pool", 1)))   # as extract stored them
+            item["video_tokens"] = _as_stored(clip_tokens, self.video, "tokens", path)
             item["video_pooled"] = _as_stored(pooled[0], self.video, "pooled", path)
         if decoded.audio is None:
             item["notes"].append("video only: no audio stream")
@@ -181,7 +184,8 @@ class Predictor:
 
 
 def _as_stored(value: np.ndarray, record: dict, name: str, path, time_axis: bool = False) -> np.ndarray:
-    """The store's write conversion: shape check, refuse NaN/Inf, cast to the entry dtype (float16)."""
+    """The store's write conversion: shape check, refuse NaN/Inf, cast to the entry dtype (float16; int8 tokens
+    quantized and read back)."""
     spec = record["arrays"][name]
     want = tuple(spec["shape"])
     value = np.asarray(value)
@@ -189,6 +193,10 @@ def _as_stored(value: np.ndarray, record: dict, name: str, path, time_axis: bool
         raise PredictError(f"{path}: {name} has shape {value.shape}, the model's features have {want}")
     if not np.isfinite(value).all():
         raise PredictError(f"{path}: encoder-output: {name} contains NaN or Inf")
+    if spec["dtype"] == "int8":   # --token-dtype int8: the store's round trip, float16 as training read it
+        from mmfer.pipeline.store import dequantize_tokens, quantize_tokens
+
+        return dequantize_tokens(*quantize_tokens(value.astype(np.float32)))
     return value.astype(spec["dtype"], copy=False)
 
 
