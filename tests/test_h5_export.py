@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from synthetic_store import AUDIO_FP, FAILED_VIDEO_CLIP, NO_AUDIO_CLIP, VIDEO_FP, make_store, write_fold_file
 
+from mmfer.pipeline.app.bundle import feature_records
 from mmfer.pipeline.config import train_config_with_preset
 from mmfer.pipeline.store import ClipStatus, CorruptClipError, StoreError, export_h5, open_store, verify_store
 from mmfer.train.loop import train
@@ -45,8 +46,11 @@ def test_export_holds_the_same_clips_attributes_and_statuses(stores):
     assert copy.entry("audio").statuses()[copy.index_of(NO_AUDIO_CLIP)] == ClipStatus.MISSING
     with pytest.raises(StoreError, match="not DONE"):
         copy.entry("video").read_clip(FAILED_VIDEO_CLIP)
+    fingerprints = {"video": VIDEO_FP, "audio": AUDIO_FP}   # what `predict --run RUN --cache FILE.h5` reads
+    assert feature_records(h5_path, fingerprints) == feature_records(zarr_path, fingerprints)
 
 
+@pytest.mark.slow   # two short training runs (~40 s on 2 shared cores)
 def test_same_training_from_zarr_and_from_its_h5_export(stores, tmp_path):
     zarr_path, h5_path, folds = stores
     summaries = []
