@@ -12,6 +12,7 @@ from mmfer.extract.run import decode_params
 from mmfer.extract.shrink import pool_tokens, pooled_token_count, unpool_tokens
 from mmfer.pipeline.config import ExtractConfig
 from mmfer.pipeline.errors import ConfigError
+from mmfer.pipeline.labels import EMOTIONS
 from mmfer.pipeline.store import dequantize_tokens, open_store, quantize_tokens
 from mmfer.train.dataset import ClipDataset, collate_clips, open_cache
 
@@ -69,3 +70,38 @@ def test_pooled_int8_cache_is_smaller_recorded_and_read_transparently(demo_root,
     dataset = ClipDataset(cache, list(cache.clips["clip_id"]))
     batch = collate_clips([dataset[0], dataset[1]], video_shape=dataset.video_shape, audio_dim=dataset.audio_shape[1])
     assert batch["video_tokens"].shape == (2, tv, p // 4, dv) and batch["video_tokens"].abs().sum() > 0
+
+
+def test_predict_features_are_pooled_and_quantized_like_the_cache(demo_root, tiny_models, tmp_path):
+    """predict re-extracts a clip the way its run's cache holds it: pooled grid, int8 round trip."""
+    import dataclasses
+
+    from mmfer.data.ravdess import scan_ravdess
+    from mmfer.extract.run import extract_all
+    from mmfer.pipeline.app.bundle import ModelBundle, feature_records
+    from mmfer.pipeline.app.predictor import Predictor
+    from mmfer.pipeline.config import train_config_with_preset
+    from mmfer.train.model.builder import build_model_from_spec, model_spec
+
+    out = tmp_path / "small"
+    extract_all(extract_config(demo_root, out, tiny_models, limit=2, token_pool=2, token_dtype="int8"),
+                scan_ravdess(demo_root))
+    store = open_store(out)
+    video, audio = store.entry("video"), store.entry("audio")
+    cfg = train_config_with_preset({"cache": str(out), "preset": "tiny", "device": "cpu"})
+    tv, p, dv = video.array_specs["tokens"].shape
+    spec = model_spec(cfg.model, video_dim=dv, num_patches=p, audio_dim=audio.array_specs["tokens"].shape[1],
+                      dropout=cfg.training.dropout)
+    bundle = ModelBundle(source="test", config=dataclasses.asdict(cfg),
+                         features=feature_records(out, {"video": video.fingerprint, "audio": audio.fingerprint}),
+                         fold_names=["fold1"], states=[build_model_from_spec(spec).state_dict()], model_spec=spec)
+    predictor = Predictor(bundle, device="cpu")
+    for clip_id in store.clip_ids[:2]:
+        path = next(demo_root.rglob(f"{clip_id}.mp4"))
+        item = predictor.features(path, clip_id)
+        cached = video.read_clip(clip_id, ("tokens", "token_scale"))
+        assert item["video_tokens"].shape == (tv, p, dv) and item["video_tokens"].dtype == np.float16
+        # extract encoded 2 clips per batch, predict one: float32 noise may move a value by one int8 step
+        step = cached["token_scale"].astype(np.float32)[..., None] * 1.01 + 1e-3
+        assert (np.abs(item["video_tokens"].astype(np.float32) - cached["tokens"].astype(np.float32)) <= step).all()
+        assert predictor.predict([item]).shape == (1, len(EMOTIONS))
