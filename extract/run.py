@@ -25,13 +25,14 @@ import torch
 from mmfer.extract.decode import AUDIO_MIX, FRAME_SAMPLING
 from mmfer.extract.encoders import load_encoders
 from mmfer.extract.facecrop import detector_settings
+from mmfer.extract.shrink import pool_tokens, pooled_token_count
 from mmfer.extract.worker import DecodedItem, DecodeJob, decode_job
 from mmfer.pipeline.config import ExtractConfig
 from mmfer.pipeline.device import resolve_device
 from mmfer.pipeline.errors import ConfigError, MmferError
 from mmfer.pipeline.faults import crash_point
 from mmfer.pipeline.progress import Progress
-from mmfer.pipeline.store import (ArraySpec, ClipStatus, FeatureEntry, FeatureStore, StoreError, create_store,
+from mmfer.pipeline.store import (TOKEN_SCALE, ArraySpec, ClipStatus, FeatureEntry, FeatureStore, StoreError, create_store,
                                   entry_differences, writer_lock)
 
 log = logging.getLogger(__name__)
@@ -139,11 +140,14 @@ def _extract_locked(cfg: ExtractConfig, table: pd.DataFrame, device: torch.devic
     if removed:
         log.info("removed %d leftovers of interrupted writes", removed)
     num_patches, visual_dim = encoders.visual_token_shape()
+    num_patches = pooled_token_count(num_patches, cfg.token_pool)
     audio_attrs = {**audio_params, "frame_shift_s": encoders.audio.frame_shift_s}
     for modality, params in (("video", video_params), ("audio", audio_attrs)):
         _refuse_other_settings(store, modality, params, overwrite=cfg.overwrite)
+    int8 = cfg.token_dtype == "int8"
     video = store.ensure_entry("video", fingerprint(video_params), video_params, {
-        "tokens": ArraySpec((cfg.num_frames, num_patches, visual_dim), cfg.dtype),
+        "tokens": ArraySpec((cfg.num_frames, num_patches, visual_dim), "int8" if int8 else cfg.dtype),
+        **({TOKEN_SCALE: ArraySpec((cfg.num_frames, num_patches), "float16")} if int8 else {}),
         "pooled": ArraySpec((cfg.num_frames, visual_dim), cfg.dtype),
         "timestamps_s": ArraySpec((cfg.num_frames,), "float32"),
         "boxes": ArraySpec((cfg.num_frames, 4), "float32"),
@@ -158,7 +162,7 @@ def _extract_locked(cfg: ExtractConfig, table: pd.DataFrame, device: torch.devic
     selected = select_clips(table, cfg.select, cfg.limit)
     todo = _clips_to_do(selected, video, audio)
     summary = ExtractSummary(num_selected=len(selected), num_skipped=len(selected) - len(todo))
-    _check_free_space(Path(cfg.out), len(todo) * (video.raw_bytes_per_clip() + audio.raw_bytes_per_clip()))
+    _check_free_space(Path(cfg.out), len(todo), video.raw_bytes_per_clip() + audio.raw_bytes_per_clip())
     jobs = decode_jobs(todo, cfg)
     loop_start = time.monotonic()
     summary.setup_s = loop_start - start
@@ -167,7 +171,7 @@ def _extract_locked(cfg: ExtractConfig, table: pd.DataFrame, device: torch.devic
             loader = decode_loader(jobs, encoders.visual.processor, num_workers=cfg.num_workers,
                                    batch_size=cfg.batch_size, persistent_workers=False)
             for batch in decoded_batches(loader, batch_size=cfg.batch_size):
-                _encode_and_write(batch, encoders, video, audio, max_audio_frames, summary)
+                _encode_and_write(batch, encoders, video, audio, max_audio_frames, summary, token_pool=cfg.token_pool)
                 progress.update(len(batch))
     end = time.monotonic()
     summary.loop_s, summary.wall_s = end - loop_start, end - start
@@ -180,8 +184,11 @@ def decode_params(modality: str, cfg: ExtractConfig) -> dict:
     """What decides a modality's features besides its encoder: settings, the extractor version, the rules."""
     if modality == "video":
         face = {"face_detector": detector_settings()} if cfg.face_crop == "detect" else {}
+        # recorded (and fingerprinted) only when set, so the entries of earlier stores keep their fingerprints
+        size = {**({"token_pool": cfg.token_pool} if cfg.token_pool > 1 else {}),
+                **({"token_dtype": cfg.token_dtype} if cfg.token_dtype != "float" else {})}
         return {"num_frames": cfg.num_frames, "face_crop": cfg.face_crop, **face, "frame_sampling": FRAME_SAMPLING,
-                "dtype": cfg.dtype, "extractor_version": EXTRACTOR_VERSION}
+                "dtype": cfg.dtype, **size, "extractor_version": EXTRACTOR_VERSION}
     return {"sample_rate_hz": cfg.sample_rate_hz, "max_audio_s": cfg.max_audio_s, "audio_mix": AUDIO_MIX,
             "dtype": cfg.dtype, "extractor_version": EXTRACTOR_VERSION}
 
@@ -227,9 +234,13 @@ def _clips_to_do(selected: pd.DataFrame, video: FeatureEntry, audio: FeatureEntr
     return selected[~(video_ok & audio_ok)]
 
 
-def _check_free_space(out: Path, needed_bytes: int) -> None:
+def _check_free_space(out: Path, num_clips: int, bytes_per_clip: int) -> None:
+    """Log the size estimate before any clip is extracted; refuse when it exceeds the free space."""
     free = shutil.disk_usage(out if out.exists() else out.parent).free
-    log.info("this run writes at most %.1f MB (uncompressed); %.1f MB free at %s", needed_bytes / 1e6, free / 1e6, out)
+    needed_bytes = num_clips * bytes_per_clip
+    log.info("cache size estimate: %d clips x %.2f MB/clip = %.1f MB at most (uncompressed); %.1f MB free at %s%s",
+             num_clips, bytes_per_clip / 1e6, needed_bytes / 1e6, free / 1e6, out,
+             "" if needed_bytes <= free / 2 else "; see --token-pool 2 and --token-dtype int8 to store less")
     if needed_bytes > free:
         raise DiskSpaceError(errno.ENOSPC, f"{out}: this run needs up to {needed_bytes / 1e6:.0f} MB but only "
                                            f"{free / 1e6:.0f} MB are free; free some space or use another --out")
@@ -284,7 +295,7 @@ class _JobList(torch.utils.data.Dataset):
 
 
 def _encode_and_write(batch: list[DecodedItem], encoders, video: FeatureEntry, audio: FeatureEntry,
-                      max_audio_frames: int, summary: ExtractSummary) -> None:
+                      max_audio_frames: int, summary: ExtractSummary, *, token_pool: int) -> None:
     good = [item for item in batch if item.error is None]
     for item in batch:
         if item.error is not None:
@@ -292,6 +303,7 @@ def _encode_and_write(batch: list[DecodedItem], encoders, video: FeatureEntry, a
     if not good:
         return
     tokens, pooled = encoders.encode_visual([item.pixel_inputs for item in good])
+    tokens = [pool_tokens(clip_tokens, token_pool) for clip_tokens in tokens]   # the store quantizes an int8 entry
     with_audio = [item for item in good if item.audio is not None]
     audio_tokens = dict(zip([i.clip_id for i in with_audio], encoders.encode_audio([i.audio for i in with_audio])))
     for item, clip_tokens, clip_pooled in zip(good, tokens, pooled):

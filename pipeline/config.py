@@ -65,6 +65,10 @@ class ExtractConfig:
     """Decoding worker processes that run ahead of the encoders."""
     dtype: Literal["float16", "float32"] = "float16"
     """Storage dtype of the token arrays."""
+    token_pool: int = 1
+    """Average the visual patch grid in k x k blocks before storing (2: 196 -> 49 tokens per frame, 4x smaller); 1 keeps every patch."""
+    token_dtype: Literal["float", "int8"] = "float"
+    """Visual tokens stored as --dtype floats, or as int8 with one scale per token (2x smaller than float16); training reads both."""
     vocal_channels: Literal["speech", "song", "both"] = "speech"
     """RAVDESS vocal channel to select."""
     select: str | None = None
@@ -84,6 +88,8 @@ class ExtractConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.token_pool < 1:
+            raise ValueError(f"token_pool must be >= 1, got {self.token_pool}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
         if self.decode_timeout_s <= 0 or self.max_audio_s <= 0:
@@ -306,6 +312,8 @@ class TrainConfig:
     """Keep the cache in RAM (auto: when it fits in a quarter of free memory)."""
     num_workers: int = 0
     """DataLoader worker processes (spawned; each opens the store itself)."""
+    compute_threads: int = 0
+    """Torch threads of the training process; 0: the cores left after the loader workers (one thread each), at least 1."""
     resume: bool = False
     """Continue an interrupted run in --out from its last checkpoints."""
     allow_writing_cache: bool = False
@@ -331,6 +339,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.tuned_on_actors is not None and not all(a.strip().isdigit() for a in self.tuned_on_actors.split(",")):
             raise ValueError(f"tuned_on_actors must be comma-separated actor numbers, got {self.tuned_on_actors!r}")
+        if self.num_workers < 0 or self.compute_threads < 0:
+            raise ValueError(f"num_workers and compute_threads must be >= 0, got {self.num_workers}, {self.compute_threads}")
         if self.folds != "all":
             try:
                 numbers = [int(f) for f in self.folds.split(",")]

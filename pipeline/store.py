@@ -4,7 +4,9 @@
 `FeatureEntry.read_clip`. Arrays are created at their final size, once, in a staging folder that is
 renamed into place; clip writers only fill their own chunks and write the clip's status last (it goes
 PENDING before anything else of the clip changes), so a crash at any moment leaves a store whose clips
-are either done (data complete and checksummed) or not. Nothing else in mmfer imports zarr or spells a path inside the store.
+are either done (data complete and checksummed) or not. `export_h5` writes a store as one HDF5 file, which
+`open_store` reads (read only) through the same classes. Nothing else in mmfer imports zarr or h5py or spells
+a path inside the store.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ MODALITIES = ("video", "audio")
 LOCK_FILE = ".extract.lock"
 STAGING_PREFIX = ".staging-"
 PARTIAL_SUFFIX = ".partial"    # zarr's LocalStore writes `<chunk>.<uuid>.partial`, then renames
+CHECKSUM_ERRORS = (ValueError, OSError)   # zarr's crc32c codec raises ValueError, h5py's fletcher32 filter OSError
 # Codecs: blosc lz4 with byte shuffle, then crc32c. Measured on real (tiny) SigLIP tokens: 1.16x smaller
 # than raw fp16 and the fastest to read of none / zstd 1, 3 / blosc-zstd (cache_schema.md, "Storage").
 
@@ -93,6 +96,21 @@ def _array_options(dtype: str) -> dict:
     return {"compressors": [blosc, zarr.codecs.Crc32cCodec()]}
 
 
+TOKEN_SCALE = "token_scale"   # float16 (..., P): an int8 entry's per-token scale, beside its "tokens"
+
+
+def quantize_tokens(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float tokens (..., D) -> int8 tokens and a float16 scale (...,) per token: x ~ q * scale, |q| <= 127."""
+    scale = (np.abs(tokens).max(axis=-1) / 127.0).astype(np.float16)
+    safe = np.where(scale > 0, scale, 1).astype(np.float32)[..., None]
+    return np.clip(np.rint(tokens / safe), -127, 127).astype(np.int8), scale
+
+
+def dequantize_tokens(quantized: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """int8 tokens and their scale -> float16 tokens, as training reads them."""
+    return (quantized.astype(np.float32) * scale.astype(np.float32)[..., None]).astype(np.float16)
+
+
 class FeatureEntry:
     """One modality's features made with one encoder + preprocessing (one fingerprint)."""
 
@@ -131,7 +149,7 @@ class FeatureEntry:
     def _read_all(self, name: str, fallback):
         try:
             return list(self._arrays[name][:])
-        except ValueError:   # crc32c mismatch in one clip's chunk: read one by one to name it
+        except CHECKSUM_ERRORS:   # a checksum mismatch in one clip's chunk: read one by one to name it
             values = []
             for index, clip_id in enumerate(self.store.clip_ids):
                 try:
@@ -146,9 +164,14 @@ class FeatureEntry:
     def _read_meta(self, name: str, index: int):
         try:
             return self._arrays[name][index]
-        except ValueError as err:   # zarr's crc32c codec raises ValueError on a mismatch
+        except CHECKSUM_ERRORS as err:
             raise CorruptClipError(str(self.store.path), self.store.clip_ids[index],
                                    f"{self.modality}/{name} is damaged ({err})") from err
+
+    @property
+    def is_quantized(self) -> bool:
+        """Tokens stored as int8 with a per-token scale (`--token-dtype int8`); read_clip gives them back as float16."""
+        return TOKEN_SCALE in self.array_specs
 
     def raw_bytes_per_clip(self) -> int:
         return sum(int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for s in self.array_specs.values())
@@ -160,6 +183,9 @@ class FeatureEntry:
             ValueError: wrong names, shapes beyond the array, or NaN/Inf in the data (never stored).
         """
         index = self.store.index_of(clip_id)
+        if self.is_quantized and TOKEN_SCALE not in arrays and "tokens" in arrays:
+            arrays = dict(arrays)
+            arrays["tokens"], arrays[TOKEN_SCALE] = quantize_tokens(np.asarray(arrays["tokens"], dtype=np.float32))
         if set(arrays) != set(self.array_specs):
             raise ValueError(f"clip {clip_id}: {self.modality} arrays {sorted(arrays)} != {sorted(self.array_specs)}")
         num_bytes = 0
@@ -207,18 +233,27 @@ class FeatureEntry:
         status = ClipStatus(int(self._read_meta("status", index)))
         if status != ClipStatus.DONE:
             raise StoreError(f"{self.store.path}: clip {clip_id}: {self.modality} status is {status.name}, not DONE")
+        wanted = list(names or self.array_specs)
+        if self.is_quantized and "tokens" in wanted and TOKEN_SCALE not in wanted:
+            wanted.append(TOKEN_SCALE)
         out = {}
-        for name in names or self.array_specs:
+        for name in wanted:
             if name not in self.array_specs:
                 raise StoreError(f"{self.path}: no array {name!r} (has {sorted(self.array_specs)})")
-            array = self._arrays[name]
-            if not self._chunk_file(array, index).exists():
+            if not self._has_chunk(name, index):
                 raise CorruptClipError(str(self.store.path), clip_id, f"marked done but {self.modality}/{name} has no data chunk")
             try:
-                out[name] = array[index]
-            except ValueError as err:   # zarr's crc32c codec raises ValueError on a mismatch
+                out[name] = self._arrays[name][index]
+            except CHECKSUM_ERRORS as err:
                 raise CorruptClipError(str(self.store.path), clip_id, f"{self.modality}/{name} is damaged ({err})") from err
+        if self.is_quantized and "tokens" in out:
+            out["tokens"] = dequantize_tokens(out["tokens"], out[TOKEN_SCALE])
+            if names and TOKEN_SCALE not in names:
+                del out[TOKEN_SCALE]
         return out
+
+    def _has_chunk(self, name: str, index: int) -> bool:
+        return self._chunk_file(self._arrays[name], index).exists()
 
     def _chunk_file(self, array: zarr.Array, index: int) -> Path:
         key = array.metadata.encode_chunk_key((index,) + (0,) * (array.ndim - 1))
@@ -272,6 +307,9 @@ class FeatureStore:
             fingerprint = found[0]
         elif fingerprint not in found:
             raise StoreError(f"{self.path}: no {modality} entry with fingerprint {fingerprint} (have: {', '.join(found) or 'none'})")
+        return self._open_entry(modality, fingerprint)
+
+    def _open_entry(self, modality: str, fingerprint: str) -> FeatureEntry:
         group = _open_group(self.path / modality / fingerprint, mode="r+" if self._writable else "r")
         return FeatureEntry(self, modality, fingerprint, group)
 
@@ -399,6 +437,8 @@ def open_store(path: str | os.PathLike, mode: str = "r") -> FeatureStore:
         StoreError: no store at `path`, or another schema version.
     """
     path = Path(path)
+    if is_h5_path(path):
+        return _open_h5(path)   # read only, whatever `mode` asks
     if not (path / "zarr.json").exists():
         raise StoreError(f"{path}: no feature store here; run `extract` first (see run_all.sh)")
     return FeatureStore(path, _open_group(path, mode))
@@ -410,6 +450,15 @@ def _open_group(path: Path, mode: str) -> zarr.Group:
     except ValueError as err:   # json.JSONDecodeError and zarr's metadata errors
         raise StoreError(f"{path / 'zarr.json'}: unreadable metadata ({err}); the store is damaged: "
                          "re-run extract into a new --out") from err
+
+
+def set_codec_threads(num_threads: int) -> None:
+    """Threads blosc may start for one decode in this process (1: decode in the calling thread only), so the
+    codec's threads count in the loader's thread budget instead of competing with the compute threads."""
+    import numcodecs.blosc
+
+    numcodecs.blosc.set_nthreads(num_threads)
+    numcodecs.blosc.use_threads = num_threads > 1
 
 
 @contextlib.contextmanager
@@ -476,6 +525,9 @@ def verify_store(path: str | os.PathLike, *, repair: bool = False) -> VerifyRepo
 
     With `repair`, damaged clips are marked FAILED ("damaged: ...") so the next extract redoes them.
     """
+    if repair and is_h5_path(path):
+        raise StoreError(f"{path}: an HDF5 export is read only; run `mmfer verify --repair` on the Zarr store it "
+                         "was exported from, re-run extract, and export again")
     store = open_store(path, mode="r+")
     report = VerifyReport(str(store.path), damaged=[])
     report.num_leftovers_removed = store.clean_leftovers()
@@ -503,3 +555,158 @@ def verify_store(path: str | os.PathLike, *, repair: bool = False) -> VerifyRepo
                             chunk.unlink()
                             report.num_leftovers_removed += 1
     return report
+
+
+# ---------------------------------------------------------------------------------------------------
+# HDF5: one file holding a store's entries (`mmfer cache-export`), read through the same classes.
+# ---------------------------------------------------------------------------------------------------
+
+H5_SUFFIXES = (".h5", ".hdf5")
+
+
+def is_h5_path(path: str | os.PathLike) -> bool:
+    """A `--cache` that names an HDF5 export (by its suffix) rather than a Zarr store folder."""
+    return Path(path).suffix.lower() in H5_SUFFIXES
+
+
+def _put_json(group, name: str, value: object) -> None:
+    # JSON as a checksummed uint8 dataset: attributes cap at 64 KiB and carry no checksum.
+    data = np.frombuffer(json.dumps(value).encode(), dtype=np.uint8)
+    group.create_dataset(name, data=data, chunks=(max(len(data), 1),), fletcher32=True)
+
+
+def _get_json(group, name: str, where: str) -> object:
+    try:
+        return json.loads(group[name][:].tobytes().decode())
+    except (OSError, KeyError, ValueError) as err:
+        raise StoreError(f"{where}: {name} is missing or damaged ({err}); export the Zarr store again") from err
+
+
+class H5FeatureEntry(FeatureEntry):
+    """A FeatureEntry read from an HDF5 export: the same checks (status DONE, fletcher32 per chunk), read only."""
+
+    def __init__(self, store: "H5FeatureStore", modality: str, fingerprint: str, group) -> None:
+        self.store, self.modality, self.fingerprint, self._group = store, modality, fingerprint, group
+        self.attrs = _get_json(group, "attrs", self.path)
+        self.array_specs = {name: ArraySpec(tuple(s["shape"]), s["dtype"]) for name, s in self.attrs["arrays"].items()}
+        self._arrays = {name: group[name] for name in (*self.array_specs, "status")}
+        self.damaged_status = []
+
+    @property
+    def path(self) -> str:
+        return f"{self.store.path}:/{self.modality}/{self.fingerprint}"
+
+    def reasons(self) -> list[str]:
+        return [str(r) for r in _get_json(self._group, "reason", self.path)]
+
+    def sources(self) -> list[str]:
+        return [str(s) for s in _get_json(self._group, "source", self.path)]
+
+    def _has_chunk(self, name: str, index: int) -> bool:
+        return True   # export writes every done clip's chunks; fletcher32 catches damage
+
+    def clip_chunk_files(self, index: int) -> list[Path]:
+        return []
+
+    def write_clip(self, clip_id: str, arrays: dict, source: str) -> ClipRecord:
+        raise StoreError(f"{self.store.path}: an HDF5 export is read only; extract into the Zarr store and export again")
+
+    def _set_status(self, index: int, status: ClipStatus, reason: str, source: str) -> None:
+        raise StoreError(f"{self.store.path}: an HDF5 export is read only; repair the Zarr store "
+                         "(`mmfer verify STORE --repair`) and export again")
+
+
+class H5FeatureStore(FeatureStore):
+    """An HDF5 export of a store (read only): the clip table, the attributes and every entry."""
+
+    def __init__(self, path: Path, handle) -> None:
+        self.path, self._handle = path, handle
+        attrs = _get_json(handle, "attrs", str(path))
+        found = attrs.get("schema_version")
+        if found != SCHEMA_VERSION:
+            raise StoreError(f"{path}: schema v{found}, this code reads v{SCHEMA_VERSION}; export the store again with this version")
+        self.attrs = attrs
+        self.clip_table = pd.DataFrame(attrs["clip_table"])
+        self._index = {cid: i for i, cid in enumerate(self.clip_table["clip_id"])}
+
+    def fingerprints(self, modality: str) -> list[str]:
+        return sorted(self._handle[modality]) if modality in self._handle else []
+
+    def _open_entry(self, modality: str, fingerprint: str) -> FeatureEntry:
+        return H5FeatureEntry(self, modality, fingerprint, self._handle[modality][fingerprint])
+
+    @property
+    def _writable(self) -> bool:
+        return False
+
+    def clean_leftovers(self) -> int:
+        return 0
+
+    def bytes_on_disk(self) -> int:
+        return self.path.stat().st_size
+
+
+def _open_h5(path: Path) -> H5FeatureStore:
+    import h5py
+
+    if not path.is_file():
+        raise StoreError(f"{path}: no HDF5 feature store here; write one with `mmfer cache-export CACHE --h5 {path}`")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as err:
+        raise StoreError(f"{path}: not a readable HDF5 file ({err}); export the store again") from err
+    return H5FeatureStore(path, handle)
+
+
+def export_h5(store_path: str | os.PathLike, h5_path: str | os.PathLike) -> dict:
+    """Write the Zarr store at `store_path` as one HDF5 file: per entry one chunk per clip, fletcher32 on
+    every dataset, the same attributes, statuses, reasons, sources and clip table. Every done clip is read
+    (checksummed) from the store first; the file is written beside `h5_path` and renamed into place.
+
+    Raises:
+        StoreError: no store, an extract is writing it, or `h5_path` exists.
+        CorruptClipError: a done clip fails its checksum in the store (repair it first).
+    """
+    import h5py
+
+    h5_path = Path(h5_path)
+    if not is_h5_path(h5_path):
+        raise BadInputError(f"{h5_path}: name the HDF5 file with a suffix {' or '.join(H5_SUFFIXES)}")
+    if h5_path.exists():
+        raise StoreError(f"{h5_path}: exists; remove it or choose another --h5")
+    holder = writer_lock_holder(store_path)
+    if holder:
+        raise StoreError(f"{store_path}: an extract is writing this store ({holder}); export when it has finished")
+    store = open_store(store_path, mode="r")
+    h5_path.parent.mkdir(parents=True, exist_ok=True)
+    staging = h5_path.parent / f"{STAGING_PREFIX}{h5_path.name}-{uuid.uuid4().hex[:8]}"
+    counts = {}
+    try:
+        with h5py.File(staging, "w") as out:
+            _put_json(out, "attrs", store.attrs)
+            for modality in MODALITIES:
+                out.create_group(modality)
+                for fp in store.fingerprints(modality):
+                    entry = store.entry(modality, fp)
+                    group = out[modality].create_group(fp)
+                    _put_json(group, "attrs", entry.attrs)
+                    _put_json(group, "reason", entry.reasons())
+                    _put_json(group, "source", entry.sources())
+                    statuses = entry.statuses()
+                    if entry.damaged_status:
+                        raise CorruptClipError(str(store.path), entry.damaged_status[0], f"{modality}/status is damaged")
+                    n = len(statuses)
+                    group.create_dataset("status", data=statuses, chunks=(1,), fletcher32=True)
+                    arrays = {name: group.create_dataset(name, shape=(n, *spec.shape), dtype=spec.dtype,
+                                                         chunks=(1, *spec.shape), fletcher32=True, fillvalue=0)
+                              for name, spec in entry.array_specs.items()}
+                    done = np.flatnonzero(statuses == ClipStatus.DONE)
+                    for index in done:
+                        for name, value in entry.read_clip(store.clip_ids[index]).items():
+                            arrays[name][index] = value
+                    counts[f"{modality}/{fp}"] = len(done)
+        os.rename(staging, h5_path)
+    finally:
+        staging.unlink(missing_ok=True)
+    log.info("%s: exported %s to %s", store_path, counts, h5_path)
+    return {"path": str(h5_path), "clips_done": counts, "bytes": h5_path.stat().st_size}

@@ -58,6 +58,13 @@ def test_every_part_is_reported(report):
     # The store keeps fp16 tokens zstd-compressed: not more than the raw bytes plus the per-array metadata.
     assert 0 < storage["chunk_bytes_per_clip"] <= storage["raw_fp16_padded_bytes_per_clip"] * 1.1
     assert storage["cache_read_mb_s"] > 0 and storage["plain_read_mb_s"] > 0 and storage["ravdess_epoch_read_s"] > 0
+    options = {row["option"]: row for row in storage["size_options"]}   # issue 18: each size option, measured
+    full, pooled = options["--token-pool 1 --token-dtype float"], options["--token-pool 2 --token-dtype float"]
+    assert full["relative_error"] == 0 and pooled["token_bytes_per_clip"] * 4 == full["token_bytes_per_clip"]
+    assert 0 < options["--token-pool 1 --token-dtype int8"]["relative_error"] < 0.01 and 0 < pooled["relative_error"] < 1
+    assert {(r["reader"], r["readers"]) for r in storage["readers"]} == {
+        (name, n) for name in ("zarr-python", "hdf5 (h5py)") for n in (1, 2)}
+    assert all(r["mb_per_s"] > 0 and r["clips_per_s"] > 0 for r in storage["readers"])
     assert [row["clips"] for row in report["scaling"]] == clip_counts(4) == [2, 4]
     for row in report["scaling"]:
         assert row["extract"]["peak_rss_mb"] > 100 and row["train"]["peak_rss_mb"] > 100   # real processes
@@ -67,7 +74,8 @@ def test_every_part_is_reported(report):
         assert ex["setup_s"] > 0 and ex["setup_s"] + ex["loop_s"] <= ex["wall_s"]
     assert report["extract"]["setup_s"] == report["scaling"][-1]["extract"]["setup_s"]
     table = format_report(report)
-    for label in ("1 cached vs online", "2 loader overhead", "3 extract pipeline", "4 bytes per clip", "5 "):
+    for label in ("1 cached vs online", "2 loader overhead", "3 extract pipeline", "4 bytes per clip", "4  size options",
+                  "4  readers", "5 "):
         assert label in table, label
 
 

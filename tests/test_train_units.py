@@ -224,7 +224,7 @@ def test_collate_pads_audio_and_marks_missing_modalities():
     assert batch["audio_mask"].sum(1).tolist() == [3, 0, 5]
     assert batch["frame_mask"].sum(1).tolist() == [2, 2, 0]
     assert batch["has_audio"].tolist() == [True, False, True] and batch["has_video"].tolist() == [True, True, False]
-    assert batch["audio_tokens"][0, 3:].abs().sum() == 0 and batch["video_tokens"].dtype == torch.float32
+    assert batch["audio_tokens"][0, 3:].abs().sum() == 0 and batch["video_tokens"].dtype == torch.float16
     assert batch["clip_ids"] == ["a", "b", "c"] and batch["labels"].tolist() == [1, 2, 3]
 
 

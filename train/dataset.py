@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from mmfer.pipeline.store import ClipStatus, FeatureStore, StoreError, open_store
+from mmfer.pipeline.store import ClipStatus, FeatureStore, StoreError, open_store, set_codec_threads
 
 log = logging.getLogger(__name__)
 
@@ -164,41 +164,87 @@ class ClipDataset(Dataset):
 def collate_clips(items: list[dict], video_shape: tuple[int, int, int] | None = None, audio_dim: int | None = None) -> dict:
     """Stack clips into the batch contract (interfaces.md); masks are True for real frames.
 
-    `video_shape` (Tv, P, Dv) and `audio_dim` (Da) size a modality that no clip of the batch has, so a
-    batch of only no-audio clips still has the audio width the model expects.
+    Tokens keep their stored dtype (fp16): `to_device` casts them on the device, so the host copies half the
+    bytes and never runs a per-clip cast. Video is one `np.stack` into the batch array, audio one masked
+    scatter of the concatenated frames. `video_shape` (Tv, P, Dv) and `audio_dim` (Da) size a modality that
+    no clip of the batch has, so a batch of only no-audio clips still has the audio width the model expects.
 
-    returns video_tokens (B, Tv, P, Dv) float, video_pooled (B, Tv, Dv), frame_mask (B, Tv) bool,
-    has_video (B,) bool, audio_tokens (B, Ta, Da) float, audio_mask (B, Ta) bool, has_audio (B,) bool,
+    returns video_tokens (B, Tv, P, Dv) fp16, video_pooled (B, Tv, Dv), frame_mask (B, Tv) bool,
+    has_video (B,) bool, audio_tokens (B, Ta, Da) fp16, audio_mask (B, Ta) bool, has_audio (B,) bool,
     labels (B,) long, clip_ids list[str]. A missing modality is zeros with an all-False mask.
     """
-    first_video = next((it["video_tokens"] for it in items if it["has_video"]), None)
-    first_audio = next((it["audio_tokens"] for it in items if it["has_audio"]), None)
-    tv, p, dv = first_video.shape if first_video is not None else (video_shape or (1, 1, 1))
-    da = first_audio.shape[1] if first_audio is not None else (audio_dim or 1)
-    ta = max([len(it["audio_tokens"]) for it in items if it["has_audio"]] or [1])
     b = len(items)
-    batch = {
-        "video_tokens": torch.zeros(b, tv, p, dv), "video_pooled": torch.zeros(b, tv, dv),
-        "frame_mask": torch.zeros(b, tv, dtype=torch.bool), "has_video": torch.zeros(b, dtype=torch.bool),
-        "audio_tokens": torch.zeros(b, ta, da), "audio_mask": torch.zeros(b, ta, dtype=torch.bool),
-        "has_audio": torch.zeros(b, dtype=torch.bool),
+    has_video = np.array([bool(it["has_video"]) for it in items])
+    has_audio = np.array([bool(it["has_audio"]) for it in items])
+    with_video = [it for it in items if it["has_video"]]
+    with_audio = [it for it in items if it["has_audio"]]
+    tv, p, dv = with_video[0]["video_tokens"].shape if with_video else (video_shape or (1, 1, 1))
+    da = with_audio[0]["audio_tokens"].shape[1] if with_audio else (audio_dim or 1)
+    for it in with_video:
+        if it["video_tokens"].shape != (tv, p, dv):
+            raise ValueError(f"clip {it['clip_id']}: video tokens {it['video_tokens'].shape}, batch has {(tv, p, dv)}")
+    lengths = np.array([len(it["audio_tokens"]) if it["has_audio"] else 0 for it in items])
+    ta = max(int(lengths.max(initial=0)), 1)
+    video_dtype = with_video[0]["video_tokens"].dtype if with_video else np.float16
+    audio_dtype = with_audio[0]["audio_tokens"].dtype if with_audio else np.float16
+    video = np.zeros((b, tv, p, dv), video_dtype)
+    pooled = np.zeros((b, tv, dv), video_dtype)
+    if len(with_video) == b:
+        np.stack([it["video_tokens"] for it in items], out=video)
+        np.stack([it["video_pooled"] for it in items], out=pooled)
+    elif with_video:
+        video[has_video] = np.stack([it["video_tokens"] for it in with_video])
+        pooled[has_video] = np.stack([it["video_pooled"] for it in with_video])
+    audio_mask = np.arange(ta)[None, :] < lengths[:, None]
+    audio = np.zeros((b, ta, da), audio_dtype)
+    if with_audio:
+        audio[audio_mask] = np.concatenate([it["audio_tokens"] for it in with_audio])
+    return {
+        "video_tokens": torch.from_numpy(video), "video_pooled": torch.from_numpy(pooled),
+        "frame_mask": torch.from_numpy(np.repeat(has_video[:, None], tv, axis=1)),   # extract samples exactly Tv real frames
+        "has_video": torch.from_numpy(has_video),
+        "audio_tokens": torch.from_numpy(audio), "audio_mask": torch.from_numpy(audio_mask),
+        "has_audio": torch.from_numpy(has_audio),
         "labels": torch.tensor([int(it["label"]) for it in items], dtype=torch.long),
         "clip_ids": [it["clip_id"] for it in items],
     }
-    for i, it in enumerate(items):
-        if it["has_video"]:
-            if it["video_tokens"].shape != (tv, p, dv):
-                raise ValueError(f"clip {it['clip_id']}: video tokens {it['video_tokens'].shape}, batch has {(tv, p, dv)}")
-            batch["video_tokens"][i] = torch.from_numpy(np.asarray(it["video_tokens"], dtype=np.float32))
-            batch["video_pooled"][i] = torch.from_numpy(np.asarray(it["video_pooled"], dtype=np.float32))
-            batch["frame_mask"][i] = True   # every stored frame is real: extract samples exactly Tv
-            batch["has_video"][i] = True
-        if it["has_audio"]:
-            n = len(it["audio_tokens"])
-            batch["audio_tokens"][i, :n] = torch.from_numpy(np.asarray(it["audio_tokens"], dtype=np.float32))
-            batch["audio_mask"][i, :n] = True
-            batch["has_audio"][i] = True
-    return batch
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """The batch on `device`: copied as stored (fp16; non-blocking, from pinned memory on CUDA), then its
+    floating tensors cast to fp32 there (autocast picks the compute dtype from that)."""
+    moved = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, non_blocking=True)
+            value = value.float() if value.is_floating_point() else value
+        moved[key] = value
+    return moved
+
+
+def resolve_compute_threads(compute_threads: int, num_workers: int) -> int:
+    """Torch threads for the training process: `compute_threads`, or (0) the cores left after one per loader
+    worker process, at least 1. Without workers the reading thread keeps no core: it only copies fp16 chunks
+    (numpy and the codecs release the GIL) and waits on the disk."""
+    if compute_threads > 0:
+        return compute_threads
+    return max(1, (os.cpu_count() or 1) - num_workers)
+
+
+def apply_thread_budget(compute_threads: int, num_workers: int) -> int:
+    """Fit the threads to the cores: the training process gets `resolve_compute_threads`, every loader
+    worker one torch thread, and the codecs decode in the reading thread (no blosc threads of their own)."""
+    threads = resolve_compute_threads(compute_threads, num_workers)
+    torch.set_num_threads(threads)
+    set_codec_threads(1)
+    log.info("thread budget: %d compute threads, %d loader workers (1 thread each), %d cores",
+             threads, num_workers, os.cpu_count() or 1)
+    return threads
+
+
+def _init_worker(_worker_id: int) -> None:
+    torch.set_num_threads(1)   # a loader worker reads and collates; the compute threads are the parent's
+    set_codec_threads(1)
 
 
 class EpochSampler(Sampler[int]):
@@ -218,14 +264,16 @@ class EpochSampler(Sampler[int]):
 
 
 def make_loader(dataset: ClipDataset, sampler: Sampler, *, batch_size: int, num_workers: int,
-                seed: int, prefetch_factor: int = 4) -> DataLoader:
-    """A DataLoader whose workers are spawned (fork after Zarr use can deadlock) and stay alive across epochs."""
+                seed: int, pin_memory: bool, prefetch_factor: int = 4) -> DataLoader:
+    """A DataLoader whose workers are spawned (fork after Zarr use can deadlock), one thread each, and stay
+    alive across epochs. `pin_memory` (for a CUDA device) lets `to_device` copy without blocking."""
     extra = {}
     if num_workers > 0:
-        extra = {"multiprocessing_context": "spawn", "persistent_workers": True, "prefetch_factor": prefetch_factor}
+        extra = {"multiprocessing_context": "spawn", "persistent_workers": True, "prefetch_factor": prefetch_factor,
+                 "worker_init_fn": _init_worker}
     collate = functools.partial(collate_clips, video_shape=dataset.video_shape, audio_dim=dataset.audio_shape[1])
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      collate_fn=collate, generator=torch.Generator().manual_seed(seed), **extra)
+                      collate_fn=collate, pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed), **extra)
 
 
 class _End:

@@ -30,7 +30,8 @@ from mmfer.train.branch_weights import branch_path, load_branch_weights, save_br
 from mmfer.train.checkpoint import (RESUME_MAY_APPLY, changed_settings, load_checkpoint, previous_path, restore_rng_state,
                                     rng_state, save_checkpoint)
 from mmfer.train.curriculum import check_difficulty, epoch_subset, load_difficulty
-from mmfer.train.dataset import ClipDataset, EpochSampler, make_loader, open_cache, prefetch, should_preload
+from mmfer.train.dataset import (ClipDataset, EpochSampler, apply_thread_budget, make_loader, open_cache, prefetch,
+                                 should_preload, to_device)
 from mmfer.train.losses import ContrastiveLoss, MultimodalLoss, resolve_class_weights
 from mmfer.train.metrics import HEADLINE, aggregate_folds, compute_metrics
 from mmfer.train.mixup import mix_batch, sample_mixup
@@ -111,7 +112,9 @@ def train(cfg: TrainConfig) -> dict:
     dataset = ClipDataset(cache, list(cache.clips["clip_id"]), preload=preload)
     num_workers = 0 if preload else cfg.num_workers   # preloaded clips are read in-process (a thread prefetches)
     sampler = EpochSampler()
-    loader = make_loader(dataset, sampler, batch_size=cfg.training.batch_size, num_workers=num_workers, seed=cfg.seed)
+    loader = make_loader(dataset, sampler, batch_size=cfg.training.batch_size, num_workers=num_workers, seed=cfg.seed,
+                         pin_memory=device.type == "cuda")
+    apply_thread_budget(cfg.compute_threads, num_workers)
     confidence = difficulty.confidence if difficulty is not None else None
 
     fold_metrics, frames, timings = {}, [], []
@@ -381,10 +384,6 @@ def predict(model, loader, sampler: EpochSampler, positions: np.ndarray, device,
         labels.append(batch["labels"].cpu().numpy())
         probs.append(outputs["probabilities"].float().cpu().numpy())
     return clip_ids, np.concatenate(labels), np.concatenate(probs)
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def keep_metrics_lines(path: Path, up_to_epoch: int) -> None:

@@ -129,6 +129,8 @@ def run_bench(*, num_clips: int, preset: str, device: str, work_parent: str | No
                       precision="fp32" if trainer.fold.amp_dtype is None else "fp16", dropout=setup.train_cfg.training.dropout,
                       encoder_gflops=None if preset == "full" else counted)
         storage = parts.storage_stats(stores[num_clips], list(cache.clips["clip_id"]), setup.train_cfg)
+        storage["size_options"] = parts.size_options(stores[num_clips], list(cache.clips["clip_id"]))
+        storage["readers"] = parts.reader_comparison(stores[num_clips], list(cache.clips["clip_id"]), work_dir)
         result = summarize(num_clips, epoch_clips, env, setup_s, scaling, decode, encode, counted, dry,
                            {"memory": memory_runs, "cached": cached_runs, "online": [online_s]}, storage,
                            extract_batch_size=setup.extract_cfg.batch_size)
@@ -240,6 +242,12 @@ def format_report(r: dict) -> str:
               f"4  read: cache {s['cache_read_mb_s']:.0f} MB/s on disk ({s['cache_read_decoded_mb_s']:.0f} MB/s decoded), plain "
               f"sequential {s['plain_read_mb_s']:.0f} MB/s; {s['cache_read_s_per_clip'] * 1e3:.1f} ms/clip -> a {RAVDESS_EPOCH_CLIPS}-clip "
               f"epoch reads in {s['ravdess_epoch_read_s']:.1f} s (cached training epoch {s['ravdess_epoch_cached_train_s']:.0f} s)",
+              "4  size options (visual tokens):  " + "; ".join(
+                  f"{o['option']}: {o['token_bytes_per_clip'] / 1e6:.3f} MB/clip, rel. error {o['relative_error']:.4f}"
+                  for o in s.get("size_options", [])),
+              "4  readers (warm):  " + "; ".join(
+                  f"{o['reader']} x{o['readers']}: {o['mb_per_s']:.0f} MB/s, {o['clips_per_s']:.0f} clips/s"
+                  for o in s.get("readers", [])),
               f"5  {'clips':>6}{'extract s':>11}{'s/clip':>8}{'RSS MB':>8}{'workers':>9}{'train epoch s':>15}{'s/clip':>8}{'RSS MB':>8}"]
     for row in r["scaling"]:
         ex, tr = row["extract"], row["train"]

@@ -147,13 +147,15 @@ def online_batches(decoder, encoders, labels: dict[str, int], *, batch_size: int
 
 def cached_loader(store_path: str, cfg, clip_ids: list[str] | None = None):
     """train/'s own reader: open_cache -> ClipDataset (no preload) -> make_loader, in clip order."""
+    from mmfer.pipeline.device import resolve_device
     from mmfer.train.dataset import ClipDataset, EpochSampler, make_loader, open_cache
 
     cache = open_cache(store_path, use_video=True, use_audio=True)
     ids = list(cache.clips["clip_id"]) if clip_ids is None else clip_ids
     dataset = ClipDataset(cache, ids, preload=False)
     sampler = EpochSampler(range(len(ids)))
-    loader = make_loader(dataset, sampler, batch_size=cfg.training.batch_size, num_workers=cfg.num_workers, seed=cfg.seed)
+    loader = make_loader(dataset, sampler, batch_size=cfg.training.batch_size, num_workers=cfg.num_workers, seed=cfg.seed,
+                         pin_memory=resolve_device(cfg.device).type == "cuda")
     return cache, dataset, loader
 
 
@@ -202,6 +204,54 @@ def storage_stats(store_path: str, clip_ids: list[str], train_cfg) -> dict:
             "cache_read_s_per_clip": cache_s / n, "plain_read_s_per_clip": plain_s / n,
             "cache_read_mb_s": chunk_bytes / cache_s / 1e6, "cache_read_decoded_mb_s": raw_true * n / cache_s / 1e6,
             "plain_read_mb_s": chunk_bytes / plain_s / 1e6}
+
+
+def size_options(store_path: str, clip_ids: list[str]) -> list[dict]:
+    """Visual-token bytes per clip and relative reconstruction error ||x - x'|| / ||x|| of each cache size
+    option (extract's `pool_tokens`, the store's int8 round trip) on the bench's own stored tokens."""
+    from mmfer.extract.shrink import pool_tokens, unpool_tokens
+    from mmfer.pipeline.store import dequantize_tokens, open_store, quantize_tokens
+
+    entry = open_store(store_path).entry("video")
+    tokens = np.stack([entry.read_clip(cid, ("tokens",))["tokens"] for cid in clip_ids]).astype(np.float32)
+    norm = float(np.linalg.norm(tokens))
+    rows = []
+    for pool in (1, 2):
+        pooled = pool_tokens(tokens, pool).astype(np.float16)
+        for dtype in ("float16", "int8"):
+            stored = dequantize_tokens(*quantize_tokens(pooled.astype(np.float32))) if dtype == "int8" else pooled
+            restored = unpool_tokens(stored.astype(np.float32), pool)
+            tv, p, dv = pooled.shape[1:]
+            num_bytes = tv * p * dv * (1 if dtype == "int8" else 2) + (tv * p * 2 if dtype == "int8" else 0)
+            rows.append({"option": f"--token-pool {pool} --token-dtype {'int8' if dtype == 'int8' else 'float'}",
+                         "tokens_per_frame": p, "token_bytes_per_clip": num_bytes,
+                         "relative_error": float(np.linalg.norm(tokens - restored)) / max(norm, 1e-12)})
+    return rows
+
+
+def reader_comparison(store_path: str, clip_ids: list[str], work_dir: Path) -> list[dict]:
+    """MB/s and clips/s reading the same clips (checksums checked) through the store interface from the Zarr
+    store and from its HDF5 export, with 1 and 2 reader threads; page cache warm (both files were just read)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mmfer.pipeline.store import export_h5, open_store
+
+    h5_path = work_dir / "reader-comparison.h5"
+    if not h5_path.exists():
+        export_h5(store_path, h5_path)
+    rows = []
+    for name, path in (("zarr-python", store_path), ("hdf5 (h5py)", h5_path)):
+        entry = open_store(path).entry("video")
+        size = sum(v.nbytes for v in entry.read_clip(clip_ids[0], ("tokens", "pooled")).values())
+        read = lambda cid: entry.read_clip(cid, ("tokens", "pooled"))   # noqa: E731
+        for cid in clip_ids:
+            read(cid)   # warm
+        for readers in (1, 2):
+            with ThreadPoolExecutor(readers) as pool:
+                seconds = min(_timed(lambda: list(pool.map(read, clip_ids))) for _ in range(3))
+            rows.append({"reader": name, "readers": readers, "clips_per_s": len(clip_ids) / seconds,
+                         "mb_per_s": size * len(clip_ids) / seconds / 1e6})
+    return rows
 
 
 def _read_all(files: list[Path]) -> int:

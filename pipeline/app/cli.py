@@ -92,6 +92,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_cache_export(args: argparse.Namespace) -> int:
+    from mmfer.pipeline.store import export_h5
+
+    result = export_h5(args.cache, args.h5)
+    clips = ", ".join(f"{k}: {v} done clips" for k, v in result["clips_done"].items())
+    print(f"wrote {result['path']} ({result['bytes'] / 1e6:.1f} MB; {clips}); read it with --cache {result['path']}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------------
 # Parsers
 # ----------------------------------------------------------------------------------------------------
@@ -132,7 +141,7 @@ def _demo_parser(parser: argparse.ArgumentParser) -> None:
 
 @_register("cache-info", "Print what a feature store holds.")
 def _info_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("cache", help="Feature store folder.")
+    parser.add_argument("cache", help="Feature store folder, or its HDF5 export (.h5).")
     parser.add_argument("--json", action="store_true", help="Print one JSON object.")
     add_common_arguments(parser, with_overrides=False)
     parser.set_defaults(handler=cmd_cache_info)
@@ -141,11 +150,20 @@ def _info_parser(parser: argparse.ArgumentParser) -> None:
 @_register("verify", "Re-read every chunk of a feature store; name damaged clips; clean leftovers of interrupted writes. "
                      "Exits 1 when damage is found and not repaired.")
 def _verify_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("cache", help="Feature store folder.")
+    parser.add_argument("cache", help="Feature store folder, or its HDF5 export (.h5; checked, never repaired).")
     parser.add_argument("--repair", action="store_true",
                         help="Mark damaged clips failed ('damaged: ...'), so the next extract redoes them; exits 0 once marked.")
     add_common_arguments(parser, with_overrides=False)
     parser.set_defaults(handler=cmd_verify)
+
+
+@_register("cache-export", "Write a feature store as one HDF5 file (one chunk per clip, fletcher32 checksums), "
+                           "readable by train-fusion, cache-info, verify and predict as --cache FILE.h5.")
+def _export_h5_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("cache", help="Feature store folder (Zarr) to export.")
+    parser.add_argument("--h5", required=True, help="HDF5 file to write (.h5 or .hdf5; must not exist).")
+    add_common_arguments(parser, with_overrides=False)
+    parser.set_defaults(handler=cmd_cache_export)
 
 
 @_register("predict", "Emotions for your videos with a trained run or an exported model (the run's exact extraction).")

@@ -139,8 +139,11 @@ class Predictor:
         if video.get("face_crop") == "detect" and not decoded.found_face:
             item["notes"].append(NO_FACE_NOTE)
         if self.video is not None:
+            from mmfer.extract.shrink import pool_tokens
+
             tokens, pooled = self.encoders.encode_visual([decoded.pixel_inputs])
-            item["video_tokens"] = _as_stored(tokens[0], self.video, "tokens", path)
+            clip_tokens = pool_tokens(tokens[0], int(self.video.get("token_pool", 1)))   # as extract stored them
+            item["video_tokens"] = _as_stored(clip_tokens, self.video, "tokens", path)
             item["video_pooled"] = _as_stored(pooled[0], self.video, "pooled", path)
         if decoded.audio is None:
             item["notes"].append("video only: no audio stream")
@@ -158,8 +161,7 @@ class Predictor:
     @torch.inference_mode()
     def predict(self, items: list[dict]) -> np.ndarray:
         """Probabilities (N, C) float32: each clip alone (B = 1), averaged over the bundle's fold models."""
-        from mmfer.train.dataset import collate_clips
-        from mmfer.train.loop import to_device
+        from mmfer.train.dataset import collate_clips, to_device
 
         total = np.zeros((len(items), self.num_classes), dtype=np.float64)
         for state in self.bundle.states:
@@ -182,7 +184,8 @@ class Predictor:
 
 
 def _as_stored(value: np.ndarray, record: dict, name: str, path, time_axis: bool = False) -> np.ndarray:
-    """The store's write conversion: shape check, refuse NaN/Inf, cast to the entry dtype (float16)."""
+    """The store's write conversion: shape check, refuse NaN/Inf, cast to the entry dtype (float16; int8 tokens
+    quantized and read back)."""
     spec = record["arrays"][name]
     want = tuple(spec["shape"])
     value = np.asarray(value)
@@ -190,6 +193,10 @@ def _as_stored(value: np.ndarray, record: dict, name: str, path, time_axis: bool
         raise PredictError(f"{path}: {name} has shape {value.shape}, the model's features have {want}")
     if not np.isfinite(value).all():
         raise PredictError(f"{path}: encoder-output: {name} contains NaN or Inf")
+    if spec["dtype"] == "int8":   # --token-dtype int8: the store's round trip, float16 as training read it
+        from mmfer.pipeline.store import dequantize_tokens, quantize_tokens
+
+        return dequantize_tokens(*quantize_tokens(value.astype(np.float32)))
     return value.astype(spec["dtype"], copy=False)
 
 
