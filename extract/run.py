@@ -29,6 +29,7 @@ from mmfer.extract.worker import DecodedItem, DecodeJob, decode_job
 from mmfer.pipeline.config import ExtractConfig
 from mmfer.pipeline.device import resolve_device
 from mmfer.pipeline.errors import ConfigError, MmferError
+from mmfer.pipeline.labels import EMOTIONS
 from mmfer.pipeline.faults import crash_point
 from mmfer.pipeline.progress import Progress
 from mmfer.pipeline.store import (ArraySpec, ClipStatus, FeatureEntry, FeatureStore, StoreError, create_store,
@@ -134,7 +135,8 @@ def _extract_locked(cfg: ExtractConfig, table: pd.DataFrame, device: torch.devic
              torch.__version__, encoders.visual.identity["name"], encoders.audio.identity["name"])
 
     store = create_store(cfg.out, table, {"dataset": cfg.dataset, "root": str(Path(cfg.root).resolve()),
-                                          "created_by": "mmfer extract", "preset": cfg.preset})
+                                          "created_by": "mmfer extract", "preset": cfg.preset,
+                                          "label_names": list(table.attrs.get("label_names") or EMOTIONS)})
     removed = store.clean_leftovers()
     if removed:
         log.info("removed %d leftovers of interrupted writes", removed)

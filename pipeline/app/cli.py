@@ -31,7 +31,9 @@ log = logging.getLogger("mmfer")
 
 def cmd_extract(args: argparse.Namespace) -> int:
     cfg: ExtractConfig = resolve_config(ExtractConfig, args)
-    if not cfg.root:
+    if cfg.dataset == "manifest" and not cfg.manifest:
+        raise ConfigError("extract --dataset manifest needs --manifest FILE (.csv or .jsonl, one row per clip)")
+    if cfg.dataset != "manifest" and not cfg.root:
         raise ConfigError("extract needs --root (the dataset folder; e.g. `mmfer make-demo --out demo_data` first)")
     from mmfer.data.datasets import build_manifest  # imported here: each subcommand loads only what it uses
     from mmfer.extract.run import extract_all
@@ -64,11 +66,12 @@ def cmd_train_fusion(args: argparse.Namespace) -> int:
 
 def cmd_make_demo(args: argparse.Namespace) -> int:
     cfg: DemoConfig = resolve_config(DemoConfig, args)
-    from mmfer.data.demo import make_demo
+    from mmfer.data.demo import make_crema_d_demo, make_demo
 
-    manifest = make_demo(cfg.out, seed=cfg.seed, num_actors=cfg.num_actors, clips_per_emotion=cfg.clips_per_emotion,
-                         size_px=cfg.size_px, duration_s=cfg.duration_s, overwrite=cfg.overwrite)
-    print(f"wrote {len(manifest)} demo clips ({cfg.num_actors} actors) to {cfg.out}")
+    write = make_crema_d_demo if cfg.layout == "crema-d" else make_demo
+    manifest = write(cfg.out, seed=cfg.seed, num_actors=cfg.num_actors, clips_per_emotion=cfg.clips_per_emotion,
+                     size_px=cfg.size_px, duration_s=cfg.duration_s, overwrite=cfg.overwrite)
+    print(f"wrote {len(manifest)} demo clips ({cfg.num_actors} actors, {cfg.layout} layout) to {cfg.out}")
     return 0
 
 
