@@ -173,9 +173,12 @@ def make_demo(
     return manifest
 
 
+CREMA_D_WAV_RATE_HZ = 16000   # CREMA-D's AudioWAV files are 16 kHz mono
+
+
 def make_crema_d_demo(
     out_dir: str | os.PathLike, *, seed: int, num_actors: int, clips_per_emotion: int,
-    size_px: int, duration_s: float, overwrite: bool, fps: int = 25, sample_rate_hz: int = 16000,
+    size_px: int, duration_s: float, overwrite: bool,
 ) -> pd.DataFrame:
     """Write the demo in CREMA-D's layout: VideoFlash/<actor>_<sentence>_<EMO>_XX.flv (H.264 + AAC), the same
     sound as AudioWAV/*.wav (16 kHz mono) and VideoDemographics.csv, for actors 1001.. and the 6 CREMA-D
@@ -199,9 +202,8 @@ def make_crema_d_demo(
             for sentence in SENTENCES[:clips_per_emotion]:
                 name = f"{actor}_{sentence}_{code}_XX"
                 flv = write_demo_clip(out_dir / "VideoFlash" / f"{name}.flv", emotion, actor, duration_s=duration_s,
-                                      size_px=size_px, fps=fps, sample_rate_hz=sample_rate_hz,
-                                      statement=1 + SENTENCES.index(sentence) % 2, seed=seed)
-                run_ffmpeg(["-y", "-i", str(flv), "-vn", "-ac", "1", "-ar", str(sample_rate_hz), "-c:a", "pcm_s16le",
+                                      size_px=size_px, statement=1 + SENTENCES.index(sentence) % 2, seed=seed)
+                run_ffmpeg(["-y", "-i", str(flv), "-vn", "-ac", "1", "-ar", str(CREMA_D_WAV_RATE_HZ), "-c:a", "pcm_s16le",
                             "-map_metadata", "-1", "-fflags", "+bitexact", str(out_dir / "AudioWAV" / f"{name}.wav")],
                            path=flv, timeout_s=ENCODE_TIMEOUT_S)
     (out_dir / "VideoDemographics.csv").write_text("\n".join(rows) + "\n")

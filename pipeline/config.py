@@ -472,6 +472,24 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class EvaluateConfig:
+    run: str = ""
+    """A train-fusion run folder (required)."""
+    cache: str = ""
+    """Another dataset's feature store, extracted with the run's encoders and settings (required)."""
+    label_map: str | None = None
+    """YAML {cache label: run label}; default: the classes both name alike (RAVDESS and CREMA-D share neutral, happy, sad, angry, fearful, disgust)."""
+    out: str = "evaluation"
+    """Folder for metrics.json, predictions.csv and the confusion matrix."""
+    fold: str | None = None
+    """One fold model: its number (1-based) or name; default: the ensemble of every fold model."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N or auto."""
+    batch_size: int = 16
+    """Clips per forward pass."""
+
+
+@dataclass(frozen=True)
 class BenchConfig:
     device: str = "cpu"
     """cpu, cuda or cuda:N."""

@@ -11,6 +11,7 @@ import sys
 import pandas as pd
 import pytest
 from extract_helpers import extract_config
+from synthetic_store import make_store
 
 from mmfer.data.crema_d import BROKEN_CLIPS, parse_crema_d_name, scan_crema_d
 from mmfer.data.datasets import build_manifest
@@ -147,10 +148,17 @@ def test_manifest_clips_extract_and_train_with_their_own_labels(tmp_path, tiny_m
     confusion = pd.read_csv(out / "confusion_matrix.csv", index_col=0)
     assert list(confusion.index) == [f"true_{n}" for n in LABELS] and confusion.to_numpy().sum() == 18
     assert set(run["folds"]["fold1"]["per_class"]) == set(LABELS)
+    predicted = tmp_path / "predict.csv"
+    result = subprocess.run([sys.executable, "-m", "mmfer.pipeline.app.cli", "predict", "--run", str(out), "--fold", "1",
+                             "--device", "cpu", "--out", str(predicted), str(tmp_path / "media" / "ann_sad.mp4")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = pd.read_csv(predicted).iloc[0]
+    assert row["prediction"] in LABELS and [c for c in row.index if c.startswith("prob_")] == [f"prob_{n}" for n in LABELS]
 
 
 @pytest.mark.slow
-def test_crema_d_demo_extracts_and_trains_on_its_six_classes(tmp_path, tiny_models):
+def test_crema_d_demo_extracts_and_trains_on_its_six_classes(tmp_path, tiny_models, demo_cache):
     """make-demo --layout crema-d (FLV + WAV) -> extract --dataset crema-d -> one epoch of fold 1 of crema-d-5fold,
     restricted by a fold file to the 4 demo actors."""
     result = subprocess.run([sys.executable, "-m", "mmfer.pipeline.app.cli", "make-demo", "--layout", "crema-d", "--out",
@@ -177,3 +185,29 @@ def test_crema_d_demo_extracts_and_trains_on_its_six_classes(tmp_path, tiny_mode
     assert set(run["folds"]["demo"]["per_class"]) == set(CREMA_D_EMOTIONS)
     predictions = pd.read_csv(tmp_path / "run" / "predictions.csv")
     assert len(predictions) == 6 and set(predictions["label"]) == set(CREMA_D_EMOTIONS)
+
+    # RAVDESS -> CREMA-D: a one-epoch RAVDESS run scored on the CREMA-D cache, on the 6 shared classes
+    ravdess_folds = tmp_path / "ravdess_folds.json"
+    ravdess_folds.write_text(json.dumps([{"name": "r1", "test_actors": [1], "val_actors": [2]}]))
+    train(train_config_with_preset({"cache": str(demo_cache), "out": str(tmp_path / "ravdess_run"), "preset": "tiny",
+                                    "device": "cpu", "split.protocol": "file", "split.fold_file": str(ravdess_folds),
+                                    "training.max_epochs": 1, "training.batch_size": 4}))
+    cli = [sys.executable, "-m", "mmfer.pipeline.app.cli", "evaluate", "--run", str(tmp_path / "ravdess_run"), "--device", "cpu"]
+    result = subprocess.run([*cli, "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "eval")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluation = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert evaluation["classes"] == ["neutral", "happy", "sad", "angry", "fearful", "disgust"]   # the run's order
+    assert evaluation["num_clips"] == 24 and evaluation["metrics"]["num_clips"] == 24
+    confusion = pd.read_csv(tmp_path / "eval" / "confusion_matrix.csv", index_col=0)
+    assert confusion.shape == (6, 6) and confusion.to_numpy().sum() == 24
+    # a label map narrows the classes; a cache of other encoders is refused in one line, exit 2
+    (tmp_path / "map.yaml").write_text("angry: angry\nsad: sad\n")
+    result = subprocess.run([*cli, "--cache", str(tmp_path / "cache"), "--label-map", str(tmp_path / "map.yaml"),
+                             "--out", str(tmp_path / "eval2")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "eval2" / "metrics.json").read_text())["classes"] == ["sad", "angry"]
+    other = make_store(tmp_path / "other_cache", repetitions=1)
+    result = subprocess.run([*cli, "--cache", str(other), "--out", str(tmp_path / "eval3")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "holds no features made with run" in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "eval3").exists()

@@ -169,6 +169,15 @@ def _export_parser(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=cmd_export)
 
 
+@_register("evaluate", "Cross-corpus evaluation: a run's models on another dataset's cache, on the classes they share.")
+def _evaluate_parser(parser: argparse.ArgumentParser) -> None:
+    from mmfer.pipeline.app.evaluate import add_evaluate_arguments, cmd_evaluate
+
+    add_evaluate_arguments(parser)
+    add_common_arguments(parser, with_overrides=False)
+    parser.set_defaults(handler=cmd_evaluate)
+
+
 @_register("ablate", "Ablation study from one cache: audio/visual/early/LFM2 and recipe variants, same folds and seeds.")
 def _ablate_parser(parser: argparse.ArgumentParser) -> None:
     from mmfer.pipeline.app.ablate import add_ablate_arguments, cmd_ablate  # light: torch loads only when it runs
