@@ -23,6 +23,9 @@ def build_manifest(cfg: ExtractConfig) -> pd.DataFrame:
         if not cfg.manifest:
             raise ConfigError("--dataset manifest needs --manifest FILE (.csv or .jsonl, one row per clip)")
         manifest, names = read_own_manifest(cfg.manifest, labels=cfg.labels)
+    elif cfg.dataset in ("dfew", "mafw"):
+        from mmfer.data.official_folds import scan_official_folds
+        manifest, names = scan_official_folds(cfg.root, cfg.dataset)
     elif cfg.dataset == "crema-d":
         from mmfer.data.crema_d import scan_crema_d
         manifest, names = scan_crema_d(cfg.root), CREMA_D_EMOTIONS

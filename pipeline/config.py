@@ -31,10 +31,10 @@ def _check_finite(cfg: object, section: str) -> None:
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    dataset: Literal["ravdess", "crema-d", "manifest"] = "ravdess"
+    dataset: Literal["ravdess", "crema-d", "dfew", "mafw", "manifest"] = "ravdess"
     """Dataset adapter that turns --root (or --manifest) into a manifest (README "Datasets")."""
     root: str = ""
-    """Dataset folder (RAVDESS: the Actor_01..Actor_24 folders; CREMA-D: the folder holding VideoFlash)."""
+    """Dataset folder (RAVDESS: the Actor_01..Actor_24 folders; CREMA-D: the folder holding VideoFlash; DFEW, MAFW: the official release's top folder)."""
     manifest: str | None = None
     """--dataset manifest: a .csv or .jsonl file, one row per clip (clip_id, video_path, label, speaker, ...)."""
     labels: str | None = None
@@ -283,7 +283,7 @@ class TrainingConfig:
 @dataclass(frozen=True)
 class SplitConfig:
     protocol: Literal["auto", "ravdess-6fold", "crema-d-5fold", "manifest", "speaker-kfold", "fixed", "file"] = "auto"
-    """auto: the cache's dataset's own (ravdess-6fold, crema-d-5fold; a manifest's fold/split column, else speaker-kfold); ravdess-6fold: fold k tests actors 4k-3..4k (published AV protocol); crema-d-5fold: HiCMAE's 5 blocks of actors; manifest: the fold or split column; speaker-kfold: num_folds consecutive blocks of speakers; fixed: one RAVDESS train/val/test split by actor; file: --split.fold-file."""
+    """auto: the cache's dataset's own (ravdess-6fold, crema-d-5fold; DFEW/MAFW: their official sets via the fold column; a manifest's fold/split column, else speaker-kfold); ravdess-6fold: fold k tests actors 4k-3..4k (published AV protocol); crema-d-5fold: HiCMAE's 5 blocks of actors; manifest: the fold or split column; speaker-kfold: num_folds consecutive blocks of speakers; fixed: one RAVDESS train/val/test split by actor; file: --split.fold-file."""
     num_folds: int = 5
     """Folds of speaker-kfold."""
     fold_file: str | None = None

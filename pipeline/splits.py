@@ -158,6 +158,8 @@ def resolve_protocol(protocol: str, *, dataset: str | None, clips: pd.DataFrame)
         return protocol
     if dataset == "crema-d":
         return "crema-d-5fold"
+    if dataset in ("dfew", "mafw"):
+        return "manifest"   # the official sets, recorded in the clip table's fold column
     if dataset == "manifest":
         return "manifest" if ("fold" in clips and clips["fold"].notna().all()) or \
             ("split" in clips and clips["split"].notna().all()) else "speaker-kfold"

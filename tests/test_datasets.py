@@ -211,3 +211,54 @@ def test_crema_d_demo_extracts_and_trains_on_its_six_classes(tmp_path, tiny_mode
     result = subprocess.run([*cli, "--cache", str(other), "--out", str(tmp_path / "eval3")], capture_output=True, text=True, timeout=600)
     assert result.returncode == 2 and "holds no features made with run" in result.stderr, result.stderr[-2000:]
     assert not (tmp_path / "eval3").exists()
+
+
+def _dfew_tree(root, clips):
+    """DFEW's release layout: clips {n: (label 1..7, test set k)}; each set's train list is every other clip."""
+    for kind in ("train", "test"):
+        folder = root / "EmoLabel_DataSplit" / f"{kind}(single-labeled)"
+        folder.mkdir(parents=True, exist_ok=True)
+        for k in range(1, 6):
+            chosen = [(n, lab) for n, (lab, s) in clips.items() if (s == k) == (kind == "test")]
+            (folder / f"set_{k}.csv").write_text("video_name,label\n" + "".join(f"{n},{lab}\n" for n, lab in chosen))
+    for n in clips:
+        _touch(root / "Clip" / "original" / f"{n:05d}.mp4")
+
+
+def _mafw_tree(root, clips):
+    """MAFW's release layout: clips {stem: (label, test set k)}."""
+    for k in range(1, 6):
+        folder = root / "Train & Test Set" / "single" / "no_caption" / f"set_{k}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for kind in ("train", "test"):
+            chosen = [(s, lab) for s, (lab, t) in clips.items() if (t == k) == (kind == "test")]
+            (folder / f"{kind}.txt").write_text("".join(f"{s}.mp4 {lab}\n" for s, lab in chosen))
+    for stem in clips:
+        _touch(root / "data" / "clips" / f"{stem}.mp4")
+
+
+def test_dfew_and_mafw_set_files_drive_their_folds(tmp_path, caplog):
+    from mmfer.data.official_folds import DFEW_LABELS, MAFW_LABELS
+
+    dfew = {n: (1 + n % 7, 1 + n % 5) for n in range(1, 21)}
+    _dfew_tree(tmp_path / "dfew", dfew)
+    (tmp_path / "dfew" / "Clip" / "original" / "00020.mp4").unlink()          # listed but absent: left out
+    cfg = ExtractConfig(dataset="dfew", root=str(tmp_path / "dfew"))
+    with caplog.at_level(logging.WARNING):
+        table = build_manifest(cfg)
+    assert table.attrs["label_names"] == list(DFEW_LABELS) and len(table) == 19 and "00020" in caplog.text
+    assert dict(zip(table["clip_id"], table["emotion"]))["00003"] == DFEW_LABELS[3]   # label 4 = angry
+    protocol = resolve_protocol("auto", dataset="dfew", clips=table)
+    folds = make_folds(protocol, num_val_actors=1, fold_file=None, clips=table, num_folds=5)
+    by_actor = dict(zip(table["actor"], table["clip_id"]))
+    for k, fold in enumerate(folds, start=1):
+        assert sorted(by_actor[a] for a in fold.test_actors) == sorted(f"{n:05d}" for n, (_, s) in dfew.items() if s == k and n != 20)
+
+    mafw = {f"{n:05d}": (MAFW_LABELS[n % 11], 1 + n % 5) for n in range(1, 23)}
+    _mafw_tree(tmp_path / "mafw", mafw)
+    table = build_manifest(ExtractConfig(dataset="mafw", root=str(tmp_path / "mafw")))
+    assert table.attrs["label_names"] == list(MAFW_LABELS) and len(table) == 22
+    assert dict(zip(table["clip_id"], table["fold"])) == {s: k for s, (_, k) in mafw.items()}
+    (tmp_path / "mafw" / "Train & Test Set" / "single" / "no_caption" / "set_2" / "test.txt").write_text("00001.mp4 joy\n")
+    with pytest.raises(Exception, match=r"set_2/test.txt line 1: expected '<clip>.mp4 <label>'"):
+        build_manifest(ExtractConfig(dataset="mafw", root=str(tmp_path / "mafw")))
