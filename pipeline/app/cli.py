@@ -108,7 +108,7 @@ def _extract_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_parser(parser: argparse.ArgumentParser) -> None:
-    parser.description = "Stage 2: train the fusion model from the feature store only (6-fold speaker-independent CV by default)."
+    parser.description = "Stage 2: train the fusion model from the feature store only (by default the dataset's own speaker-independent folds: RAVDESS 6, CREMA-D 5, a manifest's fold column or 5 speaker folds)."
     parser.add_argument("--dry-run", action="store_true", help="Print parameters, FLOPs per clip and GPU memory estimates; train nothing.")
     parser.add_argument("--json", action="store_true", help="With --dry-run: print one JSON object.")
     add_config_flags(parser, TrainConfig, TRAIN_ALIASES)
@@ -126,7 +126,7 @@ def _register(name: str, help_text: str):
     return wrap
 
 
-@_register("make-demo", "Write the synthetic RAVDESS-format demo dataset (real mp4 files).")
+@_register("make-demo", "Write the synthetic demo dataset (real files; RAVDESS layout, or --layout crema-d).")
 def _demo_parser(parser: argparse.ArgumentParser) -> None:
     add_config_flags(parser, DemoConfig)
     add_common_arguments(parser, example="num_actors=2")
