@@ -278,6 +278,11 @@ class TrainingConfig:
             raise ValueError(f"training.betas must be in [0, 1), got {list(self.betas)}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"training.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.class_weights not in ("none", "auto"):   # their count is checked against the cache's classes
+            try:
+                [float(v) for v in self.class_weights.split(",")]
+            except ValueError:
+                raise ValueError("training.class_weights must be none, auto or one comma-separated number per class") from None
 
 
 @dataclass(frozen=True)

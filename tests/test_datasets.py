@@ -262,3 +262,26 @@ def test_dfew_and_mafw_set_files_drive_their_folds(tmp_path, caplog):
     (tmp_path / "mafw" / "Train & Test Set" / "single" / "no_caption" / "set_2" / "test.txt").write_text("00001.mp4 joy\n")
     with pytest.raises(Exception, match=r"set_2/test.txt line 1: expected '<clip>.mp4 <label>'"):
         build_manifest(ExtractConfig(dataset="mafw", root=str(tmp_path / "mafw")))
+
+
+def test_class_weights_count_follows_the_cache_classes():
+    import numpy as np
+
+    from mmfer.pipeline.errors import ConfigError
+    from mmfer.train.losses import resolve_class_weights
+
+    assert resolve_class_weights("1,2,3", np.array([0, 1, 2]), 3).tolist() == [1.0, 2.0, 3.0]
+    with pytest.raises(ConfigError, match="has 8 numbers, but the cache has 3 classes"):
+        resolve_class_weights("1,1,1,1,1,1,1,1", np.array([0]), 3)
+
+
+def test_train_refuses_class_weights_of_another_class_count_before_writing(tmp_path):
+    from mmfer.pipeline.errors import ConfigError
+    from mmfer.train.loop import train
+
+    cache = make_store(tmp_path / "cache", repetitions=1)   # written without label_names: RAVDESS's 8
+    cfg = train_config_with_preset({"cache": str(cache), "out": str(tmp_path / "run"), "preset": "tiny", "device": "cpu",
+                                    "training.class_weights": "1,2,3"})
+    with pytest.raises(ConfigError, match=r"has 3 numbers, but .* has 8 classes \(neutral, calm"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()

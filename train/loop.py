@@ -158,6 +158,10 @@ def with_cache_settings(cfg: TrainConfig) -> TrainConfig:
     if cfg.model.num_classes != len(names):
         log.info("%s: %d classes (%s); model.num_classes set to %d", cfg.cache, len(names), ", ".join(names), len(names))
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=len(names)))
+    weights = cfg.training.class_weights
+    if weights not in ("none", "auto") and len(weights.split(",")) != len(names):
+        raise ConfigError(f"training.class_weights has {len(weights.split(','))} numbers, but {cfg.cache} has "
+                          f"{len(names)} classes ({', '.join(names)}); give one number per class, or auto / none")
     protocol = resolve_protocol(cfg.split.protocol, dataset=store.attrs.get("dataset"), clips=store.clip_table)
     return dataclasses.replace(cfg, split=dataclasses.replace(cfg.split, protocol=protocol))
 
