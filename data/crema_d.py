@@ -1,8 +1,9 @@
 """CREMA-D adapter: `VideoFlash/*.flv` (+ `AudioWAV/*.wav`, `VideoDemographics.csv`) -> the manifest.
 
 Names are `ActorID_Sentence_Emotion_Level` (e.g. `1001_DFA_ANG_XX`): actors 1001-1091, 12 sentences,
-emotions ANG DIS FEA HAP NEU SAD (class ids in that order), levels LO MD HI XX. A clip is its FLV (video
-with its own sound); a WAV without its FLV is skipped (counted in one warning). The clips published work
+emotions ANG DIS FEA HAP NEU SAD (class ids in that order), levels LO MD HI XX. A clip is its FLV; its audio
+comes from AudioWAV/<name>.wav when that exists (`audio_path`), else from the FLV's own stream (`audio_path`
+""). A WAV without its FLV is skipped (counted in one warning). The clips published work
 drops as broken (BROKEN_CLIPS) are left out. Sex comes from VideoDemographics.csv when present.
 """
 
@@ -76,8 +77,9 @@ def scan_crema_d(root: str) -> pd.DataFrame:
         elif fields["clip_id"] in BROKEN_CLIPS:
             broken.append(fields["clip_id"])
         else:
+            wav = root_path / "AudioWAV" / f"{path.stem}.wav"
             rows.append({**fields, "path": str(path), "dataset": "crema-d", "gender": sexes.get(fields["actor"], ""),
-                         "recording_id": fields["clip_id"]})
+                         "recording_id": fields["clip_id"], "audio_path": str(wav) if wav.is_file() else ""})
     if bad:
         log.warning("%s: skipped %d file(s) whose names are not CREMA-D names, e.g. %s",
                     root_path, len(bad), ", ".join(bad[:NUM_NAMES_IN_WARNING]))

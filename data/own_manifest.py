@@ -1,7 +1,8 @@
 """Your own data: a `.csv` or `.jsonl` file with one row per clip -> the manifest (data/manifest.py).
 
 Columns: clip_id, video_path (absolute or relative to the manifest's folder), label (a name), speaker,
-optional audio_path, start_s, end_s, fold (integer) or split (train/val/test), group. A bad row is logged
+optional audio_path (audio from this file), start_s, end_s (a segment; extract cuts it), fold (integer) or split
+(train/val/test), group. A bad row is logged
 with its line number and left out; the rest go on. Speakers get numbers 1..N (sorted by name) in `actor`,
 their names stay in `speaker`; a `group` becomes `recording_id` (the leakage guard keeps it in one split).
 """
@@ -86,11 +87,6 @@ def read_own_manifest(path: str, *, labels: str | None) -> tuple[pd.DataFrame, t
         raise ManifestError(f"{manifest_path}: some rows have a fold and others not; give every row a fold (or none)")
     if table["split"].ne("").any() and table["split"].eq("").any():
         raise ManifestError(f"{manifest_path}: some rows have a split and others not; give every row a split (or none)")
-    segmented = table[table["start_s"].notna() | table["end_s"].notna() | table["audio_path"].ne("")]
-    if len(segmented):
-        raise ManifestError(f"{manifest_path}: {len(segmented)} row(s) (e.g. clip {segmented['clip_id'].iloc[0]}) give "
-                            "start_s/end_s or audio_path, which extract cannot cut or read yet; give whole files "
-                            "(cut segments with ffmpeg first) or leave those columns empty")
     names = fixed or tuple(sorted(table["emotion"].unique()))
     speakers = sorted(table["speaker"].unique())
     table["label"] = table["emotion"].map({n: i for i, n in enumerate(names)}).astype("int64")
@@ -103,7 +99,8 @@ def read_own_manifest(path: str, *, labels: str | None) -> tuple[pd.DataFrame, t
         table["fold"] = table["fold"].astype("int64")
     if table["split"].eq("").all():
         table = table.drop(columns=["split"])
-    table = table.drop(columns=["start_s", "end_s", "audio_path"])
+    table = table.drop(columns=[c for c in ("start_s", "end_s") if table[c].isna().all()] +
+                       (["audio_path"] if table["audio_path"].eq("").all() else []))
     return with_sources(table), names
 
 

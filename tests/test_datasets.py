@@ -74,10 +74,11 @@ def test_jsonl_manifest_sorted_label_names_and_groups(tmp_path):
     assert fold.train_actors == (1,) and fold.test_actors == (2,)
 
 
-def test_manifest_segments_are_refused_until_extract_cuts_them(tmp_path):
+def test_manifest_refuses_mixed_protocol_columns(tmp_path):
     _touch(tmp_path / "a.mp4")
-    manifest = _csv(tmp_path / "m.csv", ["c1,a.mp4,sad,ann,0.5,1.5,"])
-    with pytest.raises(ManifestError, match="start_s/end_s or audio_path, which extract cannot cut"):
+    _touch(tmp_path / "b.mp4")
+    manifest = _csv(tmp_path / "m.csv", ["c1,a.mp4,sad,ann,0.5,1.5,1", "c2,b.mp4,sad,bob,,,"])
+    with pytest.raises(ManifestError, match="some rows have a fold and others not"):
         read_own_manifest(str(manifest), labels=None)
 
 
@@ -107,11 +108,13 @@ def test_crema_d_names_broken_clips_and_wav_only(tmp_path, caplog):
     for stem in ("1001_DFA_ANG_XX", "1002_IEO_HAP_HI", BROKEN_CLIPS[0], "README"):
         _touch(tmp_path / "VideoFlash" / f"{stem}.flv")
     _touch(tmp_path / "AudioWAV" / "1003_IEO_SAD_LO.wav")
+    wav = _touch(tmp_path / "AudioWAV" / "1001_DFA_ANG_XX.wav")
     (tmp_path / "VideoDemographics.csv").write_text("ActorID,Age,Sex,Race,Ethnicity\n1001,51,Male,Caucasian,Not Hispanic\n")
     with caplog.at_level(logging.INFO):
         table = scan_crema_d(str(tmp_path))
     assert list(table["clip_id"]) == ["1001_DFA_ANG_XX", "1002_IEO_HAP_HI"]
     assert list(table["gender"]) == ["male", ""] and list(table["label"]) == [0, 3]
+    assert list(table["audio_path"]) == [str(wav.resolve()), ""]   # the WAV when it exists, else the FLV's sound
     assert "skipped 1 file(s) whose names are not CREMA-D names" in caplog.text
     assert "skipped 1 WAV file(s) without their VideoFlash" in caplog.text and BROKEN_CLIPS[0] in caplog.text
 
@@ -120,18 +123,36 @@ def test_crema_d_names_broken_clips_and_wav_only(tmp_path, caplog):
 def test_manifest_clips_extract_and_train_with_their_own_labels(tmp_path, tiny_models):
     """6 speakers x 3 labels of real demo clips through a manifest with bad rows -> extract -> one epoch of
     speaker-kfold; every output names the 3 classes, none of RAVDESS's 8."""
+    from mmfer.pipeline.media import run_ffmpeg
+
     rows = []
     for s, speaker in enumerate(SPEAKERS, start=1):
         for label in LABELS:
-            write_demo_clip(tmp_path / "media" / f"{speaker}_{label}.mp4", label, s, duration_s=1.0, size_px=64)
-            rows.append(f"{speaker}-{label},media/{speaker}_{label}.mp4,{label},{speaker},,,")
-    rows.append("ghost,media/ghost.mp4,sad,ann,,,")
-    manifest_file = _csv(tmp_path / "clips.csv", rows)
+            video = tmp_path / "media" / f"{speaker}_{label}.mp4"
+            if (speaker, label) == ("fay", "sad"):      # a 1 s segment of a 3 s recording
+                write_demo_clip(video, label, s, duration_s=3.0, size_px=64)
+                rows.append(f"{speaker}-{label},media/{speaker}_{label}.mp4,{label},{speaker},1.0,2.0,,")
+            elif (speaker, label) == ("eve", "happy"):   # silent video + its sound in a separate WAV
+                source = write_demo_clip(tmp_path / "src.mp4", label, s, duration_s=1.0, size_px=64)
+                write_demo_clip(video, label, s, duration_s=1.0, size_px=64, with_audio=False)
+                run_ffmpeg(["-y", "-i", str(source), "-vn", "-ac", "1", str(tmp_path / "media" / "eve.wav")],
+                           path=source, timeout_s=60)
+                rows.append(f"{speaker}-{label},media/{speaker}_{label}.mp4,{label},{speaker},,,,media/eve.wav")
+            else:
+                write_demo_clip(video, label, s, duration_s=1.0, size_px=64)
+                rows.append(f"{speaker}-{label},media/{speaker}_{label}.mp4,{label},{speaker},,,,")
+    rows.append("ghost,media/ghost.mp4,sad,ann,,,,")
+    manifest_file = _csv(tmp_path / "clips.csv", rows, header="clip_id,video_path,label,speaker,start_s,end_s,fold,audio_path")
     cfg = extract_config("", tmp_path / "cache", tiny_models, dataset="manifest", manifest=str(manifest_file))
     from mmfer.extract.run import extract_all
     summary = extract_all(cfg, build_manifest(cfg))
     assert summary.num_done == 18 and summary.num_failed == 0, summary.format()
-    assert open_store(tmp_path / "cache").attrs["label_names"] == list(LABELS)
+    store = open_store(tmp_path / "cache")
+    assert store.attrs["label_names"] == list(LABELS)
+    audio = store.entry("audio")
+    assert abs(float(audio.read_clip("fay-sad", ("duration_s",))["duration_s"]) - 1.0) < 0.1   # the segment, not 3 s
+    assert float(audio.read_clip("eve-happy", ("duration_s",))["duration_s"]) > 0.9            # the WAV's sound
+    assert abs(float(audio.read_clip("ann-sad", ("duration_s",))["duration_s"]) - 1.0) < 0.1
     out = tmp_path / "run"
     result = subprocess.run([sys.executable, "-m", "mmfer.pipeline.app.cli", "train-fusion", "--cache", str(tmp_path / "cache"),
                              "--out", str(out), "--preset", "tiny", "--device", "cpu", "--epochs", "1",
