@@ -33,7 +33,7 @@ from mmfer.data.demo_face import render_face_frames
 from mmfer.data.demo_voice import synthesize_voice
 from mmfer.data.ravdess import scan_ravdess
 from mmfer.pipeline.errors import BadInputError
-from mmfer.pipeline.labels import EMOTIONS, RAVDESS_NUM_ACTORS
+from mmfer.pipeline.labels import CREMA_D_ACTORS, CREMA_D_CODES, CREMA_D_EMOTIONS, EMOTIONS, RAVDESS_NUM_ACTORS
 from mmfer.pipeline.media import run_ffmpeg
 
 log = logging.getLogger(__name__)
@@ -150,14 +150,7 @@ def make_demo(
             f"make_demo: clips_per_emotion must be 1..{MAX_CLIPS_PER_EMOTION} (neutral has only "
             f"{MAX_CLIPS_PER_EMOTION} valid RAVDESS takes per actor), got {clips_per_emotion}"
         )
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DemoOutError(f"{out_dir}: --out is a file, not a folder; choose a new folder for the demo clips")
-    if out_dir.is_dir() and not overwrite:
-        held = sorted(p.name for p in out_dir.iterdir())
-        if held:
-            raise DemoOutError(f"{out_dir}: not empty (holds {len(held)} entries, e.g. {', '.join(held[:3])}); the demo "
-                               "would write over clips of the same names: choose a new --out, or pass --overwrite")
+    out_dir = _check_out(Path(out_dir), overwrite=overwrite)
     start = time.perf_counter()
     written = []
     for actor in range(1, num_actors + 1):
@@ -178,6 +171,55 @@ def make_demo(
         raise RuntimeError(f"{out_dir}: wrote {len(written)} clips but the scan found {len(manifest)}; missing e.g. {missing[:3]}")
     log.info("%s: wrote %d demo clips in %.1f s", out_dir, len(written), time.perf_counter() - start)
     return manifest
+
+
+CREMA_D_WAV_RATE_HZ = 16000   # CREMA-D's AudioWAV files are 16 kHz mono
+
+
+def make_crema_d_demo(
+    out_dir: str | os.PathLike, *, seed: int, num_actors: int, clips_per_emotion: int,
+    size_px: int, duration_s: float, overwrite: bool,
+) -> pd.DataFrame:
+    """Write the demo in CREMA-D's layout: VideoFlash/<actor>_<sentence>_<EMO>_XX.flv (H.264 + AAC), the same
+    sound as AudioWAV/*.wav (16 kHz mono) and VideoDemographics.csv, for actors 1001.. and the 6 CREMA-D
+    emotions; returns scan_crema_d's manifest of the clips written.
+
+    Raises:
+        ValueError: num_actors outside 1..91 or clips_per_emotion outside 1..12 (the sentences).
+        DemoOutError: out_dir is a file, or a non-empty folder and not `overwrite`.
+    """
+    from mmfer.data.crema_d import SENTENCES, scan_crema_d
+
+    if not 1 <= num_actors <= len(CREMA_D_ACTORS) or not 1 <= clips_per_emotion <= len(SENTENCES):
+        raise ValueError(f"make_demo --layout crema-d: num_actors must be 1..{len(CREMA_D_ACTORS)} and clips_per_emotion "
+                         f"1..{len(SENTENCES)}, got {num_actors} and {clips_per_emotion}")
+    out_dir = _check_out(Path(out_dir), overwrite=overwrite)
+    (out_dir / "AudioWAV").mkdir(parents=True, exist_ok=True)
+    rows = ["ActorID,Age,Sex,Race,Ethnicity"]
+    for actor in CREMA_D_ACTORS[:num_actors]:
+        rows.append(f"{actor},30,{'Male' if actor % 2 else 'Female'},Unknown,Not Hispanic")
+        for code, emotion in zip(CREMA_D_CODES, CREMA_D_EMOTIONS):
+            for sentence in SENTENCES[:clips_per_emotion]:
+                name = f"{actor}_{sentence}_{code}_XX"
+                flv = write_demo_clip(out_dir / "VideoFlash" / f"{name}.flv", emotion, actor, duration_s=duration_s,
+                                      size_px=size_px, statement=1 + SENTENCES.index(sentence) % 2, seed=seed)
+                run_ffmpeg(["-y", "-i", str(flv), "-vn", "-ac", "1", "-ar", str(CREMA_D_WAV_RATE_HZ), "-c:a", "pcm_s16le",
+                            "-map_metadata", "-1", "-fflags", "+bitexact", str(out_dir / "AudioWAV" / f"{name}.wav")],
+                           path=flv, timeout_s=ENCODE_TIMEOUT_S)
+    (out_dir / "VideoDemographics.csv").write_text("\n".join(rows) + "\n")
+    return scan_crema_d(str(out_dir))
+
+
+def _check_out(out_dir: Path, *, overwrite: bool) -> Path:
+    """`out_dir` when it is absent, empty or `overwrite`; else DemoOutError (it must not write over real clips)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DemoOutError(f"{out_dir}: --out is a file, not a folder; choose a new folder for the demo clips")
+    if out_dir.is_dir() and not overwrite:
+        held = sorted(p.name for p in out_dir.iterdir())
+        if held:
+            raise DemoOutError(f"{out_dir}: not empty (holds {len(held)} entries, e.g. {', '.join(held[:3])}); the demo "
+                               "would write over clips of the same names: choose a new --out, or pass --overwrite")
+    return out_dir
 
 
 def _write_wav(path: Path, audio: np.ndarray, sample_rate_hz: int) -> None:

@@ -1,6 +1,6 @@
 """The manifest: one row per clip, the hand-off from data/ to extract/, and the store's clip table as is.
 
-Its columns are defined here once. A dataset's adapter (data/ravdess.py) fills the rows and stamps each
+Its columns are defined here once. A dataset's adapter (data/ravdess.py, crema_d.py, own_manifest.py) fills the rows and stamps each
 file's `source` signature (size:mtime_ns, `with_sources`), which extract records so a changed file is
 redone; data/datasets.py picks the adapter for `--dataset`.
 """
@@ -16,11 +16,14 @@ from mmfer.pipeline.media import file_signature
 MANIFEST_COLUMNS = (
     "clip_id", "path", "source", "dataset", "actor", "gender", "label", "emotion", "intensity",
     "statement", "repetition", "vocal_channel", "modality", "recording_id",
+    "speaker", "fold", "split", "start_s", "end_s", "audio_path", "level", "sentence",
 )
 """clip_id (the key everywhere), path (the media file), source (its size:mtime_ns when the manifest was
 made), dataset, actor (the speaker), gender, label (class index), emotion (class name), then the dataset's
-own fields (RAVDESS: intensity, statement, repetition, vocal_channel, modality), and recording_id (one
-recording's files share it; the leakage guard keeps them in one split)."""
+own fields (RAVDESS: intensity, statement, repetition, vocal_channel, modality), recording_id (one
+recording's files share it; the leakage guard keeps them in one split; a manifest's `group`), speaker (the
+speaker's own name where `actor` is a number given to it), fold / split (a given protocol), start_s / end_s
+(a segment of the file), audio_path (a separate audio file, or ""), level and sentence (CREMA-D)."""
 
 
 def with_sources(manifest: pd.DataFrame) -> pd.DataFrame:

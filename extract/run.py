@@ -30,6 +30,7 @@ from mmfer.extract.worker import DecodedItem, DecodeJob, decode_job
 from mmfer.pipeline.config import ExtractConfig
 from mmfer.pipeline.device import resolve_device
 from mmfer.pipeline.errors import ConfigError, MmferError
+from mmfer.pipeline.labels import EMOTIONS
 from mmfer.pipeline.faults import crash_point
 from mmfer.pipeline.progress import Progress
 from mmfer.pipeline.store import (TOKEN_SCALE, ArraySpec, ClipStatus, FeatureEntry, FeatureStore, StoreError, create_store,
@@ -134,8 +135,10 @@ def _extract_locked(cfg: ExtractConfig, table: pd.DataFrame, device: torch.devic
     log.info("extract: %d clips in the manifest, device %s, torch %s, visual %s, audio %s", len(table), device,
              torch.__version__, encoders.visual.identity["name"], encoders.audio.identity["name"])
 
-    store = create_store(cfg.out, table, {"dataset": cfg.dataset, "root": str(Path(cfg.root).resolve()),
-                                          "created_by": "mmfer extract", "preset": cfg.preset})
+    source = cfg.manifest if cfg.dataset == "manifest" else cfg.root   # where the clips came from
+    store = create_store(cfg.out, table, {"dataset": cfg.dataset, "root": str(Path(source).resolve()),
+                                          "created_by": "mmfer extract", "preset": cfg.preset,
+                                          "label_names": list(table.attrs.get("label_names") or EMOTIONS)})
     removed = store.clean_leftovers()
     if removed:
         log.info("removed %d leftovers of interrupted writes", removed)
@@ -247,10 +250,15 @@ def _check_free_space(out: Path, num_clips: int, bytes_per_clip: int) -> None:
 
 
 def decode_jobs(clips: pd.DataFrame, cfg: ExtractConfig) -> list[DecodeJob]:
-    """One DecodeJob per row of `clips` (clip_id, path, source: the clip table's columns), with cfg's decode
-    settings (frames, sample rate, audio length, timeout, face crop)."""
+    """One DecodeJob per row of `clips` (clip_id, path, source and, when present, start_s, end_s, audio_path: the
+    clip table's columns), with cfg's decode settings (frames, sample rate, audio length, timeout, face crop)."""
+    def optional(row, name: str):   # a manifest's segment / separate audio; absent or empty: None
+        value = getattr(row, name, None)
+        return None if value is None or (isinstance(value, float) and value != value) or value == "" else value
+
     return [DecodeJob(r.clip_id, r.path, r.source, cfg.num_frames, cfg.sample_rate_hz, cfg.max_audio_s,
-                      cfg.decode_timeout_s, cfg.face_crop) for r in clips.itertuples()]
+                      cfg.decode_timeout_s, cfg.face_crop, optional(r, "start_s"), optional(r, "end_s"),
+                      optional(r, "audio_path") or "") for r in clips.itertuples()]
 
 
 def decode_loader(jobs: list[DecodeJob], processor, *, num_workers: int, batch_size: int,

@@ -6,7 +6,10 @@ stops the run or the worker.
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,6 +17,7 @@ import torch
 from mmfer.extract.decode import DecodeError, decode_clip
 from mmfer.extract.facecrop import crop_faces
 from mmfer.extract.visual import preprocess_frames
+from mmfer.pipeline.media import FfmpegError, run_ffmpeg
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,13 @@ class DecodeJob:
     max_audio_s: float
     timeout_s: float
     face_crop: str
+    start_s: float | None = None   # a segment of the file (a manifest's start_s / end_s); None: its start / end
+    end_s: float | None = None
+    audio_path: str = ""           # audio from this file instead of the video's own stream ("" : the video's)
+
+    @property
+    def needs_preparing(self) -> bool:
+        return self.start_s is not None or self.end_s is not None or bool(self.audio_path)
 
 
 @dataclass
@@ -46,16 +57,34 @@ class DecodedItem:
     found_face: bool = False
 
 
+def prepare_segment(job: DecodeJob, out_path: Path) -> Path:
+    """A lossless copy (FFV1 + PCM) of [start_s, end_s) of the job's video, with the audio of `audio_path`
+    (cut alike) when given, else the video's own audio; decode_clip then reads it as any clip."""
+    start = ["-ss", f"{job.start_s:.6f}"] if job.start_s is not None else []
+    length = ["-t", f"{job.end_s - (job.start_s or 0.0):.6f}"] if job.end_s is not None else []
+    audio_in = [*start, "-i", job.audio_path] if job.audio_path else []
+    audio_map = ["-map", "1:a:0"] if job.audio_path else ["-map", "0:a:0?"]
+    run_ffmpeg(["-y", *start, "-i", job.path, *audio_in, *length, "-map", "0:V:0", *audio_map, "-sn", "-dn",
+                "-c:v", "ffv1", "-c:a", "pcm_f32le", str(out_path)], path=job.path, timeout_s=job.timeout_s)
+    return out_path
+
+
 def decode_job(job: DecodeJob, processor) -> DecodedItem:
     """Decode one clip and prepare the visual encoder's inputs; errors become `DecodedItem.error`."""
     item = DecodedItem(job.clip_id, job.path, job.source)
     try:
-        clip = decode_clip(job.path, num_frames=job.num_frames, sample_rate_hz=job.sample_rate_hz,
-                           timeout_s=job.timeout_s, max_audio_s=job.max_audio_s)
+        prepared = tempfile.TemporaryDirectory(prefix="mmfer-segment-") if job.needs_preparing else contextlib.nullcontext()
+        with prepared as tmp:
+            path = prepare_segment(job, Path(tmp) / "clip.mkv") if job.needs_preparing else job.path
+            clip = decode_clip(path, num_frames=job.num_frames, sample_rate_hz=job.sample_rate_hz,
+                               timeout_s=job.timeout_s, max_audio_s=job.max_audio_s)
         crops = crop_faces(clip.frames, job.face_crop)
         item.pixel_inputs = preprocess_frames(processor, crops.crops)
     except DecodeError as err:
         item.error = f"{err.reason}: {err}"
+        return item
+    except FfmpegError as err:   # the segment or the separate audio file could not be read
+        item.error = f"ffmpeg-error: {err}"
         return item
     except (OSError, ValueError) as err:   # unreadable path, odd frames the processor rejects
         item.error = f"{type(err).__name__}: {job.path}: {err}"

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mmfer.pipeline.labels import NUM_CLASSES, RAVDESS_NUM_ACTORS
+from mmfer.pipeline.labels import CREMA_D_ACTORS, NUM_CLASSES, RAVDESS_NUM_ACTORS
 
 def _check_finite(cfg: object, section: str) -> None:
     """Refuse nan and inf in every float field (and float tuple) of a config section; names the field."""
@@ -31,10 +31,14 @@ def _check_finite(cfg: object, section: str) -> None:
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    dataset: Literal["ravdess"] = "ravdess"
-    """Dataset adapter that turns --root into a manifest."""
+    dataset: Literal["ravdess", "crema-d", "dfew", "mafw", "manifest"] = "ravdess"
+    """Dataset adapter that turns --root (or --manifest) into a manifest (README "Datasets")."""
     root: str = ""
-    """Dataset folder (RAVDESS: the Actor_01..Actor_24 folders)."""
+    """Dataset folder (RAVDESS: the Actor_01..Actor_24 folders; CREMA-D: the folder holding VideoFlash; DFEW, MAFW: the official release's top folder)."""
+    manifest: str | None = None
+    """--dataset manifest: a .csv or .jsonl file, one row per clip (clip_id, video_path, label, speaker, ...)."""
+    labels: str | None = None
+    """--dataset manifest: comma-separated label names fixing the classes and their order (default: the names found, sorted)."""
     out: str = "cache"
     """Output feature store (a Zarr v3 folder); created if absent, completed if present."""
     preset: Literal["full", "tiny"] = "full"
@@ -158,7 +162,7 @@ class ModelConfig:
     variant: Literal["lfm2", "early", "audio", "visual"] = "lfm2"
     """lfm2: full model; early: concatenated pooled branch features -> MLP; audio / visual: one branch only."""
     num_classes: int = NUM_CLASSES
-    """C: emotion classes."""
+    """C: emotion classes; train-fusion sets it from the cache's label_names."""
     visual: VisualBranchConfig = field(default_factory=VisualBranchConfig)
     audio: AudioBranchConfig = field(default_factory=AudioBranchConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
@@ -280,18 +284,27 @@ class TrainingConfig:
             raise ValueError(f"training.betas must be in [0, 1), got {list(self.betas)}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"training.label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.class_weights not in ("none", "auto") and len(self.class_weights.split(",")) != NUM_CLASSES:
-            raise ValueError(f"training.class_weights must be none, auto or {NUM_CLASSES} comma-separated numbers")
+        if self.class_weights not in ("none", "auto"):   # their count is checked against the cache's classes
+            try:
+                [float(v) for v in self.class_weights.split(",")]
+            except ValueError:
+                raise ValueError("training.class_weights must be none, auto or one comma-separated number per class") from None
 
 
 @dataclass(frozen=True)
 class SplitConfig:
-    protocol: Literal["ravdess-6fold", "fixed", "file"] = "ravdess-6fold"
-    """ravdess-6fold: fold k tests actors 4k-3..4k (published AV protocol); fixed: one train/val/test split by actor; file: --split.fold-file."""
+    protocol: Literal["auto", "ravdess-6fold", "crema-d-5fold", "manifest", "speaker-kfold", "fixed", "file"] = "auto"
+    """auto: the cache's dataset's own (ravdess-6fold, crema-d-5fold; DFEW/MAFW: their official sets via the fold column; a manifest's fold/split column, else speaker-kfold); ravdess-6fold: fold k tests actors 4k-3..4k (published AV protocol); crema-d-5fold: HiCMAE's 5 blocks of actors; manifest: the fold or split column; speaker-kfold: num_folds consecutive blocks of speakers; fixed: one RAVDESS train/val/test split by actor; file: --split.fold-file."""
+    num_folds: int = 5
+    """Folds of speaker-kfold."""
     fold_file: str | None = None
     """YAML/JSON with folds: [{name, test_actors, val_actors}] (protocol=file)."""
     num_val_actors: int = 2
     """Validation actors (one male, one female) taken from each fold's training actors."""
+
+    def __post_init__(self) -> None:
+        if self.num_folds < 2:
+            raise ValueError(f"split.num_folds must be >= 2, got {self.num_folds}")
 
 
 @dataclass(frozen=True)
@@ -378,11 +391,13 @@ TINY_TRAIN_OVERRIDES: dict[str, object] = {
 @dataclass(frozen=True)
 class DemoConfig:
     out: str = "demo_data"
-    """Folder to write the RAVDESS-format demo tree into."""
+    """Folder to write the demo tree into."""
+    layout: Literal["ravdess", "crema-d"] = "ravdess"
+    """ravdess: Actor_XX/*.mp4, 8 emotions; crema-d: VideoFlash/*.flv + AudioWAV/*.wav + VideoDemographics.csv, 6 emotions, actors 1001..."""
     seed: int = 0
     """Same seed, same clips."""
     num_actors: int = 24
-    """Actors (Actor_01 ..); 24 gives the full 6-fold protocol."""
+    """Actors (Actor_01 .., CREMA-D 1001 ..); 24 gives RAVDESS's full 6-fold protocol (CREMA-D's 5 folds need 91)."""
     clips_per_emotion: int = 2
     """Clips per actor and emotion."""
     size_px: int = 112
@@ -394,8 +409,9 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         _check_finite(self, "")
-        if not 1 <= self.num_actors <= RAVDESS_NUM_ACTORS:
-            raise ValueError(f"num_actors must be in 1..{RAVDESS_NUM_ACTORS}, got {self.num_actors}")
+        most = RAVDESS_NUM_ACTORS if self.layout == "ravdess" else len(CREMA_D_ACTORS)
+        if not 1 <= self.num_actors <= most:
+            raise ValueError(f"num_actors must be in 1..{most} for layout {self.layout}, got {self.num_actors}")
         if self.clips_per_emotion < 1 or self.size_px < 32 or self.duration_s <= 0:
             raise ValueError("clips_per_emotion >= 1, size_px >= 32 and duration_s > 0 are required")
 
@@ -468,6 +484,24 @@ class ExportConfig:
     """Every fold model (predict averages them). Default with several folds."""
     cache: str | None = None
     """The run's feature store, if it moved."""
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    run: str = ""
+    """A train-fusion run folder (required)."""
+    cache: str = ""
+    """Another dataset's feature store, extracted with the run's encoders and settings (required)."""
+    label_map: str | None = None
+    """YAML {cache label: run label}; default: the classes both name alike (RAVDESS and CREMA-D share neutral, happy, sad, angry, fearful, disgust)."""
+    out: str = "evaluation"
+    """Folder for metrics.json, predictions.csv and the confusion matrix."""
+    fold: str | None = None
+    """One fold model: its number (1-based) or name; default: the ensemble of every fold model."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N or auto."""
+    batch_size: int = 16
+    """Clips per forward pass."""
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """Speaker-independent splits and the leakage guard that runs before every training.
 
-The default is the 6-fold protocol of published RAVDESS audio-visual results (HiCMAE's split files):
-fold k tests actors 4k-3..4k (two male, two female) and trains on the other 20. Validation actors
-for early stopping come from the training actors only: the first `num_val_actors` of the next fold's
-group (fold 1 -> actors 5, 6; fold 6 -> actors 1, 2), one male and one female for the default 2.
+`auto` picks the cache's dataset's protocol. RAVDESS: the 6-fold protocol of published audio-visual
+results (HiCMAE's split files): fold k tests actors 4k-3..4k and trains on the other 20. CREMA-D:
+HiCMAE's 5 folds of consecutive actors (18 each, the last 19). A manifest: its fold or split column,
+else k folds of consecutive speakers. Validation actors for early stopping come from the training
+actors only: the first `num_val_actors` of the next fold's group (RAVDESS fold 1 -> actors 5, 6).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from mmfer.pipeline.errors import BadInputError, ConfigError
-from mmfer.pipeline.labels import RAVDESS_NUM_ACTORS
+from mmfer.pipeline.labels import CREMA_D_ACTORS, RAVDESS_NUM_ACTORS
 from mmfer.pipeline.overrides import read_yaml
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,91 @@ def folds_from_file(path: str | Path, all_actors: list[int]) -> list[Fold]:
     return folds
 
 
-def make_folds(protocol: str, *, num_val_actors: int, fold_file: str | None, all_actors: list[int] | None = None) -> list[Fold]:
-    if protocol == "ravdess-6fold":
+def block_folds(actors: list[int], *, num_folds: int, num_val_actors: int) -> list[Fold]:
+    """`num_folds` folds of consecutive actors (len // num_folds each, the last takes the rest); fold k tests
+    block k, validates on the first `num_val_actors` of the next block, trains on the others."""
+    actors = sorted(actors)
+    if len(actors) < num_folds:
+        raise ConfigError(f"{num_folds} speaker folds need at least {num_folds} speakers, the cache has {len(actors)}; "
+                          "lower split.num_folds")
+    size = len(actors) // num_folds
+    blocks = [actors[i * size:(i + 1) * size] for i in range(num_folds - 1)] + [actors[(num_folds - 1) * size:]]
+    folds = []
+    for k, test in enumerate(blocks):
+        rest = [a for b in blocks[k + 1:] + blocks[:k] for a in b]   # the next block first
+        val = tuple(sorted(rest[:num_val_actors]))
+        folds.append(Fold(f"fold{k + 1}", tuple(a for a in actors if a not in val and a not in test), val, tuple(test)))
+    return folds
+
+
+def column_folds(clips: pd.DataFrame, *, num_val_actors: int) -> list[Fold]:
+    """Folds from a manifest's `fold` column (fold k tests the speakers of fold k; validation: the first
+    `num_val_actors` of fold k+1) or `split` column (one fold "manifest").
+
+    Raises:
+        LeakageError: a speaker has clips in two folds / splits (its clips would leak across them).
+    """
+    column = "fold" if "fold" in clips and clips["fold"].notna().all() else "split"
+    groups: dict[object, set[int]] = {}
+    for value, actor in zip(clips[column], clips["actor"]):
+        groups.setdefault(value, set()).add(int(actor))
+    seen: dict[int, object] = {}
+    for value in sorted(groups, key=str):
+        for actor in groups[value]:
+            if actor in seen:
+                who = _speaker_name(clips, actor)
+                raise LeakageError(f"speaker {who} has clips in {column} {seen[actor]} and {column} {value}; "
+                                   f"give each speaker one {column} in the manifest")
+            seen[actor] = value
+    if column == "split":
+        return [Fold("manifest", *(tuple(sorted(groups.get(p, ()))) for p in ("train", "val", "test")))]
+    order = sorted(groups)
+    folds = []
+    for i, value in enumerate(order):
+        test = sorted(groups[value])
+        nxt = sorted(groups[order[(i + 1) % len(order)]]) if len(order) > 1 else []
+        val = tuple(nxt[:num_val_actors])
+        train = tuple(sorted(a for a in seen if a not in val and a not in test))
+        folds.append(Fold(f"fold{value}", train, val, tuple(test)))
+    return folds
+
+
+def _speaker_name(clips: pd.DataFrame, actor: int) -> str:
+    if "speaker" in clips:
+        names = clips.loc[clips["actor"] == actor, "speaker"]
+        if len(names):
+            return str(names.iloc[0])
+    return str(actor)
+
+
+def resolve_protocol(protocol: str, *, dataset: str | None, clips: pd.DataFrame) -> str:
+    """`auto` -> the dataset's own protocol (a manifest: `manifest` when it has a fold/split column, else
+    speaker-kfold); any other protocol as given."""
+    if protocol != "auto":
+        return protocol
+    if dataset == "crema-d":
+        return "crema-d-5fold"
+    if dataset in ("dfew", "mafw"):
+        return "manifest"   # the official sets, recorded in the clip table's fold column
+    if dataset == "manifest":
+        return "manifest" if ("fold" in clips and clips["fold"].notna().all()) or \
+            ("split" in clips and clips["split"].notna().all()) else "speaker-kfold"
+    return "ravdess-6fold"
+
+
+def make_folds(protocol: str, *, num_val_actors: int, fold_file: str | None, all_actors: list[int] | None = None,
+               clips: pd.DataFrame | None, num_folds: int) -> list[Fold]:
+    """The folds of a resolved protocol (see `resolve_protocol`); `clips` (the clip table) is needed by
+    manifest and speaker-kfold, `num_folds` (split.num_folds) by speaker-kfold."""
+    if protocol == "crema-d-5fold":
+        return block_folds(list(CREMA_D_ACTORS), num_folds=5, num_val_actors=num_val_actors)
+    if protocol in ("manifest", "speaker-kfold"):
+        if clips is None:
+            raise ConfigError(f"split.protocol {protocol} needs the cache's clip table")
+        if protocol == "manifest":
+            return column_folds(clips, num_val_actors=num_val_actors)
+        return block_folds(sorted(int(a) for a in clips["actor"].unique()), num_folds=num_folds, num_val_actors=num_val_actors)
+    if protocol in ("ravdess-6fold", "auto"):
         return ravdess_folds(num_val_actors=num_val_actors)
     if protocol == "fixed":
         return fixed_split()

@@ -49,10 +49,11 @@ def test_leaking_recording_is_refused():
 
 
 def test_fixed_and_file_protocols(tmp_path):
-    (fixed,) = make_folds("fixed", num_val_actors=2, fold_file=None)
+    (fixed,) = make_folds("fixed", num_val_actors=2, fold_file=None, clips=None, num_folds=5)
     assert fixed.test_actors == (21, 22, 23, 24)
     check_no_leakage(clip_table(), fixed)
     fold_file = tmp_path / "folds.yaml"
     fold_file.write_text("- {name: a, test_actors: [1, 2], val_actors: [3]}\n")
-    (fold,) = make_folds("file", num_val_actors=2, fold_file=str(fold_file), all_actors=list(range(1, 7)))
+    (fold,) = make_folds("file", num_val_actors=2, fold_file=str(fold_file), all_actors=list(range(1, 7)),
+                         clips=None, num_folds=5)
     assert fold.train_actors == (4, 5, 6) and fold.name == "a"

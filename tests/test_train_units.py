@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmfer.pipeline.labels import EMOTIONS
 from mmfer.pipeline.config import TrainConfig, train_config_with_preset
 from mmfer.train.checkpoint import CheckpointError, load_checkpoint, previous_path, save_checkpoint
 from mmfer.train.curriculum import epoch_subset
@@ -171,7 +172,7 @@ def test_early_stopping_min_delta_and_patience():
 def test_metrics_and_fold_aggregation():
     labels = np.array([0, 0, 0, 0, 1, 1])
     preds = np.array([0, 0, 0, 0, 0, 1])
-    m = compute_metrics(labels, preds)
+    m = compute_metrics(labels, preds, class_names=EMOTIONS)
     assert m["accuracy"] == pytest.approx(5 / 6)
     assert m["uar"] == pytest.approx((1.0 + 0.5) / 2)
     assert m["per_class"]["calm"]["recall"] == pytest.approx(0.5)

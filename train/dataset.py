@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from mmfer.pipeline.labels import store_label_names
 from mmfer.pipeline.store import ClipStatus, FeatureStore, StoreError, open_store, set_codec_threads
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ class CacheInfo:
     encoders: dict                      # modality -> the entry's "encoder" identity attrs
     clips: pd.DataFrame                 # usable clips: clip table columns + has_video, has_audio
     bytes_per_clip: int
+    label_names: tuple[str, ...]        # C class names, in class-id order (the store's label_names)
+    dataset: str | None                 # the adapter that made the store (ravdess, crema-d, manifest)
 
 
 def open_cache(path: str, *, use_video: bool, use_audio: bool, video_entry: str | None = None,
@@ -87,7 +90,8 @@ def open_cache(path: str, *, use_video: bool, use_audio: bool, video_entry: str 
         log.warning("%s: %d of %d clips are not usable (failed or pending) and are left out", path, skipped, len(table))
     return CacheInfo(str(path), fingerprints["video"], fingerprints["audio"],
                      tuple(shapes.get("video", (1, 1, 1))), tuple(shapes.get("audio", (1, 1))),
-                     encoders, table[usable].reset_index(drop=True), num_bytes)
+                     encoders, table[usable].reset_index(drop=True), num_bytes,
+                     store_label_names(store.attrs), store.attrs.get("dataset"))
 
 
 def available_memory_bytes() -> int:

@@ -24,8 +24,10 @@ from mmfer.pipeline.device import resolve_device
 from mmfer.pipeline.errors import BadInputError, ConfigError
 from mmfer.pipeline.faults import crash_point
 from mmfer.pipeline.progress import Progress
-from mmfer.pipeline.splits import Fold, assign_parts, check_no_leakage, describe_protocol, make_folds, runnable_folds
-from mmfer.pipeline.store import StoreError, writer_lock_holder
+from mmfer.pipeline.labels import store_label_names
+from mmfer.pipeline.splits import (Fold, assign_parts, check_no_leakage, describe_protocol, make_folds, resolve_protocol,
+                                   runnable_folds)
+from mmfer.pipeline.store import StoreError, open_store, writer_lock_holder
 from mmfer.train.branch_weights import branch_path, load_branch_weights, save_branch_weights
 from mmfer.train.checkpoint import (RESUME_MAY_APPLY, changed_settings, load_checkpoint, previous_path, restore_rng_state,
                                     rng_state, save_checkpoint)
@@ -57,6 +59,7 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.pretrain != "none":   # stage 1 trains one branch alone with its own classifier
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, variant=cfg.pretrain))
     use_audio, use_video = cfg.model.uses_audio, cfg.model.uses_video
+    cfg = with_cache_settings(cfg)   # C from the store's label names, split.protocol auto resolved
     holder = writer_lock_holder(cfg.cache)
     if holder and not cfg.allow_writing_cache:
         raise StoreError(f"{cfg.cache}: an extract is still writing this store ({holder}); wait for it to finish, "
@@ -79,8 +82,8 @@ def train(cfg: TrainConfig) -> dict:
     cache = open_cache(cfg.cache, use_video=use_video, use_audio=use_audio,
                        video_entry=cfg.video_entry, audio_entry=cfg.audio_entry, expected=expected)
     all_actors = sorted(int(a) for a in cache.clips["actor"].unique())
-    folds = make_folds(cfg.split.protocol, num_val_actors=cfg.split.num_val_actors,
-                       fold_file=cfg.split.fold_file, all_actors=all_actors)
+    folds = make_folds(cfg.split.protocol, num_val_actors=cfg.split.num_val_actors, fold_file=cfg.split.fold_file,
+                       all_actors=all_actors, clips=cache.clips, num_folds=cfg.split.num_folds)
     fold_numbers = list(range(1, len(folds) + 1)) if cfg.folds == "all" else [int(n) for n in cfg.folds.split(",")]
     if max(fold_numbers) > len(folds):
         raise ConfigError(f"folds {cfg.folds}: split.protocol {cfg.split.protocol} has {len(folds)} fold(s), "
@@ -105,6 +108,7 @@ def train(cfg: TrainConfig) -> dict:
     resolved = {**dataclasses.asdict(cfg), "resolved_device": str(device),
                 "amp_dtype": dtype_name(autocast_dtype(device, cfg.training.mixed_precision)),
                 "cache_fingerprints": {"video": cache.video_fingerprint, "audio": cache.audio_fingerprint},
+                "label_names": list(cache.label_names),
                 **({"resume_changes": resume_changes} if resume_changes else {})}
     write_config(out, resolved)
 
@@ -128,7 +132,7 @@ def train(cfg: TrainConfig) -> dict:
     mean_last, std_last = aggregate_folds([m["last_epoch"] for m in fold_metrics.values()])
     write_predictions(out, frames)
     confusion = np.sum([m["confusion_matrix"] for m in fold_metrics.values()], axis=0)
-    write_confusion(out, confusion, f"{cfg.model.variant}: test clips of {len(folds)} fold(s)")
+    write_confusion(out, confusion, f"{cfg.model.variant}: test clips of {len(folds)} fold(s)", class_names=cache.label_names)
     card = protocol_card(cfg, folds, fold_numbers, fold_metrics)
     summary = build_summary([f.as_dict() for f in folds], fold_metrics, mean, std, {
         "selection": SELECTION_RULE.format(monitor=cfg.training.monitor), "protocol_card": card,
@@ -143,6 +147,26 @@ def train(cfg: TrainConfig) -> dict:
     write_summary(out, summary)
     log.info("results (%s, test actors of each fold) written to %s", cfg.model.variant, out)   # the CLI prints the table
     return summary
+
+
+def with_cache_settings(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with model.num_classes = the number of the cache's label names and split.protocol `auto`
+    resolved to the cache's dataset's protocol (both recorded in config.yaml). A cache that is not there
+    is left to open_cache to report."""
+    try:
+        store = open_store(cfg.cache, mode="r")
+    except (StoreError, FileNotFoundError):
+        return cfg
+    names = store_label_names(store.attrs)
+    if cfg.model.num_classes != len(names):
+        log.info("%s: %d classes (%s); model.num_classes set to %d", cfg.cache, len(names), ", ".join(names), len(names))
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=len(names)))
+    weights = cfg.training.class_weights
+    if weights not in ("none", "auto") and len(weights.split(",")) != len(names):
+        raise ConfigError(f"training.class_weights has {len(weights.split(','))} numbers, but {cfg.cache} has "
+                          f"{len(names)} classes ({', '.join(names)}); give one number per class, or auto / none")
+    protocol = resolve_protocol(cfg.split.protocol, dataset=store.attrs.get("dataset"), clips=store.clip_table)
+    return dataclasses.replace(cfg, split=dataclasses.replace(cfg.split, protocol=protocol))
 
 
 def tuned_on_test_actors(cfg: TrainConfig, folds: list[Fold]) -> list[int] | None:
@@ -230,7 +254,7 @@ def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, 
                             mixup_alpha=t.mixup_alpha, accumulation=t.gradient_accumulation_steps,
                             max_grad_norm=t.gradient_clip, desc=f"{fold.name} epoch {epoch + 1}/{t.max_epochs}")
         _, val_labels, val_probs = predict(model, loader, sampler, val_pos, device, amp_dtype)
-        val = compute_metrics(val_labels, val_probs.argmax(1))
+        val = compute_metrics(val_labels, val_probs.argmax(1), class_names=cache.label_names)
         lrs = schedule.lrs()
         is_best = stopper.update(val[t.monitor], epoch)
         schedule.step(val[t.monitor])
@@ -259,11 +283,11 @@ def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, 
     last = load_checkpoint(last_path)   # the last epoch's test score, reported beside the selected one
     model.load_state_dict(last["model"])
     _, last_labels, last_probs = predict(model, loader, sampler, test_pos, device, amp_dtype)
-    last_metrics = compute_metrics(last_labels, last_probs.argmax(1))
+    last_metrics = compute_metrics(last_labels, last_probs.argmax(1), class_names=cache.label_names)
     best = load_checkpoint(best_path)
     model.load_state_dict(best["model"])
     clip_ids, labels, probs = predict(model, loader, sampler, test_pos, device, amp_dtype)
-    metrics = {**compute_metrics(labels, probs.argmax(1)), "best_epoch": best["epoch"] + 1,
+    metrics = {**compute_metrics(labels, probs.argmax(1), class_names=cache.label_names), "best_epoch": best["epoch"] + 1,
                "epochs_run": int(last["epoch"]) + 1,
                "last_epoch": {k: last_metrics[k] for k in HEADLINE},
                # validation actors' metrics at the best epoch: what model selection (tune) may look at
@@ -272,7 +296,7 @@ def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, 
     if cfg.pretrain != "none":   # the design guide's stage 1: keep the branch for `--{audio,visual}-branch <out>`
         save_branch_weights(fold_dir / f"{cfg.pretrain}_branch.safetensors", model.branch_state_dict(cfg.pretrain), fold)
     log.info("%s test: %s", fold.name, ", ".join(f"{k} {metrics[k]:.4f}" for k in HEADLINE))
-    return metrics, predictions_frame(fold.name, clip_ids, labels, probs), timings
+    return metrics, predictions_frame(fold.name, clip_ids, labels, probs, class_names=cache.label_names), timings
 
 
 @dataclasses.dataclass

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmfer.pipeline.errors import ConfigError
+
 
 def class_weights_from_labels(labels: np.ndarray, num_classes: int) -> Tensor:
     """Inverse class frequency, normalised to mean 1 over the classes present; absent classes get 0.
@@ -33,7 +35,8 @@ def resolve_class_weights(spec: str, labels: np.ndarray, num_classes: int) -> Te
         return class_weights_from_labels(labels, num_classes)
     values = [float(v) for v in spec.split(",")]
     if len(values) != num_classes:
-        raise ValueError(f"training.class_weights has {len(values)} numbers, want {num_classes}")
+        raise ConfigError(f"training.class_weights has {len(values)} numbers, but the cache has {num_classes} classes; "
+                          "give one number per class (in the cache's label_names order), or auto / none")
     return torch.tensor(values, dtype=torch.float32)
 
 

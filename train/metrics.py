@@ -11,13 +11,12 @@ import numpy as np
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
                              precision_recall_fscore_support)
 
-from mmfer.pipeline.labels import EMOTIONS
 
 HEADLINE = ("accuracy", "uar", "f1_macro", "f1_weighted")
 
 
-def compute_metrics(labels: np.ndarray, preds: np.ndarray, class_names: tuple[str, ...] = EMOTIONS) -> dict:
-    """labels, preds: (N,) int class ids. Returns headline metrics, per_class P/R/F1/support, confusion_matrix."""
+def compute_metrics(labels: np.ndarray, preds: np.ndarray, *, class_names: tuple[str, ...]) -> dict:
+    """labels, preds: (N,) int class ids; class_names: the C names (the cache's label_names). Returns headline metrics, per_class P/R/F1/support, confusion_matrix."""
     classes = list(range(len(class_names)))
     labels, preds = np.asarray(labels, dtype=np.int64), np.asarray(preds, dtype=np.int64)
     if len(labels) == 0:

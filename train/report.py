@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from mmfer.pipeline.labels import EMOTIONS
 from mmfer.train.metrics import HEADLINE, STD_LABEL
 
 
@@ -31,11 +30,12 @@ def write_config(out: Path, config: dict) -> Path:
     return path
 
 
-def predictions_frame(fold: str, clip_ids: list[str], labels: np.ndarray, probabilities: np.ndarray) -> pd.DataFrame:
+def predictions_frame(fold: str, clip_ids: list[str], labels: np.ndarray, probabilities: np.ndarray, *,
+                      class_names: tuple[str, ...]) -> pd.DataFrame:
     """One row per test clip: clip_id, fold, label, prediction, prob_<emotion> x C (names, not ids, for labels)."""
-    frame = pd.DataFrame({"clip_id": clip_ids, "fold": fold, "label": [EMOTIONS[i] for i in labels],
-                          "prediction": [EMOTIONS[i] for i in probabilities.argmax(1)]})
-    for i, name in enumerate(EMOTIONS):
+    frame = pd.DataFrame({"clip_id": clip_ids, "fold": fold, "label": [class_names[i] for i in labels],
+                          "prediction": [class_names[i] for i in probabilities.argmax(1)]})
+    for i, name in enumerate(class_names):
         frame[f"prob_{name}"] = probabilities[:, i].round(6)
     return frame
 
@@ -46,7 +46,7 @@ def write_predictions(out: Path, frames: list[pd.DataFrame]) -> Path:
     return path
 
 
-def write_confusion(out: Path, matrix: np.ndarray, title: str) -> tuple[Path, Path]:
+def write_confusion(out: Path, matrix: np.ndarray, title: str, *, class_names: tuple[str, ...]) -> tuple[Path, Path]:
     """confusion_matrix.csv (rows true, columns predicted) and a PNG heat map of the same numbers."""
     import matplotlib
     matplotlib.use("Agg")
@@ -54,12 +54,12 @@ def write_confusion(out: Path, matrix: np.ndarray, title: str) -> tuple[Path, Pa
 
     matrix = np.asarray(matrix)
     csv_path, png_path = out / "confusion_matrix.csv", out / "confusion_matrix.png"
-    frame = pd.DataFrame(matrix, index=[f"true_{e}" for e in EMOTIONS], columns=[f"pred_{e}" for e in EMOTIONS])
+    frame = pd.DataFrame(matrix, index=[f"true_{e}" for e in class_names], columns=[f"pred_{e}" for e in class_names])
     _write_text(csv_path, frame.to_csv())
     fig, ax = plt.subplots(figsize=(7, 6))
     ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(EMOTIONS)), EMOTIONS, rotation=45, ha="right")
-    ax.set_yticks(range(len(EMOTIONS)), EMOTIONS)
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)

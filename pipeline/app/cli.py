@@ -31,7 +31,9 @@ log = logging.getLogger("mmfer")
 
 def cmd_extract(args: argparse.Namespace) -> int:
     cfg: ExtractConfig = resolve_config(ExtractConfig, args)
-    if not cfg.root:
+    if cfg.dataset == "manifest" and not cfg.manifest:
+        raise ConfigError("extract --dataset manifest needs --manifest FILE (.csv or .jsonl, one row per clip)")
+    if cfg.dataset != "manifest" and not cfg.root:
         raise ConfigError("extract needs --root (the dataset folder; e.g. `mmfer make-demo --out demo_data` first)")
     from mmfer.data.datasets import build_manifest  # imported here: each subcommand loads only what it uses
     from mmfer.extract.run import extract_all
@@ -64,11 +66,12 @@ def cmd_train_fusion(args: argparse.Namespace) -> int:
 
 def cmd_make_demo(args: argparse.Namespace) -> int:
     cfg: DemoConfig = resolve_config(DemoConfig, args)
-    from mmfer.data.demo import make_demo
+    from mmfer.data.demo import make_crema_d_demo, make_demo
 
-    manifest = make_demo(cfg.out, seed=cfg.seed, num_actors=cfg.num_actors, clips_per_emotion=cfg.clips_per_emotion,
-                         size_px=cfg.size_px, duration_s=cfg.duration_s, overwrite=cfg.overwrite)
-    print(f"wrote {len(manifest)} demo clips ({cfg.num_actors} actors) to {cfg.out}")
+    write = make_crema_d_demo if cfg.layout == "crema-d" else make_demo
+    manifest = write(cfg.out, seed=cfg.seed, num_actors=cfg.num_actors, clips_per_emotion=cfg.clips_per_emotion,
+                     size_px=cfg.size_px, duration_s=cfg.duration_s, overwrite=cfg.overwrite)
+    print(f"wrote {len(manifest)} demo clips ({cfg.num_actors} actors, {cfg.layout} layout) to {cfg.out}")
     return 0
 
 
@@ -114,7 +117,7 @@ def _extract_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_parser(parser: argparse.ArgumentParser) -> None:
-    parser.description = "Stage 2: train the fusion model from the feature store only (6-fold speaker-independent CV by default)."
+    parser.description = "Stage 2: train the fusion model from the feature store only (by default the dataset's own speaker-independent folds: RAVDESS 6, CREMA-D 5, a manifest's fold column or 5 speaker folds)."
     parser.add_argument("--dry-run", action="store_true", help="Print parameters, FLOPs per clip and GPU memory estimates; train nothing.")
     parser.add_argument("--json", action="store_true", help="With --dry-run: print one JSON object.")
     add_config_flags(parser, TrainConfig, TRAIN_ALIASES)
@@ -132,7 +135,7 @@ def _register(name: str, help_text: str):
     return wrap
 
 
-@_register("make-demo", "Write the synthetic RAVDESS-format demo dataset (real mp4 files).")
+@_register("make-demo", "Write the synthetic demo dataset (real files; RAVDESS layout, or --layout crema-d).")
 def _demo_parser(parser: argparse.ArgumentParser) -> None:
     add_config_flags(parser, DemoConfig)
     add_common_arguments(parser, example="num_actors=2")
@@ -182,6 +185,15 @@ def _export_parser(parser: argparse.ArgumentParser) -> None:
     add_export_arguments(parser)
     add_common_arguments(parser, with_overrides=False)
     parser.set_defaults(handler=cmd_export)
+
+
+@_register("evaluate", "Cross-corpus evaluation: a run's models on another dataset's cache, on the classes they share.")
+def _evaluate_parser(parser: argparse.ArgumentParser) -> None:
+    from mmfer.pipeline.app.evaluate import add_evaluate_arguments, cmd_evaluate
+
+    add_evaluate_arguments(parser)
+    add_common_arguments(parser, with_overrides=False)
+    parser.set_defaults(handler=cmd_evaluate)
 
 
 @_register("ablate", "Ablation study from one cache: audio/visual/early/LFM2 and recipe variants, same folds and seeds.")

@@ -59,7 +59,8 @@ def export_model(run_dir: str | Path, out: str | Path, *, fold: str | None = Non
         _write_json(staging / "features.json", bundle.features)
         _write_json(staging / "evaluation.json", evaluation)
         _copy_lfm2_config(bundle.config, staging)
-        manifest = {"format": EXPORT_FORMAT, "label_names": list(EMOTIONS), "folds": folds,
+        label_names = list(bundle.config.get("label_names") or EMOTIONS)   # runs before label_names: RAVDESS's
+        manifest = {"format": EXPORT_FORMAT, "label_names": label_names, "folds": folds,
                     "ensemble": bundle.is_ensemble, "config": "config.json", "features": "features.json",
                     "evaluation": "evaluation.json", "source_run": str(Path(run_dir).resolve()),
                     "cache_fingerprints": bundle.config.get("cache_fingerprints")}
@@ -102,11 +103,12 @@ def model_card(title: str, bundle, folds: list[dict], evaluation: dict) -> str:
     from mmfer.train.metrics import HEADLINE
 
     model = bundle.config["model"]
+    names = bundle.config.get("label_names") or EMOTIONS
     video, audio = bundle.features.get("video"), bundle.features.get("audio")
     lines = [f"# {title}", "",
              f"Audio-visual emotion recognition model exported by `mmfer export` from run `{bundle.source}`: "
              f"variant `{model['variant']}`, {bundle.describe()}.", "",
-             f"Labels (C = {len(EMOTIONS)}, in this order): {', '.join(EMOTIONS)}.", "",
+             f"Labels (C = {len(names)}, in this order): {', '.join(names)}.", "",
              "## Use", "", "```bash", f"mmfer predict --model {title} clip.mp4 [more.mp4 or folders] --out predictions.csv",
              f"mmfer predict --model {title} long.mp4 --window 3 --hop 1      # emotion timeline (CSV + PNG)", "```", "",
              "## Inputs (must match; `predict` checks the encoder weights)", ""]

@@ -46,10 +46,11 @@ class ClipResult:
     error: str | None = None
     windows: list[tuple[float, float, np.ndarray]] | None = None   # (start_s, end_s, probabilities)
     timeline: list[str] = field(default_factory=list)              # written CSV / PNG paths
+    label_names: tuple[str, ...] = EMOTIONS                        # the model's C class names (its cache's)
 
     @property
     def prediction(self) -> str:
-        return EMOTIONS[int(self.probabilities.argmax())] if self.probabilities is not None else ""
+        return self.label_names[int(self.probabilities.argmax())] if self.probabilities is not None else ""
 
 
 def find_videos(inputs: list[str]) -> list[Path]:
@@ -160,7 +161,7 @@ def predict_file(predictor, path: Path, *, clip_id: str, window_s: float | None,
     from mmfer.pipeline.media import FfmpegError
     from mmfer.pipeline.progress import Progress
 
-    result = ClipResult(clip_id, str(path))
+    result = ClipResult(clip_id, str(path), label_names=predictor.label_names)
     try:
         if window_s is None:
             with _one_line_per_file(path, 1):
@@ -212,13 +213,13 @@ def write_timeline(result: ClipResult, folder: Path) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     csv_path, png_path = folder / f"{result.clip_id}.timeline.csv", folder / f"{result.clip_id}.timeline.png"
     frame = pd.DataFrame({"start_s": [s for s, _, _ in result.windows], "end_s": [e for _, e, _ in result.windows]})
-    for i, name in enumerate(EMOTIONS):
+    for i, name in enumerate(result.label_names):
         frame[f"prob_{name}"] = [float(p[i]) for _, _, p in result.windows]
-    frame["prediction"] = [EMOTIONS[int(p.argmax())] for _, _, p in result.windows]
+    frame["prediction"] = [result.label_names[int(p.argmax())] for _, _, p in result.windows]
     frame.to_csv(csv_path, index=False, float_format="%.6f")
     centers = (frame["start_s"] + frame["end_s"]) / 2
     fig, ax = plt.subplots(figsize=(9, 4))
-    for name in EMOTIONS:
+    for name in result.label_names:
         ax.plot(centers, frame[f"prob_{name}"], marker="o", markersize=3, label=name)
     ax.set_xlabel("time (s, window centre)")
     ax.set_ylabel("probability")
@@ -236,7 +237,7 @@ def result_rows(results: list[ClipResult]) -> list[dict]:
     for r in results:
         row = {"clip_id": r.clip_id, "path": r.path, "prediction": r.prediction,
                "probability": float(r.probabilities.max()) if r.probabilities is not None else None}
-        for i, name in enumerate(EMOTIONS):
+        for i, name in enumerate(r.label_names):
             row[f"prob_{name}"] = float(r.probabilities[i]) if r.probabilities is not None else None
         row.update(note="; ".join(r.notes), error=r.error or "", timeline=" ".join(r.timeline))
         rows.append(row)

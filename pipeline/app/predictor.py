@@ -109,6 +109,7 @@ class Predictor:
                                                audio_dim=audio_shape[1], dropout=cfg.training.dropout)
         self.model = build_model_from_spec(spec, _offline_overrides(cfg.model)).to(self.device).eval()
         self.num_classes = cfg.model.num_classes
+        self.label_names = tuple(bundle.config.get("label_names") or EMOTIONS)   # runs before label_names: RAVDESS's
         video_record, audio_record, defaults = self.video or {}, self.audio or {}, ExtractConfig()
         self.decode_cfg = ExtractConfig(   # the decode settings the model's features were extracted with
             num_frames=video_record.get("num_frames", defaults.num_frames),

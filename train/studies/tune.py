@@ -70,7 +70,7 @@ def run_study(base: TrainConfig, study_dir: str | Path, num_trials: int, *, keep
     "best_fold", "best_config", "summary", "test_mean", "test_std", "folds" (tune_summary's entries), "plot"}."""
     import optuna
 
-    from mmfer.pipeline.splits import make_folds
+    from mmfer.pipeline.splits import make_folds, resolve_protocol
     from mmfer.train.dataset import open_cache
     from mmfer.train.metrics import HEADLINE, STD_LABEL, aggregate_folds
 
@@ -78,8 +78,10 @@ def run_study(base: TrainConfig, study_dir: str | Path, num_trials: int, *, keep
     study_dir.mkdir(parents=True, exist_ok=True)
     cache = open_cache(base.cache, use_video=base.model.uses_video, use_audio=base.model.uses_audio,
                        video_entry=base.video_entry, audio_entry=base.audio_entry)
-    folds = make_folds(base.split.protocol, num_val_actors=base.split.num_val_actors, fold_file=base.split.fold_file,
-                       all_actors=sorted(int(a) for a in cache.clips["actor"].unique()))
+    protocol = resolve_protocol(base.split.protocol, dataset=cache.dataset, clips=cache.clips)
+    folds = make_folds(protocol, num_val_actors=base.split.num_val_actors, fold_file=base.split.fold_file,
+                       all_actors=sorted(int(a) for a in cache.clips["actor"].unique()), clips=cache.clips,
+                       num_folds=base.split.num_folds)
     fold_numbers = list(range(1, len(folds) + 1)) if base.folds == "all" else [int(n) for n in base.folds.split(",")]
     storage = optuna.storages.RDBStorage(
         f"sqlite:///{(study_dir / 'study.db').resolve()}", heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,

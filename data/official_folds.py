@@ -1,0 +1,107 @@
+"""DFEW and MAFW adapters: their official 5-fold set files and clip folders -> the manifest.
+
+DFEW: `EmoLabel_DataSplit/train(single-labeled)/set_{k}.csv` and `test(single-labeled)/set_{k}.csv`, header
+`video_name,label`, video_name a number (clip `{n:05d}`), label 1..7 (DFEW_LABELS order); clips under
+`Clip/original/`. MAFW: `Train & Test Set/single/no_caption/set_{k}/train.txt` and `test.txt`, lines
+`00025.mp4 anger`; clips under `data/clips/`. Neither names speakers: each clip is its own `actor`, and
+`fold` is the set whose test list holds it (the protocol `manifest` reads that column).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from mmfer.data.manifest import with_sources
+from mmfer.pipeline.errors import BadInputError
+
+log = logging.getLogger(__name__)
+
+NUM_SETS = 5
+DFEW_LABELS = ("happy", "sad", "neutral", "angry", "surprise", "disgust", "fear")   # label 1..7
+MAFW_LABELS = ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise", "contempt", "anxiety",
+               "helplessness", "disappointment")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".flv", ".webm")
+
+
+class OfficialFoldsError(BadInputError, FileNotFoundError):
+    """--root lacks the dataset's set files or clip folder, or a set file is malformed."""
+
+
+def _dfew_list(path: Path) -> dict[str, str]:
+    """{clip stem: label name} of one DFEW set csv."""
+    out = {}
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        for number, row in enumerate(csv.DictReader(handle), start=2):
+            try:
+                out[f"{int(row['video_name']):05d}"] = DFEW_LABELS[int(row["label"]) - 1]
+            except (KeyError, ValueError, TypeError, IndexError):
+                raise OfficialFoldsError(f"{path} line {number}: expected video_name,label with label 1..7, got {row}") from None
+    return out
+
+
+def _mafw_list(path: Path) -> dict[str, str]:
+    """{clip stem: label name} of one MAFW set txt."""
+    out = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or parts[1] not in MAFW_LABELS:
+            raise OfficialFoldsError(f"{path} line {number}: expected '<clip>.mp4 <label>' with one of {MAFW_LABELS}, got {line!r}")
+        out[Path(parts[0]).stem] = parts[1]
+    return out
+
+
+LAYOUTS = {   # dataset -> (set file of (kind, k), clip folder, reader, labels)
+    "dfew": (lambda root, kind, k: root / "EmoLabel_DataSplit" / f"{kind}(single-labeled)" / f"set_{k}.csv",
+             "Clip/original", _dfew_list, DFEW_LABELS),
+    "mafw": (lambda root, kind, k: root / "Train & Test Set" / "single" / "no_caption" / f"set_{k}" / f"{kind}.txt",
+             "data/clips", _mafw_list, MAFW_LABELS),
+}
+
+
+def scan_official_folds(root: str, dataset: str) -> tuple[pd.DataFrame, tuple[str, ...]]:
+    """(the manifest of the clips the test lists name and the clip folder holds, the label names).
+
+    Raises:
+        OfficialFoldsError: a set file or the clip folder is missing, or a clip is in two test lists.
+    """
+    set_file, clip_folder, read, labels = LAYOUTS[dataset]
+    root_path = Path(root).expanduser().resolve()
+    label_of: dict[str, str] = {}
+    fold_of: dict[str, int] = {}
+    for k in range(1, NUM_SETS + 1):
+        for kind in ("train", "test"):
+            path = set_file(root_path, kind, k)
+            if not path.is_file():
+                raise OfficialFoldsError(f"{path}: {dataset.upper()} set file not found; point --root at the folder "
+                                         f"holding the official release (README \"Datasets\")")
+            for stem, label in read(path).items():
+                if label_of.setdefault(stem, label) != label:
+                    raise OfficialFoldsError(f"{path}: clip {stem} is {label} here and {label_of[stem]} in another set file")
+                if kind == "test":
+                    if stem in fold_of:
+                        raise OfficialFoldsError(f"{path}: clip {stem} is also in set {fold_of[stem]}'s test list")
+                    fold_of[stem] = k
+    folder = root_path / clip_folder
+    if not folder.is_dir():
+        raise OfficialFoldsError(f"{folder}: {dataset.upper()} clip folder not found")
+    files = {p.stem: p for p in sorted(folder.rglob("*")) if p.suffix.lower() in VIDEO_SUFFIXES}
+    untested = sorted(set(label_of) - set(fold_of))
+    if untested:
+        log.warning("%s: left out %d clip(s) that no test list names, e.g. %s", root_path, len(untested), ", ".join(untested[:5]))
+    absent = sorted(s for s in fold_of if s not in files)
+    if absent:
+        log.warning("%s: left out %d listed clip(s) not under %s, e.g. %s", root_path, len(absent), clip_folder, ", ".join(absent[:5]))
+    stems = sorted(s for s in fold_of if s in files)
+    if not stems:
+        raise OfficialFoldsError(f"{folder}: none of the {len(fold_of)} clips the test lists name is here")
+    table = pd.DataFrame({"clip_id": stems, "path": [str(files[s]) for s in stems], "dataset": dataset,
+                          "actor": range(1, len(stems) + 1), "gender": "",
+                          "label": [labels.index(label_of[s]) for s in stems], "emotion": [label_of[s] for s in stems],
+                          "recording_id": stems, "fold": [fold_of[s] for s in stems]})
+    return with_sources(table), labels

@@ -1,0 +1,159 @@
+"""`mmfer evaluate`: a trained run's fold models (or their ensemble) on another dataset's cache.
+
+In: a run folder, a cache extracted with the same encoders and settings (same feature fingerprints; any
+other is refused), an optional label map {cache label: run label} (default: the classes both name alike).
+Out: metrics.json, predictions.csv and the confusion matrix over the shared classes, in --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mmfer.pipeline.config import EvaluateConfig
+from mmfer.pipeline.errors import BadInputError, ConfigError
+from mmfer.pipeline.labels import EMOTIONS
+from mmfer.pipeline.overrides import read_yaml
+
+log = logging.getLogger(__name__)
+
+
+class EncoderMismatchError(BadInputError, RuntimeError):
+    """The other cache holds no features made with the run's encoders and settings."""
+
+
+def label_mapping(run_names: tuple[str, ...], cache_names: tuple[str, ...], label_map: str | None) -> dict[str, str]:
+    """{cache label: run label} from the YAML file, else the names both label sets share.
+
+    Raises:
+        ConfigError: a name the file gives is in neither label set, or no class is shared.
+    """
+    if label_map:
+        given = read_yaml(label_map)
+        if not isinstance(given, dict):
+            raise ConfigError(f"{label_map}: a label map is a YAML mapping of cache label: run label")
+        mapping = {str(k): str(v) for k, v in given.items()}
+        unknown = [k for k in mapping if k not in cache_names] + [v for v in mapping.values() if v not in run_names]
+        if unknown:
+            raise ConfigError(f"{label_map}: {unknown} are not labels of the cache ({', '.join(cache_names)}) "
+                              f"or of the run ({', '.join(run_names)}); fix the label map")
+    else:
+        mapping = {n: n for n in cache_names if n in run_names}
+    if not mapping:
+        raise ConfigError(f"the cache's classes ({', '.join(cache_names)}) and the run's ({', '.join(run_names)}) share "
+                          "no name; give --label-map FILE.yaml (cache label: run label)")
+    return mapping
+
+
+def evaluate(cfg: EvaluateConfig) -> dict:
+    """Score the run's model(s) on `cfg.cache`'s clips whose labels map to the run's; write --out.
+
+    Raises:
+        EncoderMismatchError: the cache lacks features with the run's fingerprints.
+        ConfigError: a bad label map, or no clip of a shared class.
+    """
+    from mmfer.pipeline.app.bundle import load_run_bundle, train_config
+    from mmfer.pipeline.app.predictor import _offline_overrides
+    from mmfer.pipeline.device import resolve_device
+    from mmfer.pipeline.store import StoreError, open_store
+    from mmfer.train.dataset import ClipDataset, collate_clips, open_cache
+    from mmfer.train.loop import to_device
+    from mmfer.train.metrics import compute_metrics
+    from mmfer.train.model.builder import build_model_from_spec, model_spec
+    from mmfer.train.report import write_confusion
+
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"{out}: --out is a file, not a folder; give a folder for the evaluation")
+    try:
+        bundle = load_run_bundle(cfg.run, fold=cfg.fold, ensemble=cfg.fold is None, cache=cfg.cache)
+    except StoreError as err:
+        store = open_store(cfg.cache)
+        held = {m: [store.entry(m, fp).attrs.get("encoder", {}).get("name") for fp in store.fingerprints(m)]
+                for m in ("video", "audio")}
+        raise EncoderMismatchError(f"{cfg.cache}: holds no features made with run {cfg.run}'s encoders and settings "
+                                   f"({err}); it holds video {held['video']}, audio {held['audio']}. Extract it with the "
+                                   "run's encoders and settings (same --preset, encoders, num_frames, face_crop)") from None
+    train_cfg = train_config(bundle.config)
+    fingerprints = bundle.config["cache_fingerprints"]
+    cache = open_cache(cfg.cache, use_video=train_cfg.model.uses_video, use_audio=train_cfg.model.uses_audio,
+                       video_entry=fingerprints.get("video"), audio_entry=fingerprints.get("audio"))
+    run_names = tuple(bundle.config.get("label_names") or EMOTIONS)
+    mapping = label_mapping(run_names, cache.label_names, cfg.label_map)
+    shared = [n for n in run_names if n in mapping.values()]          # the scored classes, in the run's order
+    cache_label = cache.clips["label"].map(lambda i: cache.label_names[int(i)])
+    clips = cache.clips[cache_label.isin(mapping)].reset_index(drop=True)
+    if clips.empty:
+        raise ConfigError(f"{cfg.cache}: no usable clip of the mapped classes {sorted(mapping)}")
+    truth = np.array([shared.index(mapping[cache.label_names[int(i)]]) for i in clips["label"]])
+
+    device = resolve_device(cfg.device)
+    video_shape = tuple(cache.video_shape) if train_cfg.model.uses_video else None
+    audio_dim = cache.audio_shape[1] if train_cfg.model.uses_audio else None
+    spec = bundle.model_spec or model_spec(train_cfg.model, video_dim=cache.video_shape[2], num_patches=cache.video_shape[1],
+                                           audio_dim=cache.audio_shape[1], dropout=train_cfg.training.dropout)
+    model = build_model_from_spec(spec, _offline_overrides(train_cfg.model)).to(device).eval()
+    dataset = ClipDataset(cache, list(clips["clip_id"]), preload=False)
+    columns = [run_names.index(n) for n in shared]
+    per_model: dict[str, np.ndarray] = {}
+    with torch.inference_mode():
+        for name, state in zip(bundle.fold_names, bundle.states):
+            model.load_state_dict(state)
+            parts = []
+            for start in range(0, len(dataset), cfg.batch_size):
+                items = [dataset[i] for i in range(start, min(start + cfg.batch_size, len(dataset)))]
+                batch = to_device(collate_clips(items, video_shape=video_shape, audio_dim=audio_dim), device)
+                parts.append(model(batch)["probabilities"].float().cpu().numpy())
+            probs = np.concatenate(parts)[:, columns]
+            per_model[name] = probs / probs.sum(1, keepdims=True)   # renormalised over the shared classes
+    ensemble = np.mean(list(per_model.values()), axis=0)
+    metrics = compute_metrics(truth, ensemble.argmax(1), class_names=tuple(shared))
+    folds = {n: {k: v for k, v in compute_metrics(truth, p.argmax(1), class_names=tuple(shared)).items()
+                 if not isinstance(v, (dict, list))} for n, p in per_model.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame({"clip_id": clips["clip_id"], "label": [shared[i] for i in truth],
+                          "prediction": [shared[i] for i in ensemble.argmax(1)]})
+    for i, n in enumerate(shared):
+        frame[f"prob_{n}"] = ensemble[:, i].round(6)
+    frame.to_csv(out / "predictions.csv", index=False)
+    write_confusion(out, np.asarray(metrics["confusion_matrix"]), f"{Path(cfg.run).name} on {Path(cfg.cache).name}",
+                    class_names=tuple(shared))
+    result = {"run": str(cfg.run), "cache": str(cfg.cache), "dataset": cache.dataset, "label_map": mapping,
+              "classes": shared, "models": list(per_model), "num_clips": int(len(clips)),
+              "num_left_out": int(len(cache.clips) - len(clips)), "metrics": metrics, "folds": folds}
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def format_evaluation(result: dict) -> str:
+    m = result["metrics"]
+    models = "ensemble of " + ", ".join(result["models"]) if len(result["models"]) > 1 else result["models"][0]
+    return (f"{result['run']} ({models}) on {result['cache']}: {result['num_clips']} clips of {len(result['classes'])} "
+            f"shared classes ({', '.join(result['classes'])}; {result['num_left_out']} clips of other classes left out)\n"
+            f"accuracy {m['accuracy']:.3f}  uar {m['uar']:.3f}  f1_macro {m['f1_macro']:.3f}  f1_weighted {m['f1_weighted']:.3f}")
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    from mmfer.pipeline.app.flags import add_config_flags
+
+    parser.description = ("Cross-corpus evaluation: a run's fold models (default: their ensemble) on another dataset's "
+                          "cache, through a label map, on the classes the two share.")
+    add_config_flags(parser, EvaluateConfig, layered=False)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mmfer.pipeline.app.flags import resolve_config
+
+    cfg: EvaluateConfig = resolve_config(EvaluateConfig, args, layered=False)
+    if not cfg.run or not cfg.cache:
+        raise ConfigError("evaluate needs --run RUN_DIR and --cache OTHER_CACHE")
+    result = evaluate(cfg)
+    print(format_evaluation(result))
+    print(f"wrote {Path(cfg.out) / 'metrics.json'}, predictions.csv and confusion_matrix.csv/png")
+    return 0

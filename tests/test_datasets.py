@@ -1,0 +1,308 @@
+"""Datasets beyond RAVDESS: your own manifest (csv/jsonl, bad rows), CREMA-D's layout, names and folds, and the
+label names a store records flowing through extract and train-fusion (real clips, real ffmpeg, tiny encoders)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from extract_helpers import extract_config
+from synthetic_store import make_store
+
+from mmfer.data.crema_d import BROKEN_CLIPS, parse_crema_d_name, scan_crema_d
+from mmfer.data.datasets import build_manifest
+from mmfer.data.demo import make_crema_d_demo, write_demo_clip
+from mmfer.data.own_manifest import ManifestError, read_own_manifest
+from mmfer.pipeline.config import ExtractConfig, train_config_with_preset
+from mmfer.pipeline.labels import CREMA_D_EMOTIONS
+from mmfer.pipeline.splits import LeakageError, column_folds, make_folds, resolve_protocol
+from mmfer.pipeline.store import open_store
+
+SPEAKERS = ("ann", "bob", "cat", "dan", "eve", "fay")
+LABELS = ("calm", "happy", "sad")
+
+
+def _touch(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    return path
+
+
+def _csv(path, rows, header="clip_id,video_path,label,speaker,start_s,end_s,fold"):
+    path.write_text(header + "\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def test_manifest_bad_rows_are_reported_by_line_and_left_out(tmp_path, caplog):
+    for name in ("a.mp4", "b.mp4", "c.mp4", "d.mp4", "e.mp4"):
+        _touch(tmp_path / "media" / name)
+    manifest = _csv(tmp_path / "clips.csv", [
+        "c1,media/a.mp4,sad,ann,,,",              # line 2: good
+        "c2,media/missing.mp4,sad,ann,,,",        # line 3: missing file
+        "c3,media/b.mp4,happy,,,,",               # line 4: empty speaker
+        "c4,media/c.mp4,angry,bob,,,",            # line 5: unknown label under --labels
+        "c5,media/d.mp4,happy,bob,2.0,1.0,",      # line 6: end_s <= start_s
+        f"c6,{tmp_path / 'media' / 'e.mp4'},happy,bob,,,",   # line 7: good, absolute path
+    ])
+    with caplog.at_level(logging.WARNING):
+        table, names = read_own_manifest(str(manifest), labels="sad,happy")
+    assert names == ("sad", "happy")
+    assert list(table["clip_id"]) == ["c1", "c6"] and list(table["label"]) == [0, 1]
+    assert list(table["speaker"]) == ["ann", "bob"] and list(table["actor"]) == [1, 2]
+    text = caplog.text
+    for line, why in ((3, "not found"), (4, "empty speaker"), (5, "'angry' is not one of --labels"), (6, "end_s 1.0 <= start_s 2.0")):
+        assert f"clips.csv line {line}: left out: " in text and why in text, (line, why)
+    assert all(s for s in table["source"])            # each file's signature is stamped
+
+
+def test_jsonl_manifest_sorted_label_names_and_groups(tmp_path):
+    _touch(tmp_path / "x.mp4")
+    _touch(tmp_path / "y.mp4")
+    lines = [json.dumps({"clip_id": "a", "video_path": "x.mp4", "label": "sad", "speaker": "s1", "group": "take1", "split": "train"}),
+             "not json",
+             json.dumps({"clip_id": "b", "video_path": "y.mp4", "label": "angry", "speaker": "s2", "split": "test"})]
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    table, names = read_own_manifest(str(tmp_path / "m.jsonl"), labels=None)
+    assert names == ("angry", "sad") and dict(zip(table["clip_id"], table["label"])) == {"a": 1, "b": 0}
+    assert dict(zip(table["clip_id"], table["recording_id"])) == {"a": "take1", "b": "b"}
+    assert resolve_protocol("auto", dataset="manifest", clips=table) == "manifest"
+    (fold,) = make_folds("manifest", num_val_actors=2, fold_file=None, clips=table, num_folds=5)
+    assert fold.train_actors == (1,) and fold.test_actors == (2,)
+
+
+def test_manifest_refuses_mixed_protocol_columns(tmp_path):
+    _touch(tmp_path / "a.mp4")
+    _touch(tmp_path / "b.mp4")
+    manifest = _csv(tmp_path / "m.csv", ["c1,a.mp4,sad,ann,0.5,1.5,1", "c2,b.mp4,sad,bob,,,"])
+    with pytest.raises(ManifestError, match="some rows have a fold and others not"):
+        read_own_manifest(str(manifest), labels=None)
+
+
+def test_speaker_in_two_folds_is_leakage_and_folds_come_from_the_column():
+    clips = pd.DataFrame({"actor": [1, 2, 3, 4], "speaker": ["a", "b", "c", "d"], "fold": [1, 1, 2, 3]})
+    folds = column_folds(clips, num_val_actors=1)
+    assert [(f.name, f.test_actors, f.val_actors, f.train_actors) for f in folds] == [
+        ("fold1", (1, 2), (3,), (4,)), ("fold2", (3,), (4,), (1, 2)), ("fold3", (4,), (1,), (2, 3))]
+    clips.loc[3, "actor"] = 1
+    with pytest.raises(LeakageError, match="speaker a has clips in fold 1 and fold 3"):
+        column_folds(clips, num_val_actors=1)
+
+
+def test_crema_d_folds_are_hicmae_blocks_of_actors():
+    folds = make_folds("crema-d-5fold", num_val_actors=2, fold_file=None, clips=None, num_folds=5)
+    assert [(f.test_actors[0], f.test_actors[-1], len(f.test_actors)) for f in folds] == [
+        (1001, 1018, 18), (1019, 1036, 18), (1037, 1054, 18), (1055, 1072, 18), (1073, 1091, 19)]
+    assert folds[0].val_actors == (1019, 1020) and folds[4].val_actors == (1001, 1002)
+    for f in folds:
+        assert len(f.train_actors) + len(f.val_actors) + len(f.test_actors) == 91
+
+
+def test_crema_d_names_broken_clips_and_wav_only(tmp_path, caplog):
+    assert parse_crema_d_name("1001_DFA_ANG_XX.flv")["emotion"] == "angry"
+    for bad in ("1000_DFA_ANG_XX", "1001_XXX_ANG_XX", "1001_DFA_CAL_XX", "1001_DFA_ANG_ZZ", "1001_DFA_ANG"):
+        assert parse_crema_d_name(bad) is None, bad
+    for stem in ("1001_DFA_ANG_XX", "1002_IEO_HAP_HI", BROKEN_CLIPS[0], "README"):
+        _touch(tmp_path / "VideoFlash" / f"{stem}.flv")
+    _touch(tmp_path / "AudioWAV" / "1003_IEO_SAD_LO.wav")
+    wav = _touch(tmp_path / "AudioWAV" / "1001_DFA_ANG_XX.wav")
+    (tmp_path / "VideoDemographics.csv").write_text("ActorID,Age,Sex,Race,Ethnicity\n1001,51,Male,Caucasian,Not Hispanic\n")
+    with caplog.at_level(logging.INFO):
+        table = scan_crema_d(str(tmp_path))
+    assert list(table["clip_id"]) == ["1001_DFA_ANG_XX", "1002_IEO_HAP_HI"]
+    assert list(table["gender"]) == ["male", ""] and list(table["label"]) == [0, 3]
+    assert list(table["audio_path"]) == [str(wav.resolve()), ""]   # the WAV when it exists, else the FLV's sound
+    assert "skipped 1 file(s) whose names are not CREMA-D names" in caplog.text
+    assert "skipped 1 WAV file(s) without their VideoFlash" in caplog.text and BROKEN_CLIPS[0] in caplog.text
+
+
+@pytest.mark.slow
+def test_manifest_clips_extract_and_train_with_their_own_labels(tmp_path, tiny_models):
+    """6 speakers x 3 labels of real demo clips through a manifest with bad rows -> extract -> one epoch of
+    speaker-kfold; every output names the 3 classes, none of RAVDESS's 8."""
+    from mmfer.pipeline.media import run_ffmpeg
+
+    rows = []
+    for s, speaker in enumerate(SPEAKERS, start=1):
+        for label in LABELS:
+            video = tmp_path / "media" / f"{speaker}_{label}.mp4"
+            if (speaker, label) == ("fay", "sad"):      # a 1 s segment of a 3 s recording
+                write_demo_clip(video, label, s, duration_s=3.0, size_px=64)
+                rows.append(f"{speaker}-{label},media/{speaker}_{label}.mp4,{label},{speaker},1.0,2.0,,")
+            elif (speaker, label) == ("eve", "happy"):   # silent video + its sound in a separate WAV
+                source = write_demo_clip(tmp_path / "src.mp4", label, s, duration_s=1.0, size_px=64)
+                write_demo_clip(video, label, s, duration_s=1.0, size_px=64, with_audio=False)
+                run_ffmpeg(["-y", "-i", str(source), "-vn", "-ac", "1", str(tmp_path / "media" / "eve.wav")],
+                           path=source, timeout_s=60)
+                rows.append(f"{speaker}-{label},media/{speaker}_{label}.mp4,{label},{speaker},,,,media/eve.wav")
+            else:
+                write_demo_clip(video, label, s, duration_s=1.0, size_px=64)
+                rows.append(f"{speaker}-{label},media/{speaker}_{label}.mp4,{label},{speaker},,,,")
+    rows.append("ghost,media/ghost.mp4,sad,ann,,,,")
+    manifest_file = _csv(tmp_path / "clips.csv", rows, header="clip_id,video_path,label,speaker,start_s,end_s,fold,audio_path")
+    cfg = extract_config("", tmp_path / "cache", tiny_models, dataset="manifest", manifest=str(manifest_file))
+    from mmfer.extract.run import extract_all
+    summary = extract_all(cfg, build_manifest(cfg))
+    assert summary.num_done == 18 and summary.num_failed == 0, summary.format()
+    store = open_store(tmp_path / "cache")
+    assert store.attrs["label_names"] == list(LABELS)
+    audio = store.entry("audio")
+    assert abs(float(audio.read_clip("fay-sad", ("duration_s",))["duration_s"]) - 1.0) < 0.1   # the segment, not 3 s
+    assert float(audio.read_clip("eve-happy", ("duration_s",))["duration_s"]) > 0.9            # the WAV's sound
+    assert abs(float(audio.read_clip("ann-sad", ("duration_s",))["duration_s"]) - 1.0) < 0.1
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "mmfer.pipeline.app.cli", "train-fusion", "--cache", str(tmp_path / "cache"),
+                             "--out", str(out), "--preset", "tiny", "--device", "cpu", "--epochs", "1",
+                             "split.num_folds=3", "split.num_val_actors=1", "training.batch_size=4"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads((out / "summary.json").read_text())
+    assert [f["test_actors"] for f in run["protocol"]] == [[1, 2], [3, 4], [5, 6]]
+    config = (out / "config.yaml").read_text()
+    assert "protocol: speaker-kfold" in config and "num_classes: 3" in config
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert set(predictions["label"]) == set(LABELS) and len(predictions) == 18
+    assert [c for c in predictions if c.startswith("prob_")] == [f"prob_{n}" for n in LABELS]
+    confusion = pd.read_csv(out / "confusion_matrix.csv", index_col=0)
+    assert list(confusion.index) == [f"true_{n}" for n in LABELS] and confusion.to_numpy().sum() == 18
+    assert set(run["folds"]["fold1"]["per_class"]) == set(LABELS)
+    predicted = tmp_path / "predict.csv"
+    result = subprocess.run([sys.executable, "-m", "mmfer.pipeline.app.cli", "predict", "--run", str(out), "--fold", "1",
+                             "--device", "cpu", "--out", str(predicted), str(tmp_path / "media" / "ann_sad.mp4")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = pd.read_csv(predicted).iloc[0]
+    assert row["prediction"] in LABELS and [c for c in row.index if c.startswith("prob_")] == [f"prob_{n}" for n in LABELS]
+
+
+@pytest.mark.slow
+def test_crema_d_demo_extracts_and_trains_on_its_six_classes(tmp_path, tiny_models, demo_cache):
+    """make-demo --layout crema-d (FLV + WAV) -> extract --dataset crema-d -> one epoch of fold 1 of crema-d-5fold,
+    restricted by a fold file to the 4 demo actors."""
+    result = subprocess.run([sys.executable, "-m", "mmfer.pipeline.app.cli", "make-demo", "--layout", "crema-d", "--out",
+                             str(tmp_path / "crema"), "--num-actors", "4", "--clips-per-emotion", "1", "--size-px", "64",
+                             "--duration-s", "1.0"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list((tmp_path / "crema" / "VideoFlash").glob("*.flv"))) == 24
+    assert len(list((tmp_path / "crema" / "AudioWAV").glob("*.wav"))) == 24
+    cfg = extract_config(tmp_path / "crema", tmp_path / "cache", tiny_models, dataset="crema-d")
+    manifest = build_manifest(cfg)
+    assert set(manifest["gender"]) == {"male", "female"} and sorted(manifest["actor"].unique()) == [1001, 1002, 1003, 1004]
+    from mmfer.extract.run import extract_all
+    summary = extract_all(cfg, manifest)
+    assert summary.num_done == 24, summary.format()
+    store = open_store(tmp_path / "cache")
+    assert store.attrs["label_names"] == list(CREMA_D_EMOTIONS) and store.attrs["dataset"] == "crema-d"
+    assert resolve_protocol("auto", dataset="crema-d", clips=store.clip_table) == "crema-d-5fold"
+    folds = tmp_path / "folds.json"
+    folds.write_text(json.dumps([{"name": "demo", "test_actors": [1001], "val_actors": [1002]}]))
+    from mmfer.train.loop import train
+    run = train(train_config_with_preset({"cache": str(tmp_path / "cache"), "out": str(tmp_path / "run"), "preset": "tiny",
+                                          "device": "cpu", "split.protocol": "file", "split.fold_file": str(folds),
+                                          "training.max_epochs": 1, "training.batch_size": 4}))
+    assert set(run["folds"]["demo"]["per_class"]) == set(CREMA_D_EMOTIONS)
+    predictions = pd.read_csv(tmp_path / "run" / "predictions.csv")
+    assert len(predictions) == 6 and set(predictions["label"]) == set(CREMA_D_EMOTIONS)
+
+    # RAVDESS -> CREMA-D: a one-epoch RAVDESS run scored on the CREMA-D cache, on the 6 shared classes
+    ravdess_folds = tmp_path / "ravdess_folds.json"
+    ravdess_folds.write_text(json.dumps([{"name": "r1", "test_actors": [1], "val_actors": [2]}]))
+    train(train_config_with_preset({"cache": str(demo_cache), "out": str(tmp_path / "ravdess_run"), "preset": "tiny",
+                                    "device": "cpu", "split.protocol": "file", "split.fold_file": str(ravdess_folds),
+                                    "training.max_epochs": 1, "training.batch_size": 4}))
+    cli = [sys.executable, "-m", "mmfer.pipeline.app.cli", "evaluate", "--run", str(tmp_path / "ravdess_run"), "--device", "cpu"]
+    result = subprocess.run([*cli, "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "eval")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluation = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert evaluation["classes"] == ["neutral", "happy", "sad", "angry", "fearful", "disgust"]   # the run's order
+    assert evaluation["num_clips"] == 24 and evaluation["metrics"]["num_clips"] == 24
+    confusion = pd.read_csv(tmp_path / "eval" / "confusion_matrix.csv", index_col=0)
+    assert confusion.shape == (6, 6) and confusion.to_numpy().sum() == 24
+    # a label map narrows the classes; a cache of other encoders is refused in one line, exit 2
+    (tmp_path / "map.yaml").write_text("angry: angry\nsad: sad\n")
+    result = subprocess.run([*cli, "--cache", str(tmp_path / "cache"), "--label-map", str(tmp_path / "map.yaml"),
+                             "--out", str(tmp_path / "eval2")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "eval2" / "metrics.json").read_text())["classes"] == ["sad", "angry"]
+    other = make_store(tmp_path / "other_cache", repetitions=1)
+    result = subprocess.run([*cli, "--cache", str(other), "--out", str(tmp_path / "eval3")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "holds no features made with run" in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "eval3").exists()
+
+
+def _dfew_tree(root, clips):
+    """DFEW's release layout: clips {n: (label 1..7, test set k)}; each set's train list is every other clip."""
+    for kind in ("train", "test"):
+        folder = root / "EmoLabel_DataSplit" / f"{kind}(single-labeled)"
+        folder.mkdir(parents=True, exist_ok=True)
+        for k in range(1, 6):
+            chosen = [(n, lab) for n, (lab, s) in clips.items() if (s == k) == (kind == "test")]
+            (folder / f"set_{k}.csv").write_text("video_name,label\n" + "".join(f"{n},{lab}\n" for n, lab in chosen))
+    for n in clips:
+        _touch(root / "Clip" / "original" / f"{n:05d}.mp4")
+
+
+def _mafw_tree(root, clips):
+    """MAFW's release layout: clips {stem: (label, test set k)}."""
+    for k in range(1, 6):
+        folder = root / "Train & Test Set" / "single" / "no_caption" / f"set_{k}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for kind in ("train", "test"):
+            chosen = [(s, lab) for s, (lab, t) in clips.items() if (t == k) == (kind == "test")]
+            (folder / f"{kind}.txt").write_text("".join(f"{s}.mp4 {lab}\n" for s, lab in chosen))
+    for stem in clips:
+        _touch(root / "data" / "clips" / f"{stem}.mp4")
+
+
+def test_dfew_and_mafw_set_files_drive_their_folds(tmp_path, caplog):
+    from mmfer.data.official_folds import DFEW_LABELS, MAFW_LABELS
+
+    dfew = {n: (1 + n % 7, 1 + n % 5) for n in range(1, 21)}
+    _dfew_tree(tmp_path / "dfew", dfew)
+    (tmp_path / "dfew" / "Clip" / "original" / "00020.mp4").unlink()          # listed but absent: left out
+    cfg = ExtractConfig(dataset="dfew", root=str(tmp_path / "dfew"))
+    with caplog.at_level(logging.WARNING):
+        table = build_manifest(cfg)
+    assert table.attrs["label_names"] == list(DFEW_LABELS) and len(table) == 19 and "00020" in caplog.text
+    assert dict(zip(table["clip_id"], table["emotion"]))["00003"] == DFEW_LABELS[3]   # label 4 = angry
+    protocol = resolve_protocol("auto", dataset="dfew", clips=table)
+    folds = make_folds(protocol, num_val_actors=1, fold_file=None, clips=table, num_folds=5)
+    by_actor = dict(zip(table["actor"], table["clip_id"]))
+    for k, fold in enumerate(folds, start=1):
+        assert sorted(by_actor[a] for a in fold.test_actors) == sorted(f"{n:05d}" for n, (_, s) in dfew.items() if s == k and n != 20)
+
+    mafw = {f"{n:05d}": (MAFW_LABELS[n % 11], 1 + n % 5) for n in range(1, 23)}
+    _mafw_tree(tmp_path / "mafw", mafw)
+    table = build_manifest(ExtractConfig(dataset="mafw", root=str(tmp_path / "mafw")))
+    assert table.attrs["label_names"] == list(MAFW_LABELS) and len(table) == 22
+    assert dict(zip(table["clip_id"], table["fold"])) == {s: k for s, (_, k) in mafw.items()}
+    (tmp_path / "mafw" / "Train & Test Set" / "single" / "no_caption" / "set_2" / "test.txt").write_text("00001.mp4 joy\n")
+    with pytest.raises(Exception, match=r"set_2/test.txt line 1: expected '<clip>.mp4 <label>'"):
+        build_manifest(ExtractConfig(dataset="mafw", root=str(tmp_path / "mafw")))
+
+
+def test_class_weights_count_follows_the_cache_classes():
+    import numpy as np
+
+    from mmfer.pipeline.errors import ConfigError
+    from mmfer.train.losses import resolve_class_weights
+
+    assert resolve_class_weights("1,2,3", np.array([0, 1, 2]), 3).tolist() == [1.0, 2.0, 3.0]
+    with pytest.raises(ConfigError, match="has 8 numbers, but the cache has 3 classes"):
+        resolve_class_weights("1,1,1,1,1,1,1,1", np.array([0]), 3)
+
+
+def test_train_refuses_class_weights_of_another_class_count_before_writing(tmp_path):
+    from mmfer.pipeline.errors import ConfigError
+    from mmfer.train.loop import train
+
+    cache = make_store(tmp_path / "cache", repetitions=1)   # written without label_names: RAVDESS's 8
+    cfg = train_config_with_preset({"cache": str(cache), "out": str(tmp_path / "run"), "preset": "tiny", "device": "cpu",
+                                    "training.class_weights": "1,2,3"})
+    with pytest.raises(ConfigError, match=r"has 3 numbers, but .* has 8 classes \(neutral, calm"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
