@@ -15,7 +15,7 @@ from synthetic_store import make_store
 
 from mmfer.data.crema_d import BROKEN_CLIPS, parse_crema_d_name, scan_crema_d
 from mmfer.data.datasets import build_manifest
-from mmfer.data.demo import make_crema_d_demo, write_demo_clip
+from mmfer.data.demo import write_demo_clip
 from mmfer.data.own_manifest import ManifestError, read_own_manifest
 from mmfer.pipeline.config import ExtractConfig, train_config_with_preset
 from mmfer.pipeline.labels import CREMA_D_EMOTIONS

@@ -17,6 +17,7 @@ import torch
 from mmfer.pipeline.app.bundle import ModelBundle, train_config
 from mmfer.pipeline.config import ExtractConfig
 from mmfer.pipeline.errors import BadInputError, MmferError
+from mmfer.pipeline.labels import EMOTIONS
 
 log = logging.getLogger(__name__)
 
