@@ -487,6 +487,22 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class RobustnessConfig:
+    run: str = ""
+    """A train-fusion run folder (required): each fold model is scored on its own test clips."""
+    corrupt: str = "all"
+    """Comma-separated corruptions of the cached test features (no-audio, no-video, audio-snr-20, audio-snr-10, audio-snr-0, frame-drop-50) or all."""
+    out: str | None = None
+    """Folder for robustness.csv/.md/.png (default: <run>/robustness)."""
+    cache: str | None = None
+    """The run's feature store, if it moved."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N or auto."""
+    seed: int = 0
+    """Seed of the added noise (the same seed gives the same table)."""
+
+
+@dataclass(frozen=True)
 class BenchConfig:
     device: str = "cpu"
     """cpu, cuda or cuda:N."""
