@@ -68,6 +68,8 @@ def test_report_on_a_real_run_matches_its_clean_test_score(run_dir, tmp_path):
     scores = pd.read_csv(out / "robustness.csv")
     assert set(scores["corruption"]) == {"clean", "no-audio", "no-video", "audio-snr-10", "frame-drop-50"}
     assert set(scores["classifier"]) == {"fusion", "audio", "visual"}
+    heads = scores.groupby("corruption")["classifier"].apply(set)
+    assert heads["no-audio"] == {"fusion", "visual"} and heads["no-video"] == {"fusion", "audio"}
     summary = json.loads((run_dir / "summary.json").read_text())
     clean = scores[(scores["corruption"] == "clean") & (scores["classifier"] == "fusion")]["f1_macro"].item()
     assert clean == pytest.approx(summary["folds"]["fold1"]["f1_macro"], abs=1e-9)   # the run's own test pass

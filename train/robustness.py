@@ -61,7 +61,8 @@ def corrupt_batch(batch: dict, name: str, generator: torch.Generator) -> dict:
 @torch.inference_mode()
 def evaluate_fold(model, batches: list[dict], corruptions: list[str], *, seed: int) -> dict[str, dict[str, float]]:
     """{corruption: {'fusion': macro-F1, 'audio': ..., 'visual': ...}} over the test `batches` (raw loader
-    batches on the model's device), 'clean' first. A head the model lacks is left out. The noise of each
+    batches on the model's device), 'clean' first. A head the model lacks is left out, and so is the head of
+    a removed modality (no-audio has no audio score). The noise of each
     corruption is drawn from a CPU generator seeded with `seed`, so a rerun gives the same table."""
     model.eval()
     scores = {}
@@ -75,5 +76,7 @@ def evaluate_fold(model, batches: list[dict], corruptions: list[str], *, seed: i
                 if outputs.get(key) is not None:
                     preds[head].append(outputs[key].argmax(1).cpu().numpy())
         y = np.concatenate(labels)
-        scores[name] = {head: compute_metrics(y, np.concatenate(p))["f1_macro"] for head, p in preds.items() if p}
+        removed = {"no-audio": "audio", "no-video": "visual"}.get(name)   # that head sees only the missing embedding
+        scores[name] = {head: compute_metrics(y, np.concatenate(p))["f1_macro"] for head, p in preds.items()
+                        if p and head != removed}
     return scores
