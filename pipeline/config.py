@@ -247,6 +247,24 @@ class TrainingConfig:
     """Dropout in the trainable modules."""
     mixup_alpha: float = 0.2
     """Mixup Beta(alpha, alpha) on cached features and labels (0 = off)."""
+    video_frame_drop: float = 0.0
+    """Training only: probability that each visual frame is dropped (masked out of attention; one always stays)."""
+    video_time_mask: float = 0.0
+    """Training only: longest share of the visual frames hidden in one contiguous block (set to the training mean)."""
+    patch_drop: float = 0.0
+    """Training only: probability that each SigLIP2 patch token of a frame is replaced by the training mean."""
+    audio_time_mask: float = 0.0
+    """Training only: SpecAugment time mask, longest share of a clip's audio frames hidden in one block."""
+    audio_channel_mask: float = 0.0
+    """Training only: SpecAugment channel mask, longest share of the audio channels (Da) hidden in one block."""
+    modality_dropout: float = 0.0
+    """Training only: per clip with both, drop audio with this probability, else video with it (learned missing embedding; <= 0.5)."""
+    feature_noise: float = 0.0
+    """Training only: std of Gaussian noise added to the standardized cached tokens (0 = off)."""
+    cutmix_prob: float = 0.0
+    """Training only: probability that a batch uses CutMix in time (a block of frames from a partner clip, labels mixed by share) instead of mixup."""
+    cutmix_alpha: float = 1.0
+    """CutMix share of the clip's own frames ~ Beta(alpha, alpha)."""
     gradient_clip: float = 1.0
     """Max gradient norm (after unscaling)."""
     mixed_precision: bool = True
@@ -280,6 +298,14 @@ class TrainingConfig:
                 raise ValueError(f"training.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"training.dropout must be in [0, 1), got {self.dropout}")
+        for name in ("video_frame_drop", "video_time_mask", "patch_drop", "audio_time_mask", "audio_channel_mask",
+                     "cutmix_prob"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"training.{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 <= self.modality_dropout <= 0.5:
+            raise ValueError(f"training.modality_dropout must be in [0, 0.5], got {self.modality_dropout}")
+        if self.feature_noise < 0 or self.cutmix_alpha <= 0:
+            raise ValueError("training.feature_noise must be >= 0 and training.cutmix_alpha > 0")
         if not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"training.betas must be in [0, 1), got {list(self.betas)}")
         if not 0 <= self.label_smoothing < 1:
@@ -502,6 +528,22 @@ class EvaluateConfig:
     """cpu, cuda, cuda:N or auto."""
     batch_size: int = 16
     """Clips per forward pass."""
+
+
+@dataclass(frozen=True)
+class RobustnessConfig:
+    run: str = ""
+    """A train-fusion run folder (required): each fold model is scored on its own test clips."""
+    corrupt: str = "all"
+    """Comma-separated corruptions of the cached test features (no-audio, no-video, audio-snr-20, audio-snr-10, audio-snr-0, frame-drop-50) or all."""
+    out: str | None = None
+    """Folder for robustness.csv/.md/.png (default: <run>/robustness)."""
+    cache: str | None = None
+    """The run's feature store, if it moved."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N or auto."""
+    seed: int = 0
+    """Seed of the added noise (the same seed gives the same table)."""
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ Every test here is skipped, with that reason, on a machine without CUDA: run `py
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -49,7 +50,9 @@ def test_mixed_precision_training_step_on_cuda(amp_dtype, tmp_path):
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     before = [p.detach().clone() for p in fit.model.parameters()]
     stats = train_epoch(fit.model, fit.criterion, fit.optimizer, scaler, loader, device, amp_dtype,
-                        np.random.default_rng(0), mixup_alpha=0.0, accumulation=1, max_grad_norm=1.0, desc="gpu")
+                        np.random.default_rng(0), desc="gpu",
+                        training=dataclasses.replace(cfg.training, mixup_alpha=0.0, gradient_accumulation_steps=1,
+                                                     gradient_clip=1.0))
     assert np.isfinite(stats["loss"]) and stats["loss"] > 0
     assert any(not torch.equal(a, b) for a, b in zip(before, fit.model.parameters())), "no parameter was updated"
     if amp_dtype == torch.float16:

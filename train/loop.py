@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import yaml
 
-from mmfer.pipeline.config import TrainConfig
+from mmfer.pipeline.config import TrainConfig, TrainingConfig
 from mmfer.pipeline.device import resolve_device
 from mmfer.pipeline.errors import BadInputError, ConfigError
 from mmfer.pipeline.faults import crash_point
@@ -36,6 +36,7 @@ from mmfer.train.dataset import (ClipDataset, EpochSampler, apply_thread_budget,
                                  should_preload, to_device)
 from mmfer.train.losses import ContrastiveLoss, MultimodalLoss, resolve_class_weights
 from mmfer.train.metrics import HEADLINE, aggregate_folds, compute_metrics
+from mmfer.train.augment import augment_batch, cutmix_time, is_augmenting
 from mmfer.train.mixup import mix_batch, sample_mixup
 from mmfer.train.model.normalize import feature_statistics
 from mmfer.train.model.builder import build_model, param_groups
@@ -251,8 +252,7 @@ def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, 
             train_pos, dataset.clip_ids, confidence, epoch, t.curriculum_epochs)
         sampler.set_indices(rng.permutation(positions))
         stats = train_epoch(model, criterion, optimizer, scaler, loader, device, amp_dtype, rng,
-                            mixup_alpha=t.mixup_alpha, accumulation=t.gradient_accumulation_steps,
-                            max_grad_norm=t.gradient_clip, desc=f"{fold.name} epoch {epoch + 1}/{t.max_epochs}")
+                            training=t, desc=f"{fold.name} epoch {epoch + 1}/{t.max_epochs}")
         _, val_labels, val_probs = predict(model, loader, sampler, val_pos, device, amp_dtype)
         val = compute_metrics(val_labels, val_probs.argmax(1), class_names=cache.label_names)
         lrs = schedule.lrs()
@@ -352,9 +352,11 @@ def setup_fold(cfg: TrainConfig, cache, dataset: ClipDataset, train_pos: np.ndar
 
 
 def train_epoch(model, criterion, optimizer, scaler, loader, device, amp_dtype, rng: np.random.Generator, *,
-                mixup_alpha: float, accumulation: int, max_grad_norm: float, desc: str) -> dict:
-    """One pass over the sampler's clips: mixup, AMP forward, scaled backward, every `accumulation` batches
-    unscale -> clip -> step. Returns mean loss, accuracy (vs. the dominant mixup label), epoch_s, samples_per_s."""
+                training: TrainingConfig, desc: str) -> dict:
+    """One pass over the sampler's clips: CutMix in time or mixup, feature-space augmentation (train/augment.py;
+    training batches only), AMP forward, scaled backward, every `training.gradient_accumulation_steps` batches
+    unscale -> clip -> step. Returns mean loss, accuracy (vs. the dominant mixed label), epoch_s, samples_per_s."""
+    accumulation, max_grad_norm = training.gradient_accumulation_steps, training.gradient_clip
     model.train()
     optimizer.zero_grad(set_to_none=True)
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -366,10 +368,15 @@ def train_epoch(model, criterion, optimizer, scaler, loader, device, amp_dtype, 
         crash_point("train_batch")   # mid-epoch: earlier batches of this epoch already stepped the optimizer
         batch = to_device(batch, device)
         labels = batch["labels"]
-        lam, perm = sample_mixup(rng, mixup_alpha, len(labels))
         labels_b = None
-        if lam < 1.0:   # mixed after standardization, where padding (0) is neutral
-            batch, labels_b = mix_batch(model.input_norm(batch), lam, perm)
+        if training.cutmix_prob > 0 and rng.random() < training.cutmix_prob:   # instead of mixup for this batch
+            batch, labels_b, lam = cutmix_time(model.input_norm(batch), rng, alpha=training.cutmix_alpha)
+        else:
+            lam, perm = sample_mixup(rng, training.mixup_alpha, len(labels))
+            if lam < 1.0:   # mixed after standardization, where padding (0) is neutral
+                batch, labels_b = mix_batch(model.input_norm(batch), lam, perm)
+        if is_augmenting(training):
+            batch = augment_batch(model.input_norm(batch), rng, training)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             outputs = model(batch)
             losses = criterion(outputs, labels, labels_b, lam, has_audio=batch["has_audio"], has_video=batch["has_video"])

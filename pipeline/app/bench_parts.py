@@ -169,8 +169,7 @@ def run_epoch(trainer, batches, *, epoch: int = 0) -> float:
     sync(trainer.device.type)
     started = time.perf_counter()
     train_epoch(fold.model, fold.criterion, fold.optimizer, fold.scaler, batches, trainer.device,
-                fold.amp_dtype, rng, mixup_alpha=t.mixup_alpha, accumulation=t.gradient_accumulation_steps,
-                max_grad_norm=t.gradient_clip, desc="bench")
+                fold.amp_dtype, rng, training=t, desc="bench")
     sync(trainer.device.type)
     return time.perf_counter() - started
 

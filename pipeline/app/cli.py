@@ -223,6 +223,15 @@ def _bench_parser(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=cmd_bench)
 
 
+@_register("robustness", "Score a run's fold models with a modality missing or degraded (on the cached features); table + plot.")
+def _robustness_parser(parser: argparse.ArgumentParser) -> None:
+    from mmfer.pipeline.app.robustness import add_robustness_arguments, cmd_robustness  # light: torch loads when it runs
+
+    add_robustness_arguments(parser)
+    add_common_arguments(parser, with_overrides=False)
+    parser.set_defaults(handler=cmd_robustness)
+
+
 def mmfer_version() -> str:
     try:
         return version("mmfer")

@@ -1,0 +1,187 @@
+"""Feature-space augmentation (train/augment.py): each one changes the training inputs as its config field
+says, and a real tiny training run never changes the validation or test inputs.
+
+Unit checks run on the random batches of tests/model_inputs.py; the run checks train the tiny preset on
+the synthetic store (tests/synthetic_store.py) and record every batch the model sees with a torch hook.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from model_inputs import make_batch, make_model
+from synthetic_store import make_store, write_fold_file
+from train_helpers import tiny_config
+
+from mmfer.pipeline.config import TrainingConfig
+from mmfer.train.augment import augment_batch, cutmix_time
+from mmfer.train.loop import train
+
+
+def _standardized(seed: int = 1) -> dict:
+    return dict(make_batch(seed), is_standardized=True)
+
+
+def _augment(batch: dict, seed: int = 0, **fields) -> dict:
+    return augment_batch(batch, np.random.default_rng(seed), TrainingConfig(**fields))
+
+
+def test_off_changes_nothing_and_raw_batches_are_refused():
+    batch = _standardized()
+    out = _augment(batch)
+    for name, value in batch.items():
+        assert torch.equal(out[name], value) if isinstance(value, torch.Tensor) else out[name] == value, name
+    with pytest.raises(ValueError, match="standardize"):
+        augment_batch(make_batch(), np.random.default_rng(0), TrainingConfig(patch_drop=0.5))
+
+
+def test_frame_dropout_masks_frames_keeps_one_and_leaves_the_input_alone():
+    batch = _standardized()
+    before = batch["frame_mask"].clone()
+    out = _augment(batch, video_frame_drop=0.6)
+    assert torch.equal(batch["frame_mask"], before)                        # the caller's batch is not modified
+    assert not (out["frame_mask"] & ~before).any()                          # no padded frame becomes real
+    assert (out["frame_mask"].sum(1) >= 1).all() and out["frame_mask"].sum() < before.sum()
+    assert torch.equal(out["video_tokens"], batch["video_tokens"])         # dropped by the mask, values kept
+
+
+def test_time_masks_hide_one_contiguous_block_within_real_frames():
+    batch = _standardized()
+    out = _augment(batch, seed=3, video_time_mask=0.5, audio_time_mask=0.5)
+    for name, axis_len in (("video_tokens", batch["video_tokens"].shape[1]), ("audio_tokens", None)):
+        changed = (out[name] != batch[name]).flatten(2).any(2)                # (B, T) positions changed
+        assert changed.any(), name
+        for row in changed:
+            hit = torch.nonzero(row).flatten()
+            if len(hit):
+                assert hit[-1] - hit[0] + 1 == len(hit), name               # one contiguous block
+        assert (out[name][changed] == 0).all(), name                        # set to the training mean (0)
+    padded = ~batch["audio_mask"]
+    assert torch.equal(out["audio_tokens"][padded], batch["audio_tokens"][padded])   # padding untouched
+    assert torch.equal(out["frame_mask"], batch["frame_mask"]) and torch.equal(out["audio_mask"], batch["audio_mask"])
+
+
+def test_audio_channel_mask_and_patch_dropout():
+    batch = _standardized()
+    out = _augment(batch, seed=5, audio_channel_mask=0.5)
+    hidden = (out["audio_tokens"] == 0).all(dim=1)                          # (B, Da) channels zero in all frames
+    assert hidden.any() and hidden.sum() <= batch["audio_tokens"].shape[0] * round(0.5 * batch["audio_tokens"].shape[2])
+    out = _augment(batch, seed=5, patch_drop=0.3)
+    dropped = (out["video_tokens"] == 0).all(-1).float()                    # (B, Tv, P)
+    assert 0.2 < dropped.mean() < 0.4
+    kept = dropped == 0
+    assert torch.equal(out["video_tokens"][kept], batch["video_tokens"][kept])
+
+
+def test_modality_dropout_uses_the_learned_missing_embedding():
+    batch = _standardized()
+    out = _augment(batch, seed=2, modality_dropout=0.5)
+    assert not (~out["has_audio"] & ~out["has_video"]).any()               # never both
+    assert (~out["has_audio"]).any() or (~out["has_video"]).any()
+    model = make_model("early").eval()
+    dropped_audio = ~out["has_audio"]
+    changed = dict(out, audio_tokens=out["audio_tokens"] + 5.0)            # the dropped clips' audio is not read
+    with torch.no_grad():
+        a, b = model(out), model(changed)
+    assert torch.allclose(a["logits"][dropped_audio], b["logits"][dropped_audio])
+    if dropped_audio.any():
+        features = a["audio_features"][dropped_audio]
+        assert torch.allclose(features, model.audio_missing.expand_as(features))
+
+
+def test_feature_noise_has_the_stated_std_on_real_positions_only():
+    batch = _standardized()
+    out = _augment(batch, feature_noise=0.2)
+    diff = out["video_tokens"] - batch["video_tokens"]
+    assert abs(float(diff[batch["frame_mask"]].std()) - 0.2) < 0.02
+    assert (diff[~batch["frame_mask"]] == 0).all()
+    adiff = out["audio_tokens"] - batch["audio_tokens"]
+    assert (adiff[~batch["audio_mask"]] == 0).all() and adiff[batch["audio_mask"]].abs().max() > 0
+
+
+def test_cutmix_takes_a_block_from_the_partner_and_mixes_labels_by_share():
+    """Clip i's features all hold the value i + 1 (every frame real), so each position shows whose it is."""
+    batch = _standardized()
+    b, tv = batch["frame_mask"].shape
+    value = torch.arange(1.0, b + 1)
+    batch.update(video_tokens=value[:, None, None, None].expand_as(batch["video_tokens"]).clone(),
+                 frame_mask=torch.ones(b, tv, dtype=torch.bool))
+    for seed in range(5):
+        out, labels_b, lam = cutmix_time(batch, np.random.default_rng(seed), alpha=1.0)
+        own = out["video_tokens"][..., 0, 0] == value[:, None]                # (B, Tv)
+        partner = out["video_tokens"][..., 0, 0] == (labels_b.float() + 1)[:, None]
+        assert (own | partner).all()                                          # every frame is the clip's or its partner's
+        cols = torch.nonzero(~own[labels_b != batch["labels"]].all(0)).flatten()
+        if len(cols):
+            assert cols[-1] - cols[0] + 1 == len(cols)                        # one contiguous block in time
+            assert abs(1 - len(cols) / tv - lam) < 1e-6                       # label weight = own share of frames
+        assert torch.equal(out["has_audio"], batch["has_audio"])
+        assert sorted(labels_b.tolist()) == sorted(batch["labels"].tolist())
+
+
+# ---------------------------------------------------------------------------------------------------
+# A real tiny run: training batches change, validation and test batches never do
+# ---------------------------------------------------------------------------------------------------
+
+ALL_ON = {"training.video_frame_drop": 0.5, "training.video_time_mask": 0.3, "training.patch_drop": 0.2,
+          "training.audio_time_mask": 0.3, "training.audio_channel_mask": 0.2, "training.modality_dropout": 0.3,
+          "training.feature_noise": 0.1, "training.cutmix_prob": 0.5}
+
+
+def _recorded_run(root, name: str, **overrides) -> dict:
+    """Train 2 epochs and return {'train': [...], 'eval': [...]} of the batches the top model saw."""
+    seen = {"train": [], "eval": []}
+
+    def hook(module, args):
+        if type(module).__name__ == "FusionModel" and args:
+            batch = args[0]
+            seen["train" if module.training else "eval"].append(
+                {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+
+    cfg = tiny_config(root / "cache", root / "folds.json", root / name, **overrides)
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+    try:
+        train(cfg)
+    finally:
+        handle.remove()
+    return seen
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("augment")
+    make_store(root / "cache", repetitions=1)
+    write_fold_file(root / "folds.json")
+    return {"off": _recorded_run(root, "off", **{"training.mixup_alpha": 0.0}),
+            "on": _recorded_run(root, "on", **{"training.mixup_alpha": 0.0, **ALL_ON})}
+
+
+def test_training_batches_are_augmented(runs):
+    off, on = runs["off"]["train"], runs["on"]["train"]
+    assert off and len(on) == len(off)
+    assert not any(b.get("is_standardized") for b in off)                   # off: the loader's raw batches
+    assert all(b.get("is_standardized") for b in on)                        # on: augmented after FeatureNorm
+    assert any((~b["frame_mask"]).any() for b in on)                         # frame dropout (all store frames are real)
+    assert any((b["has_video"] != b["frame_mask"].any(1)).any() or (~b["has_audio"] & b["audio_mask"].any(1)).any()
+               for b in on)                                                   # modality dropout
+
+
+def test_validation_and_test_batches_are_never_augmented(runs):
+    off, on = runs["off"]["eval"], runs["on"]["eval"]
+    assert off and len(on) == len(off)
+    for a, b in zip(off, on):
+        assert a["clip_ids"] == b["clip_ids"] and "is_standardized" not in b
+        for name, value in a.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, b[name]), name
+
+
+def test_augmentation_fields_are_checked():
+    with pytest.raises(ValueError, match="modality_dropout"):
+        TrainingConfig(modality_dropout=0.6)
+    with pytest.raises(ValueError, match="patch_drop"):
+        TrainingConfig(patch_drop=1.0)
+    assert dataclasses.replace(TrainingConfig(), cutmix_prob=0.5).cutmix_prob == 0.5

@@ -1,0 +1,86 @@
+"""`mmfer robustness`: corruptions of the cached test features, and the report of a real tiny run.
+
+The run trains 2 epochs of the tiny preset on the synthetic store (tests/synthetic_store.py); the command
+runs as a real subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from model_inputs import make_batch
+from synthetic_store import make_store, write_fold_file
+from train_helpers import tiny_config
+
+from mmfer.train.loop import train
+from mmfer.train.robustness import CORRUPTIONS, corrupt_batch, parse_corruptions
+
+
+def _mmfer(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mmfer.pipeline.app.cli", *args], capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_corruptions_change_what_they_name_and_leave_the_input_alone():
+    batch = make_batch()
+    kept = {k: v.clone() for k, v in batch.items()}
+    gen = lambda: torch.Generator().manual_seed(0)   # noqa: E731
+    out = corrupt_batch(batch, "no-audio", gen())
+    assert not out["has_audio"].any() and not out["audio_mask"].any() and torch.equal(out["frame_mask"], batch["frame_mask"])
+    out = corrupt_batch(batch, "no-video", gen())
+    assert not out["has_video"].any() and not out["frame_mask"].any() and torch.equal(out["has_audio"], batch["has_audio"])
+    out = corrupt_batch(batch, "frame-drop-50", gen())
+    assert not out["frame_mask"][:, 1::2].any() and torch.equal(out["frame_mask"][:, 0::2], batch["frame_mask"][:, 0::2])
+    for snr_db in (20, 10, 0):
+        out = corrupt_batch(batch, f"audio-snr-{snr_db}", gen())
+        real = batch["audio_mask"]
+        noise = (out["audio_tokens"] - batch["audio_tokens"])[real]
+        centred = batch["audio_tokens"] - (batch["audio_tokens"] * real[..., None]).sum(1, keepdim=True) / real.sum(1)[:, None, None]
+        ratio_db = 10 * torch.log10((centred[real] ** 2).mean() / (noise ** 2).mean())
+        assert abs(float(ratio_db) - snr_db) < 1.0, snr_db                    # the stated SNR, on the tokens
+        assert (out["audio_tokens"][~real] == batch["audio_tokens"][~real]).all()   # padding untouched
+    for name, value in kept.items():
+        assert torch.equal(batch[name], value), name
+    assert parse_corruptions("all") == list(CORRUPTIONS)
+    with pytest.raises(ValueError, match="unknown corruption"):
+        parse_corruptions("no-audio,blur")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("robust")
+    make_store(root / "cache", repetitions=1)
+    write_fold_file(root / "folds.json")
+    train(tiny_config(root / "cache", root / "folds.json", root / "run"))
+    return root / "run"
+
+
+def test_report_on_a_real_run_matches_its_clean_test_score(run_dir, tmp_path):
+    out = tmp_path / "report"
+    done = _mmfer("robustness", "--run", str(run_dir), "--corrupt", "no-audio,no-video,audio-snr-10,frame-drop-50",
+                  "--out", str(out), "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    scores = pd.read_csv(out / "robustness.csv")
+    assert set(scores["corruption"]) == {"clean", "no-audio", "no-video", "audio-snr-10", "frame-drop-50"}
+    assert set(scores["classifier"]) == {"fusion", "audio", "visual"}
+    heads = scores.groupby("corruption")["classifier"].apply(set)
+    assert heads["no-audio"] == {"fusion", "visual"} and heads["no-video"] == {"fusion", "audio"}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    clean = scores[(scores["corruption"] == "clean") & (scores["classifier"] == "fusion")]["f1_macro"].item()
+    assert clean == pytest.approx(summary["folds"]["fold1"]["f1_macro"], abs=1e-9)   # the run's own test pass
+    table = (out / "robustness.md").read_text()
+    assert "fusion gain over audio" in table and "| no-audio |" in table and "not on the recording" in table
+    assert (out / "robustness.png").stat().st_size > 1000
+    assert "| frame-drop-50 |" in done.stdout
+
+
+def test_unknown_corruption_is_one_error_line_exit_2(run_dir, tmp_path):
+    done = _mmfer("robustness", "--run", str(run_dir), "--corrupt", "blur", "--out", str(tmp_path / "r"))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("error: --corrupt: unknown corruption")
+    assert not (tmp_path / "r").exists()
