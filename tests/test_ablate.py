@@ -128,7 +128,7 @@ def test_rerun_trains_nothing(study):
     base = resolve_config(TrainConfig, parse(add_ablate_arguments, study["ablate_argv"]))
     before = {p: p.stat().st_mtime_ns for p in (study["root"] / "ablate").glob("*/summary.json")}
     result = run_ablation(base, study["root"] / "ablate", entries=[Entry(e["name"], e["overrides"]) for e in ENTRIES],
-                          num_seeds=2, keep_checkpoints=False, workers=1, devices=None)
+                          reference="full", num_seeds=2, keep_checkpoints=False, workers=1, devices=None)
     assert result["ran"] == [] and len(result["skipped"]) == 4
     assert before == {p: p.stat().st_mtime_ns for p in (study["root"] / "ablate").glob("*/summary.json")}
 
