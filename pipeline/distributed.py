@@ -11,8 +11,8 @@ import contextlib
 import datetime
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -40,9 +40,13 @@ class World:
         return self.world_size > 1
 
 
+ALONE = World(0, 1, 0)   # one process, no torchrun
+
+
 def current_world() -> World:
     """The World from torchrun's RANK / WORLD_SIZE / LOCAL_RANK (rank 0 of 1 without them)."""
-    return World(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+    return World(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+                 int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def device_for_rank(device: torch.device, world: World) -> torch.device:

@@ -21,7 +21,7 @@ import yaml
 
 from mmfer.pipeline.config import TrainConfig
 from mmfer.pipeline.device import resolve_device
-from mmfer.pipeline.distributed import (World, all_reduce_mean_, all_reduce_sum_, barrier, current_world, device_for_rank,
+from mmfer.pipeline.distributed import (ALONE, World, all_reduce_mean_, all_reduce_sum_, barrier, current_world, device_for_rank,
                                         gather_objects, process_group)
 from mmfer.pipeline.errors import BadInputError, ConfigError
 from mmfer.pipeline.faults import crash_point
@@ -200,7 +200,7 @@ def protocol_card(cfg: TrainConfig, folds: list[Fold], fold_numbers: list[int], 
 
 def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, dataset: ClipDataset,
                sampler: EpochSampler, loader, device: torch.device, resolved: dict, confidence,
-               world: World = World(0, 1, 0)) -> tuple:
+               world: World = ALONE) -> tuple:
     """One fold: train with validation and checkpoints, then test the best checkpoint.
 
     Under DDP each rank trains on its share of each epoch (`rank_share`), evaluates a disjoint share of the
@@ -433,7 +433,7 @@ def sync_gradients(params: list[torch.nn.Parameter]) -> None:
 
 @torch.inference_mode()
 def predict(model, loader, sampler: EpochSampler, positions: np.ndarray, device, amp_dtype, *,
-            world: World = World(0, 1, 0)) -> tuple:
+            world: World = ALONE) -> tuple:
     """(clip_ids, labels (N,) int, probabilities (N, C) float32) for the clips at `positions`, in order.
 
     Under torchrun each rank predicts positions[rank::world_size] (no clip padded or repeated) and the

@@ -113,7 +113,8 @@ def run_ablation(base: TrainConfig, out: str | Path, *, entries: list[Entry], re
         cfgs = [dataclasses.replace(base, device=(devices or [base.device])[i % len(devices or [base.device])])
                 for i in range(workers)]
         with multiprocessing.get_context("spawn").Pool(workers) as pool:   # spawned: never fork a torch process
-            ran = sum(pool.starmap(work_through, [(cfg, out, jobs, keep_checkpoints) for cfg in cfgs]), [])
+            ran = [d for done in pool.starmap(work_through, [(cfg, out, jobs, keep_checkpoints) for cfg in cfgs])
+                   for d in done]
     summaries: dict[str, list[tuple[int, dict]]] = {e.name: [] for e in entries}
     every = []
     for seed, entry in jobs:
