@@ -88,6 +88,10 @@ def load_audio_encoder(name_or_path: str, *,
     featurizer.dither = 0.0  # dither adds random noise to every sample
     featurizer.pad_to = 0  # padding to a multiple of 16 frames would only add masked frames
     featurizer.nb_augmentation_prob = 0.0  # random narrow-band augmentation
+    if hasattr(model.encoder, "sync_max_audio_length"):
+        # else every forward all-reduces its length over a torchrun group: ranks encoding different numbers
+        # of clips would wait on each other forever (only the positional table's size depends on it)
+        model.encoder.sync_max_audio_length = False
 
     pre_cfg, enc_cfg = model.cfg.preprocessor, model.cfg.encoder
     sample_rate_hz = int(pre_cfg.get("sample_rate", featurizer.sample_rate))

@@ -29,12 +29,13 @@ from mmfer.extract.shrink import pool_tokens, pooled_token_count
 from mmfer.extract.worker import DecodedItem, DecodeJob, decode_job
 from mmfer.pipeline.config import ExtractConfig
 from mmfer.pipeline.device import resolve_device
+from mmfer.pipeline.distributed import World, barrier, broadcast_object, current_world, device_for_rank, gather_objects, process_group
 from mmfer.pipeline.errors import ConfigError, MmferError
 from mmfer.pipeline.labels import EMOTIONS
 from mmfer.pipeline.faults import crash_point
 from mmfer.pipeline.progress import Progress
-from mmfer.pipeline.store import (TOKEN_SCALE, ArraySpec, ClipStatus, FeatureEntry, FeatureStore, StoreError, create_store,
-                                  entry_differences, writer_lock)
+from mmfer.pipeline.store import (TOKEN_SCALE, ArraySpec, ClipStatus, FeatureEntry, FeatureStore, StoreError,
+                                  create_store, entry_differences, group_writer_lock)
 
 log = logging.getLogger(__name__)
 
@@ -114,15 +115,23 @@ def select_clips(table: pd.DataFrame, select: str | None, limit: int | None) -> 
 
 
 def extract_all(cfg: ExtractConfig, manifest: pd.DataFrame) -> ExtractSummary:
-    """Fill the store at `cfg.out` for the clips of `manifest` (see the module docstring)."""
+    """Fill the store at `cfg.out` for the clips of `manifest` (see the module docstring).
+
+    Under torchrun each rank calls this: rank 0 creates the store and its entries, then every rank takes
+    the clips still to do at positions rank, rank + world_size, ... and writes only those clips' chunks
+    (one chunk per clip per array, so no two ranks write one chunk). Every rank returns the merged summary.
+    """
     start = time.monotonic()
     table = check_manifest(manifest)
-    device = resolve_device(cfg.device)
-    with writer_lock(cfg.out):   # taken before the encoders load, so a second writer is refused at once
-        return _extract_locked(cfg, table, device, start)
+    world = current_world()
+    device = device_for_rank(resolve_device(cfg.device), world)
+    # the lock is taken before the encoders load, so a second writer is refused at once
+    with process_group(device.type), group_writer_lock(cfg.out):
+        return _extract_locked(cfg, table, device, start, world)
 
 
-def _extract_locked(cfg: ExtractConfig, table: pd.DataFrame, device: torch.device, start: float) -> ExtractSummary:
+def _extract_locked(cfg: ExtractConfig, table: pd.DataFrame, device: torch.device, start: float,
+                    world: World) -> ExtractSummary:
     encoders = load_encoders(cfg, device)
     if encoders.visual.identity["model_class"] == "Siglip2VisionModel" and cfg.face_crop == "none":
         # NaFlex pads non-square frames with patches the store would keep as data (it has no patch mask)
@@ -135,13 +144,72 @@ def _extract_locked(cfg: ExtractConfig, table: pd.DataFrame, device: torch.devic
     log.info("extract: %d clips in the manifest, device %s, torch %s, visual %s, audio %s", len(table), device,
              torch.__version__, encoders.visual.identity["name"], encoders.audio.identity["name"])
 
+    failed_on_main = None
+    if world.is_main:   # rank 0 creates the store and its arrays before any rank writes
+        try:
+            video, audio, max_audio_frames = _open_entries(cfg, table, encoders, video_params, audio_params, clean=True)
+        except Exception as err:   # every rank stops with rank 0's reason (re-raised below)
+            failed_on_main = err
+    if world.is_distributed:
+        reason = broadcast_object(None if failed_on_main is None else f"{type(failed_on_main).__name__}: {failed_on_main}")
+        if reason is not None and failed_on_main is None:
+            raise StoreError(f"{cfg.out}: rank 0 could not prepare the store ({reason})")
+    if failed_on_main is not None:
+        raise failed_on_main
+    if not world.is_main:
+        video, audio, max_audio_frames = _open_entries(cfg, table, encoders, video_params, audio_params, clean=False)
+
+    selected = select_clips(table, cfg.select, cfg.limit)
+    todo = _clips_to_do(selected, video, audio)
+    barrier()   # every rank has read the statuses before any rank writes one
+    summary = ExtractSummary(num_selected=len(selected), num_skipped=len(selected) - len(todo))
+    if world.is_main:
+        _check_free_space(Path(cfg.out), len(todo), video.raw_bytes_per_clip() + audio.raw_bytes_per_clip())
+    todo = todo.iloc[world.rank::world.world_size]   # a deterministic, disjoint share; any world size resumes
+    jobs = decode_jobs(todo, cfg)
+    loop_start = time.monotonic()
+    summary.setup_s = loop_start - start
+    desc = f"extract rank {world.rank}/{world.world_size}" if world.is_distributed else "extract"
+    with Progress(len(jobs), desc=desc, unit="clip", logger=log) as progress:
+        if jobs:
+            loader = decode_loader(jobs, encoders.visual.processor, num_workers=cfg.num_workers,
+                                   batch_size=cfg.batch_size, persistent_workers=False)
+            for batch in decoded_batches(loader, batch_size=cfg.batch_size):
+                _encode_and_write(batch, encoders, video, audio, max_audio_frames, summary, token_pool=cfg.token_pool)
+                progress.update(len(batch))
+    end = time.monotonic()
+    summary.loop_s = end - loop_start
+    if world.is_distributed:
+        summary = merge_summaries(gather_objects(summary))
+    summary.wall_s = time.monotonic() - start
+    if world.is_main:
+        log.info("extract finished: %d done, %d skipped, %d failed, %.1f s", summary.num_done, summary.num_skipped,
+                 summary.num_failed, summary.wall_s)
+    return summary
+
+
+def merge_summaries(parts: list[ExtractSummary]) -> ExtractSummary:
+    """One summary of a group's ranks: selection from rank 0, counts and failures summed, times the slowest."""
+    first = parts[0]
+    return ExtractSummary(
+        num_selected=first.num_selected, num_skipped=first.num_skipped,
+        num_done=sum(p.num_done for p in parts), num_failed=sum(p.num_failed for p in parts),
+        num_missing_audio=sum(p.num_missing_audio for p in parts), bytes_written=sum(p.bytes_written for p in parts),
+        setup_s=max(p.setup_s for p in parts), loop_s=max(p.loop_s for p in parts),
+        failures=[f for p in parts for f in p.failures])
+
+
+def _open_entries(cfg: ExtractConfig, table: pd.DataFrame, encoders, video_params: dict, audio_params: dict, *,
+                  clean: bool) -> tuple[FeatureEntry, FeatureEntry, int]:
+    """Create (or open) the store and its video and audio entries; `clean` removes interrupted writes' leftovers."""
     source = cfg.manifest if cfg.dataset == "manifest" else cfg.root   # where the clips came from
     store = create_store(cfg.out, table, {"dataset": cfg.dataset, "root": str(Path(source).resolve()),
                                           "created_by": "mmfer extract", "preset": cfg.preset,
                                           "label_names": list(table.attrs.get("label_names") or EMOTIONS)})
-    removed = store.clean_leftovers()
-    if removed:
-        log.info("removed %d leftovers of interrupted writes", removed)
+    if clean:
+        removed = store.clean_leftovers()
+        if removed:
+            log.info("removed %d leftovers of interrupted writes", removed)
     num_patches, visual_dim = encoders.visual_token_shape()
     num_patches = pooled_token_count(num_patches, cfg.token_pool)
     audio_attrs = {**audio_params, "frame_shift_s": encoders.audio.frame_shift_s}
@@ -161,26 +229,7 @@ def _extract_locked(cfg: ExtractConfig, table: pd.DataFrame, device: torch.devic
         "length": ArraySpec((), "int32"),
         "duration_s": ArraySpec((), "float32"),
     }, overwrite=cfg.overwrite)
-
-    selected = select_clips(table, cfg.select, cfg.limit)
-    todo = _clips_to_do(selected, video, audio)
-    summary = ExtractSummary(num_selected=len(selected), num_skipped=len(selected) - len(todo))
-    _check_free_space(Path(cfg.out), len(todo), video.raw_bytes_per_clip() + audio.raw_bytes_per_clip())
-    jobs = decode_jobs(todo, cfg)
-    loop_start = time.monotonic()
-    summary.setup_s = loop_start - start
-    with Progress(len(jobs), desc="extract", unit="clip", logger=log) as progress:
-        if jobs:
-            loader = decode_loader(jobs, encoders.visual.processor, num_workers=cfg.num_workers,
-                                   batch_size=cfg.batch_size, persistent_workers=False)
-            for batch in decoded_batches(loader, batch_size=cfg.batch_size):
-                _encode_and_write(batch, encoders, video, audio, max_audio_frames, summary, token_pool=cfg.token_pool)
-                progress.update(len(batch))
-    end = time.monotonic()
-    summary.loop_s, summary.wall_s = end - loop_start, end - start
-    log.info("extract finished: %d done, %d skipped, %d failed, %.1f s", summary.num_done, summary.num_skipped,
-             summary.num_failed, summary.wall_s)
-    return summary
+    return video, audio, max_audio_frames
 
 
 def decode_params(modality: str, cfg: ExtractConfig) -> dict:

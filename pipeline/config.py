@@ -578,8 +578,14 @@ class AblateConfig:
     """Comma-separated entry names to run (e.g. audio,visual,early,full)."""
     keep_checkpoints: bool = False
     """Keep each run's checkpoints (default: delete them after the run)."""
+    workers: int = 1
+    """Jobs (entry x seed) trained at once on this machine, each in its own process; several machines may share --out."""
+    devices: str | None = None
+    """Comma-separated devices the --workers take in turn (e.g. cuda:0,cuda:1); default: --device for every worker."""
 
     def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
 
@@ -590,6 +596,8 @@ class TuneConfig:
     """Finished trials the study should hold (required; a resumed study runs only the rest)."""
     study_dir: str = "runs/tune"
     """study.db, trials/, best_config.yaml, optimization_history.png."""
+    storage: str | None = None
+    """Optuna storage that several machines share: an RDB URL (postgresql://...) or a journal file path; default: SQLite <study_dir>/study.db."""
     keep_checkpoints: bool = False
     """Keep each trial's checkpoints (default: delete them)."""
 

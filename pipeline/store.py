@@ -480,6 +480,35 @@ def writer_lock(path: str | os.PathLike) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def group_writer_lock(path: str | os.PathLike) -> Iterator[None]:
+    """`writer_lock` for every rank of a torchrun group: rank 0 holds it for the group until every rank is
+    done, and each rank learns whether it was granted, so a second, independent run is still refused.
+
+    Raises:
+        StoreError: another run holds the lock (on every rank of this group).
+    """
+    from mmfer.pipeline.distributed import barrier, broadcast_object, current_world   # torch only for extract
+
+    world = current_world()
+    if not world.is_distributed:
+        with writer_lock(path):
+            yield
+        return
+    with contextlib.ExitStack() as held:
+        refused = None
+        if world.is_main:
+            try:
+                held.enter_context(writer_lock(path))
+            except StoreError as err:
+                refused = str(err)
+        refused = broadcast_object(refused)
+        if refused:
+            raise StoreError(refused)
+        yield
+        barrier()   # rank 0 lets go only when every rank has written its last clip
+
+
 def _lock_path(path: Path) -> Path:
     return path.parent / f".{path.name}{LOCK_FILE}"
 

@@ -128,7 +128,7 @@ def test_rerun_trains_nothing(study):
     base = resolve_config(TrainConfig, parse(add_ablate_arguments, study["ablate_argv"]))
     before = {p: p.stat().st_mtime_ns for p in (study["root"] / "ablate").glob("*/summary.json")}
     result = run_ablation(base, study["root"] / "ablate", entries=[Entry(e["name"], e["overrides"]) for e in ENTRIES],
-                          reference="full", num_seeds=2, keep_checkpoints=False)
+                          reference="full", num_seeds=2, keep_checkpoints=False, workers=1, devices=None)
     assert result["ran"] == [] and len(result["skipped"]) == 4
     assert before == {p: p.stat().st_mtime_ns for p in (study["root"] / "ablate").glob("*/summary.json")}
 
@@ -137,7 +137,8 @@ def test_pretrain_then_load_then_freeze(study, tmp_path):
     base = resolve_config(TrainConfig, parse(add_ablate_arguments, study["ablate_argv"]))
     out = tmp_path / "ablate"
     entries = [Entry("pretrained", {"training.lr_branches": 1e-5}, pretrain=True)]
-    result = run_ablation(base, out, entries=entries, reference="pretrained", num_seeds=1, keep_checkpoints=True)
+    result = run_ablation(base, out, entries=entries, reference="pretrained", num_seeds=1, keep_checkpoints=True,
+                          workers=1, devices=None)
     assert len(result["ran"]) == 3   # audio branch, visual branch, then the full model loading both
     branches = {b: next((out / "pretrain").glob(f"{b}-branch-*")) for b in ("audio", "visual")}
     weights = {b: load_file(str(d / "fold1" / f"{b}_branch.safetensors")) for b, d in branches.items()}

@@ -267,6 +267,28 @@ class EpochSampler(Sampler[int]):
         return len(self.indices)
 
 
+def rank_share(order: np.ndarray, *, batch_size: int, rank: int, world_size: int) -> tuple[np.ndarray, list[float]]:
+    """This rank's positions of an epoch's `order`, and each of its batches' loss weight.
+
+    Global batch k is order[k*G:(k+1)*G] with G = batch_size * world_size; the rank takes its piece
+    (np.array_split, so pieces of a short last global batch differ by at most one clip). Every rank then
+    runs the same number of batches, and no clip is seen twice. A last global batch with fewer clips than
+    ranks is left out of this epoch (< world_size clips, a different few each epoch as the order changes).
+    The weight n_rank * world_size / n_global makes DDP's mean over ranks equal the mean over the global
+    batch (1.0 for every full batch); alone (world_size 1) the share is `order` and every weight 1.0.
+    """
+    global_batch = batch_size * world_size
+    mine, weights = [], []
+    for start in range(0, len(order), global_batch):
+        chunk = order[start:start + global_batch]
+        if len(chunk) < world_size:
+            break
+        piece = np.array_split(chunk, world_size)[rank]
+        mine.append(piece)
+        weights.append(len(piece) * world_size / len(chunk))
+    return (np.concatenate(mine) if mine else np.zeros(0, dtype=order.dtype)), weights
+
+
 def make_loader(dataset: ClipDataset, sampler: Sampler, *, batch_size: int, num_workers: int,
                 seed: int, pin_memory: bool, prefetch_factor: int = 4) -> DataLoader:
     """A DataLoader whose workers are spawned (fork after Zarr use can deadlock), one thread each, and stay

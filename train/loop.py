@@ -21,6 +21,8 @@ import yaml
 
 from mmfer.pipeline.config import TrainConfig, TrainingConfig
 from mmfer.pipeline.device import resolve_device
+from mmfer.pipeline.distributed import (ALONE, World, all_reduce_mean_, all_reduce_sum_, barrier, current_world, device_for_rank,
+                                        gather_objects, process_group)
 from mmfer.pipeline.errors import BadInputError, ConfigError
 from mmfer.pipeline.faults import crash_point
 from mmfer.pipeline.progress import Progress
@@ -33,7 +35,7 @@ from mmfer.train.checkpoint import (RESUME_MAY_APPLY, changed_settings, load_che
                                     rng_state, save_checkpoint)
 from mmfer.train.curriculum import check_difficulty, epoch_subset, load_difficulty
 from mmfer.train.dataset import (ClipDataset, EpochSampler, apply_thread_budget, make_loader, open_cache, prefetch,
-                                 should_preload, to_device)
+                                 rank_share, should_preload, to_device)
 from mmfer.train.losses import ContrastiveLoss, MultimodalLoss, resolve_class_weights
 from mmfer.train.metrics import HEADLINE, aggregate_folds, compute_metrics
 from mmfer.train.augment import augment_batch, cutmix_time, is_augmenting
@@ -48,9 +50,19 @@ log = logging.getLogger(__name__)
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Train and test every selected fold; write the run folder `cfg.out`; return summary.json's content."""
+    """Train and test every selected fold; write the run folder `cfg.out`; return summary.json's content.
+
+    Under torchrun every rank calls this: DDP over the ranks, evaluation gathered by clip id, and only
+    rank 0 writes the run folder (the others return the same summary)."""
+    world = current_world()
+    device = device_for_rank(resolve_device(cfg.device), world)
+    with process_group(device.type):
+        return train_on(cfg, device, world)
+
+
+def train_on(cfg: TrainConfig, device: torch.device, world: World) -> dict:
+    """`train` on one rank of `world` (rank 0 of 1 alone), inside its process group."""
     started = time.time()
-    device = resolve_device(cfg.device)
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise BadInputError(f"{out}: --out is a file, not a folder; give a folder for the run (created if absent)")
@@ -105,13 +117,23 @@ def train(cfg: TrainConfig) -> dict:
                 branch_path(source, name, fold)
     log.info("device %s, torch %s, encoders %s", device, torch.__version__, cache.encoders)
     tuned_on_test = tuned_on_test_actors(cfg, folds)
-    out.mkdir(parents=True, exist_ok=True)   # only now: a refused command leaves no empty --out behind
+    barrier()   # every rank has read --out (previous run, config.yaml) before rank 0 writes to it
+    t = cfg.training
+    distributed = {"world_size": world.world_size, "per_rank_batch": t.batch_size,
+                   "accumulation": t.gradient_accumulation_steps,
+                   "global_batch": t.batch_size * world.world_size * t.gradient_accumulation_steps}
     resolved = {**dataclasses.asdict(cfg), "resolved_device": str(device),
                 "amp_dtype": dtype_name(autocast_dtype(device, cfg.training.mixed_precision)),
                 "cache_fingerprints": {"video": cache.video_fingerprint, "audio": cache.audio_fingerprint},
                 "label_names": list(cache.label_names),
-                **({"resume_changes": resume_changes} if resume_changes else {})}
-    write_config(out, resolved)
+                "distributed": distributed, **({"resume_changes": resume_changes} if resume_changes else {})}
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)   # only now: a refused command leaves no empty --out behind
+        write_config(out, resolved)
+    if world.is_distributed:
+        log.info("rank %d of %d on %s; global batch %d (per-rank batch %d x %d ranks x accumulation %d)", world.rank,
+                 world.world_size, device, distributed["global_batch"], t.batch_size, world.world_size,
+                 t.gradient_accumulation_steps)
 
     preload = should_preload(cfg.preload, cache.bytes_per_clip * len(cache.clips))
     dataset = ClipDataset(cache, list(cache.clips["clip_id"]), preload=preload)
@@ -125,27 +147,31 @@ def train(cfg: TrainConfig) -> dict:
     fold_metrics, frames, timings = {}, [], []
     for fold_number, fold in zip(fold_numbers, folds):   # seeds follow the fold's number, not its position
         metrics, frame, epoch_times = train_fold(cfg, fold, fold_number, out / fold.name, cache, dataset, sampler,
-                                                 loader, device, resolved, confidence)
+                                                 loader, device, resolved, confidence, world)
         fold_metrics[fold.name], timings = metrics, timings + epoch_times
         frames.append(frame)
 
     mean, std = aggregate_folds(list(fold_metrics.values()))
     mean_last, std_last = aggregate_folds([m["last_epoch"] for m in fold_metrics.values()])
-    write_predictions(out, frames)
     confusion = np.sum([m["confusion_matrix"] for m in fold_metrics.values()], axis=0)
-    write_confusion(out, confusion, f"{cfg.model.variant}: test clips of {len(folds)} fold(s)", class_names=cache.label_names)
+    if world.is_main:
+        write_predictions(out, frames)
+        write_confusion(out, confusion, f"{cfg.model.variant}: test clips of {len(folds)} fold(s)",
+                        class_names=cache.label_names)
     card = protocol_card(cfg, folds, fold_numbers, fold_metrics)
     summary = build_summary([f.as_dict() for f in folds], fold_metrics, mean, std, {
         "selection": SELECTION_RULE.format(monitor=cfg.training.monitor), "protocol_card": card,
         "mean_last_epoch": mean_last, "std_last_epoch": std_last,
         **({"tuned_on_test_actors": tuned_on_test} if tuned_on_test is not None else {}),
         "variant": cfg.model.variant, "device": str(device), "amp_dtype": resolved["amp_dtype"],
-        "cache_fingerprints": resolved["cache_fingerprints"],
+        "cache_fingerprints": resolved["cache_fingerprints"], "distributed": distributed,
         **({"skipped_folds": skipped} if skipped else {}),
         "epoch_s_mean": float(np.mean([t for t, _ in timings])) if timings else None,
         "samples_per_s_mean": float(np.mean([s for _, s in timings])) if timings else None,
         "wall_s": time.time() - started})
-    write_summary(out, summary)
+    if world.is_main:
+        write_summary(out, summary)
+    barrier()   # the run folder is complete before any rank returns
     log.info("results (%s, test actors of each fold) written to %s", cfg.model.variant, out)   # the CLI prints the table
     return summary
 
@@ -202,8 +228,13 @@ def protocol_card(cfg: TrainConfig, folds: list[Fold], fold_numbers: list[int], 
 
 
 def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, dataset: ClipDataset,
-               sampler: EpochSampler, loader, device: torch.device, resolved: dict, confidence) -> tuple:
+               sampler: EpochSampler, loader, device: torch.device, resolved: dict, confidence,
+               world: World = ALONE) -> tuple:
     """One fold: train with validation and checkpoints, then test the best checkpoint.
+
+    Under DDP each rank trains on its share of each epoch (`rank_share`), evaluates a disjoint share of the
+    clips and gathers the predictions by clip id; rank 0 alone writes checkpoints (of the unwrapped model,
+    so they do not depend on the world size), metrics.jsonl and TensorBoard.
 
     Returns (test metrics, predictions frame, [(epoch_s, samples_per_s)] of the epochs run now).
     """
@@ -213,7 +244,8 @@ def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, 
     for name, positions in (("train", train_pos), ("val", val_pos), ("test", test_pos)):
         if len(positions) == 0:   # runnable_folds refused it already; a guard for direct callers
             raise BadInputError(f"{fold.name}: no usable {name} clips in {cache.path}; check the split and the cache")
-    (fold_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    if world.is_main:
+        (fold_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     last_path, best_path = fold_dir / "checkpoints" / "last.pt", fold_dir / "checkpoints" / "best.pt"
 
     fit = setup_fold(cfg, cache, dataset, train_pos, device, fold_number=fold_number, fold=fold)
@@ -235,12 +267,18 @@ def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, 
         stopper.load_state_dict(state["early_stopping"])
         restore_rng_state(state["rng"])
         start_epoch = state["epoch"] + 1
-        keep_metrics_lines(fold_dir / "metrics.jsonl", up_to_epoch=state["epoch"])
+        barrier()   # every rank has read the checkpoint before rank 0 trims metrics.jsonl or saves the next
+        if world.is_main:
+            keep_metrics_lines(fold_dir / "metrics.jsonl", up_to_epoch=state["epoch"])
         log.info("%s: resuming after epoch %d (best %s %.4f at epoch %d)", fold.name, state["epoch"] + 1,
                  t.monitor, stopper.best, stopper.best_epoch + 1)
 
+    ddp = None
+    if world.is_distributed:   # unused parameters (a missing modality, frozen branches) are found each step
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     from torch.utils.tensorboard import SummaryWriter   # here, so importing loop.py stays light
-    writer = SummaryWriter(str(fold_dir / "tb"))
+    writer = SummaryWriter(str(fold_dir / "tb")) if world.is_main else None
     timings = []
     epochs = Progress(t.max_epochs - start_epoch, desc=fold.name, unit="epoch", logger=log, with_bar=False)
     for epoch in range(start_epoch, t.max_epochs):
@@ -250,10 +288,13 @@ def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, 
         rng = np.random.default_rng([cfg.seed, fold_number, epoch])         # shuffle + mixup
         positions = train_pos if confidence is None else epoch_subset(
             train_pos, dataset.clip_ids, confidence, epoch, t.curriculum_epochs)
-        sampler.set_indices(rng.permutation(positions))
+        share, step_weights = rank_share(rng.permutation(positions), batch_size=t.batch_size, rank=world.rank,
+                                         world_size=world.world_size)
+        sampler.set_indices(share)
         stats = train_epoch(model, criterion, optimizer, scaler, loader, device, amp_dtype, rng,
-                            training=t, desc=f"{fold.name} epoch {epoch + 1}/{t.max_epochs}")
-        _, val_labels, val_probs = predict(model, loader, sampler, val_pos, device, amp_dtype)
+                            training=t, desc=f"{fold.name} epoch {epoch + 1}/{t.max_epochs}",
+                            ddp=ddp, step_weights=step_weights)
+        _, val_labels, val_probs = predict(model, loader, sampler, val_pos, device, amp_dtype, world=world)
         val = compute_metrics(val_labels, val_probs.argmax(1), class_names=cache.label_names)
         lrs = schedule.lrs()
         is_best = stopper.update(val[t.monitor], epoch)
@@ -264,36 +305,39 @@ def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, 
                  "early_stopping": stopper.state_dict(),
                  "rng": rng_state(), "config": resolved, "cache_fingerprints": resolved["cache_fingerprints"],
                  "model_spec": model.spec}
-        if is_best:   # best before last: a kill between the two replays this epoch on resume
-            save_checkpoint(best_path, state)
-        save_checkpoint(last_path, state)
         record = {"fold": fold.name, "epoch": epoch + 1, **stats, **{f"val_{k}": val[k] for k in HEADLINE},
                   **{f"lr_{k}": v for k, v in lrs.items()}, "is_best": is_best}
-        with open(fold_dir / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        for key, value in record.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch":
-                writer.add_scalar(key, value, epoch + 1)
+        if world.is_main:
+            if is_best:   # best before last: a kill between the two replays this epoch on resume
+                save_checkpoint(best_path, state)
+            save_checkpoint(last_path, state)
+            with open(fold_dir / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch":
+                    writer.add_scalar(key, value, epoch + 1)
         timings.append((stats["epoch_s"], stats["samples_per_s"]))
         log.info("%s epoch %d: loss %.4f acc %.3f | val %s %.4f%s | %.1f clips/s", fold.name, epoch + 1, stats["loss"],
                  stats["accuracy"], t.monitor, val[t.monitor], " (best)" if is_best else "", stats["samples_per_s"])
         epochs.update(1)
-    writer.close()
+    if writer is not None:
+        writer.close()
+    barrier()   # rank 0's checkpoints are on disk before any rank reads them
 
     last = load_checkpoint(last_path)   # the last epoch's test score, reported beside the selected one
     model.load_state_dict(last["model"])
-    _, last_labels, last_probs = predict(model, loader, sampler, test_pos, device, amp_dtype)
+    _, last_labels, last_probs = predict(model, loader, sampler, test_pos, device, amp_dtype, world=world)
     last_metrics = compute_metrics(last_labels, last_probs.argmax(1), class_names=cache.label_names)
     best = load_checkpoint(best_path)
     model.load_state_dict(best["model"])
-    clip_ids, labels, probs = predict(model, loader, sampler, test_pos, device, amp_dtype)
+    clip_ids, labels, probs = predict(model, loader, sampler, test_pos, device, amp_dtype, world=world)
     metrics = {**compute_metrics(labels, probs.argmax(1), class_names=cache.label_names), "best_epoch": best["epoch"] + 1,
                "epochs_run": int(last["epoch"]) + 1,
                "last_epoch": {k: last_metrics[k] for k in HEADLINE},
                # validation actors' metrics at the best epoch: what model selection (tune) may look at
                **{f"val_{k}": v for k, v in best.get("val_metrics", {best["metric"]["name"]: best["metric"]["value"]}).items()},
                "trainable_params": sum(p.numel() for g in optimizer.param_groups for p in g["params"])}
-    if cfg.pretrain != "none":   # the design guide's stage 1: keep the branch for `--{audio,visual}-branch <out>`
+    if cfg.pretrain != "none" and world.is_main:   # the design guide's stage 1: keep the branch for `--{audio,visual}-branch <out>`
         save_branch_weights(fold_dir / f"{cfg.pretrain}_branch.safetensors", model.branch_state_dict(cfg.pretrain), fold)
     log.info("%s test: %s", fold.name, ", ".join(f"{k} {metrics[k]:.4f}" for k in HEADLINE))
     return metrics, predictions_frame(fold.name, clip_ids, labels, probs, class_names=cache.label_names), timings
@@ -352,12 +396,18 @@ def setup_fold(cfg: TrainConfig, cache, dataset: ClipDataset, train_pos: np.ndar
 
 
 def train_epoch(model, criterion, optimizer, scaler, loader, device, amp_dtype, rng: np.random.Generator, *,
-                training: TrainingConfig, desc: str) -> dict:
+                training: TrainingConfig, desc: str, ddp: torch.nn.Module | None = None,
+                step_weights: list[float] | None = None) -> dict:
     """One pass over the sampler's clips: CutMix in time or mixup, feature-space augmentation (train/augment.py;
     training batches only), AMP forward, scaled backward, every `training.gradient_accumulation_steps` batches
-    unscale -> clip -> step. Returns mean loss, accuracy (vs. the dominant mixed label), epoch_s, samples_per_s."""
+    unscale -> clip -> step. Returns mean loss, accuracy (vs. the dominant mixed label), epoch_s, samples_per_s
+    (summed over the ranks under DDP).
+
+    `ddp` (the DistributedDataParallel wrapper of `model`) runs the forward under torchrun; `step_weights`
+    (from `rank_share`) scales each batch's loss so the mean over ranks is the global batch's mean."""
     accumulation, max_grad_norm = training.gradient_accumulation_steps, training.gradient_clip
     model.train()
+    net = ddp if ddp is not None else model
     optimizer.zero_grad(set_to_none=True)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     num_batches = len(loader)
@@ -378,11 +428,14 @@ def train_epoch(model, criterion, optimizer, scaler, loader, device, amp_dtype, 
         if is_augmenting(training):
             batch = augment_batch(model.input_norm(batch), rng, training)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            outputs = model(batch)
+            outputs = net(batch)
             losses = criterion(outputs, labels, labels_b, lam, has_audio=batch["has_audio"], has_video=batch["has_video"])
         group_size = min(accumulation, num_batches - (step // accumulation) * accumulation)   # last group may be short
-        scaler.scale(losses["loss"] / group_size).backward()
+        weight = step_weights[step] if step_weights is not None else 1.0
+        scaler.scale(losses["loss"] * weight / group_size).backward()
         if (step + 1) % accumulation == 0 or step + 1 == num_batches:
+            if ddp is not None:   # the loss's own parameters (InfoNCE projections) are outside the DDP wrapper
+                sync_gradients(list(criterion.parameters()))
             scaler.unscale_(optimizer)   # clip the true gradients, not the scaled ones
             torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
             scaler.step(optimizer)
@@ -396,15 +449,43 @@ def train_epoch(model, criterion, optimizer, scaler, loader, device, amp_dtype, 
                         samples_s=f"{seen / max(time.time() - started, 1e-9):.1f}")
     progress.close()
     elapsed = time.time() - started
+    if ddp is not None:   # the epoch's numbers over every rank's clips
+        totals = torch.tensor([total_loss, correct, seen], dtype=torch.float64, device=device)
+        all_reduce_sum_(totals)
+        total_loss, correct, seen = float(totals[0]), int(totals[1]), int(totals[2])
     return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1), "epoch_s": elapsed,
             "samples_per_s": seen / max(elapsed, 1e-9)}
 
 
+def sync_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Average the gradients of `params` over the ranks (a parameter without one on a rank counts as zero)."""
+    for p in params:
+        if p.requires_grad:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            all_reduce_mean_(p.grad)
+
+
 @torch.inference_mode()
-def predict(model, loader, sampler: EpochSampler, positions: np.ndarray, device, amp_dtype) -> tuple:
-    """(clip_ids, labels (N,) int, probabilities (N, C) float32) for the clips at `positions`, in order."""
+def predict(model, loader, sampler: EpochSampler, positions: np.ndarray, device, amp_dtype, *,
+            world: World = ALONE) -> tuple:
+    """(clip_ids, labels (N,) int, probabilities (N, C) float32) for the clips at `positions`, in order.
+
+    Under torchrun each rank predicts positions[rank::world_size] (no clip padded or repeated) and the
+    ranks' results are gathered and put back in the order of `positions` by clip id.
+    """
+    if world.is_distributed:
+        local = predict(model, loader, sampler, positions[world.rank::world.world_size], device, amp_dtype)
+        by_clip = {}
+        for ids, labels, probs in gather_objects(local):
+            by_clip.update({clip_id: (label, prob) for clip_id, label, prob in zip(ids, labels, probs)})
+        clip_ids = [loader.dataset.clip_ids[i] for i in positions]
+        return (clip_ids, np.array([by_clip[c][0] for c in clip_ids]),
+                np.stack([by_clip[c][1] for c in clip_ids]).astype(np.float32))
     model.eval()
     sampler.set_indices(positions)
+    if len(positions) == 0:   # a rank whose share of a small split is empty
+        return [], np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
     clip_ids, labels, probs = [], [], []
     batches = loader if loader.num_workers > 0 else prefetch(loader)
     for batch in batches:

@@ -36,8 +36,9 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         if unknown:
             raise ConfigError(f"--only: no entries named {unknown}; have {[e.name for e in entries]}")
         entries = [e for e in entries if e.name in wanted]
+    devices = [d.strip() for d in study.devices.split(",")] if study.devices else None
     result = run_ablation(base, study.out, entries=entries, reference=reference, num_seeds=study.seeds,
-                          keep_checkpoints=study.keep_checkpoints)
+                          keep_checkpoints=study.keep_checkpoints, workers=study.workers, devices=devices)
     print(result["table"])
     print(f"\n{len(result['ran'])} run(s) trained, {len(result['skipped'])} already done; "
           f"wrote {Path(study.out) / 'ablation.csv'}, ablation.md, ablation.png")

@@ -41,8 +41,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
     manifest = build_manifest(cfg)   # refuses a root without clips, before any model or --out
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
         raise BadInputError(f"{cfg.out}: --out is a file, not a folder; give a folder for the feature store")
+    from mmfer.pipeline.distributed import current_world
+
     summary = extract_all(cfg, manifest)
-    print(summary.format())
+    if current_world().is_main:   # under torchrun: one summary (of every rank's clips), from rank 0
+        print(summary.format())
     if summary.num_ok == 0 and summary.num_selected > 0:
         return 1
     return 1 if cfg.strict and summary.num_failed else 0
@@ -59,8 +62,11 @@ def cmd_train_fusion(args: argparse.Namespace) -> int:
     from mmfer.train.loop import train
     from mmfer.train.report import format_summary_table
 
+    from mmfer.pipeline.distributed import current_world
+
     summary = train(cfg)
-    print(format_summary_table(summary))
+    if current_world().is_main:   # under torchrun every rank returns the same summary: one table
+        print(format_summary_table(summary))
     return 0
 
 

@@ -33,7 +33,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if study.trials < 1:
         raise ConfigError("tune needs --trials N (N >= 1): the finished trials the study should hold")
     base = resolve_config(TrainConfig, args)
-    result = run_study(base, study.study_dir, study.trials, keep_checkpoints=study.keep_checkpoints)
+    result = run_study(base, study.study_dir, study.trials, keep_checkpoints=study.keep_checkpoints,
+                       storage_url=study.storage)
     if result["best_config"]:
         for entry in result["folds"]:
             print(f"{entry['fold']}: tuned on actors {entry['tuning_actors']}, best trial {entry['best_trial']} "

@@ -2,7 +2,9 @@
 
 Each entry (a name plus dotted-key overrides, optionally `pretrain: true`) x seed is one `train()` run in
 `<out>/<name>-<hash>/`, where hash is the sha256 of the resolved config including the seed. A run folder that
-holds summary.json is skipped, so an interrupted study resumes. Writes ablation.csv, ablation.md and
+holds summary.json is skipped, so an interrupted study resumes. Each entry x seed is a job, claimed in
+`<out>/.claims/` (claims.py) before it trains: `--workers N` processes on one machine and `mmfer ablate`
+processes on several machines sharing `--out` run every job once. Writes ablation.csv, ablation.md and
 ablation.png (intervals from stats.py). Reads only the cache: it never extracts or builds a frozen encoder.
 """
 
@@ -13,7 +15,11 @@ import hashlib
 import json
 import logging
 import math
+import multiprocessing
+import os
 import shutil
+import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -21,9 +27,11 @@ import yaml
 from mmfer.pipeline.config import ModelConfig, TrainConfig
 from mmfer.pipeline.errors import ConfigError
 from mmfer.pipeline.overrides import apply_overrides, flatten, to_dict
+from mmfer.train.studies.claims import try_claim
 
 log = logging.getLogger(__name__)
 
+POLL_S = 5.0        # how often a process whose remaining jobs are all claimed by others looks again
 REFERENCE = "full"   # the entry every other one is compared with (paired differences)
 # The default study: the design guide's four models, then one change at a time to the full model.
 # Overrides are dotted TrainConfig keys on top of the user's base config. `pretrain: true` first trains
@@ -81,13 +89,14 @@ def config_hash(cfg: TrainConfig) -> str:
 
 
 def run_ablation(base: TrainConfig, out: str | Path, *, entries: list[Entry], reference: str | None,
-                 num_seeds: int, keep_checkpoints: bool) -> dict:
+                 num_seeds: int, keep_checkpoints: bool, workers: int, devices: list[str] | None) -> dict:
     """Train every entry for seeds base.seed .. base.seed+num_seeds-1 (seed-major, so an early stop still has
     every entry at the first seed), then write the table and the plot. Without the reference entry among
-    `entries` (or with reference None) the table has no Δ columns.
+    `entries` (or with reference None) the table has no Δ columns. `workers` processes (devices taken in
+    turn from `devices`) claim the jobs; other processes sharing `out` claim from the same list.
 
-    Returns {"rows": [one dict per entry], "ran": [run dirs trained now], "skipped": [run dirs already done],
-    "table": ablation.md's text}.
+    Returns {"rows": [one dict per entry], "ran": [run dirs trained by this call], "skipped": [run dirs done
+    before or by another process], "table": ablation.md's text}.
     """
     for entry in entries:   # a typo in an entry fails now, not hours into the study
         apply_overrides(base, entry.overrides)
@@ -97,20 +106,22 @@ def run_ablation(base: TrainConfig, out: str | Path, *, entries: list[Entry], re
         reference = None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    ran, skipped = [], []
+    jobs = [(seed, entry) for seed in range(base.seed, base.seed + num_seeds) for entry in entries]
+    if workers == 1:
+        ran = work_through(base, out, jobs, keep_checkpoints)
+    else:
+        cfgs = [dataclasses.replace(base, device=(devices or [base.device])[i % len(devices or [base.device])])
+                for i in range(workers)]
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:   # spawned: never fork a torch process
+            ran = [d for done in pool.starmap(work_through, [(cfg, out, jobs, keep_checkpoints) for cfg in cfgs])
+                   for d in done]
     summaries: dict[str, list[tuple[int, dict]]] = {e.name: [] for e in entries}
-    for seed in range(base.seed, base.seed + num_seeds):
-        for entry in entries:
-            cfg = apply_overrides(dataclasses.replace(base, seed=seed), entry.overrides)
-            if entry.pretrain:
-                branch_cfg = apply_overrides(dataclasses.replace(base, seed=seed),
-                                             {k: v for k, v in entry.overrides.items() if k.startswith("model.")})
-                paths = {b: str(_run(dataclasses.replace(branch_cfg, pretrain=b), out / "pretrain", f"{b}-branch",
-                                 ran, skipped, keep_checkpoints)) for b in _branches(cfg.model)}
-                cfg = dataclasses.replace(cfg, audio_branch=paths.get("audio", cfg.audio_branch),
-                                          visual_branch=paths.get("visual", cfg.visual_branch))
-            run_dir = _run(cfg, out, entry.name, ran, skipped, keep_checkpoints)
-            summaries[entry.name].append((seed, json.loads((run_dir / "summary.json").read_text())))
+    every = []
+    for seed, entry in jobs:
+        branch_dirs, run_dir, _ = job_plan(base, out, seed, entry)
+        every += [*branch_dirs.values(), run_dir]
+        summaries[entry.name].append((seed, json.loads((run_dir / "summary.json").read_text())))
+    skipped = [str(d) for d in every if str(d) not in ran]
     rows = summarize(summaries, reference)
     table = format_markdown(rows, reference)
     write_outputs(rows, table, out)
@@ -122,22 +133,63 @@ def _branches(model: ModelConfig) -> list[str]:
     return [b for b, used in (("audio", model.uses_audio), ("visual", model.uses_video)) if used]
 
 
-def _run(cfg: TrainConfig, parent: Path, name: str, ran: list, skipped: list, keep_checkpoints: bool) -> Path:
-    """Train cfg in parent/<name>-<hash> unless its summary.json exists; an unfinished folder is resumed."""
+def job_plan(base: TrainConfig, out: Path, seed: int, entry: Entry) -> tuple[dict, Path, dict]:
+    """One job's run folders: ({branch: pretraining run dir}, the entry's run dir, {dir: its config})."""
+    cfg = apply_overrides(dataclasses.replace(base, seed=seed), entry.overrides)
+    configs, branch_dirs = {}, {}
+    if entry.pretrain:
+        branch_cfg = apply_overrides(dataclasses.replace(base, seed=seed),
+                                     {k: v for k, v in entry.overrides.items() if k.startswith("model.")})
+        for b in _branches(cfg.model):
+            b_cfg = dataclasses.replace(branch_cfg, pretrain=b)
+            branch_dirs[b] = out / "pretrain" / f"{b}-branch-{config_hash(b_cfg)[:12]}"
+            configs[branch_dirs[b]] = b_cfg
+        cfg = dataclasses.replace(cfg, audio_branch=str(branch_dirs["audio"]) if "audio" in branch_dirs else cfg.audio_branch,
+                                  visual_branch=str(branch_dirs["visual"]) if "visual" in branch_dirs else cfg.visual_branch)
+    run_dir = out / f"{entry.name}-{config_hash(cfg)[:12]}"
+    configs[run_dir] = cfg
+    return branch_dirs, run_dir, configs
+
+
+def work_through(base: TrainConfig, out: Path, jobs: list[tuple[int, Entry]], keep_checkpoints: bool) -> list[str]:
+    """Claim and train jobs until every one is done (by this process or another); returns the run dirs trained here.
+
+    A job done before (summary.json) is skipped; one claimed by a live process is left to it and looked at
+    again every POLL_S seconds, so a claimant that dies is taken over (claims.py)."""
+    ran: list[str] = []
+    pending = list(jobs)
+    while pending:
+        for seed, entry in list(pending):
+            _, run_dir, configs = job_plan(base, out, seed, entry)
+            if (run_dir / "summary.json").is_file():
+                pending.remove((seed, entry))
+                continue
+            claim = try_claim(out / ".claims" / f"{entry.name}-seed{seed}.claim")
+            if claim is None:
+                continue
+            with claim:
+                for folder, cfg in configs.items():   # pretraining runs first, then the entry's run
+                    if _run(cfg, folder, keep_checkpoints):
+                        ran.append(str(folder))
+            pending.remove((seed, entry))
+        if pending:
+            time.sleep(POLL_S)
+    return ran
+
+
+def _run(cfg: TrainConfig, run_dir: Path, keep_checkpoints: bool) -> bool:
+    """Train cfg in run_dir unless its summary.json exists (an unfinished folder is resumed); True if trained."""
     from mmfer.train.loop import train  # here: building the parser must not import torch
 
-    run_dir = parent / f"{name}-{config_hash(cfg)[:12]}"
     if (run_dir / "summary.json").is_file():
         log.info("ablation: %s done before, skipped", run_dir)
-        skipped.append(str(run_dir))
-        return run_dir
-    log.info("ablation: training %s (seed %d) in %s", name, cfg.seed, run_dir)
+        return False
+    log.info("ablation: training %s (seed %d) in %s", run_dir.name, cfg.seed, run_dir)
     train(dataclasses.replace(cfg, out=str(run_dir), resume=True))
     if not keep_checkpoints:   # the summary and branch weights are what the study reads; checkpoints are large
         for folder in run_dir.glob("*/checkpoints"):
             shutil.rmtree(folder)
-    ran.append(str(run_dir))
-    return run_dir
+    return True
 
 
 def summarize(summaries: dict[str, list[tuple[int, dict]]], reference: str | None) -> list[dict]:
@@ -202,9 +254,13 @@ def write_outputs(rows: list[dict], table: str, out: Path) -> None:
     """ablation.csv (every number), ablation.md (the table) and ablation.png (bars with 95% CI whiskers)."""
     import pandas as pd
 
-    pd.DataFrame(rows).to_csv(out / "ablation.csv", index=False)
-    (out / "ablation.md").write_text(table + "\n")
-    plot_bars(rows, out / "ablation.png")
+    # each file is written aside and renamed: processes sharing --out write the same table at the end
+    with tempfile.TemporaryDirectory(dir=out, prefix=".write-") as tmp:
+        pd.DataFrame(rows).to_csv(Path(tmp) / "ablation.csv", index=False)
+        (Path(tmp) / "ablation.md").write_text(table + "\n")
+        plot_bars(rows, Path(tmp) / "ablation.png")
+        for name in ("ablation.csv", "ablation.md", "ablation.png"):
+            os.replace(Path(tmp) / name, out / name)
 
 
 def plot_bars(rows: list[dict], path: Path) -> None:

@@ -64,11 +64,12 @@ def suggest(trial, model: ModelConfig, num_patches: int) -> dict:
     return out
 
 
-def run_study(base: TrainConfig, study_dir: str | Path, num_trials: int, *, keep_checkpoints: bool) -> dict:
+def run_study(base: TrainConfig, study_dir: str | Path, num_trials: int, *, keep_checkpoints: bool,
+              storage_url: str | None) -> dict:
     """Per outer fold, run trials until its study holds `num_trials` finished ones; then write the summary,
     the best configs and the plot. Returns {"num_trials" (finished, all folds), "best_value", "best_trial",
-    "best_fold", "best_config", "summary", "test_mean", "test_std", "folds" (tune_summary's entries), "plot"}."""
-    import optuna
+    "best_fold", "best_config", "summary", "test_mean", "test_std", "folds" (tune_summary's entries), "plot"}.
+    `storage_url` (see make_storage) lets processes on several machines share the studies' trials."""
 
     from mmfer.pipeline.splits import make_folds, resolve_protocol
     from mmfer.train.dataset import open_cache
@@ -83,9 +84,7 @@ def run_study(base: TrainConfig, study_dir: str | Path, num_trials: int, *, keep
                        all_actors=sorted(int(a) for a in cache.clips["actor"].unique()), clips=cache.clips,
                        num_folds=base.split.num_folds)
     fold_numbers = list(range(1, len(folds) + 1)) if base.folds == "all" else [int(n) for n in base.folds.split(",")]
-    storage = optuna.storages.RDBStorage(
-        f"sqlite:///{(study_dir / 'study.db').resolve()}", heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+    storage = make_storage(storage_url, study_dir)
     entries, studies = [], []
     for number in fold_numbers:
         study, entry = tune_fold(base, folds[number - 1], number, study_dir, num_trials, storage,
@@ -113,6 +112,22 @@ def run_study(base: TrainConfig, study_dir: str | Path, num_trials: int, *, keep
                   best_config=str(path), summary=str(study_dir / "tune_summary.json"), test_mean=test_mean,
                   test_std=test_std)
     return result
+
+
+def make_storage(url: str | None, study_dir: Path):
+    """The Optuna storage: SQLite <study_dir>/study.db (None), an RDB URL (`scheme://...`, e.g. PostgreSQL
+    for several machines), or else a journal file path (Optuna's JournalFileBackend, on a shared filesystem).
+    RDB storages retry a trial whose process stopped sending heartbeats; the journal has no heartbeats."""
+    import optuna
+
+    if url is not None and "://" not in url:
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(url)))
+    return optuna.storages.RDBStorage(
+        url or f"sqlite:///{(study_dir / 'study.db').resolve()}", heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
 
 
 def tune_fold(base: TrainConfig, fold, number: int, study_dir: Path, num_trials: int, storage, *, num_patches: int,
