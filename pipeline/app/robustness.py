@@ -77,7 +77,7 @@ def robustness_report(cfg: RobustnessConfig) -> dict:
         fold = Fold(name, tuple(p["train_actors"]), tuple(p["val_actors"]), tuple(p["test_actors"]))
         test_pos = (assign_parts(cache.clips, fold).to_numpy() == "test").nonzero()[0]
         loader = make_loader(dataset, EpochSampler(test_pos), batch_size=run_cfg.training.batch_size, num_workers=0,
-                             seed=cfg.seed)
+                             seed=cfg.seed, pin_memory=device.type == "cuda")
         batches = [to_device(b, device) for b in loader]
         model = build_model_from_spec(bundle.model_spec, _offline_overrides(run_cfg.model))
         model.load_state_dict(state)
