@@ -59,7 +59,8 @@ def corrupt_batch(batch: dict, name: str, generator: torch.Generator) -> dict:
 
 
 @torch.inference_mode()
-def evaluate_fold(model, batches: list[dict], corruptions: list[str], *, seed: int) -> dict[str, dict[str, float]]:
+def evaluate_fold(model, batches: list[dict], corruptions: list[str], *, seed: int,
+                  class_names: tuple[str, ...]) -> dict[str, dict[str, float]]:
     """{corruption: {'fusion': macro-F1, 'audio': ..., 'visual': ...}} over the test `batches` (raw loader
     batches on the model's device), 'clean' first. A head the model lacks is left out, and so is the head of
     a removed modality (no-audio has no audio score). The noise of each
@@ -77,6 +78,6 @@ def evaluate_fold(model, batches: list[dict], corruptions: list[str], *, seed: i
                     preds[head].append(outputs[key].argmax(1).cpu().numpy())
         y = np.concatenate(labels)
         removed = {"no-audio": "audio", "no-video": "visual"}.get(name)   # that head sees only the missing embedding
-        scores[name] = {head: compute_metrics(y, np.concatenate(p))["f1_macro"] for head, p in preds.items()
+        scores[name] = {head: compute_metrics(y, np.concatenate(p), class_names=class_names)["f1_macro"] for head, p in preds.items()
                         if p and head != removed}
     return scores

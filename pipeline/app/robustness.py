@@ -83,7 +83,7 @@ def robustness_report(cfg: RobustnessConfig) -> dict:
         model.load_state_dict(state)
         model.to(device)
         with torch.autocast(device.type, enabled=False):
-            scores = evaluate_fold(model, batches, corruptions, seed=cfg.seed)
+            scores = evaluate_fold(model, batches, corruptions, seed=cfg.seed, class_names=cache.label_names)
         for corruption, heads in scores.items():
             for head, f1 in heads.items():
                 rows.append({"fold": name, "corruption": corruption, "classifier": head, "f1_macro": f1})
