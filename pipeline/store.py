@@ -269,10 +269,13 @@ class FeatureStore:
     def __init__(self, path: Path, group: zarr.Group) -> None:
         self.path = path
         self._group = group
-        attrs = dict(group.attrs)
+        self._set_root_attrs(dict(group.attrs), fix="re-run extract into a new --out")
+
+    def _set_root_attrs(self, attrs: dict, *, fix: str) -> None:
+        """Check the schema version, then keep the root attributes and the clip table (with its index)."""
         found = attrs.get("schema_version")
         if found != SCHEMA_VERSION:
-            raise StoreError(f"{path}: schema v{found}, this code reads v{SCHEMA_VERSION}; re-run extract into a new --out")
+            raise StoreError(f"{self.path}: schema v{found}, this code reads v{SCHEMA_VERSION}; {fix}")
         self.attrs = attrs
         self.clip_table = pd.DataFrame(attrs["clip_table"])
         self._index = {cid: i for i, cid in enumerate(self.clip_table["clip_id"])}
@@ -650,13 +653,7 @@ class H5FeatureStore(FeatureStore):
 
     def __init__(self, path: Path, handle) -> None:
         self.path, self._handle = path, handle
-        attrs = _get_json(handle, "attrs", str(path))
-        found = attrs.get("schema_version")
-        if found != SCHEMA_VERSION:
-            raise StoreError(f"{path}: schema v{found}, this code reads v{SCHEMA_VERSION}; export the store again with this version")
-        self.attrs = attrs
-        self.clip_table = pd.DataFrame(attrs["clip_table"])
-        self._index = {cid: i for i, cid in enumerate(self.clip_table["clip_id"])}
+        self._set_root_attrs(_get_json(handle, "attrs", str(path)), fix="export the store again with this version")
 
     def fingerprints(self, modality: str) -> list[str]:
         return sorted(self._handle[modality]) if modality in self._handle else []

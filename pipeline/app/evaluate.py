@@ -59,7 +59,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         ConfigError: a bad label map, or no clip of a shared class.
     """
     from mmfer.pipeline.app.bundle import load_run_bundle, train_config
-    from mmfer.pipeline.app.predictor import _offline_overrides
+    from mmfer.pipeline.app.predictor import offline_overrides
     from mmfer.pipeline.device import resolve_device
     from mmfer.pipeline.store import StoreError, open_store
     from mmfer.train.dataset import ClipDataset, collate_clips, open_cache
@@ -98,7 +98,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     audio_dim = cache.audio_shape[1] if train_cfg.model.uses_audio else None
     spec = bundle.model_spec or model_spec(train_cfg.model, video_dim=cache.video_shape[2], num_patches=cache.video_shape[1],
                                            audio_dim=cache.audio_shape[1], dropout=train_cfg.training.dropout)
-    model = build_model_from_spec(spec, _offline_overrides(train_cfg.model)).to(device).eval()
+    model = build_model_from_spec(spec, offline_overrides(train_cfg.model)).to(device).eval()
     dataset = ClipDataset(cache, list(clips["clip_id"]), preload=False)
     columns = [run_names.index(n) for n in shared]
     per_model: dict[str, np.ndarray] = {}

@@ -108,7 +108,7 @@ class Predictor:
         audio_shape = tuple(self.audio["arrays"]["tokens"]["shape"]) if self.audio else (1, 1)
         spec = bundle.model_spec or model_spec(cfg.model, video_dim=video_shape[2], num_patches=video_shape[1],
                                                audio_dim=audio_shape[1], dropout=cfg.training.dropout)
-        self.model = build_model_from_spec(spec, _offline_overrides(cfg.model)).to(self.device).eval()
+        self.model = build_model_from_spec(spec, offline_overrides(cfg.model)).to(self.device).eval()
         self.num_classes = cfg.model.num_classes
         self.label_names = tuple(bundle.config.get("label_names") or EMOTIONS)   # runs before label_names: RAVDESS's
         video_record, audio_record, defaults = self.video or {}, self.audio or {}, ExtractConfig()
@@ -202,7 +202,7 @@ def _as_stored(value: np.ndarray, record: dict, name: str, path, time_axis: bool
     return value.astype(spec["dtype"], copy=False)
 
 
-def _offline_overrides(model_cfg) -> dict[str, object]:
+def offline_overrides(model_cfg) -> dict[str, object]:
     """The trained weights replace every weight, so LFM2 is built from its config alone (no download) when
     its config is known without the checkpoint: the built-in LFM2-700M config, or a local folder."""
     from mmfer.train.model.fusion import LFM2_700M_ID

@@ -46,7 +46,7 @@ def robustness_report(cfg: RobustnessConfig) -> dict:
     import torch
 
     from mmfer.pipeline.app.bundle import load_run_bundle, train_config
-    from mmfer.pipeline.app.predictor import _offline_overrides
+    from mmfer.pipeline.app.predictor import offline_overrides
     from mmfer.pipeline.device import resolve_device
     from mmfer.pipeline.splits import Fold, assign_parts
     from mmfer.train.dataset import ClipDataset, EpochSampler, make_loader, open_cache
@@ -79,7 +79,7 @@ def robustness_report(cfg: RobustnessConfig) -> dict:
         loader = make_loader(dataset, EpochSampler(test_pos), batch_size=run_cfg.training.batch_size, num_workers=0,
                              seed=cfg.seed, pin_memory=device.type == "cuda")
         batches = [to_device(b, device) for b in loader]
-        model = build_model_from_spec(bundle.model_spec, _offline_overrides(run_cfg.model))
+        model = build_model_from_spec(bundle.model_spec, offline_overrides(run_cfg.model))
         model.load_state_dict(state)
         model.to(device)
         with torch.autocast(device.type, enabled=False):
