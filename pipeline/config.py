@@ -15,6 +15,7 @@ from typing import Literal
 
 from mmfer.pipeline.labels import CREMA_D_ACTORS, NUM_CLASSES, RAVDESS_NUM_ACTORS
 
+
 def _check_finite(cfg: object, section: str) -> None:
     """Refuse nan and inf in every float field (and float tuple) of a config section; names the field."""
     for f in dataclasses.fields(cfg):
@@ -452,7 +453,7 @@ def train_config_with_preset(overrides: dict[str, object]) -> TrainConfig:
     The preset goes in first, so every value the caller gives wins, also one equal to the full default
     (`--preset tiny --epochs 100` trains 100 epochs).
     """
-    from mmfer.pipeline.overrides import apply_overrides   # overrides.py is the floor's parser; no cycle at import
+    from mmfer.pipeline.overrides import apply_overrides  # overrides.py is the floor's parser; no cycle at import
 
     base = TrainConfig()
     preset = apply_overrides(base, {"preset": overrides["preset"]}).preset if "preset" in overrides else base.preset
@@ -517,33 +518,21 @@ class EvaluateConfig:
     run: str = ""
     """A train-fusion run folder (required)."""
     cache: str = ""
-    """Another dataset's feature store, extracted with the run's encoders and settings (required)."""
+    """Another dataset's feature store, extracted with the run's encoders and settings (required without --corrupt; with --corrupt: the run's own store, if it moved)."""
     label_map: str | None = None
     """YAML {cache label: run label}; default: the classes both name alike (RAVDESS and CREMA-D share neutral, happy, sad, angry, fearful, disgust)."""
     out: str = "evaluation"
-    """Folder for metrics.json, predictions.csv and the confusion matrix."""
+    """Folder for metrics.json, predictions.csv and the confusion matrix (with --corrupt: robustness.csv/.md/.png)."""
     fold: str | None = None
-    """One fold model: its number (1-based) or name; default: the ensemble of every fold model."""
+    """One fold model: its number (1-based) or name; default: the ensemble of every fold model (with --corrupt: every fold model)."""
     device: str = "auto"
     """cpu, cuda, cuda:N or auto."""
     batch_size: int = 16
-    """Clips per forward pass."""
-
-
-@dataclass(frozen=True)
-class RobustnessConfig:
-    run: str = ""
-    """A train-fusion run folder (required): each fold model is scored on its own test clips."""
-    corrupt: str = "all"
-    """Comma-separated corruptions of the cached test features (no-audio, no-video, audio-snr-20, audio-snr-10, audio-snr-0, frame-drop-50) or all."""
-    out: str | None = None
-    """Folder for robustness.csv/.md/.png (default: <run>/robustness)."""
-    cache: str | None = None
-    """The run's feature store, if it moved."""
-    device: str = "auto"
-    """cpu, cuda, cuda:N or auto."""
+    """Clips per forward pass (cross-corpus; --corrupt uses the run's batch size, as its own test pass did)."""
+    corrupt: str | None = None
+    """Robustness instead of cross-corpus: each fold model on its own test clips, clean and under each of these comma-separated corruptions (no-audio, no-video, audio-snr-20, audio-snr-10, audio-snr-0, frame-drop-50 on the cached features; face-crop-off re-extracts the test clips' frames without the face crop) or all (every cached-feature one); writes robustness.csv/.md/.png."""
     seed: int = 0
-    """Seed of the added noise (the same seed gives the same table)."""
+    """Seed of the noise that --corrupt adds (the same seed gives the same table)."""
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from mmfer.data.demo import write_demo_clip
-from mmfer.pipeline.app.export import add_export_arguments, cmd_export
 from mmfer.pipeline.app.cli import main as mmfer_main
+from mmfer.pipeline.app.export import add_export_arguments, cmd_export
 from mmfer.pipeline.app.predict import add_predict_arguments, cmd_predict, window_starts
 from mmfer.pipeline.config import (
     train_config_with_preset,
@@ -146,7 +147,7 @@ def test_exported_model_predicts_identically_without_cache_or_run(run, demo_cach
     features = json.loads((export / "features.json").read_text())
     assert features["video"]["face_crop"] == "center" and features["audio"]["encoder"]["weights_sha256"]
     assert json.loads((export / "evaluation.json").read_text())["protocol"][1]["test_actors"] == [3]
-    from safetensors import safe_open   # each weights file carries build_model's arguments
+    from safetensors import safe_open  # each weights file carries build_model's arguments
 
     with safe_open(str(export / "weights" / "fold1.safetensors"), framework="pt") as handle:
         spec = json.loads(handle.metadata()["model_spec"])
@@ -372,3 +373,45 @@ def test_stdout_holds_only_the_results(run, clips, tmp_path):
     assert "NeMo" not in result.stdout
     assert "hid" in result.stderr and "from NeMo" in result.stderr and "-v shows them" in result.stderr, result.stderr
     assert "Loading weights" not in result.stderr, result.stderr   # no tqdm bars in a log file
+
+
+def test_face_crop_off_extracts_the_test_clips_again_with_whole_frames(run, demo_cache, clips, tmp_path):
+    """`evaluate --corrupt face-crop-off`: the test clips are extracted again with face_crop=none. The demo cache
+    was made with face_crop=center on square frames, where the crop is the whole frame: so the re-extracted
+    inputs equal the cached ones and each fold's face-crop-off score equals its clean one (the clean score being
+    the run's own test pass). On a wider-than-tall copy of a clip, the frames differ from the centre crop's."""
+    from mmfer.pipeline.app.bundle import load_run_bundle
+    from mmfer.pipeline.app.robustness import media_batches, media_predictor
+    from mmfer.pipeline.media import run_ffmpeg
+    from mmfer.pipeline.splits import Fold, assign_parts
+    from mmfer.train.dataset import ClipDataset, collate_clips, open_cache
+
+    fingerprints = load_run_bundle(run, fold="1").config["cache_fingerprints"]
+    predictor = media_predictor(load_run_bundle(run, fold="1"), ["face-crop-off"], device="cpu")
+    cache = open_cache(demo_cache, use_video=True, use_audio=True, expected=fingerprints,
+                       video_entry=fingerprints["video"], audio_entry=fingerprints["audio"])
+    test = (assign_parts(cache.clips, Fold("fold1", (3, 4), (2,), (1,))).to_numpy() == "test").nonzero()[0][:3]
+    (whole,) = media_batches(predictor, cache, test, "face-crop-off", batch_size=4, device="cpu")
+    dataset = ClipDataset(cache, list(cache.clips["clip_id"]), preload=False)
+    cached = collate_clips([dataset[int(i)] for i in test], video_shape=predictor.video_shape, audio_dim=predictor.audio_dim)
+    assert torch.equal(whole["labels"], cached["labels"]) and torch.equal(whole["video_tokens"], cached["video_tokens"])
+
+    wide = tmp_path / "wide.mp4"
+    run_ffmpeg(["-i", str(clips[0]), "-vf", "pad=iw+64:ih:32:0:white", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "copy",
+                str(wide)], path=wide, timeout_s=60)
+    row = pd.DataFrame({"clip_id": ["wide"], "path": [str(wide)], "source": [""]})
+    centre, uncropped = predictor.row_features(row), predictor.row_features(row, face_crop="none")
+    assert not np.array_equal(centre["video_tokens"], uncropped["video_tokens"])
+    assert np.array_equal(centre["audio_tokens"], uncropped["audio_tokens"])
+
+    out = tmp_path / "robust"
+    assert mmfer_main(["evaluate", "--run", str(run), "--corrupt", "face-crop-off,no-audio", "--out", str(out),
+                       "--device", "cpu"]) == 0
+    scores = pd.read_csv(out / "robustness.csv")
+    assert set(scores["corruption"]) == {"clean", "face-crop-off", "no-audio"}
+    summary = json.loads((run / "summary.json").read_text())
+    fusion = scores[scores["classifier"] == "fusion"].set_index(["fold", "corruption"])["f1_macro"]
+    for fold in ("fold1", "fold2"):
+        assert fusion[(fold, "clean")] == pytest.approx(summary["folds"][fold]["f1_macro"], abs=1e-9)
+        assert fusion[(fold, "face-crop-off")] == pytest.approx(fusion[(fold, "clean")], abs=1e-9)
+    assert "| face-crop-off |" in (out / "robustness.md").read_text()

@@ -1,4 +1,4 @@
-"""`mmfer robustness`: corruptions of the cached test features, and the report of a real tiny run.
+"""`mmfer evaluate --corrupt`: corruptions of the cached test features, and the report of a real tiny run.
 
 The run trains 2 epochs of the tiny preset on the synthetic store (tests/synthetic_store.py); the command
 runs as a real subprocess.
@@ -18,7 +18,7 @@ from synthetic_store import make_store, write_fold_file
 from train_helpers import tiny_config
 
 from mmfer.train.loop import train
-from mmfer.train.robustness import CORRUPTIONS, corrupt_batch, parse_corruptions
+from mmfer.train.robustness import FEATURE_CORRUPTIONS, corrupt_batch, parse_corruptions
 
 
 def _mmfer(*args: str) -> subprocess.CompletedProcess:
@@ -46,7 +46,7 @@ def test_corruptions_change_what_they_name_and_leave_the_input_alone():
         assert (out["audio_tokens"][~real] == batch["audio_tokens"][~real]).all()   # padding untouched
     for name, value in kept.items():
         assert torch.equal(batch[name], value), name
-    assert parse_corruptions("all") == list(CORRUPTIONS)
+    assert parse_corruptions("all") == list(FEATURE_CORRUPTIONS) and parse_corruptions("face-crop-off") == ["face-crop-off"]
     with pytest.raises(ValueError, match="unknown corruption"):
         parse_corruptions("no-audio,blur")
 
@@ -62,7 +62,7 @@ def run_dir(tmp_path_factory):
 
 def test_report_on_a_real_run_matches_its_clean_test_score(run_dir, tmp_path):
     out = tmp_path / "report"
-    done = _mmfer("robustness", "--run", str(run_dir), "--corrupt", "no-audio,no-video,audio-snr-10,frame-drop-50",
+    done = _mmfer("evaluate", "--run", str(run_dir), "--corrupt", "no-audio,no-video,audio-snr-10,frame-drop-50",
                   "--out", str(out), "--device", "cpu")
     assert done.returncode == 0, done.stderr
     scores = pd.read_csv(out / "robustness.csv")
@@ -80,7 +80,24 @@ def test_report_on_a_real_run_matches_its_clean_test_score(run_dir, tmp_path):
 
 
 def test_unknown_corruption_is_one_error_line_exit_2(run_dir, tmp_path):
-    done = _mmfer("robustness", "--run", str(run_dir), "--corrupt", "blur", "--out", str(tmp_path / "r"))
+    done = _mmfer("evaluate", "--run", str(run_dir), "--corrupt", "blur", "--out", str(tmp_path / "r"))
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("error: --corrupt: unknown corruption")
+    assert not (tmp_path / "r").exists()
+
+
+def test_robustness_is_evaluate_corrupt_all_and_one_fold_can_be_asked(run_dir, tmp_path):
+    """`mmfer robustness` (the command's first name) = `mmfer evaluate --corrupt all`; --fold scores that fold only."""
+    done = _mmfer("robustness", "--run", str(run_dir), "--out", str(tmp_path / "r"), "--device", "cpu", "--fold", "1")
+    assert done.returncode == 0, done.stderr
+    scores = pd.read_csv(tmp_path / "r" / "robustness.csv")
+    assert set(scores["corruption"]) == {"clean", *FEATURE_CORRUPTIONS}
+    assert set(scores["fold"]) == {"fold1"}
+
+
+def test_face_crop_off_needs_a_face_cropped_cache(run_dir, tmp_path):
+    """The synthetic store records no face crop: there is nothing to turn off, and no clip is re-extracted."""
+    done = _mmfer("evaluate", "--run", str(run_dir), "--corrupt", "face-crop-off", "--out", str(tmp_path / "r"))
+    assert done.returncode == 2
+    assert "face-crop-off" in done.stderr.strip().splitlines()[-1] and "face_crop=none" in done.stderr
     assert not (tmp_path / "r").exists()

@@ -14,17 +14,23 @@ import torch
 
 from mmfer.train.metrics import compute_metrics
 
-CORRUPTIONS = ("no-audio", "no-video", "audio-snr-20", "audio-snr-10", "audio-snr-0", "frame-drop-50")
+FEATURE_CORRUPTIONS = ("no-audio", "no-video", "audio-snr-20", "audio-snr-10", "audio-snr-0", "frame-drop-50")
 """What each does, on the cached tokens of the test clips:
 no-audio / no-video: the modality is marked absent (the model uses its learned missing embedding);
 audio-snr-X: Gaussian noise added to the audio tokens, with power = the clip's token power / 10^(X/10),
   token power being the mean square of its real audio tokens around their per-channel clip mean;
 frame-drop-50: every second visual frame masked out of attention (frames 1, 3, 5, ... of 0..Tv-1)."""
+MEDIA_CORRUPTIONS = ("face-crop-off",)
+"""Corruptions that need the test clips extracted again (their media files and the recorded encoders):
+face-crop-off: the frames encoded whole, without the face crop the cache was made with. The caller builds their
+batches; `evaluate_fold` takes them as `replaced`."""
+CORRUPTIONS = FEATURE_CORRUPTIONS + MEDIA_CORRUPTIONS
 
 
 def parse_corruptions(text: str) -> list[str]:
-    """'no-audio,frame-drop-50' -> the names, checked against CORRUPTIONS ('all' gives every one)."""
-    names = list(CORRUPTIONS) if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
+    """'no-audio,frame-drop-50' -> the names, checked against CORRUPTIONS ('all' gives every feature corruption;
+    a media corruption re-extracts clips, so it is asked for by name)."""
+    names = list(FEATURE_CORRUPTIONS) if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in CORRUPTIONS]
     if unknown or not names:
         raise ValueError(f"--corrupt: unknown corruption(s) {unknown or [text]}; choose among {', '.join(CORRUPTIONS)} or all")
@@ -32,7 +38,7 @@ def parse_corruptions(text: str) -> list[str]:
 
 
 def corrupt_batch(batch: dict, name: str, generator: torch.Generator) -> dict:
-    """A corrupted copy of a raw collate_clips batch; the input is left as it is. name: one of CORRUPTIONS
+    """A corrupted copy of a raw collate_clips batch; the input is left as it is. name: one of FEATURE_CORRUPTIONS
     or 'clean' (the batch itself)."""
     out = dict(batch)
     if name == "clean":
@@ -54,24 +60,25 @@ def corrupt_batch(batch: dict, name: str, generator: torch.Generator) -> dict:
         noise = torch.randn(batch["audio_tokens"].shape, generator=generator) * torch.sqrt(power / 10 ** (snr_db / 10))
         out["audio_tokens"] = batch["audio_tokens"] + noise.to(batch["audio_tokens"].device) * real
     else:
-        raise ValueError(f"unknown corruption {name!r}; choose among {', '.join(CORRUPTIONS)}")
+        raise ValueError(f"{name!r} is not a corruption of cached features; choose among {', '.join(FEATURE_CORRUPTIONS)}")
     return out
 
 
 @torch.inference_mode()
-def evaluate_fold(model, batches: list[dict], corruptions: list[str], *, seed: int,
-                  class_names: tuple[str, ...]) -> dict[str, dict[str, float]]:
+def evaluate_fold(model, batches: list[dict], corruptions: list[str], *, seed: int, class_names: tuple[str, ...],
+                  replaced: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
     """{corruption: {'fusion': macro-F1, 'audio': ..., 'visual': ...}} over the test `batches` (raw loader
     batches on the model's device), 'clean' first. A head the model lacks is left out, and so is the head of
     a removed modality (no-audio has no audio score). The noise of each
-    corruption is drawn from a CPU generator seeded with `seed`, so a rerun gives the same table."""
+    corruption is drawn from a CPU generator seeded with `seed`, so a rerun gives the same table. `replaced`
+    gives a media corruption's own batches of the same clips (MEDIA_CORRUPTIONS), scored as they are."""
     model.eval()
     scores = {}
     for name in ["clean", *corruptions]:
         generator = torch.Generator().manual_seed(seed)
         labels, preds = [], {"fusion": [], "audio": [], "visual": []}
-        for batch in batches:
-            outputs = model(corrupt_batch(batch, name, generator))
+        for batch in replaced.get(name, batches):
+            outputs = model(batch if name in replaced else corrupt_batch(batch, name, generator))
             labels.append(batch["labels"].cpu().numpy())
             for head, key in (("fusion", "logits"), ("audio", "audio_logits"), ("visual", "visual_logits")):
                 if outputs.get(key) is not None:

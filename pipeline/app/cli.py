@@ -59,10 +59,9 @@ def cmd_train_fusion(args: argparse.Namespace) -> int:
         result = dry_run_for_cache(cfg)
         print(json.dumps(result, indent=2) if args.json else format_dry_run(result))
         return 0
+    from mmfer.pipeline.distributed import current_world
     from mmfer.train.loop import train
     from mmfer.train.report import format_summary_table
-
-    from mmfer.pipeline.distributed import current_world
 
     summary = train(cfg)
     if current_world().is_main:   # under torchrun every rank returns the same summary: one table
@@ -193,7 +192,7 @@ def _export_parser(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=cmd_export)
 
 
-@_register("evaluate", "Cross-corpus evaluation: a run's models on another dataset's cache, on the classes they share.")
+@_register("evaluate", "Cross-corpus evaluation on another dataset's cache, or robustness (--corrupt) on the run's own test clips.")
 def _evaluate_parser(parser: argparse.ArgumentParser) -> None:
     from mmfer.pipeline.app.evaluate import add_evaluate_arguments, cmd_evaluate
 
@@ -229,11 +228,11 @@ def _bench_parser(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=cmd_bench)
 
 
-@_register("robustness", "Score a run's fold models with a modality missing or degraded (on the cached features); table + plot.")
+@_register("robustness", "Same as `mmfer evaluate --corrupt` (its first name; --corrupt defaults to all).")
 def _robustness_parser(parser: argparse.ArgumentParser) -> None:
-    from mmfer.pipeline.app.robustness import add_robustness_arguments, cmd_robustness  # light: torch loads when it runs
+    from mmfer.pipeline.app.evaluate import add_evaluate_arguments, cmd_robustness
 
-    add_robustness_arguments(parser)
+    add_evaluate_arguments(parser)
     add_common_arguments(parser, with_overrides=False)
     parser.set_defaults(handler=cmd_robustness)
 

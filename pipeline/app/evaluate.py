@@ -1,13 +1,16 @@
-"""`mmfer evaluate`: a trained run's fold models (or their ensemble) on another dataset's cache.
+"""`mmfer evaluate`: a trained run's fold models (or their ensemble) on another dataset's cache, or on their
+own test clips under corruptions.
 
-In: a run folder, a cache extracted with the same encoders and settings (same feature fingerprints; any
-other is refused), an optional label map {cache label: run label} (default: the classes both name alike).
-Out: metrics.json, predictions.csv and the confusion matrix over the shared classes, in --out.
+Cross-corpus (--cache OTHER): a cache extracted with the same encoders and settings (same feature
+fingerprints; any other is refused), an optional label map {cache label: run label} (default: the classes
+both name alike). Out: metrics.json, predictions.csv and the confusion matrix over the shared classes, in --out.
+Robustness (--corrupt LIST): pipeline/app/robustness.py; robustness.csv/.md/.png in --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -143,7 +146,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     from mmfer.pipeline.app.flags import add_config_flags
 
     parser.description = ("Cross-corpus evaluation: a run's fold models (default: their ensemble) on another dataset's "
-                          "cache, through a label map, on the classes the two share.")
+                          "cache, through a label map, on the classes the two share. With --corrupt: robustness, each "
+                          "fold model on its own test clips with a modality missing or degraded.")
     add_config_flags(parser, EvaluateConfig, layered=False)
 
 
@@ -151,9 +155,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from mmfer.pipeline.app.flags import resolve_config
 
     cfg: EvaluateConfig = resolve_config(EvaluateConfig, args, layered=False)
+    if cfg.corrupt:
+        return _robustness(cfg)
     if not cfg.run or not cfg.cache:
-        raise ConfigError("evaluate needs --run RUN_DIR and --cache OTHER_CACHE")
+        raise ConfigError("evaluate needs --run RUN_DIR and --cache OTHER_CACHE (cross-corpus) or --corrupt LIST (robustness)")
     result = evaluate(cfg)
     print(format_evaluation(result))
     print(f"wrote {Path(cfg.out) / 'metrics.json'}, predictions.csv and confusion_matrix.csv/png")
+    return 0
+
+
+def cmd_robustness(args: argparse.Namespace) -> int:
+    """`mmfer robustness` (the first name of `mmfer evaluate --corrupt`, kept for scripts): --corrupt defaults to all."""
+    from mmfer.pipeline.app.flags import resolve_config
+
+    cfg: EvaluateConfig = resolve_config(EvaluateConfig, args, layered=False)
+    return _robustness(cfg if cfg.corrupt else dataclasses.replace(cfg, corrupt="all"))
+
+
+def _robustness(cfg: EvaluateConfig) -> int:
+    from mmfer.pipeline.app.robustness import robustness_report
+
+    if not cfg.run:
+        raise ConfigError("--corrupt needs --run RUN_DIR: a train-fusion run folder")
+    result = robustness_report(cfg)
+    print(result["table"])
+    print(f"\nwrote {result['out'] / 'robustness.csv'}, robustness.md, robustness.png")
     return 0

@@ -128,15 +128,29 @@ class Predictor:
         """
         import pandas as pd
 
+        return self.row_features(pd.DataFrame({"clip_id": [clip_id], "path": [str(path)], "source": [""]}))
+
+    def row_features(self, row, *, face_crop: str | None = None) -> dict:
+        """`features` of one clip-table row (a one-row DataFrame: clip_id, path, source and, when present, start_s,
+        end_s, audio_path), optionally with another face crop than the recorded one (the face-crop-off check of
+        `mmfer evaluate --corrupt`).
+
+        Raises:
+            PredictError: the file cannot be decoded or encoded.
+        """
+        import dataclasses
+
         from mmfer.extract.run import decode_jobs
         from mmfer.extract.worker import decode_job
 
         video, audio = self.video or {}, self.audio or {}
-        (job,) = decode_jobs(pd.DataFrame({"clip_id": [clip_id], "path": [str(path)], "source": [""]}), self.decode_cfg)
+        path = row["path"].iloc[0]
+        decode_cfg = self.decode_cfg if face_crop is None else dataclasses.replace(self.decode_cfg, face_crop=face_crop)
+        (job,) = decode_jobs(row, decode_cfg)
         decoded = decode_job(job, self.processor)   # extract's own job, decode + crop + image processor
         if decoded.error is not None:
             raise PredictError(decoded.error)
-        item = {"clip_id": clip_id, "label": 0, "has_video": self.video is not None, "has_audio": False,
+        item = {"clip_id": job.clip_id, "label": 0, "has_video": self.video is not None, "has_audio": False,
                 "duration_s": decoded.duration_s, "notes": []}
         if video.get("face_crop") == "detect" and not decoded.found_face:
             item["notes"].append(NO_FACE_NOTE)
@@ -170,18 +184,18 @@ class Predictor:
             if len(self.bundle.states) > 1:
                 self.model.load_state_dict(state)
             for i, item in enumerate(items):
-                batch = to_device(collate_clips([item], video_shape=self._video_shape, audio_dim=self._audio_dim), self.device)
+                batch = to_device(collate_clips([item], video_shape=self.video_shape, audio_dim=self.audio_dim), self.device)
                 with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
                     probs = self.model(batch)["probabilities"]
                 total[i] += probs.float().cpu().numpy()[0]
         return (total / len(self.bundle.states)).astype(np.float32)
 
     @property
-    def _video_shape(self) -> tuple[int, int, int] | None:
+    def video_shape(self) -> tuple[int, int, int] | None:
         return tuple(self.video["arrays"]["tokens"]["shape"]) if self.video is not None else None
 
     @property
-    def _audio_dim(self) -> int | None:
+    def audio_dim(self) -> int | None:
         return self.audio["arrays"]["tokens"]["shape"][1] if self.audio is not None else None
 
 

@@ -1,48 +1,34 @@
-"""`mmfer robustness`: how a trained run holds up when a modality is missing or degraded.
+"""`mmfer evaluate --run RUN --corrupt LIST`: how a trained run holds up when a modality is missing or degraded.
 
-Each fold model of the run is scored on its own test clips, clean and under each corruption of the cached
-features (train/robustness.py says what each does; they act on encoder tokens, not on media). Writes
-robustness.csv (one row per fold, corruption and classifier), robustness.md (mean macro-F1 per corruption
-beside the clean score, with the fusion gain over each single-modality classifier) and robustness.png.
+Each fold model of the run is scored on its own test clips, clean and under each corruption. Most act on the
+cached features (train/robustness.py says what each does; they change encoder tokens, not media);
+face-crop-off extracts the test clips' frames again without the face crop, through the predictor's copy of
+extract's steps. Writes robustness.csv (one row per fold, corruption and classifier), robustness.md (mean
+macro-F1 per corruption beside the clean score, with the fusion gain over each single-modality classifier)
+and robustness.png.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 import pandas as pd
 
-from mmfer.pipeline.app.flags import add_config_flags, resolve_config
-from mmfer.pipeline.config import RobustnessConfig
+from mmfer.pipeline.config import EvaluateConfig
 from mmfer.pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-STAGES = "cfg:"
 
+def robustness_report(cfg: EvaluateConfig) -> dict:
+    """Score every fold model on its test clips, clean and under each of cfg.corrupt; write the three files
+    into cfg.out; return {'scores': DataFrame, 'table': markdown text, 'out': Path}.
 
-def add_robustness_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = ("Score a run's fold models on their test clips with a modality missing or degraded (on the "
-                          "cached features): macro-F1 per corruption beside the clean score, the fusion gain over each "
-                          "single modality; writes robustness.csv/.md/.png.")
-    add_config_flags(parser, RobustnessConfig, prefix=STAGES, layered=False)
-
-
-def cmd_robustness(args: argparse.Namespace) -> int:
-    cfg: RobustnessConfig = resolve_config(RobustnessConfig, args, prefix=STAGES, layered=False)
-    if not cfg.run:
-        raise ConfigError("--run is required: a train-fusion run folder")
-    result = robustness_report(cfg)
-    print(result["table"])
-    print(f"\nwrote {result['out'] / 'robustness.csv'}, robustness.md, robustness.png")
-    return 0
-
-
-def robustness_report(cfg: RobustnessConfig) -> dict:
-    """Score every fold model; write the three files into cfg.out (default <run>/robustness); return
-    {'scores': DataFrame, 'table': markdown text, 'out': Path}."""
+    Raises:
+        ConfigError: an unknown corruption, a run without model_spec or protocol, or face-crop-off on a cache
+            whose frames were not face-cropped.
+    """
     import torch
 
     from mmfer.pipeline.app.bundle import load_run_bundle, train_config
@@ -52,14 +38,16 @@ def robustness_report(cfg: RobustnessConfig) -> dict:
     from mmfer.train.dataset import ClipDataset, EpochSampler, make_loader, open_cache
     from mmfer.train.loop import to_device
     from mmfer.train.model.builder import build_model_from_spec
-    from mmfer.train.robustness import evaluate_fold, parse_corruptions
+    from mmfer.train.robustness import MEDIA_CORRUPTIONS, evaluate_fold, parse_corruptions
 
     try:
         corruptions = parse_corruptions(cfg.corrupt)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    out = Path(cfg.out) if cfg.out else Path(cfg.run) / "robustness"
-    bundle = load_run_bundle(cfg.run, ensemble=True, cache=cfg.cache)
+    out = Path(cfg.out)
+    if cfg.label_map:
+        raise ConfigError("--label-map is for a cross-corpus evaluation (--cache OTHER); --corrupt scores the run's own classes")
+    bundle = load_run_bundle(cfg.run, fold=cfg.fold, ensemble=cfg.fold is None, cache=cfg.cache)
     if bundle.model_spec is None:
         raise ConfigError(f"{cfg.run}: its checkpoints carry no model_spec (trained by an older mmfer); retrain to score it")
     run_cfg = train_config(bundle.config)
@@ -69,6 +57,7 @@ def robustness_report(cfg: RobustnessConfig) -> dict:
     device = resolve_device(cfg.device)
     dataset = ClipDataset(cache, list(cache.clips["clip_id"]), preload=False)
     protocol = {f["name"]: f for f in bundle.evaluation.get("protocol", [])}
+    predictor = media_predictor(bundle, corruptions, device=cfg.device)
     rows = []
     for name, state in zip(bundle.fold_names, bundle.states):
         if name not in protocol:
@@ -79,11 +68,13 @@ def robustness_report(cfg: RobustnessConfig) -> dict:
         loader = make_loader(dataset, EpochSampler(test_pos), batch_size=run_cfg.training.batch_size, num_workers=0,
                              seed=cfg.seed, pin_memory=device.type == "cuda")
         batches = [to_device(b, device) for b in loader]
+        replaced = {name: media_batches(predictor, cache, test_pos, name, batch_size=run_cfg.training.batch_size, device=device)
+                    for name in corruptions if name in MEDIA_CORRUPTIONS}
         model = build_model_from_spec(bundle.model_spec, offline_overrides(run_cfg.model))
         model.load_state_dict(state)
         model.to(device)
         with torch.autocast(device.type, enabled=False):
-            scores = evaluate_fold(model, batches, corruptions, seed=cfg.seed, class_names=cache.label_names)
+            scores = evaluate_fold(model, batches, corruptions, seed=cfg.seed, class_names=cache.label_names, replaced=replaced)
         for corruption, heads in scores.items():
             for head, f1 in heads.items():
                 rows.append({"fold": name, "corruption": corruption, "classifier": head, "f1_macro": f1})
@@ -95,6 +86,42 @@ def robustness_report(cfg: RobustnessConfig) -> dict:
     (out / "robustness.md").write_text(table + "\n")
     write_plot(frame, ["clean", *corruptions], out / "robustness.png", title=f"{cfg.run}: {len(bundle.fold_names)} fold(s)")
     return {"scores": frame, "table": table, "out": out}
+
+
+def media_predictor(bundle, corruptions: list[str], *, device: str):
+    """The recorded encoders for a media corruption (None when none is asked for).
+
+    Raises:
+        ConfigError: face-crop-off on a run without video, or on a cache whose frames were not face-cropped.
+    """
+    from mmfer.pipeline.app.predictor import Predictor
+    from mmfer.train.robustness import MEDIA_CORRUPTIONS
+
+    if not any(name in MEDIA_CORRUPTIONS for name in corruptions):
+        return None
+    video = bundle.features.get("video")
+    if video is None:
+        raise ConfigError(f"face-crop-off: run {bundle.source} reads no video")
+    if video.get("face_crop", "none") == "none":
+        raise ConfigError("face-crop-off: the run's frames were encoded without a face crop (face_crop=none); "
+                          "there is no crop to turn off")
+    return Predictor(bundle, device=device)
+
+
+def media_batches(predictor, cache, positions, name: str, *, batch_size: int, device) -> list[dict]:
+    """The test clips at `positions` of cache.clips extracted again under the media corruption `name`, as
+    device batches in the order the loader gives them (labels from the cache)."""
+    from mmfer.train.dataset import collate_clips, to_device
+
+    assert name == "face-crop-off", name
+    items = []
+    for pos in positions:
+        row = cache.clips.iloc[[pos]]
+        item = predictor.row_features(row, face_crop="none")
+        item["label"] = int(row["label"].iloc[0])
+        items.append(item)
+    return [to_device(collate_clips(items[i:i + batch_size], video_shape=predictor.video_shape,
+                                    audio_dim=predictor.audio_dim), device) for i in range(0, len(items), batch_size)]
 
 
 def summary_table(frame: pd.DataFrame, order: list[str]) -> str:
