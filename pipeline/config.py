@@ -520,7 +520,7 @@ class EvaluateConfig:
     cache: str = ""
     """Another dataset's feature store, extracted with the run's encoders and settings (required without --corrupt; with --corrupt: the run's own store, if it moved)."""
     label_map: str | None = None
-    """YAML {cache label: run label}; default: the classes both name alike (RAVDESS and CREMA-D share neutral, happy, sad, angry, fearful, disgust)."""
+    """YAML {cache label: run label}; default: the classes both name alike, reading DFEW's and MAFW's fear, surprise, anger, happiness, sadness as RAVDESS's fearful, surprised, angry, happy, sad (RAVDESS and CREMA-D share 6 classes, RAVDESS and DFEW or MAFW 7)."""
     out: str = "evaluation"
     """Folder for metrics.json, predictions.csv and the confusion matrix (with --corrupt: robustness.csv/.md/.png)."""
     fold: str | None = None

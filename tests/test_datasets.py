@@ -306,3 +306,23 @@ def test_train_refuses_class_weights_of_another_class_count_before_writing(tmp_p
     with pytest.raises(ConfigError, match=r"has 3 numbers, but .* has 8 classes \(neutral, calm"):
         train(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_default_label_map_reads_each_datasets_spelling_of_a_class(tmp_path):
+    """RAVDESS ↔ CREMA-D share 6 classes by name; DFEW's and MAFW's fear/surprise/anger/... are RAVDESS's
+    fearful/surprised/angry/...; classes with no counterpart are left out; a file overrides the default."""
+    from mmfer.data.official_folds import DFEW_LABELS, MAFW_LABELS
+    from mmfer.pipeline.app.evaluate import label_mapping
+    from mmfer.pipeline.labels import CREMA_D_EMOTIONS, EMOTIONS
+
+    assert label_mapping(EMOTIONS, CREMA_D_EMOTIONS, None) == {n: n for n in CREMA_D_EMOTIONS}
+    assert label_mapping(EMOTIONS, DFEW_LABELS, None) == {
+        "happy": "happy", "sad": "sad", "neutral": "neutral", "angry": "angry", "surprise": "surprised",
+        "disgust": "disgust", "fear": "fearful"}
+    mafw = label_mapping(EMOTIONS, MAFW_LABELS, None)
+    assert mafw == {"anger": "angry", "disgust": "disgust", "fear": "fearful", "happiness": "happy", "neutral": "neutral",
+                    "sadness": "sad", "surprise": "surprised"}
+    assert label_mapping(MAFW_LABELS, CREMA_D_EMOTIONS, None)["fearful"] == "fear"   # either direction
+    given = tmp_path / "map.yaml"
+    given.write_text("fear: fearful\ncontempt: disgust\n")
+    assert label_mapping(EMOTIONS, MAFW_LABELS, str(given)) == {"fear": "fearful", "contempt": "disgust"}

@@ -21,7 +21,7 @@ import torch
 
 from mmfer.pipeline.config import EvaluateConfig
 from mmfer.pipeline.errors import BadInputError, ConfigError
-from mmfer.pipeline.labels import EMOTIONS
+from mmfer.pipeline.labels import EMOTIONS, common_label
 from mmfer.pipeline.overrides import read_yaml
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ class EncoderMismatchError(BadInputError, RuntimeError):
 
 
 def label_mapping(run_names: tuple[str, ...], cache_names: tuple[str, ...], label_map: str | None) -> dict[str, str]:
-    """{cache label: run label} from the YAML file, else the names both label sets share.
+    """{cache label: run label} from the YAML file, else the classes both label sets name alike (`common_label`).
 
     Raises:
         ConfigError: a name the file gives is in neither label set, or no class is shared.
@@ -46,8 +46,9 @@ def label_mapping(run_names: tuple[str, ...], cache_names: tuple[str, ...], labe
         if unknown:
             raise ConfigError(f"{label_map}: {unknown} are not labels of the cache ({', '.join(cache_names)}) "
                               f"or of the run ({', '.join(run_names)}); fix the label map")
-    else:
-        mapping = {n: n for n in cache_names if n in run_names}
+    else:   # the default map: same class, same name (pipeline/labels.py LABEL_SYNONYMS reads fear as fearful, ...)
+        run_by_common = {common_label(n): n for n in run_names}
+        mapping = {n: run_by_common[common_label(n)] for n in cache_names if common_label(n) in run_by_common}
     if not mapping:
         raise ConfigError(f"the cache's classes ({', '.join(cache_names)}) and the run's ({', '.join(run_names)}) share "
                           "no name; give --label-map FILE.yaml (cache label: run label)")
