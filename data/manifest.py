@@ -19,7 +19,7 @@ MANIFEST_COLUMNS = (
     "speaker", "fold", "split", "start_s", "end_s", "audio_path", "level", "sentence",
 )
 """clip_id (the key everywhere), path (the media file), source (its size:mtime_ns when the manifest was
-made), dataset, actor (the speaker), gender, label (class index), emotion (class name), then the dataset's
+made, with the audio file's and the segment when given: `with_sources`), dataset, actor (the speaker), gender, label (class index), emotion (class name), then the dataset's
 own fields (RAVDESS: intensity, statement, repetition, vocal_channel, modality), recording_id (one
 recording's files share it; the leakage guard keeps them in one split; a manifest's `group`), speaker (the
 speaker's own name where `actor` is a number given to it), fold / split (a given protocol), start_s / end_s
@@ -27,7 +27,25 @@ speaker's own name where `actor` is a number given to it), fold / split (a given
 
 
 def with_sources(manifest: pd.DataFrame) -> pd.DataFrame:
-    """The manifest with its `source` column filled ("" for a file that is gone) and columns in order."""
+    """The manifest with its `source` column filled and columns in order.
+
+    `source` is what a clip's features were made from, compared by extract to redo a clip that changed: the
+    video file's signature ("" for a file that is gone), then, when the row has them, "+audio=" and the
+    separate audio file's signature, and "@start_s-end_s" for a segment."""
     table = manifest.copy()
-    table["source"] = [file_signature(p) if Path(p).exists() else "" for p in table["path"]]
+    table["source"] = [_source(row) for row in table.to_dict("records")]
     return table[[c for c in MANIFEST_COLUMNS if c in table]].reset_index(drop=True)
+
+
+def _source(row: dict) -> str:
+    def given(name: str):
+        value = row.get(name)
+        return None if value is None or value == "" or (isinstance(value, float) and value != value) else value
+
+    signature = lambda path: file_signature(path) if Path(path).exists() else ""   # noqa: E731
+    source = signature(row["path"])
+    if given("audio_path") is not None:
+        source += f"+audio={signature(row['audio_path'])}"
+    if given("start_s") is not None or given("end_s") is not None:
+        source += f"@{given('start_s')}-{given('end_s')}"
+    return source

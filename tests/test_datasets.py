@@ -177,6 +177,18 @@ def test_manifest_clips_extract_and_train_with_their_own_labels(tmp_path, tiny_m
     row = pd.read_csv(predicted).iloc[0]
     assert row["prediction"] in LABELS and [c for c in row.index if c.startswith("prob_")] == [f"prob_{n}" for n in LABELS]
 
+    eve_frames = int(audio.read_clip("eve-happy", ("length",))["length"])
+    # A rerun redoes exactly the clips whose inputs changed: eve's separate WAV replaced (0.5 s now), and fay's
+    # segment moved in the manifest; the video files themselves are untouched.
+    run_ffmpeg(["-y", "-f", "lavfi", "-i", "sine=frequency=300:duration=0.5:sample_rate=16000", str(tmp_path / "media" / "eve.wav")],
+               path=tmp_path / "media" / "eve.wav", timeout_s=60)
+    manifest_file.write_text(manifest_file.read_text().replace("fay-sad,media/fay_sad.mp4,sad,fay,1.0,2.0", "fay-sad,media/fay_sad.mp4,sad,fay,1.0,2.5"))
+    summary = extract_all(cfg, build_manifest(cfg))
+    assert (summary.num_done, summary.num_skipped) == (2, 16), summary.format()
+    audio = open_store(tmp_path / "cache").entry("audio")
+    assert int(audio.read_clip("eve-happy", ("length",))["length"]) < 0.6 * eve_frames   # the new 0.5 s sound
+    assert abs(float(audio.read_clip("fay-sad", ("duration_s",))["duration_s"]) - 1.5) < 0.1
+
 
 @pytest.mark.slow
 def test_crema_d_demo_extracts_and_trains_on_its_six_classes(tmp_path, tiny_models, demo_cache):
