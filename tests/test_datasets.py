@@ -26,7 +26,7 @@ SPEAKERS = ("ann", "bob", "cat", "dan", "eve", "fay")
 LABELS = ("calm", "happy", "sad")
 
 
-def _touch(path):
+def _touch(path, label=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"x")
     return path
@@ -246,28 +246,31 @@ def test_crema_d_demo_extracts_and_trains_on_its_six_classes(tmp_path, tiny_mode
     assert not (tmp_path / "eval3").exists()
 
 
-def _dfew_tree(root, clips):
-    """DFEW's release layout: clips {n: (label 1..7, test set k)}; each set's train list is every other clip."""
+def _dfew_tree(root, clips, write=_touch):
+    """DFEW's release layout: clips {n: (label 1..7, test set k)}; each set's train list is every other clip.
+    write(path, label name) makes each clip file (default: a 1-byte placeholder)."""
     for kind in ("train", "test"):
         folder = root / "EmoLabel_DataSplit" / f"{kind}(single-labeled)"
         folder.mkdir(parents=True, exist_ok=True)
         for k in range(1, 6):
             chosen = [(n, lab) for n, (lab, s) in clips.items() if (s == k) == (kind == "test")]
             (folder / f"set_{k}.csv").write_text("video_name,label\n" + "".join(f"{n},{lab}\n" for n, lab in chosen))
-    for n in clips:
-        _touch(root / "Clip" / "original" / f"{n:05d}.mp4")
+    from mmfer.data.official_folds import DFEW_LABELS
+
+    for n, (lab, _) in clips.items():
+        write(root / "Clip" / "original" / f"{n:05d}.mp4", DFEW_LABELS[lab - 1])
 
 
-def _mafw_tree(root, clips):
-    """MAFW's release layout: clips {stem: (label, test set k)}."""
+def _mafw_tree(root, clips, write=_touch):
+    """MAFW's release layout: clips {stem: (label, test set k)}; write as for _dfew_tree."""
     for k in range(1, 6):
         folder = root / "Train & Test Set" / "single" / "no_caption" / f"set_{k}"
         folder.mkdir(parents=True, exist_ok=True)
         for kind in ("train", "test"):
             chosen = [(s, lab) for s, (lab, t) in clips.items() if (t == k) == (kind == "test")]
             (folder / f"{kind}.txt").write_text("".join(f"{s}.mp4 {lab}\n" for s, lab in chosen))
-    for stem in clips:
-        _touch(root / "data" / "clips" / f"{stem}.mp4")
+    for stem, (lab, _) in clips.items():
+        write(root / "data" / "clips" / f"{stem}.mp4", lab)
 
 
 def test_dfew_and_mafw_set_files_drive_their_folds(tmp_path, caplog):
@@ -295,6 +298,45 @@ def test_dfew_and_mafw_set_files_drive_their_folds(tmp_path, caplog):
     (tmp_path / "mafw" / "Train & Test Set" / "single" / "no_caption" / "set_2" / "test.txt").write_text("00001.mp4 joy\n")
     with pytest.raises(Exception, match=r"set_2/test.txt line 1: expected '<clip>.mp4 <label>'"):
         build_manifest(ExtractConfig(dataset="mafw", root=str(tmp_path / "mafw")))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", ["dfew", "mafw"])
+def test_dfew_and_mafw_layouts_extract_and_train_on_their_official_folds(dataset, tmp_path, tiny_models):
+    """Real clips in each release's layout (12 clips, 2 or 3 per set) -> extract -> one epoch on each of the
+    5 official folds: every clip is tested once, by the fold whose set lists it, under the dataset's names."""
+    from mmfer.data.official_folds import DFEW_LABELS, MAFW_LABELS
+    from mmfer.extract.run import extract_all
+    from mmfer.pipeline.labels import EMOTIONS
+
+    def write(path, label):   # the demo's face and voice of a RAVDESS class, chosen by the label's position
+        path.parent.mkdir(parents=True, exist_ok=True)
+        names = DFEW_LABELS if dataset == "dfew" else MAFW_LABELS
+        write_demo_clip(path, EMOTIONS[names.index(label) % len(EMOTIONS)], 1 + len(list(path.parent.iterdir())) % 4,
+                        duration_s=1.0, size_px=64)
+
+    if dataset == "dfew":
+        clips = {n: (1 + n % 7, 1 + n % 5) for n in range(1, 13)}
+        _dfew_tree(tmp_path / "data", clips, write)
+        names, test_sets = DFEW_LABELS, {f"{n:05d}": s for n, (_, s) in clips.items()}
+    else:
+        clips = {f"{n:05d}": (MAFW_LABELS[n % 11], 1 + n % 5) for n in range(1, 13)}
+        _mafw_tree(tmp_path / "data", clips, write)
+        names, test_sets = MAFW_LABELS, {c: s for c, (_, s) in clips.items()}
+    cfg = extract_config(str(tmp_path / "data"), tmp_path / "cache", tiny_models, dataset=dataset)
+    summary = extract_all(cfg, build_manifest(cfg))
+    assert summary.num_done == 12 and summary.num_failed == 0, summary.format()
+    assert open_store(tmp_path / "cache").attrs["label_names"] == list(names)
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "mmfer.pipeline.app.cli", "train-fusion", "--cache", str(tmp_path / "cache"),
+                             "--out", str(out), "--preset", "tiny", "--device", "cpu", "--epochs", "1",
+                             "split.num_val_actors=1", "training.batch_size=4"], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    predictions = pd.read_csv(out / "predictions.csv", dtype={"clip_id": str})
+    assert sorted(predictions["clip_id"]) == sorted(test_sets)                       # each clip tested once
+    assert {c: int(f.removeprefix("fold")) for c, f in zip(predictions["clip_id"], predictions["fold"])} == test_sets
+    assert [c for c in predictions if c.startswith("prob_")] == [f"prob_{n}" for n in names]
+    assert "num_classes: %d" % len(names) in (out / "config.yaml").read_text()
 
 
 def test_class_weights_count_follows_the_cache_classes():
