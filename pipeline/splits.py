@@ -151,10 +151,22 @@ def _speaker_name(clips: pd.DataFrame, actor: int) -> str:
     return str(actor)
 
 
+PROTOCOL_DATASETS = {"ravdess-6fold": "ravdess", "fixed": "ravdess", "crema-d-5fold": "crema-d"}
+"""Protocols written in one dataset's actor numbers: on another dataset's cache they would test no clip."""
+
+
 def resolve_protocol(protocol: str, *, dataset: str | None, clips: pd.DataFrame) -> str:
     """`auto` -> the dataset's own protocol (a manifest: `manifest` when it has a fold/split column, else
-    speaker-kfold); any other protocol as given."""
+    speaker-kfold); any other protocol as given.
+
+    Raises:
+        ConfigError: a protocol of one dataset's actors (PROTOCOL_DATASETS) asked for on another dataset's cache.
+    """
     if protocol != "auto":
+        owner = PROTOCOL_DATASETS.get(protocol)
+        if owner is not None and dataset is not None and dataset != owner:
+            raise ConfigError(f"split.protocol={protocol} is {owner}'s split by actor number, and this cache holds "
+                              f"{dataset}; use split.protocol=auto (its own protocol), speaker-kfold, manifest or file")
         return protocol
     if dataset == "crema-d":
         return "crema-d-5fold"

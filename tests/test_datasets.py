@@ -18,6 +18,7 @@ from mmfer.data.datasets import build_manifest
 from mmfer.data.demo import write_demo_clip
 from mmfer.data.own_manifest import ManifestError, read_own_manifest
 from mmfer.pipeline.config import ExtractConfig, train_config_with_preset
+from mmfer.pipeline.errors import ConfigError
 from mmfer.pipeline.labels import CREMA_D_EMOTIONS
 from mmfer.pipeline.splits import LeakageError, column_folds, make_folds, resolve_protocol
 from mmfer.pipeline.store import open_store
@@ -337,6 +338,17 @@ def test_dfew_and_mafw_layouts_extract_and_train_on_their_official_folds(dataset
     assert {c: int(f.removeprefix("fold")) for c, f in zip(predictions["clip_id"], predictions["fold"])} == test_sets
     assert [c for c in predictions if c.startswith("prob_")] == [f"prob_{n}" for n in names]
     assert "num_classes: %d" % len(names) in (out / "config.yaml").read_text()
+
+
+def test_a_protocol_of_another_datasets_actors_is_refused():
+    table = pd.DataFrame({"actor": [1001, 1002], "fold": [None, None]})
+    for protocol in ("fixed", "ravdess-6fold"):
+        with pytest.raises(ConfigError, match=f"split.protocol={protocol} is ravdess's split by actor number, and this cache holds crema-d"):
+            resolve_protocol(protocol, dataset="crema-d", clips=table)
+    with pytest.raises(ConfigError, match="crema-d-5fold is crema-d's"):
+        resolve_protocol("crema-d-5fold", dataset="ravdess", clips=table)
+    assert resolve_protocol("fixed", dataset="ravdess", clips=table) == "fixed"
+    assert resolve_protocol("speaker-kfold", dataset="crema-d", clips=table) == "speaker-kfold"
 
 
 def test_class_weights_count_follows_the_cache_classes():
