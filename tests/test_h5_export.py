@@ -62,6 +62,17 @@ def test_same_training_from_zarr_and_from_its_h5_export(stores, tmp_path):
         summaries.append(train(cfg))
     assert summaries[0]["folds"] == summaries[1]["folds"]
     assert summaries[0]["mean"] == summaries[1]["mean"]
+    # the commands that read a run's cache read the .h5 as well: robustness on the run made from it, and
+    # cross-corpus evaluation of the Zarr-made run on the .h5 (the same clips: every clip scored)
+    done = mmfer("evaluate", "--run", tmp_path / h5_path.name, "--corrupt", "no-audio", "--out", tmp_path / "robust",
+                 "--device", "cpu")
+    assert done.returncode == 0, done.stderr[-2000:]
+    robust = (tmp_path / "robust" / "robustness.csv").read_text()
+    assert "no-audio" in robust and f"fold1,clean,fusion,{summaries[1]['folds']['fold1']['f1_macro']}" in robust
+    done = mmfer("evaluate", "--run", tmp_path / zarr_path.name, "--cache", h5_path, "--out", tmp_path / "other",
+                 "--device", "cpu")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "other" / "metrics.json").read_text())["num_left_out"] == 0
 
 
 def test_cli_export_info_and_verify_read_the_h5(stores, tmp_path):

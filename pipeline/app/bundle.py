@@ -101,7 +101,7 @@ def load_run_bundle(run_dir: str | Path, *, fold: str | None = None, ensemble: b
     config = checkpoints[0]["config"]
     fingerprints = config["cache_fingerprints"]
     cache_path = Path(cache or config["cache"])
-    if not (cache_path / "zarr.json").exists():
+    if not cache_path.exists():   # a Zarr folder or an HDF5 export; open_store says if it is neither
         raise FileNotFoundError(
             f"{cache_path}: the feature store run {run_dir} was trained from is gone, and predict needs its record of "
             "the encoders and preprocessing; pass --cache PATH if it moved, or use a model folder from `mmfer export`")
