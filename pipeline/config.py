@@ -269,6 +269,8 @@ class TrainingConfig:
     """Training only: probability that a batch uses CutMix in time (a block of frames from a partner clip, labels mixed by share) instead of mixup."""
     cutmix_alpha: float = 1.0
     """CutMix share of the clip's own frames ~ Beta(alpha, alpha)."""
+    view_sampling: Literal["clean", "uniform"] = "clean"
+    """Training only: clean, or uniform = per clip and epoch one of the clean + K views of `extract --views K`, seeded by (seed, epoch, clip)."""
     gradient_clip: float = 1.0
     """Max gradient norm (after unscaling)."""
     mixed_precision: bool = True
