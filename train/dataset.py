@@ -277,8 +277,8 @@ class EpochSampler(Sampler[int]):
     def __init__(self, indices: Iterable[int] = ()) -> None:
         self.indices = list(indices)
 
-    def set_indices(self, indices: Iterable[int], views: Iterable[int] | None = None) -> None:
-        self.indices = list(indices) if views is None else [(int(i), int(v)) for i, v in zip(indices, views, strict=True)]
+    def set_indices(self, indices: Iterable[int], chosen_views: Iterable[int] | None = None) -> None:
+        self.indices = list(indices) if chosen_views is None else [(int(i), int(v)) for i, v in zip(indices, chosen_views, strict=True)]
 
     def __iter__(self) -> Iterator[int]:
         return iter(list(self.indices))

@@ -296,7 +296,7 @@ def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, 
                                          world_size=world.world_size)
         views = (epoch_views(dataset.clip_ids, share, seed=cfg.seed, epoch=epoch, num_views=cache.num_views)
                  if t.view_sampling == "uniform" else None)   # validation and test below always read the clean view
-        sampler.set_indices(share, views=views)
+        sampler.set_indices(share, chosen_views=views)
         stats = train_epoch(model, criterion, optimizer, scaler, loader, device, amp_dtype, rng,
                             training=t, desc=f"{fold.name} epoch {epoch + 1}/{t.max_epochs}",
                             ddp=ddp, step_weights=step_weights)
