@@ -820,11 +820,12 @@ def export_h5(store_path: str | os.PathLike, h5_path: str | os.PathLike) -> dict
                     view_params = [[] for _ in range(n)]
                     for index in done:
                         clip_id = store.clip_ids[index]
-                        for name, value in entry.read_clip(clip_id).items():
-                            arrays[name][index] = value
+                        entry.read_clip(clip_id)   # status, chunks and checksums checked first
+                        for name in arrays:        # then copied as stored (int8 tokens with their scale)
+                            arrays[name][index] = entry._arrays[name][index]
                         for view in range(1, entry.num_views + 1):
-                            entry.read_clip(clip_id, view=view)   # status, chunks and checksums checked first
-                            for name in views:                    # then copied as stored (int8 with its scale)
+                            entry.read_clip(clip_id, view=view)
+                            for name in views:
                                 views[name][index, view - 1] = entry._arrays[VIEW_PREFIX + name][index, view - 1]
                         view_params[index] = [json.dumps(p, sort_keys=True) for p in entry.view_params(clip_id)]
                     if views:

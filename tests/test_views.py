@@ -24,7 +24,8 @@ from train_helpers import tiny_config
 
 from mmfer.extract.views import PITCH_SEMITONES, SNR_DB, TEMPO, audio_view, video_view
 from mmfer.pipeline.errors import ConfigError
-from mmfer.pipeline.store import ArraySpec, ClipStatus, StoreError, create_store, export_h5, open_store, verify_store
+from mmfer.pipeline.store import (TOKEN_SCALE, ArraySpec, ClipStatus, StoreError, create_store, export_h5, open_store,
+                                  verify_store)
 from mmfer.train.dataset import epoch_views
 
 SR = 16_000
@@ -122,6 +123,19 @@ def test_store_keeps_views_beside_the_clean_clip_and_verify_checks_them(tmp_path
     chunk.write_bytes(bytes(data))
     report = verify_store(tmp_path / "cache")
     assert [(m, c) for m, c, _ in report.damaged] == [("video", "a")] and "view_pooled" in report.damaged[0][2]
+
+
+def test_h5_export_copies_int8_tokens_and_their_views_as_stored(tmp_path):
+    table = pd.DataFrame({"clip_id": ["a"], "path": ["a.mp4"], "source": ["1:1"]})
+    store = create_store(tmp_path / "cache", table, {"dataset": "test"})
+    own = {"tokens": ArraySpec((2, 3, 4), "int8"), TOKEN_SCALE: ArraySpec((2, 3), "float16")}
+    entry = store.ensure_entry("video", "f" * 16, {"views": {"num_views": 1}}, own, view_arrays=own)
+    entry.write_clip("a", {"tokens": _clip(0)["tokens"]}, "1:1", view_data=[{"tokens": _clip(1)["tokens"]}],
+                     view_params=[{}])
+    h5_entry = open_store(export_h5(tmp_path / "cache", tmp_path / "cache.h5")["path"]).entry("video")
+    for view in (0, 1):   # int8 tokens dequantized once, on read, from either store
+        want = entry.read_clip("a", ("tokens",), view=view)["tokens"]
+        assert np.array_equal(h5_entry.read_clip("a", ("tokens",), view=view)["tokens"], want), view
 
 
 def test_an_entry_without_views_has_none_and_keeps_its_fingerprint():
