@@ -297,3 +297,30 @@ def test_uniform_view_sampling_trains_on_stored_views_and_evaluates_clean(views_
     assert seen["eval"]
     for batch in seen["eval"]:   # validation and test: the clean clip only
         assert all(view_of(c, batch["video_tokens"][i]) == 0 for i, c in enumerate(batch["clip_ids"]))
+
+
+@pytest.mark.slow   # two CLI extractions of one clip (~50 s on 2 shared cores)
+def test_a_kill_between_views_leaves_the_clip_pending_and_the_rerun_completes_it(views_cache, demo_root, tiny_models,
+                                                                                 tmp_path):
+    import os
+
+    clip_id = "01-01-01-01-01-01-01"
+    out = tmp_path / "cache"
+    command = [sys.executable, "-m", "mmfer.pipeline.app.cli", "extract", "--root", str(demo_root), "--out", str(out),
+               "--preset", "tiny", "--models-dir", str(tiny_models), "--face-crop", "center", "--num-workers", "0",
+               "--views", "2", "--select", clip_id]
+    killed = subprocess.run(command, capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "MMFER_CRASH_AT": "view_written:1"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    entry = open_store(out).entry("video")
+    index = entry.store.index_of(clip_id)
+    assert entry.statuses()[index] == ClipStatus.PENDING   # clean arrays and view 1 written, view 2 not: not done
+    assert entry.clip_chunk_files(index)[0].exists()
+    rerun = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    reference = open_store(views_cache[0])
+    for modality in ("video", "audio"):
+        got, want = open_store(out).entry(modality), reference.entry(modality)
+        for view in range(3):
+            for name, value in want.read_clip(clip_id, view=view).items():
+                assert np.array_equal(got.read_clip(clip_id, view=view)[name], value), (modality, view, name)
