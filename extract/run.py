@@ -26,6 +26,7 @@ from mmfer.extract.decode import AUDIO_MIX, FRAME_SAMPLING
 from mmfer.extract.encoders import load_encoders
 from mmfer.extract.facecrop import detector_settings
 from mmfer.extract.shrink import pool_tokens, pooled_token_count
+from mmfer.extract.views import view_settings
 from mmfer.extract.worker import DecodedItem, DecodeJob, decode_job
 from mmfer.pipeline.config import ExtractConfig
 from mmfer.pipeline.device import resolve_device
@@ -164,7 +165,8 @@ def _extract_locked(cfg: ExtractConfig, table: pd.DataFrame, device: torch.devic
     barrier()   # every rank has read the statuses before any rank writes one
     summary = ExtractSummary(num_selected=len(selected), num_skipped=len(selected) - len(todo))
     if world.is_main:
-        _check_free_space(Path(cfg.out), len(todo), video.raw_bytes_per_clip() + audio.raw_bytes_per_clip())
+        _check_free_space(Path(cfg.out), len(todo), sum(e.raw_bytes_per_clip() + e.num_views * e.raw_bytes_per_view()
+                                                        for e in (video, audio)))
     todo = todo.iloc[world.rank::world.world_size]   # a deterministic, disjoint share; any world size resumes
     jobs = decode_jobs(todo, cfg)
     loop_start = time.monotonic()
@@ -216,19 +218,22 @@ def _open_entries(cfg: ExtractConfig, table: pd.DataFrame, encoders, video_param
     for modality, params in (("video", video_params), ("audio", audio_attrs)):
         _refuse_other_settings(store, modality, params, overwrite=cfg.overwrite)
     int8 = cfg.token_dtype == "int8"
-    video = store.ensure_entry("video", fingerprint(video_params), video_params, {
+    video_arrays = {   # what an augmented view has of its own (views share timestamps and boxes with the clean clip)
         "tokens": ArraySpec((cfg.num_frames, num_patches, visual_dim), "int8" if int8 else cfg.dtype),
         **({TOKEN_SCALE: ArraySpec((cfg.num_frames, num_patches), "float16")} if int8 else {}),
         "pooled": ArraySpec((cfg.num_frames, visual_dim), cfg.dtype),
+    }
+    video = store.ensure_entry("video", fingerprint(video_params), video_params, {
+        **video_arrays,
         "timestamps_s": ArraySpec((cfg.num_frames,), "float32"),
         "boxes": ArraySpec((cfg.num_frames, 4), "float32"),
-    }, overwrite=cfg.overwrite)
+    }, view_arrays=video_arrays if cfg.views else None, overwrite=cfg.overwrite)
     max_audio_frames, audio_dim = encoders.audio_token_shape(cfg.max_audio_s, cfg.sample_rate_hz)
+    audio_view_arrays = {"tokens": ArraySpec((max_audio_frames, audio_dim), cfg.dtype), "length": ArraySpec((), "int32")}
     audio = store.ensure_entry("audio", fingerprint(audio_attrs), audio_attrs, {
-        "tokens": ArraySpec((max_audio_frames, audio_dim), cfg.dtype),
-        "length": ArraySpec((), "int32"),
+        **audio_view_arrays,
         "duration_s": ArraySpec((), "float32"),
-    }, overwrite=cfg.overwrite)
+    }, view_arrays=audio_view_arrays if cfg.views else None, overwrite=cfg.overwrite)
     return video, audio, max_audio_frames
 
 
@@ -240,9 +245,14 @@ def decode_params(modality: str, cfg: ExtractConfig) -> dict:
         size = {**({"token_pool": cfg.token_pool} if cfg.token_pool > 1 else {}),
                 **({"token_dtype": cfg.token_dtype} if cfg.token_dtype != "float" else {})}
         return {"num_frames": cfg.num_frames, "face_crop": cfg.face_crop, **face, "frame_sampling": FRAME_SAMPLING,
-                "dtype": cfg.dtype, **size, "extractor_version": EXTRACTOR_VERSION}
+                "dtype": cfg.dtype, **size, "extractor_version": EXTRACTOR_VERSION, **_views(modality, cfg)}
     return {"sample_rate_hz": cfg.sample_rate_hz, "max_audio_s": cfg.max_audio_s, "audio_mix": AUDIO_MIX,
-            "dtype": cfg.dtype, "extractor_version": EXTRACTOR_VERSION}
+            "dtype": cfg.dtype, "extractor_version": EXTRACTOR_VERSION, **_views(modality, cfg)}
+
+
+def _views(modality: str, cfg: ExtractConfig) -> dict:
+    # recorded (and fingerprinted) only with --views > 0, so the entries of stores without views keep their fingerprints
+    return {"views": view_settings(modality, cfg.views)} if cfg.views else {}
 
 
 def _refuse_other_settings(store: FeatureStore, modality: str, params: dict, *, overwrite: bool) -> None:
@@ -307,7 +317,7 @@ def decode_jobs(clips: pd.DataFrame, cfg: ExtractConfig) -> list[DecodeJob]:
 
     return [DecodeJob(r.clip_id, r.path, r.source, cfg.num_frames, cfg.sample_rate_hz, cfg.max_audio_s,
                       cfg.decode_timeout_s, cfg.face_crop, optional(r, "start_s"), optional(r, "end_s"),
-                      optional(r, "audio_path") or "") for r in clips.itertuples()]
+                      optional(r, "audio_path") or "", cfg.views) for r in clips.itertuples()]
 
 
 def decode_loader(jobs: list[DecodeJob], processor, *, num_workers: int, batch_size: int,
@@ -359,25 +369,34 @@ def _encode_and_write(batch: list[DecodedItem], encoders, video: FeatureEntry, a
             _record_failure(item, item.error, video, audio, summary)
     if not good:
         return
-    tokens, pooled = encoders.encode_visual([item.pixel_inputs for item in good])
+    # each clip's clean inputs then its K views, encoded in the same batch: (1 + K) * len(good) clips
+    num_versions = 1 + video.num_views
+    tokens, pooled = encoders.encode_visual([p for item in good for p in (item.pixel_inputs, *item.view_pixel_inputs)])
     tokens = [pool_tokens(clip_tokens, token_pool) for clip_tokens in tokens]   # the store quantizes an int8 entry
     with_audio = [item for item in good if item.audio is not None]
-    audio_tokens = dict(zip([i.clip_id for i in with_audio], encoders.encode_audio([i.audio for i in with_audio])))
-    for item, clip_tokens, clip_pooled in zip(good, tokens, pooled):
+    if video.num_views:   # a clip's versions are padded together, apart from other clips: same bytes at any batch size
+        encoded = [t for item in with_audio for t in encoders.encode_audio([item.audio, *item.view_audio])]
+    else:
+        encoded = encoders.encode_audio([item.audio for item in with_audio])
+    audio_tokens = {item.clip_id: encoded[i * num_versions:(i + 1) * num_versions] for i, item in enumerate(with_audio)}
+    for position, item in enumerate(good):
+        clip_tokens = tokens[position * num_versions:(position + 1) * num_versions]
+        clip_pooled = pooled[position * num_versions:(position + 1) * num_versions]
         try:
-            record = video.write_clip(item.clip_id, {"tokens": clip_tokens, "pooled": clip_pooled,
-                                                     "timestamps_s": item.timestamps_s, "boxes": item.boxes}, item.source)
+            record = video.write_clip(item.clip_id, {"tokens": clip_tokens[0], "pooled": clip_pooled[0],
+                                                     "timestamps_s": item.timestamps_s, "boxes": item.boxes}, item.source,
+                                      view_data=[{"tokens": t, "pooled": p} for t, p in zip(clip_tokens[1:], clip_pooled[1:])],
+                                      view_params=item.video_view_params)
             summary.bytes_written += record.num_bytes
             if item.audio is None:
                 audio.mark(item.clip_id, ClipStatus.MISSING, "no audio stream", item.source)
                 summary.num_missing_audio += 1
             else:
-                frames = audio_tokens[item.clip_id]
-                padded = np.zeros((max_audio_frames, frames.shape[1]), dtype=np.float32)
-                length = min(len(frames), max_audio_frames)
-                padded[:length] = frames[:length]
-                record = audio.write_clip(item.clip_id, {"tokens": padded, "length": np.int32(length),
-                                                         "duration_s": np.float32(item.duration_s)}, item.source)
+                (clean, clean_length), *views = [_padded_audio(f, max_audio_frames) for f in audio_tokens[item.clip_id]]
+                record = audio.write_clip(item.clip_id, {"tokens": clean, "length": clean_length,
+                                                         "duration_s": np.float32(item.duration_s)}, item.source,
+                                          view_data=[{"tokens": t, "length": n} for t, n in views],
+                                          view_params=item.audio_view_params)
                 summary.bytes_written += record.num_bytes
             summary.num_done += 1
             crash_point("clip_done")
@@ -388,6 +407,14 @@ def _encode_and_write(batch: list[DecodedItem], encoders, video: FeatureEntry, a
                 raise DiskSpaceError(errno.ENOSPC, f"{video.store.path}: disk full while writing clip {item.clip_id}; "
                                                    "the store is still valid: free space and re-run the same command") from err
             raise
+
+
+def _padded_audio(frames: np.ndarray, max_audio_frames: int) -> tuple[np.ndarray, np.int32]:
+    """(Ta, Da) encoder frames -> zero-padded (Ta_max, Da) float32 and the kept length (at most Ta_max)."""
+    padded = np.zeros((max_audio_frames, frames.shape[1]), dtype=np.float32)
+    length = min(len(frames), max_audio_frames)
+    padded[:length] = frames[:length]
+    return padded, np.int32(length)
 
 
 def _record_failure(item: DecodedItem, reason: str, video: FeatureEntry, audio: FeatureEntry, summary: ExtractSummary) -> None:

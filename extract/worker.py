@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ import torch
 
 from mmfer.extract.decode import DecodeError, decode_clip
 from mmfer.extract.facecrop import crop_faces
+from mmfer.extract.views import audio_view, video_view
 from mmfer.extract.visual import preprocess_frames
 from mmfer.pipeline.media import FfmpegError, run_ffmpeg
 
@@ -33,6 +34,7 @@ class DecodeJob:
     start_s: float | None = None   # a segment of the file (a manifest's start_s / end_s); None: its start / end
     end_s: float | None = None
     audio_path: str = ""           # audio from this file instead of the video's own stream ("" : the video's)
+    num_views: int = 0             # augmented views to prepare besides the clean clip (extract --views)
 
     @property
     def needs_preparing(self) -> bool:
@@ -43,6 +45,8 @@ class DecodeJob:
 class DecodedItem:
     """pixel_inputs: the image processor's tensors for the Tv frames (e.g. pixel_values (Tv, 3, 224, 224)).
     timestamps_s: (Tv,) float32; boxes: (Tv, 4) float32 normalized; audio: (S,) float32 or None.
+    view_pixel_inputs / view_audio: the same for each of the K augmented views (audio (S',), tempo-changed),
+    and video_view_params / audio_view_params what each view was drawn with (extract/views.py).
     """
 
     clip_id: str
@@ -55,6 +59,10 @@ class DecodedItem:
     audio: np.ndarray | None = None
     duration_s: float = 0.0
     found_face: bool = False
+    view_pixel_inputs: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    view_audio: list[np.ndarray] = field(default_factory=list)
+    video_view_params: list[dict] = field(default_factory=list)
+    audio_view_params: list[dict] = field(default_factory=list)
 
 
 def prepare_segment(job: DecodeJob, out_path: Path) -> Path:
@@ -80,6 +88,15 @@ def decode_job(job: DecodeJob, processor) -> DecodedItem:
                                timeout_s=job.timeout_s, max_audio_s=job.max_audio_s)
         crops = crop_faces(clip.frames, job.face_crop)
         item.pixel_inputs = preprocess_frames(processor, crops.crops)
+        for view in range(1, job.num_views + 1):
+            frames, params = video_view(crops.crops, job.clip_id, view)
+            item.view_pixel_inputs.append(preprocess_frames(processor, frames))
+            item.video_view_params.append(params)
+            if clip.audio is not None:
+                wave, params = audio_view(clip.audio, job.clip_id, view, sample_rate_hz=job.sample_rate_hz,
+                                          timeout_s=job.timeout_s, path=job.path)
+                item.view_audio.append(wave)
+                item.audio_view_params.append(params)
     except DecodeError as err:
         item.error = f"{err.reason}: {err}"
         return item

@@ -74,6 +74,8 @@ class ExtractConfig:
     """Average the visual patch grid in k x k blocks before storing (2: 196 -> 49 tokens per frame, 4x smaller); 1 keeps every patch."""
     token_dtype: Literal["float", "int8"] = "float"
     """Visual tokens stored as --dtype floats, or as int8 with one scale per token (2x smaller than float16); training reads both."""
+    views: int = 0
+    """Augmented views stored per clip besides the clean one (video crop/flip/colour jitter, audio tempo/pitch/noise); 0 = none."""
     vocal_channels: Literal["speech", "song", "both"] = "speech"
     """RAVDESS vocal channel to select."""
     select: str | None = None
@@ -95,6 +97,8 @@ class ExtractConfig:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.token_pool < 1:
             raise ValueError(f"token_pool must be >= 1, got {self.token_pool}")
+        if self.views < 0:
+            raise ValueError(f"views must be >= 0, got {self.views}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
         if self.decode_timeout_s <= 0 or self.max_audio_s <= 0:
@@ -266,6 +270,8 @@ class TrainingConfig:
     """Training only: probability that a batch uses CutMix in time (a block of frames from a partner clip, labels mixed by share) instead of mixup."""
     cutmix_alpha: float = 1.0
     """CutMix share of the clip's own frames ~ Beta(alpha, alpha)."""
+    view_sampling: Literal["clean", "uniform"] = "clean"
+    """Training only: clean, or uniform = per clip and epoch one of the clean + K views of `extract --views K`, seeded by (seed, epoch, clip)."""
     gradient_clip: float = 1.0
     """Max gradient norm (after unscaling)."""
     mixed_precision: bool = True

@@ -97,6 +97,8 @@ def _array_options(dtype: str) -> dict:
 
 
 TOKEN_SCALE = "token_scale"   # float16 (..., P): an int8 entry's per-token scale, beside its "tokens"
+VIEW_PREFIX = "view_"         # `extract --views K`: array `view_<name>` [N, K, ...] holds the K augmented views of `<name>`
+VIEW_PARAMS = "view_params"   # string [N, K]: JSON of the parameters each view was drawn with
 
 
 def quantize_tokens(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -121,8 +123,9 @@ class FeatureEntry:
         self._group = group
         self.attrs: dict = dict(group.attrs)
         self.array_specs = {name: ArraySpec(tuple(s["shape"]), s["dtype"]) for name, s in self.attrs["arrays"].items()}
+        self.view_specs = _view_specs(self.attrs)
         self._arrays = {}
-        for name in (*self.array_specs, "status", "reason", "source"):
+        for name in (*self.array_specs, *self._view_array_names(), "status", "reason", "source"):
             try:
                 self._arrays[name] = group[name]
             except (KeyError, ValueError) as err:   # folder deleted, or its zarr.json unreadable
@@ -174,35 +177,67 @@ class FeatureEntry:
         return TOKEN_SCALE in self.array_specs
 
     def raw_bytes_per_clip(self) -> int:
+        """Uncompressed bytes of one clip's clean arrays (its views not counted: see raw_bytes_per_view)."""
         return sum(int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for s in self.array_specs.values())
 
-    def write_clip(self, clip_id: str, arrays: dict[str, np.ndarray], source: str) -> ClipRecord:
-        """Write one clip's arrays, then its status DONE (the order is what makes 'done' honest).
+    @property
+    def num_views(self) -> int:
+        """K augmented views stored per clip besides the clean one (`extract --views K`; 0 for most stores)."""
+        return int(self.attrs.get("views", {}).get("num_views", 0)) if self.view_specs else 0
 
-        Raises:
-            ValueError: wrong names, shapes beyond the array, or NaN/Inf in the data (never stored).
-        """
-        index = self.store.index_of(clip_id)
-        if self.is_quantized and TOKEN_SCALE not in arrays and "tokens" in arrays:
+    def raw_bytes_per_view(self) -> int:
+        """Uncompressed bytes of one augmented view of one clip (0 without views)."""
+        return sum(int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for s in self.view_specs.values())
+
+    def _view_array_names(self) -> list[str]:
+        return [VIEW_PREFIX + name for name in self.view_specs] + ([VIEW_PARAMS] if self.view_specs else [])
+
+    def _prepare(self, clip_id: str, arrays: dict[str, np.ndarray], specs: dict[str, ArraySpec], what: str) -> dict[str, np.ndarray]:
+        """`arrays` checked against `specs` (names, shapes, finite) and cast to the stored dtypes (int8 quantized)."""
+        if TOKEN_SCALE in specs and TOKEN_SCALE not in arrays and "tokens" in arrays:
             arrays = dict(arrays)
             arrays["tokens"], arrays[TOKEN_SCALE] = quantize_tokens(np.asarray(arrays["tokens"], dtype=np.float32))
-        if set(arrays) != set(self.array_specs):
-            raise ValueError(f"clip {clip_id}: {self.modality} arrays {sorted(arrays)} != {sorted(self.array_specs)}")
-        num_bytes = 0
+        if set(arrays) != set(specs):
+            raise ValueError(f"clip {clip_id}: {what} arrays {sorted(arrays)} != {sorted(specs)}")
         prepared = {}
         for name, value in arrays.items():
-            spec = self.array_specs[name]
+            spec = specs[name]
             value = np.asarray(value)
             if value.dtype.kind == "f" and not np.isfinite(value).all():
-                raise ValueError(f"clip {clip_id}: {self.modality}/{name} contains NaN or Inf; refusing to store it")
+                raise ValueError(f"clip {clip_id}: {what}/{name} contains NaN or Inf; refusing to store it")
             if value.shape != spec.shape:
-                raise ValueError(f"clip {clip_id}: {self.modality}/{name} has shape {value.shape}, the store expects {spec.shape}")
+                raise ValueError(f"clip {clip_id}: {what}/{name} has shape {value.shape}, the store expects {spec.shape}")
             prepared[name] = value.astype(spec.dtype, copy=False)
-            num_bytes += prepared[name].nbytes
+        return prepared
+
+    def write_clip(self, clip_id: str, arrays: dict[str, np.ndarray], source: str, *,
+                   view_data: list[dict[str, np.ndarray]] | None = None, view_params: list[dict] | None = None) -> ClipRecord:
+        """Write one clip's arrays and, in an entry with views, its K augmented views (`view_data[v]` holds the
+        view arrays, `view_params[v]` what view v+1 was drawn with), then its status DONE: a clip is done
+        only with all its views (the order is what makes 'done' honest).
+
+        Raises:
+            ValueError: wrong names, shapes beyond the array, a view count other than the entry's, or
+                NaN/Inf in the data (never stored).
+        """
+        index = self.store.index_of(clip_id)
+        prepared = self._prepare(clip_id, arrays, self.array_specs, self.modality)
+        views, view_params = list(view_data or []), list(view_params or [])
+        if len(views) != self.num_views or len(view_params) != self.num_views:
+            raise ValueError(f"clip {clip_id}: {len(views)} {self.modality} views ({len(view_params)} parameter "
+                             f"records) given, the entry stores {self.num_views}")
+        prepared_views = [self._prepare(clip_id, view, self.view_specs, f"{self.modality} view {v + 1}")
+                          for v, view in enumerate(views)]
+        num_bytes = sum(v.nbytes for v in prepared.values()) + sum(v.nbytes for view in prepared_views for v in view.values())
         self._set_status(index, ClipStatus.PENDING, "", "")   # a rewrite is never 'done' halfway
         for name, value in prepared.items():
             self._arrays[name][index] = value
             crash_point("array_written")
+        for v, view in enumerate(prepared_views):
+            for name, value in view.items():
+                self._arrays[VIEW_PREFIX + name][index, v] = value
+            self._arrays[VIEW_PARAMS][index, v] = json.dumps(view_params[v], sort_keys=True)
+            crash_point("view_written")
         crash_point("before_done")
         self._set_status(index, ClipStatus.DONE, "", source)
         return ClipRecord(clip_id, self.modality, self.fingerprint, {k: v.shape for k, v in prepared.items()}, num_bytes)
@@ -221,18 +256,22 @@ class FeatureEntry:
         if status != ClipStatus.PENDING:
             self._arrays["status"][index] = np.int8(status)
 
-    def read_clip(self, clip_id: str, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    def read_clip(self, clip_id: str, names: tuple[str, ...] | None = None, *, view: int = 0) -> dict[str, np.ndarray]:
         """One clip's arrays (one chunk read each; `names` picks some), checked: status DONE, every chunk
-        on disk, checksums.
+        on disk, checksums. `view` 0 is the clean clip, 1..K its augmented views (`extract --views K`): a
+        view's own arrays (e.g. tokens, pooled) with the clean clip's others (timestamps_s, boxes, ...).
 
         Raises:
-            StoreError: the clip is not done.
+            StoreError: the clip is not done, or the entry has no such view.
             CorruptClipError: a chunk is missing or fails its checksum.
         """
         index = self.store.index_of(clip_id)
         status = ClipStatus(int(self._read_meta("status", index)))
         if status != ClipStatus.DONE:
             raise StoreError(f"{self.store.path}: clip {clip_id}: {self.modality} status is {status.name}, not DONE")
+        if not 0 <= view <= self.num_views:
+            raise StoreError(f"{self.path}: no view {view} (this entry stores {self.num_views} augmented views per clip "
+                             "besides the clean view 0; re-run extract with --views to store more)")
         wanted = list(names or self.array_specs)
         if self.is_quantized and "tokens" in wanted and TOKEN_SCALE not in wanted:
             wanted.append(TOKEN_SCALE)
@@ -240,27 +279,50 @@ class FeatureEntry:
         for name in wanted:
             if name not in self.array_specs:
                 raise StoreError(f"{self.path}: no array {name!r} (has {sorted(self.array_specs)})")
-            if not self._has_chunk(name, index):
-                raise CorruptClipError(str(self.store.path), clip_id, f"marked done but {self.modality}/{name} has no data chunk")
+            stored, key = (VIEW_PREFIX + name, (index, view - 1)) if view and name in self.view_specs else (name, (index,))
+            if not self._has_chunk(stored, *key):
+                raise CorruptClipError(str(self.store.path), clip_id, f"marked done but {self.modality}/{stored} has no data chunk"
+                                       + (f" for view {view}" if view and stored != name else ""))
             try:
-                out[name] = self._arrays[name][index]
+                out[name] = self._arrays[stored][key]
             except CHECKSUM_ERRORS as err:
-                raise CorruptClipError(str(self.store.path), clip_id, f"{self.modality}/{name} is damaged ({err})") from err
+                raise CorruptClipError(str(self.store.path), clip_id, f"{self.modality}/{stored} is damaged ({err})") from err
         if self.is_quantized and "tokens" in out:
             out["tokens"] = dequantize_tokens(out["tokens"], out[TOKEN_SCALE])
             if names and TOKEN_SCALE not in names:
                 del out[TOKEN_SCALE]
         return out
 
-    def _has_chunk(self, name: str, index: int) -> bool:
-        return self._chunk_file(self._arrays[name], index).exists()
+    def view_params(self, clip_id: str) -> list[dict]:
+        """What each of the clip's K views was drawn with (crop, flip, jitter / tempo, pitch, SNR), view 1 first.
 
-    def _chunk_file(self, array: zarr.Array, index: int) -> Path:
-        key = array.metadata.encode_chunk_key((index,) + (0,) * (array.ndim - 1))
+        Raises:
+            CorruptClipError: the record fails its checksum.
+        """
+        index = self.store.index_of(clip_id)
+        return [json.loads(str(text)) if str(text) else {} for text in
+                (self._read_meta(VIEW_PARAMS, index) if self.num_views else [])]
+
+    def _has_chunk(self, name: str, index: int, view: int | None = None) -> bool:
+        return self._chunk_file(self._arrays[name], index, view).exists()
+
+    def _chunk_file(self, array: zarr.Array, index: int, view: int | None = None) -> Path:
+        leading = (index,) if view is None else (index, view)
+        key = array.metadata.encode_chunk_key(leading + (0,) * (array.ndim - len(leading)))
         return self.path / array.basename / key
 
     def clip_chunk_files(self, index: int) -> list[Path]:
-        return [self._chunk_file(self._arrays[name], index) for name in self.array_specs]
+        files = [self._chunk_file(self._arrays[name], index) for name in self.array_specs]
+        files += [self._chunk_file(self._arrays[VIEW_PREFIX + name], index, v)
+                  for name in self.view_specs for v in range(self.num_views)]
+        if self.view_specs:
+            files.append(self._chunk_file(self._arrays[VIEW_PARAMS], index))
+        return files
+
+
+def _view_specs(attrs: dict) -> dict[str, ArraySpec]:
+    """The per-view arrays an entry keeps (attrs `view_arrays`; empty for an entry without views)."""
+    return {name: ArraySpec(tuple(s["shape"]), s["dtype"]) for name, s in attrs.get("view_arrays", {}).items()}
 
 
 class FeatureStore:
@@ -320,8 +382,12 @@ class FeatureStore:
     def _writable(self) -> bool:
         return not self._group.read_only
 
-    def ensure_entry(self, modality: str, fingerprint: str, attrs: dict, arrays: dict[str, ArraySpec], *, overwrite: bool = False) -> FeatureEntry:
+    def ensure_entry(self, modality: str, fingerprint: str, attrs: dict, arrays: dict[str, ArraySpec], *,
+                     view_arrays: dict[str, ArraySpec] | None = None, overwrite: bool = False) -> FeatureEntry:
         """Create the entry at its final size (staged, then renamed into place) unless it exists.
+
+        With `view_arrays` (and attrs `views.num_views` = K > 0) it also keeps K augmented views per clip of
+        those arrays: `view_<name>` [N, K, ...] with one chunk per (clip, view), and `view_params` [N, K].
 
         An entry with another fingerprint for the same modality is refused unless `overwrite`, which
         deletes it: features of two encoders never mix, and readers always know which they read.
@@ -342,12 +408,23 @@ class FeatureStore:
         if not (target / "zarr.json").exists():
             num_clips = len(self.clip_table)
             staging = self.path / f"{STAGING_PREFIX}{modality}-{fingerprint}-{uuid.uuid4().hex[:8]}"
+            num_views = int(attrs.get("views", {}).get("num_views", 0))
+            views = view_arrays or {}
+            if bool(num_views) != bool(views):
+                raise ValueError(f"{modality} entry: views.num_views {num_views} needs view arrays and the reverse")
             group = zarr.open_group(str(staging), mode="w", attributes={
                 **attrs, "modality": modality, "fingerprint": fingerprint,
-                "arrays": {n: {"shape": list(s.shape), "dtype": s.dtype} for n, s in arrays.items()}})
+                "arrays": {n: {"shape": list(s.shape), "dtype": s.dtype} for n, s in arrays.items()},
+                **({"view_arrays": {n: {"shape": list(s.shape), "dtype": s.dtype} for n, s in views.items()}} if views else {})})
             for name, spec in arrays.items():
                 group.create_array(name, shape=(num_clips, *spec.shape), chunks=(1, *spec.shape), dtype=spec.dtype,
                                    fill_value=0, **_array_options(spec.dtype))
+            for name, spec in views.items():
+                group.create_array(VIEW_PREFIX + name, shape=(num_clips, num_views, *spec.shape),
+                                   chunks=(1, 1, *spec.shape), dtype=spec.dtype, fill_value=0, **_array_options(spec.dtype))
+            if views:
+                group.create_array(VIEW_PARAMS, shape=(num_clips, num_views), chunks=(1, num_views), dtype=str,
+                                   **_array_options("str"))
             group.create_array("status", shape=(num_clips,), chunks=(1,), dtype="int8", fill_value=0, **_array_options("int8"))
             for name in ("reason", "source"):
                 group.create_array(name, shape=(num_clips,), chunks=(1,), dtype=str, **_array_options("str"))
@@ -371,7 +448,7 @@ class FeatureStore:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
 
 
-ENTRY_BOOKKEEPING = ("modality", "fingerprint", "arrays")   # entry attrs that are not settings
+ENTRY_BOOKKEEPING = ("modality", "fingerprint", "arrays", "view_arrays")   # entry attrs that are not settings
 
 
 def entry_differences(old: dict, new: dict, *, prefix: str = "") -> list[tuple[str, object, object]]:
@@ -575,7 +652,9 @@ def verify_store(path: str | os.PathLike, *, repair: bool = False) -> VerifyRepo
                 elif statuses[index] == ClipStatus.DONE:
                     report.num_checked += 1
                     try:
-                        entry.read_clip(clip_id)
+                        for view in range(entry.num_views + 1):   # the clean clip, then each augmented view
+                            entry.read_clip(clip_id, view=view)
+                        entry.view_params(clip_id)
                     except CorruptClipError as err:
                         problem = str(err).split(": ", 2)[-1].split(";")[0]
                         report.damaged.append((modality, clip_id, problem))
@@ -621,7 +700,8 @@ class H5FeatureEntry(FeatureEntry):
         self.store, self.modality, self.fingerprint, self._group = store, modality, fingerprint, group
         self.attrs = _get_json(group, "attrs", self.path)
         self.array_specs = {name: ArraySpec(tuple(s["shape"]), s["dtype"]) for name, s in self.attrs["arrays"].items()}
-        self._arrays = {name: group[name] for name in (*self.array_specs, "status")}
+        self.view_specs = _view_specs(self.attrs)
+        self._arrays = {name: group[name] for name in (*self.array_specs, *(VIEW_PREFIX + n for n in self.view_specs), "status")}
         self.damaged_status = []
 
     @property
@@ -634,7 +714,13 @@ class H5FeatureEntry(FeatureEntry):
     def sources(self) -> list[str]:
         return [str(s) for s in _get_json(self._group, "source", self.path)]
 
-    def _has_chunk(self, name: str, index: int) -> bool:
+    def view_params(self, clip_id: str) -> list[dict]:
+        if not self.num_views:
+            return []
+        records = _get_json(self._group, VIEW_PARAMS, self.path)[self.store.index_of(clip_id)]
+        return [json.loads(text) if text else {} for text in records]
+
+    def _has_chunk(self, name: str, index: int, view: int | None = None) -> bool:
         return True   # export writes every done clip's chunks; fletcher32 catches damage
 
     def clip_chunk_files(self, index: int) -> list[Path]:
@@ -726,10 +812,24 @@ def export_h5(store_path: str | os.PathLike, h5_path: str | os.PathLike) -> dict
                     arrays = {name: group.create_dataset(name, shape=(n, *spec.shape), dtype=spec.dtype,
                                                          chunks=(1, *spec.shape), fletcher32=True, fillvalue=0)
                               for name, spec in entry.array_specs.items()}
+                    views = {name: group.create_dataset(VIEW_PREFIX + name, shape=(n, entry.num_views, *spec.shape),
+                                                        dtype=spec.dtype, chunks=(1, 1, *spec.shape), fletcher32=True,
+                                                        fillvalue=0)
+                             for name, spec in entry.view_specs.items()}
                     done = np.flatnonzero(statuses == ClipStatus.DONE)
+                    view_params = [[] for _ in range(n)]
                     for index in done:
-                        for name, value in entry.read_clip(store.clip_ids[index]).items():
-                            arrays[name][index] = value
+                        clip_id = store.clip_ids[index]
+                        entry.read_clip(clip_id)   # status, chunks and checksums checked first
+                        for name in arrays:        # then copied as stored (int8 tokens with their scale)
+                            arrays[name][index] = entry._arrays[name][index]
+                        for view in range(1, entry.num_views + 1):
+                            entry.read_clip(clip_id, view=view)
+                            for name in views:
+                                views[name][index, view - 1] = entry._arrays[VIEW_PREFIX + name][index, view - 1]
+                        view_params[index] = [json.dumps(p, sort_keys=True) for p in entry.view_params(clip_id)]
+                    if views:
+                        _put_json(group, VIEW_PARAMS, view_params)
                     counts[f"{modality}/{fp}"] = len(done)
         os.rename(staging, h5_path)
     finally:

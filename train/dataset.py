@@ -8,6 +8,7 @@ Collation pads audio to the longest clip of the batch and builds masks (True = r
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import queue
@@ -44,6 +45,7 @@ class CacheInfo:
     bytes_per_clip: int
     label_names: tuple[str, ...]        # C class names, in class-id order (the store's label_names)
     dataset: str | None                 # the adapter that made the store (ravdess, crema-d, manifest)
+    num_views: int = 0                  # augmented views per clip every entry read holds (`extract --views K`)
 
 
 def open_cache(path: str, *, use_video: bool, use_audio: bool, video_entry: str | None = None,
@@ -58,7 +60,7 @@ def open_cache(path: str, *, use_video: bool, use_audio: bool, video_entry: str 
             train/ reads / fingerprints other than `expected`.
     """
     store = open_store(path, mode="r")
-    statuses, fingerprints, encoders, shapes, num_bytes = {}, {}, {}, {}, 0
+    statuses, fingerprints, encoders, shapes, num_bytes, num_views = {}, {}, {}, {}, 0, []
     for modality, used, chosen, names in (("video", use_video, video_entry, VIDEO_ARRAYS),
                                            ("audio", use_audio, audio_entry, AUDIO_ARRAYS)):
         if not used:
@@ -78,6 +80,7 @@ def open_cache(path: str, *, use_video: bool, use_audio: bool, video_entry: str 
         statuses[modality] = entry.statuses()
         shapes[modality] = entry.array_specs["tokens"].shape
         num_bytes += entry.raw_bytes_per_clip()
+        num_views.append(entry.num_views)
     table = store.clip_table.copy()
     done = {m: s == ClipStatus.DONE for m, s in statuses.items()}
     ok = {m: np.isin(s, (ClipStatus.DONE, ClipStatus.MISSING)) for m, s in statuses.items()}
@@ -91,7 +94,7 @@ def open_cache(path: str, *, use_video: bool, use_audio: bool, video_entry: str 
     return CacheInfo(str(path), fingerprints["video"], fingerprints["audio"],
                      tuple(shapes.get("video", (1, 1, 1))), tuple(shapes.get("audio", (1, 1))),
                      encoders, table[usable].reset_index(drop=True), num_bytes,
-                     store_label_names(store.attrs), store.attrs.get("dataset"))
+                     store_label_names(store.attrs), store.attrs.get("dataset"), min(num_views, default=0))
 
 
 def available_memory_bytes() -> int:
@@ -113,9 +116,11 @@ def should_preload(mode: str, num_bytes: int) -> bool:
 
 
 class ClipDataset(Dataset):
-    """One clip's cached features by position; the store is opened on first use in each process.
+    """One clip's cached features by position, or by (position, view) for an augmented view of
+    `extract --views K` (view 0 = clean); the store is opened on first use in each process.
 
-    Items are dicts of numpy arrays as stored (fp16 tokens), plus has_video / has_audio / label.
+    Items are dicts of numpy arrays as stored (fp16 tokens), plus has_video / has_audio / label / view.
+    `preload` keeps the clean clips in memory; views are read from the store.
     """
 
     def __init__(self, cache: CacheInfo, clip_ids: list[str], *, preload: bool = False) -> None:
@@ -149,20 +154,33 @@ class ClipDataset(Dataset):
             self._entries[modality] = self._store.entry(modality, self.fingerprints[modality])
         return self._entries[modality]
 
-    def _read(self, index: int) -> dict:
+    def _read(self, index: int, view: int = 0) -> dict:
         clip_id = self.clip_ids[index]
-        item = {"clip_id": clip_id, "label": self.labels[index],
+        item = {"clip_id": clip_id, "label": self.labels[index], "view": view,
                 "has_video": bool(self.has_video[index]), "has_audio": bool(self.has_audio[index])}
         if item["has_video"]:
-            video = self._entry("video").read_clip(clip_id, VIDEO_ARRAYS)
+            video = self._entry("video").read_clip(clip_id, VIDEO_ARRAYS, view=view)
             item["video_tokens"], item["video_pooled"] = video["tokens"], video["pooled"]
         if item["has_audio"]:
-            audio = self._entry("audio").read_clip(clip_id, AUDIO_ARRAYS)
+            audio = self._entry("audio").read_clip(clip_id, AUDIO_ARRAYS, view=view)
             item["audio_tokens"] = audio["tokens"][: int(audio["length"])]
         return item
 
-    def __getitem__(self, index: int) -> dict:
-        return self._cached[index] if self._cached is not None else self._read(index)
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, view = key if isinstance(key, tuple) else (key, 0)
+        if view == 0 and self._cached is not None:
+            return self._cached[index]
+        return self._read(index, view)
+
+
+def epoch_views(clip_ids: list[str], positions: np.ndarray, *, seed: int, epoch: int, num_views: int) -> np.ndarray:
+    """`training.view_sampling=uniform`: the view each clip at `positions` is read from this epoch, uniform over
+    0 (clean) .. K, from a hash of (seed, epoch, clip_id) alone: the same under DDP, --resume and any order."""
+    def draw(clip_id: str) -> int:
+        digest = hashlib.sha256(f"{seed}:{epoch}:{clip_id}".encode()).digest()
+        return int.from_bytes(digest[:8], "little") % (num_views + 1)
+
+    return np.array([draw(clip_ids[int(p)]) for p in positions], dtype=np.int64)
 
 
 def collate_clips(items: list[dict], video_shape: tuple[int, int, int] | None = None, audio_dim: int | None = None) -> dict:
@@ -252,13 +270,15 @@ def _init_worker(_worker_id: int) -> None:
 
 
 class EpochSampler(Sampler[int]):
-    """Yields the positions set for the current epoch (the loop sets them: shuffled, curriculum subset)."""
+    """Yields the positions set for the current epoch (the loop sets them: shuffled, curriculum subset), or
+    (position, view) pairs when views are set with them (`training.view_sampling`). The sampler runs in the
+    main process, so the views reach spawned, persistent loader workers through the keys they are given."""
 
     def __init__(self, indices: Iterable[int] = ()) -> None:
         self.indices = list(indices)
 
-    def set_indices(self, indices: Iterable[int]) -> None:
-        self.indices = list(indices)
+    def set_indices(self, indices: Iterable[int], chosen_views: Iterable[int] | None = None) -> None:
+        self.indices = list(indices) if chosen_views is None else [(int(i), int(v)) for i, v in zip(indices, chosen_views, strict=True)]
 
     def __iter__(self) -> Iterator[int]:
         return iter(list(self.indices))

@@ -34,8 +34,8 @@ from mmfer.train.branch_weights import branch_path, load_branch_weights, save_br
 from mmfer.train.checkpoint import (RESUME_MAY_APPLY, changed_settings, load_checkpoint, previous_path, restore_rng_state,
                                     rng_state, save_checkpoint)
 from mmfer.train.curriculum import check_difficulty, epoch_subset, load_difficulty
-from mmfer.train.dataset import (ClipDataset, EpochSampler, apply_thread_budget, make_loader, open_cache, prefetch,
-                                 rank_share, should_preload, to_device)
+from mmfer.train.dataset import (ClipDataset, EpochSampler, apply_thread_budget, epoch_views, make_loader, open_cache,
+                                 prefetch, rank_share, should_preload, to_device)
 from mmfer.train.losses import ContrastiveLoss, MultimodalLoss, resolve_class_weights
 from mmfer.train.metrics import HEADLINE, aggregate_folds, compute_metrics
 from mmfer.train.augment import augment_batch, cutmix_time, is_augmenting
@@ -94,6 +94,10 @@ def train_on(cfg: TrainConfig, device: torch.device, world: World) -> dict:
         expected = started_with.get("cache_fingerprints")
     cache = open_cache(cfg.cache, use_video=use_video, use_audio=use_audio,
                        video_entry=cfg.video_entry, audio_entry=cfg.audio_entry, expected=expected)
+    if cfg.training.view_sampling != "clean" and cache.num_views == 0:
+        raise ConfigError(f"{cfg.cache}: training.view_sampling={cfg.training.view_sampling} reads augmented views, and "
+                          "this cache has none; extract with `mmfer extract --views K` (into a new --out), or set "
+                          "training.view_sampling=clean")
     all_actors = sorted(int(a) for a in cache.clips["actor"].unique())
     folds = make_folds(cfg.split.protocol, num_val_actors=cfg.split.num_val_actors, fold_file=cfg.split.fold_file,
                        all_actors=all_actors, clips=cache.clips, num_folds=cfg.split.num_folds)
@@ -290,7 +294,9 @@ def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, 
             train_pos, dataset.clip_ids, confidence, epoch, t.curriculum_epochs)
         share, step_weights = rank_share(rng.permutation(positions), batch_size=t.batch_size, rank=world.rank,
                                          world_size=world.world_size)
-        sampler.set_indices(share)
+        views = (epoch_views(dataset.clip_ids, share, seed=cfg.seed, epoch=epoch, num_views=cache.num_views)
+                 if t.view_sampling == "uniform" else None)   # validation and test below always read the clean view
+        sampler.set_indices(share, chosen_views=views)
         stats = train_epoch(model, criterion, optimizer, scaler, loader, device, amp_dtype, rng,
                             training=t, desc=f"{fold.name} epoch {epoch + 1}/{t.max_epochs}",
                             ddp=ddp, step_weights=step_weights)

@@ -19,7 +19,7 @@ def cache_info(path: str) -> dict:
             entry = store.entry(modality, fp)
             encoders[f"{modality}/{fp}"] = {"modality": modality, "fingerprint": fp, **{
                 k: entry.attrs.get(k) for k in ("encoder", "num_frames", "face_crop", "sample_rate_hz", "max_audio_s", "dtype")
-                if k in entry.attrs}}
+                if k in entry.attrs}, "num_views": entry.num_views}
             statuses[modality] = entry.statuses()
             for index in np.flatnonzero(statuses[modality] == ClipStatus.FAILED):
                 failures.append({"clip_id": store.clip_ids[index], "modality": modality,
@@ -42,6 +42,7 @@ def cache_info(path: str) -> dict:
         "by_emotion": dict(Counter(done_table["emotion"])) if "emotion" in table else {},
         "by_actor": {str(k): v for k, v in sorted(Counter(done_table["actor"]).items())} if "actor" in table else {},
         "bytes_on_disk": store.bytes_on_disk(),
+        "num_views": max((e["num_views"] for e in encoders.values()), default=0),   # extract --views K
     }
 
 
@@ -53,7 +54,8 @@ def format_cache_info(info: dict) -> str:
              f"on disk: {info['bytes_on_disk'] / 1e6:.1f} MB"]
     for key, enc in info["encoders"].items():
         identity = enc.get("encoder") or {}
-        lines.append(f"{key}: {identity.get('name')} (weights {str(identity.get('weights_sha256'))[:12]})")
+        views = f", {enc['num_views']} augmented views per clip besides the clean one" if enc.get("num_views") else ""
+        lines.append(f"{key}: {identity.get('name')} (weights {str(identity.get('weights_sha256'))[:12]}){views}")
     if info["by_emotion"]:
         lines.append("done by emotion: " + ", ".join(f"{k} {v}" for k, v in sorted(info["by_emotion"].items())))
     for failure in info["failures"][:20]:
