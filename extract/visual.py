@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmfer.pipeline.device import has_native_bf16
 from mmfer.pipeline.errors import MmferError
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,7 @@ def load_visual_encoder(name_or_path: str, *, revision: str | None = None,
         "image_size": getattr(vision_cfg, "image_size", None),
         "patch_size": vision_cfg.patch_size,
     }
-    autocast_dtype = _autocast_dtype(device, dtype_policy)
+    autocast_dtype = encoder_autocast_dtype(device, dtype_policy)
     preprocessing = {**_jsonable(processor.to_dict()), "processor_class": type(processor).__name__,
                      "processor_backend": IMAGE_PROCESSOR_BACKEND,
                      "autocast_dtype": str(autocast_dtype).removeprefix("torch.") if autocast_dtype else "float32"}
@@ -184,13 +185,13 @@ def load_visual_encoder(name_or_path: str, *, revision: str | None = None,
                          identity=identity, preprocessing=preprocessing)
 
 
-def _autocast_dtype(device: torch.device, dtype_policy: str) -> torch.dtype | None:
+def encoder_autocast_dtype(device: torch.device, dtype_policy: str) -> torch.dtype | None:
     if dtype_policy not in {"auto", "fp32", "bf16", "fp16"}:
         raise ValueError(f"dtype_policy must be auto|fp32|bf16|fp16, got {dtype_policy!r}")
     if dtype_policy == "fp32" or device.type != "cuda":
         return None  # CPU always runs fp32
-    if dtype_policy == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if dtype_policy == "auto":   # the rule training follows: bf16 only where the chosen GPU has it natively
+        return torch.bfloat16 if has_native_bf16(device) else torch.float16
     return torch.bfloat16 if dtype_policy == "bf16" else torch.float16
 
 

@@ -17,3 +17,12 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
     return device
+
+
+NATIVE_BF16_CAPABILITY = (8, 0)   # Ampere and later have bf16 tensor cores; older GPUs only emulate it (slowly)
+
+
+def has_native_bf16(device: torch.device) -> bool:
+    """True on a CUDA device of compute capability >= 8.0. Asks the given device, not the current one, and
+    ignores `torch.cuda.is_bf16_supported()`, which also counts emulated bf16 (a T4 or V100 would pick it)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= NATIVE_BF16_CAPABILITY

@@ -259,7 +259,9 @@ def test_tiny_preset_keeps_explicit_values():
 @pytest.mark.parametrize("capability, want", [((7, 0), torch.float16), ((7, 5), torch.float16),
                                                ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
 def test_amp_dtype_is_bf16_only_where_the_chosen_gpu_has_it_natively(monkeypatch, capability, want):
-    """V100 (7.0) and T4 (7.5) emulate bf16 (is_bf16_supported() says True): fp16 + GradScaler there."""
+    """V100 (7.0) and T4 (7.5) emulate bf16 (is_bf16_supported() says True): fp16 + GradScaler there. The
+    encoders' autocast at extraction (policy auto) follows the same rule."""
+    from mmfer.extract.visual import encoder_autocast_dtype
     from mmfer.train.loop import autocast_dtype, dtype_name
 
     asked = []
@@ -270,3 +272,6 @@ def test_amp_dtype_is_bf16_only_where_the_chosen_gpu_has_it_natively(monkeypatch
     assert autocast_dtype(torch.device("cuda:1"), False) is None
     assert autocast_dtype(torch.device("cpu"), True) is None
     assert dtype_name(want) == str(want).removeprefix("torch.") and dtype_name(None) == "float32"
+    asked.clear()
+    assert encoder_autocast_dtype(torch.device("cuda:1"), "auto") == want and asked == [torch.device("cuda:1")]
+    assert encoder_autocast_dtype(torch.device("cpu"), "auto") is None

@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from mmfer.pipeline.config import TrainConfig, TrainingConfig
-from mmfer.pipeline.device import resolve_device
+from mmfer.pipeline.device import has_native_bf16, resolve_device
 from mmfer.pipeline.distributed import (ALONE, World, all_reduce_mean_, all_reduce_sum_, barrier, current_world, device_for_rank,
                                         gather_objects, process_group)
 from mmfer.pipeline.errors import BadInputError, ConfigError
@@ -511,16 +511,14 @@ def keep_metrics_lines(path: Path, up_to_epoch: int) -> None:
         path.write_text("".join(line + "\n" for line in lines))
 
 
-NATIVE_BF16_CAPABILITY = (8, 0)   # Ampere and later have bf16 tensor cores; older GPUs only emulate it (slowly)
 
 
 def autocast_dtype(device: torch.device, mixed_precision: bool) -> torch.dtype | None:
-    """bf16 on a CUDA device with native bf16 (compute capability >= 8.0), else fp16 (with GradScaler); None
-    (fp32) on CPU or when turned off. Asks the chosen device, not the current one, and ignores
-    `torch.cuda.is_bf16_supported()`, which also counts emulated bf16 (a T4 or V100 would pick it)."""
+    """bf16 on a CUDA device with native bf16 (pipeline/device.py `has_native_bf16`), else fp16 (with
+    GradScaler); None (fp32) on CPU or when turned off."""
     if device.type != "cuda" or not mixed_precision:
         return None
-    return torch.bfloat16 if torch.cuda.get_device_capability(device) >= NATIVE_BF16_CAPABILITY else torch.float16
+    return torch.bfloat16 if has_native_bf16(device) else torch.float16
 
 
 def dtype_name(dtype: torch.dtype | None) -> str:
