@@ -1,7 +1,8 @@
 """Scale out on torchrun: real `torch.distributed.run --nproc_per_node=2` subprocesses (gloo on CPU).
 
 DDP training with 2 ranks of per-rank batch 4 equals one process of batch 8 within a stated tolerance,
-predicts every test clip once, writes the run folder from rank 0 only, and its checkpoint resumes on 1 rank.
+predicts every test clip once, writes the run folder from rank 0 only, and its checkpoint resumes on 1 rank;
+it also trains with parameters unused in a step (a modality missing from a batch, a frozen LFM2 trunk).
 2-rank extraction writes the bytes one process writes, also after a kill -9 of one rank and a rerun.
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from synthetic_store import make_store, write_fold_file
 
@@ -106,6 +108,48 @@ def test_two_rank_ddp_equals_one_process_and_resumes_on_one_rank(cache, tmp_path
     assert resumed["distributed"]["world_size"] == 1
     assert yaml.safe_load((two_dir / "config.yaml").read_text())["resume_changes"] == ["training.max_epochs: 3 -> 4"]
 
+
+def two_rank_run(cache: tuple[Path, Path], out: Path, extra: dict) -> pd.DataFrame:
+    """A 2-rank gloo train-fusion run with `extra` settings; its predictions.csv, checked: every test clip once."""
+    from synthetic_store import clip_table
+
+    torchrun(2, ["train-fusion", *flags({**settings(*cache, batch_size=2, epochs=2), **extra, "out": out})], out.parent)
+    predictions = pd.read_csv(out / "predictions.csv")
+    table = clip_table(repetitions=1)
+    assert predictions["clip_id"].is_unique
+    assert set(predictions["clip_id"]) == set(table["clip_id"][table["actor"].isin([1, 2])])   # the test actors
+    probs = predictions[[c for c in predictions.columns if c.startswith("prob")]].to_numpy()
+    assert np.isfinite(probs).all() and np.allclose(probs.sum(1), 1.0, atol=1e-4), probs[:3]
+    assert json.loads((out / "summary.json").read_text())["distributed"]["world_size"] == 2
+    return predictions
+
+
+@pytest.mark.slow
+def test_two_rank_ddp_with_a_missing_modality_in_some_batches(cache, tmp_path):
+    """Per-rank batches of 2 with modality dropout 0.5: some rank's batch has no audio (or no video), so the
+    auxiliary head of that modality takes no part in its loss (train/losses.py): a parameter unused in that
+    step on that rank only. DDP must not fail or hang (find_unused_parameters, train/loop.py)."""
+    two_rank_run(cache, tmp_path / "dropout", {"training.modality_dropout": 0.5})
+
+
+@pytest.mark.slow
+def test_two_rank_ddp_with_the_lfm2_trunk_frozen(cache, tmp_path):
+    """model.fusion.mode frozen: the LFM2 trunk has no gradients; DDP trains the rest and the trunk stays as built."""
+    from mmfer.pipeline.app.bench_parts import cached_loader
+    from mmfer.train.loop import setup_fold
+
+    out = tmp_path / "frozen"
+    two_rank_run(cache, out, {"model.fusion.mode": "frozen"})
+    cfg = train_config_with_preset({**settings(*cache, batch_size=2), "model.fusion.mode": "frozen"})
+    store, dataset, _ = cached_loader(str(cache[0]), cfg)
+    built = setup_fold(cfg, store, dataset, np.arange(len(dataset)), torch.device("cpu"), fold_number=1, fold=None).model
+    trained = torch.load(out / "fold1" / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["model"]
+    trunk = {k: v for k, v in built.state_dict().items() if k.startswith("fusion.backbone.")}
+    assert trunk
+    for key, value in trunk.items():
+        assert torch.equal(trained[key], value), key                        # frozen: not one step taken
+    moved = [k for k, v in built.state_dict().items() if k.startswith("head.") and not torch.equal(trained[k], v)]
+    assert moved, "the heads did not train"
 
 def store_files(path: Path) -> dict[str, bytes]:
     """Every file of a store (metadata, every array chunk, statuses, reasons, sources) by relative path."""
