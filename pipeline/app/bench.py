@@ -31,7 +31,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     from mmfer.pipeline.app.flags import add_config_flags
 
     parser.description = ("Measure the pipeline on this machine: cached vs online epochs and their FLOP limit, loader "
-                          "overhead, extract efficiency, storage, scaling. Full model sizes (random weights) by default.")
+                          "overhead, extract efficiency, storage, scaling, extract with 1 vs 2 torchrun processes. "
+                          "Full model sizes (random weights) by default.")
     add_config_flags(parser, BenchConfig, layered=False)
 
 
@@ -58,7 +59,7 @@ def clip_counts(num_clips: int) -> list[int]:
 
 def run_bench(*, num_clips: int, preset: str, device: str, work_parent: str | None,
               keep: bool, scale_out: bool) -> dict:
-    """Run all six parts (the sixth only with `scale_out`); returns the JSON report (see format_report for the table)."""
+    """Run all six parts (the sixth only with `scale_out`); returns the JSON report (format_report: the table)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")   # the bench never downloads; read before transformers loads
     import torch
 
