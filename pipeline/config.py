@@ -555,6 +555,8 @@ class BenchConfig:
     """Parent of the temporary folder (default: the system temp)."""
     keep: bool = False
     """Keep the temporary folder (clips, encoders, stores, logs)."""
+    scale_out: bool = True
+    """Part 6: time extract again as 2 torchrun processes on the same clips (--no-scale-out skips it)."""
 
     def __post_init__(self) -> None:
         if self.clips < 2:

@@ -6,6 +6,8 @@ once at import, so an unset variable costs one dict lookup per call. Variables:
                                      hit of that point (N = 1 if absent); SIGSTOP lets a test act while
                                      we are frozen mid-run, then SIGCONT us.
   MMFER_ENOSPC_AT="name" or "name:N" raise OSError(ENOSPC) there instead, as a full disk would.
+  MMFER_FAULT_RANK="R"                only the torchrun rank R (its RANK variable) obeys the two above, so a
+                                     test can kill one rank of a group; every process obeys when unset.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import signal
 CRASH_ENV = "MMFER_CRASH_AT"
 SIGNAL_ENV = "MMFER_CRASH_SIGNAL"
 ENOSPC_ENV = "MMFER_ENOSPC_AT"
+RANK_ENV = "MMFER_FAULT_RANK"
 
 
 def _parse(value: str | None) -> tuple[str, int] | None:
@@ -26,8 +29,9 @@ def _parse(value: str | None) -> tuple[str, int] | None:
     return name, int(count) if count else 1
 
 
-_CRASH = _parse(os.environ.get(CRASH_ENV))
-_ENOSPC = _parse(os.environ.get(ENOSPC_ENV))
+_IS_TARGET = os.environ.get(RANK_ENV) in (None, os.environ.get("RANK", "0"))
+_CRASH = _parse(os.environ.get(CRASH_ENV)) if _IS_TARGET else None
+_ENOSPC = _parse(os.environ.get(ENOSPC_ENV)) if _IS_TARGET else None
 _SIGNAL = getattr(signal, os.environ.get(SIGNAL_ENV, "SIGKILL"))
 _hits: dict[str, int] = {}
 

@@ -30,11 +30,11 @@ def report(tmp_path_factory) -> dict:
     return run_bench_command(out, 4)
 
 
-def run_bench_command(out, num_clips: int) -> dict:
+def run_bench_command(out, num_clips: int, *extra: str) -> dict:
     parser = argparse.ArgumentParser()
     add_bench_arguments(parser)
     args = parser.parse_args(["--preset", "tiny", "--clips", str(num_clips), "--json", str(out / "bench.json"),
-                              "--work-dir", str(out)])
+                              "--work-dir", str(out), *extra])
     assert cmd_bench(args) == 0
     assert [p.name for p in out.iterdir()] == ["bench.json"], "the temporary folder must be removed"
     return json.loads((out / "bench.json").read_text())
@@ -77,6 +77,18 @@ def test_every_part_is_reported(report):
     for label in ("1 cached vs online", "2 loader overhead", "3 extract pipeline", "4 bytes per clip", "4  size options",
                   "4  readers", "5 "):
         assert label in table, label
+
+
+def test_extract_with_one_and_two_processes_is_reported(report):
+    """Part 6 (issue 17 item 5): the same clips extracted by 1 process and by 2 real torchrun processes."""
+    six = report["scale_out"]
+    assert six["clips"] == 4 and six["processes"] == 2
+    assert six["clips_per_s_1"] == pytest.approx(4 / report["scaling"][-1]["extract"]["loop_s"])   # part 5's own run
+    assert six["clips_per_s_n"] > 0 and six["speedup"] == pytest.approx(six["clips_per_s_n"] / six["clips_per_s_1"])
+    assert six["threads_per_rank_n"] >= 1 and six["with_setup_clips_per_s_n"] > 0
+    line = next(line for line in format_report(report).splitlines() if line.startswith("6  "))
+    assert f"1 process {six['clips_per_s_1']:.3f}" in line and f"2 torchrun processes {six['clips_per_s_n']:.3f}" in line
+    assert f"speedup {six['speedup']:.2f}x" in line
 
 
 def test_bench_trainer_is_trains_fold_setup(tmp_path):
@@ -125,7 +137,8 @@ def test_marginal_rate_needs_a_batch_of_extra_clips():
 @pytest.mark.slow
 def test_two_clips_print_no_negative_efficiency(tmp_path):
     """`mmfer bench --clips 2` (issue 15 item 14): every efficiency is absent or >= 0, in the JSON and the table."""
-    report = run_bench_command(tmp_path, 2)
+    report = run_bench_command(tmp_path, 2, "--no-scale-out")
+    assert "scale_out" not in report and "\n6  " not in format_report(report)   # --no-scale-out skips part 6
     assert report["extract_pipeline_efficiency"] > 0
     marginal = report["extract_pipeline_efficiency_marginal"]
     assert marginal is None or marginal >= 0

@@ -1,7 +1,9 @@
 """Scale out on torchrun: real `torch.distributed.run --nproc_per_node=2` subprocesses (gloo on CPU).
 
 DDP training with 2 ranks of per-rank batch 4 equals one process of batch 8 within a stated tolerance,
-predicts every test clip once, writes the run folder from rank 0 only, and its checkpoint resumes on 1 rank.
+predicts every test clip once, writes the run folder from rank 0 only, and its checkpoint resumes on 1 rank;
+it also trains with parameters unused in a step (a modality missing from a batch, a frozen LFM2 trunk).
+2-rank extraction writes the bytes one process writes, also after a kill -9 of one rank and a rerun.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from synthetic_store import make_store, write_fold_file
 
@@ -104,6 +109,48 @@ def test_two_rank_ddp_equals_one_process_and_resumes_on_one_rank(cache, tmp_path
     assert yaml.safe_load((two_dir / "config.yaml").read_text())["resume_changes"] == ["training.max_epochs: 3 -> 4"]
 
 
+def two_rank_run(cache: tuple[Path, Path], out: Path, extra: dict) -> pd.DataFrame:
+    """A 2-rank gloo train-fusion run with `extra` settings; its predictions.csv, checked: every test clip once."""
+    from synthetic_store import clip_table
+
+    torchrun(2, ["train-fusion", *flags({**settings(*cache, batch_size=2, epochs=2), **extra, "out": out})], out.parent)
+    predictions = pd.read_csv(out / "predictions.csv")
+    table = clip_table(repetitions=1)
+    assert predictions["clip_id"].is_unique
+    assert set(predictions["clip_id"]) == set(table["clip_id"][table["actor"].isin([1, 2])])   # the test actors
+    probs = predictions[[c for c in predictions.columns if c.startswith("prob")]].to_numpy()
+    assert np.isfinite(probs).all() and np.allclose(probs.sum(1), 1.0, atol=1e-4), probs[:3]
+    assert json.loads((out / "summary.json").read_text())["distributed"]["world_size"] == 2
+    return predictions
+
+
+@pytest.mark.slow
+def test_two_rank_ddp_with_a_missing_modality_in_some_batches(cache, tmp_path):
+    """Per-rank batches of 2 with modality dropout 0.5: some rank's batch has no audio (or no video), so the
+    auxiliary head of that modality takes no part in its loss (train/losses.py): a parameter unused in that
+    step on that rank only. DDP must not fail or hang (find_unused_parameters, train/loop.py)."""
+    two_rank_run(cache, tmp_path / "dropout", {"training.modality_dropout": 0.5})
+
+
+@pytest.mark.slow
+def test_two_rank_ddp_with_the_lfm2_trunk_frozen(cache, tmp_path):
+    """model.fusion.mode frozen: the LFM2 trunk has no gradients; DDP trains the rest and the trunk stays as built."""
+    from mmfer.pipeline.app.bench_parts import cached_loader
+    from mmfer.train.loop import setup_fold
+
+    out = tmp_path / "frozen"
+    two_rank_run(cache, out, {"model.fusion.mode": "frozen"})
+    cfg = train_config_with_preset({**settings(*cache, batch_size=2), "model.fusion.mode": "frozen"})
+    store, dataset, _ = cached_loader(str(cache[0]), cfg)
+    built = setup_fold(cfg, store, dataset, np.arange(len(dataset)), torch.device("cpu"), fold_number=1, fold=None).model
+    trained = torch.load(out / "fold1" / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["model"]
+    trunk = {k: v for k, v in built.state_dict().items() if k.startswith("fusion.backbone.")}
+    assert trunk
+    for key, value in trunk.items():
+        assert torch.equal(trained[key], value), key                        # frozen: not one step taken
+    moved = [k for k, v in built.state_dict().items() if k.startswith("head.") and not torch.equal(trained[k], v)]
+    assert moved, "the heads did not train"
+
 def store_files(path: Path) -> dict[str, bytes]:
     """Every file of a store (metadata, every array chunk, statuses, reasons, sources) by relative path."""
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
@@ -116,26 +163,82 @@ def assert_same_store(ours: Path, reference: Path) -> None:
     assert not differing, f"{len(differing)} of {len(theirs)} files differ, e.g. {differing[:5]}"
 
 
+EXTRACT_ARGV = ["extract", "--preset", "tiny", "--device", "cpu", "--num-workers", "0", "--face-crop", "center",
+                "--batch-size", "1"]
+
+
+def extract_argv(demo_root: Path, tiny_models: Path, out: Path) -> list[str]:
+    return [*EXTRACT_ARGV, "--root", str(demo_root), "--models-dir", str(tiny_models), "--out", str(out)]
+
+
+@pytest.fixture(scope="module")
+def one_process_store(demo_root, tiny_models, tmp_path_factory) -> Path:
+    """The reference: the demo extracted by one plain process with the ranks' environment (1 thread: the same
+    float reductions)."""
+    reference = tmp_path_factory.mktemp("one") / "cache"
+    subprocess.run([str(BIN / "extract"), *extract_argv(demo_root, tiny_models, reference)[1:]], env=RANK_ENV,
+                   check=True, capture_output=True, timeout=300)
+    return reference
+
+
 @pytest.mark.slow
-def test_two_rank_extraction_is_bitwise_the_one_process_store(demo_root, tiny_models, tmp_path):
+def test_two_rank_extraction_is_bitwise_the_one_process_store(demo_root, tiny_models, one_process_store, tmp_path):
     from mmfer.pipeline.store import open_store
 
-    argv = ["extract", "--root", str(demo_root), "--preset", "tiny", "--models-dir", str(tiny_models), "--device", "cpu",
-            "--num-workers", "0", "--face-crop", "center", "--batch-size", "1"]
-    # the reference is one plain process with the ranks' environment (1 thread: the same float reductions)
-    reference = tmp_path / "one" / "cache"
-    subprocess.run([str(BIN / "extract"), *argv[1:], "--out", str(reference)], env=RANK_ENV, check=True,
-                   capture_output=True, timeout=300)
     fresh = tmp_path / "two" / "cache"
-    result = torchrun(2, [*argv, "--out", str(fresh)], tmp_path)
+    result = torchrun(2, extract_argv(demo_root, tiny_models, fresh), tmp_path)
     assert result.stdout.count("extract: 32 done, 0 skipped, 0 failed") == 1, result.stdout   # one summary, rank 0's
-    assert_same_store(fresh, reference)
+    assert_same_store(fresh, one_process_store)
 
     # a store started by one process (first 5 clips) is finished by two ranks, to the same bytes
     resumed = tmp_path / "resumed" / "cache"
-    subprocess.run([str(BIN / "extract"), *argv[1:], "--limit", "5", "--out", str(resumed)], env=RANK_ENV, check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run([str(BIN / "extract"), *extract_argv(demo_root, tiny_models, resumed)[1:], "--limit", "5"],
+                   env=RANK_ENV, check=True, capture_output=True, timeout=300)
     assert (open_store(resumed).entry("video").statuses() != 0).sum() == 5
-    result = torchrun(2, [*argv, "--out", str(resumed)], tmp_path)
+    result = torchrun(2, extract_argv(demo_root, tiny_models, resumed), tmp_path)
     assert "extract: 27 done, 5 skipped, 0 failed" in result.stdout, result.stdout
-    assert_same_store(resumed, reference)
+    assert_same_store(resumed, one_process_store)
+
+
+KILLED_AFTER = 3   # rank 1 is killed -9 right after writing its 3rd clip (pipeline/faults.py clip_done:3)
+
+
+@pytest.mark.slow
+def test_kill_9_of_one_rank_then_a_rerun_is_bitwise_the_one_process_store(demo_root, tiny_models, one_process_store,
+                                                                          tmp_path):
+    from mmfer.pipeline.store import LOCK_FILE, ClipStatus, open_store, writer_lock_holder
+
+    out = tmp_path / "killed" / "cache"
+    lock_file = out.parent / f".cache{LOCK_FILE}"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--no-python",
+           str(BIN / "extract"), *extract_argv(demo_root, tiny_models, out)[1:]]
+    env = {**RANK_ENV, "MMFER_CRASH_AT": f"clip_done:{KILLED_AFTER}", "MMFER_FAULT_RANK": "1"}
+    killed = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode != 0, killed.stdout[-2000:]
+    assert "extract: " not in killed.stdout                                          # no summary from a broken group
+    # torchrun's report: rank 1 died of the kill, then torchrun stopped the surviving rank 0 with SIGTERM
+    ends = {int(rank): (int(code), int(pid)) for rank, code, pid in re.findall(
+        r"rank\s*: (\d) \(local_rank: \d\)\s*exitcode\s*: (-?\d+) \(pid: (\d+)\)", killed.stderr)}
+    assert ends.keys() == {0, 1} and ends[1][0] == -signal.SIGKILL and ends[0][0] == -signal.SIGTERM, killed.stderr[-3000:]
+
+    # rank 0 held the group's writer lock (its pid is in the lock file): it is gone, and the lock with it
+    assert int(lock_file.read_text()) == ends[0][1]
+    assert not Path(f"/proc/{ends[0][1]}").exists(), "rank 0 outlived torchrun"
+    assert writer_lock_holder(out) is None
+
+    # rank 1's share (positions 1, 3, 5, ... of the 32 clips): its first 3 clips are done, the rest only PENDING/FAILED
+    store = open_store(out)
+    rank1 = [store.index_of(c) for c in store.clip_ids[1::2]]
+    for modality in ("video", "audio"):
+        statuses = store.entry(modality).statuses()[rank1]
+        assert list(statuses[:KILLED_AFTER]) == [ClipStatus.DONE] * KILLED_AFTER, (modality, statuses)
+        assert set(statuses[KILLED_AFTER:]) <= {ClipStatus.PENDING, ClipStatus.FAILED}, (modality, statuses)
+    done = (store.entry("video").statuses() == ClipStatus.DONE).sum()
+    assert KILLED_AFTER <= done < 32, done
+
+    # one plain process finishes the store (taking the lock the dead group left) to the reference's bytes
+    rerun = subprocess.run([str(BIN / "extract"), *extract_argv(demo_root, tiny_models, out)[1:]], env=RANK_ENV,
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    assert f"extract: {32 - done} done, {done} skipped, 0 failed" in rerun.stdout, rerun.stdout
+    assert_same_store(out, one_process_store)

@@ -278,7 +278,9 @@ def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, 
                  t.monitor, stopper.best, stopper.best_epoch + 1)
 
     ddp = None
-    if world.is_distributed:   # unused parameters (a missing modality, frozen branches) are found each step
+    # find_unused_parameters stays on: a batch without audio (video) skips that auxiliary head's loss
+    # (train/losses.py), so which parameters get a gradient changes per step and rank (frozen ones DDP leaves out)
+    if world.is_distributed:
         ddp = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     from torch.utils.tensorboard import SummaryWriter   # here, so importing loop.py stays light

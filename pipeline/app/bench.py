@@ -2,7 +2,8 @@
 
 Writes demo clips and encoders to a temporary folder (full sizes: random weights of the real architectures),
 then measures (1) online vs cached epochs against their FLOP limit, (2) loader overhead, (3) extract pipeline
-efficiency vs its slowest stage, (4) storage and read speed, (5) scaling and peak RSS with the clip count.
+efficiency vs its slowest stage, (4) storage and read speed, (5) scaling and peak RSS with the clip count,
+(6) extract clips/s with 1 and 2 torchrun processes (skipped with --no-scale-out).
 Light to import: the measuring code (pipeline/app/bench_parts.py) and both stages load inside `run_bench`.
 """
 
@@ -30,7 +31,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     from mmfer.pipeline.app.flags import add_config_flags
 
     parser.description = ("Measure the pipeline on this machine: cached vs online epochs and their FLOP limit, loader "
-                          "overhead, extract efficiency, storage, scaling. Full model sizes (random weights) by default.")
+                          "overhead, extract efficiency, storage, scaling, extract with 1 vs 2 torchrun processes. "
+                          "Full model sizes (random weights) by default.")
     add_config_flags(parser, BenchConfig, layered=False)
 
 
@@ -39,7 +41,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     cfg: BenchConfig = resolve_config(BenchConfig, args, layered=False)
     result = run_bench(num_clips=cfg.clips, preset=cfg.preset, device=cfg.device, work_parent=cfg.work_dir,
-                       keep=cfg.keep)
+                       keep=cfg.keep, scale_out=cfg.scale_out)
     print(format_report(result))
     if cfg.json:
         Path(cfg.json).write_text(json.dumps(result, indent=2))
@@ -56,8 +58,8 @@ def clip_counts(num_clips: int) -> list[int]:
 
 
 def run_bench(*, num_clips: int, preset: str, device: str, work_parent: str | None,
-              keep: bool) -> dict:
-    """Run all five parts; returns the JSON report (see format_report for the table)."""
+              keep: bool, scale_out: bool) -> dict:
+    """Run all six parts (the sixth only with `scale_out`); returns the JSON report (format_report: the table)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")   # the bench never downloads; read before transformers loads
     import torch
 
@@ -84,6 +86,9 @@ def run_bench(*, num_clips: int, preset: str, device: str, work_parent: str | No
             extract_cfg = dataclasses.replace(setup.extract_cfg, out=stores[n], limit=n)
             ext = parts.run_child({"kind": "extract", "num_clips": n, "extract_cfg": dataclasses.asdict(extract_cfg)}, work_dir)
             scaling.append({"clips": n, "extract": ext})
+        # Part 6: the largest extract again, as 2 torchrun processes (part 5's run is the 1-process figure)
+        processes = parts.time_extract_processes(setup, scaling[-1]["extract"], num_clips=num_clips,
+                                                 processes=2) if scale_out else None
         for row in scaling:
             row["train"] = parts.run_child({"kind": "train", "num_clips": row["clips"], "store": stores[row["clips"]],
                                             "preset": preset, "device": device}, work_dir)
@@ -134,6 +139,8 @@ def run_bench(*, num_clips: int, preset: str, device: str, work_parent: str | No
         result = summarize(num_clips, epoch_clips, env, setup_s, scaling, decode, encode, counted, dry,
                            {"memory": memory_runs, "cached": cached_runs, "online": [online_s]}, storage,
                            extract_batch_size=setup.extract_cfg.batch_size)
+        if processes is not None:
+            result["scale_out"] = processes
         result["env"]["load_avg_end"] = os.getloadavg()[0]
         result["env"]["bench_wall_s"] = time.perf_counter() - started
         if keep:
@@ -255,8 +262,20 @@ def format_report(r: dict) -> str:
                      f"{ex['peak_rss_children_mb']:>9.0f}{tr['epoch_s']:>15.2f}{row['train_epoch_s_per_clip']:>8.3f}{tr['peak_rss_mb']:>8.0f}")
     lines.append("   (extract s: the clip loop after set-up (extract's ExtractSummary.loop_s); RSS: peak of the process, "
                  "'workers': its largest child)")
+    lines += format_scale_out(r.get("scale_out"))
     lines.append(f"bench took {env.get('bench_wall_s', 0):.0f} s")
     return "\n".join(lines)
+
+
+def format_scale_out(p: dict | None) -> list[str]:
+    """Part 6's line: extract clips/s with 1 process and with N torchrun processes, and the speedup (none if skipped)."""
+    if p is None:
+        return []
+    if "skipped" in p:
+        return [f"6  extract with {p['processes']} processes: skipped ({p['skipped']})"]
+    return [f"6  extract clips/s on the same {p['clips']} clips: 1 process {p['clips_per_s_1']:.3f} ({p['threads_1']} threads), "
+            f"{p['processes']} torchrun processes {p['clips_per_s_n']:.3f} ({p['threads_per_rank_n']} thread(s) each): "
+            f"speedup {p['speedup']:.2f}x (with set-up: {p['with_setup_clips_per_s_1']:.3f} -> {p['with_setup_clips_per_s_n']:.3f})"]
 
 
 def _cpu_name() -> str:

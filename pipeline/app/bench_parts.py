@@ -7,8 +7,10 @@ report. Extract runs and cached training epochs at each clip count run in child 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 import resource
 import subprocess
 import sys
@@ -272,17 +274,20 @@ def _timed(fn) -> float:
 # ---------------------------------------------------------------------------------------------------
 
 
-def run_child(spec: dict, work_dir: Path) -> dict:
-    """Run `spec` in a fresh interpreter; returns its result with peak RSS of it and of its own children.
+def run_child(spec: dict, work_dir: Path, *, processes: int = 1) -> dict:
+    """Run `spec` in a fresh interpreter (or `processes` > 1 of them under the real torchrun, which the stages
+    see as a process group); returns its (rank 0's) result with peak RSS of it and of its own children.
 
     Raises:
         RuntimeError: the child failed; its log tail is in the message.
     """
-    name = f"child-{spec['kind']}-{spec['num_clips']}"
+    name = f"child-{spec['kind']}-{spec['num_clips']}" + (f"-x{processes}" if processes > 1 else "")
     spec_path, log_path = work_dir / f"{name}.json", work_dir / f"{name}.log"
     spec_path.write_text(json.dumps({**spec, "result": str(work_dir / f"{name}.result.json")}))
+    launcher = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+                                   if processes > 1 else [])
     with open(log_path, "w") as handle:
-        done = subprocess.run([sys.executable, "-m", "mmfer.pipeline.app.bench_parts", str(spec_path)], stdout=handle,
+        done = subprocess.run([*launcher, "-m", "mmfer.pipeline.app.bench_parts", str(spec_path)], stdout=handle,
                               stderr=subprocess.STDOUT, env=child_env(), check=False)
     if done.returncode != 0:
         tail = log_path.read_text()[-3000:]
@@ -300,7 +305,24 @@ def _child_extract(spec: dict) -> dict:
     if summary.num_done != spec["num_clips"]:
         raise RuntimeError(f"bench extract: {summary.format()}")
     return {"wall_s": summary.wall_s, "setup_s": summary.setup_s, "loop_s": summary.loop_s,
-            "bytes_written": summary.bytes_written}
+            "bytes_written": summary.bytes_written, "threads": torch.get_num_threads()}
+
+
+def time_extract_processes(setup: BenchSetup, one_process: dict, *, num_clips: int, processes: int) -> dict:
+    """Part 6: extract's clips/s on the same clips with 1 process (`one_process`: part 5's run) and with
+    `processes` ranks of the real torchrun (rank-sharded into one store, extract/run.py), and the speedup.
+    Rates use the clip loop (ExtractSummary.loop_s; the slowest rank's) and the whole call (with set-up)."""
+    if setup.device == "cuda" and torch.cuda.device_count() < processes:   # "cuda" gives each rank its own GPU
+        return {"processes": processes, "skipped": f"{processes} processes on --device cuda need {processes} GPUs, "
+                                                   f"this machine has {torch.cuda.device_count()}"}
+    cfg = dataclasses.replace(setup.extract_cfg, out=str(setup.work_dir / f"cache-{num_clips}-x{processes}"), limit=num_clips)
+    many = run_child({"kind": "extract", "num_clips": num_clips, "extract_cfg": dataclasses.asdict(cfg)}, setup.work_dir,
+                     processes=processes)
+    one_rate, many_rate = num_clips / one_process["loop_s"], num_clips / many["loop_s"]
+    return {"clips": num_clips, "processes": processes, "clips_per_s_1": one_rate, "clips_per_s_n": many_rate,
+            "speedup": many_rate / one_rate, "with_setup_clips_per_s_1": num_clips / one_process["wall_s"],
+            "with_setup_clips_per_s_n": num_clips / many["wall_s"], "threads_1": one_process["threads"],
+            "threads_per_rank_n": many["threads"]}
 
 
 def _child_train(spec: dict) -> dict:
@@ -321,7 +343,8 @@ def child_main(spec_path: str) -> None:
     result = {"extract": _child_extract, "train": _child_train}[spec["kind"]](spec)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["peak_rss_children_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    Path(spec["result"]).write_text(json.dumps(result))
+    if os.environ.get("RANK", "0") == "0":   # under torchrun, rank 0 answers for the group
+        Path(spec["result"]).write_text(json.dumps(result))
 
 
 if __name__ == "__main__":
