@@ -5,8 +5,9 @@
 renamed into place; clip writers only fill their own chunks and write the clip's status last (it goes
 PENDING before anything else of the clip changes), so a crash at any moment leaves a store whose clips
 are either done (data complete and checksummed) or not. `export_h5` writes a store as one HDF5 file, which
-`open_store` reads (read only) through the same classes. Nothing else in mmfer imports zarr or h5py or spells
-a path inside the store.
+`open_store` reads (read only) through the same classes. A Zarr store's chunks are read by zarr-python, or by
+tensorstore (`reader="tensorstore"`, the `fast-read` extra; the same crc32c checks). Nothing else in mmfer imports
+zarr, h5py or tensorstore or spells a path inside the store.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ MODALITIES = ("video", "audio")
 LOCK_FILE = ".extract.lock"
 STAGING_PREFIX = ".staging-"
 PARTIAL_SUFFIX = ".partial"    # zarr's LocalStore writes `<chunk>.<uuid>.partial`, then renames
-CHECKSUM_ERRORS = (ValueError, OSError)   # zarr's crc32c codec raises ValueError, h5py's fletcher32 filter OSError
+CHECKSUM_ERRORS = (ValueError, OSError)   # zarr's (and tensorstore's DATA_LOSS) crc32c ValueError, h5py's fletcher32 OSError
+READERS = ("zarr-python", "tensorstore")   # what reads a Zarr store's chunks (an HDF5 file: always h5py)
 # Codecs: blosc lz4 with byte shuffle, then crc32c. Measured on real (tiny) SigLIP tokens: 1.16x smaller
 # than raw fp16 and the fastest to read of none / zstd 1, 3 / blosc-zstd (cache_schema.md, "Storage").
 
@@ -129,6 +131,7 @@ class FeatureEntry:
                 raise StoreError(f"{self.path}: array {name!r} is missing or unreadable ({err!r}); this entry is "
                                  "damaged: re-run extract with --overwrite, or into a new --out") from err
         self.damaged_status: list[str] = []   # clip ids whose status chunk failed its checksum (see statuses)
+        self._tensorstore_arrays: dict = {}   # name -> opened tensorstore array (reader "tensorstore"), on first read
 
     @property
     def path(self) -> Path:
@@ -236,21 +239,41 @@ class FeatureEntry:
         wanted = list(names or self.array_specs)
         if self.is_quantized and "tokens" in wanted and TOKEN_SCALE not in wanted:
             wanted.append(TOKEN_SCALE)
-        out = {}
         for name in wanted:
             if name not in self.array_specs:
                 raise StoreError(f"{self.path}: no array {name!r} (has {sorted(self.array_specs)})")
             if not self._has_chunk(name, index):
                 raise CorruptClipError(str(self.store.path), clip_id, f"marked done but {self.modality}/{name} has no data chunk")
-            try:
-                out[name] = self._arrays[name][index]
-            except CHECKSUM_ERRORS as err:
-                raise CorruptClipError(str(self.store.path), clip_id, f"{self.modality}/{name} is damaged ({err})") from err
+        out = self._read_chunks(clip_id, index, wanted)
         if self.is_quantized and "tokens" in out:
             out["tokens"] = dequantize_tokens(out["tokens"], out[TOKEN_SCALE])
             if names and TOKEN_SCALE not in names:
                 del out[TOKEN_SCALE]
         return out
+
+    def _read_chunks(self, clip_id: str, index: int, names: list[str]) -> dict[str, np.ndarray]:
+        """Clip `index`'s chunk of each array in `names`, checksums checked: one after the other with
+        zarr-python; with tensorstore all requested at once, then awaited."""
+        if self.store.reader == "tensorstore":
+            pending = {name: self._tensorstore_array(name)[index].read() for name in names}
+            fetch = lambda name: pending[name].result()   # noqa: E731
+        else:
+            fetch = lambda name: self._arrays[name][index]   # noqa: E731
+        out = {}
+        for name in names:
+            try:
+                out[name] = fetch(name)
+            except CHECKSUM_ERRORS as err:
+                raise CorruptClipError(str(self.store.path), clip_id, f"{self.modality}/{name} is damaged ({err})") from err
+        return out
+
+    def _tensorstore_array(self, name: str):
+        if name not in self._tensorstore_arrays:
+            import tensorstore
+
+            spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(self.path / name)}}
+            self._tensorstore_arrays[name] = tensorstore.open(spec, read=True, context=self.store.tensorstore_context).result()
+        return self._tensorstore_arrays[name]
 
     def _has_chunk(self, name: str, index: int) -> bool:
         return self._chunk_file(self._arrays[name], index).exists()
@@ -266,10 +289,12 @@ class FeatureEntry:
 class FeatureStore:
     """A feature store on disk: the clip table plus one FeatureEntry per modality and fingerprint."""
 
-    def __init__(self, path: Path, group: zarr.Group) -> None:
+    def __init__(self, path: Path, group: zarr.Group, *, reader: str = "zarr-python") -> None:
         self.path = path
         self._group = group
         self._set_root_attrs(dict(group.attrs), fix="re-run extract into a new --out")
+        self.reader = reader
+        self.tensorstore_context = _tensorstore_context() if reader == "tensorstore" else None
 
     def _set_root_attrs(self, attrs: dict, *, fix: str) -> None:
         """Check the schema version, then keep the root attributes and the clip table (with its index)."""
@@ -433,18 +458,61 @@ def create_store(path: str | os.PathLike, clip_table: pd.DataFrame, attrs: dict)
     return store
 
 
-def open_store(path: str | os.PathLike, mode: str = "r") -> FeatureStore:
-    """Open an existing store (`mode` "r" or "r+").
+def open_store(path: str | os.PathLike, mode: str = "r", *, reader: str = "zarr-python") -> FeatureStore:
+    """Open an existing store (`mode` "r" or "r+"); `reader` (READERS) reads a Zarr store's chunks in
+    `read_clip` (an HDF5 file is read by h5py, whatever it says).
 
     Raises:
-        StoreError: no store at `path`, or another schema version.
+        StoreError: no store at `path`, or another schema version; tensorstore asked for and not installed.
     """
     path = Path(path)
+    if reader not in READERS:
+        raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
     if is_h5_path(path):
         return _open_h5(path)   # read only, whatever `mode` asks
     if not (path / "zarr.json").exists():
         raise StoreError(f"{path}: no feature store here; run `extract` first (see run_all.sh)")
-    return FeatureStore(path, _open_group(path, mode))
+    return FeatureStore(path, _open_group(path, mode), reader=reader)
+
+
+def tensorstore_version() -> str | None:
+    """The installed tensorstore's version, or None when it is not installed (it is the `fast-read` extra)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        import tensorstore  # noqa: F401
+        return version("tensorstore")
+    except (ImportError, PackageNotFoundError):
+        return None
+
+
+_codec_threads = 1   # threads one chunk decode may use in this process (set_codec_threads)
+
+
+def _tensorstore_context():
+    """tensorstore's thread pools sized like blosc's (set_codec_threads): its decodes count in the same budget."""
+    if tensorstore_version() is None:
+        raise StoreError("tensorstore is not installed: pip install 'mmfer[fast-read]', or read with zarr-python")
+    import tensorstore
+
+    return tensorstore.Context({"data_copy_concurrency": {"limit": _codec_threads},
+                                "file_io_concurrency": {"limit": max(2, _codec_threads)}})
+
+
+def drop_from_page_cache(path: str | os.PathLike) -> int:
+    """Ask the kernel to forget the cached pages of a store's files (a Zarr folder, or an HDF5 file), so that
+    the next read comes from the disk: fsync, then posix_fadvise(POSIX_FADV_DONTNEED) on every file (no root
+    needed; the bench's "cold" reads). Returns the number of files."""
+    path = Path(path)
+    files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+    for file in files:
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(fd)   # dirty pages stay cached whatever fadvise says
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return len(files)
 
 
 def _open_group(path: Path, mode: str) -> zarr.Group:
@@ -460,6 +528,8 @@ def set_codec_threads(num_threads: int) -> None:
     codec's threads count in the loader's thread budget instead of competing with the compute threads."""
     import numcodecs.blosc
 
+    global _codec_threads
+    _codec_threads = num_threads   # for tensorstore contexts made from now on
     numcodecs.blosc.set_nthreads(num_threads)
     numcodecs.blosc.use_threads = num_threads > 1
 
@@ -652,7 +722,7 @@ class H5FeatureStore(FeatureStore):
     """An HDF5 export of a store (read only): the clip table, the attributes and every entry."""
 
     def __init__(self, path: Path, handle) -> None:
-        self.path, self._handle = path, handle
+        self.path, self._handle, self.reader = path, handle, "h5py"
         self._set_root_attrs(_get_json(handle, "attrs", str(path)), fix="export the store again with this version")
 
     def fingerprints(self, modality: str) -> list[str]:
