@@ -243,7 +243,7 @@ def test_decode_workers_decode_while_the_encoders_load(tmp_path, small_root, tin
                             env=child_env(MMFER_CRASH_AT="load_encoders", MMFER_CRASH_SIGNAL="SIGSTOP"))
     try:
         wait_until_stopped(proc)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + RUN_TIMEOUT_S   # worker start-up on a busy machine: tens of seconds
         while _reaped_children_cpu_ticks(proc.pid) == 0 and time.monotonic() < deadline:
             time.sleep(0.2)
         decoded_while_loading = _reaped_children_cpu_ticks(proc.pid)
