@@ -5,9 +5,10 @@
 renamed into place; clip writers only fill their own chunks and write the clip's status last (it goes
 PENDING before anything else of the clip changes), so a crash at any moment leaves a store whose clips
 are either done (data complete and checksummed) or not. `export_h5` writes a store as one HDF5 file, which
-`open_store` reads (read only) through the same classes. A Zarr store's chunks are read by zarr-python, or by
-tensorstore (`reader="tensorstore"`, the `fast-read` extra; the same crc32c checks). Nothing else in mmfer imports
-zarr, h5py or tensorstore or spells a path inside the store.
+`open_store` reads (read only) through the same classes; the file's layout and h5py are in store_h5.py. A
+Zarr store's chunks are read by zarr-python, or by tensorstore (`reader="tensorstore"`, the `fast-read`
+extra; the same crc32c checks). Nothing else in mmfer (but store_h5.py, for h5py) imports zarr, h5py or
+tensorstore or spells a path inside the store.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ import pandas as pd
 import zarr
 import zarr.codecs
 
+from mmfer.pipeline import store_h5
 from mmfer.pipeline.errors import BadInputError
 from mmfer.pipeline.faults import crash_point
+from mmfer.pipeline.store_h5 import is_h5_path
 
 log = logging.getLogger(__name__)
 
@@ -660,26 +663,13 @@ def verify_store(path: str | os.PathLike, *, repair: bool = False) -> VerifyRepo
 
 
 # ---------------------------------------------------------------------------------------------------
-# HDF5: one file holding a store's entries (`mmfer cache-export`), read through the same classes.
+# HDF5: one file holding a store's entries (`mmfer cache-export`), read through the same classes; the file
+# layout and h5py itself are in store_h5.py.
 # ---------------------------------------------------------------------------------------------------
-
-H5_SUFFIXES = (".h5", ".hdf5")
-
-
-def is_h5_path(path: str | os.PathLike) -> bool:
-    """A `--cache` that names an HDF5 export (by its suffix) rather than a Zarr store folder."""
-    return Path(path).suffix.lower() in H5_SUFFIXES
-
-
-def _put_json(group, name: str, value: object) -> None:
-    # JSON as a checksummed uint8 dataset: attributes cap at 64 KiB and carry no checksum.
-    data = np.frombuffer(json.dumps(value).encode(), dtype=np.uint8)
-    group.create_dataset(name, data=data, chunks=(max(len(data), 1),), fletcher32=True)
-
 
 def _get_json(group, name: str, where: str) -> object:
     try:
-        return json.loads(group[name][:].tobytes().decode())
+        return store_h5.read_json(group, name)
     except (OSError, KeyError, ValueError) as err:
         raise StoreError(f"{where}: {name} is missing or damaged ({err}); export the Zarr store again") from err
 
@@ -726,7 +716,7 @@ class H5FeatureStore(FeatureStore):
         self._set_root_attrs(_get_json(handle, "attrs", str(path)), fix="export the store again with this version")
 
     def fingerprints(self, modality: str) -> list[str]:
-        return sorted(self._handle[modality]) if modality in self._handle else []
+        return store_h5.entry_names(self._handle, modality)
 
     def _open_entry(self, modality: str, fingerprint: str) -> FeatureEntry:
         return H5FeatureEntry(self, modality, fingerprint, self._handle[modality][fingerprint])
@@ -743,12 +733,10 @@ class H5FeatureStore(FeatureStore):
 
 
 def _open_h5(path: Path) -> H5FeatureStore:
-    import h5py
-
     if not path.is_file():
         raise StoreError(f"{path}: no HDF5 feature store here; write one with `mmfer cache-export CACHE --h5 {path}`")
     try:
-        handle = h5py.File(path, "r")
+        handle = store_h5.open_read_only(path)
     except OSError as err:
         raise StoreError(f"{path}: not a readable HDF5 file ({err}); export the store again") from err
     return H5FeatureStore(path, handle)
@@ -763,11 +751,9 @@ def export_h5(store_path: str | os.PathLike, h5_path: str | os.PathLike) -> dict
         StoreError: no store, an extract is writing it, or `h5_path` exists.
         CorruptClipError: a done clip fails its checksum in the store (repair it first).
     """
-    import h5py
-
     h5_path = Path(h5_path)
     if not is_h5_path(h5_path):
-        raise BadInputError(f"{h5_path}: name the HDF5 file with a suffix {' or '.join(H5_SUFFIXES)}")
+        raise BadInputError(f"{h5_path}: name the HDF5 file with a suffix {' or '.join(store_h5.H5_SUFFIXES)}")
     if h5_path.exists():
         raise StoreError(f"{h5_path}: exists; remove it or choose another --h5")
     holder = writer_lock_holder(store_path)
@@ -776,33 +762,28 @@ def export_h5(store_path: str | os.PathLike, h5_path: str | os.PathLike) -> dict
     store = open_store(store_path, mode="r")
     h5_path.parent.mkdir(parents=True, exist_ok=True)
     staging = h5_path.parent / f"{STAGING_PREFIX}{h5_path.name}-{uuid.uuid4().hex[:8]}"
-    counts = {}
     try:
-        with h5py.File(staging, "w") as out:
-            _put_json(out, "attrs", store.attrs)
-            for modality in MODALITIES:
-                out.create_group(modality)
-                for fp in store.fingerprints(modality):
-                    entry = store.entry(modality, fp)
-                    group = out[modality].create_group(fp)
-                    _put_json(group, "attrs", entry.attrs)
-                    _put_json(group, "reason", entry.reasons())
-                    _put_json(group, "source", entry.sources())
-                    statuses = entry.statuses()
-                    if entry.damaged_status:
-                        raise CorruptClipError(str(store.path), entry.damaged_status[0], f"{modality}/status is damaged")
-                    n = len(statuses)
-                    group.create_dataset("status", data=statuses, chunks=(1,), fletcher32=True)
-                    arrays = {name: group.create_dataset(name, shape=(n, *spec.shape), dtype=spec.dtype,
-                                                         chunks=(1, *spec.shape), fletcher32=True, fillvalue=0)
-                              for name, spec in entry.array_specs.items()}
-                    done = np.flatnonzero(statuses == ClipStatus.DONE)
-                    for index in done:
-                        for name, value in entry.read_clip(store.clip_ids[index]).items():
-                            arrays[name][index] = value
-                    counts[f"{modality}/{fp}"] = len(done)
+        counts = store_h5.write_export(staging, store.attrs, MODALITIES, _export_entries(store))
         os.rename(staging, h5_path)
     finally:
         staging.unlink(missing_ok=True)
     log.info("%s: exported %s to %s", store_path, counts, h5_path)
     return {"path": str(h5_path), "clips_done": counts, "bytes": h5_path.stat().st_size}
+
+
+def _export_entries(store: FeatureStore) -> Iterator[store_h5.ExportEntry]:
+    """Every entry of `store` for export_h5, its done clips read (checksummed) as they are written.
+
+    Raises:
+        CorruptClipError: a status chunk or a done clip fails its checksum.
+    """
+    for modality in MODALITIES:
+        for fp in store.fingerprints(modality):
+            entry = store.entry(modality, fp)
+            statuses = entry.statuses()
+            if entry.damaged_status:
+                raise CorruptClipError(str(store.path), entry.damaged_status[0], f"{modality}/status is damaged")
+            done = np.flatnonzero(statuses == ClipStatus.DONE)
+            clips = ((index, entry.read_clip(store.clip_ids[index])) for index in done)
+            yield store_h5.ExportEntry(modality, fp, entry.attrs, entry.reasons(), entry.sources(), statuses,
+                                       {name: (spec.shape, spec.dtype) for name, spec in entry.array_specs.items()}, clips)
