@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,15 +54,21 @@ class EncoderPair:
         return [np.asarray(frames, dtype=np.float32) for frames in self.audio.encode(waves)]
 
 
-def load_encoders(cfg: ExtractConfig, device: torch.device) -> EncoderPair:
-    """The run's encoders: the configured checkpoints, or for --preset tiny the tiny ones in models_dir."""
+def encoder_names(cfg: ExtractConfig) -> tuple[str, str, str | None]:
+    """(visual name or folder, audio name or .nemo file, visual hub revision) of the run's encoders; for
+    --preset tiny the tiny ones in models_dir, written there first if absent."""
     if cfg.preset == "tiny":
         from mmfer.extract.random_encoders import ensure_tiny_encoders
 
         visual_path, audio_path = ensure_tiny_encoders(cfg.models_dir)
-        visual_name, audio_name, revision = str(visual_path), str(audio_path), None
-    else:
-        visual_name, audio_name, revision = cfg.visual_encoder, cfg.audio_encoder, cfg.visual_revision
-    visual = load_visual_encoder(visual_name, revision=revision, device=device)
+        return str(visual_path), str(audio_path), None
+    return cfg.visual_encoder, cfg.audio_encoder, cfg.visual_revision
+
+
+def load_encoders(cfg: ExtractConfig, device: torch.device, *, processor: Any = None) -> EncoderPair:
+    """The run's encoders (`encoder_names`); `processor`: the visual one's `load_image_processor`, when the caller
+    loaded it first (extract does, to start its decode workers before the weights load)."""
+    visual_name, audio_name, revision = encoder_names(cfg)
+    visual = load_visual_encoder(visual_name, revision=revision, device=device, processor=processor)
     audio = load_audio_encoder(audio_name, device=device)
     return EncoderPair(visual, audio)

@@ -1,7 +1,8 @@
 """`extract`: manifest -> decode (worker processes) -> frozen encoders -> feature store.
 
 Decoding, face cropping and the image processor run in spawned DataLoader workers, ahead of the
-encoders in the main process, so on a GPU the encoders do not wait for ffmpeg. Clips already done
+encoders in the main process, so on a GPU the encoders do not wait for ffmpeg. The workers start
+before the encoders' weights load and decode while they do. Clips already done
 under the same fingerprint and unchanged source file are skipped; a bad clip is recorded as failed
 with its reason and the run goes on.
 """
@@ -14,6 +15,7 @@ import json
 import logging
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from fnmatch import fnmatch
 from pathlib import Path
@@ -23,8 +25,9 @@ import pandas as pd
 import torch
 
 from mmfer.extract.decode import AUDIO_MIX, FRAME_SAMPLING
-from mmfer.extract.encoders import load_encoders
+from mmfer.extract.encoders import encoder_names, load_encoders
 from mmfer.extract.facecrop import detector_settings
+from mmfer.extract.visual import load_image_processor
 from mmfer.extract.shrink import pool_tokens, pooled_token_count
 from mmfer.extract.views import view_settings
 from mmfer.extract.worker import DecodedItem, DecodeJob, decode_job
@@ -36,7 +39,7 @@ from mmfer.pipeline.labels import EMOTIONS
 from mmfer.pipeline.faults import crash_point
 from mmfer.pipeline.progress import Progress
 from mmfer.pipeline.store import (TOKEN_SCALE, ArraySpec, ClipStatus, FeatureEntry, FeatureStore, StoreError,
-                                  create_store, entry_differences, group_writer_lock)
+                                  create_store, entry_differences, group_writer_lock, open_store)
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +58,13 @@ class ExtractSummary:
     num_missing_audio: int = 0
     bytes_written: int = 0
     setup_s: float = 0.0
-    """Seconds from the call to the clip loop: clip table, store opened, encoders loaded, jobs built."""
+    """Seconds from the call to the clip loop: clip table, decode workers started, encoders loaded, store opened."""
+    encoders_s: float = 0.0
+    """Seconds of setup_s spent loading the encoders (the decode workers start before and decode meanwhile)."""
     loop_s: float = 0.0
-    """Seconds of the clip loop: decode workers started, every clip decoded, encoded and written."""
+    """Seconds of the clip loop: every clip decoded (already under way in the workers), encoded and written."""
+    first_batch_wait_s: float = 0.0
+    """Seconds the clip loop waited for its first decoded batch (0 when the workers were ahead of the encoders)."""
     wall_s: float = 0.0
     """Seconds of the whole call (setup_s + loop_s + the summary)."""
     failures: list[tuple[str, str, str]] = field(default_factory=list)   # (clip_id, path, reason)
@@ -133,7 +140,32 @@ def extract_all(cfg: ExtractConfig, manifest: pd.DataFrame) -> ExtractSummary:
 
 def _extract_locked(cfg: ExtractConfig, table: pd.DataFrame, device: torch.device, start: float,
                     world: World) -> ExtractSummary:
-    encoders = load_encoders(cfg, device)
+    # The decode workers start first, on the clips most likely to do: the real list needs the entries'
+    # fingerprints, which need the encoders' weights. They decode while the main thread loads the weights.
+    visual_name, _, revision = encoder_names(cfg)
+    processor = load_image_processor(visual_name, revision=revision)
+    selected = select_clips(table, cfg.select, cfg.limit)
+    likely_jobs = decode_jobs(_likely_todo(cfg, selected).iloc[world.rank::world.world_size], cfg)
+    with started_decoding(likely_jobs, processor, cfg) as early:
+        load_start = time.monotonic()
+        crash_point("load_encoders")
+        encoders = load_encoders(cfg, device, processor=processor)
+        encoders_s = time.monotonic() - load_start
+        summary = _prepare_and_run(cfg, table, selected, encoders, world, early, start=start)
+    summary.encoders_s = encoders_s
+    if world.is_distributed:
+        summary = merge_summaries(gather_objects(summary))
+    summary.wall_s = time.monotonic() - start
+    if world.is_main:
+        log.info("extract finished: %d done, %d skipped, %d failed, %.1f s", summary.num_done, summary.num_skipped,
+                 summary.num_failed, summary.wall_s)
+    return summary
+
+
+def _prepare_and_run(cfg: ExtractConfig, table: pd.DataFrame, selected: pd.DataFrame, encoders, world: World,
+                     early: "Decoding", *, start: float) -> ExtractSummary:
+    """Open the store's entries, work out this rank's clips to do, then encode and write them; `early`: the
+    decoding already under way for the guessed jobs (used when they are this rank's jobs, else stopped)."""
     if encoders.visual.identity["model_class"] == "Siglip2VisionModel" and cfg.face_crop == "none":
         # NaFlex pads non-square frames with patches the store would keep as data (it has no patch mask)
         raise ConfigError(f"{encoders.visual.identity['name']}: a NaFlex SigLIP2 checkpoint needs square crops; "
@@ -142,7 +174,7 @@ def _extract_locked(cfg: ExtractConfig, table: pd.DataFrame, device: torch.devic
                     **decode_params("video", cfg)}
     audio_params = {"encoder": encoders.audio.identity, "preprocessing": encoders.audio.preprocessing,
                     **decode_params("audio", cfg)}
-    log.info("extract: %d clips in the manifest, device %s, torch %s, visual %s, audio %s", len(table), device,
+    log.info("extract: %d clips in the manifest, device %s, torch %s, visual %s, audio %s", len(table), encoders.visual.device,
              torch.__version__, encoders.visual.identity["name"], encoders.audio.identity["name"])
 
     failed_on_main = None
@@ -160,7 +192,6 @@ def _extract_locked(cfg: ExtractConfig, table: pd.DataFrame, device: torch.devic
     if not world.is_main:
         video, audio, max_audio_frames = _open_entries(cfg, table, encoders, video_params, audio_params, clean=False)
 
-    selected = select_clips(table, cfg.select, cfg.limit)
     todo = _clips_to_do(selected, video, audio)
     barrier()   # every rank has read the statuses before any rank writes one
     summary = ExtractSummary(num_selected=len(selected), num_skipped=len(selected) - len(todo))
@@ -172,22 +203,74 @@ def _extract_locked(cfg: ExtractConfig, table: pd.DataFrame, device: torch.devic
     loop_start = time.monotonic()
     summary.setup_s = loop_start - start
     desc = f"extract rank {world.rank}/{world.world_size}" if world.is_distributed else "extract"
-    with Progress(len(jobs), desc=desc, unit="clip", logger=log) as progress:
-        if jobs:
-            loader = decode_loader(jobs, encoders.visual.processor, num_workers=cfg.num_workers,
-                                   batch_size=cfg.batch_size, persistent_workers=False)
-            for batch in decoded_batches(loader, batch_size=cfg.batch_size):
-                _encode_and_write(batch, encoders, video, audio, max_audio_frames, summary, token_pool=cfg.token_pool)
-                progress.update(len(batch))
-    end = time.monotonic()
-    summary.loop_s = end - loop_start
-    if world.is_distributed:
-        summary = merge_summaries(gather_objects(summary))
-    summary.wall_s = time.monotonic() - start
-    if world.is_main:
-        log.info("extract finished: %d done, %d skipped, %d failed, %.1f s", summary.num_done, summary.num_skipped,
-                 summary.num_failed, summary.wall_s)
+    with Progress(len(jobs), desc=desc, unit="clip", logger=log) as progress, \
+            _decoding_for(jobs, early, encoders.visual.processor, cfg) as batches:
+        waited_from = loop_start
+        for batch in batches:
+            if waited_from is not None:
+                summary.first_batch_wait_s, waited_from = time.monotonic() - waited_from, None
+            _encode_and_write(batch, encoders, video, audio, max_audio_frames, summary, token_pool=cfg.token_pool)
+            progress.update(len(batch))
+    summary.loop_s = time.monotonic() - loop_start
     return summary
+
+
+def _likely_todo(cfg: ExtractConfig, selected: pd.DataFrame) -> pd.DataFrame:
+    """The clips this run will most likely have to do, known before the encoders load: the selected clips less
+    those done in the store's only video and audio entries (all of them for a new store, several entries or
+    --overwrite). Only a guess for starting the decode workers early: `_decoding_for` checks it."""
+    if cfg.overwrite:
+        return selected
+    try:
+        store = open_store(cfg.out)
+        video_fps, audio_fps = store.fingerprints("video"), store.fingerprints("audio")
+        if len(video_fps) != 1 or len(audio_fps) != 1:
+            return selected
+        return _clips_to_do(selected, store.entry("video", video_fps[0]), store.entry("audio", audio_fps[0]))
+    except Exception as err:   # no store yet, another clip table, one being made by rank 0: the real list decides
+        log.debug("%s: no guess at the clips to do (%s); decoding all %d selected", cfg.out, err, len(selected))
+        return selected
+
+
+@contextmanager
+def started_decoding(jobs: list[DecodeJob], processor, cfg: ExtractConfig):
+    """Start the decode workers on `jobs` now: they decode ahead (up to their prefetch) while the caller does
+    something else, such as loading the encoders. Yields a `Decoding`; its workers are shut down on leaving."""
+    decoding = Decoding(jobs, processor, cfg)
+    try:
+        yield decoding
+    finally:
+        decoding.close()
+
+
+class Decoding:
+    """One pass of a `decode_loader` over `jobs`, its workers started at once; `batches` yields its batches."""
+
+    def __init__(self, jobs: list[DecodeJob], processor, cfg: ExtractConfig) -> None:
+        self.jobs = jobs
+        self._items = iter(decode_loader(jobs, processor, num_workers=cfg.num_workers, batch_size=cfg.batch_size,
+                                         persistent_workers=False)) if jobs else iter(())   # spawns the workers
+        self.batches = decoded_batches(self._items, batch_size=cfg.batch_size)
+
+    def close(self) -> None:
+        """Stop the workers now (a pass read to its end has stopped them already)."""
+        shutdown = getattr(self._items, "_shutdown_workers", None)   # worker-process iterators only
+        if shutdown is not None:
+            shutdown()
+
+
+@contextmanager
+def _decoding_for(jobs: list[DecodeJob], early: Decoding, processor, cfg: ExtractConfig):
+    """The decoded batches of `jobs`: the early workers' when they were started on exactly these jobs (the
+    usual case), else a fresh loader's (the store held other statuses than the guess; logged)."""
+    if jobs == early.jobs:
+        yield early.batches
+        return
+    log.info("extract: %d clips to do, not the %d guessed before the encoders loaded; decoding them afresh",
+             len(jobs), len(early.jobs))
+    early.close()
+    with started_decoding(jobs, processor, cfg) as fresh:
+        yield fresh.batches
 
 
 def merge_summaries(parts: list[ExtractSummary]) -> ExtractSummary:
@@ -197,7 +280,8 @@ def merge_summaries(parts: list[ExtractSummary]) -> ExtractSummary:
         num_selected=first.num_selected, num_skipped=first.num_skipped,
         num_done=sum(p.num_done for p in parts), num_failed=sum(p.num_failed for p in parts),
         num_missing_audio=sum(p.num_missing_audio for p in parts), bytes_written=sum(p.bytes_written for p in parts),
-        setup_s=max(p.setup_s for p in parts), loop_s=max(p.loop_s for p in parts),
+        setup_s=max(p.setup_s for p in parts), encoders_s=max(p.encoders_s for p in parts),
+        loop_s=max(p.loop_s for p in parts), first_batch_wait_s=max(p.first_batch_wait_s for p in parts),
         failures=[f for p in parts for f in p.failures])
 
 

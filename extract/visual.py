@@ -103,8 +103,51 @@ def preprocess_frames(processor: Any, frames: np.ndarray) -> dict[str, torch.Ten
     return {key: value for key, value in batch.items() if isinstance(value, torch.Tensor)}
 
 
+def load_image_processor(name_or_path: str, *, revision: str | None) -> Any:
+    """The checkpoint's own image processor alone (small files, no weights): what the decode workers run,
+    so extract starts them before the vision tower loads. Pass it on to `load_visual_encoder`.
+
+    Raises:
+        EncoderLoadError: as `load_visual_encoder`.
+    """
+    from transformers import AutoImageProcessor
+
+    # Pinned: left to itself transformers picks the torchvision backend where torchvision is installed and
+    # PIL elsewhere, whose pixels (resize, rounding) and class differ, so features and fingerprint would
+    # depend on the machine. PIL is what every install has.
+    return _from_pretrained(AutoImageProcessor.from_pretrained, name_or_path, revision=revision,
+                            backend=IMAGE_PROCESSOR_BACKEND)
+
+
+def _from_pretrained(loader, name_or_path: str, *, revision: str | None, **extra):
+    """`loader(name_or_path)` for a local folder or a hub id, the local HF cache first (no network and no retry
+    delays when the model is already there).
+
+    Raises:
+        EncoderLoadError: not a folder, not cached and not downloadable; the message says what to do.
+    """
+    is_local = Path(name_or_path).is_dir()
+    if not is_local and (os.path.isabs(name_or_path) or name_or_path.startswith((".", "~"))
+                         or name_or_path.count("/") > 1):
+        raise EncoderLoadError(f"{name_or_path}: no such model folder; check the path")
+    kwargs = {} if is_local else {"revision": revision}
+    if not is_local:
+        try:
+            return loader(name_or_path, local_files_only=True, **kwargs, **extra)
+        except OSError:
+            pass
+    try:
+        return loader(name_or_path, **kwargs, **extra)
+    except OSError as err:
+        raise EncoderLoadError(
+            f"{name_or_path}: cannot load the SigLIP2 visual encoder ({err}). "
+            f"To fix it, {offline_advice(name_or_path)}"
+        ) from err
+
+
 def load_visual_encoder(name_or_path: str, *, revision: str | None = None,
-                        device: str | torch.device = "cpu", dtype_policy: str = "auto") -> VisualEncoder:
+                        device: str | torch.device = "cpu", dtype_policy: str = "auto",
+                        processor: Any = None) -> VisualEncoder:
     """Load a frozen SigLIP/SigLIP2 vision tower and its image processor.
 
     Args:
@@ -113,33 +156,18 @@ def load_visual_encoder(name_or_path: str, *, revision: str | None = None,
         device: where the model runs.
         dtype_policy: "auto" (bf16 autocast on CUDA when supported, else fp16; fp32 on CPU), "fp32",
             "bf16" or "fp16".
+        processor: this checkpoint's `load_image_processor`, when already loaded (None: load it here).
 
     Raises:
         EncoderLoadError: the checkpoint is not on disk and cannot be downloaded, or is not SigLIP.
     """
-    from transformers import AutoConfig, AutoImageProcessor, Siglip2VisionModel, SiglipVisionModel
+    from transformers import AutoConfig, Siglip2VisionModel, SiglipVisionModel
 
     device = torch.device(device)
     is_local = Path(name_or_path).is_dir()
-    if not is_local and (os.path.isabs(name_or_path) or name_or_path.startswith((".", "~"))
-                         or name_or_path.count("/") > 1):
-        raise EncoderLoadError(f"{name_or_path}: no such model folder; check the path")
-    kwargs = {} if is_local else {"revision": revision}
 
     def from_pretrained(loader, **extra):
-        # Try the local HF cache first: no network and no retry delays when the model is already there.
-        if not is_local:
-            try:
-                return loader(name_or_path, local_files_only=True, **kwargs, **extra)
-            except OSError:
-                pass
-        try:
-            return loader(name_or_path, **kwargs, **extra)
-        except OSError as err:
-            raise EncoderLoadError(
-                f"{name_or_path}: cannot load the SigLIP2 visual encoder ({err}). "
-                f"To fix it, {offline_advice(name_or_path)}"
-            ) from err
+        return _from_pretrained(loader, name_or_path, revision=revision, **extra)
 
     config = from_pretrained(AutoConfig.from_pretrained)
     if config.model_type in _SIGLIP_TYPES:
@@ -149,10 +177,8 @@ def load_visual_encoder(name_or_path: str, *, revision: str | None = None,
     else:
         raise EncoderLoadError(f"{name_or_path}: model_type {config.model_type!r} is not SigLIP/SigLIP2; "
                                "pass a SigLIP2 checkpoint")
-    # Pinned: left to itself transformers picks the torchvision backend where torchvision is installed and
-    # PIL elsewhere, whose pixels (resize, rounding) and class differ, so features and fingerprint would
-    # depend on the machine. PIL is what every install has.
-    processor = from_pretrained(AutoImageProcessor.from_pretrained, backend=IMAGE_PROCESSOR_BACKEND)
+    if processor is None:
+        processor = load_image_processor(name_or_path, revision=revision)
     model, info = from_pretrained(model_class.from_pretrained, output_loading_info=True)
     if info.get("missing_keys"):
         raise EncoderLoadError(f"{name_or_path}: checkpoint lacks vision weights "

@@ -5,8 +5,10 @@
 renamed into place; clip writers only fill their own chunks and write the clip's status last (it goes
 PENDING before anything else of the clip changes), so a crash at any moment leaves a store whose clips
 are either done (data complete and checksummed) or not. `export_h5` writes a store as one HDF5 file, which
-`open_store` reads (read only) through the same classes. Nothing else in mmfer imports zarr or h5py or spells
-a path inside the store.
+`open_store` reads (read only) through the same classes; the file's layout and h5py are in store_h5.py. A
+Zarr store's chunks are read by zarr-python, or by tensorstore (`reader="tensorstore"`, the `fast-read`
+extra; the same crc32c checks). Nothing else in mmfer (but store_h5.py, for h5py) imports zarr, h5py or
+tensorstore or spells a path inside the store.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ import pandas as pd
 import zarr
 import zarr.codecs
 
+from mmfer.pipeline import store_h5
 from mmfer.pipeline.errors import BadInputError
 from mmfer.pipeline.faults import crash_point
+from mmfer.pipeline.store_h5 import is_h5_path
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +42,8 @@ MODALITIES = ("video", "audio")
 LOCK_FILE = ".extract.lock"
 STAGING_PREFIX = ".staging-"
 PARTIAL_SUFFIX = ".partial"    # zarr's LocalStore writes `<chunk>.<uuid>.partial`, then renames
-CHECKSUM_ERRORS = (ValueError, OSError)   # zarr's crc32c codec raises ValueError, h5py's fletcher32 filter OSError
+CHECKSUM_ERRORS = (ValueError, OSError)   # zarr's (and tensorstore's DATA_LOSS) crc32c ValueError, h5py's fletcher32 OSError
+READERS = ("zarr-python", "tensorstore")   # what reads a Zarr store's chunks (an HDF5 file: always h5py)
 # Codecs: blosc lz4 with byte shuffle, then crc32c. Measured on real (tiny) SigLIP tokens: 1.16x smaller
 # than raw fp16 and the fastest to read of none / zstd 1, 3 / blosc-zstd (cache_schema.md, "Storage").
 
@@ -132,6 +137,7 @@ class FeatureEntry:
                 raise StoreError(f"{self.path}: array {name!r} is missing or unreadable ({err!r}); this entry is "
                                  "damaged: re-run extract with --overwrite, or into a new --out") from err
         self.damaged_status: list[str] = []   # clip ids whose status chunk failed its checksum (see statuses)
+        self._tensorstore_arrays: dict = {}   # name -> opened tensorstore array (reader "tensorstore"), on first read
 
     @property
     def path(self) -> Path:
@@ -275,7 +281,7 @@ class FeatureEntry:
         wanted = list(names or self.array_specs)
         if self.is_quantized and "tokens" in wanted and TOKEN_SCALE not in wanted:
             wanted.append(TOKEN_SCALE)
-        out = {}
+        requests = {}
         for name in wanted:
             if name not in self.array_specs:
                 raise StoreError(f"{self.path}: no array {name!r} (has {sorted(self.array_specs)})")
@@ -283,15 +289,37 @@ class FeatureEntry:
             if not self._has_chunk(stored, *key):
                 raise CorruptClipError(str(self.store.path), clip_id, f"marked done but {self.modality}/{stored} has no data chunk"
                                        + (f" for view {view}" if view and stored != name else ""))
-            try:
-                out[name] = self._arrays[stored][key]
-            except CHECKSUM_ERRORS as err:
-                raise CorruptClipError(str(self.store.path), clip_id, f"{self.modality}/{stored} is damaged ({err})") from err
+            requests[name] = (stored, key)
+        out = self._read_chunks(clip_id, requests)
         if self.is_quantized and "tokens" in out:
             out["tokens"] = dequantize_tokens(out["tokens"], out[TOKEN_SCALE])
             if names and TOKEN_SCALE not in names:
                 del out[TOKEN_SCALE]
         return out
+
+    def _read_chunks(self, clip_id: str, requests: dict[str, tuple[str, tuple[int, ...]]]) -> dict[str, np.ndarray]:
+        """{name: (stored array, chunk key)} -> {name: that chunk}, checksums checked: one after the other with
+        zarr-python; with tensorstore all requested at once, then awaited."""
+        if self.store.reader == "tensorstore":
+            pending = {name: self._tensorstore_array(stored)[key].read() for name, (stored, key) in requests.items()}
+            fetch = lambda name: pending[name].result()   # noqa: E731
+        else:
+            fetch = lambda name: self._arrays[requests[name][0]][requests[name][1]]   # noqa: E731
+        out = {}
+        for name, (stored, _) in requests.items():
+            try:
+                out[name] = fetch(name)
+            except CHECKSUM_ERRORS as err:
+                raise CorruptClipError(str(self.store.path), clip_id, f"{self.modality}/{stored} is damaged ({err})") from err
+        return out
+
+    def _tensorstore_array(self, name: str):
+        if name not in self._tensorstore_arrays:
+            import tensorstore
+
+            spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(self.path / name)}}
+            self._tensorstore_arrays[name] = tensorstore.open(spec, read=True, context=self.store.tensorstore_context).result()
+        return self._tensorstore_arrays[name]
 
     def view_params(self, clip_id: str) -> list[dict]:
         """What each of the clip's K views was drawn with (crop, flip, jitter / tempo, pitch, SNR), view 1 first.
@@ -328,10 +356,12 @@ def _view_specs(attrs: dict) -> dict[str, ArraySpec]:
 class FeatureStore:
     """A feature store on disk: the clip table plus one FeatureEntry per modality and fingerprint."""
 
-    def __init__(self, path: Path, group: zarr.Group) -> None:
+    def __init__(self, path: Path, group: zarr.Group, *, reader: str = "zarr-python") -> None:
         self.path = path
         self._group = group
         self._set_root_attrs(dict(group.attrs), fix="re-run extract into a new --out")
+        self.reader = reader
+        self.tensorstore_context = _tensorstore_context() if reader == "tensorstore" else None
 
     def _set_root_attrs(self, attrs: dict, *, fix: str) -> None:
         """Check the schema version, then keep the root attributes and the clip table (with its index)."""
@@ -510,18 +540,61 @@ def create_store(path: str | os.PathLike, clip_table: pd.DataFrame, attrs: dict)
     return store
 
 
-def open_store(path: str | os.PathLike, mode: str = "r") -> FeatureStore:
-    """Open an existing store (`mode` "r" or "r+").
+def open_store(path: str | os.PathLike, mode: str = "r", *, reader: str = "zarr-python") -> FeatureStore:
+    """Open an existing store (`mode` "r" or "r+"); `reader` (READERS) reads a Zarr store's chunks in
+    `read_clip` (an HDF5 file is read by h5py, whatever it says).
 
     Raises:
-        StoreError: no store at `path`, or another schema version.
+        StoreError: no store at `path`, or another schema version; tensorstore asked for and not installed.
     """
     path = Path(path)
+    if reader not in READERS:
+        raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
     if is_h5_path(path):
         return _open_h5(path)   # read only, whatever `mode` asks
     if not (path / "zarr.json").exists():
         raise StoreError(f"{path}: no feature store here; run `extract` first (see run_all.sh)")
-    return FeatureStore(path, _open_group(path, mode))
+    return FeatureStore(path, _open_group(path, mode), reader=reader)
+
+
+def tensorstore_version() -> str | None:
+    """The installed tensorstore's version, or None when it is not installed (it is the `fast-read` extra)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        import tensorstore  # noqa: F401
+        return version("tensorstore")
+    except (ImportError, PackageNotFoundError):
+        return None
+
+
+_codec_threads = 1   # threads one chunk decode may use in this process (set_codec_threads)
+
+
+def _tensorstore_context():
+    """tensorstore's thread pools sized like blosc's (set_codec_threads): its decodes count in the same budget."""
+    if tensorstore_version() is None:
+        raise StoreError("tensorstore is not installed: pip install 'mmfer[fast-read]', or read with zarr-python")
+    import tensorstore
+
+    return tensorstore.Context({"data_copy_concurrency": {"limit": _codec_threads},
+                                "file_io_concurrency": {"limit": max(2, _codec_threads)}})
+
+
+def drop_from_page_cache(path: str | os.PathLike) -> int:
+    """Ask the kernel to forget the cached pages of a store's files (a Zarr folder, or an HDF5 file), so that
+    the next read comes from the disk: fsync, then posix_fadvise(POSIX_FADV_DONTNEED) on every file (no root
+    needed; the bench's "cold" reads). Returns the number of files."""
+    path = Path(path)
+    files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+    for file in files:
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(fd)   # dirty pages stay cached whatever fadvise says
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return len(files)
 
 
 def _open_group(path: Path, mode: str) -> zarr.Group:
@@ -537,6 +610,8 @@ def set_codec_threads(num_threads: int) -> None:
     codec's threads count in the loader's thread budget instead of competing with the compute threads."""
     import numcodecs.blosc
 
+    global _codec_threads
+    _codec_threads = num_threads   # for tensorstore contexts made from now on
     numcodecs.blosc.set_nthreads(num_threads)
     numcodecs.blosc.use_threads = num_threads > 1
 
@@ -669,26 +744,13 @@ def verify_store(path: str | os.PathLike, *, repair: bool = False) -> VerifyRepo
 
 
 # ---------------------------------------------------------------------------------------------------
-# HDF5: one file holding a store's entries (`mmfer cache-export`), read through the same classes.
+# HDF5: one file holding a store's entries (`mmfer cache-export`), read through the same classes; the file
+# layout and h5py itself are in store_h5.py.
 # ---------------------------------------------------------------------------------------------------
-
-H5_SUFFIXES = (".h5", ".hdf5")
-
-
-def is_h5_path(path: str | os.PathLike) -> bool:
-    """A `--cache` that names an HDF5 export (by its suffix) rather than a Zarr store folder."""
-    return Path(path).suffix.lower() in H5_SUFFIXES
-
-
-def _put_json(group, name: str, value: object) -> None:
-    # JSON as a checksummed uint8 dataset: attributes cap at 64 KiB and carry no checksum.
-    data = np.frombuffer(json.dumps(value).encode(), dtype=np.uint8)
-    group.create_dataset(name, data=data, chunks=(max(len(data), 1),), fletcher32=True)
-
 
 def _get_json(group, name: str, where: str) -> object:
     try:
-        return json.loads(group[name][:].tobytes().decode())
+        return store_h5.read_json(group, name)
     except (OSError, KeyError, ValueError) as err:
         raise StoreError(f"{where}: {name} is missing or damaged ({err}); export the Zarr store again") from err
 
@@ -738,11 +800,11 @@ class H5FeatureStore(FeatureStore):
     """An HDF5 export of a store (read only): the clip table, the attributes and every entry."""
 
     def __init__(self, path: Path, handle) -> None:
-        self.path, self._handle = path, handle
+        self.path, self._handle, self.reader = path, handle, "h5py"
         self._set_root_attrs(_get_json(handle, "attrs", str(path)), fix="export the store again with this version")
 
     def fingerprints(self, modality: str) -> list[str]:
-        return sorted(self._handle[modality]) if modality in self._handle else []
+        return store_h5.entry_names(self._handle, modality)
 
     def _open_entry(self, modality: str, fingerprint: str) -> FeatureEntry:
         return H5FeatureEntry(self, modality, fingerprint, self._handle[modality][fingerprint])
@@ -759,12 +821,10 @@ class H5FeatureStore(FeatureStore):
 
 
 def _open_h5(path: Path) -> H5FeatureStore:
-    import h5py
-
     if not path.is_file():
         raise StoreError(f"{path}: no HDF5 feature store here; write one with `mmfer cache-export CACHE --h5 {path}`")
     try:
-        handle = h5py.File(path, "r")
+        handle = store_h5.open_read_only(path)
     except OSError as err:
         raise StoreError(f"{path}: not a readable HDF5 file ({err}); export the store again") from err
     return H5FeatureStore(path, handle)
@@ -779,11 +839,9 @@ def export_h5(store_path: str | os.PathLike, h5_path: str | os.PathLike) -> dict
         StoreError: no store, an extract is writing it, or `h5_path` exists.
         CorruptClipError: a done clip fails its checksum in the store (repair it first).
     """
-    import h5py
-
     h5_path = Path(h5_path)
     if not is_h5_path(h5_path):
-        raise BadInputError(f"{h5_path}: name the HDF5 file with a suffix {' or '.join(H5_SUFFIXES)}")
+        raise BadInputError(f"{h5_path}: name the HDF5 file with a suffix {' or '.join(store_h5.H5_SUFFIXES)}")
     if h5_path.exists():
         raise StoreError(f"{h5_path}: exists; remove it or choose another --h5")
     holder = writer_lock_holder(store_path)
@@ -792,47 +850,42 @@ def export_h5(store_path: str | os.PathLike, h5_path: str | os.PathLike) -> dict
     store = open_store(store_path, mode="r")
     h5_path.parent.mkdir(parents=True, exist_ok=True)
     staging = h5_path.parent / f"{STAGING_PREFIX}{h5_path.name}-{uuid.uuid4().hex[:8]}"
-    counts = {}
     try:
-        with h5py.File(staging, "w") as out:
-            _put_json(out, "attrs", store.attrs)
-            for modality in MODALITIES:
-                out.create_group(modality)
-                for fp in store.fingerprints(modality):
-                    entry = store.entry(modality, fp)
-                    group = out[modality].create_group(fp)
-                    _put_json(group, "attrs", entry.attrs)
-                    _put_json(group, "reason", entry.reasons())
-                    _put_json(group, "source", entry.sources())
-                    statuses = entry.statuses()
-                    if entry.damaged_status:
-                        raise CorruptClipError(str(store.path), entry.damaged_status[0], f"{modality}/status is damaged")
-                    n = len(statuses)
-                    group.create_dataset("status", data=statuses, chunks=(1,), fletcher32=True)
-                    arrays = {name: group.create_dataset(name, shape=(n, *spec.shape), dtype=spec.dtype,
-                                                         chunks=(1, *spec.shape), fletcher32=True, fillvalue=0)
-                              for name, spec in entry.array_specs.items()}
-                    views = {name: group.create_dataset(VIEW_PREFIX + name, shape=(n, entry.num_views, *spec.shape),
-                                                        dtype=spec.dtype, chunks=(1, 1, *spec.shape), fletcher32=True,
-                                                        fillvalue=0)
-                             for name, spec in entry.view_specs.items()}
-                    done = np.flatnonzero(statuses == ClipStatus.DONE)
-                    view_params = [[] for _ in range(n)]
-                    for index in done:
-                        clip_id = store.clip_ids[index]
-                        entry.read_clip(clip_id)   # status, chunks and checksums checked first
-                        for name in arrays:        # then copied as stored (int8 tokens with their scale)
-                            arrays[name][index] = entry._arrays[name][index]
-                        for view in range(1, entry.num_views + 1):
-                            entry.read_clip(clip_id, view=view)
-                            for name in views:
-                                views[name][index, view - 1] = entry._arrays[VIEW_PREFIX + name][index, view - 1]
-                        view_params[index] = [json.dumps(p, sort_keys=True) for p in entry.view_params(clip_id)]
-                    if views:
-                        _put_json(group, VIEW_PARAMS, view_params)
-                    counts[f"{modality}/{fp}"] = len(done)
+        counts = store_h5.write_export(staging, store.attrs, MODALITIES, _export_entries(store))
         os.rename(staging, h5_path)
     finally:
         staging.unlink(missing_ok=True)
     log.info("%s: exported %s to %s", store_path, counts, h5_path)
     return {"path": str(h5_path), "clips_done": counts, "bytes": h5_path.stat().st_size}
+
+
+def _export_entries(store: FeatureStore) -> Iterator[store_h5.ExportEntry]:
+    """Every entry of `store` for export_h5, its done clips read (checksummed) as they are written.
+
+    Raises:
+        CorruptClipError: a status chunk or a done clip fails its checksum.
+    """
+    for modality in MODALITIES:
+        for fp in store.fingerprints(modality):
+            entry = store.entry(modality, fp)
+            statuses = entry.statuses()
+            if entry.damaged_status:
+                raise CorruptClipError(str(store.path), entry.damaged_status[0], f"{modality}/status is damaged")
+            done = np.flatnonzero(statuses == ClipStatus.DONE)
+            specs = {name: (spec.shape, spec.dtype, spec.shape) for name, spec in entry.array_specs.items()}
+            specs |= {VIEW_PREFIX + name: ((entry.num_views, *spec.shape), spec.dtype, (1, *spec.shape))
+                      for name, spec in entry.view_specs.items()}
+            yield store_h5.ExportEntry(modality, fp, entry.attrs, entry.reasons(), entry.sources(), statuses, specs,
+                                       VIEW_PARAMS if entry.view_specs else None, _export_clips(store, entry, done, specs))
+
+
+def _export_clips(store: FeatureStore, entry: FeatureEntry, done: np.ndarray,
+                  specs: dict) -> Iterator[tuple[int, dict[str, np.ndarray], list[str]]]:
+    """Each done clip's arrays as stored (int8 tokens with their scale, not dequantized; the views' arrays
+    (K, ...)) and its view parameters, after read_clip checked its status, chunks and checksums (every view's)."""
+    for index in done:
+        clip_id = store.clip_ids[index]
+        for view in range(entry.num_views + 1):
+            entry.read_clip(clip_id, view=view)
+        yield (index, {name: entry._arrays[name][index] for name in specs},
+               [json.dumps(p, sort_keys=True) for p in entry.view_params(clip_id)])

@@ -16,7 +16,9 @@ import pytest
 import torch
 from synthetic_store import make_store
 
-from mmfer.pipeline.app.bench import add_bench_arguments, clip_counts, cmd_bench, format_report, marginal_clips_per_s
+from mmfer.pipeline.app.bench import (add_bench_arguments, clip_counts, cmd_bench, format_readers, format_report,
+                                      marginal_clips_per_s)
+from mmfer.pipeline.store import tensorstore_version
 
 pytestmark = pytest.mark.slow   # runs the whole bench (extract and train in child processes)
 
@@ -62,8 +64,10 @@ def test_every_part_is_reported(report):
     full, pooled = options["--token-pool 1 --token-dtype float"], options["--token-pool 2 --token-dtype float"]
     assert full["relative_error"] == 0 and pooled["token_bytes_per_clip"] * 4 == full["token_bytes_per_clip"]
     assert 0 < options["--token-pool 1 --token-dtype int8"]["relative_error"] < 0.01 and 0 < pooled["relative_error"] < 1
-    assert {(r["reader"], r["readers"]) for r in storage["readers"]} == {
-        (name, n) for name in ("zarr-python", "hdf5 (h5py)") for n in (1, 2)}
+    readers = ("zarr-python", "hdf5 (h5py)") + (("tensorstore",) if storage["tensorstore"] else ())
+    assert storage["tensorstore"] == tensorstore_version()
+    assert {(r["reader"], r["readers"], r["cache"]) for r in storage["readers"]} == {
+        (name, n, cache) for name in readers for n in (1, 2) for cache in ("cold", "warm")}
     assert all(r["mb_per_s"] > 0 and r["clips_per_s"] > 0 for r in storage["readers"])
     assert [row["clips"] for row in report["scaling"]] == clip_counts(4) == [2, 4]
     for row in report["scaling"]:
@@ -72,10 +76,11 @@ def test_every_part_is_reported(report):
         # extract's own timings (ExtractSummary), not a log line: set-up and loop add up to at most the wall time
         ex = row["extract"]
         assert ex["setup_s"] > 0 and ex["setup_s"] + ex["loop_s"] <= ex["wall_s"]
+        assert 0 < ex["encoders_s"] < ex["setup_s"] and 0 <= ex["first_batch_wait_s"] <= ex["loop_s"]
     assert report["extract"]["setup_s"] == report["scaling"][-1]["extract"]["setup_s"]
     table = format_report(report)
     for label in ("1 cached vs online", "2 loader overhead", "3 extract pipeline", "4 bytes per clip", "4  size options",
-                  "4  readers", "5 "):
+                  "4  readers", "posix_fadvise DONTNEED", "5 "):
         assert label in table, label
 
 
@@ -89,6 +94,14 @@ def test_extract_with_one_and_two_processes_is_reported(report):
     line = next(line for line in format_report(report).splitlines() if line.startswith("6  "))
     assert f"1 process {six['clips_per_s_1']:.3f}" in line and f"2 torchrun processes {six['clips_per_s_n']:.3f}" in line
     assert f"speedup {six['speedup']:.2f}x" in line
+
+
+def test_reader_lines_say_when_tensorstore_is_absent():
+    rows = [{"reader": "zarr-python", "readers": n, "cache": c, "mb_per_s": 100.0, "clips_per_s": 20.0}
+            for n in (1, 2) for c in ("cold", "warm")]
+    lines = format_readers(rows, None)
+    assert lines[-1].strip().startswith("tensorstore: not installed") and len(lines) == 5
+    assert "tensorstore" not in "".join(format_readers(rows, "0.1.86")[2:])
 
 
 def test_bench_trainer_is_trains_fold_setup(tmp_path):

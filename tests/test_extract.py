@@ -15,8 +15,8 @@ from mmfer.data.ravdess import scan_ravdess
 from mmfer.extract.audio import load_audio_encoder
 from mmfer.extract.decode import decode_clip
 from mmfer.extract.facecrop import crop_faces
-from mmfer.extract.run import extract_all
-from mmfer.extract.visual import load_visual_encoder
+from mmfer.extract.run import Decoding, _decoding_for, _likely_todo, decode_jobs, extract_all
+from mmfer.extract.visual import load_image_processor, load_visual_encoder
 from mmfer.pipeline.store import ClipStatus, StoreError, open_store
 
 
@@ -60,6 +60,23 @@ def test_cache_holds_the_real_encoder_output(demo_cache, demo_root, tiny_models)
 def test_rerun_skips_everything(demo_cache, demo_root, tiny_models):
     summary = extract_all(extract_config(demo_root, demo_cache, tiny_models), scan_ravdess(demo_root))
     assert summary.num_skipped == 32 and summary.num_done == 0 and summary.num_failed == 0
+
+
+def test_early_decoding_follows_the_guess_then_the_real_clips_to_do(tmp_path, demo_root, demo_cache, tiny_models):
+    """extract starts decoding before the encoders load, on a guess: all clips for a new store, none for a
+    finished one; when the clips to do turn out otherwise, it decodes those instead of the guessed ones."""
+    clips = scan_ravdess(demo_root)
+    assert len(_likely_todo(extract_config(demo_root, tmp_path / "new", tiny_models), clips)) == len(clips)
+    assert len(_likely_todo(extract_config(demo_root, demo_cache, tiny_models), clips)) == 0
+    cfg = extract_config(demo_root, tmp_path / "new", tiny_models, batch_size=2)
+    processor = load_image_processor(str(tiny_models / "tiny-siglip-vision"), revision=None)
+    guessed, real = decode_jobs(clips.head(3), cfg), decode_jobs(clips.iloc[3:6], cfg)
+    right = Decoding(real, processor, cfg)   # the guess was right: its batches are the ones read
+    with _decoding_for(real, right, processor, cfg) as batches:
+        assert batches is right.batches
+    wrong = Decoding(guessed, processor, cfg)   # the guess was wrong: the real clips are decoded afresh
+    with _decoding_for(real, wrong, processor, cfg) as batches:
+        assert [item.clip_id for batch in batches for item in batch] == list(clips["clip_id"][3:6])
 
 
 @pytest.mark.slow

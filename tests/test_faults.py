@@ -221,6 +221,39 @@ def test_leftovers_are_cleaned_by_the_rerun_and_by_verify(kill_chain, tmp_path):
     assert verify_store(copy).num_checked == 2 * NUM_CLIPS
 
 
+def _reaped_children_cpu_ticks(pid: int) -> int:
+    """CPU clock ticks of the processes that `pid`'s children have run and waited for (cutime + cstime of each
+    child in /proc): a decode worker's finished ffmpeg runs."""
+    total = 0
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in children.read_text().split():
+            try:
+                fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+            except FileNotFoundError:   # gone meanwhile
+                continue
+            total += int(fields[13]) + int(fields[14])   # fields 16 and 17 of stat(5): cutime, cstime
+    return total
+
+
+def test_decode_workers_decode_while_the_encoders_load(tmp_path, small_root, tiny_models):
+    """Issue 18 item 2: extract frozen (SIGSTOP) at the point where it loads the encoders already has decode
+    workers, and they run ffmpeg to completion while the main process sleeps there; let go, it finishes."""
+    proc = subprocess.Popen(extract_cmd(small_root, tmp_path / "cache", tiny_models, "--num-workers", "2"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=child_env(MMFER_CRASH_AT="load_encoders", MMFER_CRASH_SIGNAL="SIGSTOP"))
+    try:
+        wait_until_stopped(proc)
+        deadline = time.monotonic() + RUN_TIMEOUT_S   # worker start-up on a busy machine: tens of seconds
+        while _reaped_children_cpu_ticks(proc.pid) == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        decoded_while_loading = _reaped_children_cpu_ticks(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    output, _ = proc.communicate(timeout=RUN_TIMEOUT_S)
+    assert decoded_while_loading > 0, "no decode worker ran ffmpeg while extract was at its encoder load"
+    assert proc.returncode == 0 and f"{NUM_CLIPS} done" in output, output[-3000:]
+
+
 def _mount_tmpfs(path: Path, size: str) -> bool:
     try:
         return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from mmfer.pipeline.store import (ArraySpec, ClipStatus, CorruptClipError, StoreError, create_store, open_store,
-                                  verify_store, writer_lock)
+                                  tensorstore_version, verify_store, writer_lock)
 
 SPECS = {"tokens": ArraySpec((4, 6, 8), "float16"), "pooled": ArraySpec((4, 8), "float16"),
          "timestamps_s": ArraySpec((4,), "float32"), "length": ArraySpec((), "int32")}
@@ -54,6 +54,32 @@ def test_flipped_byte_is_caught_and_verify_repairs(tmp_path):
     assert not report.ok and report.damaged[0][:2] == ("video", "c0")
     assert open_store(tmp_path / "cache").entry("video").statuses()[0] == ClipStatus.FAILED
     assert verify_store(tmp_path / "cache").ok    # c1 still reads fine
+
+
+@pytest.mark.skipif(tensorstore_version() is None, reason="tensorstore is not installed (pip install 'mmfer[fast-read]')")
+def test_tensorstore_reads_what_zarr_python_reads_and_checks_the_crc32c(tmp_path):
+    """Issue 18 item 3: the optional tensorstore reader gives every array of every clip bitwise as zarr-python
+    does (int8 tokens dequantized alike), and a flipped byte in a chunk raises for it too."""
+    store = create_store(tmp_path / "cache", make_table(), {})
+    specs = {**SPECS, "tokens": ArraySpec((4, 6, 8), "int8"), "token_scale": ArraySpec((4, 6), "float16")}
+    entries = [store.ensure_entry("video", "fp1", {}, SPECS), store.ensure_entry("audio", "fp2", {}, specs)]
+    for entry in entries:
+        for seed, clip_id in enumerate(("c0", "c1")):
+            entry.write_clip(clip_id, make_arrays(seed), "s")
+    by_zarr, by_tensorstore = open_store(tmp_path / "cache"), open_store(tmp_path / "cache", reader="tensorstore")
+    for modality in ("video", "audio"):
+        for clip_id in ("c0", "c1"):
+            want, got = by_zarr.entry(modality).read_clip(clip_id), by_tensorstore.entry(modality).read_clip(clip_id)
+            assert sorted(got) == sorted(want)
+            for name in want:
+                assert got[name].dtype == want[name].dtype and got[name].shape == want[name].shape
+                assert got[name].tobytes() == want[name].tobytes(), (modality, clip_id, name)
+    chunk = entries[0].clip_chunk_files(1)[0]
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(CorruptClipError, match="clip c1: video/tokens is damaged"):
+        open_store(tmp_path / "cache", reader="tensorstore").entry("video").read_clip("c1")
 
 
 def test_done_without_chunk_is_named(tmp_path):

@@ -65,6 +65,7 @@ def run_bench(*, num_clips: int, preset: str, device: str, work_parent: str | No
 
     from mmfer.pipeline.app import bench_parts as parts
     from mmfer.pipeline.app.bench_setup import load_encoder_pair, make_setup, make_work_dir, remove_work_dir
+    from mmfer.pipeline.store import tensorstore_version
 
     started = time.perf_counter()
     work_dir = make_work_dir(work_parent)
@@ -136,6 +137,7 @@ def run_bench(*, num_clips: int, preset: str, device: str, work_parent: str | No
         storage = parts.storage_stats(stores[num_clips], list(cache.clips["clip_id"]), setup.train_cfg)
         storage["size_options"] = parts.size_options(stores[num_clips], list(cache.clips["clip_id"]))
         storage["readers"] = parts.reader_comparison(stores[num_clips], list(cache.clips["clip_id"]), work_dir)
+        storage["tensorstore"] = tensorstore_version()
         result = summarize(num_clips, epoch_clips, env, setup_s, scaling, decode, encode, counted, dry,
                            {"memory": memory_runs, "cached": cached_runs, "online": [online_s]}, storage,
                            extract_batch_size=setup.extract_cfg.batch_size)
@@ -181,7 +183,9 @@ def summarize(n: int, epoch_clips: int, env: dict, setup_s: float, scaling: list
                    "encoder_gflops_per_clip": dry["encoder_gflops_per_clip"],
                    "encoder_gflops_counted": counted, "trainable_params": dry["trainable_params"],
                    "train_gflops_per_s": dry["train_step_gflops_per_clip"] * n / memory_s},
-        "extract": {"clips": n, "batch_size": extract_batch_size, "setup_s": full["setup_s"], "clips_per_s": measured, "clips_per_s_with_load": n / full["wall_s"],
+        "extract": {"clips": n, "batch_size": extract_batch_size, "setup_s": full["setup_s"], "encoders_s": full["encoders_s"],
+                    "first_batch_wait_s": full["first_batch_wait_s"], "loop_s": full["loop_s"], "wall_s": full["wall_s"],
+                    "clips_per_s": measured, "clips_per_s_with_load": n / full["wall_s"],
                     "clips_per_s_marginal": marginal, "decode_only_clips_per_s": decode_rate,
                     "decode_first_pass_s": decode["first_pass_s"], "decode_workers": decode["workers"],
                     "encode_only_clips_per_s": encode_rate, "visual_encode_s_per_clip": encode["visual_s"] / n,
@@ -240,8 +244,9 @@ def format_report(r: dict) -> str:
               f"{e['in_memory_s_per_clip']:.3f}; GFLOP/clip: encoders {e['encoder_gflops_per_clip']:.1f} (counted "
               + ", ".join(f"{k} {v:.1f}" for k, v in e["encoder_gflops_counted"].items())
               + f"), trainable forward {e['forward_gflops_per_clip']:.2f} x3; training runs at {e['train_gflops_per_s']:.0f} GFLOP/s",
-              f"3  clips/s: extract {x['clips_per_s']:.3f} (with set-up {x['clips_per_s_with_load']:.3f}; set-up: store "
-              f"and encoders {x['setup_s']:.1f} s"
+              f"3  clips/s: extract {x['clips_per_s']:.3f} (with set-up {x['clips_per_s_with_load']:.3f}; set-up "
+              f"{x['setup_s']:.1f} s of which encoders {x['encoders_s']:.1f} s while the decode workers start, loop "
+              f"{x['loop_s']:.1f} s of which {x['first_batch_wait_s']:.1f} s waiting for the first batch, wall {x['wall_s']:.1f} s"
               + (f", marginal {x['clips_per_s_marginal']:.3f}" if x["clips_per_s_marginal"] else "")
               + f"), decode only {x['decode_only_clips_per_s']:.3f} ({x['decode_workers']} workers; first pass with worker "
               f"start {x['decode_first_pass_s']:.1f} s), encode only {x['encode_only_clips_per_s']:.3f} (visual "
@@ -252,9 +257,7 @@ def format_report(r: dict) -> str:
               "4  size options (visual tokens):  " + "; ".join(
                   f"{o['option']}: {o['token_bytes_per_clip'] / 1e6:.3f} MB/clip, rel. error {o['relative_error']:.4f}"
                   for o in s.get("size_options", [])),
-              "4  readers (warm):  " + "; ".join(
-                  f"{o['reader']} x{o['readers']}: {o['mb_per_s']:.0f} MB/s, {o['clips_per_s']:.0f} clips/s"
-                  for o in s.get("readers", [])),
+              *format_readers(s.get("readers", []), s.get("tensorstore")),
               f"5  {'clips':>6}{'extract s':>11}{'s/clip':>8}{'RSS MB':>8}{'workers':>9}{'train epoch s':>15}{'s/clip':>8}{'RSS MB':>8}"]
     for row in r["scaling"]:
         ex, tr = row["extract"], row["train"]
@@ -276,6 +279,22 @@ def format_scale_out(p: dict | None) -> list[str]:
     return [f"6  extract clips/s on the same {p['clips']} clips: 1 process {p['clips_per_s_1']:.3f} ({p['threads_1']} threads), "
             f"{p['processes']} torchrun processes {p['clips_per_s_n']:.3f} ({p['threads_per_rank_n']} thread(s) each): "
             f"speedup {p['speedup']:.2f}x (with set-up: {p['with_setup_clips_per_s_1']:.3f} -> {p['with_setup_clips_per_s_n']:.3f})"]
+
+
+def format_readers(rows: list[dict], tensorstore: str | None) -> list[str]:
+    """Part 4's reader comparison: one line per reader and thread count, cold and warm page cache."""
+    by_key = {(r["reader"], r["readers"], r.get("cache", "warm")): r for r in rows}
+    lines = ["4  readers of the same clips (video tokens + pooled, checksums checked; cold: the store's files dropped from "
+             "the page cache with posix_fadvise DONTNEED before each pass; warm: just read; best of 3)",
+             f"   {'reader':<14}{'threads':>8}{'cold MB/s':>11}{'clips/s':>9}{'warm MB/s':>11}{'clips/s':>9}"]
+    for reader, readers in dict.fromkeys((r["reader"], r["readers"]) for r in rows):
+        cold, warm = by_key.get((reader, readers, "cold")), by_key.get((reader, readers, "warm"))
+        cells = "".join(f"{row['mb_per_s']:>11.0f}{row['clips_per_s']:>9.1f}" if row else f"{'-':>11}{'-':>9}"
+                        for row in (cold, warm))
+        lines.append(f"   {reader:<14}{readers:>8}{cells}")
+    if tensorstore is None:
+        lines.append("   tensorstore: not installed (pip install 'mmfer[fast-read]' to compare it)")
+    return lines
 
 
 def _cpu_name() -> str:

@@ -231,28 +231,47 @@ def size_options(store_path: str, clip_ids: list[str]) -> list[dict]:
 
 
 def reader_comparison(store_path: str, clip_ids: list[str], work_dir: Path) -> list[dict]:
-    """MB/s and clips/s reading the same clips (checksums checked) through the store interface from the Zarr
-    store and from its HDF5 export, with 1 and 2 reader threads; page cache warm (both files were just read)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from mmfer.pipeline.store import export_h5, open_store
+    """MB/s (decoded) and clips/s reading the same clips' video tokens and pooled, checksums checked, through the
+    store interface: the Zarr store by zarr-python and by tensorstore (when installed), its HDF5 export by h5py;
+    1 and 2 reader threads; cold (every file of the store dropped from the page cache with posix_fadvise
+    DONTNEED before each pass, store reopened) and warm (the same clips just read). Best of 3 passes each."""
+    from mmfer.pipeline.store import export_h5, tensorstore_version
 
     h5_path = work_dir / "reader-comparison.h5"
     if not h5_path.exists():
         export_h5(store_path, h5_path)
+    sources = [("zarr-python", store_path, "zarr-python")]
+    if tensorstore_version() is not None:
+        sources.append(("tensorstore", store_path, "tensorstore"))
+    sources.append(("hdf5 (h5py)", h5_path, "zarr-python"))   # an HDF5 file is read by h5py whatever the reader
     rows = []
-    for name, path in (("zarr-python", store_path), ("hdf5 (h5py)", h5_path)):
-        entry = open_store(path).entry("video")
-        size = sum(v.nbytes for v in entry.read_clip(clip_ids[0], ("tokens", "pooled")).values())
-        read = lambda cid: entry.read_clip(cid, ("tokens", "pooled"))   # noqa: E731
-        for cid in clip_ids:
-            read(cid)   # warm
-        for readers in (1, 2):
-            with ThreadPoolExecutor(readers) as pool:
-                seconds = min(_timed(lambda: list(pool.map(read, clip_ids))) for _ in range(3))
-            rows.append({"reader": name, "readers": readers, "clips_per_s": len(clip_ids) / seconds,
-                         "mb_per_s": size * len(clip_ids) / seconds / 1e6})
+    for name, path, reader in sources:
+        for cache in ("cold", "warm"):
+            for readers in (1, 2):
+                seconds, size = zip(*(_timed_reads(path, reader, clip_ids, readers=readers, cold=cache == "cold")
+                                      for _ in range(3)))
+                rows.append({"reader": name, "readers": readers, "cache": cache, "clips_per_s": len(clip_ids) / min(seconds),
+                             "mb_per_s": size[0] * len(clip_ids) / min(seconds) / 1e6})
     return rows
+
+
+def _timed_reads(path, reader: str, clip_ids: list[str], *, readers: int, cold: bool) -> tuple[float, int]:
+    """Seconds to read `clip_ids` with `readers` threads from a freshly opened store (closed again on return, so
+    no library cache outlives a pass), and the decoded bytes of one clip."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mmfer.pipeline.store import drop_from_page_cache, open_store
+
+    if cold:
+        drop_from_page_cache(path)
+    entry = open_store(path, reader=reader).entry("video")
+    read = lambda cid: entry.read_clip(cid, ("tokens", "pooled"))   # noqa: E731
+    if not cold:
+        for cid in clip_ids:
+            read(cid)
+    with ThreadPoolExecutor(readers) as pool:
+        seconds = _timed(lambda: list(pool.map(read, clip_ids)))
+    return seconds, sum(v.nbytes for v in read(clip_ids[0]).values())
 
 
 def _read_all(files: list[Path]) -> int:
@@ -304,7 +323,8 @@ def _child_extract(spec: dict) -> dict:
     summary = extract_all(cfg, build_manifest(cfg))
     if summary.num_done != spec["num_clips"]:
         raise RuntimeError(f"bench extract: {summary.format()}")
-    return {"wall_s": summary.wall_s, "setup_s": summary.setup_s, "loop_s": summary.loop_s,
+    return {"wall_s": summary.wall_s, "setup_s": summary.setup_s, "encoders_s": summary.encoders_s,
+            "loop_s": summary.loop_s, "first_batch_wait_s": summary.first_batch_wait_s,
             "bytes_written": summary.bytes_written, "threads": torch.get_num_threads()}
 
 
