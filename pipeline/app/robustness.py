@@ -68,8 +68,8 @@ def robustness_report(cfg: EvaluateConfig) -> dict:
         loader = make_loader(dataset, EpochSampler(test_pos), batch_size=run_cfg.training.batch_size, num_workers=0,
                              seed=cfg.seed, pin_memory=device.type == "cuda")
         batches = [to_device(b, device) for b in loader]
-        replaced = {name: media_batches(predictor, cache, test_pos, name, batch_size=run_cfg.training.batch_size, device=device)
-                    for name in corruptions if name in MEDIA_CORRUPTIONS}
+        replaced = {c: media_batches(predictor, cache, test_pos, c, batch_size=run_cfg.training.batch_size, device=device)
+                    for c in corruptions if c in MEDIA_CORRUPTIONS}
         model = build_model_from_spec(bundle.model_spec, offline_overrides(run_cfg.model))
         model.load_state_dict(state)
         model.to(device)
