@@ -49,6 +49,11 @@ def test_headline_numbers_are_finite_and_positive(report):
         assert report[key] > 0, (key, report[key])
     assert report["bottleneck"] in ("decode", "encode")
     assert report["speedup_flop_limit"] > 1   # encoders cost something on top of the training step
+    # issue 18's target: the speedup against what this run's measured training and encoder rates allow
+    rates = report["epochs"]["train_gflops_per_s"] / report["extract"]["encoder_gflops_per_s"]
+    assert report["speedup_compute_ceiling"] == pytest.approx(1 + (report["speedup_flop_limit"] - 1) * rates)
+    assert report["fraction_of_compute_ceiling"] == pytest.approx(report["speedup_cached_vs_online"] / report["speedup_compute_ceiling"])
+    assert "ceiling of the measured rates" in format_report(report)
 
 
 def test_every_part_is_reported(report):

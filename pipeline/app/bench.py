@@ -23,8 +23,8 @@ from mmfer.pipeline.config import BenchConfig
 log = logging.getLogger(__name__)
 
 RAVDESS_EPOCH_CLIPS = 1440          # 24 actors x 60 speech clips
-TARGETS = {"speedup_cached_vs_online": 10.0, "fraction_of_flop_limit": 0.9, "loader_overhead_pct": 5.0,
-           "extract_pipeline_efficiency": 0.9}
+TARGETS = {"speedup_cached_vs_online": 10.0, "fraction_of_flop_limit": 0.9, "fraction_of_compute_ceiling": 0.9,
+           "loader_overhead_pct": 5.0, "extract_pipeline_efficiency": 0.9}
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -166,10 +166,15 @@ def summarize(n: int, epoch_clips: int, env: dict, setup_s: float, scaling: list
     for row in scaling:
         row["extract_loop_s_per_clip"] = row["extract"]["loop_s"] / row["clips"]
         row["train_epoch_s_per_clip"] = row["train"]["epoch_s"] / row["clips"]
+    train_gflops_per_s = dry["train_step_gflops_per_clip"] * n / memory_s
+    encoder_gflops_per_s = sum(counted.values()) * n / encode["total_s"]
+    ceiling = compute_ceiling(limit, train_gflops_per_s=train_gflops_per_s, encoder_gflops_per_s=encoder_gflops_per_s)
     return {
         "speedup_cached_vs_online": speedup,
         "speedup_flop_limit": limit,
         "fraction_of_flop_limit": speedup / limit,
+        "speedup_compute_ceiling": ceiling,
+        "fraction_of_compute_ceiling": speedup / ceiling,
         "loader_overhead_pct": 100.0 * (cached_s - memory_s) / memory_s,
         "extract_pipeline_efficiency": measured / min(decode_rate, encode_rate),
         "extract_pipeline_efficiency_marginal": None if marginal is None else marginal / min(decode_rate, encode_rate),
@@ -182,7 +187,7 @@ def summarize(n: int, epoch_clips: int, env: dict, setup_s: float, scaling: list
                    "train_step_gflops_per_clip": dry["train_step_gflops_per_clip"],
                    "encoder_gflops_per_clip": dry["encoder_gflops_per_clip"],
                    "encoder_gflops_counted": counted, "trainable_params": dry["trainable_params"],
-                   "train_gflops_per_s": dry["train_step_gflops_per_clip"] * n / memory_s},
+                   "train_gflops_per_s": train_gflops_per_s},
         "extract": {"clips": n, "batch_size": extract_batch_size, "setup_s": full["setup_s"], "encoders_s": full["encoders_s"],
                     "first_batch_wait_s": full["first_batch_wait_s"], "loop_s": full["loop_s"], "wall_s": full["wall_s"],
                     "clips_per_s": measured, "clips_per_s_with_load": n / full["wall_s"],
@@ -190,11 +195,19 @@ def summarize(n: int, epoch_clips: int, env: dict, setup_s: float, scaling: list
                     "decode_first_pass_s": decode["first_pass_s"], "decode_workers": decode["workers"],
                     "encode_only_clips_per_s": encode_rate, "visual_encode_s_per_clip": encode["visual_s"] / n,
                     "audio_encode_s_per_clip": encode["audio_s"] / n,
-                    "encoder_gflops_per_s": sum(counted.values()) * n / encode["total_s"]},
+                    "encoder_gflops_per_s": encoder_gflops_per_s},
         "storage": {**storage, "ravdess_epoch_read_s": RAVDESS_EPOCH_CLIPS * storage["cache_read_s_per_clip"],
                     "ravdess_epoch_cached_train_s": RAVDESS_EPOCH_CLIPS * cached_s / n},
         "scaling": scaling,
     }
+
+
+def compute_ceiling(flop_limit: float, *, train_gflops_per_s: float, encoder_gflops_per_s: float) -> float:
+    """The cached-vs-online speedup this machine's measured compute rates allow: an online clip costs the
+    encoders' FLOPs at the encoders' rate plus the training step's at the training rate, a cached clip the
+    latter only, so 1 + (flop_limit - 1) x train rate / encoder rate. (flop_limit x train rate / encoder rate,
+    issue 18's shorthand, is a little lower when training runs slower than the encoders.)"""
+    return 1.0 + (flop_limit - 1.0) * train_gflops_per_s / encoder_gflops_per_s
 
 
 def marginal_clips_per_s(scaling: list, *, extract_batch_size: int) -> float | None:
@@ -225,6 +238,9 @@ def format_report(r: dict) -> str:
              f"{ok(r['speedup_cached_vs_online'] >= t['speedup_cached_vs_online'])}",
              f"{'  FLOP limit / fraction of it':<34}{r['speedup_flop_limit']:>8.1f}x {r['fraction_of_flop_limit']:>4.0%}{'>= 90%':>12}  "
              f"{ok(r['fraction_of_flop_limit'] >= t['fraction_of_flop_limit'])}",
+             f"{'  ceiling of the measured rates':<34}{r['speedup_compute_ceiling']:>8.1f}x "
+             f"{r['fraction_of_compute_ceiling']:>4.0%}{'>= 90%':>12}  {ok(r['fraction_of_compute_ceiling'] >= t['fraction_of_compute_ceiling'])}"
+             f" (training {r['epochs']['train_gflops_per_s']:.0f}, encoders {r['extract']['encoder_gflops_per_s']:.0f} GFLOP/s)",
              f"{'2 loader overhead':<34}{r['loader_overhead_pct']:>13.1f}%{'<= 5%':>12}  {ok(r['loader_overhead_pct'] <= t['loader_overhead_pct'])}",
              f"{'3 extract pipeline efficiency':<34}{r['extract_pipeline_efficiency']:>14.2f}{'>= 0.9':>12}  "
              f"{ok(r['extract_pipeline_efficiency'] >= t['extract_pipeline_efficiency'])} (bottleneck: {r['bottleneck']})"]
