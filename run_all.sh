@@ -4,7 +4,7 @@
 #   bash run_all.sh --root DATA     # real RAVDESS with the pretrained encoders (GPU recommended)
 # Expected for the demo on a 2-core CPU (measured while other jobs shared it): demo data ~1.5 min,
 # extract ~3 min, train-fusion (6 folds x up to 30 epochs) ~30 min; it ends with the results table,
-# mean macro-F1 about 0.875 over the 6 folds (README "Demo result").
+# mean macro-F1 about 0.89 over the 6 folds (README "Demo result").
 set -euo pipefail
 ROOT=""
 WORK="${MMFER_WORK:-work}"
