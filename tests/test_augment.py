@@ -14,11 +14,10 @@ import pytest
 import torch
 from model_inputs import make_batch, make_model
 from synthetic_store import make_store, write_fold_file
-from train_helpers import tiny_config
+from train_helpers import tiny_config, train_recording_inputs
 
 from mmfer.pipeline.config import TrainingConfig
 from mmfer.train.augment import augment_batch, cutmix_time
-from mmfer.train.loop import train
 
 
 def _standardized(seed: int = 1) -> dict:
@@ -133,21 +132,8 @@ ALL_ON = {"training.video_frame_drop": 0.5, "training.video_time_mask": 0.3, "tr
 
 def _recorded_run(root, name: str, **overrides) -> dict:
     """Train 2 epochs and return {'train': [...], 'eval': [...]} of the batches the top model saw."""
-    seen = {"train": [], "eval": []}
-
-    def hook(module, args):
-        if type(module).__name__ == "FusionModel" and args:
-            batch = args[0]
-            seen["train" if module.training else "eval"].append(
-                {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
-
     cfg = tiny_config(root / "cache", root / "folds.json", root / name, **overrides)
-    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
-    try:
-        train(cfg)
-    finally:
-        handle.remove()
-    return seen
+    return train_recording_inputs(cfg)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import pytest
 import torch
 from extract_helpers import extract_config
 from synthetic_store import make_store, write_fold_file
-from train_helpers import tiny_config
+from train_helpers import tiny_config, train_recording_inputs
 
 from mmfer.extract.views import PITCH_SEMITONES, SNR_DB, TEMPO, audio_view, video_view
 from mmfer.pipeline.errors import ConfigError
@@ -254,25 +254,12 @@ def test_extract_views_differ_reproduce_at_another_batch_size_and_count_in_the_e
 
 @pytest.mark.slow   # two tiny training epochs on the extracted views (~30 s)
 def test_uniform_view_sampling_trains_on_stored_views_and_evaluates_clean(views_cache, tmp_path):
-    from mmfer.train.loop import train
 
     path, _ = views_cache
     (tmp_path / "folds.json").write_text(json.dumps([{"name": "fold1", "test_actors": [1], "val_actors": [2]}]))
-    seen = {"train": [], "eval": []}
-
-    def hook(module, args):
-        if type(module).__name__ == "FusionModel" and args:
-            batch = args[0]
-            seen["train" if module.training else "eval"].append(
-                {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
-
     cfg = tiny_config(path, tmp_path / "folds.json", tmp_path / "run", epochs=2,
                       **{"training.view_sampling": "uniform", "training.mixup_alpha": 0.0, "training.batch_size": 4})
-    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
-    try:
-        train(cfg)
-    finally:
-        handle.remove()
+    seen = train_recording_inputs(cfg)
     assert (tmp_path / "run" / "summary.json").exists()
     video = open_store(path).entry("video")
     stored = {}

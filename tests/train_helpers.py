@@ -28,3 +28,25 @@ def tiny_config(cache: Path, fold_file: Path, out: Path, *, variant: str = "earl
         "split.protocol": "file", "split.fold_file": str(fold_file), "model.visual.num_keep_tokens": 8,
         "model.variant": variant, "training.max_epochs": epochs, "training.warmup_epochs": 0,
         "training.batch_size": 8, **overrides})
+
+
+def train_recording_inputs(cfg: TrainConfig) -> dict[str, list[dict]]:
+    """Train `cfg` and return {'train': [...], 'eval': [...]}: a copy of every batch the fusion model saw, by mode."""
+    import torch
+
+    from mmfer.train.loop import train
+
+    seen = {"train": [], "eval": []}
+
+    def hook(module, args):
+        if type(module).__name__ == "FusionModel" and args:
+            batch = args[0]
+            seen["train" if module.training else "eval"].append(
+                {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+    try:
+        train(cfg)
+    finally:
+        handle.remove()
+    return seen
