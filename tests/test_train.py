@@ -60,7 +60,8 @@ def test_a_few_epochs_learn_and_write_every_output(full_run):
     records = [json.loads(line) for line in (out / "fold1" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == list(range(1, EPOCHS + 1))
     assert records[-1]["loss"] < records[0]["loss"], [r["loss"] for r in records]
-    assert {"val_f1_macro", "lr_classifier", "samples_per_s", "accuracy"} <= set(records[0])
+    assert {"val_f1_macro", "val_nll", "lr_classifier", "samples_per_s", "accuracy"} <= set(records[0])
+    assert all(0 < r["val_nll"] < 10 for r in records)
 
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["protocol"] == [{"name": "fold1", "train_actors": [5, 6, 7, 8], "val_actors": [3, 4], "test_actors": [1, 2]}]

@@ -22,7 +22,7 @@ from mmfer.train.losses import (
     class_weights_from_labels,
     resolve_class_weights,
 )
-from mmfer.train.metrics import aggregate_folds, compute_metrics
+from mmfer.train.metrics import aggregate_folds, compute_metrics, mean_nll
 from mmfer.train.mixup import mix_batch, sample_mixup
 from mmfer.train.report import build_summary, format_summary_table
 from mmfer.train.schedule import EarlyStopping, EpochSchedule, build_optimizer
@@ -181,6 +181,15 @@ def test_metrics_and_fold_aggregation():
     assert mean["accuracy"] == pytest.approx(0.75) and std["accuracy"] == pytest.approx(0.25 * math.sqrt(2))
     table = format_summary_table({"folds": {"fold1": m}, "mean": mean, "std": std})
     assert "fold1" in table and "mean" in table
+
+
+def test_validation_nll_is_the_plain_cross_entropy_of_the_true_class():
+    """metrics.jsonl's val_nll: what torch's cross-entropy gives on the log-probabilities, no smoothing."""
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0], [1.0, 1.0, 1.0]])
+    labels = torch.tensor([0, 1, 2])
+    probs = logits.softmax(1).numpy()
+    assert mean_nll(labels.numpy(), probs) == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-6)
+    assert mean_nll(np.array([1]), np.array([[1.0, 0.0]])) == pytest.approx(-math.log(1e-12))   # finite when p = 0
 
 
 def test_one_spread_convention_sample_std_labelled():

@@ -37,7 +37,7 @@ from mmfer.train.curriculum import check_difficulty, epoch_subset, load_difficul
 from mmfer.train.dataset import (ClipDataset, EpochSampler, apply_thread_budget, epoch_views, make_loader, open_cache,
                                  prefetch, rank_share, should_preload, to_device)
 from mmfer.train.losses import ContrastiveLoss, MultimodalLoss, resolve_class_weights
-from mmfer.train.metrics import HEADLINE, aggregate_folds, compute_metrics
+from mmfer.train.metrics import HEADLINE, aggregate_folds, compute_metrics, mean_nll
 from mmfer.train.augment import augment_batch, cutmix_time, is_augmenting
 from mmfer.train.mixup import mix_batch, sample_mixup
 from mmfer.train.model.normalize import feature_statistics
@@ -303,7 +303,8 @@ def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, 
                             training=t, desc=f"{fold.name} epoch {epoch + 1}/{t.max_epochs}",
                             ddp=ddp, step_weights=step_weights)
         _, val_labels, val_probs = predict(model, loader, sampler, val_pos, device, amp_dtype, world=world)
-        val = compute_metrics(val_labels, val_probs.argmax(1), class_names=cache.label_names)
+        val = {**compute_metrics(val_labels, val_probs.argmax(1), class_names=cache.label_names),
+               "nll": mean_nll(val_labels, val_probs)}
         lrs = schedule.lrs()
         is_best = stopper.update(val[t.monitor], epoch)
         schedule.step(val[t.monitor])
@@ -313,7 +314,7 @@ def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, 
                  "early_stopping": stopper.state_dict(),
                  "rng": rng_state(), "config": resolved, "cache_fingerprints": resolved["cache_fingerprints"],
                  "model_spec": model.spec}
-        record = {"fold": fold.name, "epoch": epoch + 1, **stats, **{f"val_{k}": val[k] for k in HEADLINE},
+        record = {"fold": fold.name, "epoch": epoch + 1, **stats, **{f"val_{k}": val[k] for k in (*HEADLINE, "nll")},
                   **{f"lr_{k}": v for k, v in lrs.items()}, "is_best": is_best}
         if world.is_main:
             if is_best:   # best before last: a kill between the two replays this epoch on resume

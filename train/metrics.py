@@ -35,6 +35,18 @@ def compute_metrics(labels: np.ndarray, preds: np.ndarray, *, class_names: tuple
     }
 
 
+def mean_nll(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true class; labels (N,) int, probs (N, C) rows summing to 1.
+
+    The validation loss a user compares across epochs: plain cross-entropy, without the training loss's label
+    smoothing, mixup, auxiliary heads or augmentation, so it moves when macro-F1 on few clips cannot.
+    """
+    labels, probs = np.asarray(labels, dtype=np.int64), np.asarray(probs, dtype=np.float64)
+    if len(labels) == 0:
+        raise ValueError("mean_nll: no clips to score")
+    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+
+
 STD_LABEL = "sample std (ddof=1) over folds"   # what summary.json's "std" and the printed table's ± mean
 
 
