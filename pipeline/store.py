@@ -4,11 +4,11 @@
 `FeatureEntry.read_clip`. Arrays are created at their final size, once, in a staging folder that is
 renamed into place; clip writers only fill their own chunks and write the clip's status last (it goes
 PENDING before anything else of the clip changes), so a crash at any moment leaves a store whose clips
-are either done (data complete and checksummed) or not. `export_h5` writes a store as one HDF5 file, which
-`open_store` reads (read only) through the same classes; the file's layout and h5py are in store_h5.py. A
-Zarr store's chunks are read by zarr-python, or by tensorstore (`reader="tensorstore"`, the `fast-read`
-extra; the same crc32c checks). Nothing else in mmfer (but store_h5.py, for h5py) imports zarr, h5py or
-tensorstore or spells a path inside the store.
+are either done (data complete and checksummed) or not. An HDF5 export (store_export.py writes it, store_h5.py
+knows its file layout and h5py) is opened by `open_store` too, read only, through the same classes. A Zarr
+store's chunks are read by zarr-python, or by tensorstore (`reader="tensorstore"`, the `fast-read` extra; the
+same crc32c checks). `mmfer verify` is store_verify.py. Nothing else in mmfer (but store_h5.py, for h5py)
+imports zarr, h5py or tensorstore or spells a path inside the store.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import logging
 import os
 import shutil
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 from typing import Iterator
@@ -685,64 +685,6 @@ def writer_lock_holder(path: str | os.PathLike) -> str | None:
     return None
 
 
-@dataclass
-class VerifyReport:
-    store_path: str
-    num_checked: int = 0
-    damaged: list[tuple[str, str, str]] = field(default_factory=list)   # (modality, clip_id, problem)
-    num_leftovers_removed: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return not self.damaged
-
-    def format(self) -> str:
-        lines = [f"{self.store_path}: checked {self.num_checked} done clip entries, {len(self.damaged)} damaged, "
-                 f"removed {self.num_leftovers_removed} leftovers of interrupted writes"]
-        lines += [f"  {modality} {clip_id}: {problem}" for modality, clip_id, problem in self.damaged]
-        return "\n".join(lines)
-
-
-def verify_store(path: str | os.PathLike, *, repair: bool = False) -> VerifyReport:
-    """Re-read every chunk of every done clip (checksums included), name the damaged ones, and delete
-    leftovers: staging folders, `*.partial` files and data chunks of clips that are not done.
-
-    With `repair`, damaged clips are marked FAILED ("damaged: ...") so the next extract redoes them.
-    """
-    if repair and is_h5_path(path):
-        raise StoreError(f"{path}: an HDF5 export is read only; run `mmfer verify --repair` on the Zarr store it "
-                         "was exported from, re-run extract, and export again")
-    store = open_store(path, mode="r+")
-    report = VerifyReport(str(store.path), damaged=[])
-    report.num_leftovers_removed = store.clean_leftovers()
-    for modality in MODALITIES:
-        for fp in store.fingerprints(modality):
-            entry = store.entry(modality, fp)
-            statuses = entry.statuses()
-            for index, clip_id in enumerate(store.clip_ids):
-                if clip_id in entry.damaged_status:
-                    report.damaged.append((modality, clip_id, f"{modality}/status is damaged"))
-                    if repair:
-                        entry.mark(clip_id, ClipStatus.FAILED, f"damaged: {modality}/status is damaged")
-                elif statuses[index] == ClipStatus.DONE:
-                    report.num_checked += 1
-                    try:
-                        for view in range(entry.num_views + 1):   # the clean clip, then each augmented view
-                            entry.read_clip(clip_id, view=view)
-                        entry.view_params(clip_id)
-                    except CorruptClipError as err:
-                        problem = str(err).split(": ", 2)[-1].split(";")[0]
-                        report.damaged.append((modality, clip_id, problem))
-                        if repair:
-                            entry.mark(clip_id, ClipStatus.FAILED, f"damaged: {problem}")
-                else:
-                    for chunk in entry.clip_chunk_files(index):
-                        if chunk.exists():
-                            chunk.unlink()
-                            report.num_leftovers_removed += 1
-    return report
-
-
 # ---------------------------------------------------------------------------------------------------
 # HDF5: one file holding a store's entries (`mmfer cache-export`), read through the same classes; the file
 # layout and h5py itself are in store_h5.py.
@@ -828,64 +770,3 @@ def _open_h5(path: Path) -> H5FeatureStore:
     except OSError as err:
         raise StoreError(f"{path}: not a readable HDF5 file ({err}); export the store again") from err
     return H5FeatureStore(path, handle)
-
-
-def export_h5(store_path: str | os.PathLike, h5_path: str | os.PathLike) -> dict:
-    """Write the Zarr store at `store_path` as one HDF5 file: per entry one chunk per clip, fletcher32 on
-    every dataset, the same attributes, statuses, reasons, sources and clip table. Every done clip is read
-    (checksummed) from the store first; the file is written beside `h5_path` and renamed into place.
-
-    Raises:
-        StoreError: no store, an extract is writing it, or `h5_path` exists.
-        CorruptClipError: a done clip fails its checksum in the store (repair it first).
-    """
-    h5_path = Path(h5_path)
-    if not is_h5_path(h5_path):
-        raise BadInputError(f"{h5_path}: name the HDF5 file with a suffix {' or '.join(store_h5.H5_SUFFIXES)}")
-    if h5_path.exists():
-        raise StoreError(f"{h5_path}: exists; remove it or choose another --h5")
-    holder = writer_lock_holder(store_path)
-    if holder:
-        raise StoreError(f"{store_path}: an extract is writing this store ({holder}); export when it has finished")
-    store = open_store(store_path, mode="r")
-    h5_path.parent.mkdir(parents=True, exist_ok=True)
-    staging = h5_path.parent / f"{STAGING_PREFIX}{h5_path.name}-{uuid.uuid4().hex[:8]}"
-    try:
-        counts = store_h5.write_export(staging, store.attrs, MODALITIES, _export_entries(store))
-        os.rename(staging, h5_path)
-    finally:
-        staging.unlink(missing_ok=True)
-    log.info("%s: exported %s to %s", store_path, counts, h5_path)
-    return {"path": str(h5_path), "clips_done": counts, "bytes": h5_path.stat().st_size}
-
-
-def _export_entries(store: FeatureStore) -> Iterator[store_h5.ExportEntry]:
-    """Every entry of `store` for export_h5, its done clips read (checksummed) as they are written.
-
-    Raises:
-        CorruptClipError: a status chunk or a done clip fails its checksum.
-    """
-    for modality in MODALITIES:
-        for fp in store.fingerprints(modality):
-            entry = store.entry(modality, fp)
-            statuses = entry.statuses()
-            if entry.damaged_status:
-                raise CorruptClipError(str(store.path), entry.damaged_status[0], f"{modality}/status is damaged")
-            done = np.flatnonzero(statuses == ClipStatus.DONE)
-            specs = {name: (spec.shape, spec.dtype, spec.shape) for name, spec in entry.array_specs.items()}
-            specs |= {VIEW_PREFIX + name: ((entry.num_views, *spec.shape), spec.dtype, (1, *spec.shape))
-                      for name, spec in entry.view_specs.items()}
-            yield store_h5.ExportEntry(modality, fp, entry.attrs, entry.reasons(), entry.sources(), statuses, specs,
-                                       VIEW_PARAMS if entry.view_specs else None, _export_clips(store, entry, done, specs))
-
-
-def _export_clips(store: FeatureStore, entry: FeatureEntry, done: np.ndarray,
-                  specs: dict) -> Iterator[tuple[int, dict[str, np.ndarray], list[str]]]:
-    """Each done clip's arrays as stored (int8 tokens with their scale, not dequantized; the views' arrays
-    (K, ...)) and its view parameters, after read_clip checked its status, chunks and checksums (every view's)."""
-    for index in done:
-        clip_id = store.clip_ids[index]
-        for view in range(entry.num_views + 1):
-            entry.read_clip(clip_id, view=view)
-        yield (index, {name: entry._arrays[name][index] for name in specs},
-               [json.dumps(p, sort_keys=True) for p in entry.view_params(clip_id)])

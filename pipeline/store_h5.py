@@ -1,4 +1,5 @@
-"""The HDF5 side of the feature store, package-private: only pipeline/store.py calls it.
+"""The HDF5 side of the feature store, package-private: store.py reads an export through it, store_export.py
+writes one.
 
 The layout of an export file (`mmfer cache-export CACHE --h5 FILE.h5`, cache_schema.md "HDF5 export"): JSON
 metadata as checksummed datasets, one chunk per clip with fletcher32; opening a file read only and writing one.

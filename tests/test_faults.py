@@ -27,7 +27,8 @@ from mmfer.extract.run import DiskSpaceError, extract_all
 from mmfer.pipeline.app.cli import main as mmfer_main
 from mmfer.pipeline.config import ExtractConfig
 from mmfer.pipeline.media import ffmpeg_exe
-from mmfer.pipeline.store import MODALITIES, ClipStatus, StoreError, open_store, verify_store
+from mmfer.pipeline.store import MODALITIES, ClipStatus, StoreError, open_store
+from mmfer.pipeline.store_verify import verify_store
 
 pytestmark = pytest.mark.slow   # real kill -9 chains, disk-full and hanging decoders in subprocesses: minutes
 DEMO = {"num_actors": 1, "clips_per_emotion": 1, "size_px": 64, "duration_s": 1.0}   # 8 clips

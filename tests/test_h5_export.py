@@ -13,7 +13,9 @@ from synthetic_store import AUDIO_FP, FAILED_VIDEO_CLIP, NO_AUDIO_CLIP, VIDEO_FP
 
 from mmfer.pipeline.app.bundle import feature_records
 from mmfer.pipeline.config import train_config_with_preset
-from mmfer.pipeline.store import ClipStatus, CorruptClipError, StoreError, export_h5, open_store, verify_store
+from mmfer.pipeline.store import ClipStatus, CorruptClipError, StoreError, open_store
+from mmfer.pipeline.store_export import export_h5
+from mmfer.pipeline.store_verify import verify_store
 from mmfer.train.loop import train
 
 

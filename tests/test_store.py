@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from mmfer.pipeline.store import (ArraySpec, ClipStatus, CorruptClipError, StoreError, create_store, open_store,
-                                  tensorstore_version, verify_store, writer_lock)
+                                  tensorstore_version, writer_lock)
+from mmfer.pipeline.store_verify import verify_store
 
 SPECS = {"tokens": ArraySpec((4, 6, 8), "float16"), "pooled": ArraySpec((4, 8), "float16"),
          "timestamps_s": ArraySpec((4,), "float32"), "length": ArraySpec((), "int32")}

@@ -23,8 +23,9 @@ from train_helpers import tiny_config, train_recording_inputs
 
 from mmfer.extract.views import PITCH_SEMITONES, SNR_DB, TEMPO, audio_view, video_view
 from mmfer.pipeline.errors import ConfigError
-from mmfer.pipeline.store import (TOKEN_SCALE, ArraySpec, ClipStatus, StoreError, create_store, export_h5, open_store,
-                                  verify_store)
+from mmfer.pipeline.store import TOKEN_SCALE, ArraySpec, ClipStatus, StoreError, create_store, open_store
+from mmfer.pipeline.store_export import export_h5
+from mmfer.pipeline.store_verify import verify_store
 from mmfer.train.dataset import epoch_views
 
 SR = 16_000

@@ -235,7 +235,8 @@ def reader_comparison(store_path: str, clip_ids: list[str], work_dir: Path) -> l
     store interface: the Zarr store by zarr-python and by tensorstore (when installed), its HDF5 export by h5py;
     1 and 2 reader threads; cold (every file of the store dropped from the page cache with posix_fadvise
     DONTNEED before each pass, store reopened) and warm (the same clips just read). Best of 3 passes each."""
-    from mmfer.pipeline.store import export_h5, tensorstore_version
+    from mmfer.pipeline.store import tensorstore_version
+    from mmfer.pipeline.store_export import export_h5
 
     h5_path = work_dir / "reader-comparison.h5"
     if not h5_path.exists():

@@ -89,7 +89,7 @@ def cmd_cache_info(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from mmfer.pipeline.store import verify_store
+    from mmfer.pipeline.store_verify import verify_store
 
     report = verify_store(args.cache, repair=args.repair)
     print(report.format())
@@ -101,7 +101,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_export(args: argparse.Namespace) -> int:
-    from mmfer.pipeline.store import export_h5
+    from mmfer.pipeline.store_export import export_h5
 
     result = export_h5(args.cache, args.h5)
     clips = ", ".join(f"{k}: {v} done clips" for k, v in result["clips_done"].items())
