@@ -284,6 +284,8 @@ class TrainingConfig:
     """Smallest improvement that counts."""
     monitor: Literal["f1_macro", "accuracy", "uar", "f1_weighted"] = "f1_macro"
     """Validation metric for early stopping, best checkpoint and ReduceLROnPlateau (mode max)."""
+    tie_break: Literal["val_nll", "none"] = "val_nll"
+    """When the validation metric ties the best (not lower, gain < min delta): val_nll = the epoch with the lower validation cross-entropy is the new best (and resets patience); none = the earliest stays."""
     curriculum: str | None = None
     """A previous run's predictions.csv: train on its most confident (easy) clips first."""
     curriculum_epochs: int = 5

@@ -169,6 +169,19 @@ def test_early_stopping_min_delta_and_patience():
     assert stopper.best_epoch == 2
 
 
+def test_a_tied_validation_metric_goes_to_the_lower_validation_loss():
+    """tie_break=val_nll: once macro-F1 saturates, a later epoch with equal F1 and lower NLL is the best one."""
+    stopper = EarlyStopping(patience=2, min_delta=0.01)
+    assert stopper.update(0.9, 0, tie_loss=0.8)
+    assert stopper.update(1.0, 1, tie_loss=0.6)
+    assert stopper.update(1.0, 2, tie_loss=0.4) and stopper.best_epoch == 2 and stopper.bad_epochs == 0
+    assert not stopper.update(1.0, 3, tie_loss=0.5)              # tied, higher loss
+    assert not stopper.update(0.995, 4, tie_loss=0.1)            # lower metric: the loss does not count
+    assert stopper.should_stop and stopper.best_epoch == 2
+    earliest = EarlyStopping(patience=2, min_delta=0.01)      # tie_break=none: the loop passes no loss
+    assert earliest.update(1.0, 0) and not earliest.update(1.0, 1) and earliest.best_epoch == 0
+
+
 def test_metrics_and_fold_aggregation():
     labels = np.array([0, 0, 0, 0, 1, 1])
     preds = np.array([0, 0, 0, 0, 0, 1])

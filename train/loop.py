@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import random
 import time
 from pathlib import Path
@@ -164,7 +165,8 @@ def train_on(cfg: TrainConfig, device: torch.device, world: World) -> dict:
                         class_names=cache.label_names)
     card = protocol_card(cfg, folds, fold_numbers, fold_metrics)
     summary = build_summary([f.as_dict() for f in folds], fold_metrics, mean, std, {
-        "selection": SELECTION_RULE.format(monitor=cfg.training.monitor), "protocol_card": card,
+        "selection": SELECTION_RULE.format(monitor=cfg.training.monitor, tie_break=TIE_BREAKS[cfg.training.tie_break]),
+        "protocol_card": card,
         "mean_last_epoch": mean_last, "std_last_epoch": std_last,
         **({"tuned_on_test_actors": tuned_on_test} if tuned_on_test is not None else {}),
         "variant": cfg.model.variant, "device": str(device), "amp_dtype": resolved["amp_dtype"],
@@ -213,8 +215,9 @@ def tuned_on_test_actors(cfg: TrainConfig, folds: list[Fold]) -> list[int] | Non
     return overlap
 
 
-SELECTION_RULE = ("each fold's test score is that of the epoch with the best validation {monitor} (validation "
-                  "actors only; test actors never select); the last epoch's test score is reported beside it")
+SELECTION_RULE = ("each fold's test score is that of the epoch with the best validation {monitor} ({tie_break}; "
+                  "validation actors only, test actors never select); the last epoch's test score is reported beside it")
+TIE_BREAKS = {"val_nll": "ties broken by the lower validation cross-entropy", "none": "ties kept by the earliest epoch"}
 
 
 def protocol_card(cfg: TrainConfig, folds: list[Fold], fold_numbers: list[int], fold_metrics: dict) -> list[dict]:
@@ -225,7 +228,8 @@ def protocol_card(cfg: TrainConfig, folds: list[Fold], fold_numbers: list[int], 
              "seed": cfg.seed, "init_seed": derive_seed(cfg.seed, number, -1),
              "epoch_seeds": f"derive_seed({cfg.seed}, {number}, epoch) for dropout; numpy [{cfg.seed}, {number}, epoch] "
                             "for shuffling and mixup",
-             "selection": f"best validation {t.monitor} (min delta {t.early_stopping_min_delta}, early-stopping "
+             "selection": f"best validation {t.monitor} ({TIE_BREAKS[t.tie_break]}; min delta {t.early_stopping_min_delta}, "
+                          f"early-stopping "
                           f"patience {t.early_stopping_patience}, max {t.max_epochs} epochs)",
              "selected_epoch": fold_metrics[fold.name]["best_epoch"], "epochs_run": fold_metrics[fold.name]["epochs_run"]}
             for fold, number in zip(folds, fold_numbers)]
@@ -306,7 +310,7 @@ def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, 
         val = {**compute_metrics(val_labels, val_probs.argmax(1), class_names=cache.label_names),
                "nll": mean_nll(val_labels, val_probs)}
         lrs = schedule.lrs()
-        is_best = stopper.update(val[t.monitor], epoch)
+        is_best = stopper.update(val[t.monitor], epoch, tie_loss=val["nll"] if t.tie_break == "val_nll" else math.inf)
         schedule.step(val[t.monitor])
         state = {"model": model.state_dict(), "criterion": criterion.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": schedule.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,

@@ -83,18 +83,26 @@ class EpochSchedule:
 
 @dataclass
 class EarlyStopping:
-    """Mode max: stop after `patience` epochs without an improvement larger than `min_delta`."""
+    """Mode max: stop after `patience` epochs without an improvement larger than `min_delta`.
+
+    With a tie-break loss (validation NLL), an epoch whose metric ties the best (not lower, gained less than
+    `min_delta`) but whose loss is lower is a new best too: on a few validation clips macro-F1 saturates
+    (1.0 on the demo's 32 from epoch 7 on), and then the first epoch to reach it would win on nothing.
+    """
 
     patience: int
     min_delta: float
     best: float = -math.inf
     best_epoch: int = -1
     bad_epochs: int = 0
+    best_loss: float = math.inf
 
-    def update(self, value: float, epoch: int) -> bool:
-        """Record an epoch's metric; True when it is a new best (save the best checkpoint)."""
-        if value > self.best + self.min_delta or self.best_epoch < 0:
-            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+    def update(self, value: float, epoch: int, tie_loss: float = math.inf) -> bool:
+        """Record an epoch's metric (and tie-break loss); True when it is a new best (save the best checkpoint)."""
+        improved = value > self.best + self.min_delta
+        tie_won = value >= self.best and tie_loss < self.best_loss
+        if improved or tie_won or self.best_epoch < 0:
+            self.best, self.best_epoch, self.bad_epochs, self.best_loss = value, epoch, 0, tie_loss
             return True
         self.bad_epochs += 1
         return False
