@@ -1,4 +1,4 @@
-"""`mmfer bench --preset tiny --clips 4` runs every part on real demo clips and reports finite, positive numbers.
+"""`mmfer bench --preset tiny --clips 2` runs every part on real demo clips and reports finite, positive numbers.
 
 No timing assertions: the numbers depend on the machine and its load; only their presence and sanity are checked.
 The bench's trainer is train's own fold set-up, and its extract timings are extract's own summary.
@@ -18,6 +18,8 @@ from synthetic_store import make_store
 
 from mmfer.pipeline.app.bench import (add_bench_arguments, clip_counts, cmd_bench, format_readers, format_report,
                                       marginal_clips_per_s)
+from mmfer.pipeline.app.flags import resolve_config
+from mmfer.pipeline.config import BenchConfig
 from mmfer.pipeline.store import tensorstore_version
 
 pytestmark = pytest.mark.slow   # runs the whole bench (extract and train in child processes)
@@ -26,10 +28,13 @@ HEADLINE = ("speedup_cached_vs_online", "speedup_flop_limit", "loader_overhead_p
             "bytes_per_clip")
 
 
+NUM_CLIPS = 2   # issue 15 item 14: 2 clips (1 vs 2 in the scaling part) once printed negative efficiencies
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("bench")
-    return run_bench_command(out, 4)
+    return run_bench_command(out, NUM_CLIPS)
 
 
 def run_bench_command(out, num_clips: int, *extra: str) -> dict:
@@ -74,7 +79,7 @@ def test_every_part_is_reported(report):
     assert {(r["reader"], r["readers"], r["cache"]) for r in storage["readers"]} == {
         (name, n, cache) for name in readers for n in (1, 2) for cache in ("cold", "warm")}
     assert all(r["mb_per_s"] > 0 and r["clips_per_s"] > 0 for r in storage["readers"])
-    assert [row["clips"] for row in report["scaling"]] == clip_counts(4) == [2, 4]
+    assert [row["clips"] for row in report["scaling"]] == clip_counts(NUM_CLIPS) == [1, 2]
     for row in report["scaling"]:
         assert row["extract"]["peak_rss_mb"] > 100 and row["train"]["peak_rss_mb"] > 100   # real processes
         assert row["extract"]["loop_s"] > 0 and row["train"]["epoch_s"] > 0
@@ -92,8 +97,8 @@ def test_every_part_is_reported(report):
 def test_extract_with_one_and_two_processes_is_reported(report):
     """Part 6 (issue 17 item 5): the same clips extracted by 1 process and by 2 real torchrun processes."""
     six = report["scale_out"]
-    assert six["clips"] == 4 and six["processes"] == 2
-    assert six["clips_per_s_1"] == pytest.approx(4 / report["scaling"][-1]["extract"]["loop_s"])   # part 5's own run
+    assert six["clips"] == NUM_CLIPS and six["processes"] == 2
+    assert six["clips_per_s_1"] == pytest.approx(NUM_CLIPS / report["scaling"][-1]["extract"]["loop_s"])   # part 5's own run
     assert six["clips_per_s_n"] > 0 and six["speedup"] == pytest.approx(six["clips_per_s_n"] / six["clips_per_s_1"])
     assert six["threads_per_rank_n"] >= 1 and six["with_setup_clips_per_s_n"] > 0
     line = next(line for line in format_report(report).splitlines() if line.startswith("6  "))
@@ -152,14 +157,21 @@ def test_marginal_rate_needs_a_batch_of_extra_clips():
     assert marginal_clips_per_s(rows(4, 4, 6.0, 6.0)[:1], extract_batch_size=4) is None
 
 
-@pytest.mark.slow
-def test_two_clips_print_no_negative_efficiency(tmp_path):
+def test_two_clips_print_no_negative_efficiency(report):
     """`mmfer bench --clips 2` (issue 15 item 14): every efficiency is absent or >= 0, in the JSON and the table."""
-    report = run_bench_command(tmp_path, 2, "--no-scale-out")
-    assert "scale_out" not in report and "\n6  " not in format_report(report)   # --no-scale-out skips part 6
     assert report["extract_pipeline_efficiency"] > 0
     marginal = report["extract_pipeline_efficiency_marginal"]
     assert marginal is None or marginal >= 0
     table = format_report(report)
     efficiency_lines = [line for line in table.splitlines() if "efficiency" in line or "marginal" in line]
     assert efficiency_lines and not any(re.search(r"(?<![\w.])-\d", line) for line in efficiency_lines), efficiency_lines
+
+
+def test_no_scale_out_leaves_part_six_out(report):
+    """--no-scale-out: the flag reaches the bench's config, and a report without part 6 prints no line for it."""
+    parser = argparse.ArgumentParser()
+    add_bench_arguments(parser)
+    assert resolve_config(BenchConfig, parser.parse_args(["--no-scale-out"]), layered=False).scale_out is False
+    assert resolve_config(BenchConfig, parser.parse_args([]), layered=False).scale_out is True
+    without = {key: value for key, value in report.items() if key != "scale_out"}
+    assert "\n6  " in format_report(report) and "\n6  " not in format_report(without)
