@@ -229,8 +229,7 @@ def protocol_card(cfg: TrainConfig, folds: list[Fold], fold_numbers: list[int], 
              "epoch_seeds": f"derive_seed({cfg.seed}, {number}, epoch) for dropout; numpy [{cfg.seed}, {number}, epoch] "
                             "for shuffling and mixup",
              "selection": f"best validation {t.monitor} ({TIE_BREAKS[t.tie_break]}; min delta {t.early_stopping_min_delta}, "
-                          f"early-stopping "
-                          f"patience {t.early_stopping_patience}, max {t.max_epochs} epochs)",
+                          f"early-stopping patience {t.early_stopping_patience}, max {t.max_epochs} epochs)",
              "selected_epoch": fold_metrics[fold.name]["best_epoch"], "epochs_run": fold_metrics[fold.name]["epochs_run"]}
             for fold, number in zip(folds, fold_numbers)]
 
