@@ -156,7 +156,10 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
     with open(log_path, "w") as stderr:
         proc = subprocess.Popen([str(mmfer), "train-fusion", "--cache", str(store), "--out", str(tmp_path / "run"),
                                  "--preset", "tiny", "--device", "cpu", "--epochs", "50", "training.batch_size=8",
-                                 "model.visual.num_keep_tokens=8"], stderr=stderr, stdout=subprocess.DEVNULL)
+                                 "model.visual.num_keep_tokens=8"], stderr=stderr, stdout=subprocess.DEVNULL,
+                                # a terminal's Ctrl-C: SIGINT at its default even when pytest runs in the background
+                                # (a non-interactive shell's `cmd &` ignores it, and Python then never raises it)
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 240
         while "fold1 epoch 1:" not in log_path.read_text() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
