@@ -2,8 +2,8 @@
 # The whole chain: demo data (or --root PATH for real RAVDESS) -> extract -> train-fusion -> results table.
 #   bash run_all.sh                 # demo: 24 actors x 8 emotions x 2 clips, tiny encoders, 6-fold CV on CPU
 #   bash run_all.sh --root DATA     # real RAVDESS with the pretrained encoders (GPU recommended)
-# Expected for the demo on a quiet 2-core CPU: demo data ~1.5 min, extract ~15 min (384 clips),
-# train-fusion (6 folds x up to 30 epochs) ~12 min; it ends with the results table,
+# Expected for the demo on a quiet 2-core CPU (measured in a fresh clone): demo data ~1 min, extract ~2 min
+# (384 clips), train-fusion (6 folds x up to 30 epochs) ~11 min; it ends with the results table,
 # mean macro-F1 0.908 over the 6 folds (README "Demo result").
 set -euo pipefail
 ROOT=""
