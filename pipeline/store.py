@@ -177,6 +177,11 @@ class FeatureEntry:
             raise CorruptClipError(str(self.store.path), self.store.clip_ids[index],
                                    f"{self.modality}/{name} is damaged ({err})") from err
 
+    def stored_arrays(self, index: int, names) -> dict[str, np.ndarray]:
+        """Clip `index`'s arrays as stored, unchecked (int8 tokens with their scale; a view array (K, ...)):
+        for copying a store (export), after `read_clip` checked the clip."""
+        return {name: self._arrays[name][index] for name in names}
+
     @property
     def is_quantized(self) -> bool:
         """Tokens stored as int8 with a per-token scale (`--token-dtype int8`); read_clip gives them back as float16."""

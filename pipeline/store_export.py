@@ -80,5 +80,5 @@ def _export_clips(store: FeatureStore, entry: FeatureEntry, done: np.ndarray,
         clip_id = store.clip_ids[index]
         for view in range(entry.num_views + 1):
             entry.read_clip(clip_id, view=view)
-        yield (index, {name: entry._arrays[name][index] for name in specs},
+        yield (index, entry.stored_arrays(index, specs),
                [json.dumps(p, sort_keys=True) for p in entry.view_params(clip_id)])
