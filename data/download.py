@@ -133,6 +133,7 @@ def download_ravdess(out: Path, actors: list[int] | None = None) -> DownloadSumm
                 continue
             url = (entry.get("links") or {}).get("self") or sources.ravdess_file_url(key)
             archive = out / ARCHIVES / key
+            log.info("%s: %.0f MB from %s", key, (entry.get("size") or 0) / 1e6, url)
             try:
                 fetch_file(url, archive, algo=algo, digest=digest, size=entry.get("size"))
                 unpacked = unpack_zip(archive, out)

@@ -179,6 +179,18 @@ def test_a_bad_checksum_deletes_the_file_says_so_and_keeps_the_rest(host, actor_
     assert len(scan_ravdess(out)) == 16
 
 
+def test_an_archive_member_outside_the_folder_is_refused(host, tmp_path, capsys):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zipped:
+        zipped.writestr("Actor_01/01-01-01-01-01-01-01.mp4", b"x")
+        zipped.writestr("../escaped.mp4", b"x")
+    serve_record(host, {"Video_Speech_Actor_01.zip": buffer.getvalue()})
+    out = tmp_path / "data" / "ravdess"
+    code, text = download(capsys, "ravdess", "--actors", "1", "--out", str(out))
+    assert code == 1 and "member '../escaped.mp4' would land outside" in text, text
+    assert not (tmp_path / "data" / "escaped.mp4").exists() and not (out / "Actor_01").exists()
+
+
 def test_actors_must_be_ravdess_actors(tmp_path, capsys):
     assert main(["download", "ravdess", "--actors", "0-30", "--out", str(tmp_path / "r")]) == 2
     assert "RAVDESS has actors 1..24" in capsys.readouterr().err

@@ -153,7 +153,7 @@ def _extract_parser(parser: argparse.ArgumentParser) -> None:
     parser.description = "Stage 1: decode each clip, run the frozen SigLIP2 + FastConformer encoders once, write their tokens to a Zarr feature store. Reruns skip finished clips."
     from mmfer.pipeline.data_home import DATA_HOME_RULE, data_home
 
-    parser.epilog = f"Without --root: {DATA_HOME_RULE}, here {data_home()}/<dataset> (fill it with `mmfer download ravdess`)."
+    parser.epilog = f"Without --root: {DATA_HOME_RULE}, here {data_home()}/<dataset> (fill it with `mmfer download ravdess` or `mmfer download crema-d`)."
     add_config_flags(parser, ExtractConfig)
     add_common_arguments(parser, example="batch_size=8")
     parser.set_defaults(handler=cmd_extract)
