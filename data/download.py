@@ -112,7 +112,10 @@ def download_ravdess(out: Path, actors: list[int] | None = None) -> DownloadSumm
         DownloadError: the record cannot be read or lacks a wanted file.
     """
     record = read_json(sources.ravdess_record_url())
-    published = {f.get("key"): f for f in record.get("files", []) if isinstance(f, dict)}
+    files = record.get("files") or []
+    if isinstance(files, dict):   # InvenioRDM's other serialization: {"entries": {key: file}}
+        files = list((files.get("entries") or {}).values())
+    published = {f.get("key"): f for f in files if isinstance(f, dict)}
     wanted = [sources.RAVDESS_ARCHIVE.format(actor=a) for a in (actors or range(1, RAVDESS_NUM_ACTORS + 1))]
     missing = [key for key in wanted if key not in published]
     if missing:
@@ -131,7 +134,7 @@ def download_ravdess(out: Path, actors: list[int] | None = None) -> DownloadSumm
                 summary.num_skipped += 1
                 progress.update()
                 continue
-            url = (entry.get("links") or {}).get("self") or sources.ravdess_file_url(key)
+            url = _content_link(entry) or sources.ravdess_file_url(key)
             archive = out / ARCHIVES / key
             log.info("%s: %.0f MB from %s", key, (entry.get("size") or 0) / 1e6, url)
             try:
@@ -148,6 +151,15 @@ def download_ravdess(out: Path, actors: list[int] | None = None) -> DownloadSumm
             log.info("%s: verified (%s) and unpacked to %s", key, algo, ", ".join(unpacked))
             progress.update()
     return summary
+
+
+def _content_link(entry: dict) -> str | None:
+    """The record's link to a file's bytes: `links.content`, or a `links.self` that ends in /content (Zenodo's
+    record JSON); in InvenioRDM's file listing `self` is the file's metadata instead."""
+    links = entry.get("links") or {}
+    if links.get("content"):
+        return links["content"]
+    return links["self"] if str(links.get("self", "")).endswith("/content") else None
 
 
 def unpack_zip(archive: Path, out: Path) -> list[str]:
