@@ -433,6 +433,7 @@ def test_fold_is_the_protocol_fold_number_in_predict_export_and_evaluate(run, de
         load_run_bundle(only2, fold="1")
     got = predict(["--run", only2, "--fold", "2", clips[2]], tmp_path / "two.csv")
     assert np.abs(got[PROBS].to_numpy() - outputs["fold2"].loc[[clips[2].stem], PROBS].to_numpy()).max() < 1e-6
+    capsys.readouterr()
     assert mmfer_main(["predict", "--run", str(only2), "--fold", "1", "--device", "cpu", str(clips[0])]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "fold 1 was not trained in this run" in err[0], err
