@@ -232,13 +232,15 @@ def test_tuning_is_nested_and_a_tuned_config_is_marked_on_its_tuning_actors(stud
     assert json.loads((tmp_path / "other" / "summary.json").read_text())["tuned_on_test_actors"] == [5, 6]
     assert "tuned on actors [3, 4, 5, 6, 7, 8], and this run tests [5, 6]" in caplog.text
     # marked where the score is read, not only in the log: the printed table, summary.json, the model card
-    from mmfer.pipeline.app.export import export_model
+    from mmfer.pipeline.app.bundle import ModelBundle
+    from mmfer.pipeline.app.export import model_card
     from mmfer.train.report import format_summary_table
 
     assert "optimistic" not in same and "WARNING" not in format_summary_table(same)
     assert marked["optimistic"].startswith("optimistic: this config was tuned on actors 3,4,5,6,7,8, and this run tests [5, 6]")
     assert f"WARNING {marked['optimistic']}" in format_summary_table(marked)
-    card = (export_model(tmp_path / "other", tmp_path / "model") / "README.md").read_text()
+    bundle = ModelBundle(str(tmp_path / "other"), {"model": {"variant": "early"}}, {}, ["fold1"], [{}], marked)
+    card = model_card("model", bundle, [], {"optimistic": marked["optimistic"]})   # export copies it from summary.json
     assert f"**Warning, {marked['optimistic']}.**" in card
 
 
