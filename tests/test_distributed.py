@@ -36,6 +36,10 @@ EPOCHS = 3
 # becomes an lr-sized step; over 3 epochs this was measured at 5.1e-4 max (8e-5 mean) on this store. 1e-3
 # is twice that. Uniform class weights: with `auto` weights each rank's weighted mean has its own
 # denominator (sum of its clips' weights), which is not exact (measured 3.1e-3) - README says so.
+# The comparison turns off dropout, mixup and augmentation: each rank draws those from its own stream
+# (seed, fold, epoch, rank; train/loop.py epoch_streams), so with them on, 1 and 2 processes draw different
+# masks for the same clip and agree only in distribution, not within any tolerance. Off, no draw depends on
+# the rank (the shuffle is shared), and 1e-3 still holds (rerun after the per-rank streams).
 PROB_TOLERANCE = 1e-3
 
 
