@@ -335,11 +335,19 @@ class SplitConfig:
     fold_file: str | None = None
     """YAML/JSON with folds: [{name, test_actors, val_actors}] (protocol=file)."""
     num_val_actors: int = 2
-    """Validation actors (one male, one female) taken from each fold's training actors."""
+    """Validation actors taken from each fold's training actors the cache holds, the next fold's group first (RAVDESS: one male, one female)."""
+    val_fraction: float = 0.1
+    """Clip-level data (each clip its own speaker: DFEW, MAFW, a manifest of one clip per speaker): the class-stratified share of each fold's training clips that validates."""
+    val_seed: int = 0
+    """Seed of the clip-level validation draw (not --seed, so runs of several seeds share one split)."""
+    allow_small_val: bool = False
+    """Train even when a fold's validation clips lack a class its training clips hold (default: refuse; such a set cannot choose the epoch)."""
 
     def __post_init__(self) -> None:
         if self.num_folds < 2:
             raise ValueError(f"split.num_folds must be >= 2, got {self.num_folds}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"split.val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
 
 
 @dataclass(frozen=True)
@@ -480,7 +488,7 @@ class PredictConfig:
     model: str | None = None
     """A model folder written by `mmfer export`; give --run or --model."""
     fold: str | None = None
-    """One fold model: its number (1-based) or name (default: the only fold, or the ensemble)."""
+    """One fold model: its protocol fold number (as in train-fusion --folds; an untrained one is refused) or name (default: the only fold, or the ensemble)."""
     ensemble: bool = False
     """Average the probabilities of every fold model."""
     out: str | None = None
@@ -514,7 +522,7 @@ class ExportConfig:
     out: str = ""
     """The model folder to write (required; must not exist or be empty)."""
     fold: str | None = None
-    """One fold model: its number (1-based) or name."""
+    """One fold model: its protocol fold number (as in train-fusion --folds; an untrained one is refused) or name."""
     ensemble: bool = False
     """Every fold model (predict averages them). Default with several folds."""
     cache: str | None = None
@@ -532,7 +540,7 @@ class EvaluateConfig:
     out: str = "evaluation"
     """Folder for metrics.json, predictions.csv and the confusion matrix (with --corrupt: robustness.csv/.md/.png)."""
     fold: str | None = None
-    """One fold model: its number (1-based) or name; default: the ensemble of every fold model (with --corrupt: every fold model)."""
+    """One fold model: its protocol fold number (as in train-fusion --folds; an untrained one is refused) or name; default: the ensemble of every fold model (with --corrupt: every fold model)."""
     device: str = "auto"
     """cpu, cuda, cuda:N or auto."""
     batch_size: int = 16
@@ -541,6 +549,8 @@ class EvaluateConfig:
     """Robustness instead of cross-corpus: each fold model on its own test clips, clean and under each of these comma-separated corruptions (no-audio, no-video, audio-snr-20, audio-snr-10, audio-snr-0, frame-drop-50 on the cached features; face-crop-off re-extracts the test clips' frames without the face crop) or all (every cached-feature one); writes robustness.csv/.md/.png."""
     seed: int = 0
     """Seed of the noise that --corrupt adds (the same seed gives the same table)."""
+    allow_overlap: bool = False
+    """Score a cross-corpus --cache even when it holds clips (same source files) that the fold models trained or validated on; the count is reported beside the score. Default: refuse."""
 
 
 @dataclass(frozen=True)

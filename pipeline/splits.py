@@ -4,11 +4,14 @@
 results (HiCMAE's split files): fold k tests actors 4k-3..4k and trains on the other 20. CREMA-D:
 HiCMAE's 5 folds of consecutive actors (18 each, the last 19). A manifest: its fold or split column,
 else k folds of consecutive speakers. Validation actors for early stopping come from the training
-actors only: the first `num_val_actors` of the next fold's group (RAVDESS fold 1 -> actors 5, 6).
+actors the cache holds: the first `num_val_actors` of them from the next fold's group on (RAVDESS fold 1 ->
+actors 5, 6). Where each clip is its own speaker (DFEW, MAFW, a manifest of one clip per speaker) validation
+is instead a seeded, class-stratified `val_fraction` of each fold's training clips (`clip_level_validation`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -56,15 +59,16 @@ class Fold:
                 "val_actors": list(self.val_actors), "test_actors": list(self.test_actors)}
 
 
-def ravdess_folds(*, num_val_actors: int) -> list[Fold]:
-    """The six speaker-independent folds, validation actors taken from the next fold's group."""
+def ravdess_folds(*, num_val_actors: int, present: list[int] | None = None) -> list[Fold]:
+    """The six speaker-independent folds, validation actors taken from the next fold's group on, among the
+    actors `present` in the cache (all 24 when None)."""
     folds = []
     for k in range(1, RAVDESS_NUM_ACTORS // ACTORS_PER_FOLD + 1):
         test = tuple(range(4 * k - 3, 4 * k + 1))
         rest = [a for a in range(1, RAVDESS_NUM_ACTORS + 1) if a not in test]
         start = rest.index(4 * k + 1) if 4 * k + 1 in rest else 0
         ordered = rest[start:] + rest[:start]
-        val = tuple(sorted(ordered[:num_val_actors]))
+        val = _first_present(ordered, num_val_actors, present)
         train = tuple(a for a in rest if a not in val)
         folds.append(Fold(f"fold{k}", train, val, test))
     return folds
@@ -94,9 +98,10 @@ def folds_from_file(path: str | Path, all_actors: list[int]) -> list[Fold]:
     return folds
 
 
-def block_folds(actors: list[int], *, num_folds: int, num_val_actors: int) -> list[Fold]:
+def block_folds(actors: list[int], *, num_folds: int, num_val_actors: int, present: list[int] | None = None) -> list[Fold]:
     """`num_folds` folds of consecutive actors (len // num_folds each, the last takes the rest); fold k tests
-    block k, validates on the first `num_val_actors` of the next block, trains on the others."""
+    block k, validates on the first `num_val_actors` actors `present` in the cache (all when None) from the
+    next block on, trains on the others."""
     actors = sorted(actors)
     if len(actors) < num_folds:
         raise ConfigError(f"{num_folds} speaker folds need at least {num_folds} speakers, the cache has {len(actors)}; "
@@ -106,14 +111,14 @@ def block_folds(actors: list[int], *, num_folds: int, num_val_actors: int) -> li
     folds = []
     for k, test in enumerate(blocks):
         rest = [a for b in blocks[k + 1:] + blocks[:k] for a in b]   # the next block first
-        val = tuple(sorted(rest[:num_val_actors]))
+        val = _first_present(rest, num_val_actors, present)
         folds.append(Fold(f"fold{k + 1}", tuple(a for a in actors if a not in val and a not in test), val, tuple(test)))
     return folds
 
 
 def column_folds(clips: pd.DataFrame, *, num_val_actors: int) -> list[Fold]:
     """Folds from a manifest's `fold` column (fold k tests the speakers of fold k; validation: the first
-    `num_val_actors` of fold k+1) or `split` column (one fold "manifest").
+    `num_val_actors` speakers from fold k+1 on) or `split` column (one fold "manifest").
 
     Raises:
         LeakageError: a speaker has clips in two folds / splits (its clips would leak across them).
@@ -136,11 +141,44 @@ def column_folds(clips: pd.DataFrame, *, num_val_actors: int) -> list[Fold]:
     folds = []
     for i, value in enumerate(order):
         test = sorted(groups[value])
-        nxt = sorted(groups[order[(i + 1) % len(order)]]) if len(order) > 1 else []
-        val = tuple(nxt[:num_val_actors])
+        following = order[i + 1:] + order[:i]   # the next fold's speakers first
+        val = _first_present([a for v in following for a in sorted(groups[v])], num_val_actors, None)
         train = tuple(sorted(a for a in seen if a not in val and a not in test))
         folds.append(Fold(f"fold{value}", train, val, tuple(test)))
     return folds
+
+
+def _first_present(ordered: list[int], count: int, present: list[int] | None) -> tuple[int, ...]:
+    """The first `count` actors of `ordered` that the cache holds (`present`; None: all), sorted."""
+    keep = None if present is None else set(present)
+    return tuple(sorted([a for a in ordered if keep is None or a in keep][:count]))
+
+
+def is_clip_level(clips: pd.DataFrame | None) -> bool:
+    """True when each clip is its own speaker (DFEW, MAFW, a manifest of one clip per speaker): validation
+    speakers would then be single clips, so validation is a fraction of the training clips instead."""
+    return clips is not None and len(clips) > 1 and clips["actor"].nunique() == len(clips)
+
+
+def clip_level_validation(fold: Fold, clips: pd.DataFrame, *, val_fraction: float, val_seed: int) -> Fold:
+    """`fold` whose validation is a seeded, class-stratified `val_fraction` of its non-test clips.
+
+    Per class of n non-test clips, round(val_fraction * n) clips (at least 1 when n >= 2) go to validation:
+    those with the smallest hash of (val_seed, fold name, clip_id), so the draw does not depend on the run's
+    --seed or on the table's order, and a clip added or dropped moves at most one other clip.
+    """
+    test = set(fold.test_actors)
+    pool = clips[~clips["actor"].astype(int).isin(test)]
+    val: list[int] = []
+    for _, group in pool.groupby("label", sort=True):
+        n = len(group)
+        count = max(1, round(val_fraction * n)) if n >= 2 else 0
+        keys = [hashlib.blake2b(f"{val_seed}:{fold.name}:{c}".encode(), digest_size=8).hexdigest() for c in group["clip_id"]]
+        order = sorted(range(n), key=keys.__getitem__)
+        val += [int(group["actor"].iloc[i]) for i in order[:count]]
+    chosen = set(val)
+    train = tuple(sorted(int(a) for a in pool["actor"] if int(a) not in chosen))
+    return Fold(fold.name, train, tuple(sorted(chosen)), fold.test_actors)
 
 
 def _speaker_name(clips: pd.DataFrame, actor: int) -> str:
@@ -179,19 +217,29 @@ def resolve_protocol(protocol: str, *, dataset: str | None, clips: pd.DataFrame)
 
 
 def make_folds(protocol: str, *, num_val_actors: int, fold_file: str | None, all_actors: list[int] | None = None,
-               clips: pd.DataFrame | None, num_folds: int) -> list[Fold]:
+               clips: pd.DataFrame | None, num_folds: int, val_fraction: float, val_seed: int) -> list[Fold]:
     """The folds of a resolved protocol (see `resolve_protocol`); `clips` (the clip table) is needed by
-    manifest and speaker-kfold, `num_folds` (split.num_folds) by speaker-kfold."""
+    manifest and speaker-kfold, `num_folds` (split.num_folds) by speaker-kfold. Validation actors come from
+    the actors the cache holds (`all_actors`, else those of `clips`); for clip-level tables (`is_clip_level`)
+    the generated folds validate on a `val_fraction` of their training clips instead (`clip_level_validation`).
+    A fold file's or the fixed split's validation actors are used as given."""
+    present = all_actors if all_actors is not None else (
+        sorted(int(a) for a in clips["actor"].unique()) if clips is not None else None)
     if protocol == "crema-d-5fold":
-        return block_folds(list(CREMA_D_ACTORS), num_folds=5, num_val_actors=num_val_actors)
+        return block_folds(list(CREMA_D_ACTORS), num_folds=5, num_val_actors=num_val_actors, present=present)
     if protocol in ("manifest", "speaker-kfold"):
         if clips is None:
             raise ConfigError(f"split.protocol {protocol} needs the cache's clip table")
         if protocol == "manifest":
-            return column_folds(clips, num_val_actors=num_val_actors)
-        return block_folds(sorted(int(a) for a in clips["actor"].unique()), num_folds=num_folds, num_val_actors=num_val_actors)
+            folds = column_folds(clips, num_val_actors=num_val_actors)
+        else:
+            folds = block_folds(sorted(int(a) for a in clips["actor"].unique()), num_folds=num_folds,
+                                num_val_actors=num_val_actors)
+        if is_clip_level(clips) and folds[0].name != "manifest":   # a split column's val part is kept as given
+            folds = [clip_level_validation(f, clips, val_fraction=val_fraction, val_seed=val_seed) for f in folds]
+        return folds
     if protocol in ("ravdess-6fold", "auto"):
-        return ravdess_folds(num_val_actors=num_val_actors)
+        return ravdess_folds(num_val_actors=num_val_actors, present=present)
     if protocol == "fixed":
         return fixed_split()
     if protocol == "file":
@@ -244,8 +292,8 @@ def describe_protocol(clip_table: pd.DataFrame, folds: list[Fold]) -> str:
         actors = {p: [a for a in getattr(fold, f"{p}_actors") if a in present] for p in ("train", "val", "test")}
         absent = sorted(a for p in ("train", "val", "test") for a in getattr(fold, f"{p}_actors") if a not in present)
         lines.append(
-            f"{fold.name}: test actors {actors['test']} ({counts['test']} clips), "
-            f"val actors {actors['val']} ({counts['val']} clips), "
+            f"{fold.name}: test actors {_short(actors['test'])} ({counts['test']} clips), "
+            f"val actors {_short(actors['val'])} ({counts['val']} clips), "
             f"train {len(actors['train'])} actors ({counts['train']} clips)"
             + (f"; not in the cache: actors {_ranges(absent)}" if absent else ""))
     return "\n".join(lines)
@@ -261,6 +309,50 @@ def why_fold_cannot_run(clip_table: pd.DataFrame, fold: Fold) -> str | None:
     present = sorted(set(int(a) for a in clip_table["actor"]))
     return "; ".join(f"no usable clips of its {p} actors {list(getattr(fold, f'{p}_actors'))}" for p in empty) + \
         f" (the cache holds actors {_ranges(present)})"
+
+
+def why_validation_too_small(clip_table: pd.DataFrame, fold: Fold) -> str | None:
+    """None when the fold's validation clips hold every class its training clips hold (the rule: a validation
+    set without a class cannot choose an epoch, checkpoint or config for it); else why not."""
+    part = assign_parts(clip_table, fold)
+    labels = clip_table["label"].astype(int)
+    missing = sorted(set(labels[part == "train"]) - set(labels[part == "val"]))
+    if not missing:
+        return None
+    names = _class_names(clip_table)
+    return (f"its {int((part == 'val').sum())} validation clip(s) hold no clip of class(es) "
+            f"{', '.join(names.get(c, str(c)) for c in missing)}, which it trains on")
+
+
+def check_validation(clip_table: pd.DataFrame, folds: list[Fold], *, allow_small: bool, cache_path: str) -> None:
+    """Refuse folds whose validation set is too small to choose with (`why_validation_too_small`), unless
+    `allow_small` (split.allow_small_val), which only warns.
+
+    Raises:
+        ConfigError: naming each such fold and what its validation set lacks.
+    """
+    why = {fold.name: reason for fold in folds if (reason := why_validation_too_small(clip_table, fold))}
+    if why and not allow_small:
+        lines = "; ".join(f"{name}: {reason}" for name, reason in why.items())
+        raise ConfigError(f"{cache_path}: validation too small to choose with in {len(why)} fold(s): {lines}; raise "
+                          "split.num_val_actors (speakers) or split.val_fraction (clip-level data), or pass "
+                          "split.allow_small_val=true to train anyway")
+    for name, reason in why.items():
+        log.warning("%s: %s (split.allow_small_val=true)", name, reason)
+
+
+def validation_counts(clip_table: pd.DataFrame, fold: Fold) -> dict[str, int]:
+    """{class name: validation clips} of the fold (the protocol card's val_clips_per_class)."""
+    part = assign_parts(clip_table, fold)
+    labels = clip_table["label"].astype(int)[part == "val"]
+    names = _class_names(clip_table)
+    return {names.get(c, str(c)): int((labels == c).sum()) for c in sorted(set(clip_table["label"].astype(int)))}
+
+
+def _class_names(clip_table: pd.DataFrame) -> dict[int, str]:
+    if "emotion" not in clip_table:
+        return {}
+    return {int(label): str(name) for label, name in zip(clip_table["label"], clip_table["emotion"])}
 
 
 def runnable_folds(clips: pd.DataFrame, folds: list[Fold], *, chosen: bool, cache_path: str) -> tuple[list[Fold], dict[str, str]]:
@@ -282,6 +374,11 @@ def runnable_folds(clips: pd.DataFrame, folds: list[Fold], *, chosen: bool, cach
     for name, reason in why.items():
         log.warning("%s: skipped: %s", name, reason)
     return ok, why
+
+
+def _short(actors: list[int]) -> str:
+    """The list itself, or its count when long (clip-level data: one actor per clip)."""
+    return str(actors) if len(actors) <= 12 else f"({len(actors)} actors)"
 
 
 def _ranges(actors: list[int]) -> str:

@@ -231,6 +231,17 @@ def test_tuning_is_nested_and_a_tuned_config_is_marked_on_its_tuning_actors(stud
     assert marked["tuned_on_test_actors"] == [5, 6]
     assert json.loads((tmp_path / "other" / "summary.json").read_text())["tuned_on_test_actors"] == [5, 6]
     assert "tuned on actors [3, 4, 5, 6, 7, 8], and this run tests [5, 6]" in caplog.text
+    # marked where the score is read, not only in the log: the printed table, summary.json, the model card
+    from mmfer.pipeline.app.bundle import ModelBundle
+    from mmfer.pipeline.app.export import model_card
+    from mmfer.train.report import format_summary_table
+
+    assert "optimistic" not in same and "WARNING" not in format_summary_table(same)
+    assert marked["optimistic"].startswith("optimistic: this config was tuned on actors 3,4,5,6,7,8, and this run tests [5, 6]")
+    assert f"WARNING {marked['optimistic']}" in format_summary_table(marked)
+    bundle = ModelBundle(str(tmp_path / "other"), {"model": {"variant": "early"}}, {}, ["fold1"], [{}], marked)
+    card = model_card("model", bundle, [], {"optimistic": marked["optimistic"]})   # export copies it from summary.json
+    assert f"**Warning, {marked['optimistic']}.**" in card
 
 
 def test_only_without_the_reference_entry_has_no_delta_columns(study, tmp_path, capsys):

@@ -101,6 +101,40 @@ def test_feature_noise_has_the_stated_std_on_real_positions_only():
     assert (adiff[~batch["audio_mask"]] == 0).all() and adiff[batch["audio_mask"]].abs().max() > 0
 
 
+def test_cutmix_places_blocks_within_each_clips_real_length_and_weights_labels_by_real_shares():
+    """Short clips padded in a batch: clip i's audio has length L_i of the batch's Ta and every real value i + 1.
+    Each clip's block lies inside its own real frames, and lam[i] is the share of its real positions that stay
+    its own (the partner's real positions only; partner padding stays the neutral 0)."""
+    b, tv, ta = 6, 8, 40
+    batch = _standardized()
+    lengths_a = torch.tensor([40, 5, 12, 3, 25, 8])
+    lengths_v = torch.tensor([8, 2, 4, 1, 6, 3])
+    value = torch.arange(1.0, b + 1)
+    frame_mask = torch.arange(tv)[None] < lengths_v[:, None]
+    audio_mask = torch.arange(ta)[None] < lengths_a[:, None]
+    batch.update(
+        video_tokens=(value[:, None, None, None] * frame_mask[:, :, None, None]).expand(b, tv, 4, 8).clone(),
+        video_pooled=(value[:, None, None] * frame_mask[:, :, None]).expand(b, tv, 8).clone(), frame_mask=frame_mask,
+        audio_tokens=(value[:, None, None] * audio_mask[:, :, None]).expand(b, ta, 3).clone(), audio_mask=audio_mask,
+        has_audio=torch.ones(b, dtype=torch.bool), has_video=torch.ones(b, dtype=torch.bool),
+        labels=torch.arange(b))
+    for seed in range(20):
+        out, labels_b, lam = cutmix_time(batch, np.random.default_rng(seed), alpha=1.0)
+        for name, mask in (("video_pooled", frame_mask), ("audio_tokens", audio_mask)):
+            assert (out[name][..., 0][~mask] == 0).all(), (seed, name)         # padding stays padding: blocks lie within
+        for i in range(b):
+            j = int(labels_b[i])                                               # labels are 0..B-1: the partner
+            shares = []
+            for name, mask in (("video_pooled", frame_mask), ("audio_tokens", audio_mask)):
+                x = out[name][i, :, 0]
+                assert (x[~mask[i]] == 0).all(), (seed, i, name)              # padding stays padding
+                assert torch.isin(x[mask[i]], torch.tensor([0.0, i + 1.0, j + 1.0])).all()
+                if i != j:
+                    shares.append(float((x[mask[i]] == j + 1).sum()) / int(mask[i].sum()))
+            if i != j:
+                assert abs((1 - sum(shares) / 2) - float(lam[i])) < 1e-6, (seed, i, shares, float(lam[i]))
+
+
 def test_cutmix_takes_a_block_from_the_partner_and_mixes_labels_by_share():
     """Clip i's features all hold the value i + 1 (every frame real), so each position shows whose it is."""
     batch = _standardized()
@@ -109,15 +143,19 @@ def test_cutmix_takes_a_block_from_the_partner_and_mixes_labels_by_share():
     batch.update(video_tokens=value[:, None, None, None].expand_as(batch["video_tokens"]).clone(),
                  frame_mask=torch.ones(b, tv, dtype=torch.bool))
     for seed in range(5):
-        out, labels_b, lam = cutmix_time(batch, np.random.default_rng(seed), alpha=1.0)
+        out, labels_b, lam = cutmix_time(dict(batch, has_audio=torch.zeros(b, dtype=torch.bool)),
+                                         np.random.default_rng(seed), alpha=1.0)   # video only: lam = its share
         own = out["video_tokens"][..., 0, 0] == value[:, None]                # (B, Tv)
         partner = out["video_tokens"][..., 0, 0] == (labels_b.float() + 1)[:, None]
         assert (own | partner).all()                                          # every frame is the clip's or its partner's
-        cols = torch.nonzero(~own[labels_b != batch["labels"]].all(0)).flatten()
-        if len(cols):
-            assert cols[-1] - cols[0] + 1 == len(cols)                        # one contiguous block in time
-            assert abs(1 - len(cols) / tv - lam) < 1e-6                       # label weight = own share of frames
-        assert torch.equal(out["has_audio"], batch["has_audio"])
+        for i in range(b):
+            if labels_b[i] == batch["labels"][i]:
+                continue                                                      # its own partner: any weight is right
+            cols = torch.nonzero(~own[i]).flatten()
+            if len(cols):
+                assert cols[-1] - cols[0] + 1 == len(cols)                    # one contiguous block in time
+            assert abs(1 - len(cols) / tv - float(lam[i])) < 1e-6              # label weight = own share of frames
+        assert not out["has_audio"].any()
         assert sorted(labels_b.tolist()) == sorted(batch["labels"].tolist())
 
 

@@ -36,6 +36,10 @@ EPOCHS = 3
 # becomes an lr-sized step; over 3 epochs this was measured at 5.1e-4 max (8e-5 mean) on this store. 1e-3
 # is twice that. Uniform class weights: with `auto` weights each rank's weighted mean has its own
 # denominator (sum of its clips' weights), which is not exact (measured 3.1e-3) - README says so.
+# The comparison turns off dropout, mixup and augmentation: each rank draws those from its own stream
+# (seed, fold, epoch, rank; train/loop.py epoch_streams), so with them on, 1 and 2 processes draw different
+# masks for the same clip and agree only in distribution, not within any tolerance. Off, no draw depends on
+# the rank (the shuffle is shared), and 1e-3 still holds (rerun after the per-rank streams).
 PROB_TOLERANCE = 1e-3
 
 
@@ -242,3 +246,44 @@ def test_kill_9_of_one_rank_then_a_rerun_is_bitwise_the_one_process_store(demo_r
     assert rerun.returncode == 0, rerun.stderr[-4000:]
     assert f"extract: {32 - done} done, {done} skipped, 0 failed" in rerun.stdout, rerun.stdout
     assert_same_store(out, one_process_store)
+
+
+RECORD_SCRIPT = """
+import json, os, sys
+import torch
+sys.path.insert(0, {tests!r})
+from train_helpers import train_recording_inputs
+from mmfer.pipeline.config import train_config_with_preset
+seen = train_recording_inputs(train_config_with_preset(json.loads(sys.argv[1])))
+torch.save([{{k: b[k] for k in ("clip_ids", "has_audio", "has_video")}} for b in seen["train"]],
+           os.path.join(sys.argv[2], "rank%s.pt" % os.environ["RANK"]))
+"""
+
+
+@pytest.mark.slow
+def test_two_ranks_draw_their_own_modality_dropout(cache, tmp_path):
+    """Modality dropout 0.5 under a real 2-rank torchrun: each rank's training batches (recorded with a forward
+    hook) drop modalities by its own stream (seed, fold, epoch, rank), so the drop patterns of the two ranks'
+    batches differ; with one stream for all ranks they were the same pattern at every step."""
+    from synthetic_store import NO_AUDIO_CLIP
+
+    script = tmp_path / "record.py"
+    script.write_text(RECORD_SCRIPT.format(tests=str(Path(__file__).parent)))
+    values = {**settings(*cache, batch_size=4, epochs=2), "out": str(tmp_path / "run"), "training.modality_dropout": 0.5}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           json.dumps(values), str(tmp_path)]
+    result = subprocess.run(cmd, cwd=tmp_path, env=RANK_ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) > 0
+    same, compared, dropped = 0, 0, 0
+    for b0, b1 in zip(*ranks):   # step by step, batch position by position (clips with both modalities only)
+        for i in range(min(len(b0["clip_ids"]), len(b1["clip_ids"]))):
+            if NO_AUDIO_CLIP in (b0["clip_ids"][i], b1["clip_ids"][i]):
+                continue
+            drops = [(not bool(b["has_audio"][i]), not bool(b["has_video"][i])) for b in (b0, b1)]
+            same += drops[0] == drops[1]
+            compared += 1
+            dropped += sum(d != (False, False) for d in drops)
+    assert dropped > 0, "modality dropout dropped nothing"
+    assert same < compared, f"both ranks drew the same modality-dropout masks at all {compared} positions"

@@ -31,7 +31,8 @@ def one_error_line(capsys) -> str:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
-    """Actors 1..8 only: of the 6-fold protocol, fold 1 runs (tests 1-4, validates 5-6, trains 7-8)."""
+    """Actors 1..8 only: of the 6-fold protocol, folds 1 (tests 1-4, validates 5-6, trains 7-8) and 2 (tests 5-8,
+    validates 1-2, trains 3-4) run."""
     return make_store(tmp_path_factory.mktemp("first_hour") / "cache", repetitions=1)
 
 
@@ -92,10 +93,11 @@ def test_make_demo_refuses_a_folder_that_holds_files_unless_overwrite(tmp_path, 
 
 def test_actor_subset_runs_the_folds_it_can_and_names_the_others(subset_run, store, tmp_path, capsys, caplog):
     summary = json.loads((subset_run / "summary.json").read_text())
-    assert summary["protocol"] == [{"name": "fold1", "train_actors": [7, 8], "val_actors": [5, 6],   # actors used,
-                                    "test_actors": [1, 2, 3, 4]}]                                     # not the 24
-    assert sorted(summary["skipped_folds"]) == ["fold2", "fold3", "fold4", "fold5", "fold6"]
-    assert "val actors [9, 10]" in summary["skipped_folds"]["fold2"]
+    # actors used, not the 24; fold 2 validates on actors the store holds (1, 2), not on its absent next group (9, 10)
+    assert summary["protocol"] == [{"name": "fold1", "train_actors": [7, 8], "val_actors": [5, 6], "test_actors": [1, 2, 3, 4]},
+                                   {"name": "fold2", "train_actors": [3, 4], "val_actors": [1, 2], "test_actors": [5, 6, 7, 8]}]
+    assert sorted(summary["skipped_folds"]) == ["fold3", "fold4", "fold5", "fold6"]
+    assert "test actors [9, 10, 11, 12]" in summary["skipped_folds"]["fold3"]
     assert f"actors 1-{NUM_ACTORS}" in summary["skipped_folds"]["fold6"]
 
     assert main(["train-fusion", "--cache", str(store), "--out", str(tmp_path / "run"), "--folds", "1,3", *TINY]) == 2

@@ -415,3 +415,92 @@ def test_face_crop_off_extracts_the_test_clips_again_with_whole_frames(run, demo
         assert fusion[(fold, "clean")] == pytest.approx(summary["folds"][fold]["f1_macro"], abs=1e-9)
         assert fusion[(fold, "face-crop-off")] == pytest.approx(fusion[(fold, "clean")], abs=1e-9)
     assert "| face-crop-off |" in (out / "robustness.md").read_text()
+
+
+def test_fold_is_the_protocol_fold_number_in_predict_export_and_evaluate(run, demo_cache, clips, outputs, tmp_path, capsys):
+    """A run of protocol fold 2 only (as after `--folds 2`): --fold 2 is that fold, --fold 1 is refused in one line."""
+    from mmfer.pipeline.app.bundle import load_export_bundle, load_run_bundle
+
+    only2 = shutil.copytree(run, tmp_path / "run")
+    shutil.rmtree(only2 / "fold1")
+    summary = json.loads((only2 / "summary.json").read_text())
+    summary["protocol"] = [f for f in summary["protocol"] if f["name"] == "fold2"]
+    summary["protocol_card"] = [c for c in summary["protocol_card"] if c["fold"] == "fold2"]
+    summary["folds"] = {"fold2": summary["folds"]["fold2"]}
+    (only2 / "summary.json").write_text(json.dumps(summary))
+    assert load_run_bundle(only2, fold="2").fold_names == ["fold2"]
+    with pytest.raises(FileNotFoundError, match=r"fold 1 was not trained in this run; it trained fold2 \(fold 2\)"):
+        load_run_bundle(only2, fold="1")
+    got = predict(["--run", only2, "--fold", "2", clips[2]], tmp_path / "two.csv")
+    assert np.abs(got[PROBS].to_numpy() - outputs["fold2"].loc[[clips[2].stem], PROBS].to_numpy()).max() < 1e-6
+    capsys.readouterr()
+    assert mmfer_main(["predict", "--run", str(only2), "--fold", "1", "--device", "cpu", str(clips[0])]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fold 1 was not trained in this run" in err[0], err
+    assert mmfer_main(["evaluate", "--run", str(only2), "--fold", "1", "--corrupt", "no-audio",
+                       "--out", str(tmp_path / "ev")]) == 2
+    assert "fold 1 was not trained in this run" in capsys.readouterr().err
+    export = tmp_path / "model"
+    assert run_cli(add_export_arguments, cmd_export, ["--run", only2, "--out", export, "--fold", "2"]) == 0
+    assert json.loads((export / "model.json").read_text())["folds"][0]["fold_number"] == 2
+    assert load_export_bundle(export, fold="2").fold_names == ["fold2"]
+    with pytest.raises(FileNotFoundError, match="fold 1 was not trained in this run"):
+        load_export_bundle(export, fold="1")
+
+
+def _edit_clip_table(cache: Path, edit) -> None:
+    """Change a copied store's clip table in place (root zarr.json attributes), as another extract would have."""
+    meta = json.loads((cache / "zarr.json").read_text())
+    for row in meta["attributes"]["clip_table"]:
+        edit(row)
+    (cache / "zarr.json").write_text(json.dumps(meta))
+
+
+def test_evaluate_refuses_the_runs_own_clips_unless_allowed_and_counts_them(run, demo_cache, tmp_path, capsys):
+    """Cross-corpus on the run's own cache (or a copy of it): every clip was trained or validated on by some fold
+    model, matched by source signature and path; refused, or with --allow-overlap scored and counted."""
+    from mmfer.pipeline.app.evaluate import evaluate, format_evaluation
+    from mmfer.pipeline.config import EvaluateConfig
+    from mmfer.pipeline.errors import ConfigError
+
+    copy = shutil.copytree(demo_cache, tmp_path / "copy")   # a copy: same media, same source signatures
+    for cache in (demo_cache, copy):
+        with pytest.raises(ConfigError, match=r"32 of its 32 scored clips .* are made from the media run .* trained or "
+                                              r"validated on.*--allow-overlap"):
+            evaluate(EvaluateConfig(run=str(run), cache=str(cache), out=str(tmp_path / "ev"), device="cpu"))
+    assert not (tmp_path / "ev").exists()
+    result = evaluate(EvaluateConfig(run=str(run), cache=str(copy), out=str(tmp_path / "ev"), device="cpu",
+                                     allow_overlap=True))
+    assert result["num_overlap"] == 32 and "overlap: 32 of these clips" in format_evaluation(result)
+    # fold 1 alone trained on actors 3, 4 and validated on 2; a cache whose clips of those actors are other media
+    actor = lambda row: int(row["clip_id"].split("-")[-1])   # noqa: E731
+    _edit_clip_table(copy, lambda row: row.update(source=f"9:{actor(row)}", path=f"/elsewhere/{row['clip_id']}.mp4")
+                     if actor(row) > 1 else None)
+    with pytest.raises(ConfigError, match=r"8 of its 32 scored clips"):   # actor 1's clips: fold 2 trained on them
+        evaluate(EvaluateConfig(run=str(run), cache=str(copy), out=str(tmp_path / "ev2"), device="cpu"))
+    result = evaluate(EvaluateConfig(run=str(run), cache=str(copy), out=str(tmp_path / "ev2"), device="cpu", fold="1"))
+    assert result["num_overlap"] == 0 and result["num_clips"] == 32 and "overlap" not in format_evaluation(result)
+
+
+def test_corrupt_on_another_cache_checks_it_holds_the_runs_test_clips(run, demo_cache, tmp_path):
+    from mmfer.pipeline.app.robustness import robustness_report
+    from mmfer.pipeline.config import EvaluateConfig
+    from mmfer.pipeline.errors import ConfigError
+
+    moved = shutil.copytree(demo_cache, tmp_path / "moved")   # the run's own store, moved: accepted
+    cfg = EvaluateConfig(run=str(run), cache=str(moved), out=str(tmp_path / "r"), device="cpu", corrupt="no-audio", fold="1")
+    assert set(robustness_report(cfg)["scores"]["fold"]) == {"fold1"}
+    other = shutil.copytree(demo_cache, tmp_path / "other")   # same ids and actors, other media (another dataset)
+    _edit_clip_table(other, lambda row: row.update(source="1:2", path=f"/other/{row['clip_id']}.mp4"))
+    with pytest.raises(ConfigError, match=r"8 of fold1's test clips .* are made from other media"):
+        robustness_report(dataclasses_replace(cfg, cache=str(other)))
+    renamed = shutil.copytree(demo_cache, tmp_path / "renamed")
+    _edit_clip_table(renamed, lambda row: row.update(clip_id="x" + row["clip_id"]))
+    with pytest.raises(ConfigError, match=r"are not the run's test clips of fold1 \(8 not among them"):
+        robustness_report(dataclasses_replace(cfg, cache=str(renamed)))
+
+
+def dataclasses_replace(cfg, **changes):
+    import dataclasses
+
+    return dataclasses.replace(cfg, **changes)

@@ -16,6 +16,7 @@ from synthetic_store import make_store
 from train_helpers import tiny_config, write_folds
 
 from mmfer.pipeline.errors import BadInputError
+from mmfer.pipeline.labels import EMOTIONS
 from mmfer.pipeline.splits import LeakageError
 from mmfer.train.loop import train
 
@@ -116,4 +117,8 @@ def test_summary_reports_the_last_epoch_and_a_protocol_card(store, both_folds):
     assert on_disk["mean_last_epoch"]["f1_macro"] == pytest.approx(sum(values) / 2)
     table = format_summary_table(on_disk)
     assert "last-ep F1" in table and "selection: each fold's test score is that of the epoch" in table
-    assert "fold2: test actors [3, 4], val actors [5, 6], seed 7 (fold number 2), epoch" in table
+    # the validation set's size per class: actors 5, 6, one clip of each emotion; actor 6's calm clip failed
+    per_class = {e: 1 if e == "calm" else 2 for e in EMOTIONS}
+    assert cards["fold2"]["val_clips_per_class"] == per_class
+    assert ("fold2: test actors [3, 4], val actors [5, 6] (15 clips: " + ", ".join(f"{e} {n}" for e, n in per_class.items())
+            + "), seed 7 (fold number 2), epoch") in table

@@ -39,29 +39,43 @@ def _generator(rng: np.random.Generator, device: torch.device) -> torch.Generato
     return gen
 
 
-def cutmix_time(batch: dict, rng: np.random.Generator, *, alpha: float) -> tuple[dict, torch.Tensor, float]:
-    """CutMix in time: one block of the visual frames (Tv) and the same share of the audio frames (Ta) comes
-    from a partner clip (a permutation of the batch). The block's width is (1 - lam) of the time axis with
-    lam ~ Beta(alpha, alpha); returns (batch, labels_b, share of the clip's own frames), the label weights
-    of the mixup-aware loss. Masks and presence flags stay the clip's own, as in mixup; partner values at
-    positions the partner lacks are the neutral 0."""
-    b, tv = batch["frame_mask"].shape
-    ta = batch["audio_mask"].shape[1]
+def cutmix_time(batch: dict, rng: np.random.Generator, *, alpha: float) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """CutMix in time: in each clip, one block of its real visual frames and the same stretch of its real audio
+    frames comes from a partner clip (a permutation of the batch). The block's width is (1 - lam) of the clip's
+    own real length (frame_mask / audio_mask), lam ~ Beta(alpha, alpha), never of the batch's padded length.
+
+    returns (batch, labels_b (B,) long, lam (B,) float): lam[i] is the share of clip i's real positions that
+    stay its own, averaged over its present modalities, counting only partner positions that are real (a
+    partner shorter than the block leaves the neutral 0 there, which weights neither label); the label
+    weights of the mixup-aware loss. Masks and presence flags stay the clip's own, as in mixup."""
+    b = batch["frame_mask"].shape[0]
     lam = float(rng.beta(alpha, alpha))
-    perm = torch.as_tensor(rng.permutation(b), dtype=torch.long, device=batch["labels"].device)
-    width_v = int(round((1.0 - lam) * tv))
-    start_v = int(rng.integers(0, tv - width_v + 1))
-    start_a, stop_a = int(round(start_v / tv * ta)), int(round((start_v + width_v) / tv * ta))
-    out = dict(batch)
+    perm_np = rng.permutation(b)
+    perm = torch.as_tensor(perm_np, dtype=torch.long, device=batch["labels"].device)
     real = real_positions(batch)
-    for name, (start, stop) in (("video_tokens", (start_v, start_v + width_v)),
-                                ("video_pooled", (start_v, start_v + width_v)),
-                                ("audio_tokens", (start_a, stop_a))):
-        x = batch[name] * real[name]
-        mixed = x.clone()
-        mixed[:, start:stop] = x[perm, start:stop]
-        out[name] = mixed
-    return out, batch["labels"][perm], 1.0 - width_v / tv
+    is_real = {"video": real["video_pooled"][..., 0] > 0, "audio": real["audio_tokens"][..., 0] > 0}   # (B, T)
+    out = {name: batch[name] * real[name] for name in ("video_tokens", "video_pooled", "audio_tokens")}
+    mixed = {name: x.clone() for name, x in out.items()}
+    own_share = torch.ones(b, dtype=torch.float32)
+    for i in range(b):
+        j = int(perm_np[i])
+        length_v, length_a = int(is_real["video"][i].sum()), int(is_real["audio"][i].sum())
+        width_v = int(round((1.0 - lam) * length_v))
+        start_v = int(rng.integers(0, length_v - width_v + 1))
+        shares = []
+        if length_v:
+            stop_v = start_v + width_v
+            for name in ("video_tokens", "video_pooled"):
+                mixed[name][i, start_v:stop_v] = out[name][j, start_v:stop_v]
+            shares.append(float(is_real["video"][j, start_v:stop_v].sum()) / length_v)
+        if length_a:   # the same stretch of the clip, in its own audio frames
+            frac_start, frac_stop = (start_v / length_v, (start_v + width_v) / length_v) if length_v else (0.0, 1.0 - lam)
+            start_a, stop_a = int(round(frac_start * length_a)), int(round(frac_stop * length_a))
+            mixed["audio_tokens"][i, start_a:stop_a] = out["audio_tokens"][j, start_a:stop_a]
+            shares.append(float(is_real["audio"][j, start_a:stop_a].sum()) / length_a)
+        if shares:
+            own_share[i] = 1.0 - sum(shares) / len(shares)
+    return {**batch, **mixed}, batch["labels"][perm], own_share.to(batch["labels"].device)
 
 
 def augment_batch(batch: dict, rng: np.random.Generator, training) -> dict:

@@ -2,8 +2,9 @@
 
 Build the data, then per fold: model, loss, optimizer, schedule; epochs of (mixup, AMP, accumulation,
 clipping) with validation, early stopping and checkpoints; test with the best checkpoint. Then the run
-folder's predictions, confusion matrix and summary. Each epoch's randomness (shuffle, mixup, dropout)
-derives from (seed, fold, epoch), so `--resume` from an epoch's last checkpoint replays the same run.
+folder's predictions, confusion matrix and summary. Each epoch's randomness derives from (seed, fold, epoch):
+the shuffle is shared by every rank, mixup, augmentation and dropout also follow the rank (`epoch_streams`),
+so `--resume` from an epoch's last checkpoint replays the same run.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from mmfer.pipeline.errors import BadInputError, ConfigError
 from mmfer.pipeline.faults import crash_point
 from mmfer.pipeline.progress import Progress
 from mmfer.pipeline.labels import store_label_names
-from mmfer.pipeline.splits import (Fold, assign_parts, check_no_leakage, describe_protocol, make_folds, resolve_protocol,
-                                   runnable_folds)
+from mmfer.pipeline.splits import (Fold, assign_parts, check_no_leakage, check_validation, describe_protocol, make_folds,
+                                   resolve_protocol, runnable_folds, validation_counts)
 from mmfer.pipeline.store import StoreError, open_store, writer_lock_holder
 from mmfer.train.branch_weights import branch_path, load_branch_weights, save_branch_weights
 from mmfer.train.checkpoint import (RESUME_MAY_APPLY, changed_settings, load_checkpoint, previous_path, restore_rng_state,
@@ -101,7 +102,8 @@ def train_on(cfg: TrainConfig, device: torch.device, world: World) -> dict:
                           "training.view_sampling=clean")
     all_actors = sorted(int(a) for a in cache.clips["actor"].unique())
     folds = make_folds(cfg.split.protocol, num_val_actors=cfg.split.num_val_actors, fold_file=cfg.split.fold_file,
-                       all_actors=all_actors, clips=cache.clips, num_folds=cfg.split.num_folds)
+                       all_actors=all_actors, clips=cache.clips, num_folds=cfg.split.num_folds,
+                       val_fraction=cfg.split.val_fraction, val_seed=cfg.split.val_seed)
     fold_numbers = list(range(1, len(folds) + 1)) if cfg.folds == "all" else [int(n) for n in cfg.folds.split(",")]
     if max(fold_numbers) > len(folds):
         raise ConfigError(f"folds {cfg.folds}: split.protocol {cfg.split.protocol} has {len(folds)} fold(s), "
@@ -111,6 +113,7 @@ def train_on(cfg: TrainConfig, device: torch.device, world: World) -> dict:
     runnable, skipped = runnable_folds(cache.clips, chosen, chosen=cfg.folds != "all", cache_path=cfg.cache)
     fold_numbers = [n for n, fold in zip(fold_numbers, chosen) if fold.name not in skipped]
     folds = [fold.restricted_to(all_actors) for fold in runnable]   # summaries and model cards name real actors
+    check_validation(cache.clips, folds, allow_small=cfg.split.allow_small_val, cache_path=cfg.cache)
     difficulty = load_difficulty(cfg.training.curriculum) if cfg.training.curriculum else None
     for fold in folds:   # every check raises LeakageError before any fold trains
         check_no_leakage(cache.clips, fold)
@@ -163,12 +166,13 @@ def train_on(cfg: TrainConfig, device: torch.device, world: World) -> dict:
         write_predictions(out, frames)
         write_confusion(out, confusion, f"{cfg.model.variant}: test clips of {len(folds)} fold(s)",
                         class_names=cache.label_names)
-    card = protocol_card(cfg, folds, fold_numbers, fold_metrics)
+    card = protocol_card(cfg, folds, fold_numbers, fold_metrics, clips=cache.clips)
     summary = build_summary([f.as_dict() for f in folds], fold_metrics, mean, std, {
         "selection": SELECTION_RULE.format(monitor=cfg.training.monitor, tie_break=TIE_BREAKS[cfg.training.tie_break]),
         "protocol_card": card,
         "mean_last_epoch": mean_last, "std_last_epoch": std_last,
         **({"tuned_on_test_actors": tuned_on_test} if tuned_on_test is not None else {}),
+        **({"optimistic": optimistic_note(cfg, tuned_on_test)} if tuned_on_test else {}),
         "variant": cfg.model.variant, "device": str(device), "amp_dtype": resolved["amp_dtype"],
         "cache_fingerprints": resolved["cache_fingerprints"], "distributed": distributed,
         **({"skipped_folds": skipped} if skipped else {}),
@@ -215,19 +219,28 @@ def tuned_on_test_actors(cfg: TrainConfig, folds: list[Fold]) -> list[int] | Non
     return overlap
 
 
+def optimistic_note(cfg: TrainConfig, overlap: list[int]) -> str:
+    """summary.json's `optimistic` mark (printed under the results table and in the model card)."""
+    return (f"optimistic: this config was tuned on actors {cfg.tuned_on_actors}, and this run tests {overlap} of them "
+            "(their test scores helped choose it); report the nested score of `mmfer tune` (tune_summary.json)")
+
+
 SELECTION_RULE = ("each fold's test score is that of the epoch with the best validation {monitor} ({tie_break}; "
                   "validation actors only, test actors never select); the last epoch's test score is reported beside it")
 TIE_BREAKS = {"val_nll": "ties broken by the lower validation cross-entropy", "none": "ties kept by the earliest epoch"}
 
 
-def protocol_card(cfg: TrainConfig, folds: list[Fold], fold_numbers: list[int], fold_metrics: dict) -> list[dict]:
-    """Per fold: the actors of each part, the seeds, and what selected the reported epoch."""
+def protocol_card(cfg: TrainConfig, folds: list[Fold], fold_numbers: list[int], fold_metrics: dict, *,
+                  clips) -> list[dict]:
+    """Per fold: the actors of each part, the validation clips per class (of the clip table `clips`), the
+    seeds, and what selected the reported epoch."""
     t = cfg.training
     return [{"fold": fold.name, "fold_number": number, "test_actors": list(fold.test_actors),
              "val_actors": list(fold.val_actors), "train_actors": list(fold.train_actors),
+             "val_clips_per_class": validation_counts(clips, fold),
              "seed": cfg.seed, "init_seed": derive_seed(cfg.seed, number, -1),
-             "epoch_seeds": f"derive_seed({cfg.seed}, {number}, epoch) for dropout; numpy [{cfg.seed}, {number}, epoch] "
-                            "for shuffling and mixup",
+             "epoch_seeds": f"derive_seed({cfg.seed}, {number}, epoch, rank) for dropout; numpy [{cfg.seed}, {number}, epoch] "
+                            f"for shuffling, [{cfg.seed}, {number}, epoch, rank] for mixup and augmentation",
              "selection": f"best validation {t.monitor} ({TIE_BREAKS[t.tie_break]}; min delta {t.early_stopping_min_delta}, "
                           f"early-stopping patience {t.early_stopping_patience}, max {t.max_epochs} epochs)",
              "selected_epoch": fold_metrics[fold.name]["best_epoch"], "epochs_run": fold_metrics[fold.name]["epochs_run"]}
@@ -293,11 +306,10 @@ def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, 
     for epoch in range(start_epoch, t.max_epochs):
         if stopper.should_stop:
             break
-        torch.manual_seed(derive_seed(cfg.seed, fold_number, epoch))        # dropout
-        rng = np.random.default_rng([cfg.seed, fold_number, epoch])         # shuffle + mixup
+        shuffle_rng, rng = epoch_streams(cfg.seed, fold_number, epoch, world.rank)   # rng: this rank's mixup + augmentation
         positions = train_pos if confidence is None else epoch_subset(
             train_pos, dataset.clip_ids, confidence, epoch, t.curriculum_epochs)
-        share, step_weights = rank_share(rng.permutation(positions), batch_size=t.batch_size, rank=world.rank,
+        share, step_weights = rank_share(shuffle_rng.permutation(positions), batch_size=t.batch_size, rank=world.rank,
                                          world_size=world.world_size)
         views = (epoch_views(dataset.clip_ids, share, seed=cfg.seed, epoch=epoch, num_views=cache.num_views)
                  if t.view_sampling == "uniform" else None)   # validation and test below always read the clean view
@@ -453,7 +465,12 @@ def train_epoch(model, criterion, optimizer, scaler, loader, device, amp_dtype, 
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-        target = labels if labels_b is None or lam >= 0.5 else labels_b
+        if labels_b is None:
+            target = labels
+        elif isinstance(lam, torch.Tensor):   # CutMix in time: each clip's own share
+            target = torch.where(lam.to(labels.device) >= 0.5, labels, labels_b)
+        else:
+            target = labels if lam >= 0.5 else labels_b
         total_loss += float(losses["loss"].detach()) * len(labels)
         correct += int((outputs["logits"].argmax(1) == target).sum())
         seen += len(labels)
@@ -532,9 +549,20 @@ def dtype_name(dtype: torch.dtype | None) -> str:
     return "float32" if dtype is None else str(dtype).removeprefix("torch.")
 
 
-def derive_seed(seed: int, fold_number: int, epoch: int) -> int:
-    """The torch seed of one fold's epoch (-1: model initialisation), by the fold's 1-based number."""
-    return int(np.random.SeedSequence([seed, fold_number, epoch + 1]).generate_state(1)[0])
+def derive_seed(seed: int, fold_number: int, epoch: int, rank: int | None = None) -> int:
+    """The torch seed of one fold's epoch (-1: model initialisation, the same on every rank), by the fold's
+    1-based number; with `rank`, that rank's own seed (dropout draws differ across DDP ranks)."""
+    entropy = [seed, fold_number, epoch + 1] + ([rank] if rank is not None else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+def epoch_streams(seed: int, fold_number: int, epoch: int, rank: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """One epoch's random streams: (the shuffle, the same on every rank so the ranks split one order; this
+    rank's mixup, CutMix and augmentation stream, by (seed, fold, epoch, rank)); also seeds torch's global
+    generator (dropout) by (seed, fold, epoch, rank). Under DDP each rank thus draws its own masks, as one
+    process drawing for the whole global batch would; a resumed epoch replays the same streams."""
+    torch.manual_seed(derive_seed(seed, fold_number, epoch, rank))
+    return np.random.default_rng([seed, fold_number, epoch]), np.random.default_rng([seed, fold_number, epoch, rank])
 
 
 def seed_everything(seed: int) -> None:

@@ -48,14 +48,31 @@ class EmotionLoss(nn.Module):
         self.label_smoothing = label_smoothing
         self.register_buffer("class_weights", class_weights, persistent=False)
 
-    def forward(self, logits: Tensor, labels: Tensor, labels_b: Tensor | None = None, lam: float = 1.0) -> Tensor:
-        """logits (B, C), labels (B,) long; with mixup, lam * CE(labels) + (1 - lam) * CE(labels_b)."""
+    def forward(self, logits: Tensor, labels: Tensor, labels_b: Tensor | None = None, lam: float | Tensor = 1.0) -> Tensor:
+        """logits (B, C), labels (B,) long; with mixup, lam * CE(labels) + (1 - lam) * CE(labels_b). `lam` is
+        one number (mixup) or (B,) float, one weight per clip (CutMix in time: each clip's own share)."""
         logits = logits.float()
+        if isinstance(lam, Tensor):
+            return self._per_clip(logits, labels, labels_b, lam.to(logits.device, torch.float32))
         loss = F.cross_entropy(logits, labels, weight=self.class_weights, label_smoothing=self.label_smoothing)
         if labels_b is not None and lam < 1.0:
             loss_b = F.cross_entropy(logits, labels_b, weight=self.class_weights, label_smoothing=self.label_smoothing)
             loss = lam * loss + (1.0 - lam) * loss_b
         return loss
+
+    def _per_clip(self, logits: Tensor, labels: Tensor, labels_b: Tensor | None, lam: Tensor) -> Tensor:
+        """sum_i lam_i CE_i(labels) / norm + sum_i (1 - lam_i) CE_i(labels_b) / norm, norm = the weights of each
+        label set summed (B without class weights): for one lam it equals the mean form above."""
+        total = logits.new_zeros(())
+        lam = lam if labels_b is not None else torch.ones_like(lam)
+        for target, weight in ((labels, lam), (labels_b, 1.0 - lam)):
+            if target is None:
+                continue
+            each = F.cross_entropy(logits, target, weight=self.class_weights, label_smoothing=self.label_smoothing,
+                                   reduction="none")
+            norm = self.class_weights[target].sum() if self.class_weights is not None else logits.new_tensor(len(target))
+            total = total + (weight * each).sum() / norm
+        return total
 
 
 class ContrastiveLoss(nn.Module):
@@ -99,7 +116,7 @@ class MultimodalLoss(nn.Module):
         self.contrastive = contrastive
         self.contrastive_weight = contrastive_weight
 
-    def forward(self, outputs: dict, labels: Tensor, labels_b: Tensor | None = None, lam: float = 1.0, *,
+    def forward(self, outputs: dict, labels: Tensor, labels_b: Tensor | None = None, lam: float | Tensor = 1.0, *,
                 has_audio: Tensor, has_video: Tensor) -> dict[str, Tensor]:
         """outputs: the model's dict; labels, labels_b (B,) long; has_audio, has_video (B,) bool.
 
@@ -112,7 +129,8 @@ class MultimodalLoss(nn.Module):
             logits = outputs.get(f"{name}_logits")
             if alpha > 0 and logits is not None and bool(present.any()):
                 parts[f"loss_{name}"] = self.ce(logits[present], labels[present],
-                                                None if labels_b is None else labels_b[present], lam)
+                                                None if labels_b is None else labels_b[present],
+                                                lam[present] if isinstance(lam, Tensor) else lam)
                 total = total + alpha * parts[f"loss_{name}"]
         if (self.contrastive is not None and self.contrastive_weight > 0
                 and outputs.get("audio_features") is not None and outputs.get("visual_features") is not None):

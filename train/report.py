@@ -97,13 +97,23 @@ def format_summary_table(summary: dict) -> str:
         f"{summary['mean'][k]:>8.4f}±{_spread(summary['std'][k]):<5}" for k in HEADLINE)
         + (f"{'':>8}{summary['mean_last_epoch']['f1_macro']:>12.4f}" if has_last and "mean_last_epoch" in summary else ""))
     lines.append(f"± = {summary.get('std_kind', STD_LABEL)}" + ("" if len(summary["folds"]) > 1 else " (n/a: one fold)"))
+    if summary.get("optimistic"):   # a tuned config on its own tuning actors: said beside the scores, not only logged
+        lines.append(f"WARNING {summary['optimistic']}")
     if summary.get("selection"):
         lines.append(f"selection: {summary['selection']}")
     for card in summary.get("protocol_card", []):
-        lines.append(f"{card['fold']}: test actors {card['test_actors']}, val actors {card['val_actors']}, seed "
+        per_class = card.get("val_clips_per_class")
+        val = f"val actors {_short(card['val_actors'])}" + (
+            f" ({sum(per_class.values())} clips: {', '.join(f'{k} {v}' for k, v in per_class.items())})" if per_class else "")
+        lines.append(f"{card['fold']}: test actors {_short(card['test_actors'])}, {val}, seed "
                      f"{card['seed']} (fold number {card['fold_number']}), epoch {card['selected_epoch']} of "
                      f"{card['epochs_run']} by {card['selection']}")
     return "\n".join(lines)
+
+
+def _short(actors: list[int]) -> str:
+    """The list itself, or its count when long (clip-level data: one actor per clip)."""
+    return str(actors) if len(actors) <= 12 else f"({len(actors)} actors)"
 
 
 def _spread(std: float | None) -> str:

@@ -49,8 +49,14 @@ class ModelBundle:
         return f"fold model {self.fold_names[0]}"
 
 
-def choose_folds(available: list[str], fold: str | None, ensemble: bool, where: str) -> list[str]:
-    """`fold` is a 1-based number or a fold name; neither given: the only fold, else all (an ensemble)."""
+def choose_folds(available: list[str], fold: str | None, ensemble: bool, where: str,
+                 numbers: dict[str, int] | None = None) -> list[str]:
+    """`fold` is a protocol fold number (as in train-fusion's --folds) or a fold name; neither given: the only
+    fold, else all (an ensemble). `numbers` gives each trained fold's protocol number (`fold_numbers`).
+
+    Raises:
+        FileNotFoundError: no trained fold, or `fold` names or numbers a fold this run did not train.
+    """
     if not available:
         raise FileNotFoundError(f"{where}: no trained fold models (<fold>/checkpoints/best.pt); has training finished?")
     if ensemble or fold is None:
@@ -59,9 +65,27 @@ def choose_folds(available: list[str], fold: str | None, ensemble: bool, where: 
         return list(available)
     if fold in available:
         return [fold]
-    if fold.isdigit() and 1 <= int(fold) <= len(available):
-        return [available[int(fold) - 1]]
-    raise FileNotFoundError(f"{where}: no fold {fold!r}; it has {', '.join(available)} (pass a number 1..{len(available)} or a name)")
+    known = {name: number for name in available if (number := fold_number(name, numbers)) is not None}
+    if fold.isdigit():
+        hits = [name for name, number in known.items() if number == int(fold)]
+        if hits:
+            return hits[:1]
+    trained = ", ".join(f"{n} (fold {known[n]})" if n in known else n for n in available)
+    raise FileNotFoundError(f"{where}: fold {fold} was not trained in this run; it trained {trained} "
+                            "(pass one of these protocol fold numbers or names)")
+
+
+def fold_number(name: str, numbers: dict[str, int] | None = None) -> int | None:
+    """The protocol fold number of fold `name`: from `numbers` (summary.json's protocol card), else from a
+    `fold<N>` name; None when neither says."""
+    if numbers and name in numbers:
+        return int(numbers[name])
+    return int(name[4:]) if name.startswith("fold") and name[4:].isdigit() else None
+
+
+def run_fold_numbers(evaluation: dict) -> dict[str, int]:
+    """{fold name: protocol fold number} of a run's summary.json (its protocol card)."""
+    return {c["fold"]: int(c["fold_number"]) for c in evaluation.get("protocol_card", []) if "fold_number" in c}
 
 
 def feature_records(cache_path: str | Path, fingerprints: dict[str, str | None]) -> dict[str, dict]:
@@ -96,7 +120,7 @@ def load_run_bundle(run_dir: str | Path, *, fold: str | None = None, ensemble: b
         raise FileNotFoundError(f"{run_dir}: not a run folder (no config.yaml); pass the --out of train-fusion")
     summary_path = run_dir / "summary.json"
     evaluation = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    names = choose_folds(_run_folds(run_dir, evaluation), fold, ensemble, str(run_dir))
+    names = choose_folds(_run_folds(run_dir, evaluation), fold, ensemble, str(run_dir), run_fold_numbers(evaluation))
     checkpoints = [load_checkpoint(run_dir / n / "checkpoints" / "best.pt") for n in names]
     config = checkpoints[0]["config"]
     fingerprints = config["cache_fingerprints"]
@@ -139,7 +163,8 @@ def load_export_bundle(model_dir: str | Path, *, fold: str | None = None, ensemb
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise FileNotFoundError(f"{manifest_path}: format {found!r}, this code reads {EXPORT_FORMAT}")
     weights = {f["name"]: f["weights"] for f in manifest["folds"]}
-    names = choose_folds(list(weights), fold, ensemble, str(model_dir))
+    names = choose_folds(list(weights), fold, ensemble, str(model_dir),
+                         {f["name"]: f["fold_number"] for f in manifest["folds"] if "fold_number" in f})
     config = _read_json(_inside(model_dir, manifest["config"], "config"))
     lfm2_dir = model_dir / "lfm2"
     if lfm2_dir.is_dir():   # an LFM2 config copied at export: build the architecture from it, no download

@@ -3,7 +3,8 @@ own test clips under corruptions.
 
 Cross-corpus (--cache OTHER): a cache extracted with the same encoders and settings (same feature
 fingerprints; any other is refused), an optional label map {cache label: run label} (default: the classes
-both name alike). Out: metrics.json, predictions.csv and the confusion matrix over the shared classes, in --out.
+both name alike). Clips made from media the run's fold models trained or validated on (matched by source
+signature or path with the run's own cache) are refused unless --allow-overlap, which reports their count. Out: metrics.json, predictions.csv and the confusion matrix over the shared classes, in --out.
 Robustness (--corrupt LIST): pipeline/app/robustness.py; robustness.csv/.md/.png in --out.
 """
 
@@ -63,6 +64,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         ConfigError: a bad label map, or no clip of a shared class.
     """
     from mmfer.pipeline.app.bundle import load_run_bundle, train_config
+    from mmfer.pipeline.app.clip_overlap import seen_clips
     from mmfer.pipeline.app.predictor import offline_overrides
     from mmfer.pipeline.device import resolve_device
     from mmfer.pipeline.store import StoreError, open_store
@@ -96,6 +98,14 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     if clips.empty:
         raise ConfigError(f"{cfg.cache}: no usable clip of the mapped classes {sorted(mapping)}")
     truth = np.array([shared.index(mapping[cache.label_names[int(i)]]) for i in clips["label"]])
+    overlap, unchecked = seen_clips(bundle, clips)
+    if unchecked:
+        log.warning("%s: cannot check which clips the run trained on: %s", cfg.cache, unchecked)
+    if overlap and not cfg.allow_overlap:
+        raise ConfigError(f"{cfg.cache}: {len(overlap)} of its {len(clips)} scored clips (e.g. {', '.join(overlap[:3])}) "
+                          f"are made from the media run {cfg.run}'s fold models trained or validated on, so their score "
+                          "is not cross-corpus; evaluate on another dataset's cache, or pass --allow-overlap to score "
+                          "anyway (the overlap is reported beside the score)")
 
     device = resolve_device(cfg.device)
     video_shape = tuple(cache.video_shape) if train_cfg.model.uses_video else None
@@ -130,7 +140,8 @@ def evaluate(cfg: EvaluateConfig) -> dict:
                     class_names=tuple(shared))
     result = {"run": str(cfg.run), "cache": str(cfg.cache), "dataset": cache.dataset, "label_map": mapping,
               "classes": shared, "models": list(per_model), "num_clips": int(len(clips)),
-              "num_left_out": int(len(cache.clips) - len(clips)), "metrics": metrics, "folds": folds}
+              "num_left_out": int(len(cache.clips) - len(clips)), "metrics": metrics, "folds": folds,
+              "num_overlap": None if unchecked else len(overlap)}
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     return result
 
@@ -140,7 +151,9 @@ def format_evaluation(result: dict) -> str:
     models = "ensemble of " + ", ".join(result["models"]) if len(result["models"]) > 1 else result["models"][0]
     return (f"{result['run']} ({models}) on {result['cache']}: {result['num_clips']} clips of {len(result['classes'])} "
             f"shared classes ({', '.join(result['classes'])}; {result['num_left_out']} clips of other classes left out)\n"
-            f"accuracy {m['accuracy']:.3f}  uar {m['uar']:.3f}  f1_macro {m['f1_macro']:.3f}  f1_weighted {m['f1_weighted']:.3f}")
+            f"accuracy {m['accuracy']:.3f}  uar {m['uar']:.3f}  f1_macro {m['f1_macro']:.3f}  f1_weighted {m['f1_weighted']:.3f}"
+            + (f"  (overlap: {result['num_overlap']} of these clips were trained or validated on by the run, "
+               "--allow-overlap)" if result.get("num_overlap") else ""))
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:

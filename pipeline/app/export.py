@@ -31,7 +31,8 @@ def export_model(run_dir: str | Path, out: str | Path, *, fold: str | None = Non
     """
     from safetensors.torch import save_file
 
-    from mmfer.pipeline.app.bundle import EXPORT_FORMAT, EXPORT_MANIFEST, MODEL_SPEC_KEY, load_run_bundle
+    from mmfer.pipeline.app.bundle import (EXPORT_FORMAT, EXPORT_MANIFEST, MODEL_SPEC_KEY, fold_number, load_run_bundle,
+                                           run_fold_numbers)
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -48,13 +49,16 @@ def export_model(run_dir: str | Path, out: str | Path, *, fold: str | None = Non
             metadata = {MODEL_SPEC_KEY: json.dumps(bundle.model_spec)} if bundle.model_spec else None
             save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()}, str(staging / weights),
                       metadata=metadata)   # the weights file alone rebuilds its model (build_model_from_spec)
-            folds.append({"name": name, "weights": weights, **{k: v for k, v in protocol.get(name, {}).items() if k != "name"},
+            number = fold_number(name, run_fold_numbers(summary))   # predict --model DIR --fold N: protocol fold N
+            folds.append({"name": name, "weights": weights, **({"fold_number": number} if number is not None else {}),
+                          **{k: v for k, v in protocol.get(name, {}).items() if k != "name"},
                           "metrics": {k: v for k, v in summary.get("folds", {}).get(name, {}).items()
                                       if not isinstance(v, (dict, list))}})   # per class + confusion: evaluation.json
         evaluation = {"protocol": [protocol[n] for n in bundle.fold_names if n in protocol],
                       "folds": {n: summary.get("folds", {}).get(n, {}) for n in bundle.fold_names},
                       "run_mean": summary.get("mean", {}), "run_std": summary.get("std", {}),
-                      "run_protocol": summary.get("protocol", []), "variant": summary.get("variant")}
+                      "run_protocol": summary.get("protocol", []), "variant": summary.get("variant"),
+                      **({"optimistic": summary["optimistic"]} if summary.get("optimistic") else {})}
         _write_json(staging / "config.json", bundle.config)
         _write_json(staging / "features.json", bundle.features)
         _write_json(staging / "evaluation.json", evaluation)
@@ -124,6 +128,7 @@ def model_card(title: str, bundle, folds: list[dict], evaluation: dict) -> str:
                      "a clip without audio is predicted from video alone")
     lines += ["", "Full records: `features.json`. Resolved training config: `config.json`.", "",
               "## Evaluation (speaker-independent: test actors never seen in training)", "",
+              *([f"**Warning, {evaluation['optimistic']}.**", ""] if evaluation.get("optimistic") else []),
               "| fold | test actors | " + " | ".join(HEADLINE) + " |", "|---|---|" + "---|" * len(HEADLINE)]
     for fold in folds:
         metrics = fold.get("metrics", {})

@@ -65,6 +65,8 @@ def robustness_report(cfg: EvaluateConfig) -> dict:
         p = protocol[name]
         fold = Fold(name, tuple(p["train_actors"]), tuple(p["val_actors"]), tuple(p["test_actors"]))
         test_pos = (assign_parts(cache.clips, fold).to_numpy() == "test").nonzero()[0]
+        if cfg.cache:   # another store than the run's own: its actor numbers must mean the run's test clips
+            check_test_clips(cfg, name, list(cache.clips["clip_id"].iloc[test_pos]), cache.clips.iloc[test_pos], bundle)
         loader = make_loader(dataset, EpochSampler(test_pos), batch_size=run_cfg.training.batch_size, num_workers=0,
                              seed=cfg.seed, pin_memory=device.type == "cuda")
         batches = [to_device(b, device) for b in loader]
@@ -86,6 +88,40 @@ def robustness_report(cfg: EvaluateConfig) -> dict:
     (out / "robustness.md").write_text(table + "\n")
     write_plot(frame, ["clean", *corruptions], out / "robustness.png", title=f"{cfg.run}: {len(bundle.fold_names)} fold(s)")
     return {"scores": frame, "table": table, "out": out}
+
+
+def check_test_clips(cfg: EvaluateConfig, fold: str, clip_ids: list[str], scored: pd.DataFrame, bundle) -> None:
+    """Refuse scoring fold `fold` on --cache clips that are not the run's test clips of that fold: the clip ids
+    must be those of the run's predictions.csv, and, where the run's own cache can be read, each made from the
+    same media (`clip_keys`: source signature or path).
+
+    Raises:
+        ConfigError: naming how many clips differ and an example.
+    """
+    from mmfer.pipeline.app.clip_overlap import clip_keys
+    from mmfer.pipeline.store import StoreError, open_store
+
+    predictions = Path(cfg.run) / "predictions.csv"
+    if not predictions.exists():
+        log.warning("%s: no predictions.csv; cannot check that %s holds %s's test clips", cfg.run, cfg.cache, fold)
+        return
+    table = pd.read_csv(predictions, dtype={"clip_id": str})
+    expected = set(table.loc[table["fold"] == fold, "clip_id"])
+    extra, missing = sorted(set(clip_ids) - expected), sorted(expected - set(clip_ids))
+    if extra or missing:
+        raise ConfigError(f"{cfg.cache}: the clips it holds for {fold}'s test actors are not the run's test clips of "
+                          f"{fold} ({len(extra)} not among them, e.g. {extra[:3]}; {len(missing)} of them absent, e.g. "
+                          f"{missing[:3]}); --corrupt --cache takes the run's own store (moved), not another dataset's")
+    try:
+        own = open_store(bundle.config["cache"], mode="r").clip_table
+    except (StoreError, FileNotFoundError, OSError):
+        return   # moved: the clip ids are what can be checked
+    own_keys = dict(zip(own["clip_id"].astype(str), clip_keys(own)))
+    differ = [c for c, keys in zip(clip_ids, clip_keys(scored)) if keys and own_keys.get(c) and not keys & own_keys[c]]
+    if differ:
+        raise ConfigError(f"{cfg.cache}: {len(differ)} of {fold}'s test clips (e.g. {differ[:3]}) are made from other "
+                          f"media than the run's own cache {bundle.config['cache']} records; --corrupt --cache takes "
+                          "the run's own store (moved), not another one")
 
 
 def media_predictor(bundle, corruptions: list[str], *, device: str):

@@ -82,7 +82,8 @@ def run_study(base: TrainConfig, study_dir: str | Path, num_trials: int, *, keep
     protocol = resolve_protocol(base.split.protocol, dataset=cache.dataset, clips=cache.clips)
     folds = make_folds(protocol, num_val_actors=base.split.num_val_actors, fold_file=base.split.fold_file,
                        all_actors=sorted(int(a) for a in cache.clips["actor"].unique()), clips=cache.clips,
-                       num_folds=base.split.num_folds)
+                       num_folds=base.split.num_folds, val_fraction=base.split.val_fraction,
+                       val_seed=base.split.val_seed)
     fold_numbers = list(range(1, len(folds) + 1)) if base.folds == "all" else [int(n) for n in base.folds.split(",")]
     storage = make_storage(storage_url, study_dir)
     entries, studies = [], []
