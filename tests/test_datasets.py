@@ -250,7 +250,8 @@ def test_crema_d_demo_extracts_and_trains_on_its_six_classes(tmp_path, tiny_mode
 
 
 def _dfew_tree(root, clips, write=_touch):
-    """DFEW's release layout: clips {n: (label 1..7, test set k)}; each set's train list is every other clip.
+    """DFEW's release layout: clips {n: (label 1..7, test set k)}; each set's train list is every other clip; odd
+    clips in part folders with unpadded names, even ones padded at the top.
     write(path, label name) makes each clip file (default: a 1-byte placeholder)."""
     for kind in ("train", "test"):
         folder = root / "EmoLabel_DataSplit" / f"{kind}(single-labeled)"
@@ -260,8 +261,9 @@ def _dfew_tree(root, clips, write=_touch):
             (folder / f"set_{k}.csv").write_text("video_name,label\n" + "".join(f"{n},{lab}\n" for n, lab in chosen))
     from mmfer.data.official_folds import DFEW_LABELS
 
-    for n, (lab, _) in clips.items():
-        write(root / "Clip" / "original" / f"{n:05d}.mp4", DFEW_LABELS[lab - 1])
+    for n, (lab, _) in clips.items():   # as third-party loaders have them (part_1/7.mp4) and as the README (00008.mp4)
+        name = f"part_{1 + n % 3}/{n}.mp4" if n % 2 else f"{n:05d}.mp4"
+        write(root / "Clip" / "original" / name, DFEW_LABELS[lab - 1])
 
 
 def _mafw_tree(root, clips, write=_touch):
