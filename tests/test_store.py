@@ -185,3 +185,32 @@ def test_a_rerun_takes_the_manifests_labels_folds_and_new_clips(tmp_path, caplog
     assert "clip table: 0 rows changed, 0 clips added" in caplog.text
     with pytest.raises(StoreError, match=r"lacks 1 of them \(e.g. c1\)"):
         check_clip_table(path, new[new["clip_id"] != "c1"])
+
+
+def test_a_kill_while_the_store_grows_leaves_a_store_that_reads_and_grows_again(tmp_path):
+    """The arrays grow before the clip table is rewritten: killed in between (a real kill -9 of a child), the
+    store reads as before (longer arrays, the old table) and the next run grows it to the new clips."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    path = tmp_path / "cache"
+    store = create_store(path, make_table(), {})
+    store.ensure_entry("video", "fp1", {}, SPECS).write_clip("c1", make_arrays(1), "s")
+    store.ensure_entry("audio", "fp2", {}, SPECS)
+    child = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import pandas as pd
+        from mmfer.pipeline.store import create_store
+        table = pd.DataFrame({{"clip_id": ["c0", "c1", "c2", "c3"], "actor": [1, 2, 3, 4], "label": [0, 0, 0, 0]}})
+        create_store({str(path)!r}, table, {{}})
+        """)], env={**os.environ, "MMFER_CRASH_AT": "entry_resized"}, capture_output=True, text=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    killed = open_store(path)
+    assert killed.clip_ids == ["c0", "c1", "c2"]                        # the table was not rewritten
+    assert list(killed.entry("video").statuses()) == [ClipStatus.PENDING, ClipStatus.DONE, ClipStatus.PENDING]
+    assert verify_store(path).ok
+    grown = create_store(path, make_table(4), {})
+    assert grown.clip_ids == ["c0", "c1", "c2", "c3"] and len(grown.entry("audio").statuses()) == 4
+    assert grown.entry("video").read_clip("c1")["length"] == 3
