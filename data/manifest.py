@@ -58,7 +58,8 @@ def refuse_lfs_pointers(manifest: pd.DataFrame) -> None:
                 Path(pointers[0]).resolve().parent)
     raise LfsPointerError(f"{pointers[0]}: a git-lfs pointer file, not media ({len(pointers)} of the {len(paths)} "
                           f"media files are): the clone's large files were never fetched; run `git lfs pull` in {repo} "
-                          "(needs git-lfs: `git lfs install` once), then extract again")
+                          "(needs git-lfs: `git lfs install` once), or fetch CREMA-D with `mmfer download crema-d`, "
+                          "then extract again")
 
 
 def _source(row: dict) -> str:

@@ -35,7 +35,7 @@ class ExtractConfig:
     dataset: Literal["ravdess", "crema-d", "dfew", "mafw", "manifest"] = "ravdess"
     """Dataset adapter that turns --root (or --manifest) into a manifest (README "Datasets")."""
     root: str = ""
-    """Dataset folder (RAVDESS: the Actor_01..Actor_24 folders; CREMA-D: the folder holding VideoFlash; DFEW, MAFW: the official release's top folder)."""
+    """Dataset folder; empty: the data home's <dataset> folder ($MMFER_DATA/<dataset>, else ~/.cache/mmfer/datasets/<dataset>; `mmfer download` fills it) (RAVDESS: the Actor_01..Actor_24 folders; CREMA-D: the folder holding VideoFlash; DFEW, MAFW: the official release's top folder)."""
     manifest: str | None = None
     """--dataset manifest: a .csv or .jsonl file, one row per clip (clip_id, video_path, label, speaker, ...)."""
     labels: str | None = None

@@ -73,3 +73,33 @@ def test_dry_run_for_a_run_config_without_cache(tmp_path) -> None:
     result = dry_run_for_cache(cfg)
     assert (result["batch_size"], result["precision"], result["gradient_checkpointing"]) == (2, "fp32", True)
     assert result["peak_memory_gb"] == result["memory"]["finetune"]["peak_ckpt_gb"]
+
+
+class _HubKernelStyleLayer(torch.nn.Module):
+    """A layer that hands a view of its own weight, made under no_grad, to a child module, as transformers 5.25's
+    hub-kernel wrappers do with LFM2's short convolution (`causal_conv1d_forward(x, conv.weight.view(...))`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(8, 8))
+        self.kernel = _Linear()
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.kernel(batch["x"], self.weight.view(8, 8))
+
+
+class _Linear(torch.nn.Module):
+    def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, weight)
+
+
+def test_flop_count_does_not_depend_on_how_a_layer_is_wrapped() -> None:
+    """FlopCounterMode's module tracker failed with 'Expected gradient function to be set' on such a layer."""
+    from mmfer.train.dryrun import _count_flops
+
+    for device in ("cpu", "meta"):
+        with torch.device(device):
+            layer = _HubKernelStyleLayer()
+        flops = _count_flops(layer, {"x": torch.empty(4, 8, device=device)})
+        assert flops["Global"] == 2 * 4 * 8 * 8, (device, flops)
+        assert layer.weight.requires_grad, "the count must leave requires_grad as it found it"

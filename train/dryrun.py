@@ -7,9 +7,11 @@ meta batch, and measures the tensors autograd saves for backward to estimate act
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -138,12 +140,31 @@ def _meta_batch(b: int, tv: int, p: int, dv: int, ta: int, da: int) -> dict[str,
 
 
 def _count_flops(model: FusionModel, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Forward FLOPs per module name (FlopCounterMode's names: 'Global', 'FusionModel.audio', ...)."""
+    """Forward FLOPs per module name (FlopCounterMode's names: 'Global', 'FusionModel.audio', ...).
+
+    Counted with every parameter's requires_grad off: FlopCounterMode's module tracker hooks autograd on any
+    module argument that requires grad, and fails on a parameter passed as an argument (transformers 5.25 hands
+    LFM2's conv weight to a hub-kernel module). FLOPs do not depend on requires_grad, so the count is the same
+    whatever layers transformers wraps.
+    """
     counter = FlopCounterMode(display=False)
     model.eval()
-    with counter, torch.no_grad():
+    with counter, torch.no_grad(), _params_without_grad(model):
         model(batch)
     return {name: float(sum(ops.values())) for name, ops in counter.get_flop_counts().items()}
+
+
+@contextlib.contextmanager
+def _params_without_grad(model: nn.Module) -> Iterator[None]:
+    """requires_grad off for every parameter inside the block, restored after it."""
+    wanted = [(param, param.requires_grad) for param in model.parameters()]
+    for param, _ in wanted:
+        param.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for param, requires_grad in wanted:
+            param.requires_grad_(requires_grad)
 
 
 ROWS = (("audio", ("audio", "audio_missing")), ("visual.compress", ("visual.compress",)),

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections import Counter
+from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable
@@ -34,7 +35,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if cfg.dataset == "manifest" and not cfg.manifest:
         raise ConfigError("extract --dataset manifest needs --manifest FILE (.csv or .jsonl, one row per clip)")
     if cfg.dataset != "manifest" and not cfg.root:
-        raise ConfigError("extract needs --root (the dataset folder; e.g. `mmfer make-demo --out demo_data` first)")
+        cfg = replace(cfg, root=str(_default_root(cfg.dataset)))
     from mmfer.data.datasets import build_manifest  # imported here: each subcommand loads only what it uses
     from mmfer.extract.run import extract_all
 
@@ -49,6 +50,40 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if summary.num_ok == 0 and summary.num_selected > 0:
         return 1
     return 1 if cfg.strict and summary.num_failed else 0
+
+
+def _default_root(dataset: str) -> Path:
+    """The data home's folder of `dataset` (pipeline/data_home.py); refused, saying how to fill it, when empty."""
+    from mmfer.pipeline.data_home import DATA_HOME_RULE, dataset_root, is_missing_or_empty
+
+    root = dataset_root(dataset)
+    if is_missing_or_empty(root):
+        from mmfer.data.download import how_to_fill
+
+        raise BadInputError(f"{root}: no {dataset} data here (extract's default --root: {DATA_HOME_RULE}); "
+                            f"{how_to_fill(dataset, root)}")
+    log.info("--root %s (the data home's %s folder)", root, dataset)
+    return root
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from mmfer.data import download
+    from mmfer.pipeline.data_home import dataset_root
+
+    out = Path(args.out).expanduser() if args.out else dataset_root(args.dataset)
+    if args.dataset in ("dfew", "mafw"):
+        print(download.access_message(args.dataset, out), file=sys.stderr)
+        return 1
+    if args.actors and args.dataset != "ravdess":
+        raise ConfigError(f"--actors picks RAVDESS actors; {args.dataset} is fetched whole")
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"{out}: --out is a file, not a folder; give a folder for the dataset")
+    if args.dataset == "ravdess":
+        summary = download.download_ravdess(out, download.parse_actors(args.actors) if args.actors else None)
+    else:
+        summary = download.download_crema_d(out)
+    print(summary.format())
+    return 1 if summary.failures else 0
 
 
 def cmd_train_fusion(args: argparse.Namespace) -> int:
@@ -116,6 +151,9 @@ def cmd_cache_export(args: argparse.Namespace) -> int:
 
 def _extract_parser(parser: argparse.ArgumentParser) -> None:
     parser.description = "Stage 1: decode each clip, run the frozen SigLIP2 + FastConformer encoders once, write their tokens to a Zarr feature store. Reruns skip finished clips."
+    from mmfer.pipeline.data_home import DATA_HOME_RULE, data_home
+
+    parser.epilog = f"Without --root: {DATA_HOME_RULE}, here {data_home()}/<dataset> (fill it with `mmfer download ravdess` or `mmfer download crema-d`)."
     add_config_flags(parser, ExtractConfig)
     add_common_arguments(parser, example="batch_size=8")
     parser.set_defaults(handler=cmd_extract)
@@ -145,6 +183,18 @@ def _demo_parser(parser: argparse.ArgumentParser) -> None:
     add_config_flags(parser, DemoConfig)
     add_common_arguments(parser, example="num_actors=2")
     parser.set_defaults(handler=cmd_make_demo)
+
+
+@_register("download", "Fetch a public dataset (ravdess, crema-d) into the data home, verified against the published "
+                       "checksums; resumes, skips what is done. dfew, mafw: where to request them.")
+def _download_parser(parser: argparse.ArgumentParser) -> None:
+    from mmfer.pipeline.data_home import DATA_HOME_RULE
+
+    parser.add_argument("dataset", choices=("ravdess", "crema-d", "dfew", "mafw"), help="Dataset to fetch.")
+    parser.add_argument("--out", metavar="DIR", help=f"Folder to fill (default: {DATA_HOME_RULE}, where extract looks).")
+    parser.add_argument("--actors", metavar="LIST", help="RAVDESS: only these actors, e.g. 1-4 or 1,3,5-8 (default: all 24).")
+    add_common_arguments(parser, with_overrides=False)
+    parser.set_defaults(handler=cmd_download)
 
 
 @_register("cache-info", "Print what a feature store holds.")
