@@ -94,5 +94,6 @@ def scan_crema_d(root: str) -> pd.DataFrame:
     if not rows:
         raise CremaDError(f"{root_path}: VideoFlash holds no usable CREMA-D clip ({len(bad)} other names, "
                           f"{len(broken)} known-broken); names are ActorID_Sentence_Emotion_Level.flv")
-    table = pd.DataFrame(rows)
-    return with_sources(table.sort_values("clip_id").reset_index(drop=True))
+    table = with_sources(pd.DataFrame(rows).sort_values("clip_id").reset_index(drop=True))
+    table.attrs["label_names"] = list(CREMA_D_EMOTIONS)
+    return table

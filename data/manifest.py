@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmfer.pipeline.media import file_signature
+from mmfer.pipeline.errors import BadInputError
+from mmfer.pipeline.media import file_signature, is_lfs_pointer
 
 MANIFEST_COLUMNS = (
     "clip_id", "path", "source", "dataset", "actor", "gender", "label", "emotion", "intensity",
@@ -26,15 +27,39 @@ speaker's own name where `actor` is a number given to it), fold / split (a given
 (a segment of the file), audio_path (a separate audio file, or ""), level and sentence (CREMA-D)."""
 
 
+class LfsPointerError(BadInputError, ValueError):
+    """Media files are git-lfs pointers: the dataset was cloned without fetching its large files."""
+
+
 def with_sources(manifest: pd.DataFrame) -> pd.DataFrame:
     """The manifest with its `source` column filled and columns in order.
 
     `source` is what a clip's features were made from, compared by extract to redo a clip that changed: the
     video file's signature ("" for a file that is gone), then, when the row has them, "+audio=" and the
-    separate audio file's signature, and "@start_s-end_s" for a segment."""
+    separate audio file's signature, and "@start_s-end_s" for a segment.
+
+    Raises:
+        LfsPointerError: a video or audio file is a git-lfs pointer (refused here, at scan time, not by
+            ffmpeg once per clip after the encoders load).
+    """
+    refuse_lfs_pointers(manifest)
     table = manifest.copy()
     table["source"] = [_source(row) for row in table.to_dict("records")]
     return table[[c for c in MANIFEST_COLUMNS if c in table]].reset_index(drop=True)
+
+
+def refuse_lfs_pointers(manifest: pd.DataFrame) -> None:
+    """Raise LfsPointerError naming how many of the manifest's media files are git-lfs pointers and what to run."""
+    paths = list(manifest["path"]) + [p for p in manifest.get("audio_path", pd.Series(dtype=str)) if isinstance(p, str) and p]
+    pointers = [p for p in paths if is_lfs_pointer(p)]
+    if not pointers:
+        return
+    repo = next((folder for folder in Path(pointers[0]).resolve().parents if (folder / ".git").exists()),
+                Path(pointers[0]).resolve().parent)
+    raise LfsPointerError(f"{pointers[0]}: a git-lfs pointer file, not media ({len(pointers)} of the {len(paths)} "
+                          f"media files are): the clone's large files were never fetched; run `git lfs pull` in {repo} "
+                          "(needs git-lfs: `git lfs install` once), or fetch CREMA-D with `mmfer download crema-d`, "
+                          "then extract again")
 
 
 def _source(row: dict) -> str:

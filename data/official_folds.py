@@ -2,7 +2,7 @@
 
 DFEW: `EmoLabel_DataSplit/train(single-labeled)/set_{k}.csv` and `test(single-labeled)/set_{k}.csv`, header
 `video_name,label`, video_name a number (clip `{n:05d}`), label 1..7 (DFEW_LABELS order); clips under
-`Clip/original/`. MAFW: `Train & Test Set/single/no_caption/set_{k}/train.txt` and `test.txt`, lines
+`Clip/original/`, in any sub-folder (`part_1/1.mp4`), named by the number padded or not (`00001.mp4`, `1.mp4`). MAFW: `Train & Test Set/single/no_caption/set_{k}/train.txt` and `test.txt`, lines
 `00025.mp4 anger`; clips under `data/clips/`. Neither names speakers: each clip is its own `actor`, and
 `fold` is the set whose test list holds it (the protocol `manifest` reads that column).
 """
@@ -35,12 +35,41 @@ def _dfew_list(path: Path) -> dict[str, str]:
     """{clip stem: label name} of one DFEW set csv."""
     out = {}
     with path.open(newline="", encoding="utf-8-sig") as handle:
-        for number, row in enumerate(csv.DictReader(handle), start=2):
+        reader = csv.DictReader(handle)
+        for row in reader:
             try:
-                out[f"{int(row['video_name']):05d}"] = DFEW_LABELS[int(row["label"]) - 1]
-            except (KeyError, ValueError, TypeError, IndexError):
-                raise OfficialFoldsError(f"{path} line {number}: expected video_name,label with label 1..7, got {row}") from None
+                clip, label = int(row["video_name"]), int(row["label"])
+            except (KeyError, ValueError, TypeError):
+                clip, label = None, None
+            if clip is None or not 1 <= label <= len(DFEW_LABELS):   # 0 or -1 would index from the end
+                raise OfficialFoldsError(f"{path} line {reader.line_num}: expected video_name,label with label "
+                                         f"1..{len(DFEW_LABELS)}, got {row}")
+            out[_dfew_stem(clip)] = DFEW_LABELS[label - 1]
     return out
+
+
+def _dfew_stem(number: int) -> str:
+    """DFEW's clip id for a clip number: 5 digits, as its README writes the files (`00001`)."""
+    return f"{number:05d}"
+
+
+def _dfew_files(folder: Path) -> dict[str, Path]:
+    """{clip id: file} of every video under `folder`, at any depth, whose name is a clip number, padded or not
+    (`Clip/original/part_1/1.mp4`, `00001.mp4`).
+
+    Raises:
+        OfficialFoldsError: two files carry one number.
+    """
+    files: dict[str, Path] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() not in VIDEO_SUFFIXES or not (path.stem.isascii() and path.stem.isdigit()):
+            continue
+        stem = _dfew_stem(int(path.stem))
+        if stem in files:
+            raise OfficialFoldsError(f"{folder}: clip {int(path.stem)} has two files, {files[stem]} and {path}; "
+                                     "keep one")
+        files[stem] = path
+    return files
 
 
 def _mafw_list(path: Path) -> dict[str, str]:
@@ -56,11 +85,16 @@ def _mafw_list(path: Path) -> dict[str, str]:
     return out
 
 
-LAYOUTS = {   # dataset -> (set file of (kind, k), clip folder, reader, labels)
+def _mafw_files(folder: Path) -> dict[str, Path]:
+    """{file stem: file} of every video under `folder`."""
+    return {p.stem: p for p in sorted(folder.rglob("*")) if p.suffix.lower() in VIDEO_SUFFIXES}
+
+
+LAYOUTS = {   # dataset -> (set file of (kind, k), clip folder, reader, labels, file finder)
     "dfew": (lambda root, kind, k: root / "EmoLabel_DataSplit" / f"{kind}(single-labeled)" / f"set_{k}.csv",
-             "Clip/original", _dfew_list, DFEW_LABELS),
+             "Clip/original", _dfew_list, DFEW_LABELS, _dfew_files),
     "mafw": (lambda root, kind, k: root / "Train & Test Set" / "single" / "no_caption" / f"set_{k}" / f"{kind}.txt",
-             "data/clips", _mafw_list, MAFW_LABELS),
+             "data/clips", _mafw_list, MAFW_LABELS, _mafw_files),
 }
 
 
@@ -68,9 +102,10 @@ def scan_official_folds(root: str, dataset: str) -> tuple[pd.DataFrame, tuple[st
     """(the manifest of the clips the test lists name and the clip folder holds, the label names).
 
     Raises:
-        OfficialFoldsError: a set file or the clip folder is missing, or a clip is in two test lists.
+        OfficialFoldsError: a set file or the clip folder is missing, a set file line is malformed (DFEW: a
+            label outside 1..7), a clip is in two test lists, or (DFEW) two files carry one clip number.
     """
-    set_file, clip_folder, read, labels = LAYOUTS[dataset]
+    set_file, clip_folder, read, labels, find_files = LAYOUTS[dataset]
     root_path = Path(root).expanduser().resolve()
     label_of: dict[str, str] = {}
     fold_of: dict[str, int] = {}
@@ -90,7 +125,7 @@ def scan_official_folds(root: str, dataset: str) -> tuple[pd.DataFrame, tuple[st
     folder = root_path / clip_folder
     if not folder.is_dir():
         raise OfficialFoldsError(f"{folder}: {dataset.upper()} clip folder not found")
-    files = {p.stem: p for p in sorted(folder.rglob("*")) if p.suffix.lower() in VIDEO_SUFFIXES}
+    files = find_files(folder)
     untested = sorted(set(label_of) - set(fold_of))
     if untested:
         log.warning("%s: left out %d clip(s) that no test list names, e.g. %s", root_path, len(untested), ", ".join(untested[:5]))
@@ -104,4 +139,6 @@ def scan_official_folds(root: str, dataset: str) -> tuple[pd.DataFrame, tuple[st
                           "actor": range(1, len(stems) + 1), "gender": "",
                           "label": [labels.index(label_of[s]) for s in stems], "emotion": [label_of[s] for s in stems],
                           "recording_id": stems, "fold": [fold_of[s] for s in stems]})
-    return with_sources(table), labels
+    table = with_sources(table)
+    table.attrs["label_names"] = list(labels)
+    return table, labels

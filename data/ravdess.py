@@ -148,7 +148,9 @@ def scan_ravdess(
     manifest = pd.DataFrame([rows[k] for k in sorted(rows)], columns=list(RAVDESS_COLUMNS))
     for column in ("label", "intensity", "statement", "repetition", "actor"):
         manifest[column] = manifest[column].astype("int64")
-    return with_sources(manifest)
+    manifest = with_sources(manifest)
+    manifest.attrs["label_names"] = list(EMOTIONS)   # the class ids' names (extract records them in the store)
+    return manifest
 
 
 class NoClipsError(BadInputError, FileNotFoundError):

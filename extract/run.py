@@ -35,11 +35,10 @@ from mmfer.pipeline.config import ExtractConfig
 from mmfer.pipeline.device import resolve_device
 from mmfer.pipeline.distributed import World, barrier, broadcast_object, current_world, device_for_rank, gather_objects, process_group
 from mmfer.pipeline.errors import ConfigError, MmferError
-from mmfer.pipeline.labels import EMOTIONS
 from mmfer.pipeline.faults import crash_point
 from mmfer.pipeline.progress import Progress
 from mmfer.pipeline.store import (TOKEN_SCALE, ArraySpec, ClipStatus, FeatureEntry, FeatureStore, StoreError,
-                                  create_store, entry_differences, group_writer_lock, open_store)
+                                  check_clip_table, create_store, entry_differences, group_writer_lock, open_store)
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +86,26 @@ class ExtractSummary:
 
 # Bump when anything this package does to a clip before or around the encoders changes in a way that
 # changes stored values (decode, sampling, cropping, mixing, padding). 1: stores made before the version
-# was recorded; 2: stereo averaged, not summed at 0.707 (issue 14.11).
-EXTRACTOR_VERSION = 2
+# was recorded; 2: stereo averaged, not summed at 0.707 (issue 14.11); 3: audio encoded one clip at a time
+# (never zero-padded to a batch-mate's length) with ENCODE_THREADS intra-op threads (issue 25.9).
+EXTRACTOR_VERSION = 3
+
+# Intra-op threads while the encoders run. Float reductions are split by the thread count, so a clip's stored
+# bits would depend on it (torchrun ranks run with OMP_NUM_THREADS=1, a plain process with every core): one
+# thread makes every store of the same settings, torch build and CPU bitwise equal whatever the process count,
+# batch size or machine load (cache_schema.md, "Determinism"). Recorded in each entry's attrs.
+ENCODE_THREADS = 1
+
+
+@contextmanager
+def encode_threads(num_threads: int = ENCODE_THREADS):
+    """torch's intra-op thread count set to `num_threads` inside, restored on leaving."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 # Where an encoder was read from, recorded in the entry but not fingerprinted: the weights hash (and the
 # hub revision asked for) say what it is, so the same weights under another --models-dir or folder resume.
@@ -131,6 +148,9 @@ def extract_all(cfg: ExtractConfig, manifest: pd.DataFrame) -> ExtractSummary:
     """
     start = time.monotonic()
     table = check_manifest(manifest)
+    if not table.attrs.get("label_names"):   # never RAVDESS's 8 classes by default: the labels would mean other names
+        raise ConfigError("the manifest carries no label names (attrs['label_names']); build it with "
+                          "mmfer.data.datasets.build_manifest, or set them in the class-id order of its `label` column")
     world = current_world()
     device = device_for_rank(resolve_device(cfg.device), world)
     # the lock is taken before the encoders load, so a second writer is refused at once
@@ -142,6 +162,8 @@ def _extract_locked(cfg: ExtractConfig, table: pd.DataFrame, device: torch.devic
                     world: World) -> ExtractSummary:
     # The decode workers start first, on the clips most likely to do: the real list needs the entries'
     # fingerprints, which need the encoders' weights. They decode while the main thread loads the weights.
+    if world.is_main:   # a manifest the store cannot take is refused now, not after the encoders load
+        check_clip_table(cfg.out, table, table.attrs["label_names"])
     visual_name, _, revision = encoder_names(cfg)
     processor = load_image_processor(visual_name, revision=revision)
     selected = select_clips(table, cfg.select, cfg.limit)
@@ -203,7 +225,7 @@ def _prepare_and_run(cfg: ExtractConfig, table: pd.DataFrame, selected: pd.DataF
     loop_start = time.monotonic()
     summary.setup_s = loop_start - start
     desc = f"extract rank {world.rank}/{world.world_size}" if world.is_distributed else "extract"
-    with Progress(len(jobs), desc=desc, unit="clip", logger=log) as progress, \
+    with Progress(len(jobs), desc=desc, unit="clip", logger=log) as progress, encode_threads(), \
             _decoding_for(jobs, early, encoders.visual.processor, cfg) as batches:
         waited_from = loop_start
         for batch in batches:
@@ -291,7 +313,7 @@ def _open_entries(cfg: ExtractConfig, table: pd.DataFrame, encoders, video_param
     source = cfg.manifest if cfg.dataset == "manifest" else cfg.root   # where the clips came from
     store = create_store(cfg.out, table, {"dataset": cfg.dataset, "root": str(Path(source).resolve()),
                                           "created_by": "mmfer extract", "preset": cfg.preset,
-                                          "label_names": list(table.attrs.get("label_names") or EMOTIONS)})
+                                          "label_names": list(table.attrs["label_names"])}, update=clean)
     if clean:
         removed = store.clean_leftovers()
         if removed:
@@ -329,9 +351,11 @@ def decode_params(modality: str, cfg: ExtractConfig) -> dict:
         size = {**({"token_pool": cfg.token_pool} if cfg.token_pool > 1 else {}),
                 **({"token_dtype": cfg.token_dtype} if cfg.token_dtype != "float" else {})}
         return {"num_frames": cfg.num_frames, "face_crop": cfg.face_crop, **face, "frame_sampling": FRAME_SAMPLING,
-                "dtype": cfg.dtype, **size, "extractor_version": EXTRACTOR_VERSION, **_views(modality, cfg)}
+                "dtype": cfg.dtype, **size, "extractor_version": EXTRACTOR_VERSION, "encode_threads": ENCODE_THREADS,
+                **_views(modality, cfg)}
     return {"sample_rate_hz": cfg.sample_rate_hz, "max_audio_s": cfg.max_audio_s, "audio_mix": AUDIO_MIX,
-            "dtype": cfg.dtype, "extractor_version": EXTRACTOR_VERSION, **_views(modality, cfg)}
+            "dtype": cfg.dtype, "extractor_version": EXTRACTOR_VERSION, "encode_threads": ENCODE_THREADS,
+            **_views(modality, cfg)}
 
 
 def _views(modality: str, cfg: ExtractConfig) -> dict:
@@ -370,14 +394,19 @@ def _setting_name(key: str, modality: str) -> str:
 
 
 def _clips_to_do(selected: pd.DataFrame, video: FeatureEntry, audio: FeatureEntry) -> pd.DataFrame:
-    """Clips whose video or audio is not done under this fingerprint for the current source file."""
-    index = [video.store.index_of(c) for c in selected["clip_id"]]
-    video_status, audio_status = video.statuses()[index], audio.statuses()[index]
-    video_source, audio_source = np.array(video.sources())[index], np.array(audio.sources())[index]
-    current = selected["source"].to_numpy()
-    video_ok = (video_status == ClipStatus.DONE) & (video_source == current)
-    audio_ok = np.isin(audio_status, (ClipStatus.DONE, ClipStatus.MISSING)) & (audio_source == current)
-    return selected[~(video_ok & audio_ok)]
+    """Clips whose video or audio is not done under this fingerprint for the current source file (a clip the
+    store's clip table does not hold yet: to do)."""
+    known = selected["clip_id"].isin(set(video.store.clip_ids)).to_numpy()
+    done = np.zeros(len(selected), dtype=bool)
+    if known.any():
+        index = [video.store.index_of(c) for c in selected["clip_id"][known]]
+        video_status, audio_status = video.statuses()[index], audio.statuses()[index]
+        video_source, audio_source = np.array(video.sources())[index], np.array(audio.sources())[index]
+        current = selected["source"].to_numpy()[known]
+        video_ok = (video_status == ClipStatus.DONE) & (video_source == current)
+        audio_ok = np.isin(audio_status, (ClipStatus.DONE, ClipStatus.MISSING)) & (audio_source == current)
+        done[known] = video_ok & audio_ok
+    return selected[~done]
 
 
 def _check_free_space(out: Path, num_clips: int, bytes_per_clip: int) -> None:
@@ -458,10 +487,9 @@ def _encode_and_write(batch: list[DecodedItem], encoders, video: FeatureEntry, a
     tokens, pooled = encoders.encode_visual([p for item in good for p in (item.pixel_inputs, *item.view_pixel_inputs)])
     tokens = [pool_tokens(clip_tokens, token_pool) for clip_tokens in tokens]   # the store quantizes an int8 entry
     with_audio = [item for item in good if item.audio is not None]
-    if video.num_views:   # a clip's versions are padded together, apart from other clips: same bytes at any batch size
-        encoded = [t for item in with_audio for t in encoders.encode_audio([item.audio, *item.view_audio])]
-    else:
-        encoded = encoders.encode_audio([item.audio for item in with_audio])
+    # one clip (with its views) per call, never zero-padded to another clip's length, which would leak into its
+    # tokens: the same bytes at any batch size or process count, and the same call predict makes
+    encoded = [t for item in with_audio for t in encoders.encode_audio([item.audio, *item.view_audio])]
     audio_tokens = {item.clip_id: encoded[i * num_versions:(i + 1) * num_versions] for i, item in enumerate(with_audio)}
     for position, item in enumerate(good):
         clip_tokens = tokens[position * num_versions:(position + 1) * num_versions]

@@ -1,7 +1,7 @@
 """Find and run the ffmpeg binary, safely.
 
-The system ffmpeg is used when it is on PATH and new enough (5.1: `-fps_mode`), else the one shipped in
-the `imageio-ffmpeg` wheel, so `pip install` alone is enough (ffprobe is never needed). Every call has a timeout, and stdout and
+The system ffmpeg is used when it is on PATH and takes the options decode.py passes (probed once per process:
+`-fps_mode` needs 5.1, `-enc_time_base:v filter` 6.1), else the one shipped in the `imageio-ffmpeg` wheel, so `pip install` alone is enough (ffprobe is never needed). Every call has a timeout, and stdout and
 stderr are drained together by `communicate`, because ffmpeg blocks forever once a pipe it writes to
 is full. Callers pass argument lists: `extract/decode.py` compiles them from ffmpeg-python stream graphs
 (`.compile()`), `data/demo.py` writes them out; ffmpeg-python's own `run()` has no timeout, so it is never
@@ -24,8 +24,7 @@ from mmfer.pipeline.errors import MmferError
 log = logging.getLogger(__name__)
 
 STDERR_TAIL_CHARS = 2000   # enough for ffmpeg's real complaint, not its whole banner
-MIN_FFMPEG_VERSION = (5, 1)   # `-fps_mode` (decode.py) first came in ffmpeg 5.1; Ubuntu 22.04 ships 4.4
-VERSION_CHECK_TIMEOUT_S = 10.0   # `ffmpeg -version` prints and exits at once; this only bounds a broken binary
+VERSION_CHECK_TIMEOUT_S = 10.0   # `ffmpeg -version` and the option probes finish at once; this bounds a broken binary
 
 
 class FfmpegError(MmferError, RuntimeError):
@@ -49,25 +48,52 @@ class FfmpegError(MmferError, RuntimeError):
 
 @functools.lru_cache(maxsize=1)
 def ffmpeg_exe() -> str:
-    """Path of the ffmpeg binary: $MMFER_FFMPEG (taken as is), else ffmpeg on PATH when it is at least
-    MIN_FFMPEG_VERSION, else the imageio-ffmpeg one (with one log line saying why)."""
+    """Path of the ffmpeg binary: $MMFER_FFMPEG (taken as is), else ffmpeg on PATH when it takes every option
+    this pipeline passes (REQUIRED_OPTIONS, probed once per process), else the imageio-ffmpeg one (with one
+    log line naming what the PATH one lacks)."""
     configured = os.environ.get("MMFER_FFMPEG")
     if configured:
         return configured
     on_path = shutil.which("ffmpeg")
     if on_path:
-        version = ffmpeg_version(on_path)
-        if version is None or version >= MIN_FFMPEG_VERSION:   # None: a git build ("N-12345-g..."), new
+        lacking = missing_options(on_path)
+        if not lacking:
             return on_path
         import imageio_ffmpeg
 
         bundled = imageio_ffmpeg.get_ffmpeg_exe()
-        log.warning("%s is ffmpeg %s, older than the %s this pipeline needs (-fps_mode); using the bundled %s",
-                    on_path, ".".join(map(str, version)), ".".join(map(str, MIN_FFMPEG_VERSION)), bundled)
+        version = ffmpeg_version(on_path)
+        log.warning("%s (ffmpeg %s) does not take %s, which this pipeline passes; using the bundled %s",
+                    on_path, ".".join(map(str, version)) if version else "of unknown version",
+                    " or ".join(f"`{' '.join(option)}` (ffmpeg {since})" for option, since in lacking), bundled)
         return bundled
     import imageio_ffmpeg  # a dependency; imported here so a system ffmpeg needs nothing else
 
     return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+# The options extract/decode.py passes that older ffmpeg releases refuse, with the release that brought them.
+REQUIRED_OPTIONS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("-fps_mode", "passthrough"), "5.1"),
+    (("-enc_time_base:v", "filter"), "6.1"),   # the exact-frame fallback (decode.py, frame_list_graph)
+)
+PROBE_INPUT = ("-f", "lavfi", "-i", "color=c=black:s=16x16:r=25:d=0.08")   # 2 frames, made by ffmpeg itself
+
+
+def missing_options(exe: str) -> list[tuple[tuple[str, ...], str]]:
+    """The REQUIRED_OPTIONS `exe` refuses (each tried once on a 2-frame lavfi input), with the release that
+    brought each: a version number alone says nothing of distribution patches or git builds."""
+    lacking = []
+    for option, since in REQUIRED_OPTIONS:
+        cmd = [exe, "-nostdin", "-hide_banner", "-loglevel", "error", *PROBE_INPUT, *option, "-f", "framecrc", "-"]
+        try:
+            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=VERSION_CHECK_TIMEOUT_S)
+            refused = proc.returncode != 0
+        except (OSError, subprocess.TimeoutExpired):
+            refused = True
+        if refused:
+            lacking.append((option, since))
+    return lacking
 
 
 def ffmpeg_version(exe: str) -> tuple[int, ...] | None:
@@ -138,3 +164,18 @@ def file_signature(path: str | os.PathLike) -> str:
     """`size:mtime_ns` of a source file: cheap, and changes whenever the file is replaced or edited."""
     st = Path(path).stat()
     return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
+LFS_POINTER_MAX_BYTES = 1024   # a pointer is ~130 bytes of text; no media file is this small
+
+
+def is_lfs_pointer(path: str | os.PathLike) -> bool:
+    """Whether `path` is a git-lfs pointer file (a clone made without `git lfs pull`), not the media it names."""
+    try:
+        if Path(path).stat().st_size > LFS_POINTER_MAX_BYTES:
+            return False
+        with open(path, "rb") as handle:
+            return handle.read(len(LFS_POINTER_PREFIX)) == LFS_POINTER_PREFIX
+    except OSError:
+        return False

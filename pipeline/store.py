@@ -156,8 +156,8 @@ class FeatureEntry:
         return [str(s) for s in self._read_all("source", "")]
 
     def _read_all(self, name: str, fallback):
-        try:
-            return list(self._arrays[name][:])
+        try:   # the clip table's length: a crash while a store grew can leave arrays longer (create_store)
+            return list(self._arrays[name][:len(self.store.clip_ids)])
         except CHECKSUM_ERRORS:   # a checksum mismatch in one clip's chunk: read one by one to name it
             values = []
             for index, clip_id in enumerate(self.store.clip_ids):
@@ -387,6 +387,26 @@ class FeatureStore:
         except KeyError:
             raise KeyError(f"{self.path}: no clip {clip_id!r} in this store's clip table") from None
 
+    def take_clip_table(self, clip_table: pd.DataFrame, attrs: dict, *, quiet: bool = False) -> ClipTableChange:
+        """Rewrite the clip table and root `attrs` for this run (see create_store); arrays grow first, so a
+        crash in between leaves longer arrays than the table (harmless: the next run resizes them)."""
+        merged, change = plan_clip_table(self.path, self.attrs["clip_table"], clip_table,
+                                         self.attrs.get("label_names"), attrs.get("label_names"))
+        if change.num_added:
+            for modality in MODALITIES:
+                for fp in self.fingerprints(modality):
+                    group = _open_group(self.path / modality / fp, mode="r+")
+                    for _, array in group.arrays():
+                        array.resize((len(merged), *array.shape[1:]))
+                    crash_point("entry_resized")
+        unchanged = all(self.attrs.get(k) == json.loads(json.dumps(v)) for k, v in attrs.items())
+        if change.num_changed or change.num_added or not unchanged:
+            self._group.attrs.update({**attrs, "clip_table": merged})
+            self._set_root_attrs(dict(self._group.attrs), fix="re-run extract into a new --out")
+        if not quiet:
+            log.info("%s: %s", self.path, change.format())
+        return change
+
     def fingerprints(self, modality: str) -> list[str]:
         folder = self.path / modality
         if not folder.is_dir():
@@ -467,15 +487,19 @@ class FeatureStore:
             os.rename(staging, target)
         return self.entry(modality, fingerprint)
 
-    def clean_leftovers(self) -> int:
-        """Delete what interrupted writes leave behind: staging folders and `*.partial` chunk files."""
-        removed = 0
+    def leftovers(self) -> list[Path]:
+        """What interrupted writes leave behind (read only): staging folders and `*.partial` chunk files."""
         created = self.path.parent.glob(f"{STAGING_PREFIX}{self.path.name}-{'[0-9a-f]' * 8}")   # see create_store
-        for staging in [*self.path.glob(f"{STAGING_PREFIX}*"), *created]:
-            shutil.rmtree(staging, ignore_errors=True)
-            removed += 1
-        for partial in self.path.rglob(f"*{PARTIAL_SUFFIX}"):
-            partial.unlink(missing_ok=True)
+        return [*self.path.glob(f"{STAGING_PREFIX}*"), *created, *self.path.rglob(f"*{PARTIAL_SUFFIX}")]
+
+    def clean_leftovers(self) -> int:
+        """Delete `leftovers()`; only a holder of the writer lock may (a running extract's files look the same)."""
+        removed = 0
+        for leftover in self.leftovers():
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
             removed += 1
         return removed
 
@@ -510,24 +534,96 @@ def _differences(old: dict, new: dict) -> str:
     return "; ".join(diffs) if diffs else "none recorded (the stored entry predates these records)"
 
 
-def create_store(path: str | os.PathLike, clip_table: pd.DataFrame, attrs: dict) -> FeatureStore:
-    """Open the store at `path`, creating it (staged, then renamed) if absent.
+@dataclass(frozen=True)
+class ClipTableChange:
+    """How this run's manifest differs from a store's clip table: what `create_store` rewrites."""
 
-    An existing store must hold the same clip ids in the same order; clips are never added to or
-    removed from a store, because writers rely on arrays that never resize.
+    num_changed: int = 0          # clips whose row differs (label, fold, speaker, split, path, ...)
+    changed_columns: tuple[str, ...] = ()
+    num_added: int = 0            # clips new to the store, appended at its end
+    label_names_changed: bool = False
+
+    def format(self) -> str:
+        columns = f" ({', '.join(self.changed_columns)})" if self.changed_columns else ""
+        names = "; label names changed" if self.label_names_changed else ""
+        return f"clip table: {self.num_changed} rows changed{columns}, {self.num_added} clips added{names}"
+
+
+def _records(table: pd.DataFrame) -> list[dict]:
+    """The clip table as the store keeps it (JSON records, so values compare as they will read back)."""
+    return json.loads(table.to_json(orient="records"))
+
+
+def plan_clip_table(path: str | os.PathLike, stored: list[dict], table: pd.DataFrame,
+                    stored_names=None, names=None) -> tuple[list[dict], ClipTableChange]:
+    """The clip table a store at `path` holding `stored` takes for this run's manifest `table`: every row as the
+    manifest has it now, the store's clips at their positions (arrays are indexed by position) and new clips
+    appended. Nothing is written.
 
     Raises:
-        StoreError: the existing store's clip table differs.
+        StoreError: the manifest lacks clips the store holds (a store never drops a clip's position).
+    """
+    new = {row["clip_id"]: row for row in _records(table)}
+    old_ids = [row["clip_id"] for row in stored]
+    gone = [c for c in old_ids if c not in new]
+    if gone:
+        raise StoreError(
+            f"{path}: this store holds {len(old_ids)} clips and this run's manifest lacks {len(gone)} of them "
+            f"(e.g. {', '.join(gone[:3])}); a store keeps every clip it was made for: put them back in the manifest "
+            "(--select/--limit process part of it), or extract into a new --out")
+    old_set = set(old_ids)
+    added = [c for c in new if c not in old_set]
+    columns: set[str] = set()
+    num_changed = 0
+    for row in stored:
+        fresh = new[row["clip_id"]]
+        differing = {k for k in set(row) | set(fresh) if row.get(k) != fresh.get(k)}
+        if differing:
+            num_changed += 1
+            columns |= differing
+    merged = [new[c] for c in old_ids] + [new[c] for c in added]
+    names_changed = stored_names is not None and names is not None and list(stored_names) != list(names)
+    return merged, ClipTableChange(num_changed, tuple(sorted(columns)), len(added), names_changed)
+
+
+def check_clip_table(path: str | os.PathLike, clip_table: pd.DataFrame, label_names=None) -> ClipTableChange | None:
+    """Read only: what `create_store` would change in the store at `path` for `clip_table` (None: no store
+    yet), so extract can refuse before its encoders load.
+
+    Raises:
+        StoreError: as plan_clip_table, or an unreadable store.
+    """
+    path = Path(path)
+    if not (path / "zarr.json").exists():
+        return None
+    store = open_store(path)
+    return plan_clip_table(path, store.attrs["clip_table"], clip_table, store.attrs.get("label_names"), label_names)[1]
+
+
+def create_store(path: str | os.PathLike, clip_table: pd.DataFrame, attrs: dict, *,
+                 update: bool = True) -> FeatureStore:
+    """Open the store at `path`, creating it (staged, then renamed) if absent.
+
+    An existing store takes this run's clip table (`update`): every row as `clip_table` has it now (labels,
+    folds, speakers, splits: the clip table is the manifest of the latest extract), its clips at their
+    positions, new clips appended (every entry's arrays grow first, the new clips pending), and `attrs`
+    (label names, root, ...) replace the stored ones. Features stay: extract redoes a clip only when its
+    source changed. Logs one line counting the rows that changed. With `update` False (the other ranks of
+    a torchrun group, after rank 0 updated it) the store must already hold these clips.
+
+    Raises:
+        StoreError: the manifest lacks clips the store holds; (not `update`) the store holds other clips.
     """
     path = Path(path)
     clip_ids = list(clip_table["clip_id"])
     if len(set(clip_ids)) != len(clip_ids):
         raise ValueError("clip table has duplicate clip_id values")
-    if not (path / "zarr.json").exists():
+    existed = (path / "zarr.json").exists()
+    if not existed:
         if path.exists() and any(path.iterdir()):
             raise StoreError(f"{path}: exists and is not a feature store; choose another --out")
         staging = path.parent / f"{STAGING_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}"
-        table = json.loads(clip_table.to_json(orient="records"))
+        table = _records(clip_table)
         root = zarr.open_group(str(staging), mode="w", attributes={**attrs, "schema_version": SCHEMA_VERSION, "clip_table": table})
         for modality in MODALITIES:
             root.create_group(modality)
@@ -536,12 +632,11 @@ def create_store(path: str | os.PathLike, clip_table: pd.DataFrame, attrs: dict)
             path.rmdir()
         os.rename(staging, path)
     store = open_store(path, mode="r+")
-    if store.clip_ids != clip_ids:
-        extra = sorted(set(clip_ids) - set(store.clip_ids))[:3]
-        raise StoreError(
-            f"{path}: this store was made for {len(store.clip_ids)} clips and this run selects a different set "
-            f"({len(clip_ids)} clips{', e.g. new ' + ', '.join(extra) if extra else ''}); "
-            "use --select/--limit to process part of the same dataset, or a new --out")
+    if update:
+        store.take_clip_table(clip_table, attrs, quiet=not existed)
+    elif sorted(store.clip_ids) != sorted(clip_ids):
+        raise StoreError(f"{path}: the store holds {len(store.clip_ids)} clips, this rank's manifest {len(clip_ids)}; "
+                         "every rank must read the same manifest")
     return store
 
 
@@ -622,17 +717,23 @@ def set_codec_threads(num_threads: int) -> None:
 
 
 @contextlib.contextmanager
-def writer_lock(path: str | os.PathLike) -> Iterator[None]:
-    """Hold an exclusive lock on the store for one extract run; a second run refuses at once."""
+def writer_lock(path: str | os.PathLike, what: str = "extract") -> Iterator[None]:
+    """Hold an exclusive lock on the store for one extract run (or `verify --repair`); a second writer refuses at
+    once, naming the holder's pid."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = _lock_path(path)
-    with open(lock_path, "w") as handle:
+    with open(lock_path, "a+") as handle:   # not "w": truncating would erase the holder's pid before the lock is tried
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise StoreError(f"{path}: another extract is writing this store (lock {lock_path}); wait for it or use another --out") from None
-        handle.write(str(os.getpid()))
+            handle.seek(0)
+            pid, _, holder = handle.read().strip().partition(" ")
+            raise StoreError(f"{path}: another {holder or 'extract'} is writing this store (pid {pid or '?'}, lock "
+                             f"{lock_path}); wait for it{' or use another --out' if what == 'extract' else ''}") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()} {what}")   # "PID WHAT": read by a refused writer and by writer_lock_holder
         handle.flush()
         try:
             yield
@@ -674,8 +775,8 @@ def _lock_path(path: Path) -> Path:
 
 
 def writer_lock_holder(path: str | os.PathLike) -> str | None:
-    """Read-only: who holds the store's writer lock ("pid N, lock FILE"), or None when no extract is
-    writing it. Creates nothing and never blocks."""
+    """Read-only: who holds the store's writer lock ("pid N, lock FILE" for an extract, "verify --repair, pid N,
+    lock FILE"), or None when nothing is writing it. Creates nothing and never blocks."""
     lock_path = _lock_path(Path(path))
     try:
         handle = open(lock_path)
@@ -685,7 +786,9 @@ def writer_lock_holder(path: str | os.PathLike) -> str | None:
         try:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return f"pid {handle.read().strip() or '?'}, lock {lock_path}"
+            pid, _, holder = handle.read().strip().partition(" ")
+            role = "" if holder in ("", "extract") else f"{holder}, "   # an extract's: "pid N, lock F"
+            return f"{role}pid {pid or '?'}, lock {lock_path}"
         fcntl.flock(handle, fcntl.LOCK_UN)
     return None
 
@@ -759,6 +862,9 @@ class H5FeatureStore(FeatureStore):
     @property
     def _writable(self) -> bool:
         return False
+
+    def leftovers(self) -> list[Path]:
+        return []
 
     def clean_leftovers(self) -> int:
         return 0

@@ -1,6 +1,7 @@
 """`mmfer verify STORE [--repair]`: re-read every done clip of a store through its checks, and clean up.
 
-Built on store.py's interface only (statuses, `read_clip`, `clip_chunk_files`, `clean_leftovers`); it spells no
+Read only without `--repair` (safe beside a running extract). `--repair` writes: it takes the extract writer
+lock, so it refuses while an extract writes the store (and an extract refuses while it repairs). Built on store.py's interface only (statuses, `read_clip`, `clip_chunk_files`, `clean_leftovers`); it spells no
 path inside the store.
 """
 
@@ -9,7 +10,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from mmfer.pipeline.store import MODALITIES, ClipStatus, CorruptClipError, StoreError, is_h5_path, open_store
+from mmfer.pipeline.store import (MODALITIES, ClipStatus, CorruptClipError, StoreError, is_h5_path, open_store,
+                                  writer_lock, writer_lock_holder)
 
 
 @dataclass
@@ -18,30 +20,52 @@ class VerifyReport:
     num_checked: int = 0
     damaged: list[tuple[str, str, str]] = field(default_factory=list)   # (modality, clip_id, problem)
     num_leftovers_removed: int = 0
+    num_leftovers_found: int = 0        # without --repair: left in place
+    writer: str | None = None           # an extract writing the store while it was checked (read only)
 
     @property
     def ok(self) -> bool:
         return not self.damaged
 
     def format(self) -> str:
-        lines = [f"{self.store_path}: checked {self.num_checked} done clip entries, {len(self.damaged)} damaged, "
-                 f"removed {self.num_leftovers_removed} leftovers of interrupted writes"]
+        if self.num_leftovers_found:
+            kept = (f"an extract is writing the store ({self.writer}): {self.num_leftovers_found} unfinished files left "
+                    "in place" if self.writer else f"{self.num_leftovers_found} leftovers of interrupted writes "
+                    "found (`--repair` removes them)")
+        else:
+            kept = f"removed {self.num_leftovers_removed} leftovers of interrupted writes"
+        lines = [f"{self.store_path}: checked {self.num_checked} done clip entries, {len(self.damaged)} damaged, {kept}"]
         lines += [f"  {modality} {clip_id}: {problem}" for modality, clip_id, problem in self.damaged]
         return "\n".join(lines)
 
 
 def verify_store(path: str | os.PathLike, *, repair: bool = False) -> VerifyReport:
-    """Re-read every chunk of every done clip (checksums included), name the damaged ones, and delete
-    leftovers: staging folders, `*.partial` files and data chunks of clips that are not done.
+    """Re-read every chunk of every done clip (checksums included) and name the damaged ones; read only.
 
-    With `repair`, damaged clips are marked FAILED ("damaged: ...") so the next extract redoes them.
+    With `repair` (under the writer lock): damaged clips are marked FAILED ("damaged: ...") so the next extract
+    redoes them, and leftovers are deleted: staging folders, `*.partial` files and data chunks of clips that
+    are not done.
+
+    Raises:
+        StoreError: `repair` on an HDF5 export, or while another process (named by pid) holds the writer lock.
     """
     if repair and is_h5_path(path):
         raise StoreError(f"{path}: an HDF5 export is read only; run `mmfer verify --repair` on the Zarr store it "
                          "was exported from, re-run extract, and export again")
-    store = open_store(path, mode="r+")
+    if not repair:
+        return _verify(open_store(path, mode="r"), repair=False)
+    open_store(path)   # "no store here" before any lock file is made
+    with writer_lock(path, what="verify --repair"):
+        return _verify(open_store(path, mode="r+"), repair=True)
+
+
+def _verify(store, *, repair: bool) -> VerifyReport:
     report = VerifyReport(str(store.path), damaged=[])
-    report.num_leftovers_removed = store.clean_leftovers()
+    if repair:
+        report.num_leftovers_removed = store.clean_leftovers()
+    else:
+        report.num_leftovers_found = len(store.leftovers())
+        report.writer = None if is_h5_path(store.path) else writer_lock_holder(store.path)
     for modality in MODALITIES:
         for fp in store.fingerprints(modality):
             entry = store.entry(modality, fp)
@@ -62,9 +86,12 @@ def verify_store(path: str | os.PathLike, *, repair: bool = False) -> VerifyRepo
                         report.damaged.append((modality, clip_id, problem))
                         if repair:
                             entry.mark(clip_id, ClipStatus.FAILED, f"damaged: {problem}")
-                else:
+                else:   # a clip not done: its chunks are an interrupted (or, without the lock, a running) write's
                     for chunk in entry.clip_chunk_files(index):
                         if chunk.exists():
-                            chunk.unlink()
-                            report.num_leftovers_removed += 1
+                            if repair:
+                                chunk.unlink()
+                                report.num_leftovers_removed += 1
+                            else:
+                                report.num_leftovers_found += 1
     return report

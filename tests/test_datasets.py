@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import subprocess
 import sys
 
@@ -45,7 +47,7 @@ def test_manifest_bad_rows_are_reported_by_line_and_left_out(tmp_path, caplog):
         "c1,media/a.mp4,sad,ann,,,",              # line 2: good
         "c2,media/missing.mp4,sad,ann,,,",        # line 3: missing file
         "c3,media/b.mp4,happy,,,,",               # line 4: empty speaker
-        "c4,media/c.mp4,angry,bob,,,",            # line 5: unknown label under --labels
+        "c4,media/c.mp4,sad,bob,,,nine",          # line 5: a fold that is not a number
         "c5,media/d.mp4,happy,bob,2.0,1.0,",      # line 6: end_s <= start_s
         f"c6,{tmp_path / 'media' / 'e.mp4'},happy,bob,,,",   # line 7: good, absolute path
     ])
@@ -55,7 +57,7 @@ def test_manifest_bad_rows_are_reported_by_line_and_left_out(tmp_path, caplog):
     assert list(table["clip_id"]) == ["c1", "c6"] and list(table["label"]) == [0, 1]
     assert list(table["speaker"]) == ["ann", "bob"] and list(table["actor"]) == [1, 2]
     text = caplog.text
-    for line, why in ((3, "not found"), (4, "empty speaker"), (5, "'angry' is not one of --labels"), (6, "end_s 1.0 <= start_s 2.0")):
+    for line, why in ((3, "not found"), (4, "empty speaker"), (5, "fold 'nine' is not"), (6, "end_s 1.0 <= start_s 2.0")):
         assert f"clips.csv line {line}: left out: " in text and why in text, (line, why)
     assert all(s for s in table["source"])            # each file's signature is stamped
 
@@ -248,7 +250,8 @@ def test_crema_d_demo_extracts_and_trains_on_its_six_classes(tmp_path, tiny_mode
 
 
 def _dfew_tree(root, clips, write=_touch):
-    """DFEW's release layout: clips {n: (label 1..7, test set k)}; each set's train list is every other clip.
+    """DFEW's release layout: clips {n: (label 1..7, test set k)}; each set's train list is every other clip; odd
+    clips in part folders with unpadded names, even ones padded at the top.
     write(path, label name) makes each clip file (default: a 1-byte placeholder)."""
     for kind in ("train", "test"):
         folder = root / "EmoLabel_DataSplit" / f"{kind}(single-labeled)"
@@ -258,8 +261,9 @@ def _dfew_tree(root, clips, write=_touch):
             (folder / f"set_{k}.csv").write_text("video_name,label\n" + "".join(f"{n},{lab}\n" for n, lab in chosen))
     from mmfer.data.official_folds import DFEW_LABELS
 
-    for n, (lab, _) in clips.items():
-        write(root / "Clip" / "original" / f"{n:05d}.mp4", DFEW_LABELS[lab - 1])
+    for n, (lab, _) in clips.items():   # as third-party loaders have them (part_1/7.mp4) and as the README (00008.mp4)
+        name = f"part_{1 + n % 3}/{n}.mp4" if n % 2 else f"{n:05d}.mp4"
+        write(root / "Clip" / "original" / name, DFEW_LABELS[lab - 1])
 
 
 def _mafw_tree(root, clips, write=_touch):
@@ -393,3 +397,140 @@ def test_default_label_map_reads_each_datasets_spelling_of_a_class(tmp_path):
     given = tmp_path / "map.yaml"
     given.write_text("fear: fearful\ncontempt: disgust\n")
     assert label_mapping(EMOTIONS, MAFW_LABELS, str(given)) == {"fear": "fearful", "contempt": "disgust"}
+
+
+# ---- issue 25.4 / 26.2: inputs refused at the door, with the right line --------------------------------
+
+
+def test_manifest_line_numbers_count_blank_lines_and_a_0_based_fold_column_is_refused_once(tmp_path, caplog):
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        _touch(tmp_path / name)
+    manifest = tmp_path / "clips.csv"
+    manifest.write_text("clip_id,video_path,label,speaker,fold\n"
+                        "c1,a.mp4,sad,ann,1\n"
+                        "\n"                                    # line 3: blank
+                        "c2,missing.mp4,sad,bob,2\n"            # line 4
+                        "c3,b.mp4,happy,bob,2\n")
+    with caplog.at_level(logging.WARNING):
+        table, _ = read_own_manifest(str(manifest), labels=None)
+    assert list(table["clip_id"]) == ["c1", "c3"] and "clips.csv line 4: left out: video_path" in caplog.text, caplog.text
+    manifest.write_text("clip_id,video_path,label,speaker,fold\n" + "".join(
+        f"c{i},{'abc'[i]}.mp4,sad,s{i},{i}\n" for i in range(3)))  # folds 0, 1, 2
+    caplog.clear()
+    with caplog.at_level(logging.WARNING), pytest.raises(ManifestError, match=r"clips.csv: the fold column starts at 0 "
+                                                                              r"\(line 2\); folds are numbered from 1"):
+        read_own_manifest(str(manifest), labels=None)
+    assert "left out" not in caplog.text                    # one refusal of the file, not a fold lost row by row
+
+
+def test_manifest_label_typo_is_named_and_other_names_are_refused_under_labels(tmp_path, caplog):
+    for i in range(5):
+        _touch(tmp_path / f"{i}.mp4")
+    manifest = _csv(tmp_path / "clips.csv", [f"c{i},{i}.mp4,{label},s{i},,," for i, label in
+                                             enumerate(("happy", "happy", "sad", "hapy", "angry"))])
+    with caplog.at_level(logging.INFO, logger="mmfer.data.own_manifest"):
+        table, names = read_own_manifest(str(manifest), labels=None)
+    assert names == ("angry", "happy", "hapy", "sad")
+    assert "5 clips in 4 classes: angry 1, happy 2, hapy 1, sad 1" in caplog.text, caplog.text
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "label 'hapy' (1 rows, first line 5) is 1 edit(s) from 'happy' (2 rows)" in warned[0], warned
+    with pytest.raises(ManifestError, match=r"clips.csv: labels that are not one of --labels happy,sad,angry: 'hapy' on 1 "
+                                            r"row\(s\), first line 5 \(did you mean 'happy'\?\)"):
+        read_own_manifest(str(manifest), labels="happy,sad,angry")
+
+
+def test_git_lfs_pointer_files_are_refused_at_scan_time_saying_what_to_run(tmp_path):
+    from mmfer.data.manifest import LfsPointerError
+
+    root = tmp_path / "CREMA-D"
+    (root / ".git").mkdir(parents=True)
+    (root / "VideoFlash").mkdir()
+    for name in ("1001_DFA_ANG_XX", "1001_DFA_HAP_XX"):
+        (root / "VideoFlash" / f"{name}.flv").write_text(
+            "version https://git-lfs.github.com/spec/v1\noid sha256:4d7a2146b0e6\nsize 185382\n")
+    with pytest.raises(LfsPointerError, match=r"1001_DFA_ANG_XX.flv: a git-lfs pointer file, not media \(2 of the 2 "
+                                              r"media files are\).*run `git lfs pull` in " + re.escape(str(root))):
+        build_manifest(ExtractConfig(dataset="crema-d", root=str(root)))
+
+
+def test_extract_refuses_a_manifest_without_label_names(tmp_path, tiny_models):
+    from mmfer.data.ravdess import scan_ravdess
+    from mmfer.extract.run import extract_all
+
+    manifest = pd.DataFrame({"clip_id": ["a"], "path": [str(tmp_path / "a.mp4")], "source": ["1:1"], "label": [0]})
+    with pytest.raises(ConfigError, match="the manifest carries no label names"):
+        extract_all(extract_config(tmp_path, tmp_path / "cache", tiny_models), manifest)
+    assert not (tmp_path / "cache").exists()
+    assert scan_ravdess(tmp_path).attrs["label_names"][0] == "neutral"   # every adapter names its classes
+
+
+# ---- issue 25.2: DFEW's file names as the release and its loaders have them ---------------------------
+
+
+def test_dfew_files_match_by_number_in_part_folders_padded_or_not(tmp_path):
+    from mmfer.data.official_folds import DFEW_LABELS, OfficialFoldsError
+
+    dfew = {n: (1 + n % 7, 1 + n % 5) for n in range(1, 11)}
+    _dfew_tree(tmp_path, dfew, write=lambda path, label: None)
+    for n in dfew:   # part_1/1.mp4 ... unpadded; part_2/00006.mp4 ... padded
+        _touch(tmp_path / "Clip" / "original" / f"part_{1 + (n > 5)}" / (f"{n}.mp4" if n <= 5 else f"{n:05d}.mp4"))
+    table = build_manifest(ExtractConfig(dataset="dfew", root=str(tmp_path)))
+    assert len(table) == 10 and list(table["clip_id"]) == [f"{n:05d}" for n in range(1, 11)]
+    paths = dict(zip(table["clip_id"], table["path"]))
+    assert paths["00001"].endswith("Clip/original/part_1/1.mp4") and paths["00007"].endswith("part_2/00007.mp4")
+    assert dict(zip(table["clip_id"], table["emotion"]))["00006"] == DFEW_LABELS[6 % 7]
+
+    twin = _touch(tmp_path / "Clip" / "original" / "part_3" / "0003.mp4")
+    with pytest.raises(OfficialFoldsError, match=r"clip 3 has two files, .*part_1/3.mp4 and .*part_3/0003.mp4"):
+        build_manifest(ExtractConfig(dataset="dfew", root=str(tmp_path)))
+    twin.unlink()
+    for bad in ("0", "-1", "8"):
+        set_file = tmp_path / "EmoLabel_DataSplit" / "test(single-labeled)" / "set_2.csv"
+        set_file.write_text(f"video_name,label\n1,3\n\n4,{bad}\n")   # the bad row is on line 4
+        with pytest.raises(OfficialFoldsError, match=rf"set_2.csv line 4: expected video_name,label with label 1..7"):
+            build_manifest(ExtractConfig(dataset="dfew", root=str(tmp_path)))
+
+
+# ---- issue 25.1 / 26.3: a rerun takes the edited manifest; a grown manifest extracts into the same store --
+
+
+@pytest.mark.slow
+def test_a_rerun_trains_on_the_edited_labels_folds_and_appended_rows(tmp_path, tiny_models):
+    from mmfer.extract.run import extract_all
+
+    rows = []
+    for i, (speaker, label) in enumerate([("ann", "calm"), ("ann", "happy"), ("bob", "calm"), ("bob", "happy"), ("cat", "calm")]):
+        write_demo_clip(tmp_path / f"{i}.mp4", label, i + 1, duration_s=1.0, size_px=64)
+        rows.append(f"c{i},{i}.mp4,{label},{speaker},,,{1 + i % 2}")
+    manifest_file = _csv(tmp_path / "clips.csv", rows[:4])
+    cfg = extract_config("", tmp_path / "cache", tiny_models, dataset="manifest", manifest=str(manifest_file))
+    assert extract_all(cfg, build_manifest(cfg)).num_done == 4
+    # relabel c0, move c1 to fold 3, append c4
+    edited = [rows[0].replace(",calm,", ",happy,"), rows[1][:-1] + "3", *rows[2:]]
+    _csv(tmp_path / "clips.csv", edited)
+    summary = extract_all(cfg, build_manifest(cfg))
+    assert (summary.num_done, summary.num_skipped) == (1, 4), summary.format()
+    store = open_store(tmp_path / "cache")
+    table = store.clip_table.set_index("clip_id")
+    assert table.loc["c0", "emotion"] == "happy" and table.loc["c0", "label"] == 1 and table.loc["c1", "fold"] == 3
+    assert list(store.clip_ids) == ["c0", "c1", "c2", "c3", "c4"] and (store.entry("video").statuses() == 1).all()
+    # training's view of the cache: the new label and fold
+    from mmfer.train.dataset import open_cache
+    cache = open_cache(str(tmp_path / "cache"), use_video=True, use_audio=True)
+    assert dict(zip(cache.clips["clip_id"], cache.clips["label"]))["c0"] == 1
+    # --labels in another order: the same features, the classes renumbered
+    reordered = extract_config("", tmp_path / "cache", tiny_models, dataset="manifest", manifest=str(manifest_file),
+                               labels="happy,calm")
+    assert extract_all(reordered, build_manifest(reordered)).num_skipped == 5
+    store = open_store(tmp_path / "cache")
+    assert store.attrs["label_names"] == ["happy", "calm"]
+    assert dict(zip(store.clip_ids, store.clip_table["label"])) == {"c0": 0, "c1": 0, "c2": 1, "c3": 0, "c4": 1}
+
+    # a manifest that lost a row is refused before any encoder loads (the fault point there would raise ENOSPC)
+    _csv(tmp_path / "clips.csv", edited[1:])
+    result = subprocess.run([sys.executable, "-m", "mmfer.pipeline.app.cli", "extract", "--dataset", "manifest",
+                             "--manifest", str(tmp_path / "clips.csv"), "--out", str(tmp_path / "cache"), "--preset", "tiny",
+                             "--models-dir", str(tiny_models), "--device", "cpu", "--num-workers", "0"],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "MMFER_ENOSPC_AT": "load_encoders"})
+    assert result.returncode == 2 and "this run's manifest lacks 1 of them (e.g. c0)" in result.stderr, result.stderr[-2000:]
+    assert "No space" not in result.stderr

@@ -204,7 +204,7 @@ OLD_FFMPEG = """#!/bin/sh
 # ffmpeg {version} as a distribution ships it: no -fps_mode before 5.1
 if [ "$1" = "-version" ]; then echo "ffmpeg version {version}-0ubuntu0.22.04.1 Copyright (c) 2000-2021"; exit 0; fi
 for arg in "$@"; do
-  if [ "$arg" = "-fps_mode" ]; then echo "Unrecognized option 'fps_mode'." >&2; exit 8; fi
+  if [ "$arg" = "-fps_mode" ] && [ {major} -lt 5 ]; then echo "Unrecognized option 'fps_mode'." >&2; exit 8; fi
 done
 exec {real} "$@"
 """
@@ -219,7 +219,7 @@ def ffmpeg_on_path(tmp_path, monkeypatch):
         folder = tmp_path / f"bin-{version}"
         folder.mkdir()
         script = folder / "ffmpeg"
-        script.write_text(OLD_FFMPEG.format(version=version, real=real))
+        script.write_text(OLD_FFMPEG.format(version=version, real=real, major=version.split(".")[0]))
         script.chmod(script.stat().st_mode | stat.S_IXUSR)
         monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
         monkeypatch.delenv("MMFER_FFMPEG", raising=False)
@@ -243,6 +243,45 @@ def test_old_ffmpeg_on_path_falls_back_to_the_bundled_one(clips, ffmpeg_on_path,
 def test_new_enough_ffmpeg_on_path_is_used(ffmpeg_on_path):
     script = ffmpeg_on_path("6.1.1")
     assert ffmpeg_exe() == str(script)
+
+
+RELEASE_FFMPEG = """#!/bin/sh
+# ffmpeg {version} as Debian ships it: -fps_mode (5.1) but not `-enc_time_base:v filter` (6.1), refused as that
+# release refuses an option value it does not know
+if [ "$1" = "-version" ]; then echo "ffmpeg version {version}-1~deb12u1 Copyright (c) 2000-2023 the FFmpeg developers"; exit 0; fi
+previous=""
+for arg in "$@"; do
+  if [ "$previous" = "-enc_time_base:v" ] && [ "$arg" = "filter" ]; then
+    echo "Invalid time base: filter" >&2; exit 1
+  fi
+  previous="$arg"
+done
+exec {real} "$@"
+"""
+
+
+@pytest.mark.parametrize("version", ["5.1.6", "6.0.1"])
+def test_ffmpeg_without_an_option_decode_passes_is_not_used(version, tmp_path, monkeypatch, caplog):
+    """Issue 25.6: 5.1 and 6.0 pass a version gate at 5.1, but the exact-frame fallback passes
+    `-enc_time_base:v filter` (6.1): the gate tries the options themselves, once, and names the one missing."""
+    real = ffmpeg_exe()
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    script = folder / "ffmpeg"
+    script.write_text(RELEASE_FFMPEG.format(version=version, real=real))
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("MMFER_FFMPEG", raising=False)
+    ffmpeg_exe.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="mmfer.pipeline.media"):
+            chosen = ffmpeg_exe()
+        assert chosen != str(script)
+        lines = [r.getMessage() for r in caplog.records if r.name == "mmfer.pipeline.media"]
+        assert len(lines) == 1 and version[:3] in lines[0] and "`-enc_time_base:v filter` (ffmpeg 6.1)" in lines[0], lines
+        assert "-fps_mode" not in lines[0]   # it takes that one
+    finally:
+        ffmpeg_exe.cache_clear()
 
 
 def test_relative_path_with_a_colon_is_a_local_file(clips, tmp_path, monkeypatch):

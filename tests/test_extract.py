@@ -179,3 +179,35 @@ def test_entries_record_the_extractor_version_sampling_rule_and_detector_constan
     assert detect["face_detector"]["min_face_px"] == MIN_FACE_PX
     assert detect["face_detector"]["smooth_window"] == SMOOTH_WINDOW
     assert fingerprint({**detect, "extractor_version": EXTRACTOR_VERSION + 1}) != fingerprint(detect)
+
+
+@pytest.mark.slow
+def test_stored_features_do_not_depend_on_batch_size_or_thread_count(tmp_path, tiny_models):
+    """Issue 25.9: clips of different lengths give the same bytes at batch size 1 and 4 (audio is never padded to
+    a batch-mate's length), and with 1 or 2 intra-op threads in the process (extract encodes with
+    ENCODE_THREADS, recorded in each entry)."""
+    import torch
+    from extract_helpers import assert_same_store, write_varied_manifest
+
+    from mmfer.data.datasets import build_manifest
+
+    manifest = write_varied_manifest(tmp_path / "clips")
+    before = torch.get_num_threads()
+    stores = {}
+    try:
+        for name, batch_size, threads in (("bs1-t1", 1, 1), ("bs4-t1", 4, 1), ("bs1-t2", 1, 2)):
+            torch.set_num_threads(threads)
+            cfg = extract_config("", tmp_path / name, tiny_models, dataset="manifest", manifest=str(manifest),
+                                 batch_size=batch_size)
+            assert extract_all(cfg, build_manifest(cfg)).num_done == 6
+            assert torch.get_num_threads() == threads   # restored after encoding
+            stores[name] = tmp_path / name
+    finally:
+        torch.set_num_threads(before)
+    store = open_store(stores["bs1-t1"])
+    lengths = [int(store.entry("audio").read_clip(c, ("length",))["length"]) for c in store.clip_ids]
+    assert len(set(lengths)) == 6, lengths   # six different audio lengths
+    assert_same_store(stores["bs4-t1"], stores["bs1-t1"])
+    assert_same_store(stores["bs1-t2"], stores["bs1-t1"])
+    from mmfer.extract.run import ENCODE_THREADS
+    assert store.entry("audio").attrs["encode_threads"] == store.entry("video").attrs["encode_threads"] == ENCODE_THREADS

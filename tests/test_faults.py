@@ -208,7 +208,7 @@ def test_rerun_after_kills_equals_an_uninterrupted_run(kill_chain):
                     f"{modality}/{name} of {clip_id}: max diff {diff.max():.3g}, mean {diff.mean():.3g}")
 
 
-def test_leftovers_are_cleaned_by_the_rerun_and_by_verify(kill_chain, tmp_path):
+def test_leftovers_are_cleaned_by_the_rerun_and_by_verify_repair(kill_chain, tmp_path):
     out = kill_chain["out"]
     assert snapshot(out)["partials"] == [] and snapshot(out)["staging"] == [], snapshot(out)
     copy = tmp_path / "cache"
@@ -217,7 +217,9 @@ def test_leftovers_are_cleaned_by_the_rerun_and_by_verify(kill_chain, tmp_path):
     partial = entry.clip_chunk_files(0)[0].with_suffix(".0123abcd.partial")
     partial.write_bytes(b"half a chunk")
     (copy / ".staging-audio-x-0123abcd").mkdir()
-    assert mmfer_main(["verify", str(copy)]) == 0
+    assert mmfer_main(["verify", str(copy)]) == 0             # read only (issue 25.5): found, left in place
+    assert partial.exists() and (copy / ".staging-audio-x-0123abcd").exists()
+    assert mmfer_main(["verify", "--repair", str(copy)]) == 0
     assert not partial.exists() and not (copy / ".staging-audio-x-0123abcd").exists()
     assert verify_store(copy).num_checked == 2 * NUM_CLIPS
 

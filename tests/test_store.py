@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmfer.pipeline.store import (ArraySpec, ClipStatus, CorruptClipError, StoreError, create_store, open_store,
-                                  tensorstore_version, writer_lock)
+from mmfer.pipeline.store import (ArraySpec, ClipStatus, ClipTableChange, CorruptClipError, StoreError,
+                                  check_clip_table, create_store, open_store, tensorstore_version, writer_lock)
 from mmfer.pipeline.store_verify import verify_store
 
 SPECS = {"tokens": ArraySpec((4, 6, 8), "float16"), "pooled": ArraySpec((4, 8), "float16"),
@@ -101,7 +101,10 @@ def test_leftovers_are_cleaned(tmp_path):
     partial.parent.mkdir(parents=True, exist_ok=True)
     partial.write_bytes(b"half a chunk")
     (tmp_path / "cache" / ".staging-video-x").mkdir()
-    report = verify_store(tmp_path / "cache")
+    report = verify_store(tmp_path / "cache")   # read only: found, left in place
+    assert report.ok and report.num_leftovers_found >= 3 and report.num_leftovers_removed == 0
+    assert partial.exists() and entry.clip_chunk_files(0)[0].exists() and "--repair" in report.format()
+    report = verify_store(tmp_path / "cache", repair=True)
     assert report.ok and report.num_leftovers_removed >= 3
     assert not partial.exists() and not entry.clip_chunk_files(0)[0].exists()
 
@@ -113,8 +116,8 @@ def test_refusals(tmp_path):
         store.ensure_entry("video", "fp2", {"encoder": {"name": "b"}}, SPECS)
     store.ensure_entry("video", "fp2", {"encoder": {"name": "b"}}, SPECS, overwrite=True)
     assert store.fingerprints("video") == ["fp2"]
-    with pytest.raises(StoreError, match="different set"):
-        create_store(tmp_path / "cache", make_table(4), {})
+    with pytest.raises(StoreError, match=r"this run's manifest lacks 1 of them \(e.g. c2\)"):
+        create_store(tmp_path / "cache", make_table(2), {})
     entry = store.entry("video")
     bad = make_arrays()
     bad["tokens"][0, 0, 0] = np.nan
@@ -141,3 +144,73 @@ def test_second_writer_is_refused(tmp_path):
         with pytest.raises(StoreError, match="another extract is writing"):
             with writer_lock(tmp_path / "cache"):
                 pass
+
+
+def test_a_rerun_takes_the_manifests_labels_folds_and_new_clips(tmp_path, caplog):
+    """Issue 25.1 / 26.3: the clip table is the manifest of the latest extract (a relabelled clip, a clip moved to
+    another fold, reordered label names, rows in another order), clips keep their positions and data, and rows
+    appended to the manifest are appended to the store (every entry's arrays grow, the new clips pending)."""
+    path = tmp_path / "cache"
+    table = make_table().assign(fold=[1, 2, 3], source="s")
+    store = create_store(path, table, {"label_names": ["a", "b"]})
+    entries = [store.ensure_entry("video", "fp1", {}, SPECS), store.ensure_entry("audio", "fp2", {}, SPECS)]
+    for entry in entries:
+        entry.write_clip("c0", make_arrays(0), "s")
+        entry.write_clip("c1", make_arrays(1), "s")
+    new = table.copy()
+    new.loc[0, "label"], new.loc[2, "fold"] = 1, 5
+    new = pd.concat([new.iloc[::-1], pd.DataFrame({"clip_id": ["c3"], "actor": [4], "label": [1], "fold": [2],
+                                                   "source": ["s"]})], ignore_index=True)
+    assert check_clip_table(path, new, ["b", "a"]) == ClipTableChange(2, ("fold", "label"), 1, True)
+    assert open_store(path).clip_table["label"].tolist() == [0, 0, 0]        # the check wrote nothing
+    with caplog.at_level("INFO", logger="mmfer.pipeline.store"):
+        create_store(path, new, {"label_names": ["b", "a"]})
+    assert "clip table: 2 rows changed (fold, label), 1 clips added; label names changed" in caplog.text
+    reopened = open_store(path, mode="r+")
+    assert reopened.clip_ids == ["c0", "c1", "c2", "c3"] and reopened.attrs["label_names"] == ["b", "a"]
+    assert dict(zip(reopened.clip_ids, reopened.clip_table["label"])) == {"c0": 1, "c1": 0, "c2": 0, "c3": 1}
+    assert dict(zip(reopened.clip_ids, reopened.clip_table["fold"])) == {"c0": 1, "c1": 2, "c2": 5, "c3": 2}
+    for modality in ("video", "audio"):
+        entry = reopened.entry(modality)
+        assert list(entry.statuses()) == [ClipStatus.DONE, ClipStatus.DONE, ClipStatus.PENDING, ClipStatus.PENDING]
+        assert entry.sources() == ["s", "s", "", ""] and entry.reasons()[3] == ""
+        np.testing.assert_array_equal(entry.read_clip("c1")["tokens"], make_arrays(1)["tokens"].astype(np.float16))
+        entry.write_clip("c3", make_arrays(3), "s")
+        np.testing.assert_array_equal(open_store(path).entry(modality).read_clip("c3")["pooled"],
+                                      make_arrays(3)["pooled"].astype(np.float16))
+    assert verify_store(path).ok
+    caplog.clear()
+    with caplog.at_level("INFO", logger="mmfer.pipeline.store"):
+        create_store(path, new, {"label_names": ["b", "a"]})                # the same manifest again
+    assert "clip table: 0 rows changed, 0 clips added" in caplog.text
+    with pytest.raises(StoreError, match=r"lacks 1 of them \(e.g. c1\)"):
+        check_clip_table(path, new[new["clip_id"] != "c1"])
+
+
+def test_a_kill_while_the_store_grows_leaves_a_store_that_reads_and_grows_again(tmp_path):
+    """The arrays grow before the clip table is rewritten: killed in between (a real kill -9 of a child), the
+    store reads as before (longer arrays, the old table) and the next run grows it to the new clips."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    path = tmp_path / "cache"
+    store = create_store(path, make_table(), {})
+    store.ensure_entry("video", "fp1", {}, SPECS).write_clip("c1", make_arrays(1), "s")
+    store.ensure_entry("audio", "fp2", {}, SPECS)
+    child = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import pandas as pd
+        from mmfer.pipeline.store import create_store
+        table = pd.DataFrame({{"clip_id": ["c0", "c1", "c2", "c3"], "actor": [1, 2, 3, 4], "label": [0, 0, 0, 0]}})
+        create_store({str(path)!r}, table, {{}})
+        """)], env={**os.environ, "MMFER_CRASH_AT": "entry_resized"}, capture_output=True, text=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    killed = open_store(path)
+    assert killed.clip_ids == ["c0", "c1", "c2"]                        # the table was not rewritten
+    assert list(killed.entry("video").statuses()) == [ClipStatus.PENDING, ClipStatus.DONE, ClipStatus.PENDING]
+    assert verify_store(path).ok
+    grown = create_store(path, make_table(4), {})
+    assert grown.clip_ids == ["c0", "c1", "c2", "c3"] and len(grown.entry("audio").statuses()) == 4
+    assert grown.entry("video").read_clip("c1")["length"] == 3

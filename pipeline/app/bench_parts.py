@@ -83,7 +83,9 @@ def time_encode_only(encoders, items: list, batch_size: int, device: str) -> dic
         encoders.encode_visual([it.pixel_inputs for it in batch])
         sync(device)
         middle = time.perf_counter()
-        encoders.encode_audio([it.audio for it in batch if it.audio is not None])
+        for it in batch:   # one clip per call, as extract encodes audio (extract/run.py, _encode_and_write)
+            if it.audio is not None:
+                encoders.encode_audio([it.audio])
         sync(device)
         visual_s, audio_s = visual_s + middle - started, audio_s + time.perf_counter() - middle
     return {"visual_s": visual_s, "audio_s": audio_s, "total_s": visual_s + audio_s}
@@ -140,7 +142,7 @@ def online_batches(decoder, encoders, labels: dict[str, int], *, batch_size: int
 
     for decoded in decoded_batches(decoder, batch_size=batch_size):
         tokens, pooled = encoders.encode_visual([it.pixel_inputs for it in decoded])
-        audio = encoders.encode_audio([it.audio for it in decoded])
+        audio = [encoders.encode_audio([it.audio])[0] for it in decoded]   # one clip per call, as extract does
         yield collate_clips([
             {"clip_id": it.clip_id, "label": labels[it.clip_id], "has_video": True, "has_audio": True,
              "video_tokens": t.astype(np.float16), "video_pooled": p.astype(np.float16), "audio_tokens": a.astype(np.float16)}

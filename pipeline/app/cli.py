@@ -205,12 +205,14 @@ def _info_parser(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=cmd_cache_info)
 
 
-@_register("verify", "Re-read every chunk of a feature store; name damaged clips; clean leftovers of interrupted writes. "
-                     "Exits 1 when damage is found and not repaired.")
+@_register("verify", "Re-read every chunk of a feature store and name damaged clips; read only, safe while an extract "
+                     "writes. Exits 1 when damage is found and not repaired.")
 def _verify_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("cache", help="Feature store folder, or its HDF5 export (.h5; checked, never repaired).")
     parser.add_argument("--repair", action="store_true",
-                        help="Mark damaged clips failed ('damaged: ...'), so the next extract redoes them; exits 0 once marked.")
+                        help="Mark damaged clips failed ('damaged: ...'), so the next extract redoes them, and delete "
+                             "leftovers of interrupted writes; takes the writer lock (refused while an extract writes); "
+                             "exits 0 once marked.")
     add_common_arguments(parser, with_overrides=False)
     parser.set_defaults(handler=cmd_verify)
 
