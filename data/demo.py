@@ -196,8 +196,8 @@ def make_crema_d_demo(
     out_dir = _check_out(Path(out_dir), overwrite=overwrite)
     (out_dir / "AudioWAV").mkdir(parents=True, exist_ok=True)
     rows = ["ActorID,Age,Sex,Race,Ethnicity"]
-    for actor in crema_d_demo_actors(num_actors):
-        rows.append(f"{actor},30,{'Male' if actor % 2 else 'Female'},Unknown,Not Hispanic")
+    for i, actor in enumerate(crema_d_demo_actors(num_actors)):   # alternate sexes (the ids are mostly odd)
+        rows.append(f"{actor},30,{'Female' if i % 2 else 'Male'},Unknown,Not Hispanic")
         for code, emotion in zip(CREMA_D_CODES, CREMA_D_EMOTIONS):
             for sentence in SENTENCES[:clips_per_emotion]:
                 name = f"{actor}_{sentence}_{code}_XX"

@@ -506,3 +506,35 @@ def test_a_run_and_its_exports_travel_to_other_folders(demo_root, tmp_path):
                      *flags, extra_env=extra_env)
         assert done.returncode == 0, done.stderr[-3000:]
         assert np.array_equal(probabilities(third / "named.csv"), reference)
+
+
+def test_encoder_lookup_order_and_its_one_line_refusal(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from mmfer.pipeline.app.encoder_lookup import EncoderNotFoundError, find_encoder
+    from mmfer.pipeline.paths import record_path
+
+    store, typed = tmp_path / "w" / "cache", tmp_path / "third" / "models" / "enc"
+    for folder in (tmp_path / "w" / "models" / "enc", typed, store):
+        folder.mkdir(parents=True)
+    location = record_path(tmp_path / "w" / "models" / "enc", store)
+    assert location["relative"] == "../models/enc"
+    record = {"encoder": {"name": "models/enc", "location": location, "weights_sha256": "ab" * 32}}
+    run = SimpleNamespace(encoder_files={}, store_path=str(store), source="run")
+    assert find_encoder("video", record, run, flag="elsewhere", models_dir=None) == "elsewhere"
+    moved = tmp_path / "moved"
+    (tmp_path / "w").rename(moved)   # the working folder moved: the record relative to the store still finds it
+    run.store_path = str(moved / "cache")
+    assert Path(find_encoder("video", record, run, flag=None, models_dir=None)).resolve() == (moved / "models" / "enc").resolve()
+    # an export (no store): the resolved path is gone; a folder of the typed name in this working folder is the last guess
+    export = SimpleNamespace(encoder_files={}, store_path=None, source="model")
+    monkeypatch.chdir(tmp_path / "third")
+    assert find_encoder("video", record, export, flag=None, models_dir=None) == "models/enc"
+    shutil.rmtree(typed)
+    with pytest.raises(EncoderNotFoundError) as err:
+        find_encoder("video", record, export, flag=None, models_dir=str(tmp_path / "empty"))
+    message = str(err.value)
+    assert "--visual-encoder" in message and "--models-dir" in message and "--preset" not in message, message
+    # a hub id found in no models dir is loaded by its name (from the HF cache)
+    hub = {"encoder": {"name": "google/siglip2-base-patch16-224", "weights_sha256": "cd" * 32}}
+    assert find_encoder("video", hub, export, flag=None, models_dir=str(tmp_path)) == "google/siglip2-base-patch16-224"

@@ -1,9 +1,9 @@
 """Where the encoders a trained model was made with are on this machine, for predict and evaluate alike.
 
 In order: the --visual-encoder/--audio-encoder flag; the copy inside an export (`mmfer export --include-encoders`);
-the recorded location (relative to the run's store, as typed, resolved: pipeline/paths.py); a search of
---models-dir / $MMFER_MODELS (SigLIP2 folders by weights hash, .nemo files by name); last the recorded name,
-when it is a hub id (read from the HF cache). The loaded weights are checked against the record afterwards
+the recorded location (relative to the run's store, resolved: pipeline/paths.py); a search of --models-dir /
+$MMFER_MODELS (SigLIP2 folders by weights hash, .nemo files by name); the name as typed at extract, from this
+working folder; last the recorded name as a hub id (read from the HF cache). The loaded weights are checked against the record afterwards
 (predictor.compare_encoder), so a wrong candidate is refused, never used.
 """
 
@@ -57,8 +57,9 @@ def find_encoder(modality: str, record: dict, bundle, *, flag: str | None, model
     location = encoder.get("location")
     if bundle.store_path is None:   # an export: the store its records are relative to is not with it
         location = {k: v for k, v in (location or {}).items() if k != "relative"} or None
-    tried = recorded_candidates(encoder["name"], location, bundle.store_path or ".")
-    for path in tried:
+    typed = Path(encoder["name"])
+    recorded = [p for p in recorded_candidates(typed, location, bundle.store_path or ".") if p != typed]   # where it was
+    for path in recorded:
         if path.exists():
             return str(path)
     searched = models_dirs(models_dir)
@@ -68,7 +69,10 @@ def find_encoder(modality: str, record: dict, bundle, *, flag: str | None, model
             log.info("%s encoder %s: found by %s in %s", modality, encoder["name"], "weights hash" if modality == "video"
                      else "file name", found)
             return str(found)
-    if encoder.get("location") is not None or models_dir:   # a local path at extract time, or the user pointed at a folder
+    if typed.exists():   # the name as typed at extract, from this working folder: a guess, so it comes last
+        return str(typed)
+    tried = [*recorded, typed]
+    if encoder.get("location") is not None:   # a local path at extract time, found nowhere now
         places = ", ".join(dict.fromkeys(str(p) for p in tried + searched))
         raise EncoderNotFoundError(f"{bundle.source}: cannot find the {modality} encoder the model was trained with, "
                                    f"{describe(record)}; looked at {places}. To fix it, {how_to_point(modality)}")

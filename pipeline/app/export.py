@@ -155,7 +155,8 @@ def model_card(title: str, bundle, folds: list[dict], evaluation: dict, encoders
                      "a clip without audio is predicted from video alone")
     if encoders:
         lines += ["", "The encoders are inside this folder (" + ", ".join(f"`{n}`" for n in encoders.values())
-                  + "): `predict --model` needs nothing else."]
+                  + "): `predict --model` needs nothing else. A .nemo file is NeMo's own format, which may hold "
+                  "pickled data: trust this folder as you would the encoder itself."]
     else:
         lines += ["", "The encoders are **not** inside this folder. A colleague needs the same weights (checked by their "
                   "sha256 above): a local copy found with `--models-dir DIR` or `$MMFER_MODELS` (SigLIP2 folders are "
