@@ -181,7 +181,7 @@ def make_crema_d_demo(
     size_px: int, duration_s: float, overwrite: bool,
 ) -> pd.DataFrame:
     """Write the demo in CREMA-D's layout: VideoFlash/<actor>_<sentence>_<EMO>_XX.flv (H.264 + AAC), the same
-    sound as AudioWAV/*.wav (16 kHz mono) and VideoDemographics.csv, for actors 1001.. and the 6 CREMA-D
+    sound as AudioWAV/*.wav (16 kHz mono) and VideoDemographics.csv, for `crema_d_demo_actors` and the 6 CREMA-D
     emotions; returns scan_crema_d's manifest of the clips written.
 
     Raises:
@@ -196,8 +196,8 @@ def make_crema_d_demo(
     out_dir = _check_out(Path(out_dir), overwrite=overwrite)
     (out_dir / "AudioWAV").mkdir(parents=True, exist_ok=True)
     rows = ["ActorID,Age,Sex,Race,Ethnicity"]
-    for actor in CREMA_D_ACTORS[:num_actors]:
-        rows.append(f"{actor},30,{'Male' if actor % 2 else 'Female'},Unknown,Not Hispanic")
+    for i, actor in enumerate(crema_d_demo_actors(num_actors)):   # alternate sexes (the ids are mostly odd)
+        rows.append(f"{actor},30,{'Female' if i % 2 else 'Male'},Unknown,Not Hispanic")
         for code, emotion in zip(CREMA_D_CODES, CREMA_D_EMOTIONS):
             for sentence in SENTENCES[:clips_per_emotion]:
                 name = f"{actor}_{sentence}_{code}_XX"
@@ -208,6 +208,17 @@ def make_crema_d_demo(
                            path=flv, timeout_s=ENCODE_TIMEOUT_S)
     (out_dir / "VideoDemographics.csv").write_text("\n".join(rows) + "\n")
     return scan_crema_d(str(out_dir))
+
+
+def crema_d_demo_actors(num_actors: int) -> list[int]:
+    """CREMA-D actor ids for a demo of `num_actors`, taken in turn from the 5 actor blocks of CREMA-D's own
+    5-fold protocol (1001, 1019, 1037, 1055, 1073, 1002, ...), so that from 5 actors on every fold of the
+    default `crema-d-5fold` split has test, validation and training actors (the first ids alone fill one block)."""
+    from mmfer.pipeline.splits import block_folds
+
+    blocks = [fold.test_actors for fold in block_folds(list(CREMA_D_ACTORS), num_folds=5, num_val_actors=0)]
+    spread = [block[i] for i in range(max(map(len, blocks))) for block in blocks if i < len(block)]
+    return sorted(spread[:num_actors])
 
 
 def _check_out(out_dir: Path, *, overwrite: bool) -> Path:

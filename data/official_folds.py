@@ -17,6 +17,7 @@ import pandas as pd
 
 from mmfer.data.manifest import with_sources
 from mmfer.pipeline.errors import BadInputError
+from mmfer.pipeline.media import VIDEO_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,6 @@ NUM_SETS = 5
 DFEW_LABELS = ("happy", "sad", "neutral", "angry", "surprise", "disgust", "fear")   # label 1..7
 MAFW_LABELS = ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise", "contempt", "anxiety",
                "helplessness", "disappointment")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".flv", ".webm")
 
 
 class OfficialFoldsError(BadInputError, FileNotFoundError):

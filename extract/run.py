@@ -109,7 +109,16 @@ def encode_threads(num_threads: int = ENCODE_THREADS):
 
 # Where an encoder was read from, recorded in the entry but not fingerprinted: the weights hash (and the
 # hub revision asked for) say what it is, so the same weights under another --models-dir or folder resume.
-ENCODER_LOCATION_KEYS = ("name", "commit_hash")
+ENCODER_LOCATION_KEYS = ("name", "commit_hash", "location")
+
+
+def encoder_record(identity: dict, store_path: str | Path) -> dict:
+    """An encoder's identity as the entry records it: a local folder or file is also kept resolved and relative
+    to the store (`location`, see pipeline/paths.py), so predict finds it after the store and models move together."""
+    from mmfer.pipeline.paths import record_path
+
+    name = identity["name"]
+    return {**identity, "location": record_path(name, store_path)} if Path(name).exists() else dict(identity)
 
 
 def fingerprint(parts: dict) -> str:
@@ -192,10 +201,10 @@ def _prepare_and_run(cfg: ExtractConfig, table: pd.DataFrame, selected: pd.DataF
         # NaFlex pads non-square frames with patches the store would keep as data (it has no patch mask)
         raise ConfigError(f"{encoders.visual.identity['name']}: a NaFlex SigLIP2 checkpoint needs square crops; "
                           "use --face-crop center or detect (or a fixed-resolution SigLIP2 checkpoint)")
-    video_params = {"encoder": encoders.visual.identity, "preprocessing": encoders.visual.preprocessing,
-                    **decode_params("video", cfg)}
-    audio_params = {"encoder": encoders.audio.identity, "preprocessing": encoders.audio.preprocessing,
-                    **decode_params("audio", cfg)}
+    video_params = {"encoder": encoder_record(encoders.visual.identity, cfg.out),
+                    "preprocessing": encoders.visual.preprocessing, **decode_params("video", cfg)}
+    audio_params = {"encoder": encoder_record(encoders.audio.identity, cfg.out),
+                    "preprocessing": encoders.audio.preprocessing, **decode_params("audio", cfg)}
     log.info("extract: %d clips in the manifest, device %s, torch %s, visual %s, audio %s", len(table), encoders.visual.device,
              torch.__version__, encoders.visual.identity["name"], encoders.audio.identity["name"])
 

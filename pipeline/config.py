@@ -440,7 +440,7 @@ class DemoConfig:
     seed: int = 0
     """Same seed, same clips."""
     num_actors: int = 24
-    """Actors (Actor_01 .., CREMA-D 1001 ..); 24 gives RAVDESS's full 6-fold protocol (CREMA-D's 5 folds need 91)."""
+    """Actors (Actor_01 ..; CREMA-D ids spread over its 5 fold blocks: 1001, 1019, ...); 24 gives RAVDESS's full 6-fold protocol, 5 or more every fold of CREMA-D's."""
     clips_per_emotion: int = 2
     """Clips per actor and emotion."""
     size_px: int = 112
@@ -505,6 +505,8 @@ class PredictConfig:
     """Load the SigLIP2 encoder from here instead of the recorded name (its weights must match)."""
     audio_encoder: str | None = None
     """Load the audio encoder from here instead of the recorded name (its weights must match)."""
+    models_dir: str | None = None
+    """Folder searched for the model's encoders (SigLIP2 folders by weights hash, .nemo files by name) when they are not where the run recorded them; default: $MMFER_MODELS."""
     allow_encoder_mismatch: bool = False
     """Predict even when the encoders differ from those the model was trained on."""
 
@@ -527,6 +529,8 @@ class ExportConfig:
     """Every fold model (predict averages them). Default with several folds."""
     cache: str | None = None
     """The run's feature store, if it moved."""
+    include_encoders: bool = False
+    """Copy the encoder files into the folder (a SigLIP2 folder, a .nemo file), so predict needs nothing else; default: name them by id and weights hash (predict finds them with --models-dir)."""
 
 
 @dataclass(frozen=True)
@@ -551,6 +555,14 @@ class EvaluateConfig:
     """Seed of the noise that --corrupt adds (the same seed gives the same table)."""
     allow_overlap: bool = False
     """Score a cross-corpus --cache even when it holds clips (same source files) that the fold models trained or validated on; the count is reported beside the score. Default: refuse."""
+    overwrite: bool = False
+    """Write into a --out that already holds files (an earlier evaluation's are replaced); default: refuse."""
+    visual_encoder: str | None = None
+    """With --corrupt face-crop-off: load the SigLIP2 encoder from here instead of the recorded name (its weights must match)."""
+    audio_encoder: str | None = None
+    """With --corrupt face-crop-off: load the audio encoder from here instead of the recorded name (its weights must match)."""
+    models_dir: str | None = None
+    """With --corrupt face-crop-off: folder searched for the run's encoders when they are not where it recorded them; default: $MMFER_MODELS."""
 
 
 @dataclass(frozen=True)

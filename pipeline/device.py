@@ -4,18 +4,32 @@ from __future__ import annotations
 
 import torch
 
+from mmfer.pipeline.errors import ConfigError
+
+
+class DeviceError(ConfigError):
+    """A --device this machine cannot give (a misspelt name, or CUDA without a GPU); exit code 2."""
+
 
 def resolve_device(name: str) -> torch.device:
     """auto -> cuda when available, else cpu.
 
     Raises:
-        RuntimeError: a CUDA device was asked for on a machine without CUDA.
+        DeviceError: not a device name, or a CUDA device was asked for that this machine does not have.
     """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise DeviceError(f"--device {name}: mmfer runs on cpu or cuda; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
+        raise DeviceError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), "
+                          f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
     return device
 
 

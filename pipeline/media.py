@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 STDERR_TAIL_CHARS = 2000   # enough for ffmpeg's real complaint, not its whole banner
 VERSION_CHECK_TIMEOUT_S = 10.0   # `ffmpeg -version` and the option probes finish at once; this bounds a broken binary
+# Video containers a folder walk picks up (predict's inputs, DFEW/MAFW clip folders): the ones extract's ffmpeg
+# decodes that datasets ship, CREMA-D's .flv included. A file given by name is tried whatever its suffix.
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".avi", ".mov", ".mkv", ".webm", ".flv", ".mpg", ".mpeg", ".wmv", ".3gp", ".ogv")
 
 
 class FfmpegError(MmferError, RuntimeError):

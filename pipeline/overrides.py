@@ -55,9 +55,7 @@ def _set(obj: Any, parts: list[str], value: Any, full_key: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(obj)}
     name = parts[0].replace("-", "_")
     if name not in fields:
-        close = [f for f in fields if f.startswith(name[:3])]
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ConfigError(f"unknown config key {full_key!r}{hint}")
+        raise ConfigError(f"unknown config key {full_key!r}{_nearest_key_hint(obj, parts, full_key)}")
     hints = typing.get_type_hints(type(obj))
     if len(parts) > 1:
         child = getattr(obj, name)
@@ -74,6 +72,19 @@ def _set(obj: Any, parts: list[str], value: Any, full_key: str) -> Any:
         return dataclasses.replace(obj, **{name: new_value})
     except (ValueError, TypeError) as err:
         raise ConfigError(f"config key {full_key!r}: {err}") from err
+
+
+def _nearest_key_hint(obj: Any, parts: list[str], full_key: str) -> str:
+    """"(did you mean training.max_epochs?)" for a key one or two letters off a real one, dotted as the user
+    wrote it; a section's leaf keys are offered under their section (`training.max_epoch` -> `training.max_epochs`)."""
+    import difflib
+
+    section = full_key[:len(full_key) - len(".".join(parts))]   # the dotted part already matched, e.g. "training."
+    keys = [section + key for key, *_ in leaf_fields(type(obj))]
+    close = difflib.get_close_matches(full_key.replace("-", "_"), keys, n=1, cutoff=0.75)
+    if not close:   # a misspelt section or a leaf given without its section: match on the last part alone
+        close = [k for k in keys if k.rsplit(".", 1)[-1] == parts[-1].replace("-", "_")][:2]
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
 
 
 def coerce(value: Any, annotation: Any, key: str) -> Any:

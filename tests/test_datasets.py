@@ -205,7 +205,7 @@ def test_crema_d_demo_extracts_and_trains_on_its_six_classes(tmp_path, tiny_mode
     assert len(list((tmp_path / "crema" / "AudioWAV").glob("*.wav"))) == 24
     cfg = extract_config(tmp_path / "crema", tmp_path / "cache", tiny_models, dataset="crema-d")
     manifest = build_manifest(cfg)
-    assert set(manifest["gender"]) == {"male", "female"} and sorted(manifest["actor"].unique()) == [1001, 1002, 1003, 1004]
+    assert set(manifest["gender"]) == {"male", "female"} and sorted(manifest["actor"].unique()) == [1001, 1019, 1037, 1055]
     from mmfer.extract.run import extract_all
     summary = extract_all(cfg, manifest)
     assert summary.num_done == 24, summary.format()
@@ -213,7 +213,7 @@ def test_crema_d_demo_extracts_and_trains_on_its_six_classes(tmp_path, tiny_mode
     assert store.attrs["label_names"] == list(CREMA_D_EMOTIONS) and store.attrs["dataset"] == "crema-d"
     assert resolve_protocol("auto", dataset="crema-d", clips=store.clip_table) == "crema-d-5fold"
     folds = tmp_path / "folds.json"
-    folds.write_text(json.dumps([{"name": "demo", "test_actors": [1001], "val_actors": [1002]}]))
+    folds.write_text(json.dumps([{"name": "demo", "test_actors": [1001], "val_actors": [1019]}]))
     from mmfer.train.loop import train
     run = train(train_config_with_preset({"cache": str(tmp_path / "cache"), "out": str(tmp_path / "run"), "preset": "tiny",
                                           "device": "cpu", "split.protocol": "file", "split.fold_file": str(folds),
@@ -247,6 +247,39 @@ def test_crema_d_demo_extracts_and_trains_on_its_six_classes(tmp_path, tiny_mode
     result = subprocess.run([*cli, "--cache", str(other), "--out", str(tmp_path / "eval3")], capture_output=True, text=True, timeout=600)
     assert result.returncode == 2 and "holds no features made with run" in result.stderr, result.stderr[-2000:]
     assert not (tmp_path / "eval3").exists()
+
+
+def test_crema_d_demo_actors_fill_every_fold_of_crema_d_5fold():
+    from mmfer.data.demo import crema_d_demo_actors
+    from mmfer.pipeline.splits import runnable_folds
+
+    assert crema_d_demo_actors(6) == [1001, 1002, 1019, 1037, 1055, 1073]
+    folds = make_folds("crema-d-5fold", num_val_actors=2, fold_file=None, clips=None, num_folds=5)
+    for num_actors in (5, 6, 24):
+        actors = crema_d_demo_actors(num_actors)
+        clips = pd.DataFrame({"clip_id": [f"{a}_x" for a in actors], "actor": actors, "label": 0})
+        ok, why = runnable_folds(clips, folds, chosen=False, cache_path="demo")
+        assert len(ok) == 5 and not why, (num_actors, why)
+
+
+@pytest.mark.slow
+def test_the_readme_crema_d_demo_chain_trains_under_its_default_protocol(tmp_path, tiny_models):
+    """README: `mmfer make-demo --layout crema-d --out demo_crema --num-actors 6`, extract, train-fusion, as written
+    (smaller clips, the tiny encoders, one epoch): all five folds of crema-d-5fold run."""
+    def mmfer(*args):
+        return subprocess.run([sys.executable, "-m", "mmfer.pipeline.app.cli", *map(str, args)], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=600)
+
+    done = mmfer("make-demo", "--layout", "crema-d", "--out", "demo_crema", "--num-actors", "6", "--clips-per-emotion", "1",
+                 "--size-px", "64", "--duration-s", "1.0")
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = mmfer("extract", "--dataset", "crema-d", "--root", "demo_crema", "--out", "cache_crema", "--preset", "tiny",
+                 "--models-dir", tiny_models, "--device", "cpu")
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = mmfer("train-fusion", "--cache", "cache_crema", "--out", "runs/crema", "--epochs", "1", "--device", "cpu")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "runs" / "crema" / "summary.json").read_text())
+    assert [f["name"] for f in summary["protocol"]] == [f"fold{k}" for k in range(1, 6)] and "skipped_folds" not in summary
 
 
 def _dfew_tree(root, clips, write=_touch):

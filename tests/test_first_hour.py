@@ -166,3 +166,87 @@ def test_a_refused_fingerprint_names_the_settings_that_differ(tmp_path):
     with pytest.raises(StoreError) as err:
         store.ensure_entry("video", "b" * 12, attrs, {"tokens": ArraySpec((8, 16, 64), "float16")})
     assert "encoder.dim: 32 -> 64" in str(err.value) and "num_frames: (none) -> 8" in str(err.value)
+
+
+# ---- issue 26.2: errors at the door, one line, exit 2, nothing created ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_root(tmp_path_factory) -> Path:
+    """One actor x 8 emotions of the synthetic demo (8 real mp4 files)."""
+    from mmfer.data.demo import make_demo
+
+    root = tmp_path_factory.mktemp("small_demo")
+    make_demo(root, seed=0, num_actors=1, clips_per_emotion=1, size_px=32, duration_s=0.5, overwrite=False)
+    return root
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:99", "tpu", "cuda"])
+def test_a_device_this_machine_cannot_give_is_one_line_before_anything_is_made(small_root, tmp_path, capsys, device):
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        device = f"cuda:{torch.cuda.device_count()}"   # the GPU machine's own impossible device
+    out, models = tmp_path / "cache", tmp_path / "models"
+    assert main(["extract", "--root", str(small_root), "--out", str(out), "--preset", "tiny", "--models-dir", str(models),
+                 "--device", device]) == 2
+    err = one_error_line(capsys)
+    assert f"--device {device}:" in err and ("use auto, cpu, cuda or cuda:N" in err or "--device cpu or auto" in err
+                                              or "GPU(s)" in err), err
+    assert not out.exists() and not models.exists()
+    run = tmp_path / "run"
+    assert main(["train-fusion", "--cache", str(out), "--out", str(run), "--device", device]) == 2
+    assert f"--device {device}:" in one_error_line(capsys) and not run.exists()
+
+
+def test_a_select_that_matches_nothing_is_refused_and_names_real_clip_ids(small_root, tmp_path, capsys):
+    out, models = tmp_path / "cache", tmp_path / "models"
+    assert main(["extract", "--root", str(small_root), "--out", str(out), "--preset", "tiny", "--models-dir", str(models),
+                 "--select", "*-99"]) == 2
+    err = one_error_line(capsys)
+    assert "--select '*-99' matches none of the 8 clips" in err and "01-01-01-01-01-01-01" in err, err
+    assert not out.exists() and not models.exists()
+
+
+def test_a_flag_typo_is_one_line_naming_the_nearest_flag(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["train-fusion", "--cache", str(tmp_path), "--epohcs", "3"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "usage:" not in err, err
+    assert "unrecognized argument --epohcs; did you mean --epochs?" in err, err
+    with pytest.raises(SystemExit):
+        main(["predict", "--run", str(tmp_path), "--visual-encodr", "x", "clip.mp4"])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "did you mean --visual-encoder?" in err, err
+    # a key=value typo names the full dotted key it meant
+    assert main(["train-fusion", "--cache", str(tmp_path), "--out", str(tmp_path / "run"), "training.max_epoch=3"]) == 2
+    assert "unknown config key 'training.max_epoch' (did you mean training.max_epochs?)" in one_error_line(capsys)
+    assert main(["train-fusion", "--cache", str(tmp_path), "--out", str(tmp_path / "run"), "model.fusoin.num_layers=2"]) == 2
+    assert "(did you mean model.fusion.num_layers?)" in one_error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_predict_walks_every_container_extract_reads(tmp_path):
+    from mmfer.pipeline.app.predict import find_videos
+
+    for name in ("a.flv", "b.MP4", "c.mkv", "d.m4v", "notes.txt", "e.wav"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in find_videos([str(tmp_path)])] == ["a.flv", "b.MP4", "c.mkv", "d.m4v"]
+
+
+# ---- issue 26.6: evaluate --out refuses a folder that holds files, as the other commands do -------------
+
+
+@pytest.mark.parametrize("mode", [[], ["--corrupt", "no-audio"]])
+def test_evaluate_refuses_a_non_empty_out_unless_overwrite(subset_run, store, tmp_path, capsys, mode):
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    assert main(["evaluate", "--run", str(subset_run), "--cache", str(store), "--out", str(out), "--device", "cpu", *mode]) == 2
+    err = one_error_line(capsys)
+    assert f"{out}: not empty (holds metrics.json)" in err and "--overwrite" in err, err
+    assert (out / "metrics.json").read_text() == "{}"
+    assert main(["evaluate", "--run", str(subset_run), "--cache", str(store), "--out", str(out), "--device", "cpu",
+                 "--overwrite", *mode]) == 0
+    capsys.readouterr()

@@ -504,3 +504,126 @@ def dataclasses_replace(cfg, **changes):
     import dataclasses
 
     return dataclasses.replace(cfg, **changes)
+
+
+# ---- issue 26.4: an unfinished run says so ---------------------------------------------------------------
+
+
+def test_an_unfinished_run_is_named_in_one_warning_and_on_the_card(run, tmp_path, caplog):
+    from mmfer.pipeline.app.bundle import load_export_bundle, load_run_bundle
+
+    killed = shutil.copytree(run, tmp_path / "killed")
+    (killed / "summary.json").unlink()   # what a run killed before its test pass leaves: no summary.json
+    with caplog.at_level(logging.WARNING, logger="mmfer"):
+        bundle = load_run_bundle(killed, fold="1")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "unfinished run" in warnings[0] and "fold1 at epoch 1 of 1" in warnings[0], warnings
+    assert "--resume" in warnings[0] and bundle.unfinished
+    caplog.clear()
+    export = tmp_path / "model"
+    assert run_cli(add_export_arguments, cmd_export, ["--run", killed, "--out", export, "--fold", "1"]) == 0
+    card = (export / "README.md").read_text()
+    assert "**Unfinished run:**" in card and "no test scores" in card, card
+    assert json.loads((export / "model.json").read_text())["unfinished"].startswith("unfinished run")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mmfer"):
+        load_export_bundle(export)
+    assert [r.getMessage() for r in caplog.records if "unfinished run" in r.getMessage()], caplog.records
+    # a finished run: no warning, no note
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mmfer"):
+        assert load_run_bundle(run, fold="1").unfinished is None
+    assert not [r for r in caplog.records if "unfinished" in r.getMessage()]
+
+
+# ---- issue 26.1: runs and exported models that travel -------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_run_and_its_exports_travel_to_other_folders(demo_root, tmp_path):
+    """Everything typed relative to a working folder `w`: predict --run from its parent finds the cache; an export
+    copied to a colleague's folder predicts from a third working folder, with its encoders carried inside
+    (--include-encoders), or found by weights hash in --models-dir / $MMFER_MODELS after the original models moved."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MMFER_")}
+    env.update(HF_HUB_OFFLINE="1")
+
+    def mmfer(cwd: Path, *args, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "mmfer.pipeline.app.cli", *map(str, args)], cwd=cwd,
+                              env={**env, **(extra_env or {})}, capture_output=True, text=True, timeout=600)
+
+    w = tmp_path / "w"
+    shutil.copytree(demo_root, w / "clips")
+    (w / "folds.json").write_text(json.dumps([{"name": "fold1", "test_actors": [1], "val_actors": [2]}]))
+    done = mmfer(w, "extract", "--root", "clips", "--out", "cache", "--preset", "tiny", "--models-dir", "models",
+                 "--select", "*-0[123]", "--device", "cpu")
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = mmfer(w, "train-fusion", "--cache", "cache", "--out", "runs/r1", "--preset", "tiny", "--device", "cpu",
+                 "--epochs", "1", "split.protocol=file", "split.fold_file=folds.json", "model.visual.num_keep_tokens=8",
+                 "training.batch_size=4")
+    assert done.returncode == 0, done.stderr[-3000:]
+    clip = sorted((w / "clips" / "Actor_01").glob("*.mp4"))[0]
+
+    def probabilities(csv: Path) -> np.ndarray:
+        return pd.read_csv(csv)[PROBS].to_numpy()
+
+    done = mmfer(tmp_path, "predict", "--run", "w/runs/r1", clip, "--device", "cpu", "--out", "from_parent.csv")
+    assert done.returncode == 0, done.stderr[-3000:]
+    reference = probabilities(tmp_path / "from_parent.csv")
+
+    for name, flags in (("carried", ["--include-encoders"]), ("named", [])):
+        done = mmfer(w, "export", "--run", "runs/r1", "--out", name, *flags)
+        assert done.returncode == 0, done.stderr[-3000:]
+    colleague = tmp_path / "colleague"
+    for name in ("carried", "named"):
+        shutil.copytree(w / name, colleague / name)
+    assert (colleague / "carried" / "encoders" / "video" / "tiny-siglip-vision" / "config.json").is_file()
+    card = (colleague / "named" / "README.md").read_text()
+    assert "--models-dir" in card and "--include-encoders" in card and "weights sha256" in card
+    models = (w / "models").rename(tmp_path / "shared_models")   # the run's own encoders are gone from where it recorded them
+    third = tmp_path / "third"
+    third.mkdir()
+    done = mmfer(third, "predict", "--model", colleague / "carried", clip, "--device", "cpu", "--out", "carried.csv")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert np.array_equal(probabilities(third / "carried.csv"), reference)
+
+    done = mmfer(third, "predict", "--model", colleague / "named", clip, "--device", "cpu", "--out", "named.csv")
+    assert done.returncode == 2 and not (third / "named.csv").exists(), done.stderr[-3000:]
+    err = done.stderr.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "--visual-encoder" in err and "--models-dir" in err and "--preset" not in err, err
+    for flags, extra_env in ((["--models-dir", models], None), ([], {"MMFER_MODELS": str(models)})):
+        done = mmfer(third, "predict", "--model", colleague / "named", clip, "--device", "cpu", "--out", "named.csv",
+                     *flags, extra_env=extra_env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert np.array_equal(probabilities(third / "named.csv"), reference)
+
+
+def test_encoder_lookup_order_and_its_one_line_refusal(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from mmfer.pipeline.app.encoder_lookup import EncoderNotFoundError, find_encoder
+    from mmfer.pipeline.paths import record_path
+
+    store, typed = tmp_path / "w" / "cache", tmp_path / "third" / "models" / "enc"
+    for folder in (tmp_path / "w" / "models" / "enc", typed, store):
+        folder.mkdir(parents=True)
+    location = record_path(tmp_path / "w" / "models" / "enc", store)
+    assert location["relative"] == "../models/enc"
+    record = {"encoder": {"name": "models/enc", "location": location, "weights_sha256": "ab" * 32}}
+    run = SimpleNamespace(encoder_files={}, store_path=str(store), source="run")
+    assert find_encoder("video", record, run, flag="elsewhere", models_dir=None) == "elsewhere"
+    moved = tmp_path / "moved"
+    (tmp_path / "w").rename(moved)   # the working folder moved: the record relative to the store still finds it
+    run.store_path = str(moved / "cache")
+    assert Path(find_encoder("video", record, run, flag=None, models_dir=None)).resolve() == (moved / "models" / "enc").resolve()
+    # an export (no store): the resolved path is gone; a folder of the typed name in this working folder is the last guess
+    export = SimpleNamespace(encoder_files={}, store_path=None, source="model")
+    monkeypatch.chdir(tmp_path / "third")
+    assert find_encoder("video", record, export, flag=None, models_dir=None) == "models/enc"
+    shutil.rmtree(typed)
+    with pytest.raises(EncoderNotFoundError) as err:
+        find_encoder("video", record, export, flag=None, models_dir=str(tmp_path / "empty"))
+    message = str(err.value)
+    assert "--visual-encoder" in message and "--models-dir" in message and "--preset" not in message, message
+    # a hub id found in no models dir is loaded by its name (from the HF cache)
+    hub = {"encoder": {"name": "google/siglip2-base-patch16-224", "weights_sha256": "cd" * 32}}
+    assert find_encoder("video", hub, export, flag=None, models_dir=str(tmp_path)) == "google/siglip2-base-patch16-224"

@@ -101,3 +101,52 @@ def test_face_crop_off_needs_a_face_cropped_cache(run_dir, tmp_path):
     assert done.returncode == 2
     assert "face-crop-off" in done.stderr.strip().splitlines()[-1] and "face_crop=none" in done.stderr
     assert not (tmp_path / "r").exists()
+
+
+# ---- issue 26.7: plots that do not mislead -----------------------------------------------------------------
+
+
+def test_plots_label_aux_heads_mark_a_single_value_ci_na_and_number_trials_whole():
+    import math
+
+    import matplotlib.pyplot as plt
+    import optuna
+
+    from mmfer.pipeline.app.robustness import plot_figure, summary_table
+    from mmfer.train.studies.ablate import METRIC_NAMES, bars_figure
+    from mmfer.train.studies.tune import STUDY_NAME, history_figure
+
+    # robustness: the "audio"/"visual" bars are the fused model's auxiliary heads, and say so
+    frame = pd.DataFrame([{"fold": "fold1", "corruption": c, "classifier": h, "f1_macro": 0.5}
+                          for c in ("clean", "no-audio") for h in ("fusion", "audio", "visual")])
+    fig = plot_figure(frame, ["clean", "no-audio"], title="t")
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    plt.close(fig)
+    assert labels == ["fused model", "audio aux head of the fused model", "visual aux head of the fused model"]
+    assert "audio aux head" in summary_table(frame, ["clean", "no-audio"])
+    assert "not separately trained single-modality models" in summary_table(frame, ["clean", "no-audio"])
+
+    # ablation: one fold x one seed has no 95% CI: no zero-width whisker, an "n/a" mark instead
+    row = {"entry": "full", **{f"{m}_{k}": (0.5 if k == "mean" else math.nan) for m in METRIC_NAMES
+                               for k in ("mean", "std", "ci_low", "ci_high")}}
+    fig = bars_figure([row])
+    ax = fig.axes[0]
+    texts = [t.get_text() for t in ax.texts]
+    plt.close(fig)
+    assert texts.count("CI n/a") == len(METRIC_NAMES) and not ax.containers[len(METRIC_NAMES):], texts
+    assert "n/a" in ax.get_ylabel()
+    two = {**row, "entry": "two", **{f"{m}_ci_low": 0.4 for m in METRIC_NAMES}, **{f"{m}_ci_high": 0.6 for m in METRIC_NAMES}}
+    fig = bars_figure([two])
+    assert not fig.axes[0].texts and len(fig.axes[0].containers) == 2 * len(METRIC_NAMES)   # bars + error bars
+    plt.close(fig)
+
+    # tuning history: 3 trials give ticks on whole trial numbers only
+    study = optuna.create_study(study_name=f"{STUDY_NAME}-fold1", direction="maximize")
+    for value in (0.2, 0.5, 0.4):
+        study.add_trial(optuna.trial.create_trial(value=value, params={}, distributions={}))
+    fig = history_figure([study])
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    plt.close(fig)
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks

@@ -88,7 +88,29 @@ def full_run(cache, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("full") / "run"
     result = run_train(cache, out)
     assert result.returncode == 0, result.stderr[-3000:]
+    (out.parent / "stderr.txt").write_text(result.stderr)
     return out
+
+
+def test_a_fold_keeps_the_best_weights_and_the_last_resumable_state(full_run):
+    """Issue 26.5: best.pt holds the weights alone (no optimizer moments, no RNG), with no previous copy; last.pt is
+    the full state resume reads (and last.prev.pt its copy from the epoch before); the disk estimate names them."""
+    folder = full_run / "fold1" / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["best.pt", "last.prev.pt", "last.pt"]
+    best = torch.load(folder / "best.pt", map_location="cpu", weights_only=True)
+    last = torch.load(folder / "last.pt", map_location="cpu", weights_only=True)
+    assert {"optimizer", "rng", "scheduler", "scaler", "early_stopping"} <= set(last)
+    assert not {"optimizer", "rng", "scheduler", "scaler", "early_stopping"} & set(best)
+    assert {"model", "epoch", "config", "model_spec", "cache_fingerprints"} <= set(best)
+    assert (folder / "best.pt").stat().st_size < (folder / "last.pt").stat().st_size / 2
+    stderr = (full_run.parent / "stderr.txt").read_text()
+    estimate = re.search(r"checkpoint disk estimate: 1 fold\(s\) x \(best.pt ([\d.]+) MB \+ last.pt and last.prev.pt "
+                         r"2 x ([\d.]+) MB\) = ([\d.]+) MB", stderr)
+    assert estimate, stderr[-3000:]
+    best_mb, last_mb, total_mb = map(float, estimate.groups())
+    on_disk = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
+    assert abs(total_mb - on_disk) < 0.1 * on_disk, (total_mb, on_disk)
+    assert abs(best_mb - (folder / "best.pt").stat().st_size / 1e6) < 0.1 * best_mb
 
 
 # (crash point, the checkpoint files right after the kill: proof that the kill landed there). Each step

@@ -1,8 +1,9 @@
 """Atomic checkpoints: `torch.save` to a temporary file in the same folder, fsync, then rename.
 
 A checkpoint holds only tensors and plain Python values, so it loads with `torch.load(weights_only=True)`
-(never unpickling arbitrary objects). Each save keeps the previous file as `<name>.prev.pt`; a checkpoint
-that fails to load is reported by name and the previous good one is used instead.
+(never unpickling arbitrary objects). A fold keeps two: `last.pt`, the full training state resume reads (each
+save keeps the one before as `last.prev.pt`; a checkpoint that fails to load is reported by name and the
+previous good one is used instead), and `best.pt`, the selected epoch's weights alone (`best_weights`).
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ class CheckpointError(BadInputError, RuntimeError):
     """No loadable checkpoint (named in the message)."""
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
-    """Write `state` to `path` atomically; the file it replaces becomes `<stem>.prev.pt` (unless truncated)."""
+def save_checkpoint(path: str | os.PathLike, state: dict, *, keep_previous: bool = True) -> Path:
+    """Write `state` to `path` atomically; the file it replaces becomes `<stem>.prev.pt` (unless truncated), or,
+    with keep_previous=False, is replaced by the rename (a kill still leaves the old or the new file whole)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):   # left by a save that was killed
@@ -43,7 +45,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         crash_point("checkpoint_write")   # the new state is in the temp file; last.pt and .prev.pt untouched
-        if path.exists() and zipfile.is_zipfile(path):   # a truncated file never replaces the previous good one
+        if keep_previous and path.exists() and zipfile.is_zipfile(path):   # a truncated file never replaces the previous good one
             os.replace(path, previous_path(path))
         crash_point("checkpoint_rotated")   # a good old file is now .prev.pt, so `path` may be absent
         os.replace(tmp_name, path)
@@ -56,6 +58,23 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     finally:
         os.close(dir_fd)
     return path
+
+
+BEST_KEYS = ("model", "epoch", "metric", "val_metrics", "config", "cache_fingerprints", "model_spec")
+
+
+def best_weights(state: dict) -> dict:
+    """What best.pt keeps of a training state: the weights and what predict, export and the test pass read
+    (no optimizer moments, scheduler, scaler or RNG: resume reads last.pt), about a third of the full state."""
+    return {k: state[k] for k in BEST_KEYS if k in state}
+
+
+def checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, int]:
+    """(best.pt, last.pt) sizes of one fold, estimated before the first save: the weights, and the weights plus
+    AdamW's two float32 moments per trained parameter."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    moments = sum(2 * 4 * p.numel() for group in optimizer.param_groups for p in group["params"] if p.requires_grad)
+    return weights, weights + moments
 
 
 def previous_path(path: Path) -> Path:
@@ -131,7 +150,7 @@ def restore_rng_state(state: dict) -> None:
 
 
 # Settings a resumed run may change: where things are and how fast they run, not what is trained.
-RESUME_MAY_CHANGE = ("resume", "device", "preload", "num_workers", "allow_writing_cache", "cache", "out",
+RESUME_MAY_CHANGE = ("resume", "device", "preload", "num_workers", "allow_writing_cache", "cache", "out", "cache_location",
                      "resolved_device", "cache_fingerprints",   # the fingerprints are checked on their own
                      "resume_changes")
 # Settings a resumed run applies and records in config.yaml's resume_changes (train longer: more epochs).

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -29,12 +30,13 @@ from mmfer.pipeline.errors import BadInputError, ConfigError
 from mmfer.pipeline.faults import crash_point
 from mmfer.pipeline.progress import Progress
 from mmfer.pipeline.labels import store_label_names
+from mmfer.pipeline.paths import record_path
 from mmfer.pipeline.splits import (Fold, assign_parts, check_no_leakage, check_validation, describe_protocol, make_folds,
                                    resolve_protocol, runnable_folds, validation_counts)
 from mmfer.pipeline.store import StoreError, open_store, writer_lock_holder
 from mmfer.train.branch_weights import branch_path, load_branch_weights, save_branch_weights
-from mmfer.train.checkpoint import (RESUME_MAY_APPLY, changed_settings, load_checkpoint, previous_path, restore_rng_state,
-                                    rng_state, save_checkpoint)
+from mmfer.train.checkpoint import (RESUME_MAY_APPLY, best_weights, changed_settings, checkpoint_bytes, load_checkpoint,
+                                    previous_path, restore_rng_state, rng_state, save_checkpoint)
 from mmfer.train.curriculum import check_difficulty, epoch_subset, load_difficulty
 from mmfer.train.dataset import (ClipDataset, EpochSampler, apply_thread_budget, epoch_views, make_loader, open_cache,
                                  prefetch, rank_share, should_preload, to_device)
@@ -134,6 +136,7 @@ def train_on(cfg: TrainConfig, device: torch.device, world: World) -> dict:
                 "amp_dtype": dtype_name(autocast_dtype(device, cfg.training.mixed_precision)),
                 "cache_fingerprints": {"video": cache.video_fingerprint, "audio": cache.audio_fingerprint},
                 "label_names": list(cache.label_names),
+                "cache_location": record_path(cfg.cache, out),   # found again after the run folder moves (pipeline/paths.py)
                 "distributed": distributed, **({"resume_changes": resume_changes} if resume_changes else {})}
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)   # only now: a refused command leaves no empty --out behind
@@ -155,7 +158,8 @@ def train_on(cfg: TrainConfig, device: torch.device, world: World) -> dict:
     fold_metrics, frames, timings = {}, [], []
     for fold_number, fold in zip(fold_numbers, folds):   # seeds follow the fold's number, not its position
         metrics, frame, epoch_times = train_fold(cfg, fold, fold_number, out / fold.name, cache, dataset, sampler,
-                                                 loader, device, resolved, confidence, world)
+                                                 loader, device, resolved, confidence, world,
+                                                 disk_estimate_folds=len(folds) if fold is folds[0] else 0)
         fold_metrics[fold.name], timings = metrics, timings + epoch_times
         frames.append(frame)
 
@@ -249,13 +253,14 @@ def protocol_card(cfg: TrainConfig, folds: list[Fold], fold_numbers: list[int], 
 
 def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, dataset: ClipDataset,
                sampler: EpochSampler, loader, device: torch.device, resolved: dict, confidence,
-               world: World = ALONE) -> tuple:
+               world: World = ALONE, *, disk_estimate_folds: int = 0) -> tuple:
     """One fold: train with validation and checkpoints, then test the best checkpoint.
 
     Under DDP each rank trains on its share of each epoch (`rank_share`), evaluates a disjoint share of the
     clips and gathers the predictions by clip id; rank 0 alone writes checkpoints (of the unwrapped model,
     so they do not depend on the world size), metrics.jsonl and TensorBoard.
 
+    `disk_estimate_folds` > 0 (the run's first fold): log the checkpoints' disk estimate for that many folds first.
     Returns (test metrics, predictions frame, [(epoch_s, samples_per_s)] of the epochs run now).
     """
     t = cfg.training
@@ -272,6 +277,8 @@ def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, 
     model, criterion, optimizer, schedule, scaler, amp_dtype = (fit.model, fit.criterion, fit.optimizer, fit.schedule,
                                                                 fit.scaler, fit.amp_dtype)
     stopper = EarlyStopping(t.early_stopping_patience, t.early_stopping_min_delta)
+    if disk_estimate_folds and world.is_main:
+        log_checkpoint_estimate(fold_dir.parent, model, optimizer, disk_estimate_folds)
 
     start_epoch = 0
     if cfg.resume and (last_path.exists() or previous_path(last_path).exists()):
@@ -333,7 +340,7 @@ def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, 
                   **{f"lr_{k}": v for k, v in lrs.items()}, "is_best": is_best}
         if world.is_main:
             if is_best:   # best before last: a kill between the two replays this epoch on resume
-                save_checkpoint(best_path, state)
+                save_checkpoint(best_path, best_weights(state), keep_previous=False)
             save_checkpoint(last_path, state)
             with open(fold_dir / "metrics.jsonl", "a") as handle:
                 handle.write(json.dumps(record) + "\n")
@@ -365,6 +372,17 @@ def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, 
         save_branch_weights(fold_dir / f"{cfg.pretrain}_branch.safetensors", model.branch_state_dict(cfg.pretrain), fold)
     log.info("%s test: %s", fold.name, ", ".join(f"{k} {metrics[k]:.4f}" for k in HEADLINE))
     return metrics, predictions_frame(fold.name, clip_ids, labels, probs, class_names=cache.label_names), timings
+
+
+def log_checkpoint_estimate(out: Path, model: torch.nn.Module, optimizer, num_folds: int) -> None:
+    """The disk the run's checkpoints take, logged before the first epoch: per fold best.pt (weights) and
+    last.pt (full state) plus last.prev.pt, its copy from the epoch before; a warning when it exceeds the free space."""
+    best_b, last_b = checkpoint_bytes(model, optimizer)
+    per_fold = best_b + 2 * last_b
+    free = shutil.disk_usage(out).free
+    log.log(logging.WARNING if num_folds * per_fold > free else logging.INFO,
+            "checkpoint disk estimate: %d fold(s) x (best.pt %.1f MB + last.pt and last.prev.pt 2 x %.1f MB) = %.1f MB; "
+            "%.1f MB free at %s", num_folds, best_b / 1e6, last_b / 1e6, num_folds * per_fold / 1e6, free / 1e6, out)
 
 
 @dataclasses.dataclass

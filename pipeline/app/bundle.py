@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from mmfer.pipeline.config import TrainConfig
 from mmfer.pipeline.errors import BadInputError
 from mmfer.pipeline.overrides import apply_overrides, flatten, leaf_fields
+from mmfer.pipeline.paths import recorded_candidates
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,9 @@ class ModelBundle:
     states: list[dict[str, torch.Tensor]]
     evaluation: dict = field(default_factory=dict)
     model_spec: dict | None = None   # build_model's arguments; None for checkpoints saved before they carried it
+    unfinished: str | None = None    # why the run is not a finished one (no summary.json), for the card and a warning
+    store_path: str | None = None    # a run's feature store: the folder its encoder records are relative to
+    encoder_files: dict[str, Path] = field(default_factory=dict)   # modality -> encoder copied into an export
 
     @property
     def is_ensemble(self) -> bool:
@@ -104,6 +108,15 @@ def _run_folds(run_dir: Path, evaluation: dict) -> list[str]:
             (run_dir / n / "checkpoints" / "best.prev.pt").exists()]
 
 
+def own_store_path(bundle: ModelBundle) -> str:
+    """The feature store the run recorded it trained from (as typed, resolved or relative to the run folder, the
+    first that exists), whatever --cache the command reads: evaluate's overlap and --corrupt checks compare with it."""
+    from mmfer.pipeline.paths import recorded_candidates
+
+    tried = recorded_candidates(bundle.config["cache"], bundle.config.get("cache_location"), Path(bundle.source))
+    return str(next((p for p in tried if p.exists()), tried[0]))
+
+
 def load_run_bundle(run_dir: str | Path, *, fold: str | None = None, ensemble: bool = False,
                     cache: str | None = None) -> ModelBundle:
     """Fold weights from `<run>/<fold>/checkpoints/best.pt`; feature records from the run's cache (or `cache`).
@@ -124,18 +137,40 @@ def load_run_bundle(run_dir: str | Path, *, fold: str | None = None, ensemble: b
     checkpoints = [load_checkpoint(run_dir / n / "checkpoints" / "best.pt") for n in names]
     config = checkpoints[0]["config"]
     fingerprints = config["cache_fingerprints"]
-    cache_path = Path(cache or config["cache"])
+    if cache:
+        cache_path = Path(cache)
+    else:   # as recorded: relative to the run folder, as typed (from this folder), resolved
+        tried = recorded_candidates(config["cache"], config.get("cache_location"), run_dir)
+        cache_path = next((p for p in tried if p.exists()), tried[0])
     if not cache_path.exists():   # a Zarr folder or an HDF5 export; open_store says if it is neither
+        where = f"--cache {cache}" if cache else "looked for at " + ", ".join(dict.fromkeys(str(p) for p in tried))
         raise FileNotFoundError(
-            f"{cache_path}: the feature store run {run_dir} was trained from is gone, and predict needs its record of "
-            "the encoders and preprocessing; pass --cache PATH if it moved, or use a model folder from `mmfer export`")
+            f"{cache_path}: the feature store run {run_dir} was trained from is gone ({where}), and predict needs its "
+            "record of the encoders and preprocessing; pass --cache PATH if it moved, or use a model folder from `mmfer export`")
     features = feature_records(cache_path, fingerprints)
     for name, state in zip(names, checkpoints):
         if state["cache_fingerprints"] != fingerprints:
             raise StoreError(f"{run_dir}/{name}: trained on features {state['cache_fingerprints']}, "
                              f"{names[0]} on {fingerprints}; predict one fold at a time (--fold)")
+    unfinished = None if summary_path.exists() else unfinished_note(run_dir, names, config)
+    if unfinished:
+        log.warning("%s: %s", run_dir, unfinished)
     return ModelBundle(str(run_dir), config, features, names, [c["model"] for c in checkpoints], evaluation,
-                       checkpoints[0].get("model_spec"))
+                       checkpoints[0].get("model_spec"), unfinished, store_path=str(cache_path))
+
+
+def unfinished_note(run_dir: Path, names: list[str], config: dict) -> str:
+    """One line on a run without summary.json (killed or stopped before its test pass): where each fold stopped
+    (the last line of its metrics.jsonl), that its weights are the best epoch so far, untested, and how to finish it."""
+    max_epochs = config.get("training", {}).get("max_epochs", "?")
+    where = []
+    for name in names:
+        lines = (run_dir / name / "metrics.jsonl").read_text().splitlines() if (run_dir / name / "metrics.jsonl").exists() else []
+        epoch = json.loads(lines[-1]).get("epoch", "?") if lines else "?"
+        where.append(f"{name} at epoch {epoch} of {max_epochs}")
+    return (f"unfinished run: training stopped ({', '.join(where)}) before its test pass, so these are the best "
+            f"weights so far and have no test scores; finish it with `mmfer train-fusion --out {run_dir} --resume` "
+            "(same flags) and export again")
 
 
 class ExportFolderError(BadInputError, ValueError):
@@ -183,8 +218,13 @@ def load_export_bundle(model_dir: str | Path, *, fold: str | None = None, ensemb
                     spec = (handle.metadata() or {}).get(MODEL_SPEC_KEY)
         except SafetensorError as err:
             raise ExportFolderError(f"{path}: not a readable safetensors file ({err}); re-export the model") from err
+    carried = manifest.get("encoders") or {}   # `mmfer export --include-encoders`: the encoders inside the folder
+    encoder_files = {m: _inside(model_dir, name, f"the {m} encoder") for m, name in carried.items()}
+    unfinished = manifest.get("unfinished")
+    if unfinished:
+        log.warning("%s: exported from an %s", model_dir, unfinished)
     return ModelBundle(str(model_dir), config, features, names, states, evaluation,
-                       json.loads(spec) if spec else None)
+                       json.loads(spec) if spec else None, unfinished, encoder_files=encoder_files)
 
 
 def _inside(model_dir: Path, name: object, what: str) -> Path:

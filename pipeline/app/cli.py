@@ -37,9 +37,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if cfg.dataset != "manifest" and not cfg.root:
         cfg = replace(cfg, root=str(_default_root(cfg.dataset)))
     from mmfer.data.datasets import build_manifest  # imported here: each subcommand loads only what it uses
-    from mmfer.extract.run import extract_all
+    from mmfer.extract.run import extract_all, select_clips
 
     manifest = build_manifest(cfg)   # refuses a root without clips, before any model or --out
+    if cfg.select is not None and select_clips(manifest, cfg.select, None).empty:
+        examples = ", ".join(manifest["clip_id"].head(3))
+        raise ConfigError(f"--select {cfg.select!r} matches none of the {len(manifest)} clips in the manifest "
+                          f"(clip ids look like {examples}); nothing written")
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
         raise BadInputError(f"{cfg.out}: --out is a file, not a folder; give a folder for the feature store")
     from mmfer.pipeline.distributed import current_world
@@ -301,7 +305,7 @@ def _add_version(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmfer", description="Audio-visual emotion recognition from cached frozen-encoder features.",
+    parser = OneLineParser(prog="mmfer", description="Audio-visual emotion recognition from cached frozen-encoder features.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -373,16 +377,47 @@ def _report_hidden(quiet: _ThirdPartyLines | None) -> None:
         log.info("hid %d info lines of other libraries (%s); -v shows them", sum(quiet.hidden.values()), counts)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2), not the usage block above it; --help still
+    prints everything. Subcommand parsers are of this class too (add_subparsers uses the parent's class)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the subcommand that was given (the parser itself for `extract`/`train-fusion` entry points)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(getattr(args, action.dest, None), parser)
+    return parser
+
+
+def nearest_flag(parser: argparse.ArgumentParser, word: str) -> str | None:
+    """The parser's flag closest to a mistyped `word` (`--epohcs` -> `--epochs`), or None when none is close."""
+    import difflib
+
+    flag = word.split("=", 1)[0]
+    flags = [f for f in parser._option_string_actions if f.startswith("--")]
+    close = difflib.get_close_matches(flag, flags, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """parse_args, but `key=value` overrides may stand anywhere, also between flags (argparse only
-    takes one contiguous run of positionals; the rest come back as extras)."""
+    takes one contiguous run of positionals; the rest come back as extras). An unknown flag is one line
+    naming the nearest real one."""
     args, extras = parser.parse_known_args(argv)
     stray = [e for e in extras if "=" not in e or e.startswith("-")]
     if stray:
-        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+        command = _command_parser(parser, args)
+        hint = nearest_flag(command, stray[0]) if stray[0].startswith("-") else None
+        more = [e for e in stray[1:] if e.startswith("-")]   # a bad flag's value is stray too: not worth naming
+        command.error(f"unrecognized argument {stray[0]}" + (f"; did you mean {hint}?" if hint else "")
+                      + (f" (also unknown: {' '.join(more)})" if more else ""))
     if extras:
         if not hasattr(args, "overrides"):
-            parser.error(f"this command takes no key=value overrides: {' '.join(extras)}")
+            _command_parser(parser, args).error(f"this command takes no key=value overrides: {' '.join(extras)}")
         args.overrides = [*(args.overrides or []), *extras]
     return args
 
@@ -422,14 +457,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def extract_main() -> None:
-    parser = argparse.ArgumentParser(prog="extract")
+    parser = OneLineParser(prog="extract")
     _add_version(parser)
     _extract_parser(parser)
     sys.exit(_run(parser, None))
 
 
 def train_fusion_main() -> None:
-    parser = argparse.ArgumentParser(prog="train-fusion")
+    parser = OneLineParser(prog="train-fusion")
     _add_version(parser)
     _train_parser(parser)
     sys.exit(_run(parser, None))

@@ -32,13 +32,14 @@ def seen_clips(bundle, scored: pd.DataFrame) -> tuple[list[str], str | None]:
     be checked or None): the run's own cache's train and validation clips of each fold model, matched by
     `clip_keys`."""
     from mmfer.pipeline.splits import Fold, assign_parts
+    from mmfer.pipeline.app.bundle import own_store_path
     from mmfer.pipeline.store import StoreError, open_store
 
     protocol = {f["name"]: f for f in bundle.evaluation.get("protocol", [])}
     try:
-        table = open_store(bundle.config["cache"], mode="r").clip_table
+        table = open_store(own_store_path(bundle), mode="r").clip_table
     except (StoreError, FileNotFoundError, OSError) as err:
-        return [], f"the run's own cache {bundle.config['cache']} cannot be read ({err})"
+        return [], f"the run's own cache {own_store_path(bundle)} cannot be read ({err})"
     seen: set[str] = set()
     for name in bundle.fold_names:
         if name not in protocol:

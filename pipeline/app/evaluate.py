@@ -169,6 +169,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from mmfer.pipeline.app.flags import resolve_config
 
     cfg: EvaluateConfig = resolve_config(EvaluateConfig, args, layered=False)
+    check_out_folder(cfg)
     if cfg.corrupt:
         return _robustness(cfg)
     if not cfg.run or not cfg.cache:
@@ -184,7 +185,24 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     from mmfer.pipeline.app.flags import resolve_config
 
     cfg: EvaluateConfig = resolve_config(EvaluateConfig, args, layered=False)
+    check_out_folder(cfg)
     return _robustness(cfg if cfg.corrupt else dataclasses.replace(cfg, corrupt="all"))
+
+
+class OutNotEmptyError(BadInputError, FileExistsError):
+    """evaluate's --out already holds files and --overwrite was not given."""
+
+
+def check_out_folder(cfg: EvaluateConfig) -> None:
+    """--out must be a folder that is new or empty, unless --overwrite (as export, make-demo and extract ask);
+    checked before any model loads, so an earlier evaluation is never replaced by accident."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"{out}: --out is a file, not a folder; give a folder for the evaluation")
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not cfg.overwrite:
+        raise OutNotEmptyError(f"{out}: not empty (holds {', '.join(held[:3])}{', ...' if len(held) > 3 else ''}); "
+                               "choose a new --out, or pass --overwrite to replace an earlier evaluation")
 
 
 def _robustness(cfg: EvaluateConfig) -> int:

@@ -2,7 +2,8 @@
 
 It holds the fold weights (safetensors), the resolved config, the feature records (encoder identities,
 preprocessing and decode parameters, copied from the cache entries), the label names, the protocol and
-metrics from summary.json, and a model card. Neither the cache nor the run is needed afterwards.
+metrics from summary.json, a model card and, with --include-encoders, the encoders themselves (else predict
+finds them by weights hash, pipeline/app/encoder_lookup.py). Neither the cache nor the run is needed afterwards.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from mmfer.pipeline.labels import EMOTIONS
 log = logging.getLogger(__name__)
 
 def export_model(run_dir: str | Path, out: str | Path, *, fold: str | None = None, ensemble: bool = False,
-                 cache: str | None = None) -> Path:
+                 cache: str | None = None, include_encoders: bool = False) -> Path:
     """Write the export folder `out` (staged, then renamed into place) and return it.
 
     Raises:
@@ -63,13 +64,16 @@ def export_model(run_dir: str | Path, out: str | Path, *, fold: str | None = Non
         _write_json(staging / "features.json", bundle.features)
         _write_json(staging / "evaluation.json", evaluation)
         _copy_lfm2_config(bundle.config, staging)
+        encoders = _copy_encoders(bundle, staging) if include_encoders else {}
         label_names = list(bundle.config.get("label_names") or EMOTIONS)   # runs before label_names: RAVDESS's
         manifest = {"format": EXPORT_FORMAT, "label_names": label_names, "folds": folds,
                     "ensemble": bundle.is_ensemble, "config": "config.json", "features": "features.json",
                     "evaluation": "evaluation.json", "source_run": str(Path(run_dir).resolve()),
-                    "cache_fingerprints": bundle.config.get("cache_fingerprints")}
+                    "cache_fingerprints": bundle.config.get("cache_fingerprints"),
+                    **({"encoders": encoders} if encoders else {}),
+                    **({"unfinished": bundle.unfinished} if bundle.unfinished else {})}
         _write_json(staging / EXPORT_MANIFEST, manifest)
-        (staging / "README.md").write_text(model_card(out.name, bundle, folds, evaluation))
+        (staging / "README.md").write_text(model_card(out.name, bundle, folds, evaluation, encoders))
         if out.exists():
             out.rmdir()
         os.rename(staging, out)
@@ -82,6 +86,32 @@ def export_model(run_dir: str | Path, out: str | Path, *, fold: str | None = Non
 
 def _write_json(path: Path, value: object) -> None:
     path.write_text(json.dumps(value, indent=2, default=str))
+
+
+def _copy_encoders(bundle, staging: Path) -> dict[str, str]:
+    """Copy each encoder the model reads into `encoders/` (the SigLIP2 folder's files, the .nemo file; hub-cache
+    links are followed) and return {modality: its name inside the export}.
+
+    Raises:
+        EncoderNotFoundError: an encoder is not on this machine (the message says how to point at it).
+    """
+    from mmfer.pipeline.app.encoder_lookup import EncoderNotFoundError, describe, encoder_source, how_to_point
+
+    copied = {}
+    for modality, record in bundle.features.items():
+        source = encoder_source(modality, record, bundle)
+        if source is None:
+            raise EncoderNotFoundError(f"--include-encoders: the {modality} encoder {describe(record)} is not on this "
+                                       f"machine where the run recorded it; {how_to_point(modality)}")
+        name = f"encoders/{modality}/{source.name}"
+        (staging / name).parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, staging / name, symlinks=False)
+        else:
+            shutil.copy2(source, staging / name)
+        copied[modality] = name
+        log.info("copied the %s encoder %s into the export (%s)", modality, source, name)
+    return copied
 
 
 def _copy_lfm2_config(config: dict, staging: Path) -> None:
@@ -102,7 +132,7 @@ def _copy_lfm2_config(config: dict, staging: Path) -> None:
     shutil.copy2(source, staging / "lfm2" / "config.json")
 
 
-def model_card(title: str, bundle, folds: list[dict], evaluation: dict) -> str:
+def model_card(title: str, bundle, folds: list[dict], evaluation: dict, encoders: dict[str, str] | None = None) -> str:
     """A short README.md: what the model is, what it needs, how it was evaluated, how to use it."""
     from mmfer.train.metrics import HEADLINE
 
@@ -112,6 +142,7 @@ def model_card(title: str, bundle, folds: list[dict], evaluation: dict) -> str:
     lines = [f"# {title}", "",
              f"Audio-visual emotion recognition model exported by `mmfer export` from run `{bundle.source}`: "
              f"variant `{model['variant']}`, {bundle.describe()}.", "",
+             *([f"**Unfinished run:** {bundle.unfinished}.", ""] if bundle.unfinished else []),
              f"Labels (C = {len(names)}, in this order): {', '.join(names)}.", "",
              "## Use", "", "```bash", f"mmfer predict --model {title} clip.mp4 [more.mp4 or folders] --out predictions.csv",
              f"mmfer predict --model {title} long.mp4 --window 3 --hop 1      # emotion timeline (CSV + PNG)", "```", "",
@@ -126,6 +157,15 @@ def model_card(title: str, bundle, folds: list[dict], evaluation: dict) -> str:
         lines.append(f"- audio: mono {audio['sample_rate_hz']} Hz, at most {audio['max_audio_s']:g} s, encoder `{enc['name']}` "
                      f"(weights sha256 {str(enc.get('weights_sha256'))[:16]}…), {audio.get('frame_shift_s')} s per frame; "
                      "a clip without audio is predicted from video alone")
+    if encoders:
+        lines += ["", "The encoders are inside this folder (" + ", ".join(f"`{n}`" for n in encoders.values())
+                  + "): `predict --model` needs nothing else. A .nemo file is NeMo's own format, which may hold "
+                  "pickled data: trust this folder as you would the encoder itself."]
+    else:
+        lines += ["", "The encoders are **not** inside this folder. A colleague needs the same weights (checked by their "
+                  "sha256 above): a local copy found with `--models-dir DIR` or `$MMFER_MODELS` (SigLIP2 folders are "
+                  "matched by weights hash, .nemo files by name), or `--visual-encoder PATH` / `--audio-encoder PATH`; "
+                  "hub ids load from the Hugging Face cache. `mmfer export --include-encoders` copies them in."]
     lines += ["", "Full records: `features.json`. Resolved training config: `config.json`.", "",
               "## Evaluation (speaker-independent: test actors never seen in training)", "",
               *([f"**Warning, {evaluation['optimistic']}.**", ""] if evaluation.get("optimistic") else []),
@@ -162,6 +202,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ConfigError("export needs --run RUN_DIR and --out DIR")
     if cfg.fold is not None and cfg.ensemble:
         raise ConfigError("give --fold K or --ensemble, not both")
-    out = export_model(cfg.run, cfg.out, fold=cfg.fold, ensemble=cfg.ensemble, cache=cfg.cache)
+    out = export_model(cfg.run, cfg.out, fold=cfg.fold, ensemble=cfg.ensemble, cache=cfg.cache,
+                       include_encoders=cfg.include_encoders)
     print(f"exported {cfg.run} to {out} (see {out / 'README.md'})")
     return 0

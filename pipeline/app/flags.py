@@ -77,8 +77,18 @@ def resolve_config(cfg_type: type, args: argparse.Namespace, prefix: str = "cfg:
             if cache_preset is not None and cache_preset != TrainConfig.preset:
                 log.info("preset %s: the preset %s was extracted with (--preset full overrides it)", cache_preset, cache)
                 overrides["preset"] = cache_preset
-        return train_config_with_preset(overrides)
-    return apply_overrides(cfg_type(), overrides)
+        return _check_device(train_config_with_preset(overrides))
+    return _check_device(apply_overrides(cfg_type(), overrides))
+
+
+def _check_device(cfg: Any) -> Any:
+    """A --device this machine cannot give is refused here, at the door, before anything is read or written."""
+    device = getattr(cfg, "device", "auto")
+    if isinstance(device, str) and device != "auto":
+        from mmfer.pipeline.device import resolve_device
+
+        resolve_device(device)
+    return cfg
 
 
 def _cache_preset(cache: str) -> str | None:

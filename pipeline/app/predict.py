@@ -25,10 +25,10 @@ import numpy as np
 from mmfer.pipeline.config import PredictConfig
 from mmfer.pipeline.errors import BadInputError, ConfigError
 from mmfer.pipeline.labels import EMOTIONS
+from mmfer.pipeline.media import VIDEO_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 PREDICT_ALIASES = {"window": "window_s", "hop": "hop_s"}   # the short flags users type
 WINDOW_EPS_S = 1e-3   # a window may end this much past the reported duration (container rounding)
 WINDOW_BATCH = 8      # windows encoded and predicted together: 8 x (Tv, P, Dv) float16 tokens held at a time
@@ -300,7 +300,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         bundle = load_run_bundle(cfg.run, fold=cfg.fold, ensemble=cfg.ensemble, cache=cfg.cache)
     predictor = Predictor(bundle, device=cfg.device, visual_encoder=cfg.visual_encoder,
-                          audio_encoder=cfg.audio_encoder, allow_encoder_mismatch=cfg.allow_encoder_mismatch)
+                          audio_encoder=cfg.audio_encoder, models_dir=cfg.models_dir,
+                          allow_encoder_mismatch=cfg.allow_encoder_mismatch)
     if cfg.window_s is not None:
         _remove_stale_window_folders()
     results = []

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mmfer.pipeline.app.bundle import ModelBundle, train_config
+from mmfer.pipeline.app.encoder_lookup import describe, find_encoder, how_to_point
 from mmfer.pipeline.config import ExtractConfig
 from mmfer.pipeline.errors import BadInputError, MmferError
 from mmfer.pipeline.labels import EMOTIONS
@@ -38,7 +40,7 @@ def compare_encoder(modality: str, record: dict, identity: dict, preprocessing: 
     identity, preprocessing = json.loads(json.dumps(identity, default=str)), json.loads(json.dumps(preprocessing, default=str))
     problems = []
     recorded = record.get("encoder", {})
-    for key in sorted((set(recorded) | set(identity)) - {"name"}):
+    for key in sorted((set(recorded) | set(identity)) - {"name", "location"}):   # where it was read from may differ
         want, got = recorded.get(key), identity.get(key)
         if key == "commit_hash" and (want is None or got is None):
             continue   # a local copy of a hub snapshot has no commit; the weights hash decides
@@ -57,6 +59,20 @@ def compare_encoder(modality: str, record: dict, identity: dict, preprocessing: 
     return problems
 
 
+@contextmanager
+def _predict_advice(modality: str, record: dict, bundle: ModelBundle):
+    """An encoder that will not load is reported with the ways predict and evaluate take to point at it (the
+    loader's own advice names extract's --preset, which these commands do not have)."""
+    from mmfer.extract.visual import EncoderLoadError
+
+    try:
+        yield
+    except EncoderLoadError as err:
+        reason = str(err).split(". To fix it")[0].splitlines()[0]
+        raise EncoderLoadError(f"{bundle.source}: cannot load the {modality} encoder the model was trained with, "
+                               f"{describe(record)}: {reason}. To fix it, {how_to_point(modality)}") from err
+
+
 class _NoImages:
     """Stands in for the image processor when the model reads no video (decode_job still decodes frames)."""
 
@@ -68,7 +84,7 @@ class Predictor:
     """The recorded encoders + the trained model(s); `features` then `predict` per clip."""
 
     def __init__(self, bundle: ModelBundle, *, device: str = "auto", visual_encoder: str | None = None,
-                 audio_encoder: str | None = None, allow_encoder_mismatch: bool = False,
+                 audio_encoder: str | None = None, models_dir: str | None = None, allow_encoder_mismatch: bool = False,
                  decode_timeout_s: float = ExtractConfig().decode_timeout_s) -> None:
         from mmfer.extract.encoders import EncoderPair
         from mmfer.pipeline.device import resolve_device
@@ -87,19 +103,22 @@ class Predictor:
 
             record = self.video["encoder"]
             policy = _DTYPE_POLICY.get(self.video.get("preprocessing", {}).get("autocast_dtype"), "auto")
-            visual = load_visual_encoder(visual_encoder or record["name"], revision=record.get("revision"),
-                                         device=self.device, dtype_policy=policy)
+            name = find_encoder("video", self.video, bundle, flag=visual_encoder, models_dir=models_dir)
+            with _predict_advice("video", self.video, bundle):
+                visual = load_visual_encoder(name, revision=record.get("revision"), device=self.device, dtype_policy=policy)
             problems += compare_encoder("video", self.video, visual.identity, visual.preprocessing)
         if self.audio is not None:
             from mmfer.extract.audio import load_audio_encoder
 
-            audio = load_audio_encoder(audio_encoder or self.audio["encoder"]["name"], device=self.device)
+            name = find_encoder("audio", self.audio, bundle, flag=audio_encoder, models_dir=models_dir)
+            with _predict_advice("audio", self.audio, bundle):
+                audio = load_audio_encoder(name, device=self.device)
             problems += compare_encoder("audio", self.audio, audio.identity, audio.preprocessing)
         if problems and not allow_encoder_mismatch:
             raise EncoderMismatchError(
                 f"{bundle.source}: the encoders loaded here differ from those the model's features were made with:\n  "
                 + "\n  ".join(problems) + "\nits predictions would not match its reported metrics. Point --visual-encoder/"
-                "--audio-encoder at the original checkpoints, or pass --allow-encoder-mismatch to predict anyway")
+                "--audio-encoder (or --models-dir) at the original checkpoints, or pass --allow-encoder-mismatch to predict anyway")
         for problem in problems:
             log.warning("encoder mismatch allowed: %s", problem)
         self.encoders = EncoderPair(visual, audio)

@@ -4,7 +4,8 @@ Each fold model of the run is scored on its own test clips, clean and under each
 cached features (train/robustness.py says what each does; they change encoder tokens, not media);
 face-crop-off extracts the test clips' frames again without the face crop, through the predictor's copy of
 extract's steps. Writes robustness.csv (one row per fold, corruption and classifier), robustness.md (mean
-macro-F1 per corruption beside the clean score, with the fusion gain over each single-modality classifier)
+macro-F1 per corruption beside the clean score, with the fusion gain over the fused model's audio and
+visual auxiliary heads)
 and robustness.png.
 """
 
@@ -52,12 +53,13 @@ def robustness_report(cfg: EvaluateConfig) -> dict:
         raise ConfigError(f"{cfg.run}: its checkpoints carry no model_spec (trained by an older mmfer); retrain to score it")
     run_cfg = train_config(bundle.config)
     fingerprints = bundle.config["cache_fingerprints"]
-    cache = open_cache(cfg.cache or run_cfg.cache, use_video=run_cfg.model.uses_video, use_audio=run_cfg.model.uses_audio,
+    cache = open_cache(cfg.cache or bundle.store_path, use_video=run_cfg.model.uses_video, use_audio=run_cfg.model.uses_audio,
                        video_entry=fingerprints.get("video"), audio_entry=fingerprints.get("audio"), expected=fingerprints)
     device = resolve_device(cfg.device)
     dataset = ClipDataset(cache, list(cache.clips["clip_id"]), preload=False)
     protocol = {f["name"]: f for f in bundle.evaluation.get("protocol", [])}
-    predictor = media_predictor(bundle, corruptions, device=cfg.device)
+    predictor = media_predictor(bundle, corruptions, device=cfg.device, encoders={
+        "visual_encoder": cfg.visual_encoder, "audio_encoder": cfg.audio_encoder, "models_dir": cfg.models_dir})
     rows = []
     for name, state in zip(bundle.fold_names, bundle.states):
         if name not in protocol:
@@ -99,6 +101,7 @@ def check_test_clips(cfg: EvaluateConfig, fold: str, clip_ids: list[str], scored
         ConfigError: naming how many clips differ and an example.
     """
     from mmfer.pipeline.app.clip_overlap import clip_keys
+    from mmfer.pipeline.app.bundle import own_store_path
     from mmfer.pipeline.store import StoreError, open_store
 
     predictions = Path(cfg.run) / "predictions.csv"
@@ -113,19 +116,20 @@ def check_test_clips(cfg: EvaluateConfig, fold: str, clip_ids: list[str], scored
                           f"{fold} ({len(extra)} not among them, e.g. {extra[:3]}; {len(missing)} of them absent, e.g. "
                           f"{missing[:3]}); --corrupt --cache takes the run's own store (moved), not another dataset's")
     try:
-        own = open_store(bundle.config["cache"], mode="r").clip_table
+        own = open_store(own_store_path(bundle), mode="r").clip_table
     except (StoreError, FileNotFoundError, OSError):
         return   # moved: the clip ids are what can be checked
     own_keys = dict(zip(own["clip_id"].astype(str), clip_keys(own)))
     differ = [c for c, keys in zip(clip_ids, clip_keys(scored)) if keys and own_keys.get(c) and not keys & own_keys[c]]
     if differ:
         raise ConfigError(f"{cfg.cache}: {len(differ)} of {fold}'s test clips (e.g. {differ[:3]}) are made from other "
-                          f"media than the run's own cache {bundle.config['cache']} records; --corrupt --cache takes "
+                          f"media than the run's own cache {own_store_path(bundle)} records; --corrupt --cache takes "
                           "the run's own store (moved), not another one")
 
 
-def media_predictor(bundle, corruptions: list[str], *, device: str):
-    """The recorded encoders for a media corruption (None when none is asked for).
+def media_predictor(bundle, corruptions: list[str], *, device: str, encoders: dict | None = None):
+    """The recorded encoders for a media corruption (None when none is asked for); `encoders`: the
+    visual_encoder / audio_encoder / models_dir flags, as predict takes them.
 
     Raises:
         ConfigError: face-crop-off on a run without video, or on a cache whose frames were not face-cropped.
@@ -141,7 +145,9 @@ def media_predictor(bundle, corruptions: list[str], *, device: str):
     if video.get("face_crop", "none") == "none":
         raise ConfigError("face-crop-off: the run's frames were encoded without a face crop (face_crop=none); "
                           "there is no crop to turn off")
-    return Predictor(bundle, device=device)
+    encoders = encoders or {}
+    return Predictor(bundle, device=device, visual_encoder=encoders.get("visual_encoder"),
+                     audio_encoder=encoders.get("audio_encoder"), models_dir=encoders.get("models_dir"))
 
 
 def media_batches(predictor, cache, positions, name: str, *, batch_size: int, device) -> list[dict]:
@@ -165,8 +171,8 @@ def summary_table(frame: pd.DataFrame, order: list[str]) -> str:
     the fusion gain over the audio and the visual classifier (fused minus single; n/a without that head)."""
     mean = frame.groupby(["corruption", "classifier"])["f1_macro"].mean().unstack()
     clean = mean.loc["clean", "fusion"]
-    lines = ["| corruption (on cached features) | fusion macro-F1 | vs clean | audio-only head | visual-only head "
-             "| fusion gain over audio | fusion gain over visual |", "|---|---|---|---|---|---|---|"]
+    lines = ["| corruption (on cached features) | fusion macro-F1 | vs clean | audio aux head | visual aux head "
+             "| fusion gain over audio head | fusion gain over visual head |", "|---|---|---|---|---|---|---|"]
     for name in order:
         row = mean.loc[name]
         cell = lambda head: f"{row[head]:.4f}" if head in row and pd.notna(row[head]) else "n/a"   # noqa: E731
@@ -174,12 +180,28 @@ def summary_table(frame: pd.DataFrame, order: list[str]) -> str:
         lines.append(f"| {name} | {row['fusion']:.4f} | {row['fusion'] - clean:+.4f} | {cell('audio')} | "
                      f"{cell('visual')} | {gain('audio')} | {gain('visual')} |")
     lines.append(f"\nmean over {frame['fold'].nunique()} fold(s), each fold model on its own test actors; "
-                 "audio-snr-X = noise on the cached audio tokens at X dB SNR, not on the recording")
+                 "audio-snr-X = noise on the cached audio tokens at X dB SNR, not on the recording; the audio and "
+                 "visual aux heads are the fused model's own auxiliary classifiers (trained with it), not separately "
+                 "trained single-modality models")
     return "\n".join(lines)
 
 
+HEAD_LABELS = {"fusion": "fused model", "audio": "audio aux head of the fused model",
+               "visual": "visual aux head of the fused model"}   # not separately trained single-modality runs
+
+
 def write_plot(frame: pd.DataFrame, order: list[str], path: Path, *, title: str) -> Path:
-    """Grouped bars: mean macro-F1 per corruption for the fused and each single-modality classifier."""
+    import matplotlib.pyplot as plt
+
+    fig = plot_figure(frame, order, title=title)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_figure(frame: pd.DataFrame, order: list[str], *, title: str):
+    """Grouped bars: mean macro-F1 per corruption for the fused classifier and the fused model's auxiliary
+    audio and visual heads (labelled as such: they are not single-modality models trained on their own)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -190,13 +212,11 @@ def write_plot(frame: pd.DataFrame, order: list[str], path: Path, *, title: str)
     fig, ax = plt.subplots(figsize=(1.3 * len(order) + 2, 3.5))
     width = 0.8 / len(heads)
     for i, head in enumerate(heads):
-        ax.bar([x + i * width for x in range(len(order))], mean[head].to_numpy(), width, label=head)
+        ax.bar([x + i * width for x in range(len(order))], mean[head].to_numpy(), width, label=HEAD_LABELS[head])
     ax.set_xticks([x + width * (len(heads) - 1) / 2 for x in range(len(order))], order, rotation=20)
     ax.set_ylabel("macro-F1 (test actors)")
     ax.set_ylim(0, 1)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig

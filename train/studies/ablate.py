@@ -251,7 +251,7 @@ def format_markdown(rows: list[dict], reference: str | None) -> str:
 
 
 def write_outputs(rows: list[dict], table: str, out: Path) -> None:
-    """ablation.csv (every number), ablation.md (the table) and ablation.png (bars with 95% CI whiskers)."""
+    """ablation.csv (every number), ablation.md (the table) and ablation.png (bars with 95% CI whiskers, n/a for one value)."""
     import pandas as pd
 
     # each file is written aside and renamed: processes sharing --out write the same table at the end
@@ -264,6 +264,16 @@ def write_outputs(rows: list[dict], table: str, out: Path) -> None:
 
 
 def plot_bars(rows: list[dict], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = bars_figure(rows)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def bars_figure(rows: list[dict]):
+    """The ablation bars: mean per metric, whiskers the 95% t-interval; an entry with a single value (one fold,
+    one seed) has no interval, so it gets no whisker and an "n/a" mark instead of a whisker of zero width."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -274,15 +284,20 @@ def plot_bars(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows) + 2), 4.5))
     for i, (metric, label) in enumerate(METRIC_NAMES.items()):
         means = np.array([r[f"{metric}_mean"] for r in rows])
-        # whiskers: the 95% CI where there are >= 2 values, else none
-        half = np.array([(r[f"{metric}_ci_high"] - r[f"{metric}_ci_low"]) / 2
-                         if not math.isnan(r[f"{metric}_ci_low"]) else 0.0 for r in rows])
-        ax.bar(x + (i - 1.5) * width, means, width, yerr=half, capsize=3, label=label)
+        has_ci = np.array([not math.isnan(r[f"{metric}_ci_low"]) for r in rows])
+        half = np.array([(r[f"{metric}_ci_high"] - r[f"{metric}_ci_low"]) / 2 if ok else 0.0
+                         for r, ok in zip(rows, has_ci)])
+        xs = x + (i - 1.5) * width
+        ax.bar(xs, means, width, label=label)
+        if has_ci.any():
+            ax.errorbar(xs[has_ci], means[has_ci], yerr=half[has_ci], fmt="none", ecolor="black", capsize=3)
+        for xi, mean in zip(xs[~has_ci], means[~has_ci]):
+            ax.text(xi, min(mean, 0.93) + 0.01, "CI n/a", rotation=90, ha="center", va="bottom", fontsize=7)
     ax.set_xticks(x, [r["entry"] for r in rows], rotation=30, ha="right")
     ax.set_ylim(0, 1)
-    ax.set_ylabel("test score (mean, 95% CI)")
+    single = all(math.isnan(r[f"{m}_ci_low"]) for r in rows for m in METRIC_NAMES)
+    ax.set_ylabel("test score (mean; one value: no 95% CI, n/a)" if single else "test score (mean, 95% CI; n/a: one value)")
     ax.set_title("ablation over folds x seeds")
     ax.legend(ncols=4, fontsize=8, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig

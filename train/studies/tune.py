@@ -241,10 +241,20 @@ def write_best_config(base: TrainConfig, params: dict, path: Path, value: float,
 
 
 def plot_history(studies: list, path: Path) -> Path:
-    """Objective per trial and the running best, one colour per outer fold's study."""
+    import matplotlib.pyplot as plt
+
+    fig = history_figure(studies)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def history_figure(studies: list):
+    """Objective per trial and the running best, one colour per outer fold's study; whole trial numbers on x."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     from optuna.trial import TrialState
 
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -258,11 +268,10 @@ def plot_history(studies: list, path: Path) -> Path:
             xs.append(t.number)
             ys.append(best)
         ax.step(xs, ys, where="post", color=f"C{i}", alpha=0.6)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # trial numbers are whole: no 0.5 ticks
     ax.set_xlabel("trial")
     ax.set_ylabel("validation macro-F1 (inner split)")
     ax.set_title("optuna studies per outer fold (line: best so far)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
