@@ -520,7 +520,7 @@ def test_dfew_files_match_by_number_in_part_folders_padded_or_not(tmp_path):
     for bad in ("0", "-1", "8"):
         set_file = tmp_path / "EmoLabel_DataSplit" / "test(single-labeled)" / "set_2.csv"
         set_file.write_text(f"video_name,label\n1,3\n\n4,{bad}\n")   # the bad row is on line 4
-        with pytest.raises(OfficialFoldsError, match=rf"set_2.csv line 4: expected video_name,label with label 1..7"):
+        with pytest.raises(OfficialFoldsError, match=r"set_2.csv line 4: expected video_name,label with label 1..7"):
             build_manifest(ExtractConfig(dataset="dfew", root=str(tmp_path)))
 
 
