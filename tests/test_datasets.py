@@ -254,9 +254,10 @@ def test_crema_d_demo_actors_fill_every_fold_of_crema_d_5fold():
     from mmfer.pipeline.splits import runnable_folds
 
     assert crema_d_demo_actors(6) == [1001, 1002, 1019, 1037, 1055, 1073]
-    folds = make_folds("crema-d-5fold", num_val_actors=2, fold_file=None, clips=None, num_folds=5)
     for num_actors in (5, 6, 24):
         actors = crema_d_demo_actors(num_actors)
+        folds = make_folds("crema-d-5fold", num_val_actors=2, fold_file=None, all_actors=actors, clips=None,
+                           num_folds=5, val_fraction=0.1, val_seed=0)   # validation among the actors present, as train
         clips = pd.DataFrame({"clip_id": [f"{a}_x" for a in actors], "actor": actors, "label": 0})
         ok, why = runnable_folds(clips, folds, chosen=False, cache_path="demo")
         assert len(ok) == 5 and not why, (num_actors, why)
