@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from extract_helpers import assert_same_store
 from synthetic_store import make_store, write_fold_file
 
 from mmfer.pipeline.config import train_config_with_preset
@@ -155,18 +156,6 @@ def test_two_rank_ddp_with_the_lfm2_trunk_frozen(cache, tmp_path):
     moved = [k for k, v in built.state_dict().items() if k.startswith("head.") and not torch.equal(trained[k], v)]
     assert moved, "the heads did not train"
 
-def store_files(path: Path) -> dict[str, bytes]:
-    """Every file of a store (metadata, every array chunk, statuses, reasons, sources) by relative path."""
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
-
-
-def assert_same_store(ours: Path, reference: Path) -> None:
-    mine, theirs = store_files(ours), store_files(reference)
-    assert sorted(mine) == sorted(theirs), sorted(set(mine) ^ set(theirs))[:10]
-    differing = [name for name in theirs if mine[name] != theirs[name]]
-    assert not differing, f"{len(differing)} of {len(theirs)} files differ, e.g. {differing[:5]}"
-
-
 EXTRACT_ARGV = ["extract", "--preset", "tiny", "--device", "cpu", "--num-workers", "0", "--face-crop", "center",
                 "--batch-size", "1"]
 
@@ -293,7 +282,7 @@ def test_two_ranks_draw_their_own_modality_dropout(cache, tmp_path):
 def test_two_rank_extraction_of_clips_of_different_lengths_is_the_one_process_store(tiny_models, tmp_path):
     """Issue 25.9: the demo's clips all last 1.5 s; these last 0.5 to 2.9 s. One plain process (2 threads, batch
     size 4) and 2 torchrun ranks (OMP_NUM_THREADS=1, batch size 1) write the same bytes."""
-    from extract_helpers import assert_same_store as same_store, write_varied_manifest
+    from extract_helpers import write_varied_manifest
 
     manifest = write_varied_manifest(tmp_path / "clips")
     argv = ["extract", "--dataset", "manifest", "--manifest", str(manifest), "--preset", "tiny", "--device", "cpu",
@@ -304,4 +293,4 @@ def test_two_rank_extraction_of_clips_of_different_lengths_is_the_one_process_st
     two = tmp_path / "two" / "cache"
     result = torchrun(2, [*argv, "--out", str(two), "--batch-size", "1"], tmp_path)
     assert "extract: 6 done, 0 skipped, 0 failed" in result.stdout, result.stdout
-    same_store(two, one)
+    assert_same_store(two, one)
