@@ -108,13 +108,17 @@ def _run_folds(run_dir: Path, evaluation: dict) -> list[str]:
             (run_dir / n / "checkpoints" / "best.prev.pt").exists()]
 
 
-def own_store_path(bundle: ModelBundle) -> str:
-    """The feature store the run recorded it trained from (as typed, resolved or relative to the run folder, the
-    first that exists), whatever --cache the command reads: evaluate's overlap and --corrupt checks compare with it."""
-    from mmfer.pipeline.paths import recorded_candidates
+def recorded_store(config: dict, run_dir: str | Path) -> tuple[Path, list[Path]]:
+    """(the feature store a run recorded it trained from, every place looked): relative to the run folder, as
+    typed, resolved; the first that exists, else the first tried."""
+    tried = recorded_candidates(config["cache"], config.get("cache_location"), Path(run_dir))
+    return next((p for p in tried if p.exists()), tried[0]), tried
 
-    tried = recorded_candidates(bundle.config["cache"], bundle.config.get("cache_location"), Path(bundle.source))
-    return str(next((p for p in tried if p.exists()), tried[0]))
+
+def own_store_path(bundle: ModelBundle) -> str:
+    """The run's own feature store (`recorded_store`), whatever --cache the command reads: evaluate's overlap and
+    --corrupt checks compare with it."""
+    return str(recorded_store(bundle.config, bundle.source)[0])
 
 
 def load_run_bundle(run_dir: str | Path, *, fold: str | None = None, ensemble: bool = False,
@@ -140,8 +144,7 @@ def load_run_bundle(run_dir: str | Path, *, fold: str | None = None, ensemble: b
     if cache:
         cache_path = Path(cache)
     else:   # as recorded: relative to the run folder, as typed (from this folder), resolved
-        tried = recorded_candidates(config["cache"], config.get("cache_location"), run_dir)
-        cache_path = next((p for p in tried if p.exists()), tried[0])
+        cache_path, tried = recorded_store(config, run_dir)
     if not cache_path.exists():   # a Zarr folder or an HDF5 export; open_store says if it is neither
         where = f"--cache {cache}" if cache else "looked for at " + ", ".join(dict.fromkeys(str(p) for p in tried))
         raise FileNotFoundError(
