@@ -16,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from mmfer.data.manifest import with_sources
-from mmfer.pipeline.errors import BadInputError
-from mmfer.pipeline.labels import CREMA_D_ACTORS, CREMA_D_CODES, CREMA_D_EMOTIONS
+from mmfer.core.errors import BadInputError
+from mmfer.core.labels import CREMA_D_ACTORS, CREMA_D_CODES, CREMA_D_EMOTIONS
 
 log = logging.getLogger(__name__)
 

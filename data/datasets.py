@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from mmfer.pipeline.config import ExtractConfig
-from mmfer.pipeline.errors import ConfigError
-from mmfer.pipeline.labels import CREMA_D_EMOTIONS, EMOTIONS
+from mmfer.core.config import ExtractConfig
+from mmfer.core.errors import ConfigError
+from mmfer.core.labels import CREMA_D_EMOTIONS, EMOTIONS
 
 
 def build_manifest(cfg: ExtractConfig) -> pd.DataFrame:

@@ -32,9 +32,9 @@ import pandas as pd
 from mmfer.data.demo_face import render_face_frames
 from mmfer.data.demo_voice import synthesize_voice
 from mmfer.data.ravdess import scan_ravdess
-from mmfer.pipeline.errors import BadInputError
-from mmfer.pipeline.labels import CREMA_D_ACTORS, CREMA_D_CODES, CREMA_D_EMOTIONS, EMOTIONS, RAVDESS_NUM_ACTORS
-from mmfer.pipeline.media import run_ffmpeg
+from mmfer.core.errors import BadInputError
+from mmfer.core.labels import CREMA_D_ACTORS, CREMA_D_CODES, CREMA_D_EMOTIONS, EMOTIONS, RAVDESS_NUM_ACTORS
+from mmfer.core.media import run_ffmpeg
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def crema_d_demo_actors(num_actors: int) -> list[int]:
     """CREMA-D actor ids for a demo of `num_actors`, taken in turn from the 5 actor blocks of CREMA-D's own
     5-fold protocol (1001, 1019, 1037, 1055, 1073, 1002, ...), so that from 5 actors on every fold of the
     default `crema-d-5fold` split has test, validation and training actors (the first ids alone fill one block)."""
-    from mmfer.pipeline.splits import block_folds
+    from mmfer.core.splits import block_folds
 
     blocks = [fold.test_actors for fold in block_folds(list(CREMA_D_ACTORS), num_folds=5, num_val_actors=0)]
     spread = [block[i] for i in range(max(map(len, blocks))) for block in blocks if i < len(block)]

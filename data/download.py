@@ -21,9 +21,9 @@ from pathlib import Path
 
 from mmfer.data import sources
 from mmfer.data.fetch import ChecksumError, DownloadError, fetch_file, read_bytes, read_json
-from mmfer.pipeline.errors import BadInputError, MmferError
-from mmfer.pipeline.labels import RAVDESS_NUM_ACTORS
-from mmfer.pipeline.progress import Progress
+from mmfer.core.errors import BadInputError, MmferError
+from mmfer.core.labels import RAVDESS_NUM_ACTORS
+from mmfer.core.progress import Progress
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from mmfer.pipeline.errors import MmferError
+from mmfer.core.errors import MmferError
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmfer.pipeline.errors import BadInputError
-from mmfer.pipeline.media import file_signature, is_lfs_pointer
+from mmfer.core.errors import BadInputError
+from mmfer.core.media import file_signature, is_lfs_pointer
 
 MANIFEST_COLUMNS = (
     "clip_id", "path", "source", "dataset", "actor", "gender", "label", "emotion", "intensity",

@@ -16,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from mmfer.data.manifest import with_sources
-from mmfer.pipeline.errors import BadInputError
-from mmfer.pipeline.media import VIDEO_SUFFIXES
+from mmfer.core.errors import BadInputError
+from mmfer.core.media import VIDEO_SUFFIXES
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from mmfer.data.manifest import with_sources
-from mmfer.pipeline.errors import BadInputError
+from mmfer.core.errors import BadInputError
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from mmfer.data.manifest import MANIFEST_COLUMNS, with_sources
-from mmfer.pipeline.errors import BadInputError
-from mmfer.pipeline.labels import EMOTIONS, RAVDESS_NUM_ACTORS
+from mmfer.core.errors import BadInputError
+from mmfer.core.labels import EMOTIONS, RAVDESS_NUM_ACTORS
 
 log = logging.getLogger(__name__)
 

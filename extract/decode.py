@@ -21,8 +21,8 @@ from pathlib import Path
 import ffmpeg   # ffmpeg-python: builds each pass's argument list from a stream graph; never runs ffmpeg itself
 import numpy as np
 
-from mmfer.pipeline.errors import BadInputError
-from mmfer.pipeline.media import FfmpegError, local_input, run_ffmpeg
+from mmfer.core.errors import BadInputError
+from mmfer.core.media import FfmpegError, local_input, run_ffmpeg
 
 log = logging.getLogger(__name__)
 

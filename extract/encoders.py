@@ -15,7 +15,7 @@ import torch
 
 from mmfer.extract.audio import AudioEncoder, load_audio_encoder
 from mmfer.extract.visual import VisualEncoder, load_visual_encoder
-from mmfer.pipeline.config import ExtractConfig
+from mmfer.core.config import ExtractConfig
 
 log = logging.getLogger(__name__)
 

@@ -31,13 +31,13 @@ from mmfer.extract.visual import load_image_processor
 from mmfer.extract.shrink import pool_tokens, pooled_token_count
 from mmfer.extract.views import view_settings
 from mmfer.extract.worker import DecodedItem, DecodeJob, decode_job
-from mmfer.pipeline.config import ExtractConfig
-from mmfer.pipeline.device import resolve_device
-from mmfer.pipeline.distributed import World, barrier, broadcast_object, current_world, device_for_rank, gather_objects, process_group
-from mmfer.pipeline.errors import ConfigError, MmferError
-from mmfer.pipeline.faults import crash_point
-from mmfer.pipeline.progress import Progress
-from mmfer.pipeline.store import (TOKEN_SCALE, ArraySpec, ClipStatus, FeatureEntry, FeatureStore, StoreError,
+from mmfer.core.config import ExtractConfig
+from mmfer.core.device import resolve_device
+from mmfer.core.distributed import World, barrier, broadcast_object, current_world, device_for_rank, gather_objects, process_group
+from mmfer.core.errors import ConfigError, MmferError
+from mmfer.core.faults import crash_point
+from mmfer.core.progress import Progress
+from mmfer.core.store import (TOKEN_SCALE, ArraySpec, ClipStatus, FeatureEntry, FeatureStore, StoreError,
                                   check_clip_table, create_store, entry_differences, group_writer_lock, open_store)
 
 log = logging.getLogger(__name__)
@@ -114,8 +114,8 @@ ENCODER_LOCATION_KEYS = ("name", "commit_hash", "location")
 
 def encoder_record(identity: dict, store_path: str | Path) -> dict:
     """An encoder's identity as the entry records it: a local folder or file is also kept resolved and relative
-    to the store (`location`, see pipeline/paths.py), so predict finds it after the store and models move together."""
-    from mmfer.pipeline.paths import record_path
+    to the store (`location`, see core/paths.py), so predict finds it after the store and models move together."""
+    from mmfer.core.paths import record_path
 
     name = identity["name"]
     return {**identity, "location": record_path(name, store_path)} if Path(name).exists() else dict(identity)

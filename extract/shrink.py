@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from mmfer.pipeline.errors import ConfigError
+from mmfer.core.errors import ConfigError
 
 
 def grid_side(num_patches: int, pool: int) -> int:

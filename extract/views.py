@@ -14,7 +14,7 @@ import hashlib
 import cv2
 import numpy as np
 
-from mmfer.pipeline.media import run_ffmpeg
+from mmfer.core.media import run_ffmpeg
 
 VIEWS_VERSION = 1             # bump with any change below that changes a view's values
 CROP_SCALE = (0.8, 1.0)       # crop side as a share of the frame side (same aspect): 64-100% of the area

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmfer.pipeline.device import has_native_bf16
-from mmfer.pipeline.errors import MmferError
+from mmfer.core.device import has_native_bf16
+from mmfer.core.errors import MmferError
 
 log = logging.getLogger(__name__)
 

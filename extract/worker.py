@@ -18,7 +18,7 @@ from mmfer.extract.decode import DecodeError, decode_clip
 from mmfer.extract.facecrop import crop_faces
 from mmfer.extract.views import audio_view, video_view
 from mmfer.extract.visual import preprocess_frames
-from mmfer.pipeline.media import FfmpegError, run_ffmpeg
+from mmfer.core.media import FfmpegError, run_ffmpeg
 
 
 @dataclass(frozen=True)

@@ -1,2 +1,3 @@
-"""The floor both stages stand on: config, overrides, errors, store, media, device, labels, splits,
-faults. Nothing here imports data/, extract/ or train/; the commands above the stages are in app/."""
+"""The commands (the roof), which run the pipeline. Only here are the stages put together (predict = extract's decode and
+encoders + train's model); each subcommand imports its stage inside its function, so `train-fusion`
+never loads NeMo or SigLIP2."""

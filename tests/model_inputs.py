@@ -6,7 +6,7 @@ import dataclasses
 
 import torch
 
-from mmfer.pipeline.config import ModelConfig, train_config_with_preset
+from mmfer.core.config import ModelConfig, train_config_with_preset
 from mmfer.train.model.builder import build_model
 
 DV, P, DA, TV, TA, B = 32, 49, 24, 6, 20, 4  # P = 7 x 7 patches keeps the tests fast

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmfer.pipeline.labels import EMOTIONS
-from mmfer.pipeline.store import ArraySpec, ClipStatus, create_store
+from mmfer.core.labels import EMOTIONS
+from mmfer.core.store import ArraySpec, ClipStatus, create_store
 
 NUM_ACTORS = 8
 TV, P, DV = 4, 16, 32      # frames, patches (4 x 4 grid), video width

@@ -25,10 +25,10 @@ import yaml
 from safetensors.torch import load_file
 from synthetic_store import make_store, write_fold_file
 
-from mmfer.pipeline.app.ablate import add_ablate_arguments
-from mmfer.pipeline.app.flags import add_common_arguments, resolve_config
-from mmfer.pipeline.app.tune import add_tune_arguments, cmd_tune
-from mmfer.pipeline.config import TrainConfig
+from mmfer.pipeline.ablate import add_ablate_arguments
+from mmfer.pipeline.flags import add_common_arguments, resolve_config
+from mmfer.pipeline.tune import add_tune_arguments, cmd_tune
+from mmfer.core.config import TrainConfig
 from mmfer.train.loop import train
 from mmfer.train.metrics import HEADLINE
 from mmfer.train.studies.ablate import METRIC_NAMES, Entry, run_ablation
@@ -75,9 +75,9 @@ def study(tmp_path_factory) -> dict:
     info = {"root": root, "cache": cache, "folds": folds, "ablate_argv": ablate_argv}
     script = textwrap.dedent(f"""
         import sys, argparse
-        from mmfer.pipeline.app.flags import add_common_arguments
-        from mmfer.pipeline.app.ablate import add_ablate_arguments, cmd_ablate
-        from mmfer.pipeline.app.tune import add_tune_arguments, cmd_tune
+        from mmfer.pipeline.flags import add_common_arguments
+        from mmfer.pipeline.ablate import add_ablate_arguments, cmd_ablate
+        from mmfer.pipeline.tune import add_tune_arguments, cmd_tune
         for add, cmd, argv in ((add_ablate_arguments, cmd_ablate, {ablate_argv!r}), (add_tune_arguments, cmd_tune, {tune_argv(info, trials=2)!r})):
             parser = argparse.ArgumentParser()
             add(parser)
@@ -232,8 +232,8 @@ def test_tuning_is_nested_and_a_tuned_config_is_marked_on_its_tuning_actors(stud
     assert json.loads((tmp_path / "other" / "summary.json").read_text())["tuned_on_test_actors"] == [5, 6]
     assert "tuned on actors [3, 4, 5, 6, 7, 8], and this run tests [5, 6]" in caplog.text
     # marked where the score is read, not only in the log: the printed table, summary.json, the model card
-    from mmfer.pipeline.app.bundle import ModelBundle
-    from mmfer.pipeline.app.export import model_card
+    from mmfer.pipeline.bundle import ModelBundle
+    from mmfer.pipeline.export import model_card
     from mmfer.train.report import format_summary_table
 
     assert "optimistic" not in same and "WARNING" not in format_summary_table(same)
@@ -249,7 +249,7 @@ def test_only_without_the_reference_entry_has_no_delta_columns(study, tmp_path, 
     after every run had trained). The audio runs are copied in, so nothing trains here."""
     import shutil
 
-    from mmfer.pipeline.app.ablate import cmd_ablate
+    from mmfer.pipeline.ablate import cmd_ablate
 
     for run in (study["root"] / "ablate").glob("audio-*"):
         shutil.copytree(run, tmp_path / run.name)

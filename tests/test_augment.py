@@ -16,7 +16,7 @@ from model_inputs import make_batch, make_model
 from synthetic_store import make_store, write_fold_file
 from train_helpers import tiny_config, train_recording_inputs
 
-from mmfer.pipeline.config import TrainingConfig
+from mmfer.core.config import TrainingConfig
 from mmfer.train.augment import augment_batch, cutmix_time
 
 

@@ -11,8 +11,8 @@ from extract_helpers import extract_config
 from mmfer.data.demo import write_demo_clip
 from mmfer.data.ravdess import scan_ravdess
 from mmfer.extract.run import extract_all
-from mmfer.pipeline.media import run_ffmpeg
-from mmfer.pipeline.store import ClipStatus, open_store
+from mmfer.core.media import run_ffmpeg
+from mmfer.core.store import ClipStatus, open_store
 
 X264 = ["-c:v", "libx264", "-preset", "ultrafast", "-threads", "1"]
 CLIP = "01-01-{:02d}-01-01-01-{:02d}"   # a valid RAVDESS stem for (emotion, actor)

@@ -16,11 +16,11 @@ import pytest
 import torch
 from synthetic_store import make_store
 
-from mmfer.pipeline.app.bench import (add_bench_arguments, clip_counts, cmd_bench, format_readers, format_report,
+from mmfer.pipeline.bench import (add_bench_arguments, clip_counts, cmd_bench, format_readers, format_report,
                                       marginal_clips_per_s)
-from mmfer.pipeline.app.flags import resolve_config
-from mmfer.pipeline.config import BenchConfig
-from mmfer.pipeline.store import tensorstore_version
+from mmfer.pipeline.flags import resolve_config
+from mmfer.pipeline.command_config import BenchConfig
+from mmfer.core.store import tensorstore_version
 
 pytestmark = pytest.mark.slow   # runs the whole bench (extract and train in child processes)
 
@@ -116,8 +116,8 @@ def test_reader_lines_say_when_tensorstore_is_absent():
 
 def test_bench_trainer_is_trains_fold_setup(tmp_path):
     """The bench trains what train-fusion trains: train/loop.py's setup_fold, input standardization included."""
-    from mmfer.pipeline.app.bench_parts import build_trainer, cached_loader
-    from mmfer.pipeline.app.bench_setup import bench_train_config
+    from mmfer.pipeline.bench_parts import build_trainer, cached_loader
+    from mmfer.pipeline.bench_setup import bench_train_config
     from mmfer.train.loop import setup_fold
     from mmfer.train.model.normalize import feature_statistics
 

@@ -11,8 +11,8 @@ from extract_helpers import extract_config
 
 from mmfer.data.ravdess import scan_ravdess
 from mmfer.extract.run import extract_all
-from mmfer.pipeline.store import ClipStatus, CorruptClipError, StoreError, open_store
-from mmfer.pipeline.store_verify import verify_store
+from mmfer.core.store import ClipStatus, CorruptClipError, StoreError, open_store
+from mmfer.core.store_verify import verify_store
 
 
 @pytest.fixture

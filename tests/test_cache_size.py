@@ -10,10 +10,10 @@ from extract_helpers import extract_config
 
 from mmfer.extract.run import decode_params
 from mmfer.extract.shrink import pool_tokens, pooled_token_count, unpool_tokens
-from mmfer.pipeline.config import ExtractConfig
-from mmfer.pipeline.errors import ConfigError
-from mmfer.pipeline.labels import EMOTIONS
-from mmfer.pipeline.store import dequantize_tokens, open_store, quantize_tokens
+from mmfer.core.config import ExtractConfig
+from mmfer.core.errors import ConfigError
+from mmfer.core.labels import EMOTIONS
+from mmfer.core.store import dequantize_tokens, open_store, quantize_tokens
 from mmfer.train.dataset import ClipDataset, collate_clips, open_cache
 
 
@@ -78,9 +78,9 @@ def test_predict_features_are_pooled_and_quantized_like_the_cache(demo_root, tin
 
     from mmfer.data.ravdess import scan_ravdess
     from mmfer.extract.run import extract_all
-    from mmfer.pipeline.app.bundle import ModelBundle, feature_records
-    from mmfer.pipeline.app.predictor import Predictor
-    from mmfer.pipeline.config import train_config_with_preset
+    from mmfer.pipeline.bundle import ModelBundle, feature_records
+    from mmfer.pipeline.predictor import Predictor
+    from mmfer.core.config import train_config_with_preset
     from mmfer.train.model.builder import build_model_from_spec, model_spec
 
     out = tmp_path / "small"

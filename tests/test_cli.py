@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from mmfer.pipeline.app.cli import build_parser
-from mmfer.pipeline.app.flags import resolve_config
-from mmfer.pipeline.config import TINY_TRAIN_OVERRIDES, ExtractConfig, TrainConfig
-from mmfer.pipeline.errors import ConfigError
-from mmfer.pipeline.overrides import leaf_fields
+from mmfer.pipeline.cli import build_parser
+from mmfer.pipeline.flags import resolve_config
+from mmfer.core.config import TINY_TRAIN_OVERRIDES, ExtractConfig, TrainConfig
+from mmfer.core.errors import ConfigError
+from mmfer.core.overrides import leaf_fields
 
 GUIDE_TRAINING_BLOCK = """
 training:
@@ -89,7 +89,7 @@ def test_string_settings_are_taken_literally(typed):
 
 def test_one_handler_one_line_and_the_exit_code_of_each_kind(tmp_path, capsys):
     """Bad input exits 2, a failure 1, both as one `error:` line without a traceback, in every command."""
-    from mmfer.pipeline.app.cli import main
+    from mmfer.pipeline.cli import main
 
     not_a_cache = tmp_path / "not-a-cache"
     not_a_cache.mkdir()
@@ -108,7 +108,7 @@ def test_common_mistakes_get_one_line_and_leave_no_empty_out(tmp_path, capsys):
     --out on a file and a non-cache --cache: exit 2, one `error:` line, no --out folder left behind."""
     from synthetic_store import make_store
 
-    from mmfer.pipeline.app.cli import main
+    from mmfer.pipeline.cli import main
 
     store = make_store(tmp_path / "cache", repetitions=1)
     broken, tagged, a_file, not_a_cache = (tmp_path / n for n in ("broken.yaml", "tagged.yaml", "a-file", "not-a-cache"))

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from synthetic_store import make_store
 
-from mmfer.pipeline.app.cli import _extract_parser, _train_parser, build_parser
-from mmfer.pipeline.config import DemoConfig, ExtractConfig, TrainConfig
-from mmfer.pipeline.overrides import apply_overrides, parse_key_values
+from mmfer.pipeline.cli import _extract_parser, _train_parser, build_parser
+from mmfer.core.config import ExtractConfig, TrainConfig
+from mmfer.pipeline.command_config import DemoConfig
+from mmfer.core.overrides import apply_overrides, parse_key_values
 
 BIN = Path(sys.executable).parent
 

@@ -19,11 +19,11 @@ from mmfer.data.crema_d import BROKEN_CLIPS, parse_crema_d_name, scan_crema_d
 from mmfer.data.datasets import build_manifest
 from mmfer.data.demo import write_demo_clip
 from mmfer.data.own_manifest import ManifestError, read_own_manifest
-from mmfer.pipeline.config import ExtractConfig, train_config_with_preset
-from mmfer.pipeline.errors import ConfigError
-from mmfer.pipeline.labels import CREMA_D_EMOTIONS
-from mmfer.pipeline.splits import LeakageError, column_folds, make_folds, resolve_protocol
-from mmfer.pipeline.store import open_store
+from mmfer.core.config import ExtractConfig, train_config_with_preset
+from mmfer.core.errors import ConfigError
+from mmfer.core.labels import CREMA_D_EMOTIONS
+from mmfer.core.splits import LeakageError, column_folds, make_folds, resolve_protocol
+from mmfer.core.store import open_store
 
 SPEAKERS = ("ann", "bob", "cat", "dan", "eve", "fay")
 LABELS = ("calm", "happy", "sad")
@@ -126,7 +126,7 @@ def test_crema_d_names_broken_clips_and_wav_only(tmp_path, caplog):
 def test_manifest_clips_extract_and_train_with_their_own_labels(tmp_path, tiny_models):
     """6 speakers x 3 labels of real demo clips through a manifest with bad rows -> extract -> one epoch of
     speaker-kfold; every output names the 3 classes, none of RAVDESS's 8."""
-    from mmfer.pipeline.media import run_ffmpeg
+    from mmfer.core.media import run_ffmpeg
 
     rows = []
     for s, speaker in enumerate(SPEAKERS, start=1):
@@ -157,7 +157,7 @@ def test_manifest_clips_extract_and_train_with_their_own_labels(tmp_path, tiny_m
     assert float(audio.read_clip("eve-happy", ("duration_s",))["duration_s"]) > 0.9            # the WAV's sound
     assert abs(float(audio.read_clip("ann-sad", ("duration_s",))["duration_s"]) - 1.0) < 0.1
     out = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "mmfer.pipeline.app.cli", "train-fusion", "--cache", str(tmp_path / "cache"),
+    result = subprocess.run([sys.executable, "-m", "mmfer.pipeline.cli", "train-fusion", "--cache", str(tmp_path / "cache"),
                              "--out", str(out), "--preset", "tiny", "--device", "cpu", "--epochs", "1",
                              "split.num_folds=3", "split.num_val_actors=1", "training.batch_size=4"],
                             capture_output=True, text=True, timeout=600)
@@ -173,7 +173,7 @@ def test_manifest_clips_extract_and_train_with_their_own_labels(tmp_path, tiny_m
     assert list(confusion.index) == [f"true_{n}" for n in LABELS] and confusion.to_numpy().sum() == 18
     assert set(run["folds"]["fold1"]["per_class"]) == set(LABELS)
     predicted = tmp_path / "predict.csv"
-    result = subprocess.run([sys.executable, "-m", "mmfer.pipeline.app.cli", "predict", "--run", str(out), "--fold", "1",
+    result = subprocess.run([sys.executable, "-m", "mmfer.pipeline.cli", "predict", "--run", str(out), "--fold", "1",
                              "--device", "cpu", "--out", str(predicted), str(tmp_path / "media" / "ann_sad.mp4")],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -197,7 +197,7 @@ def test_manifest_clips_extract_and_train_with_their_own_labels(tmp_path, tiny_m
 def test_crema_d_demo_extracts_and_trains_on_its_six_classes(tmp_path, tiny_models, demo_cache):
     """make-demo --layout crema-d (FLV + WAV) -> extract --dataset crema-d -> one epoch of fold 1 of crema-d-5fold,
     restricted by a fold file to the 4 demo actors."""
-    result = subprocess.run([sys.executable, "-m", "mmfer.pipeline.app.cli", "make-demo", "--layout", "crema-d", "--out",
+    result = subprocess.run([sys.executable, "-m", "mmfer.pipeline.cli", "make-demo", "--layout", "crema-d", "--out",
                              str(tmp_path / "crema"), "--num-actors", "4", "--clips-per-emotion", "1", "--size-px", "64",
                              "--duration-s", "1.0"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -228,7 +228,7 @@ def test_crema_d_demo_extracts_and_trains_on_its_six_classes(tmp_path, tiny_mode
     train(train_config_with_preset({"cache": str(demo_cache), "out": str(tmp_path / "ravdess_run"), "preset": "tiny",
                                     "device": "cpu", "split.protocol": "file", "split.fold_file": str(ravdess_folds),
                                     "training.max_epochs": 1, "training.batch_size": 4}))
-    cli = [sys.executable, "-m", "mmfer.pipeline.app.cli", "evaluate", "--run", str(tmp_path / "ravdess_run"), "--device", "cpu"]
+    cli = [sys.executable, "-m", "mmfer.pipeline.cli", "evaluate", "--run", str(tmp_path / "ravdess_run"), "--device", "cpu"]
     result = subprocess.run([*cli, "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "eval")],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -251,7 +251,7 @@ def test_crema_d_demo_extracts_and_trains_on_its_six_classes(tmp_path, tiny_mode
 
 def test_crema_d_demo_actors_fill_every_fold_of_crema_d_5fold():
     from mmfer.data.demo import crema_d_demo_actors
-    from mmfer.pipeline.splits import runnable_folds
+    from mmfer.core.splits import runnable_folds
 
     assert crema_d_demo_actors(6) == [1001, 1002, 1019, 1037, 1055, 1073]
     for num_actors in (5, 6, 24):
@@ -268,7 +268,7 @@ def test_the_readme_crema_d_demo_chain_trains_under_its_default_protocol(tmp_pat
     """README: `mmfer make-demo --layout crema-d --out demo_crema --num-actors 6`, extract, train-fusion, as written
     (smaller clips, the tiny encoders, one epoch): all five folds of crema-d-5fold run."""
     def mmfer(*args):
-        return subprocess.run([sys.executable, "-m", "mmfer.pipeline.app.cli", *map(str, args)], cwd=tmp_path,
+        return subprocess.run([sys.executable, "-m", "mmfer.pipeline.cli", *map(str, args)], cwd=tmp_path,
                               capture_output=True, text=True, timeout=600)
 
     done = mmfer("make-demo", "--layout", "crema-d", "--out", "demo_crema", "--num-actors", "6", "--clips-per-emotion", "1",
@@ -346,7 +346,7 @@ def test_dfew_and_mafw_layouts_extract_and_train_on_their_official_folds(dataset
     5 official folds: every clip is tested once, by the fold whose set lists it, under the dataset's names."""
     from mmfer.data.official_folds import DFEW_LABELS, MAFW_LABELS
     from mmfer.extract.run import extract_all
-    from mmfer.pipeline.labels import EMOTIONS
+    from mmfer.core.labels import EMOTIONS
 
     def write(path, label):   # the demo's face and voice of a RAVDESS class, chosen by the label's position
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -368,7 +368,7 @@ def test_dfew_and_mafw_layouts_extract_and_train_on_their_official_folds(dataset
     assert summary.num_done == 12 and summary.num_failed == 0, summary.format()
     assert open_store(tmp_path / "cache").attrs["label_names"] == list(names)
     out = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "mmfer.pipeline.app.cli", "train-fusion", "--cache", str(tmp_path / "cache"),
+    result = subprocess.run([sys.executable, "-m", "mmfer.pipeline.cli", "train-fusion", "--cache", str(tmp_path / "cache"),
                              "--out", str(out), "--preset", "tiny", "--device", "cpu", "--epochs", "1",
                              "split.allow_small_val=true", "training.batch_size=4"],   # 12 clips, 7 or 11 classes
                             capture_output=True, text=True, timeout=900)
@@ -394,7 +394,7 @@ def test_a_protocol_of_another_datasets_actors_is_refused():
 def test_class_weights_count_follows_the_cache_classes():
     import numpy as np
 
-    from mmfer.pipeline.errors import ConfigError
+    from mmfer.core.errors import ConfigError
     from mmfer.train.losses import resolve_class_weights
 
     assert resolve_class_weights("1,2,3", np.array([0, 1, 2]), 3).tolist() == [1.0, 2.0, 3.0]
@@ -403,7 +403,7 @@ def test_class_weights_count_follows_the_cache_classes():
 
 
 def test_train_refuses_class_weights_of_another_class_count_before_writing(tmp_path):
-    from mmfer.pipeline.errors import ConfigError
+    from mmfer.core.errors import ConfigError
     from mmfer.train.loop import train
 
     cache = make_store(tmp_path / "cache", repetitions=1)   # written without label_names: RAVDESS's 8
@@ -418,8 +418,8 @@ def test_default_label_map_reads_each_datasets_spelling_of_a_class(tmp_path):
     """RAVDESS ↔ CREMA-D share 6 classes by name; DFEW's and MAFW's fear/surprise/anger/... are RAVDESS's
     fearful/surprised/angry/...; classes with no counterpart are left out; a file overrides the default."""
     from mmfer.data.official_folds import DFEW_LABELS, MAFW_LABELS
-    from mmfer.pipeline.app.evaluate import label_mapping
-    from mmfer.pipeline.labels import CREMA_D_EMOTIONS, EMOTIONS
+    from mmfer.pipeline.evaluate import label_mapping
+    from mmfer.core.labels import CREMA_D_EMOTIONS, EMOTIONS
 
     assert label_mapping(EMOTIONS, CREMA_D_EMOTIONS, None) == {n: n for n in CREMA_D_EMOTIONS}
     assert label_mapping(EMOTIONS, DFEW_LABELS, None) == {
@@ -563,7 +563,7 @@ def test_a_rerun_trains_on_the_edited_labels_folds_and_appended_rows(tmp_path, t
 
     # a manifest that lost a row is refused before any encoder loads (the fault point there would raise ENOSPC)
     _csv(tmp_path / "clips.csv", edited[1:])
-    result = subprocess.run([sys.executable, "-m", "mmfer.pipeline.app.cli", "extract", "--dataset", "manifest",
+    result = subprocess.run([sys.executable, "-m", "mmfer.pipeline.cli", "extract", "--dataset", "manifest",
                              "--manifest", str(tmp_path / "clips.csv"), "--out", str(tmp_path / "cache"), "--preset", "tiny",
                              "--models-dir", str(tiny_models), "--device", "cpu", "--num-workers", "0"],
                             capture_output=True, text=True, timeout=300, env={**os.environ, "MMFER_ENOSPC_AT": "load_encoders"})

@@ -13,8 +13,8 @@ import pytest
 
 from mmfer.extract.decode import (DecodeError, audio_graph, decode_clip, frame_list_graph, frame_select_graph,
                                   probe_media)
-from mmfer.pipeline.config import ExtractConfig
-from mmfer.pipeline.media import ffmpeg_exe, run_ffmpeg
+from mmfer.core.config import ExtractConfig
+from mmfer.core.media import ffmpeg_exe, run_ffmpeg
 
 VFR_PTS_S = [k / 30 for k in range(30)] + [1.0 + j / 5 for j in range(1, 11)]   # 30 fps for 1 s, then 5 fps
 STEREO_GAINS = (0.9, 0.6)   # channel peaks; their mean 0.75, ffmpeg's `-ac 1` sum x 0.707 would be 1.06
@@ -232,11 +232,11 @@ def ffmpeg_on_path(tmp_path, monkeypatch):
 
 def test_old_ffmpeg_on_path_falls_back_to_the_bundled_one(clips, ffmpeg_on_path, caplog):
     script = ffmpeg_on_path("4.4.2")
-    with caplog.at_level("WARNING", logger="mmfer.pipeline.media"):
+    with caplog.at_level("WARNING", logger="mmfer.core.media"):
         clip = _decode(clips["av"], num_frames=4)
     assert clip.frames.shape == (4, 112, 112, 3) and clip.has_audio
     assert ffmpeg_exe() != str(script)
-    lines = [r.getMessage() for r in caplog.records if r.name == "mmfer.pipeline.media"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "mmfer.core.media"]
     assert len(lines) == 1 and "4.4" in lines[0] and "bundled" in lines[0], lines
 
 
@@ -274,10 +274,10 @@ def test_ffmpeg_without_an_option_decode_passes_is_not_used(version, tmp_path, m
     monkeypatch.delenv("MMFER_FFMPEG", raising=False)
     ffmpeg_exe.cache_clear()
     try:
-        with caplog.at_level("WARNING", logger="mmfer.pipeline.media"):
+        with caplog.at_level("WARNING", logger="mmfer.core.media"):
             chosen = ffmpeg_exe()
         assert chosen != str(script)
-        lines = [r.getMessage() for r in caplog.records if r.name == "mmfer.pipeline.media"]
+        lines = [r.getMessage() for r in caplog.records if r.name == "mmfer.core.media"]
         assert len(lines) == 1 and version[:3] in lines[0] and "`-enc_time_base:v filter` (ffmpeg 6.1)" in lines[0], lines
         assert "-fps_mode" not in lines[0]   # it takes that one
     finally:

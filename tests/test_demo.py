@@ -11,8 +11,8 @@ import pytest
 
 from mmfer.data.demo import EMOTION_CODES, make_demo, render_demo_clip, write_demo_clip
 from mmfer.data.ravdess import parse_ravdess_name
-from mmfer.pipeline.labels import EMOTIONS
-from mmfer.pipeline.media import FfmpegError, run_ffmpeg
+from mmfer.core.labels import EMOTIONS
+from mmfer.core.media import FfmpegError, run_ffmpeg
 
 SIZE_PX, DURATION_S, FPS, SAMPLE_RATE_HZ = 64, 1.0, 25, 16000
 DEMO_ARGS = {"seed": 0, "overwrite": False, "num_actors": 2, "clips_per_emotion": 1, "size_px": SIZE_PX, "duration_s": DURATION_S}

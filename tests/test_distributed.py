@@ -25,7 +25,7 @@ import yaml
 from extract_helpers import assert_same_store
 from synthetic_store import make_store, write_fold_file
 
-from mmfer.pipeline.config import train_config_with_preset
+from mmfer.core.config import train_config_with_preset
 from mmfer.train.dataset import rank_share
 from mmfer.train.loop import train
 
@@ -140,7 +140,7 @@ def test_two_rank_ddp_with_a_missing_modality_in_some_batches(cache, tmp_path):
 @pytest.mark.slow
 def test_two_rank_ddp_with_the_lfm2_trunk_frozen(cache, tmp_path):
     """model.fusion.mode frozen: the LFM2 trunk has no gradients; DDP trains the rest and the trunk stays as built."""
-    from mmfer.pipeline.app.bench_parts import cached_loader
+    from mmfer.pipeline.bench_parts import cached_loader
     from mmfer.train.loop import setup_fold
 
     out = tmp_path / "frozen"
@@ -176,7 +176,7 @@ def one_process_store(demo_root, tiny_models, tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_two_rank_extraction_is_bitwise_the_one_process_store(demo_root, tiny_models, one_process_store, tmp_path):
-    from mmfer.pipeline.store import open_store
+    from mmfer.core.store import open_store
 
     fresh = tmp_path / "two" / "cache"
     result = torchrun(2, extract_argv(demo_root, tiny_models, fresh), tmp_path)
@@ -193,13 +193,13 @@ def test_two_rank_extraction_is_bitwise_the_one_process_store(demo_root, tiny_mo
     assert_same_store(resumed, one_process_store)
 
 
-KILLED_AFTER = 3   # rank 1 is killed -9 right after writing its 3rd clip (pipeline/faults.py clip_done:3)
+KILLED_AFTER = 3   # rank 1 is killed -9 right after writing its 3rd clip (core/faults.py clip_done:3)
 
 
 @pytest.mark.slow
 def test_kill_9_of_one_rank_then_a_rerun_is_bitwise_the_one_process_store(demo_root, tiny_models, one_process_store,
                                                                           tmp_path):
-    from mmfer.pipeline.store import LOCK_FILE, ClipStatus, open_store, writer_lock_holder
+    from mmfer.core.store import LOCK_FILE, ClipStatus, open_store, writer_lock_holder
 
     out = tmp_path / "killed" / "cache"
     lock_file = out.parent / f".cache{LOCK_FILE}"
@@ -242,7 +242,7 @@ import json, os, sys
 import torch
 sys.path.insert(0, {tests!r})
 from train_helpers import train_recording_inputs
-from mmfer.pipeline.config import train_config_with_preset
+from mmfer.core.config import train_config_with_preset
 seen = train_recording_inputs(train_config_with_preset(json.loads(sys.argv[1])))
 torch.save([{{k: b[k] for k in ("clip_ids", "has_audio", "has_video")}} for b in seen["train"]],
            os.path.join(sys.argv[2], "rank%s.pt" % os.environ["RANK"]))

@@ -23,8 +23,8 @@ from mmfer.data import sources
 from mmfer.data.crema_d import scan_crema_d
 from mmfer.data.download import MARKER, git_blob_sha1
 from mmfer.data.ravdess import scan_ravdess
-from mmfer.pipeline.app.cli import build_parser, main
-from mmfer.pipeline.data_home import data_home, dataset_root
+from mmfer.pipeline.cli import build_parser, main
+from mmfer.core.data_home import data_home, dataset_root
 
 RECORD = f"/zenodo/api/records/{sources.RAVDESS_RECORD_ID}"
 CREMA = sources.CREMA_D_REPO

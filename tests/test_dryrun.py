@@ -9,7 +9,7 @@ from model_inputs import DA, DV, TA, TV, P, make_batch, tiny_config
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from mmfer.pipeline.config import ModelConfig, TrainingConfig
+from mmfer.core.config import ModelConfig, TrainingConfig
 from mmfer.train.dryrun import FULL_DIMS, dry_run, dry_run_for_cache, format_dry_run
 from mmfer.train.model.builder import build_model
 
@@ -66,7 +66,7 @@ def test_branch_only_variants_report_one_mode() -> None:
 
 
 def test_dry_run_for_a_run_config_without_cache(tmp_path) -> None:
-    from mmfer.pipeline.config import TrainConfig, TrainingConfig
+    from mmfer.core.config import TrainConfig, TrainingConfig
 
     cfg = TrainConfig(cache=str(tmp_path / "no-cache"), model=tiny_config(),
                       training=TrainingConfig(batch_size=2, gradient_checkpointing=True, mixed_precision=False))

@@ -17,7 +17,7 @@ from mmfer.extract.decode import decode_clip
 from mmfer.extract.facecrop import crop_faces
 from mmfer.extract.run import Decoding, _decoding_for, _likely_todo, decode_jobs, extract_all
 from mmfer.extract.visual import load_image_processor, load_visual_encoder
-from mmfer.pipeline.store import ClipStatus, StoreError, open_store
+from mmfer.core.store import ClipStatus, StoreError, open_store
 
 
 def test_shapes_dtypes_and_timestamps(demo_cache):
@@ -130,7 +130,7 @@ def test_tiny_preset_runs_with_the_network_blocked(tmp_path, demo_root, tiny_mod
     """))
     env = {**os.environ, "PYTHONPATH": str(guard), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "mmfer.pipeline.app.cli", "extract", "--root", str(demo_root), "--out", str(tmp_path / "c"),
+        [sys.executable, "-m", "mmfer.pipeline.cli", "extract", "--root", str(demo_root), "--out", str(tmp_path / "c"),
          "--preset", "tiny", "--models-dir", str(tmp_path / "fresh_models"), "--limit", "2", "--num-workers", "0"],
         env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -141,8 +141,8 @@ def test_the_stores_clip_table_is_the_manifest(demo_root, demo_cache):
     """One column list (data/manifest.py): what `build_manifest` returns is what the store keeps."""
     from mmfer.data.datasets import build_manifest
     from mmfer.data.manifest import MANIFEST_COLUMNS
-    from mmfer.pipeline.config import ExtractConfig
-    from mmfer.pipeline.store import open_store
+    from mmfer.core.config import ExtractConfig
+    from mmfer.core.store import open_store
 
     manifest = build_manifest(ExtractConfig(root=str(demo_root)))
     table = open_store(demo_cache).clip_table

@@ -1,6 +1,6 @@
 """Faults during `extract`, with real processes on real demo clips and the tiny encoders.
 
-`kill -9` at seven named moments (pipeline/faults.py crash points, plus a kill in the middle of a zarr
+`kill -9` at seven named moments (core/faults.py crash points, plus a kill in the middle of a zarr
 chunk write) then a rerun gives a store bitwise equal to an uninterrupted run; a disk that fills up;
 a second writer; a decoder that hangs or floods stderr. Runs use --batch-size 1, because the tiny
 FastConformer's output for a batch of one differs from its output inside a bigger batch by up to one
@@ -24,11 +24,11 @@ from mmfer.data.demo import make_demo
 from mmfer.data.ravdess import scan_ravdess
 from mmfer.extract.decode import DecodeError, decode_clip
 from mmfer.extract.run import DiskSpaceError, extract_all
-from mmfer.pipeline.app.cli import main as mmfer_main
-from mmfer.pipeline.config import ExtractConfig
-from mmfer.pipeline.media import ffmpeg_exe
-from mmfer.pipeline.store import MODALITIES, ClipStatus, StoreError, open_store
-from mmfer.pipeline.store_verify import verify_store
+from mmfer.pipeline.cli import main as mmfer_main
+from mmfer.core.config import ExtractConfig
+from mmfer.core.media import ffmpeg_exe
+from mmfer.core.store import MODALITIES, ClipStatus, StoreError, open_store
+from mmfer.core.store_verify import verify_store
 
 pytestmark = pytest.mark.slow   # real kill -9 chains, disk-full and hanging decoders in subprocesses: minutes
 DEMO = {"num_actors": 1, "clips_per_emotion": 1, "size_px": 64, "duration_s": 1.0}   # 8 clips
@@ -65,7 +65,7 @@ def small_root(tmp_path_factory):
 
 
 def extract_cmd(root, out, models_dir, *extra):
-    return [sys.executable, "-m", "mmfer.pipeline.app.cli", "extract", "--root", str(root), "--out", str(out),
+    return [sys.executable, "-m", "mmfer.pipeline.cli", "extract", "--root", str(root), "--out", str(out),
             "--preset", "tiny", "--models-dir", str(models_dir), "--num-workers", "0", "--face-crop", "center",
             "--batch-size", "1", *extra]
 

@@ -17,8 +17,8 @@ import pytest
 import yaml
 from synthetic_store import NUM_ACTORS, make_store, write_fold_file
 
-from mmfer.pipeline.app.cli import main
-from mmfer.pipeline.store import ArraySpec, StoreError, open_store
+from mmfer.pipeline.cli import main
+from mmfer.core.store import ArraySpec, StoreError, open_store
 
 TINY = ["--preset", "tiny", "--device", "cpu", "model.visual.num_keep_tokens=8", "training.batch_size=8"]
 
@@ -130,11 +130,11 @@ def test_resume_refuses_changed_settings_by_name_and_records_more_epochs(store, 
 
 
 def test_train_refuses_a_cache_whose_writer_lock_is_held(store, tmp_path, capsys):
-    from mmfer.pipeline.store import writer_lock_holder   # the read-only query this item adds
+    from mmfer.core.store import writer_lock_holder   # the read-only query this item adds
 
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
-        from mmfer.pipeline.store import writer_lock
+        from mmfer.core.store import writer_lock
         with writer_lock({str(store)!r}):
             print("locked", flush=True)
             time.sleep(120)
@@ -228,7 +228,7 @@ def test_a_flag_typo_is_one_line_naming_the_nearest_flag(tmp_path, capsys):
 
 
 def test_predict_walks_every_container_extract_reads(tmp_path):
-    from mmfer.pipeline.app.predict import find_videos
+    from mmfer.pipeline.predict import find_videos
 
     for name in ("a.flv", "b.MP4", "c.mkv", "d.m4v", "notes.txt", "e.wav"):
         (tmp_path / name).write_bytes(b"x")

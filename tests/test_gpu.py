@@ -16,9 +16,9 @@ import torch
 from extract_helpers import extract_config
 from synthetic_store import make_store
 
-from mmfer.pipeline.config import train_config_with_preset
-from mmfer.pipeline.labels import EMOTIONS
-from mmfer.pipeline.store import open_store
+from mmfer.core.config import train_config_with_preset
+from mmfer.core.labels import EMOTIONS
+from mmfer.core.store import open_store
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none on this machine")]
@@ -76,7 +76,7 @@ def test_extraction_under_autocast_matches_the_cpu_features(demo_root, demo_cach
 
 
 def test_predict_on_cuda_matches_predict_on_cpu(demo_root, demo_cache, tmp_path):
-    from mmfer.pipeline.app.cli import main as mmfer_main
+    from mmfer.pipeline.cli import main as mmfer_main
     from mmfer.train.loop import train
 
     fold_file = tmp_path / "folds.json"

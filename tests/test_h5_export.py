@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from synthetic_store import AUDIO_FP, FAILED_VIDEO_CLIP, NO_AUDIO_CLIP, VIDEO_FP, make_store, write_fold_file
 
-from mmfer.pipeline.app.bundle import feature_records
-from mmfer.pipeline.config import train_config_with_preset
-from mmfer.pipeline.store import ClipStatus, CorruptClipError, StoreError, open_store
-from mmfer.pipeline.store_export import export_h5
-from mmfer.pipeline.store_verify import verify_store
+from mmfer.pipeline.bundle import feature_records
+from mmfer.core.config import train_config_with_preset
+from mmfer.core.store import ClipStatus, CorruptClipError, StoreError, open_store
+from mmfer.core.store_export import export_h5
+from mmfer.core.store_verify import verify_store
 from mmfer.train.loop import train
 
 
@@ -29,7 +29,7 @@ def stores(tmp_path_factory) -> tuple[Path, Path, Path]:
 
 
 def mmfer(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mmfer.pipeline.app.cli", *map(str, args)], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "mmfer.pipeline.cli", *map(str, args)], capture_output=True, text=True)
 
 
 def test_export_holds_the_same_clips_attributes_and_statuses(stores):

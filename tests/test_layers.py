@@ -1,8 +1,8 @@
 """The package's layers, read from the source: a wrong arrow fails here with the file and the import.
 
-    roof     pipeline/app/   may import everything below
-    stages   data/  extract/  train/   import the floor only, never each other or the roof
-    floor    pipeline/*.py   imports nothing above it
+    commands  pipeline/                  may import everything below (the CLI, command configs, predict, ...)
+    stages    data/  extract/  train/    import the floor only, never each other or the commands
+    floor     core/                      imports nothing above it
 
 Also: only the store modules (store.py, store_h5.py) import zarr, h5py or tensorstore; only extract/ imports NeMo or the SigLIP classes;
 no import cycle among mmfer's modules; a test module does not import another test module. Every import
@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = {"pipeline": "mmfer.pipeline", "extract": "mmfer.extract", "train": "mmfer.train", "data": "mmfer.data"}
-STORE_MODULES = {"mmfer.pipeline.store", "mmfer.pipeline.store_h5"}   # store_h5: its HDF5 side
+PACKAGES = {"core": "mmfer.core", "pipeline": "mmfer.pipeline", "extract": "mmfer.extract", "train": "mmfer.train", "data": "mmfer.data"}
+STORE_MODULES = {"mmfer.core.store", "mmfer.core.store_h5"}   # store_h5: its HDF5 side
 STORE_LIBRARIES = ("zarr", "h5py", "tensorstore")
 
 
@@ -52,13 +52,13 @@ def imports_of(path: Path, source: str) -> list[tuple[int, str, tuple[str, ...]]
 
 
 def layer_of(module: str) -> str:
-    """floor, app, data, extract or train for an mmfer module; '' for anything else."""
-    if module.startswith("mmfer.pipeline.app"):
-        return "app"
+    """floor, commands, data, extract or train for an mmfer module; '' for anything else."""
+    if module == "mmfer.pipeline" or module.startswith("mmfer.pipeline."):
+        return "commands"
     for layer in ("data", "extract", "train"):
         if module == f"mmfer.{layer}" or module.startswith(f"mmfer.{layer}."):
             return layer
-    if module.startswith("mmfer.pipeline") or module == "mmfer":
+    if module == "mmfer.core" or module.startswith("mmfer.core.") or module == "mmfer":
         return "floor"
     return ""
 
@@ -68,7 +68,7 @@ ALLOWED = {   # layer -> the mmfer layers it may import
     "data": {"floor", "data"},
     "extract": {"floor", "extract"},
     "train": {"floor", "train"},
-    "app": {"floor", "data", "extract", "train", "app"},
+    "commands": {"floor", "data", "extract", "train", "commands"},
 }
 
 
@@ -156,17 +156,18 @@ def test_test_modules_do_not_import_each_other():
 
 # The checker itself must catch each kind of wrong arrow the layering exists to prevent.
 @pytest.mark.parametrize("relpath, code, expected", [
-    ("pipeline/bad.py", "from mmfer.train.loop import train\n", "floor code imports mmfer.train.loop"),
-    ("pipeline/bad.py", "def f():\n    from mmfer.pipeline.app.cli import main\n", "floor code imports mmfer.pipeline.app.cli"),
+    ("core/bad.py", "from mmfer.train.loop import train\n", "floor code imports mmfer.train.loop"),
+    ("core/bad.py", "def f():\n    from mmfer.pipeline.cli import main\n", "floor code imports mmfer.pipeline.cli"),
+    ("core/bad.py", "from ..pipeline import predict\n", "floor code imports mmfer.pipeline (commands)"),
     ("extract/bad.py", "from mmfer.train import dataset\n", "extract code imports mmfer.train"),
     ("train/bad.py", "import mmfer.extract.decode\n", "train code imports mmfer.extract.decode"),
     ("train/bad.py", "from mmfer import extract\n", "train code imports mmfer.extract"),
-    ("train/studies/bad.py", "from mmfer.pipeline.app.cli import resolve_config\n", "train code imports mmfer.pipeline.app.cli"),
+    ("train/studies/bad.py", "from mmfer.pipeline.cli import resolve_config\n", "train code imports mmfer.pipeline.cli"),
     ("data/bad.py", "from ..extract import run\n", "data code imports mmfer.extract"),
-    ("train/bad.py", "import zarr\n", "only ['mmfer.pipeline.store', 'mmfer.pipeline.store_h5'] may touch"),
-    ("pipeline/bad.py", "import h5py\n", "only ['mmfer.pipeline.store', 'mmfer.pipeline.store_h5'] may touch"),
-    ("pipeline/app/bad.py", "from nemo.collections.asr.models import ASRModel\n", "only extract/ loads NeMo"),
-    ("pipeline/app/bad.py", "from transformers import SiglipVisionModel\n", "only extract/ loads NeMo or SigLIP"),
+    ("train/bad.py", "import zarr\n", "only ['mmfer.core.store', 'mmfer.core.store_h5'] may touch"),
+    ("pipeline/bad.py", "import h5py\n", "only ['mmfer.core.store', 'mmfer.core.store_h5'] may touch"),
+    ("pipeline/bad.py", "from nemo.collections.asr.models import ASRModel\n", "only extract/ loads NeMo"),
+    ("pipeline/bad.py", "from transformers import SiglipVisionModel\n", "only extract/ loads NeMo or SigLIP"),
 ])
 def test_checker_names_the_file_and_the_forbidden_import(relpath, code, expected):
     (violation,) = layer_violations({ROOT / relpath: code})
@@ -175,9 +176,9 @@ def test_checker_names_the_file_and_the_forbidden_import(relpath, code, expected
 
 def test_checker_finds_a_cycle():
     """The cycle this layering removed: the CLI imported the ablation, which imported the CLI back."""
-    sources = {ROOT / "pipeline" / "app" / "cli.py": "def f():\n    from mmfer.train.studies.ablate import run_ablation\n",
-               ROOT / "train" / "studies" / "ablate.py": "def g():\n    from mmfer.pipeline.app.cli import resolve_config\n"}
-    assert import_cycles(sources) == [["mmfer.pipeline.app.cli", "mmfer.train.studies.ablate"]]
+    sources = {ROOT / "pipeline" / "cli.py": "def f():\n    from mmfer.train.studies.ablate import run_ablation\n",
+               ROOT / "train" / "studies" / "ablate.py": "def g():\n    from mmfer.pipeline.cli import resolve_config\n"}
+    assert import_cycles(sources) == [["mmfer.pipeline.cli", "mmfer.train.studies.ablate"]]
 
 
 # Parameters that share a config field's name but keep a default, each for a reason a reader can check.
@@ -197,21 +198,40 @@ DEFAULT_ALLOWED = {
 }
 
 
-def config_field_names() -> set[str]:
-    from mmfer.pipeline import config
-    from mmfer.pipeline.overrides import leaf_fields
+def config_classes(module) -> list[type]:
+    return [c for c in vars(module).values() if isinstance(c, type) and c.__module__ == module.__name__
+            and hasattr(c, "__dataclass_fields__")]
 
-    classes = [c for c in vars(config).values() if isinstance(c, type) and c.__module__ == config.__name__
-               and hasattr(c, "__dataclass_fields__")]
+
+def test_the_floors_config_holds_only_settings_the_floor_or_a_stage_reads():
+    """A command's settings (predict's, export's, ...) live with the commands, in pipeline/command_config.py."""
+    from mmfer.core import config
+
+    below = {p: s for p, s in source_files().items()
+             if layer_of(module_name(p)) != "commands" and p != ROOT / "core" / "config.py"}
+    classes = config_classes(config)
+    nested = {c.__name__ for parent in classes for f in parent.__dataclass_fields__.values()
+              for c in classes if c.__name__ in str(f.type)}   # a section of a read config is read with it
+    unread = [c.__name__ for c in classes
+              if c.__name__ not in nested and not any(c.__name__ in source for source in below.values())]
+    assert not unread, f"core/config.py holds settings only the commands read: {unread}"
+
+
+def config_field_names() -> set[str]:
+    from mmfer.core import config
+    from mmfer.core.overrides import leaf_fields
+    from mmfer.pipeline import command_config
+
+    classes = config_classes(config) + config_classes(command_config)
     return {key.rsplit(".", 1)[-1] for cls in classes for key, *_ in leaf_fields(cls)} | {"timeout_s"}
 
 
 def test_functions_below_the_commands_take_config_settings_without_their_own_default():
-    """A setting's default lives in pipeline/config.py only: a function that takes it has no default of
+    """A setting's default lives in core/config.py only: a function that takes it has no default of
     its own (decode timeout was 120 s in ExtractConfig, 60 s in decode_clip and 30 s in probe_media)."""
     names, found = config_field_names(), []
     for path, source in source_files().items():
-        if layer_of(module_name(path)) == "app" or path.name == "config.py":
+        if layer_of(module_name(path)) == "commands" or path.name == "config.py":
             continue
         for node in ast.walk(ast.parse(source)):
             if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):

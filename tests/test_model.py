@@ -9,7 +9,7 @@ import torch
 from model_inputs import DA, DV, TA, TV, B, P, make_batch, make_model, tiny_config
 from transformers import Lfm2Config, Lfm2ForCausalLM, Lfm2Model
 
-from mmfer.pipeline.config import FusionConfig
+from mmfer.core.config import FusionConfig
 from mmfer.train.model.builder import build_model, param_groups
 from mmfer.train.model.fusion import CheckpointNotFoundError, LfmFusion, build_backbone, lfm2_config, resolve_checkpoint
 

@@ -22,13 +22,13 @@ import pytest
 import torch
 
 from mmfer.data.demo import write_demo_clip
-from mmfer.pipeline.app.cli import main as mmfer_main
-from mmfer.pipeline.app.export import add_export_arguments, cmd_export
-from mmfer.pipeline.app.predict import add_predict_arguments, cmd_predict, window_starts
-from mmfer.pipeline.config import (
+from mmfer.pipeline.cli import main as mmfer_main
+from mmfer.pipeline.export import add_export_arguments, cmd_export
+from mmfer.pipeline.predict import add_predict_arguments, cmd_predict, window_starts
+from mmfer.core.config import (
     train_config_with_preset,
 )
-from mmfer.pipeline.labels import EMOTIONS
+from mmfer.core.labels import EMOTIONS
 from mmfer.train.loop import train
 
 PROBS = [f"prob_{e}" for e in EMOTIONS]
@@ -89,9 +89,9 @@ def test_predict_matches_the_runs_test_predictions(run, clips, outputs):
 
 def test_predict_features_equal_the_cached_features(run, demo_cache, demo_root):
     """The inputs themselves: the same decode, crop, encoders and float16 cast as the cache holds."""
-    from mmfer.pipeline.app.bundle import load_run_bundle
-    from mmfer.pipeline.app.predictor import Predictor
-    from mmfer.pipeline.store import open_store
+    from mmfer.pipeline.bundle import load_run_bundle
+    from mmfer.pipeline.predictor import Predictor
+    from mmfer.core.store import open_store
 
     bundle = load_run_bundle(run, fold="1")
     predictor = Predictor(bundle, device="cpu")
@@ -205,7 +205,7 @@ def test_window_starts():
 
 def faceless_clip(path: Path, duration_s: float) -> Path:
     """A grey picture with a tone: a real video file in which no face can be found."""
-    from mmfer.pipeline.media import run_ffmpeg
+    from mmfer.core.media import run_ffmpeg
 
     run_ffmpeg(["-y", "-f", "lavfi", "-i", f"color=c=gray:s=96x96:d={duration_s}:r=25", "-f", "lavfi", "-i",
                 f"sine=frequency=220:duration={duration_s}:sample_rate=16000", "-c:v", "libx264", "-pix_fmt",
@@ -214,7 +214,7 @@ def faceless_clip(path: Path, duration_s: float) -> Path:
 
 
 def test_same_named_files_get_their_own_rows_and_timelines(run, clips, tmp_path):
-    from mmfer.pipeline.media import run_ffmpeg
+    from mmfer.core.media import run_ffmpeg
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -261,10 +261,10 @@ class WindowWatch(logging.Handler):
 def test_long_video_windows_stream_in_batches_with_progress_and_leave_no_temp_files(run, clips, tmp_path, monkeypatch):
     import tempfile
 
-    import mmfer.pipeline.app.predict as predict_module
-    import mmfer.pipeline.progress as progress_module
-    from mmfer.pipeline.app.bundle import load_run_bundle
-    from mmfer.pipeline.app.predictor import Predictor
+    import mmfer.pipeline.predict as predict_module
+    import mmfer.core.progress as progress_module
+    from mmfer.pipeline.bundle import load_run_bundle
+    from mmfer.pipeline.predictor import Predictor
 
     temp = tmp_path / "tmp"
     temp.mkdir()
@@ -278,7 +278,7 @@ def test_long_video_windows_stream_in_batches_with_progress_and_leave_no_temp_fi
     (stale / "w0.mkv").write_bytes(b"x")
     video = write_demo_clip(tmp_path / "long.mp4", "angry", 1, duration_s=6.0, size_px=96)
     watch = WindowWatch(temp)
-    logger = logging.getLogger("mmfer.pipeline.app.predict")
+    logger = logging.getLogger("mmfer.pipeline.predict")
     logger.addHandler(watch)
     monkeypatch.setattr(logger, "level", logging.INFO)
     try:
@@ -363,7 +363,7 @@ def test_no_face_fallback_is_one_line_naming_the_file(exported, tmp_path, caplog
 def test_stdout_holds_only_the_results(run, clips, tmp_path):
     """A real `mmfer predict > file`: NeMo's info line went to stdout; now stdout is the table alone, and the
     hidden third-party info lines are counted in one stderr line."""
-    cli = [sys.executable, "-m", "mmfer.pipeline.app.cli"]
+    cli = [sys.executable, "-m", "mmfer.pipeline.cli"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([*cli, "predict", "--run", str(run), "--fold", "1", "--device", "cpu", str(clips[0])],
                             capture_output=True, text=True, timeout=300, env=env)
@@ -380,10 +380,10 @@ def test_face_crop_off_extracts_the_test_clips_again_with_whole_frames(run, demo
     was made with face_crop=center on square frames, where the crop is the whole frame: so the re-extracted
     inputs equal the cached ones and each fold's face-crop-off score equals its clean one (the clean score being
     the run's own test pass). On a wider-than-tall copy of a clip, the frames differ from the centre crop's."""
-    from mmfer.pipeline.app.bundle import load_run_bundle
-    from mmfer.pipeline.app.robustness import media_batches, media_predictor
-    from mmfer.pipeline.media import run_ffmpeg
-    from mmfer.pipeline.splits import Fold, assign_parts
+    from mmfer.pipeline.bundle import load_run_bundle
+    from mmfer.pipeline.robustness import media_batches, media_predictor
+    from mmfer.core.media import run_ffmpeg
+    from mmfer.core.splits import Fold, assign_parts
     from mmfer.train.dataset import ClipDataset, collate_clips, open_cache
 
     fingerprints = load_run_bundle(run, fold="1").config["cache_fingerprints"]
@@ -419,7 +419,7 @@ def test_face_crop_off_extracts_the_test_clips_again_with_whole_frames(run, demo
 
 def test_fold_is_the_protocol_fold_number_in_predict_export_and_evaluate(run, demo_cache, clips, outputs, tmp_path, capsys):
     """A run of protocol fold 2 only (as after `--folds 2`): --fold 2 is that fold, --fold 1 is refused in one line."""
-    from mmfer.pipeline.app.bundle import load_export_bundle, load_run_bundle
+    from mmfer.pipeline.bundle import load_export_bundle, load_run_bundle
 
     only2 = shutil.copytree(run, tmp_path / "run")
     shutil.rmtree(only2 / "fold1")
@@ -459,9 +459,9 @@ def _edit_clip_table(cache: Path, edit) -> None:
 def test_evaluate_refuses_the_runs_own_clips_unless_allowed_and_counts_them(run, demo_cache, tmp_path, capsys):
     """Cross-corpus on the run's own cache (or a copy of it): every clip was trained or validated on by some fold
     model, matched by source signature and path; refused, or with --allow-overlap scored and counted."""
-    from mmfer.pipeline.app.evaluate import evaluate, format_evaluation
-    from mmfer.pipeline.config import EvaluateConfig
-    from mmfer.pipeline.errors import ConfigError
+    from mmfer.pipeline.evaluate import evaluate, format_evaluation
+    from mmfer.pipeline.command_config import EvaluateConfig
+    from mmfer.core.errors import ConfigError
 
     copy = shutil.copytree(demo_cache, tmp_path / "copy")   # a copy: same media, same source signatures
     for cache in (demo_cache, copy):
@@ -483,9 +483,9 @@ def test_evaluate_refuses_the_runs_own_clips_unless_allowed_and_counts_them(run,
 
 
 def test_corrupt_on_another_cache_checks_it_holds_the_runs_test_clips(run, demo_cache, tmp_path):
-    from mmfer.pipeline.app.robustness import robustness_report
-    from mmfer.pipeline.config import EvaluateConfig
-    from mmfer.pipeline.errors import ConfigError
+    from mmfer.pipeline.robustness import robustness_report
+    from mmfer.pipeline.command_config import EvaluateConfig
+    from mmfer.core.errors import ConfigError
 
     moved = shutil.copytree(demo_cache, tmp_path / "moved")   # the run's own store, moved: accepted
     cfg = EvaluateConfig(run=str(run), cache=str(moved), out=str(tmp_path / "r"), device="cpu", corrupt="no-audio", fold="1")
@@ -510,7 +510,7 @@ def dataclasses_replace(cfg, **changes):
 
 
 def test_an_unfinished_run_is_named_in_one_warning_and_on_the_card(run, tmp_path, caplog):
-    from mmfer.pipeline.app.bundle import load_export_bundle, load_run_bundle
+    from mmfer.pipeline.bundle import load_export_bundle, load_run_bundle
 
     killed = shutil.copytree(run, tmp_path / "killed")
     (killed / "summary.json").unlink()   # what a run killed before its test pass leaves: no summary.json
@@ -548,7 +548,7 @@ def test_a_run_and_its_exports_travel_to_other_folders(demo_root, tmp_path):
     env.update(HF_HUB_OFFLINE="1")
 
     def mmfer(cwd: Path, *args, extra_env: dict | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "mmfer.pipeline.app.cli", *map(str, args)], cwd=cwd,
+        return subprocess.run([sys.executable, "-m", "mmfer.pipeline.cli", *map(str, args)], cwd=cwd,
                               env={**env, **(extra_env or {})}, capture_output=True, text=True, timeout=600)
 
     w = tmp_path / "w"
@@ -600,8 +600,8 @@ def test_a_run_and_its_exports_travel_to_other_folders(demo_root, tmp_path):
 def test_encoder_lookup_order_and_its_one_line_refusal(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from mmfer.pipeline.app.encoder_lookup import EncoderNotFoundError, find_encoder
-    from mmfer.pipeline.paths import record_path
+    from mmfer.pipeline.encoder_lookup import EncoderNotFoundError, find_encoder
+    from mmfer.core.paths import record_path
 
     store, typed = tmp_path / "w" / "cache", tmp_path / "third" / "models" / "enc"
     for folder in (tmp_path / "w" / "models" / "enc", typed, store):

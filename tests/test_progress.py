@@ -1,6 +1,6 @@
 """Progress without a terminal (issue 15, item 13): when stderr is not a TTY (as under pytest), extract's
 clip loop and training's batch and epoch loops log "done/total, rate, time left" lines through the one helper
-in pipeline/progress.py, at most one per PROGRESS_INTERVAL_S (set to 0 here: a line at every update)."""
+in core/progress.py, at most one per PROGRESS_INTERVAL_S (set to 0 here: a line at every update)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from extract_helpers import extract_config
 from synthetic_store import make_store, write_fold_file
 
-import mmfer.pipeline.progress as progress_module
-from mmfer.pipeline.progress import Progress
+import mmfer.core.progress as progress_module
+from mmfer.core.progress import Progress
 
 LINE = re.compile(r"^(?P<desc>.+): (?P<done>\d+)/(?P<total>\d+) (?P<unit>\w+) \(\d+%\), [\d.]+ \w+/s, .+ left")
 
@@ -55,7 +55,7 @@ def test_extract_logs_progress_lines_for_its_clips(demo_root, tiny_models, tmp_p
 
 
 def test_training_logs_progress_lines_for_batches_and_epochs(tmp_path, caplog, every_update):
-    from mmfer.pipeline.config import train_config_with_preset
+    from mmfer.core.config import train_config_with_preset
     from mmfer.train.loop import train
 
     cache, folds = make_store(tmp_path / "cache", repetitions=1), write_fold_file(tmp_path / "folds.json")

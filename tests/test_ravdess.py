@@ -9,7 +9,7 @@ import pytest
 
 from mmfer.data.manifest import MANIFEST_COLUMNS
 from mmfer.data.ravdess import RavdessNameError, parse_ravdess_name, scan_ravdess
-from mmfer.pipeline.labels import EMOTIONS
+from mmfer.core.labels import EMOTIONS
 
 
 def _touch(path):

@@ -22,7 +22,7 @@ from mmfer.train.robustness import FEATURE_CORRUPTIONS, corrupt_batch, parse_cor
 
 
 def _mmfer(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mmfer.pipeline.app.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "mmfer.pipeline.cli", *args], capture_output=True, text=True,
                           timeout=600)
 
 
@@ -112,7 +112,7 @@ def test_plots_label_aux_heads_mark_a_single_value_ci_na_and_number_trials_whole
     import matplotlib.pyplot as plt
     import optuna
 
-    from mmfer.pipeline.app.robustness import plot_figure, summary_table
+    from mmfer.pipeline.robustness import plot_figure, summary_table
     from mmfer.train.studies.ablate import METRIC_NAMES, bars_figure
     from mmfer.train.studies.tune import STUDY_NAME, history_figure
 

@@ -19,7 +19,7 @@ import yaml
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from synthetic_store import make_store, write_fold_file
 
-from mmfer.pipeline.app.cli import main as mmfer_main
+from mmfer.pipeline.cli import main as mmfer_main
 
 BIN = Path(sys.executable).parent
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from mmfer.data.ravdess import RavdessNameError, parse_ravdess_name, scan_ravdess
-from mmfer.pipeline.store import ArraySpec, create_store, open_store
+from mmfer.core.store import ArraySpec, create_store, open_store
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE_FOLDERS = ("pipeline", "extract", "train", "data")

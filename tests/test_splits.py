@@ -3,8 +3,8 @@
 import pandas as pd
 import pytest
 
-from mmfer.pipeline.config import SplitConfig
-from mmfer.pipeline.splits import Fold, LeakageError, check_no_leakage, make_folds, ravdess_folds
+from mmfer.core.config import SplitConfig
+from mmfer.core.splits import Fold, LeakageError, check_no_leakage, make_folds, ravdess_folds
 
 
 def clip_table():
@@ -72,7 +72,7 @@ def dfew_sized_table(num_clips: int = 11_697, num_classes: int = 7) -> pd.DataFr
 
 
 def test_clip_level_validation_is_a_stratified_fraction_of_each_fold():
-    from mmfer.pipeline.splits import (assign_parts, check_validation, is_clip_level, resolve_protocol,
+    from mmfer.core.splits import (assign_parts, check_validation, is_clip_level, resolve_protocol,
                                        validation_counts)
     table = dfew_sized_table()
     assert is_clip_level(table) and resolve_protocol("auto", dataset="dfew", clips=table) == "manifest"
@@ -99,8 +99,8 @@ def test_clip_level_validation_is_a_stratified_fraction_of_each_fold():
 
 
 def test_a_validation_set_without_a_training_class_is_refused_unless_allowed(caplog):
-    from mmfer.pipeline.errors import ConfigError
-    from mmfer.pipeline.splits import check_validation
+    from mmfer.core.errors import ConfigError
+    from mmfer.core.splits import check_validation
     table = dfew_sized_table(1000)
     table = table.drop(columns=["fold"]).assign(split=["test"] * 200 + ["val"] * 2 + ["train"] * 798)
     (fold,) = make_folds("manifest", num_val_actors=2, fold_file=None, clips=table, num_folds=5, val_fraction=0.1, val_seed=0)
@@ -113,8 +113,8 @@ def test_a_validation_set_without_a_training_class_is_refused_unless_allowed(cap
 
 
 def test_actor_level_validation_comes_from_the_actors_the_cache_holds():
-    from mmfer.pipeline.labels import CREMA_D_ACTORS
-    from mmfer.pipeline.splits import runnable_folds
+    from mmfer.core.labels import CREMA_D_ACTORS
+    from mmfer.core.splits import runnable_folds
     # 12 CREMA-D actors, from every one of the 5 blocks (18 actors each, the last 19): 2 or 3 per block.
     actors = [CREMA_D_ACTORS[i] for i in (0, 5, 10, 18, 25, 30, 36, 45, 54, 60, 72, 80)]
     table = pd.DataFrame([{"clip_id": f"{a}_{e}", "actor": a, "label": e, "recording_id": f"{a}_{e}"}

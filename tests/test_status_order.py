@@ -9,11 +9,11 @@ import textwrap
 
 from synthetic_store import make_store
 
-from mmfer.pipeline.store import ClipStatus, open_store
+from mmfer.core.store import ClipStatus, open_store
 
 MARK_FAILED = textwrap.dedent("""
     import sys
-    from mmfer.pipeline.store import ClipStatus, open_store
+    from mmfer.core.store import ClipStatus, open_store
     entry = open_store(sys.argv[1], mode="r+").entry("video")
     entry.mark(sys.argv[2], ClipStatus.FAILED, "ffmpeg-error: the replaced file is broken", "999:123")
 """)

@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmfer.pipeline.store import (ArraySpec, ClipStatus, ClipTableChange, CorruptClipError, StoreError,
+from mmfer.core.store import (ArraySpec, ClipStatus, ClipTableChange, CorruptClipError, StoreError,
                                   check_clip_table, create_store, open_store, tensorstore_version, writer_lock)
-from mmfer.pipeline.store_verify import verify_store
+from mmfer.core.store_verify import verify_store
 
 SPECS = {"tokens": ArraySpec((4, 6, 8), "float16"), "pooled": ArraySpec((4, 8), "float16"),
          "timestamps_s": ArraySpec((4,), "float32"), "length": ArraySpec((), "int32")}
@@ -163,7 +163,7 @@ def test_a_rerun_takes_the_manifests_labels_folds_and_new_clips(tmp_path, caplog
                                                    "source": ["s"]})], ignore_index=True)
     assert check_clip_table(path, new, ["b", "a"]) == ClipTableChange(2, ("fold", "label"), 1, True)
     assert open_store(path).clip_table["label"].tolist() == [0, 0, 0]        # the check wrote nothing
-    with caplog.at_level("INFO", logger="mmfer.pipeline.store"):
+    with caplog.at_level("INFO", logger="mmfer.core.store"):
         create_store(path, new, {"label_names": ["b", "a"]})
     assert "clip table: 2 rows changed (fold, label), 1 clips added; label names changed" in caplog.text
     reopened = open_store(path, mode="r+")
@@ -180,7 +180,7 @@ def test_a_rerun_takes_the_manifests_labels_folds_and_new_clips(tmp_path, caplog
                                       make_arrays(3)["pooled"].astype(np.float16))
     assert verify_store(path).ok
     caplog.clear()
-    with caplog.at_level("INFO", logger="mmfer.pipeline.store"):
+    with caplog.at_level("INFO", logger="mmfer.core.store"):
         create_store(path, new, {"label_names": ["b", "a"]})                # the same manifest again
     assert "clip table: 0 rows changed, 0 clips added" in caplog.text
     with pytest.raises(StoreError, match=r"lacks 1 of them \(e.g. c1\)"):
@@ -202,7 +202,7 @@ def test_a_kill_while_the_store_grows_leaves_a_store_that_reads_and_grows_again(
     store.ensure_entry("audio", "fp2", {}, SPECS)
     child = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
         import pandas as pd
-        from mmfer.pipeline.store import create_store
+        from mmfer.core.store import create_store
         table = pd.DataFrame({{"clip_id": ["c0", "c1", "c2", "c3"], "actor": [1, 2, 3, 4], "label": [0, 0, 0, 0]}})
         create_store({str(path)!r}, table, {{}})
         """)], env={**os.environ, "MMFER_CRASH_AT": "entry_resized"}, capture_output=True, text=True, timeout=120)

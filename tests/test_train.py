@@ -19,12 +19,12 @@ import pytest
 import yaml
 from synthetic_store import AUDIO_FP, FAILED_VIDEO_CLIP, NO_AUDIO_CLIP, VIDEO_FP, make_store, write_fold_file
 
-from mmfer.pipeline.config import (
+from mmfer.core.config import (
     TrainConfig,
     train_config_with_preset,
 )
-from mmfer.pipeline.labels import EMOTIONS
-from mmfer.pipeline.store import StoreError
+from mmfer.core.labels import EMOTIONS
+from mmfer.core.store import StoreError
 from mmfer.train.dataset import open_cache
 from mmfer.train.loop import train
 
@@ -115,7 +115,7 @@ def test_spawned_workers_after_parent_read_and_no_encoder_loaded(cache, tmp_path
         import sys, dataclasses
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_train import tiny_config
-        from mmfer.pipeline.store import open_store
+        from mmfer.core.store import open_store
         from mmfer.train.loop import train
         store = open_store({str(cache[0])!r})
         store.entry("video").read_clip(store.clip_ids[0])          # the parent has used Zarr

@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mmfer.pipeline.app.cli import main as mmfer_main
+from mmfer.pipeline.cli import main as mmfer_main
 from mmfer.train.checkpoint import CheckpointError, load_checkpoint
 from synthetic_store import make_store, write_fold_file
 
@@ -33,7 +33,7 @@ TIMING_KEYS = ("epoch_s", "samples_per_s", "wall_s", "epoch_s_mean", "samples_pe
 
 def train_cmd(cache: tuple[Path, Path], out: Path, *extra: str) -> list[str]:
     store, folds = cache
-    return [sys.executable, "-m", "mmfer.pipeline.app.cli", "train-fusion", "--cache", str(store), "--out", str(out),
+    return [sys.executable, "-m", "mmfer.pipeline.cli", "train-fusion", "--cache", str(store), "--out", str(out),
             "--preset", "tiny", "--epochs", str(EPOCHS), "--device", "cpu", "--seed", "7", "split.protocol=file",
             f"split.fold_file={folds}", "training.batch_size=8", "training.warmup_epochs=1",
             "model.visual.num_keep_tokens=8",

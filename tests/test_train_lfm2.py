@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from mmfer.pipeline.errors import ConfigError
+from mmfer.core.errors import ConfigError
 from mmfer.train.model.fusion import LFM2_700M_CONFIG, LfmFusion, build_backbone, lfm2_config
 
 

@@ -15,9 +15,9 @@ import pytest
 from synthetic_store import make_store
 from train_helpers import tiny_config, write_folds
 
-from mmfer.pipeline.errors import BadInputError
-from mmfer.pipeline.labels import EMOTIONS
-from mmfer.pipeline.splits import LeakageError
+from mmfer.core.errors import BadInputError
+from mmfer.core.labels import EMOTIONS
+from mmfer.core.splits import LeakageError
 from mmfer.train.loop import train
 
 

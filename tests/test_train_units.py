@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmfer.pipeline.labels import EMOTIONS
-from mmfer.pipeline.config import TrainConfig, train_config_with_preset
+from mmfer.core.labels import EMOTIONS
+from mmfer.core.config import TrainConfig, train_config_with_preset
 from mmfer.train.checkpoint import CheckpointError, load_checkpoint, previous_path, save_checkpoint
 from mmfer.train.curriculum import epoch_subset
 from mmfer.train.dataset import collate_clips, prefetch

@@ -9,7 +9,7 @@ from __future__ import annotations
 import optuna
 from synthetic_store import make_store, write_fold_file
 
-from mmfer.pipeline.app.cli import main as mmfer_main
+from mmfer.pipeline.cli import main as mmfer_main
 
 
 def tune_argv(root, cache, folds, epochs: int, trials: int) -> list[str]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import logging
 
-from mmfer.pipeline.app.cli import main
-from mmfer.pipeline.store import open_store
+from mmfer.pipeline.cli import main
+from mmfer.core.store import open_store
 
 
 def test_train_fusion_takes_the_caches_preset(demo_cache, tmp_path, caplog):

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmfer.pipeline.app.cli import build_parser, main as mmfer_main
-from mmfer.pipeline.store import ArraySpec, ClipStatus, create_store, open_store
+from mmfer.pipeline.cli import build_parser, main as mmfer_main
+from mmfer.core.store import ArraySpec, ClipStatus, create_store, open_store
 
 SPECS = {"tokens": ArraySpec((4, 6, 8), "float16")}
 
@@ -65,7 +65,7 @@ def test_verify_is_read_only_beside_a_running_extract_and_repair_waits_for_its_l
     cache = tmp_path / "cache"
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("MMFER_")}, "HF_HUB_OFFLINE": "1",
            "MMFER_CRASH_AT": "array_written:15", "MMFER_CRASH_SIGNAL": "SIGSTOP"}   # 7 arrays a clip
-    extract = subprocess.Popen([sys.executable, "-m", "mmfer.pipeline.app.cli", "extract", "--root", str(root), "--out",
+    extract = subprocess.Popen([sys.executable, "-m", "mmfer.pipeline.cli", "extract", "--root", str(root), "--out",
                                 str(cache), "--preset", "tiny", "--models-dir", str(tiny_models), "--num-workers", "0",
                                 "--face-crop", "center", "--batch-size", "1"], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

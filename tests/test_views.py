@@ -22,10 +22,10 @@ from synthetic_store import make_store, write_fold_file
 from train_helpers import tiny_config, train_recording_inputs
 
 from mmfer.extract.views import PITCH_SEMITONES, SNR_DB, TEMPO, audio_view, video_view
-from mmfer.pipeline.errors import ConfigError
-from mmfer.pipeline.store import TOKEN_SCALE, ArraySpec, ClipStatus, StoreError, create_store, open_store
-from mmfer.pipeline.store_export import export_h5
-from mmfer.pipeline.store_verify import verify_store
+from mmfer.core.errors import ConfigError
+from mmfer.core.store import TOKEN_SCALE, ArraySpec, ClipStatus, StoreError, create_store, open_store
+from mmfer.core.store_export import export_h5
+from mmfer.core.store_verify import verify_store
 from mmfer.train.dataset import epoch_views
 
 SR = 16_000
@@ -140,7 +140,7 @@ def test_h5_export_copies_int8_tokens_and_their_views_as_stored(tmp_path):
 
 def test_an_entry_without_views_has_none_and_keeps_its_fingerprint():
     from mmfer.extract.run import decode_params
-    from mmfer.pipeline.config import ExtractConfig
+    from mmfer.core.config import ExtractConfig
 
     for modality in ("video", "audio"):
         assert "views" not in decode_params(modality, ExtractConfig(views=0))   # existing caches stay valid
@@ -248,7 +248,7 @@ def test_extract_views_differ_reproduce_at_another_batch_size_and_count_in_the_e
                                                                float(np.abs(x[name].astype(float) - y[name]).max()))
     # verify re-reads every view; cache-info shows the count
     assert verify_store(path).ok
-    info = subprocess.run([sys.executable, "-m", "mmfer.pipeline.app.cli", "cache-info", str(path), "--json"],
+    info = subprocess.run([sys.executable, "-m", "mmfer.pipeline.cli", "cache-info", str(path), "--json"],
                           capture_output=True, text=True, check=True)
     assert json.loads(info.stdout)["num_views"] == 2
 
@@ -293,7 +293,7 @@ def test_a_kill_between_views_leaves_the_clip_pending_and_the_rerun_completes_it
 
     clip_id = "01-01-01-01-01-01-01"
     out = tmp_path / "cache"
-    command = [sys.executable, "-m", "mmfer.pipeline.app.cli", "extract", "--root", str(demo_root), "--out", str(out),
+    command = [sys.executable, "-m", "mmfer.pipeline.cli", "extract", "--root", str(demo_root), "--out", str(out),
                "--preset", "tiny", "--models-dir", str(tiny_models), "--face-crop", "center", "--num-workers", "0",
                "--views", "2", "--select", clip_id]
     killed = subprocess.run(command, capture_output=True, text=True,

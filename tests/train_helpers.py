@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mmfer.pipeline.config import TrainConfig, train_config_with_preset
+from mmfer.core.config import TrainConfig, train_config_with_preset
 
 # Two folds over the synthetic store's 8 actors: fold 2's test actors are fold 1's validation actors.
 TWO_FOLDS = [{"name": "fold1", "test_actors": [1, 2], "val_actors": [3, 4]},

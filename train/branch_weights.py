@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from mmfer.pipeline.splits import Fold, LeakageError, check_reuse
+from mmfer.core.splits import Fold, LeakageError, check_reuse
 from mmfer.train.checkpoint import CheckpointError
 
 

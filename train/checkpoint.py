@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmfer.pipeline.errors import BadInputError
-from mmfer.pipeline.faults import crash_point
+from mmfer.core.errors import BadInputError
+from mmfer.core.faults import crash_point
 
 log = logging.getLogger(__name__)
 

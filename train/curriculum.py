@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmfer.pipeline.errors import BadInputError
-from mmfer.pipeline.splits import Fold, check_reuse
+from mmfer.core.errors import BadInputError
+from mmfer.core.splits import Fold, check_reuse
 
 START_FRACTION = 0.5   # the curriculum's first epoch sees the easiest half
 

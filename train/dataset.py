@@ -1,6 +1,6 @@
 """Cached features -> training batches: which clips are usable, a per-clip dataset, collation, prefetch.
 
-Reads the store only through `pipeline/store.py` and never builds an encoder. The store is opened lazily
+Reads the store only through `core/store.py` and never builds an encoder. The store is opened lazily
 in each process that reads (DataLoader workers are spawned, never forked after the parent used Zarr).
 Collation pads audio to the longest clip of the batch and builds masks (True = real token).
 """
@@ -21,8 +21,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from mmfer.pipeline.labels import store_label_names
-from mmfer.pipeline.store import ClipStatus, FeatureStore, StoreError, open_store, set_codec_threads
+from mmfer.core.labels import store_label_names
+from mmfer.core.store import ClipStatus, FeatureStore, StoreError, open_store, set_codec_threads
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mmfer.pipeline.config import ModelConfig, TrainConfig
+from mmfer.core.config import ModelConfig, TrainConfig
 from mmfer.train.model.builder import FusionModel, build_model
 
 # Forward GFLOP per clip of the frozen encoders, measured by the issue-5 author with FlopCounterMode on the

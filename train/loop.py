@@ -22,18 +22,18 @@ import numpy as np
 import torch
 import yaml
 
-from mmfer.pipeline.config import TrainConfig, TrainingConfig
-from mmfer.pipeline.device import has_native_bf16, resolve_device
-from mmfer.pipeline.distributed import (ALONE, World, all_reduce_mean_, all_reduce_sum_, barrier, current_world, device_for_rank,
+from mmfer.core.config import TrainConfig, TrainingConfig
+from mmfer.core.device import has_native_bf16, resolve_device
+from mmfer.core.distributed import (ALONE, World, all_reduce_mean_, all_reduce_sum_, barrier, current_world, device_for_rank,
                                         gather_objects, process_group)
-from mmfer.pipeline.errors import BadInputError, ConfigError
-from mmfer.pipeline.faults import crash_point
-from mmfer.pipeline.progress import Progress
-from mmfer.pipeline.labels import store_label_names
-from mmfer.pipeline.paths import record_path
-from mmfer.pipeline.splits import (Fold, assign_parts, check_no_leakage, check_validation, describe_protocol, make_folds,
+from mmfer.core.errors import BadInputError, ConfigError
+from mmfer.core.faults import crash_point
+from mmfer.core.progress import Progress
+from mmfer.core.labels import store_label_names
+from mmfer.core.paths import record_path
+from mmfer.core.splits import (Fold, assign_parts, check_no_leakage, check_validation, describe_protocol, make_folds,
                                    resolve_protocol, runnable_folds, validation_counts)
-from mmfer.pipeline.store import StoreError, open_store, writer_lock_holder
+from mmfer.core.store import StoreError, open_store, writer_lock_holder
 from mmfer.train.branch_weights import branch_path, load_branch_weights, save_branch_weights
 from mmfer.train.checkpoint import (RESUME_MAY_APPLY, best_weights, changed_settings, checkpoint_bytes, load_checkpoint,
                                     previous_path, restore_rng_state, rng_state, save_checkpoint)
@@ -136,7 +136,7 @@ def train_on(cfg: TrainConfig, device: torch.device, world: World) -> dict:
                 "amp_dtype": dtype_name(autocast_dtype(device, cfg.training.mixed_precision)),
                 "cache_fingerprints": {"video": cache.video_fingerprint, "audio": cache.audio_fingerprint},
                 "label_names": list(cache.label_names),
-                "cache_location": record_path(cfg.cache, out),   # found again after the run folder moves (pipeline/paths.py)
+                "cache_location": record_path(cfg.cache, out),   # found again after the run folder moves (core/paths.py)
                 "distributed": distributed, **({"resume_changes": resume_changes} if resume_changes else {})}
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)   # only now: a refused command leaves no empty --out behind
@@ -555,7 +555,7 @@ def keep_metrics_lines(path: Path, up_to_epoch: int) -> None:
 
 
 def autocast_dtype(device: torch.device, mixed_precision: bool) -> torch.dtype | None:
-    """bf16 on a CUDA device with native bf16 (pipeline/device.py `has_native_bf16`), else fp16 (with
+    """bf16 on a CUDA device with native bf16 (core/device.py `has_native_bf16`), else fp16 (with
     GradScaler); None (fp32) on CPU or when turned off."""
     if device.type != "cuda" or not mixed_precision:
         return None

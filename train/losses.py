@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmfer.pipeline.errors import ConfigError
+from mmfer.core.errors import ConfigError
 
 
 def class_weights_from_labels(labels: np.ndarray, num_classes: int) -> Tensor:

@@ -4,7 +4,7 @@
 `evaluate_fold` runs a fold's model over its test clips once per corruption and returns macro-F1 of the
 fused classifier and of each single-modality (auxiliary) classifier. Every corruption acts on the cached
 encoder tokens, not on the media: "audio-snr-10" is noise on the FastConformer tokens at 10 dB SNR, which is
-not the same as a noisy recording. The command (pipeline/app/robustness.py) writes the table and the plot.
+not the same as a noisy recording. The command (pipeline/robustness.py) writes the table and the plot.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mmfer.pipeline.config import ModelConfig
-from mmfer.pipeline.overrides import apply_overrides, flatten, to_dict
+from mmfer.core.config import ModelConfig
+from mmfer.core.overrides import apply_overrides, flatten, to_dict
 from mmfer.train.model.audio_branch import AudioBranch
 from mmfer.train.model.fusion import LfmFusion, build_backbone, lfm2_config, resolve_checkpoint
 from mmfer.train.model.heads import AuxHead, EmotionHead

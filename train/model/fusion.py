@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from transformers import Lfm2Config, Lfm2Model
 from transformers.models.lfm2.modeling_lfm2 import Lfm2RotaryEmbedding
 
-from mmfer.pipeline.errors import BadInputError, ConfigError
+from mmfer.core.errors import BadInputError, ConfigError
 
 log = logging.getLogger(__name__)
 

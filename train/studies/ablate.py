@@ -24,9 +24,9 @@ from pathlib import Path
 
 import yaml
 
-from mmfer.pipeline.config import ModelConfig, TrainConfig
-from mmfer.pipeline.errors import ConfigError
-from mmfer.pipeline.overrides import apply_overrides, flatten, to_dict
+from mmfer.core.config import ModelConfig, TrainConfig
+from mmfer.core.errors import ConfigError
+from mmfer.core.overrides import apply_overrides, flatten, to_dict
 from mmfer.train.studies.claims import try_claim
 
 log = logging.getLogger(__name__)

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import yaml
 
-from mmfer.pipeline.config import ModelConfig, TrainConfig
-from mmfer.pipeline.errors import ConfigError
-from mmfer.pipeline.overrides import apply_overrides, flatten, to_dict
+from mmfer.core.config import ModelConfig, TrainConfig
+from mmfer.core.errors import ConfigError
+from mmfer.core.overrides import apply_overrides, flatten, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def run_study(base: TrainConfig, study_dir: str | Path, num_trials: int, *, keep
     "best_fold", "best_config", "summary", "test_mean", "test_std", "folds" (tune_summary's entries), "plot"}.
     `storage_url` (see make_storage) lets processes on several machines share the studies' trials."""
 
-    from mmfer.pipeline.splits import make_folds, resolve_protocol
+    from mmfer.core.splits import make_folds, resolve_protocol
     from mmfer.train.dataset import open_cache
     from mmfer.train.metrics import HEADLINE, STD_LABEL, aggregate_folds
 

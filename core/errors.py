@@ -1,6 +1,6 @@
 """The one family of errors mmfer raises on purpose, and the exit code each kind gets.
 
-Every project error derives from MmferError; the CLI's single handler (pipeline/app/cli.py) prints its
+Every project error derives from MmferError; the CLI's single handler (pipeline/cli.py) prints its
 message on one line to stderr, without a traceback, and exits with its `exit_code`. Anything else is a
 bug and keeps its traceback. Classes also derive from the builtin their callers used to catch
 (ValueError, RuntimeError, OSError), so `except ValueError` around a config still works.

@@ -30,10 +30,10 @@ import pandas as pd
 import zarr
 import zarr.codecs
 
-from mmfer.pipeline import store_h5
-from mmfer.pipeline.errors import BadInputError
-from mmfer.pipeline.faults import crash_point
-from mmfer.pipeline.store_h5 import is_h5_path
+from mmfer.core import store_h5
+from mmfer.core.errors import BadInputError
+from mmfer.core.faults import crash_point
+from mmfer.core.store_h5 import is_h5_path
 
 log = logging.getLogger(__name__)
 
@@ -749,7 +749,7 @@ def group_writer_lock(path: str | os.PathLike) -> Iterator[None]:
     Raises:
         StoreError: another run holds the lock (on every rank of this group).
     """
-    from mmfer.pipeline.distributed import barrier, broadcast_object, current_world   # torch only for extract
+    from mmfer.core.distributed import barrier, broadcast_object, current_world   # torch only for extract
 
     world = current_world()
     if not world.is_distributed:

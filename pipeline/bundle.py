@@ -2,7 +2,7 @@
 
 `load_run_bundle` / `load_export_bundle` gather the fold weights, the resolved config, the feature
 records (the cache entries' attributes: encoder identity, preprocessing, decode parameters) and the
-run's evaluation. Nothing here loads an encoder or decodes a file (that is pipeline/app/predictor.py).
+run's evaluation. Nothing here loads an encoder or decodes a file (that is pipeline/predictor.py).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from mmfer.pipeline.config import TrainConfig
-from mmfer.pipeline.errors import BadInputError
-from mmfer.pipeline.overrides import apply_overrides, flatten, leaf_fields
-from mmfer.pipeline.paths import recorded_candidates
+from mmfer.core.config import TrainConfig
+from mmfer.core.errors import BadInputError
+from mmfer.core.overrides import apply_overrides, flatten, leaf_fields
+from mmfer.core.paths import recorded_candidates
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def run_fold_numbers(evaluation: dict) -> dict[str, int]:
 
 def feature_records(cache_path: str | Path, fingerprints: dict[str, str | None]) -> dict[str, dict]:
     """The attrs of the cache entries a run read (modality -> attrs), picked by the run's fingerprints."""
-    from mmfer.pipeline.store import open_store
+    from mmfer.core.store import open_store
 
     store = open_store(cache_path, mode="r")
     return {m: json.loads(json.dumps(store.entry(m, fp).attrs)) for m, fp in fingerprints.items() if fp is not None}
@@ -129,7 +129,7 @@ def load_run_bundle(run_dir: str | Path, *, fold: str | None = None, ensemble: b
         FileNotFoundError: no run, no such fold, or the cache is gone.
         StoreError: the cache no longer holds the entries the run was trained on.
     """
-    from mmfer.pipeline.store import StoreError
+    from mmfer.core.store import StoreError
     from mmfer.train.checkpoint import load_checkpoint
 
     run_dir = Path(run_dir)
@@ -181,7 +181,7 @@ class ExportFolderError(BadInputError, ValueError):
 
 
 def load_export_bundle(model_dir: str | Path, *, fold: str | None = None, ensemble: bool = False) -> ModelBundle:
-    """A folder written by `mmfer export` (see pipeline/app/export.py). It reads only its own files: a name in
+    """A folder written by `mmfer export` (see pipeline/export.py). It reads only its own files: a name in
     model.json that resolves outside the folder (`../`, an absolute path, a symlink) is refused, and so is a
     weights file that is not safetensors (a pickle is never loaded).
 

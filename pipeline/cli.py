@@ -19,9 +19,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable
 
-from mmfer.pipeline.app.flags import TRAIN_ALIASES, add_common_arguments, add_config_flags, resolve_config
-from mmfer.pipeline.config import DemoConfig, ExtractConfig, TrainConfig
-from mmfer.pipeline.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, BadInputError, ConfigError, MmferError
+from mmfer.pipeline.flags import TRAIN_ALIASES, add_common_arguments, add_config_flags, resolve_config
+from mmfer.core.config import ExtractConfig, TrainConfig
+from mmfer.pipeline.command_config import DemoConfig
+from mmfer.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, BadInputError, ConfigError, MmferError
 
 log = logging.getLogger("mmfer")
 
@@ -46,7 +47,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
                           f"(clip ids look like {examples}); nothing written")
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
         raise BadInputError(f"{cfg.out}: --out is a file, not a folder; give a folder for the feature store")
-    from mmfer.pipeline.distributed import current_world
+    from mmfer.core.distributed import current_world
 
     summary = extract_all(cfg, manifest)
     if current_world().is_main:   # under torchrun: one summary (of every rank's clips), from rank 0
@@ -57,8 +58,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _default_root(dataset: str) -> Path:
-    """The data home's folder of `dataset` (pipeline/data_home.py); refused, saying how to fill it, when empty."""
-    from mmfer.pipeline.data_home import DATA_HOME_RULE, dataset_root, is_missing_or_empty
+    """The data home's folder of `dataset` (core/data_home.py); refused, saying how to fill it, when empty."""
+    from mmfer.core.data_home import DATA_HOME_RULE, dataset_root, is_missing_or_empty
 
     root = dataset_root(dataset)
     if is_missing_or_empty(root):
@@ -72,7 +73,7 @@ def _default_root(dataset: str) -> Path:
 
 def cmd_download(args: argparse.Namespace) -> int:
     from mmfer.data import download
-    from mmfer.pipeline.data_home import dataset_root
+    from mmfer.core.data_home import dataset_root
 
     out = Path(args.out).expanduser() if args.out else dataset_root(args.dataset)
     if args.dataset in ("dfew", "mafw"):
@@ -98,7 +99,7 @@ def cmd_train_fusion(args: argparse.Namespace) -> int:
         result = dry_run_for_cache(cfg)
         print(json.dumps(result, indent=2) if args.json else format_dry_run(result))
         return 0
-    from mmfer.pipeline.distributed import current_world
+    from mmfer.core.distributed import current_world
     from mmfer.train.loop import train
     from mmfer.train.report import format_summary_table
 
@@ -120,7 +121,7 @@ def cmd_make_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_info(args: argparse.Namespace) -> int:
-    from mmfer.pipeline.app.cache_info import cache_info, format_cache_info
+    from mmfer.pipeline.cache_info import cache_info, format_cache_info
 
     info = cache_info(args.cache)
     print(json.dumps(info, indent=2) if args.json else format_cache_info(info))
@@ -128,7 +129,7 @@ def cmd_cache_info(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from mmfer.pipeline.store_verify import verify_store
+    from mmfer.core.store_verify import verify_store
 
     report = verify_store(args.cache, repair=args.repair)
     print(report.format())
@@ -140,7 +141,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_export(args: argparse.Namespace) -> int:
-    from mmfer.pipeline.store_export import export_h5
+    from mmfer.core.store_export import export_h5
 
     result = export_h5(args.cache, args.h5)
     clips = ", ".join(f"{k}: {v} done clips" for k, v in result["clips_done"].items())
@@ -155,7 +156,7 @@ def cmd_cache_export(args: argparse.Namespace) -> int:
 
 def _extract_parser(parser: argparse.ArgumentParser) -> None:
     parser.description = "Stage 1: decode each clip, run the frozen SigLIP2 + FastConformer encoders once, write their tokens to a Zarr feature store. Reruns skip finished clips."
-    from mmfer.pipeline.data_home import DATA_HOME_RULE, data_home
+    from mmfer.core.data_home import DATA_HOME_RULE, data_home
 
     parser.epilog = f"Without --root: {DATA_HOME_RULE}, here {data_home()}/<dataset> (fill it with `mmfer download ravdess` or `mmfer download crema-d`)."
     add_config_flags(parser, ExtractConfig)
@@ -192,7 +193,7 @@ def _demo_parser(parser: argparse.ArgumentParser) -> None:
 @_register("download", "Fetch a public dataset (ravdess, crema-d) into the data home, verified against the published "
                        "checksums; resumes, skips what is done. dfew, mafw: where to request them.")
 def _download_parser(parser: argparse.ArgumentParser) -> None:
-    from mmfer.pipeline.data_home import DATA_HOME_RULE
+    from mmfer.core.data_home import DATA_HOME_RULE
 
     parser.add_argument("dataset", choices=("ravdess", "crema-d", "dfew", "mafw"), help="Dataset to fetch.")
     parser.add_argument("--out", metavar="DIR", help=f"Folder to fill (default: {DATA_HOME_RULE}, where extract looks).")
@@ -232,7 +233,7 @@ def _export_h5_parser(parser: argparse.ArgumentParser) -> None:
 
 @_register("predict", "Emotions for your videos with a trained run or an exported model (the run's exact extraction).")
 def _predict_parser(parser: argparse.ArgumentParser) -> None:
-    from mmfer.pipeline.app.predict import add_predict_arguments, cmd_predict  # light: the stages load in cmd_predict
+    from mmfer.pipeline.predict import add_predict_arguments, cmd_predict  # light: the stages load in cmd_predict
 
     add_predict_arguments(parser)
     add_common_arguments(parser, with_overrides=False)
@@ -241,7 +242,7 @@ def _predict_parser(parser: argparse.ArgumentParser) -> None:
 
 @_register("export", "Write a self-contained model folder from a run, for `mmfer predict --model`.")
 def _export_parser(parser: argparse.ArgumentParser) -> None:
-    from mmfer.pipeline.app.export import add_export_arguments, cmd_export
+    from mmfer.pipeline.export import add_export_arguments, cmd_export
 
     add_export_arguments(parser)
     add_common_arguments(parser, with_overrides=False)
@@ -250,7 +251,7 @@ def _export_parser(parser: argparse.ArgumentParser) -> None:
 
 @_register("evaluate", "Cross-corpus evaluation on another dataset's cache, or robustness (--corrupt) on the run's own test clips.")
 def _evaluate_parser(parser: argparse.ArgumentParser) -> None:
-    from mmfer.pipeline.app.evaluate import add_evaluate_arguments, cmd_evaluate
+    from mmfer.pipeline.evaluate import add_evaluate_arguments, cmd_evaluate
 
     add_evaluate_arguments(parser)
     add_common_arguments(parser, with_overrides=False)
@@ -259,7 +260,7 @@ def _evaluate_parser(parser: argparse.ArgumentParser) -> None:
 
 @_register("ablate", "Ablation study from one cache: audio/visual/early/LFM2 and recipe variants, same folds and seeds.")
 def _ablate_parser(parser: argparse.ArgumentParser) -> None:
-    from mmfer.pipeline.app.ablate import add_ablate_arguments, cmd_ablate  # light: torch loads only when it runs
+    from mmfer.pipeline.ablate import add_ablate_arguments, cmd_ablate  # light: torch loads only when it runs
 
     add_ablate_arguments(parser)
     add_common_arguments(parser)
@@ -268,7 +269,7 @@ def _ablate_parser(parser: argparse.ArgumentParser) -> None:
 
 @_register("tune", "Nested Optuna search over the recipe (per outer fold; objective: its validation macro-F1), resumable SQLite study.")
 def _tune_parser(parser: argparse.ArgumentParser) -> None:
-    from mmfer.pipeline.app.tune import add_tune_arguments, cmd_tune
+    from mmfer.pipeline.tune import add_tune_arguments, cmd_tune
 
     add_tune_arguments(parser)
     add_common_arguments(parser)
@@ -277,7 +278,7 @@ def _tune_parser(parser: argparse.ArgumentParser) -> None:
 
 @_register("bench", "Measure this machine: cached vs online epochs, loader overhead, extract efficiency, storage, scaling.")
 def _bench_parser(parser: argparse.ArgumentParser) -> None:
-    from mmfer.pipeline.app.bench import add_bench_arguments, cmd_bench  # light import; stages load inside cmd_bench
+    from mmfer.pipeline.bench import add_bench_arguments, cmd_bench  # light import; stages load inside cmd_bench
 
     add_bench_arguments(parser)
     add_common_arguments(parser, with_overrides=False)
@@ -286,7 +287,7 @@ def _bench_parser(parser: argparse.ArgumentParser) -> None:
 
 @_register("robustness", "Same as `mmfer evaluate --corrupt` (its first name; --corrupt defaults to all).")
 def _robustness_parser(parser: argparse.ArgumentParser) -> None:
-    from mmfer.pipeline.app.evaluate import add_evaluate_arguments, cmd_robustness
+    from mmfer.pipeline.evaluate import add_evaluate_arguments, cmd_robustness
 
     add_evaluate_arguments(parser)
     add_common_arguments(parser, with_overrides=False)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 
-from mmfer.pipeline.app.flags import TRAIN_ALIASES, add_config_flags, resolve_config
-from mmfer.pipeline.config import TrainConfig, TuneConfig
-from mmfer.pipeline.errors import ConfigError
+from mmfer.pipeline.flags import TRAIN_ALIASES, add_config_flags, resolve_config
+from mmfer.core.config import TrainConfig
+from mmfer.pipeline.command_config import TuneConfig
+from mmfer.core.errors import ConfigError
 
 STUDY = "study:"   # argparse dest prefix of TuneConfig's flags
 

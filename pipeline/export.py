@@ -3,7 +3,7 @@
 It holds the fold weights (safetensors), the resolved config, the feature records (encoder identities,
 preprocessing and decode parameters, copied from the cache entries), the label names, the protocol and
 metrics from summary.json, a model card and, with --include-encoders, the encoders themselves (else predict
-finds them by weights hash, pipeline/app/encoder_lookup.py). Neither the cache nor the run is needed afterwards.
+finds them by weights hash, pipeline/encoder_lookup.py). Neither the cache nor the run is needed afterwards.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import shutil
 import uuid
 from pathlib import Path
 
-from mmfer.pipeline.config import ExportConfig
-from mmfer.pipeline.errors import ConfigError
-from mmfer.pipeline.labels import EMOTIONS
+from mmfer.pipeline.command_config import ExportConfig
+from mmfer.core.errors import ConfigError
+from mmfer.core.labels import EMOTIONS
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def export_model(run_dir: str | Path, out: str | Path, *, fold: str | None = Non
     """
     from safetensors.torch import save_file
 
-    from mmfer.pipeline.app.bundle import (EXPORT_FORMAT, EXPORT_MANIFEST, MODEL_SPEC_KEY, fold_number, load_run_bundle,
+    from mmfer.pipeline.bundle import (EXPORT_FORMAT, EXPORT_MANIFEST, MODEL_SPEC_KEY, fold_number, load_run_bundle,
                                            run_fold_numbers)
 
     out = Path(out)
@@ -95,7 +95,7 @@ def _copy_encoders(bundle, staging: Path) -> dict[str, str]:
     Raises:
         EncoderNotFoundError: an encoder is not on this machine (the message says how to point at it).
     """
-    from mmfer.pipeline.app.encoder_lookup import EncoderNotFoundError, describe, encoder_source, how_to_point
+    from mmfer.pipeline.encoder_lookup import EncoderNotFoundError, describe, encoder_source, how_to_point
 
     copied = {}
     for modality, record in bundle.features.items():
@@ -187,7 +187,7 @@ def model_card(title: str, bundle, folds: list[dict], evaluation: dict, encoders
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    from mmfer.pipeline.app.flags import add_config_flags
+    from mmfer.pipeline.flags import add_config_flags
 
     parser.description = ("Write a self-contained model folder (weights, config, encoder records, labels, metrics, "
                           "model card) that `mmfer predict --model DIR` reads without the cache or the run.")
@@ -195,7 +195,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from mmfer.pipeline.app.flags import resolve_config
+    from mmfer.pipeline.flags import resolve_config
 
     cfg: ExportConfig = resolve_config(ExportConfig, args, layered=False)
     if not cfg.run or not cfg.out:

@@ -6,7 +6,7 @@ from collections import Counter
 
 import numpy as np
 
-from mmfer.pipeline.store import ClipStatus, open_store
+from mmfer.core.store import ClipStatus, open_store
 
 
 def cache_info(path: str) -> dict:

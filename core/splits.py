@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmfer.pipeline.errors import BadInputError, ConfigError
-from mmfer.pipeline.labels import CREMA_D_ACTORS, RAVDESS_NUM_ACTORS
-from mmfer.pipeline.overrides import read_yaml
+from mmfer.core.errors import BadInputError, ConfigError
+from mmfer.core.labels import CREMA_D_ACTORS, RAVDESS_NUM_ACTORS
+from mmfer.core.overrides import read_yaml
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ def seen_clips(bundle, scored: pd.DataFrame) -> tuple[list[str], str | None]:
     """(clip ids of `scored` whose media the bundle's fold models trained or validated on, why it could not
     be checked or None): the run's own cache's train and validation clips of each fold model, matched by
     `clip_keys`."""
-    from mmfer.pipeline.splits import Fold, assign_parts
-    from mmfer.pipeline.app.bundle import own_store_path
-    from mmfer.pipeline.store import StoreError, open_store
+    from mmfer.core.splits import Fold, assign_parts
+    from mmfer.pipeline.bundle import own_store_path
+    from mmfer.core.store import StoreError, open_store
 
     protocol = {f["name"]: f for f in bundle.evaluation.get("protocol", [])}
     try:

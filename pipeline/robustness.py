@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmfer.pipeline.config import EvaluateConfig
-from mmfer.pipeline.errors import ConfigError
+from mmfer.pipeline.command_config import EvaluateConfig
+from mmfer.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,10 @@ def robustness_report(cfg: EvaluateConfig) -> dict:
     """
     import torch
 
-    from mmfer.pipeline.app.bundle import load_run_bundle, train_config
-    from mmfer.pipeline.app.predictor import offline_overrides
-    from mmfer.pipeline.device import resolve_device
-    from mmfer.pipeline.splits import Fold, assign_parts
+    from mmfer.pipeline.bundle import load_run_bundle, train_config
+    from mmfer.pipeline.predictor import offline_overrides
+    from mmfer.core.device import resolve_device
+    from mmfer.core.splits import Fold, assign_parts
     from mmfer.train.dataset import ClipDataset, EpochSampler, make_loader, open_cache
     from mmfer.train.loop import to_device
     from mmfer.train.model.builder import build_model_from_spec
@@ -100,9 +100,9 @@ def check_test_clips(cfg: EvaluateConfig, fold: str, clip_ids: list[str], scored
     Raises:
         ConfigError: naming how many clips differ and an example.
     """
-    from mmfer.pipeline.app.clip_overlap import clip_keys
-    from mmfer.pipeline.app.bundle import own_store_path
-    from mmfer.pipeline.store import StoreError, open_store
+    from mmfer.pipeline.clip_overlap import clip_keys
+    from mmfer.pipeline.bundle import own_store_path
+    from mmfer.core.store import StoreError, open_store
 
     predictions = Path(cfg.run) / "predictions.csv"
     if not predictions.exists():
@@ -134,7 +134,7 @@ def media_predictor(bundle, corruptions: list[str], *, device: str, encoders: di
     Raises:
         ConfigError: face-crop-off on a run without video, or on a cache whose frames were not face-cropped.
     """
-    from mmfer.pipeline.app.predictor import Predictor
+    from mmfer.pipeline.predictor import Predictor
     from mmfer.train.robustness import MEDIA_CORRUPTIONS
 
     if not any(name in MEDIA_CORRUPTIONS for name in corruptions):

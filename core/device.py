@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mmfer.pipeline.errors import ConfigError
+from mmfer.core.errors import ConfigError
 
 
 class DeviceError(ConfigError):

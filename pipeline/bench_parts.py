@@ -1,8 +1,8 @@
 """The measurements of `mmfer bench`: stage timings, epochs, storage reads, and the measured subprocesses.
 
-Each function times one thing and returns plain numbers; `pipeline/app/bench.py` orders them and writes the
+Each function times one thing and returns plain numbers; `pipeline/bench.py` orders them and writes the
 report. Extract runs and cached training epochs at each clip count run in child processes
-(`python -m mmfer.pipeline.app.bench_parts CHILD.json`) so their peak RSS is their own.
+(`python -m mmfer.pipeline.bench_parts CHILD.json`) so their peak RSS is their own.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmfer.pipeline.app.bench_setup import (
+from mmfer.pipeline.bench_setup import (
     BENCH_SEED,
     BenchSetup,
     bench_decode_jobs,
@@ -151,7 +151,7 @@ def online_batches(decoder, encoders, labels: dict[str, int], *, batch_size: int
 
 def cached_loader(store_path: str, cfg, clip_ids: list[str] | None = None):
     """train/'s own reader: open_cache -> ClipDataset (no preload) -> make_loader, in clip order."""
-    from mmfer.pipeline.device import resolve_device
+    from mmfer.core.device import resolve_device
     from mmfer.train.dataset import ClipDataset, EpochSampler, make_loader, open_cache
 
     cache = open_cache(store_path, use_video=True, use_audio=True)
@@ -185,7 +185,7 @@ def run_epoch(trainer, batches, *, epoch: int = 0) -> float:
 
 def storage_stats(store_path: str, clip_ids: list[str], train_cfg) -> dict:
     """On-disk bytes per clip, cache read vs plain sequential read of the same chunk files (page cache warm)."""
-    from mmfer.pipeline.store import open_store
+    from mmfer.core.store import open_store
 
     store = open_store(store_path)
     entries = [store.entry("video"), store.entry("audio")]
@@ -213,7 +213,7 @@ def size_options(store_path: str, clip_ids: list[str]) -> list[dict]:
     """Visual-token bytes per clip and relative reconstruction error ||x - x'|| / ||x|| of each cache size
     option (extract's `pool_tokens`, the store's int8 round trip) on the bench's own stored tokens."""
     from mmfer.extract.shrink import pool_tokens, unpool_tokens
-    from mmfer.pipeline.store import dequantize_tokens, open_store, quantize_tokens
+    from mmfer.core.store import dequantize_tokens, open_store, quantize_tokens
 
     entry = open_store(store_path).entry("video")
     tokens = np.stack([entry.read_clip(cid, ("tokens",))["tokens"] for cid in clip_ids]).astype(np.float32)
@@ -237,8 +237,8 @@ def reader_comparison(store_path: str, clip_ids: list[str], work_dir: Path) -> l
     store interface: the Zarr store by zarr-python and by tensorstore (when installed), its HDF5 export by h5py;
     1 and 2 reader threads; cold (every file of the store dropped from the page cache with posix_fadvise
     DONTNEED before each pass, store reopened) and warm (the same clips just read). Best of 3 passes each."""
-    from mmfer.pipeline.store import tensorstore_version
-    from mmfer.pipeline.store_export import export_h5
+    from mmfer.core.store import tensorstore_version
+    from mmfer.core.store_export import export_h5
 
     h5_path = work_dir / "reader-comparison.h5"
     if not h5_path.exists():
@@ -263,7 +263,7 @@ def _timed_reads(path, reader: str, clip_ids: list[str], *, readers: int, cold: 
     no library cache outlives a pass), and the decoded bytes of one clip."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from mmfer.pipeline.store import drop_from_page_cache, open_store
+    from mmfer.core.store import drop_from_page_cache, open_store
 
     if cold:
         drop_from_page_cache(path)
@@ -309,7 +309,7 @@ def run_child(spec: dict, work_dir: Path, *, processes: int = 1) -> dict:
     launcher = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
                                    if processes > 1 else [])
     with open(log_path, "w") as handle:
-        done = subprocess.run([*launcher, "-m", "mmfer.pipeline.app.bench_parts", str(spec_path)], stdout=handle,
+        done = subprocess.run([*launcher, "-m", "mmfer.pipeline.bench_parts", str(spec_path)], stdout=handle,
                               stderr=subprocess.STDOUT, env=child_env(), check=False)
     if done.returncode != 0:
         tail = log_path.read_text()[-3000:]
@@ -320,7 +320,7 @@ def run_child(spec: dict, work_dir: Path, *, processes: int = 1) -> dict:
 def _child_extract(spec: dict) -> dict:
     from mmfer.data.datasets import build_manifest
     from mmfer.extract.run import extract_all
-    from mmfer.pipeline.config import ExtractConfig
+    from mmfer.core.config import ExtractConfig
 
     cfg = ExtractConfig(**spec["extract_cfg"])
     summary = extract_all(cfg, build_manifest(cfg))

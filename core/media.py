@@ -19,7 +19,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from mmfer.pipeline.errors import MmferError
+from mmfer.core.errors import MmferError
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Flags from the config dataclasses: one flag per field, its help the field's docstring and default.
 
 Every command's parser is built here (`add_config_flags`) and every command resolves its config here
-(`resolve_config`), so a default lives only in pipeline/config.py. Layering: defaults <- preset <-
+(`resolve_config`), so a default lives only in core/config.py. Layering: defaults <- preset <-
 --config YAML <- flags <- key=value overrides.
 """
 
@@ -12,8 +12,8 @@ import logging
 import typing
 from typing import Any
 
-from mmfer.pipeline.config import TrainConfig, train_config_with_preset
-from mmfer.pipeline.overrides import apply_overrides, leaf_fields, load_yaml_overrides, parse_key_values
+from mmfer.core.config import TrainConfig, train_config_with_preset
+from mmfer.core.overrides import apply_overrides, leaf_fields, load_yaml_overrides, parse_key_values
 
 log = logging.getLogger("mmfer")
 
@@ -85,7 +85,7 @@ def _check_device(cfg: Any) -> Any:
     """A --device this machine cannot give is refused here, at the door, before anything is read or written."""
     device = getattr(cfg, "device", "auto")
     if isinstance(device, str) and device != "auto":
-        from mmfer.pipeline.device import resolve_device
+        from mmfer.core.device import resolve_device
 
         resolve_device(device)
     return cfg
@@ -93,7 +93,7 @@ def _check_device(cfg: Any) -> Any:
 
 def _cache_preset(cache: str) -> str | None:
     """The encoder preset a feature store records (None for a store that records none, or no store)."""
-    from mmfer.pipeline.store import StoreError, open_store
+    from mmfer.core.store import StoreError, open_store
 
     try:
         return open_store(cache).attrs.get("preset")

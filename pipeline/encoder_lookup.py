@@ -1,7 +1,7 @@
 """Where the encoders a trained model was made with are on this machine, for predict and evaluate alike.
 
 In order: the --visual-encoder/--audio-encoder flag; the copy inside an export (`mmfer export --include-encoders`);
-the recorded location (relative to the run's store, resolved: pipeline/paths.py); a search of --models-dir /
+the recorded location (relative to the run's store, resolved: core/paths.py); a search of --models-dir /
 $MMFER_MODELS (SigLIP2 folders by weights hash, .nemo files by name); the name as typed at extract, from this
 working folder; last the recorded name as a hub id (read from the HF cache). The loaded weights are checked against the record afterwards
 (predictor.compare_encoder), so a wrong candidate is refused, never used.
@@ -13,8 +13,8 @@ import logging
 import os
 from pathlib import Path
 
-from mmfer.pipeline.errors import BadInputError
-from mmfer.pipeline.paths import recorded_candidates
+from mmfer.core.errors import BadInputError
+from mmfer.core.paths import recorded_candidates
 
 log = logging.getLogger(__name__)
 

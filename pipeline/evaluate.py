@@ -5,7 +5,7 @@ Cross-corpus (--cache OTHER): a cache extracted with the same encoders and setti
 fingerprints; any other is refused), an optional label map {cache label: run label} (default: the classes
 both name alike). Clips made from media the run's fold models trained or validated on (matched by source
 signature or path with the run's own cache) are refused unless --allow-overlap, which reports their count. Out: metrics.json, predictions.csv and the confusion matrix over the shared classes, in --out.
-Robustness (--corrupt LIST): pipeline/app/robustness.py; robustness.csv/.md/.png in --out.
+Robustness (--corrupt LIST): pipeline/robustness.py; robustness.csv/.md/.png in --out.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmfer.pipeline.config import EvaluateConfig
-from mmfer.pipeline.errors import BadInputError, ConfigError
-from mmfer.pipeline.labels import EMOTIONS, common_label
-from mmfer.pipeline.overrides import read_yaml
+from mmfer.pipeline.command_config import EvaluateConfig
+from mmfer.core.errors import BadInputError, ConfigError
+from mmfer.core.labels import EMOTIONS, common_label
+from mmfer.core.overrides import read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def label_mapping(run_names: tuple[str, ...], cache_names: tuple[str, ...], labe
         if unknown:
             raise ConfigError(f"{label_map}: {unknown} are not labels of the cache ({', '.join(cache_names)}) "
                               f"or of the run ({', '.join(run_names)}); fix the label map")
-    else:   # the default map: same class, same name (pipeline/labels.py LABEL_SYNONYMS reads fear as fearful, ...)
+    else:   # the default map: same class, same name (core/labels.py LABEL_SYNONYMS reads fear as fearful, ...)
         run_by_common = {common_label(n): n for n in run_names}
         mapping = {n: run_by_common[common_label(n)] for n in cache_names if common_label(n) in run_by_common}
     if not mapping:
@@ -63,11 +63,11 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         EncoderMismatchError: the cache lacks features with the run's fingerprints.
         ConfigError: a bad label map, or no clip of a shared class.
     """
-    from mmfer.pipeline.app.bundle import load_run_bundle, train_config
-    from mmfer.pipeline.app.clip_overlap import seen_clips
-    from mmfer.pipeline.app.predictor import offline_overrides
-    from mmfer.pipeline.device import resolve_device
-    from mmfer.pipeline.store import StoreError, open_store
+    from mmfer.pipeline.bundle import load_run_bundle, train_config
+    from mmfer.pipeline.clip_overlap import seen_clips
+    from mmfer.pipeline.predictor import offline_overrides
+    from mmfer.core.device import resolve_device
+    from mmfer.core.store import StoreError, open_store
     from mmfer.train.dataset import ClipDataset, collate_clips, open_cache
     from mmfer.train.loop import to_device
     from mmfer.train.metrics import compute_metrics
@@ -157,7 +157,7 @@ def format_evaluation(result: dict) -> str:
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    from mmfer.pipeline.app.flags import add_config_flags
+    from mmfer.pipeline.flags import add_config_flags
 
     parser.description = ("Cross-corpus evaluation: a run's fold models (default: their ensemble) on another dataset's "
                           "cache, through a label map, on the classes the two share. With --corrupt: robustness, each "
@@ -166,7 +166,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from mmfer.pipeline.app.flags import resolve_config
+    from mmfer.pipeline.flags import resolve_config
 
     cfg: EvaluateConfig = resolve_config(EvaluateConfig, args, layered=False)
     check_out_folder(cfg)
@@ -182,7 +182,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_robustness(args: argparse.Namespace) -> int:
     """`mmfer robustness` (the first name of `mmfer evaluate --corrupt`, kept for scripts): --corrupt defaults to all."""
-    from mmfer.pipeline.app.flags import resolve_config
+    from mmfer.pipeline.flags import resolve_config
 
     cfg: EvaluateConfig = resolve_config(EvaluateConfig, args, layered=False)
     check_out_folder(cfg)
@@ -206,7 +206,7 @@ def check_out_folder(cfg: EvaluateConfig) -> None:
 
 
 def _robustness(cfg: EvaluateConfig) -> int:
-    from mmfer.pipeline.app.robustness import robustness_report
+    from mmfer.pipeline.robustness import robustness_report
 
     if not cfg.run:
         raise ConfigError("--corrupt needs --run RUN_DIR: a train-fusion run folder")

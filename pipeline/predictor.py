@@ -1,6 +1,6 @@
 """A trained model plus the exact feature extraction it was trained on, for new video files.
 
-`Predictor` takes a `ModelBundle` (pipeline/app/bundle.py), loads the encoders its cache recorded, refuses
+`Predictor` takes a `ModelBundle` (pipeline/bundle.py), loads the encoders its cache recorded, refuses
 other weights, and runs extract's own decode/encode functions, the store's float16 cast, train's collate
 and the model, so a clip's inputs equal what training read from the cache.
 """
@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmfer.pipeline.app.bundle import ModelBundle, train_config
-from mmfer.pipeline.app.encoder_lookup import describe, find_encoder, how_to_point
-from mmfer.pipeline.config import ExtractConfig
-from mmfer.pipeline.errors import BadInputError, MmferError
-from mmfer.pipeline.labels import EMOTIONS
+from mmfer.pipeline.bundle import ModelBundle, train_config
+from mmfer.pipeline.encoder_lookup import describe, find_encoder, how_to_point
+from mmfer.core.config import ExtractConfig
+from mmfer.core.errors import BadInputError, MmferError
+from mmfer.core.labels import EMOTIONS
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class Predictor:
                  audio_encoder: str | None = None, models_dir: str | None = None, allow_encoder_mismatch: bool = False,
                  decode_timeout_s: float = ExtractConfig().decode_timeout_s) -> None:
         from mmfer.extract.encoders import EncoderPair
-        from mmfer.pipeline.device import resolve_device
+        from mmfer.core.device import resolve_device
         from mmfer.train.loop import autocast_dtype
         from mmfer.train.model.builder import build_model_from_spec, model_spec
 
@@ -229,7 +229,7 @@ def _as_stored(value: np.ndarray, record: dict, name: str, path, time_axis: bool
     if not np.isfinite(value).all():
         raise PredictError(f"{path}: encoder-output: {name} contains NaN or Inf")
     if spec["dtype"] == "int8":   # --token-dtype int8: the store's round trip, float16 as training read it
-        from mmfer.pipeline.store import dequantize_tokens, quantize_tokens
+        from mmfer.core.store import dequantize_tokens, quantize_tokens
 
         return dequantize_tokens(*quantize_tokens(value.astype(np.float32)))
     return value.astype(spec["dtype"], copy=False)

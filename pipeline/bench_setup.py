@@ -2,7 +2,7 @@
 
 Full size without downloads: a random SigLIP-base/16 vision tower and a random FastConformer-large-like NeMo
 model are written with the libraries' own savers and read back through extract's loaders, and LFM2 is built
-from its built-in config with random weights. The stages are imported inside functions (pipeline/app/ may use
+from its built-in config with random weights. The stages are imported inside functions (pipeline/ may use
 both). Decode jobs, the decode loader and the trainer's set-up are the stages' own (extract/run.py,
 train/loop.py): this file only points them at the bench's clips.
 """
@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmfer.pipeline.config import DemoConfig, ExtractConfig, TrainConfig, train_config_with_preset
-from mmfer.pipeline.device import resolve_device
+from mmfer.core.config import ExtractConfig, TrainConfig, train_config_with_preset
+from mmfer.pipeline.command_config import DemoConfig
+from mmfer.core.device import resolve_device
 
 log = logging.getLogger(__name__)
 

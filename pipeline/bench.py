@@ -4,7 +4,7 @@ Writes demo clips and encoders to a temporary folder (full sizes: random weights
 then measures (1) online vs cached epochs against their FLOP limit, (2) loader overhead, (3) extract pipeline
 efficiency vs its slowest stage, (4) storage and read speed, (5) scaling and peak RSS with the clip count,
 (6) extract clips/s with 1 and 2 torchrun processes (skipped with --no-scale-out).
-Light to import: the measuring code (pipeline/app/bench_parts.py) and both stages load inside `run_bench`.
+Light to import: the measuring code (pipeline/bench_parts.py) and both stages load inside `run_bench`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import platform
 import time
 from pathlib import Path
 
-from mmfer.pipeline.config import BenchConfig
+from mmfer.pipeline.command_config import BenchConfig
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ TARGETS = {"speedup_cached_vs_online": 10.0, "fraction_of_flop_limit": 0.9, "fra
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    from mmfer.pipeline.app.flags import add_config_flags
+    from mmfer.pipeline.flags import add_config_flags
 
     parser.description = ("Measure the pipeline on this machine: cached vs online epochs and their FLOP limit, loader "
                           "overhead, extract efficiency, storage, scaling, extract with 1 vs 2 torchrun processes. "
@@ -37,7 +37,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from mmfer.pipeline.app.flags import resolve_config
+    from mmfer.pipeline.flags import resolve_config
 
     cfg: BenchConfig = resolve_config(BenchConfig, args, layered=False)
     result = run_bench(num_clips=cfg.clips, preset=cfg.preset, device=cfg.device, work_parent=cfg.work_dir,
@@ -63,9 +63,9 @@ def run_bench(*, num_clips: int, preset: str, device: str, work_parent: str | No
     os.environ.setdefault("HF_HUB_OFFLINE", "1")   # the bench never downloads; read before transformers loads
     import torch
 
-    from mmfer.pipeline.app import bench_parts as parts
-    from mmfer.pipeline.app.bench_setup import load_encoder_pair, make_setup, make_work_dir, remove_work_dir
-    from mmfer.pipeline.store import tensorstore_version
+    from mmfer.pipeline import bench_parts as parts
+    from mmfer.pipeline.bench_setup import load_encoder_pair, make_setup, make_work_dir, remove_work_dir
+    from mmfer.core.store import tensorstore_version
 
     started = time.perf_counter()
     work_dir = make_work_dir(work_parent)

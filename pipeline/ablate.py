@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mmfer.pipeline.app.flags import TRAIN_ALIASES, add_config_flags, resolve_config
-from mmfer.pipeline.config import AblateConfig, TrainConfig
-from mmfer.pipeline.errors import ConfigError
+from mmfer.pipeline.flags import TRAIN_ALIASES, add_config_flags, resolve_config
+from mmfer.core.config import TrainConfig
+from mmfer.pipeline.command_config import AblateConfig
+from mmfer.core.errors import ConfigError
 
 STUDY = "study:"   # argparse dest prefix of AblateConfig's flags
 

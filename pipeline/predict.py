@@ -4,7 +4,7 @@ Inputs are files or folders (walked for video files); each file is predicted on 
 an error row and the rest go on. With `--window S` a file is cut into windows (lossless temporary copies
 made by ffmpeg, WINDOW_BATCH at a time), each predicted like a clip, and the emotion timeline is written
 as CSV and PNG; inputs that share a file name get unique names (`unique_names`).
-The model and feature work is `pipeline/app/predictor.py`; this file walks inputs and writes outputs.
+The model and feature work is `pipeline/predictor.py`; this file walks inputs and writes outputs.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mmfer.pipeline.config import PredictConfig
-from mmfer.pipeline.errors import BadInputError, ConfigError
-from mmfer.pipeline.labels import EMOTIONS
-from mmfer.pipeline.media import VIDEO_SUFFIXES
+from mmfer.pipeline.command_config import PredictConfig
+from mmfer.core.errors import BadInputError, ConfigError
+from mmfer.core.labels import EMOTIONS
+from mmfer.core.media import VIDEO_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def window_starts(duration_s: float, window_s: float, hop_s: float) -> list[floa
 
 def cut_window(path: Path, start_s: float, window_s: float, out_path: Path, timeout_s: float) -> Path:
     """A lossless copy of [start_s, start_s + window_s) of the first video and audio streams (FFV1 + PCM)."""
-    from mmfer.pipeline.media import run_ffmpeg
+    from mmfer.core.media import run_ffmpeg
 
     run_ffmpeg(["-y", "-ss", f"{start_s:.6f}", "-i", str(path), "-t", f"{window_s:.6f}", "-map", "0:V:0",
                 "-map", "0:a:0?", "-sn", "-dn", "-c:v", "ffv1", "-c:a", "pcm_f32le", str(out_path)],
@@ -157,9 +157,9 @@ def predict_file(predictor, path: Path, *, clip_id: str, window_s: float | None,
     bounded on a long video. The temp folder is removed on every exit path, Ctrl-C included.
     """
     from mmfer.extract.decode import DecodeError, probe_media
-    from mmfer.pipeline.app.predictor import PredictError
-    from mmfer.pipeline.media import FfmpegError
-    from mmfer.pipeline.progress import Progress
+    from mmfer.pipeline.predictor import PredictError
+    from mmfer.core.media import FfmpegError
+    from mmfer.core.progress import Progress
 
     result = ClipResult(clip_id, str(path), label_names=predictor.label_names)
     try:
@@ -270,7 +270,7 @@ def format_table(results: list[ClipResult], header: str) -> str:
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
-    from mmfer.pipeline.app.flags import add_config_flags
+    from mmfer.pipeline.flags import add_config_flags
 
     parser.description = ("Emotion probabilities for video files, with the run's exact extraction and its trained "
                           "model (or an exported model folder). A bad file gets an error row; the rest go on.")
@@ -279,10 +279,10 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from mmfer.pipeline.app.bundle import load_export_bundle, load_run_bundle
-    from mmfer.pipeline.app.flags import resolve_config
-    from mmfer.pipeline.app.predictor import Predictor
-    from mmfer.pipeline.progress import Progress
+    from mmfer.pipeline.bundle import load_export_bundle, load_run_bundle
+    from mmfer.pipeline.flags import resolve_config
+    from mmfer.pipeline.predictor import Predictor
+    from mmfer.core.progress import Progress
 
     cfg: PredictConfig = resolve_config(PredictConfig, args, layered=False)
     if (cfg.run is None) == (cfg.model is None):

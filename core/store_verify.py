@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from mmfer.pipeline.store import (MODALITIES, ClipStatus, CorruptClipError, StoreError, is_h5_path, open_store,
+from mmfer.core.store import (MODALITIES, ClipStatus, CorruptClipError, StoreError, is_h5_path, open_store,
                                   writer_lock, writer_lock_holder)
 
 

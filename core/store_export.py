@@ -15,9 +15,9 @@ from typing import Iterator
 
 import numpy as np
 
-from mmfer.pipeline import store_h5
-from mmfer.pipeline.errors import BadInputError
-from mmfer.pipeline.store import (MODALITIES, STAGING_PREFIX, VIEW_PARAMS, VIEW_PREFIX, ClipStatus, CorruptClipError,
+from mmfer.core import store_h5
+from mmfer.core.errors import BadInputError
+from mmfer.core.store import (MODALITIES, STAGING_PREFIX, VIEW_PARAMS, VIEW_PREFIX, ClipStatus, CorruptClipError,
                                   FeatureEntry, FeatureStore, StoreError, is_h5_path, open_store, writer_lock_holder)
 
 log = logging.getLogger(__name__)

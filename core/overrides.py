@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
-from mmfer.pipeline.errors import ConfigError
+from mmfer.core.errors import ConfigError
 
 
 def to_dict(cfg: Any) -> dict:
