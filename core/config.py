@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mmfer.core.labels import CREMA_D_ACTORS, NUM_CLASSES, RAVDESS_NUM_ACTORS
+from mmfer.core.labels import NUM_CLASSES
 
 
 def check_finite(cfg: object, section: str) -> None:

@@ -118,6 +118,37 @@ def dequantize_tokens(quantized: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return (quantized.astype(np.float32) * scale.astype(np.float32)[..., None]).astype(np.float16)
 
 
+def as_stored(clip_id: str, arrays: dict[str, np.ndarray], specs: dict, what: str, *,
+              read_back: bool = False) -> dict[str, np.ndarray]:
+    """`arrays` checked against `specs` (name -> ArraySpec or (shape, dtype): names, shapes, finite) and cast to the
+    stored dtypes, int8 tokens quantized with their scale: what a write puts in the store. `read_back`: as a read
+    returns them (int8 tokens dequantized to float16), what predict feeds the model.
+
+    Raises:
+        ValueError: names, a shape or NaN/Inf differ from what the store holds; names the clip and array.
+    """
+    specs = {n: s if isinstance(s, ArraySpec) else ArraySpec(tuple(s[0]), str(s[1])) for n, s in specs.items()}
+    if "tokens" in specs and specs["tokens"].dtype == "int8" and TOKEN_SCALE not in specs:
+        specs[TOKEN_SCALE] = ArraySpec(specs["tokens"].shape[:-1], "float16")
+    if TOKEN_SCALE in specs and TOKEN_SCALE not in arrays and "tokens" in arrays:
+        arrays = dict(arrays)
+        arrays["tokens"], arrays[TOKEN_SCALE] = quantize_tokens(np.asarray(arrays["tokens"], dtype=np.float32))
+    if set(arrays) != set(specs):
+        raise ValueError(f"clip {clip_id}: {what} arrays {sorted(arrays)} != {sorted(specs)}")
+    prepared = {}
+    for name, value in arrays.items():
+        spec = specs[name]
+        value = np.asarray(value)
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise ValueError(f"clip {clip_id}: {what}/{name} contains NaN or Inf; refusing to store it")
+        if value.shape != spec.shape:
+            raise ValueError(f"clip {clip_id}: {what}/{name} has shape {value.shape}, the store expects {spec.shape}")
+        prepared[name] = value.astype(spec.dtype, copy=False)
+    if read_back and TOKEN_SCALE in prepared:
+        prepared["tokens"] = dequantize_tokens(prepared["tokens"], prepared.pop(TOKEN_SCALE))
+    return prepared
+
+
 class FeatureEntry:
     """One modality's features made with one encoder + preprocessing (one fingerprint)."""
 
@@ -203,24 +234,6 @@ class FeatureEntry:
     def _view_array_names(self) -> list[str]:
         return [VIEW_PREFIX + name for name in self.view_specs] + ([VIEW_PARAMS] if self.view_specs else [])
 
-    def _prepare(self, clip_id: str, arrays: dict[str, np.ndarray], specs: dict[str, ArraySpec], what: str) -> dict[str, np.ndarray]:
-        """`arrays` checked against `specs` (names, shapes, finite) and cast to the stored dtypes (int8 quantized)."""
-        if TOKEN_SCALE in specs and TOKEN_SCALE not in arrays and "tokens" in arrays:
-            arrays = dict(arrays)
-            arrays["tokens"], arrays[TOKEN_SCALE] = quantize_tokens(np.asarray(arrays["tokens"], dtype=np.float32))
-        if set(arrays) != set(specs):
-            raise ValueError(f"clip {clip_id}: {what} arrays {sorted(arrays)} != {sorted(specs)}")
-        prepared = {}
-        for name, value in arrays.items():
-            spec = specs[name]
-            value = np.asarray(value)
-            if value.dtype.kind == "f" and not np.isfinite(value).all():
-                raise ValueError(f"clip {clip_id}: {what}/{name} contains NaN or Inf; refusing to store it")
-            if value.shape != spec.shape:
-                raise ValueError(f"clip {clip_id}: {what}/{name} has shape {value.shape}, the store expects {spec.shape}")
-            prepared[name] = value.astype(spec.dtype, copy=False)
-        return prepared
-
     def write_clip(self, clip_id: str, arrays: dict[str, np.ndarray], source: str, *,
                    view_data: list[dict[str, np.ndarray]] | None = None, view_params: list[dict] | None = None) -> ClipRecord:
         """Write one clip's arrays and, in an entry with views, its K augmented views (`view_data[v]` holds the
@@ -232,12 +245,12 @@ class FeatureEntry:
                 NaN/Inf in the data (never stored).
         """
         index = self.store.index_of(clip_id)
-        prepared = self._prepare(clip_id, arrays, self.array_specs, self.modality)
+        prepared = as_stored(clip_id, arrays, self.array_specs, self.modality)
         views, view_params = list(view_data or []), list(view_params or [])
         if len(views) != self.num_views or len(view_params) != self.num_views:
             raise ValueError(f"clip {clip_id}: {len(views)} {self.modality} views ({len(view_params)} parameter "
                              f"records) given, the entry stores {self.num_views}")
-        prepared_views = [self._prepare(clip_id, view, self.view_specs, f"{self.modality} view {v + 1}")
+        prepared_views = [as_stored(clip_id, view, self.view_specs, f"{self.modality} view {v + 1}")
                           for v, view in enumerate(views)]
         num_bytes = sum(v.nbytes for v in prepared.values()) + sum(v.nbytes for view in prepared_views for v in view.values())
         self._set_status(index, ClipStatus.PENDING, "", "")   # a rewrite is never 'done' halfway

@@ -70,11 +70,8 @@ def crop_faces(frames: np.ndarray, mode: str, *, out_px: int | None = None, marg
     else:
         faces = np.array([_detect_face(f) for f in frames], dtype=np.float64)   # (Tv, 3) cx, cy, side
         found_face = bool(np.isfinite(faces[:, 0]).any())
-        if found_face:
-            squares = _smooth_track(faces, height, width, margin)
-        else:
-            log.warning("no face found in any of %d frames; using the centre crop", num_frames)
-            squares = _center_squares(num_frames, height, width)
+        # no face anywhere: the centre crop, said by `found_face` (extract warns per clip, predict per file)
+        squares = _smooth_track(faces, height, width, margin) if found_face else _center_squares(num_frames, height, width)
 
     if squares is None:
         boxes = np.tile(np.array([0, 0, 1, 1], dtype=np.float32), (num_frames, 1))

@@ -10,7 +10,6 @@ with its reason and the run goes on.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import shutil
@@ -25,10 +24,13 @@ import pandas as pd
 import torch
 
 from mmfer.extract.decode import AUDIO_MIX, FRAME_SAMPLING
+from mmfer.core.feature_spec import FeatureSpec, fingerprint, fingerprint_parts
+from mmfer.extract import featurize
 from mmfer.extract.encoders import encoder_names, load_encoders
+from mmfer.extract.encoders.siglip import load_image_processor
 from mmfer.extract.facecrop import detector_settings
-from mmfer.extract.visual import load_image_processor
-from mmfer.extract.shrink import pool_tokens, pooled_token_count
+from mmfer.extract.featurize import Featurizer
+from mmfer.extract.shrink import pooled_token_count
 from mmfer.extract.views import view_settings
 from mmfer.extract.worker import DecodedItem, DecodeJob, decode_job
 from mmfer.core.config import ExtractConfig
@@ -86,8 +88,8 @@ class ExtractSummary:
 
 # Bump when anything this package does to a clip before or around the encoders changes in a way that
 # changes stored values (decode, sampling, cropping, mixing, padding). 1: stores made before the version
-# was recorded; 2: stereo averaged, not summed at 0.707 (issue 14.11); 3: audio encoded one clip at a time
-# (never zero-padded to a batch-mate's length) with ENCODE_THREADS intra-op threads (issue 25.9).
+# was recorded; 2: stereo averaged, not summed at 0.707; 3: audio encoded one clip at a time (never
+# zero-padded to a batch-mate's length) with ENCODE_THREADS intra-op threads (docs/reliability.md, determinism).
 EXTRACTOR_VERSION = 3
 
 # Intra-op threads while the encoders run. Float reductions are split by the thread count, so a clip's stored
@@ -107,29 +109,15 @@ def encode_threads(num_threads: int = ENCODE_THREADS):
     finally:
         torch.set_num_threads(before)
 
-# Where an encoder was read from, recorded in the entry but not fingerprinted: the weights hash (and the
-# hub revision asked for) say what it is, so the same weights under another --models-dir or folder resume.
-ENCODER_LOCATION_KEYS = ("name", "commit_hash", "location")
-
-
-def encoder_record(identity: dict, store_path: str | Path) -> dict:
-    """An encoder's identity as the entry records it: a local folder or file is also kept resolved and relative
-    to the store (`location`, see core/paths.py), so predict finds it after the store and models move together."""
+def encoder_record(encoder, store_path: str | Path) -> dict:
+    """A loaded encoder's identity as the entry records it, with its registry kind and backend; a local folder
+    or file is also kept resolved and relative to the store (`location`, see core/paths.py), so predict finds
+    it after the store and models move together. Neither kind nor location is fingerprinted."""
     from mmfer.core.paths import record_path
 
-    name = identity["name"]
-    return {**identity, "location": record_path(name, store_path)} if Path(name).exists() else dict(identity)
-
-
-def fingerprint(parts: dict) -> str:
-    """16 hex digits of the SHA-256 of everything that decides a modality's features (see fingerprint_parts)."""
-    return hashlib.sha256(json.dumps(fingerprint_parts(parts), sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def fingerprint_parts(params: dict) -> dict:
-    """An entry's parameters without the encoder's location (ENCODER_LOCATION_KEYS)."""
-    encoder = {k: v for k, v in params.get("encoder", {}).items() if k not in ENCODER_LOCATION_KEYS}
-    return {**params, "encoder": encoder}
+    record = {**encoder.identity, **encoder.kind_record}
+    name = record["name"]
+    return {**record, "location": record_path(name, store_path)} if Path(name).exists() else record
 
 
 REQUIRED_COLUMNS = ("clip_id", "path", "source")   # what extract reads of the manifest (data/manifest.py)
@@ -201,9 +189,9 @@ def _prepare_and_run(cfg: ExtractConfig, table: pd.DataFrame, selected: pd.DataF
         # NaFlex pads non-square frames with patches the store would keep as data (it has no patch mask)
         raise ConfigError(f"{encoders.visual.identity['name']}: a NaFlex SigLIP2 checkpoint needs square crops; "
                           "use --face-crop center or detect (or a fixed-resolution SigLIP2 checkpoint)")
-    video_params = {"encoder": encoder_record(encoders.visual.identity, cfg.out),
+    video_params = {"encoder": encoder_record(encoders.visual, cfg.out),
                     "preprocessing": encoders.visual.preprocessing, **decode_params("video", cfg)}
-    audio_params = {"encoder": encoder_record(encoders.audio.identity, cfg.out),
+    audio_params = {"encoder": encoder_record(encoders.audio, cfg.out),
                     "preprocessing": encoders.audio.preprocessing, **decode_params("audio", cfg)}
     log.info("extract: %d clips in the manifest, device %s, torch %s, visual %s, audio %s", len(table), encoders.visual.device,
              torch.__version__, encoders.visual.identity["name"], encoders.audio.identity["name"])
@@ -211,7 +199,7 @@ def _prepare_and_run(cfg: ExtractConfig, table: pd.DataFrame, selected: pd.DataF
     failed_on_main = None
     if world.is_main:   # rank 0 creates the store and its arrays before any rank writes
         try:
-            video, audio, max_audio_frames = _open_entries(cfg, table, encoders, video_params, audio_params, clean=True)
+            video, audio, spec = _open_entries(cfg, table, encoders, video_params, audio_params, clean=True)
         except Exception as err:   # every rank stops with rank 0's reason (re-raised below)
             failed_on_main = err
     if world.is_distributed:
@@ -221,7 +209,7 @@ def _prepare_and_run(cfg: ExtractConfig, table: pd.DataFrame, selected: pd.DataF
     if failed_on_main is not None:
         raise failed_on_main
     if not world.is_main:
-        video, audio, max_audio_frames = _open_entries(cfg, table, encoders, video_params, audio_params, clean=False)
+        video, audio, spec = _open_entries(cfg, table, encoders, video_params, audio_params, clean=False)
 
     todo = _clips_to_do(selected, video, audio)
     barrier()   # every rank has read the statuses before any rank writes one
@@ -231,6 +219,7 @@ def _prepare_and_run(cfg: ExtractConfig, table: pd.DataFrame, selected: pd.DataF
                                                         for e in (video, audio)))
     todo = todo.iloc[world.rank::world.world_size]   # a deterministic, disjoint share; any world size resumes
     jobs = decode_jobs(todo, cfg)
+    featurizer = Featurizer(spec, encoders)
     loop_start = time.monotonic()
     summary.setup_s = loop_start - start
     desc = f"extract rank {world.rank}/{world.world_size}" if world.is_distributed else "extract"
@@ -240,7 +229,7 @@ def _prepare_and_run(cfg: ExtractConfig, table: pd.DataFrame, selected: pd.DataF
         for batch in batches:
             if waited_from is not None:
                 summary.first_batch_wait_s, waited_from = time.monotonic() - waited_from, None
-            _encode_and_write(batch, encoders, video, audio, max_audio_frames, summary, token_pool=cfg.token_pool)
+            _encode_and_write(batch, featurizer, video, audio, summary)
             progress.update(len(batch))
     summary.loop_s = time.monotonic() - loop_start
     return summary
@@ -317,8 +306,9 @@ def merge_summaries(parts: list[ExtractSummary]) -> ExtractSummary:
 
 
 def _open_entries(cfg: ExtractConfig, table: pd.DataFrame, encoders, video_params: dict, audio_params: dict, *,
-                  clean: bool) -> tuple[FeatureEntry, FeatureEntry, int]:
-    """Create (or open) the store and its video and audio entries; `clean` removes interrupted writes' leftovers."""
+                  clean: bool) -> tuple[FeatureEntry, FeatureEntry, FeatureSpec]:
+    """Create (or open) the store and its video and audio entries; `clean` removes interrupted writes' leftovers.
+    Returns the entries and the FeatureSpec they hold (its fingerprints are the entries' keys)."""
     source = cfg.manifest if cfg.dataset == "manifest" else cfg.root   # where the clips came from
     store = create_store(cfg.out, table, {"dataset": cfg.dataset, "root": str(Path(source).resolve()),
                                           "created_by": "mmfer extract", "preset": cfg.preset,
@@ -349,7 +339,7 @@ def _open_entries(cfg: ExtractConfig, table: pd.DataFrame, encoders, video_param
         **audio_view_arrays,
         "duration_s": ArraySpec((), "float32"),
     }, view_arrays=audio_view_arrays if cfg.views else None, overwrite=cfg.overwrite)
-    return video, audio, max_audio_frames
+    return video, audio, FeatureSpec.from_entries({"video": video.attrs, "audio": audio.attrs})
 
 
 def decode_params(modality: str, cfg: ExtractConfig) -> dict:
@@ -431,15 +421,11 @@ def _check_free_space(out: Path, num_clips: int, bytes_per_clip: int) -> None:
 
 
 def decode_jobs(clips: pd.DataFrame, cfg: ExtractConfig) -> list[DecodeJob]:
-    """One DecodeJob per row of `clips` (clip_id, path, source and, when present, start_s, end_s, audio_path: the
-    clip table's columns), with cfg's decode settings (frames, sample rate, audio length, timeout, face crop)."""
-    def optional(row, name: str):   # a manifest's segment / separate audio; absent or empty: None
-        value = getattr(row, name, None)
-        return None if value is None or (isinstance(value, float) and value != value) or value == "" else value
-
-    return [DecodeJob(r.clip_id, r.path, r.source, cfg.num_frames, cfg.sample_rate_hz, cfg.max_audio_s,
-                      cfg.decode_timeout_s, cfg.face_crop, optional(r, "start_s"), optional(r, "end_s"),
-                      optional(r, "audio_path") or "", cfg.views) for r in clips.itertuples()]
+    """One DecodeJob per row of `clips` with cfg's decode settings (the featurizer's `decode_jobs`; extract needs
+    them before the encoders load, so from the config rather than the FeatureSpec)."""
+    return featurize.decode_jobs(clips, num_frames=cfg.num_frames, sample_rate_hz=cfg.sample_rate_hz,
+                                 max_audio_s=cfg.max_audio_s, timeout_s=cfg.decode_timeout_s, face_crop=cfg.face_crop,
+                                 num_views=cfg.views)
 
 
 def decode_loader(jobs: list[DecodeJob], processor, *, num_workers: int, batch_size: int,
@@ -483,41 +469,28 @@ class _JobList(torch.utils.data.Dataset):
         return decode_job(self.jobs[i], self.processor)
 
 
-def _encode_and_write(batch: list[DecodedItem], encoders, video: FeatureEntry, audio: FeatureEntry,
-                      max_audio_frames: int, summary: ExtractSummary, *, token_pool: int) -> None:
-    good = [item for item in batch if item.error is None]
+def _encode_and_write(batch: list[DecodedItem], featurizer: Featurizer, video: FeatureEntry, audio: FeatureEntry,
+                      summary: ExtractSummary) -> None:
     for item in batch:
         if item.error is not None:
             _record_failure(item, item.error, video, audio, summary)
-    if not good:
-        return
-    # each clip's clean inputs then its K views, encoded in the same batch: (1 + K) * len(good) clips
-    num_versions = 1 + video.num_views
-    tokens, pooled = encoders.encode_visual([p for item in good for p in (item.pixel_inputs, *item.view_pixel_inputs)])
-    tokens = [pool_tokens(clip_tokens, token_pool) for clip_tokens in tokens]   # the store quantizes an int8 entry
-    with_audio = [item for item in good if item.audio is not None]
-    # one clip (with its views) per call, never zero-padded to another clip's length, which would leak into its
-    # tokens: the same bytes at any batch size or process count, and the same call predict makes
-    encoded = [t for item in with_audio for t in encoders.encode_audio([item.audio, *item.view_audio])]
-    audio_tokens = {item.clip_id: encoded[i * num_versions:(i + 1) * num_versions] for i, item in enumerate(with_audio)}
-    for position, item in enumerate(good):
-        clip_tokens = tokens[position * num_versions:(position + 1) * num_versions]
-        clip_pooled = pooled[position * num_versions:(position + 1) * num_versions]
+    face_crop = featurizer.spec.video.settings["face_crop"]
+    for clip in featurizer.encode(batch):
+        item = clip.item
+        if face_crop == "detect" and not item.found_face:
+            log.warning("clip %s: no face found in any frame; used the centre crop", item.clip_id)
         try:
-            record = video.write_clip(item.clip_id, {"tokens": clip_tokens[0], "pooled": clip_pooled[0],
-                                                     "timestamps_s": item.timestamps_s, "boxes": item.boxes}, item.source,
-                                      view_data=[{"tokens": t, "pooled": p} for t, p in zip(clip_tokens[1:], clip_pooled[1:])],
-                                      view_params=item.video_view_params)
+            (clean_video, *video_views) = clip.video
+            record = video.write_clip(item.clip_id, {**clean_video, "timestamps_s": item.timestamps_s, "boxes": item.boxes},
+                                      item.source, view_data=video_views, view_params=item.video_view_params)
             summary.bytes_written += record.num_bytes
-            if item.audio is None:
+            if not clip.has_audio:
                 audio.mark(item.clip_id, ClipStatus.MISSING, "no audio stream", item.source)
                 summary.num_missing_audio += 1
             else:
-                (clean, clean_length), *views = [_padded_audio(f, max_audio_frames) for f in audio_tokens[item.clip_id]]
-                record = audio.write_clip(item.clip_id, {"tokens": clean, "length": clean_length,
-                                                         "duration_s": np.float32(item.duration_s)}, item.source,
-                                          view_data=[{"tokens": t, "length": n} for t, n in views],
-                                          view_params=item.audio_view_params)
+                (clean_audio, *audio_views) = clip.audio
+                record = audio.write_clip(item.clip_id, {**clean_audio, "duration_s": np.float32(item.duration_s)},
+                                          item.source, view_data=audio_views, view_params=item.audio_view_params)
                 summary.bytes_written += record.num_bytes
             summary.num_done += 1
             crash_point("clip_done")
@@ -528,14 +501,6 @@ def _encode_and_write(batch: list[DecodedItem], encoders, video: FeatureEntry, a
                 raise DiskSpaceError(errno.ENOSPC, f"{video.store.path}: disk full while writing clip {item.clip_id}; "
                                                    "the store is still valid: free space and re-run the same command") from err
             raise
-
-
-def _padded_audio(frames: np.ndarray, max_audio_frames: int) -> tuple[np.ndarray, np.int32]:
-    """(Ta, Da) encoder frames -> zero-padded (Ta_max, Da) float32 and the kept length (at most Ta_max)."""
-    padded = np.zeros((max_audio_frames, frames.shape[1]), dtype=np.float32)
-    length = min(len(frames), max_audio_frames)
-    padded[:length] = frames[:length]
-    return padded, np.int32(length)
 
 
 def _record_failure(item: DecodedItem, reason: str, video: FeatureEntry, audio: FeatureEntry, summary: ExtractSummary) -> None:

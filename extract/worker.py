@@ -17,7 +17,7 @@ import torch
 from mmfer.extract.decode import DecodeError, decode_clip
 from mmfer.extract.facecrop import crop_faces
 from mmfer.extract.views import audio_view, video_view
-from mmfer.extract.visual import preprocess_frames
+from mmfer.extract.encoders.siglip import preprocess_frames
 from mmfer.core.media import FfmpegError, run_ffmpeg
 
 

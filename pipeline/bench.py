@@ -105,6 +105,7 @@ def run_bench(*, num_clips: int, preset: str, device: str, work_parent: str | No
 
         # Parts 1-2: the same model and batches, three ways. An epoch covers whole gradient-accumulation groups
         # (clips repeated if needed), so each clip carries its real share of the optimizer step.
+        from mmfer.extract.featurize import Featurizer
         from mmfer.train.dryrun import dry_run
 
         t = setup.train_cfg.training
@@ -122,7 +123,8 @@ def run_bench(*, num_clips: int, preset: str, device: str, work_parent: str | No
         if epoch_ids != list(setup.manifest["clip_id"]):   # the online epoch decodes the cached epoch's clips, in order
             decoder = None   # its persistent workers exit when it is collected
             decoder = parts.started_decode_loader(setup, encoders.visual.processor, epoch_ids, t.batch_size)
-        online = parts.Batches(lambda: parts.online_batches(decoder, encoders, labels, batch_size=t.batch_size),
+        featurizer = Featurizer(cache.feature_spec, encoders)   # the spec of the store the cached epochs read
+        online = parts.Batches(lambda: parts.online_batches(decoder, featurizer, labels, batch_size=t.batch_size),
                                len(in_memory))
         online_s = parts.run_epoch(trainer, online, epoch=1)
         epoch_clips = len(epoch_ids)
@@ -205,8 +207,8 @@ def summarize(n: int, epoch_clips: int, env: dict, setup_s: float, scaling: list
 def compute_ceiling(flop_limit: float, *, train_gflops_per_s: float, encoder_gflops_per_s: float) -> float:
     """The cached-vs-online speedup this machine's measured compute rates allow: an online clip costs the
     encoders' FLOPs at the encoders' rate plus the training step's at the training rate, a cached clip the
-    latter only, so 1 + (flop_limit - 1) x train rate / encoder rate. (flop_limit x train rate / encoder rate,
-    issue 18's shorthand, is a little lower when training runs slower than the encoders.)"""
+    latter only, so 1 + (flop_limit - 1) x train rate / encoder rate. (The shorthand flop_limit x train rate /
+    encoder rate is a little lower when training runs slower than the encoders.)"""
     return 1.0 + (flop_limit - 1.0) * train_gflops_per_s / encoder_gflops_per_s
 
 

@@ -135,18 +135,15 @@ class Batches:
         return iter(self.make_iter())
 
 
-def online_batches(decoder, encoders, labels: dict[str, int], *, batch_size: int):
-    """decode (extract's loader) -> frozen encoders -> the loader's batch contract, per batch, as stored (fp16)."""
+def online_batches(decoder, featurizer, labels: dict[str, int], *, batch_size: int):
+    """decode (extract's loader) -> extract's featurizer (encoders, token pooling, the store's dtype) -> the loader's
+    batch contract, per batch: what training would read from the cache, made on the fly."""
     from mmfer.extract.run import decoded_batches
     from mmfer.train.dataset import collate_clips
 
     for decoded in decoded_batches(decoder, batch_size=batch_size):
-        tokens, pooled = encoders.encode_visual([it.pixel_inputs for it in decoded])
-        audio = [encoders.encode_audio([it.audio])[0] for it in decoded]   # one clip per call, as extract does
-        yield collate_clips([
-            {"clip_id": it.clip_id, "label": labels[it.clip_id], "has_video": True, "has_audio": True,
-             "video_tokens": t.astype(np.float16), "video_pooled": p.astype(np.float16), "audio_tokens": a.astype(np.float16)}
-            for it, t, p, a in zip(decoded, tokens, pooled, audio)])
+        items = [featurizer.model_inputs(clip) for clip in featurizer.encode(decoded)]
+        yield collate_clips([{**item, "label": labels[item["clip_id"]]} for item in items])
 
 
 def cached_loader(store_path: str, cfg, clip_ids: list[str] | None = None):

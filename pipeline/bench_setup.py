@@ -78,14 +78,12 @@ def write_encoders(models_dir: Path, preset: str) -> tuple[Path, Path]:
 
 
 def load_encoder_pair(setup: BenchSetup):
-    """The EncoderPair extract would use, loaded through extract's own loaders."""
-    from mmfer.extract.audio import load_audio_encoder
-    from mmfer.extract.encoders import EncoderPair
-    from mmfer.extract.visual import load_visual_encoder
+    """The EncoderPair extract would use, loaded through the encoder registry as extract loads it."""
+    from mmfer.extract.encoders import EncoderPair, load_encoder
 
     device = torch.device(resolve_device_name(setup.device))
-    return EncoderPair(load_visual_encoder(str(setup.visual_path), device=device),
-                       load_audio_encoder(str(setup.audio_path), device=device))
+    return EncoderPair(load_encoder("video", str(setup.visual_path), device=device),
+                       load_encoder("audio", str(setup.audio_path), device=device))
 
 
 def resolve_device_name(name: str) -> str:

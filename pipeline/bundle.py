@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
+from mmfer.core.feature_spec import FeatureSpec
+
 from mmfer.core.config import TrainConfig
 from mmfer.core.errors import BadInputError
 from mmfer.core.overrides import apply_overrides, flatten, leaf_fields
@@ -42,6 +44,11 @@ class ModelBundle:
     unfinished: str | None = None    # why the run is not a finished one (no summary.json), for the card and a warning
     store_path: str | None = None    # a run's feature store: the folder its encoder records are relative to
     encoder_files: dict[str, Path] = field(default_factory=dict)   # modality -> encoder copied into an export
+
+    @property
+    def feature_spec(self) -> FeatureSpec:
+        """What the model's inputs are made of (core/feature_spec.py): the featurizer predict builds."""
+        return FeatureSpec.from_entries(self.features)
 
     @property
     def is_ensemble(self) -> bool:
@@ -123,10 +130,11 @@ def own_store_path(bundle: ModelBundle) -> str:
 
 def load_run_bundle(run_dir: str | Path, *, fold: str | None = None, ensemble: bool = False,
                     cache: str | None = None) -> ModelBundle:
-    """Fold weights from `<run>/<fold>/checkpoints/best.pt`; feature records from the run's cache (or `cache`).
+    """Fold weights from `<run>/<fold>/checkpoints/best.pt`; the FeatureSpec from the checkpoint (runs trained before
+    checkpoints carried it: from the run's cache, or `cache`).
 
     Raises:
-        FileNotFoundError: no run, no such fold, or the cache is gone.
+        FileNotFoundError: no run, no such fold, or (an older run's) cache is gone.
         StoreError: the cache no longer holds the entries the run was trained on.
     """
     from mmfer.core.store import StoreError
@@ -145,12 +153,16 @@ def load_run_bundle(run_dir: str | Path, *, fold: str | None = None, ensemble: b
         cache_path = Path(cache)
     else:   # as recorded: relative to the run folder, as typed (from this folder), resolved
         cache_path, tried = recorded_store(config, run_dir)
-    if not cache_path.exists():   # a Zarr folder or an HDF5 export; open_store says if it is neither
+    carried = checkpoints[0].get("feature_spec")
+    if carried is not None:   # the checkpoint says how its inputs are made: no store needed
+        features = {m: attrs for m, attrs in carried.items() if fingerprints.get(m) is not None}
+    elif not cache_path.exists():   # a Zarr folder or an HDF5 export; open_store says if it is neither
         where = f"--cache {cache}" if cache else "looked for at " + ", ".join(dict.fromkeys(str(p) for p in tried))
         raise FileNotFoundError(
             f"{cache_path}: the feature store run {run_dir} was trained from is gone ({where}), and predict needs its "
             "record of the encoders and preprocessing; pass --cache PATH if it moved, or use a model folder from `mmfer export`")
-    features = feature_records(cache_path, fingerprints)
+    else:
+        features = feature_records(cache_path, fingerprints)
     for name, state in zip(names, checkpoints):
         if state["cache_fingerprints"] != fingerprints:
             raise StoreError(f"{run_dir}/{name}: trained on features {state['cache_fingerprints']}, "

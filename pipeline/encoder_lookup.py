@@ -2,7 +2,7 @@
 
 In order: the --visual-encoder/--audio-encoder flag; the copy inside an export (`mmfer export --include-encoders`);
 the recorded location (relative to the run's store, resolved: core/paths.py); a search of --models-dir /
-$MMFER_MODELS (SigLIP2 folders by weights hash, .nemo files by name); the name as typed at extract, from this
+$MMFER_MODELS (each encoder kind's own `find_local`: SigLIP2 folders by weights hash, .nemo files by name); the name as typed at extract, from this
 working folder; last the recorded name as a hub id (read from the HF cache). The loaded weights are checked against the record afterwards
 (predictor.compare_encoder), so a wrong candidate is refused, never used.
 """
@@ -20,7 +20,6 @@ log = logging.getLogger(__name__)
 
 MODELS_ENV = "MMFER_MODELS"   # folders (os.pathsep-separated) searched for encoders when --models-dir is not given
 FLAGS = {"video": "--visual-encoder", "audio": "--audio-encoder"}
-MAX_SEARCH_DEPTH = 4          # folders below a models dir that are searched
 
 
 class EncoderNotFoundError(BadInputError, FileNotFoundError):
@@ -66,8 +65,7 @@ def find_encoder(modality: str, record: dict, bundle, *, flag: str | None, model
     for folder in searched:
         found = search_models_dir(modality, encoder, folder)
         if found is not None:
-            log.info("%s encoder %s: found by %s in %s", modality, encoder["name"], "weights hash" if modality == "video"
-                     else "file name", found)
+            log.info("%s encoder %s: found in %s", modality, encoder["name"], found)
             return str(found)
     if typed.exists():   # the name as typed at extract, from this working folder: a guess, so it comes last
         return str(typed)
@@ -80,33 +78,10 @@ def find_encoder(modality: str, record: dict, bundle, *, flag: str | None, model
 
 
 def search_models_dir(modality: str, encoder: dict, folder: Path) -> Path | None:
-    """A SigLIP folder under `folder` whose weights hash is the recorded one (same-named folders first), or a
-    .nemo file of the recorded name (its weights are checked once loaded)."""
-    if not folder.is_dir():
-        return None
-    name = Path(str(encoder.get("name", ""))).name
-    if modality == "audio":
-        files = [p for p in _walk(folder) if p.is_file() and p.suffix == ".nemo"]
-        return next((p for p in files if p.name == name), None)
-    from mmfer.extract.visual import EncoderLoadError, _hash_files, _weight_files
+    """The recorded encoder under `folder`, as its kind finds it (extract/encoders/: `find_local`), or None."""
+    from mmfer.extract.encoders import kind_module
 
-    folders = sorted({p.parent for p in _walk(folder) if p.name == "config.json"}, key=lambda p: p.name != name)
-    for candidate in folders:
-        try:
-            if _hash_files(_weight_files(str(candidate), True, None)) == encoder.get("weights_sha256"):
-                return candidate
-        except (EncoderLoadError, OSError):
-            continue
-    return None
-
-
-def _walk(folder: Path) -> list[Path]:
-    out, level = [], [folder]
-    for _ in range(MAX_SEARCH_DEPTH):
-        level = [p for d in level for p in sorted(d.iterdir())] if level else []
-        out += level
-        level = [p for p in level if p.is_dir() and not p.is_symlink()]
-    return out
+    return kind_module(encoder, modality).find_local(encoder, folder) if folder.is_dir() else None
 
 
 def encoder_source(modality: str, record: dict, bundle) -> Path | None:
@@ -117,15 +92,6 @@ def encoder_source(modality: str, record: dict, bundle) -> Path | None:
         return None
     if found.exists():
         return found
-    if modality == "video":   # a hub id: its snapshot folder in the HF cache
-        try:
-            from transformers.utils import cached_file
+    from mmfer.extract.encoders import kind_module   # a hub id: its copy in the local hub cache
 
-            revision = record["encoder"].get("revision")
-            return Path(cached_file(str(found), "config.json", revision=revision, local_files_only=True)).parent
-        except OSError:
-            return None
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = try_to_load_from_cache(str(found), f"{str(found).split('/')[-1]}.nemo")
-    return Path(cached) if isinstance(cached, str) and Path(cached).is_file() else None
+    return kind_module(record["encoder"], modality).cached_copy(str(found), record["encoder"].get("revision"))

@@ -16,7 +16,6 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,34 +118,12 @@ def _remove_stale_window_folders() -> None:
             continue
 
 
-class _FaceFallbacks(logging.Filter):
-    """Counts (and holds back) extract's per-clip "no face found" warnings while one file is predicted."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if str(record.msg).startswith("no face found"):
-            self.count += 1
-            return False
-        return True
-
-
-@contextmanager
-def _one_line_per_file(path: Path, num_windows: int):
-    """The "no face found" warning extract logs for each clip comes once per file here, naming it: a long
+def _warn_no_face(path: Path, num_without_face: int, num_windows: int) -> None:
+    """One warning per file, naming it, when the face detector found no face (the clips' `found_face`): a long
     video would otherwise repeat it for every window, without saying which file."""
-    logger = logging.getLogger("mmfer.extract.facecrop")
-    fallbacks = _FaceFallbacks()
-    logger.addFilter(fallbacks)
-    try:
-        yield
-    finally:
-        logger.removeFilter(fallbacks)
-        if fallbacks.count:
-            where = f"{fallbacks.count} of {num_windows} windows" if num_windows > 1 else "any frame"
-            log.warning("%s: no face found in %s; used the centre crop there", path, where)
+    if num_without_face:
+        where = f"{num_without_face} of {num_windows} windows" if num_windows > 1 else "any frame"
+        log.warning("%s: no face found in %s; used the centre crop there", path, where)
 
 
 def predict_file(predictor, path: Path, *, clip_id: str, window_s: float | None, hop_s: float | None) -> ClipResult:
@@ -157,16 +134,16 @@ def predict_file(predictor, path: Path, *, clip_id: str, window_s: float | None,
     bounded on a long video. The temp folder is removed on every exit path, Ctrl-C included.
     """
     from mmfer.extract.decode import DecodeError, probe_media
-    from mmfer.pipeline.predictor import PredictError
+    from mmfer.pipeline.predictor import NO_FACE_NOTE, PredictError
     from mmfer.core.media import FfmpegError
     from mmfer.core.progress import Progress
 
     result = ClipResult(clip_id, str(path), label_names=predictor.label_names)
     try:
         if window_s is None:
-            with _one_line_per_file(path, 1):
-                item = predictor.features(path, clip_id)
+            item = predictor.features(path, clip_id)
             result.probabilities, result.notes = predictor.predict([item])[0], item["notes"]
+            _warn_no_face(path, int(NO_FACE_NOTE in item["notes"]), 1)
             return result
         duration_s = probe_media(path, timeout_s=predictor.decode_timeout_s).duration_s
         if not duration_s:
@@ -174,8 +151,7 @@ def predict_file(predictor, path: Path, *, clip_id: str, window_s: float | None,
         starts = window_starts(duration_s, window_s, hop_s or window_s)
         windows, notes = [], Counter()
         with tempfile.TemporaryDirectory(prefix=f"{WINDOW_DIR_PREFIX}{os.getpid()}-", suffix="-") as tmp, \
-                Progress(len(starts), desc=path.name, unit="window", logger=log, leave=False) as progress, \
-                _one_line_per_file(path, len(starts)):
+                Progress(len(starts), desc=path.name, unit="window", logger=log, leave=False) as progress:
             for first in range(0, len(starts), WINDOW_BATCH):
                 items, spans = [], []
                 for start_s in starts[first:first + WINDOW_BATCH]:
@@ -191,6 +167,7 @@ def predict_file(predictor, path: Path, *, clip_id: str, window_s: float | None,
                 windows += [(s, e, p) for (s, e), p in zip(spans, probs)]
                 notes.update(n for item in items for n in set(item["notes"]))
                 progress.update(len(items))
+        _warn_no_face(path, notes[NO_FACE_NOTE], len(windows))
         result.windows = windows
         result.probabilities = np.mean([p for _, _, p in windows], axis=0)
         result.notes = [n if k == len(windows) else f"{n} ({k} of {len(windows)} windows)" for n, k in sorted(notes.items())]

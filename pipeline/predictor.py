@@ -1,8 +1,8 @@
 """A trained model plus the exact feature extraction it was trained on, for new video files.
 
-`Predictor` takes a `ModelBundle` (pipeline/bundle.py), loads the encoders its cache recorded, refuses
-other weights, and runs extract's own decode/encode functions, the store's float16 cast, train's collate
-and the model, so a clip's inputs equal what training read from the cache.
+`Predictor` takes a `ModelBundle` (pipeline/bundle.py), loads the encoders its FeatureSpec records through the
+encoder registry, refuses other weights, and runs extract's featurizer (decode, encoders, token pooling, the
+store's dtype cast), train's collate and the model, so a clip's inputs equal what training read from the cache.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from mmfer.pipeline.bundle import ModelBundle, train_config
 from mmfer.pipeline.encoder_lookup import describe, find_encoder, how_to_point
 from mmfer.core.config import ExtractConfig
 from mmfer.core.errors import BadInputError, MmferError
+from mmfer.core.feature_spec import ENCODER_LOCATION_KEYS
 from mmfer.core.labels import EMOTIONS
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def compare_encoder(modality: str, record: dict, identity: dict, preprocessing: 
     identity, preprocessing = json.loads(json.dumps(identity, default=str)), json.loads(json.dumps(preprocessing, default=str))
     problems = []
     recorded = record.get("encoder", {})
-    for key in sorted((set(recorded) | set(identity)) - {"name", "location"}):   # where it was read from may differ
+    for key in sorted((set(recorded) | set(identity)) - set(ENCODER_LOCATION_KEYS)):   # where it was read from may differ
         want, got = recorded.get(key), identity.get(key)
         if key == "commit_hash" and (want is None or got is None):
             continue   # a local copy of a hub snapshot has no commit; the weights hash decides
@@ -63,7 +64,7 @@ def compare_encoder(modality: str, record: dict, identity: dict, preprocessing: 
 def _predict_advice(modality: str, record: dict, bundle: ModelBundle):
     """An encoder that will not load is reported with the ways predict and evaluate take to point at it (the
     loader's own advice names extract's --preset, which these commands do not have)."""
-    from mmfer.extract.visual import EncoderLoadError
+    from mmfer.extract.encoders.common import EncoderLoadError
 
     try:
         yield
@@ -86,8 +87,9 @@ class Predictor:
     def __init__(self, bundle: ModelBundle, *, device: str = "auto", visual_encoder: str | None = None,
                  audio_encoder: str | None = None, models_dir: str | None = None, allow_encoder_mismatch: bool = False,
                  decode_timeout_s: float = ExtractConfig().decode_timeout_s) -> None:
-        from mmfer.extract.encoders import EncoderPair
         from mmfer.core.device import resolve_device
+        from mmfer.extract.encoders import EncoderPair, load_encoder
+        from mmfer.extract.featurize import Featurizer
         from mmfer.train.loop import autocast_dtype
         from mmfer.train.model.builder import build_model_from_spec, model_spec
 
@@ -95,25 +97,19 @@ class Predictor:
         self.device = resolve_device(device)
         cfg = train_config(bundle.config)
         self.amp_dtype = autocast_dtype(self.device, cfg.training.mixed_precision)   # as the run's test pass
-        self.video, self.audio = bundle.features.get("video"), bundle.features.get("audio")
-        visual = audio = None
-        problems = []
-        if self.video is not None:
-            from mmfer.extract.visual import load_visual_encoder
-
-            record = self.video["encoder"]
-            policy = _DTYPE_POLICY.get(self.video.get("preprocessing", {}).get("autocast_dtype"), "auto")
-            name = find_encoder("video", self.video, bundle, flag=visual_encoder, models_dir=models_dir)
-            with _predict_advice("video", self.video, bundle):
-                visual = load_visual_encoder(name, revision=record.get("revision"), device=self.device, dtype_policy=policy)
-            problems += compare_encoder("video", self.video, visual.identity, visual.preprocessing)
-        if self.audio is not None:
-            from mmfer.extract.audio import load_audio_encoder
-
-            name = find_encoder("audio", self.audio, bundle, flag=audio_encoder, models_dir=models_dir)
-            with _predict_advice("audio", self.audio, bundle):
-                audio = load_audio_encoder(name, device=self.device)
-            problems += compare_encoder("audio", self.audio, audio.identity, audio.preprocessing)
+        self.spec = bundle.feature_spec
+        flags = {"video": visual_encoder, "audio": audio_encoder}
+        loaded, problems = {}, []
+        for modality, spec in self.spec.modalities().items():
+            record = bundle.features[modality]
+            # the encoder computes in the dtype the cache was made in, where this device has it
+            policy = _DTYPE_POLICY.get(spec.preprocessing.get("autocast_dtype"), "auto")
+            name = find_encoder(modality, record, bundle, flag=flags[modality], models_dir=models_dir)
+            with _predict_advice(modality, record, bundle):
+                encoder = load_encoder(modality, name, kind=spec.encoder.kind, revision=spec.encoder.revision,
+                                       device=self.device, dtype_policy=policy)
+            problems += compare_encoder(modality, record, encoder.identity, encoder.preprocessing)
+            loaded[modality] = encoder
         if problems and not allow_encoder_mismatch:
             raise EncoderMismatchError(
                 f"{bundle.source}: the encoders loaded here differ from those the model's features were made with:\n  "
@@ -121,21 +117,14 @@ class Predictor:
                 "--audio-encoder (or --models-dir) at the original checkpoints, or pass --allow-encoder-mismatch to predict anyway")
         for problem in problems:
             log.warning("encoder mismatch allowed: %s", problem)
-        self.encoders = EncoderPair(visual, audio)
-        self.processor = visual.processor if visual is not None else _NoImages()
-        video_shape = tuple(self.video["arrays"]["tokens"]["shape"]) if self.video else (1, 1, 1)
-        audio_shape = tuple(self.audio["arrays"]["tokens"]["shape"]) if self.audio else (1, 1)
-        spec = bundle.model_spec or model_spec(cfg.model, video_dim=video_shape[2], num_patches=video_shape[1],
-                                               audio_dim=audio_shape[1], dropout=cfg.training.dropout)
+        self.featurizer = Featurizer(self.spec, EncoderPair(loaded.get("video"), loaded.get("audio")))
+        self.processor = loaded["video"].processor if "video" in loaded else _NoImages()
+        spec = bundle.model_spec or model_spec(cfg.model, video_dim=(self.video_shape or (1, 1, 1))[2],
+                                               num_patches=(self.video_shape or (1, 1, 1))[1],
+                                               audio_dim=self.audio_dim or 1, dropout=cfg.training.dropout)
         self.model = build_model_from_spec(spec, offline_overrides(cfg.model)).to(self.device).eval()
         self.num_classes = cfg.model.num_classes
         self.label_names = tuple(bundle.config.get("label_names") or EMOTIONS)   # runs before label_names: RAVDESS's
-        video_record, audio_record, defaults = self.video or {}, self.audio or {}, ExtractConfig()
-        self.decode_cfg = ExtractConfig(   # the decode settings the model's features were extracted with
-            num_frames=video_record.get("num_frames", defaults.num_frames),
-            sample_rate_hz=audio_record.get("sample_rate_hz", defaults.sample_rate_hz),
-            max_audio_s=audio_record.get("max_audio_s", defaults.max_audio_s),
-            face_crop=video_record.get("face_crop", "none"), decode_timeout_s=decode_timeout_s)
         if len(bundle.states) == 1:
             self.model.load_state_dict(bundle.states[0])
 
@@ -157,40 +146,27 @@ class Predictor:
         Raises:
             PredictError: the file cannot be decoded or encoded.
         """
-        import dataclasses
-
-        from mmfer.extract.run import decode_jobs
         from mmfer.extract.worker import decode_job
 
-        video, audio = self.video or {}, self.audio or {}
         path = row["path"].iloc[0]
-        decode_cfg = self.decode_cfg if face_crop is None else dataclasses.replace(self.decode_cfg, face_crop=face_crop)
-        (job,) = decode_jobs(row, decode_cfg)
+        (job,) = self.featurizer.decode_jobs(row, timeout_s=self.decode_timeout_s, other_face_crop=face_crop)
         decoded = decode_job(job, self.processor)   # extract's own job, decode + crop + image processor
         if decoded.error is not None:
             raise PredictError(decoded.error)
-        item = {"clip_id": job.clip_id, "label": 0, "has_video": self.video is not None, "has_audio": False,
-                "duration_s": decoded.duration_s, "notes": []}
-        if video.get("face_crop") == "detect" and not decoded.found_face:
+        if decoded.audio is None and self.spec.video is None:
+            raise PredictError(f"{path}: no audio stream, and this model reads audio only")
+        try:
+            (clip,) = self.featurizer.encode([decoded])
+            item = self.featurizer.model_inputs(clip)
+        except ValueError as err:   # the encoders' output is not what the model's features hold
+            raise PredictError(f"{path}: encoder-output: {err}") from err
+        item["notes"] = []
+        if self.spec.video is not None and job.face_crop == "detect" and not decoded.found_face:
             item["notes"].append(NO_FACE_NOTE)
-        if self.video is not None:
-            from mmfer.extract.shrink import pool_tokens
-
-            tokens, pooled = self.encoders.encode_visual([decoded.pixel_inputs])
-            clip_tokens = pool_tokens(tokens[0], int(self.video.get("token_pool", 1)))   # as extract stored them
-            item["video_tokens"] = _as_stored(clip_tokens, self.video, "tokens", path)
-            item["video_pooled"] = _as_stored(pooled[0], self.video, "pooled", path)
         if decoded.audio is None:
             item["notes"].append("video only: no audio stream")
-            if self.video is None:
-                raise PredictError(f"{path}: no audio stream, and this model reads audio only")
-        elif self.audio is not None:
-            (frames,) = self.encoders.encode_audio([decoded.audio])
-            max_frames = self.audio["arrays"]["tokens"]["shape"][0]   # extract pads/cuts to Ta_max, training reads [:length]
-            item["audio_tokens"] = _as_stored(frames[:max_frames], self.audio, "tokens", path, time_axis=True)
-            item["has_audio"] = True
-            if decoded.duration_s > audio.get("max_audio_s", np.inf) + 0.5:
-                item["notes"].append(f"audio after {audio['max_audio_s']:g} s not used; see --window")
+        elif self.spec.audio is not None and decoded.duration_s > self.spec.audio.settings["max_audio_s"] + 0.5:
+            item["notes"].append(f"audio after {self.spec.audio.settings['max_audio_s']:g} s not used; see --window")
         return item
 
     @torch.inference_mode()
@@ -211,28 +187,11 @@ class Predictor:
 
     @property
     def video_shape(self) -> tuple[int, int, int] | None:
-        return tuple(self.video["arrays"]["tokens"]["shape"]) if self.video is not None else None
+        return self.spec.video_shape
 
     @property
     def audio_dim(self) -> int | None:
-        return self.audio["arrays"]["tokens"]["shape"][1] if self.audio is not None else None
-
-
-def _as_stored(value: np.ndarray, record: dict, name: str, path, time_axis: bool = False) -> np.ndarray:
-    """The store's write conversion: shape check, refuse NaN/Inf, cast to the entry dtype (float16; int8 tokens
-    quantized and read back)."""
-    spec = record["arrays"][name]
-    want = tuple(spec["shape"])
-    value = np.asarray(value)
-    if (value.shape[1:] != want[1:]) if time_axis else (value.shape != want):
-        raise PredictError(f"{path}: {name} has shape {value.shape}, the model's features have {want}")
-    if not np.isfinite(value).all():
-        raise PredictError(f"{path}: encoder-output: {name} contains NaN or Inf")
-    if spec["dtype"] == "int8":   # --token-dtype int8: the store's round trip, float16 as training read it
-        from mmfer.core.store import dequantize_tokens, quantize_tokens
-
-        return dequantize_tokens(*quantize_tokens(value.astype(np.float32)))
-    return value.astype(spec["dtype"], copy=False)
+        return self.spec.audio_dim
 
 
 def offline_overrides(model_cfg) -> dict[str, object]:

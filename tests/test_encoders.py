@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from mmfer.extract.audio import load_audio_encoder
+from mmfer.extract.encoders.nemo_fastconformer import load_audio_encoder
 from mmfer.extract.random_encoders import TINY_AUDIO_DIM, TINY_VISUAL_DIM, ensure_tiny_encoders
-from mmfer.extract.visual import EncoderLoadError, load_visual_encoder
+from mmfer.extract.encoders.siglip import EncoderLoadError, load_visual_encoder
 
 SAMPLE_RATE_HZ = 16_000
 
@@ -194,8 +194,8 @@ socket.getaddrinfo = _blocked
 _OFFLINE_SCRIPT = '''
 import json, sys, numpy as np
 from mmfer.extract.random_encoders import ensure_tiny_encoders
-from mmfer.extract.visual import EncoderLoadError, load_visual_encoder
-from mmfer.extract.audio import load_audio_encoder
+from mmfer.extract.encoders.siglip import EncoderLoadError, load_visual_encoder
+from mmfer.extract.encoders.nemo_fastconformer import load_audio_encoder
 visual_dir, audio_nemo = ensure_tiny_encoders(sys.argv[1])
 tokens, pooled = load_visual_encoder(str(visual_dir)).encode(np.zeros((2, 64, 64, 3), np.uint8))
 (audio,) = load_audio_encoder(str(audio_nemo)).encode([np.zeros(16000, np.float32)])
@@ -254,8 +254,9 @@ def test_full_size_random_fastconformer_has_the_real_models_parameter_count():
     character CTC head is 0.5M smaller than its 1024-token one, so the encoder alone must be ~115M."""
     from nemo.collections.asr.modules import ConformerEncoder
 
-    from mmfer.extract.random_encoders import SIZES, audio_model_config
+    from mmfer.extract.encoders.nemo_fastconformer import random_model_config
+    from mmfer.extract.random_encoders import SIZES
 
-    cfg = {k: v for k, v in audio_model_config(SIZES["full"]["audio"])["encoder"].items() if k != "_target_"}
+    cfg = {k: v for k, v in random_model_config(SIZES["full"]["audio"])["encoder"].items() if k != "_target_"}
     num_params = sum(p.numel() for p in ConformerEncoder(**cfg).parameters())
     assert 113e6 < num_params < 117e6, f"{num_params / 1e6:.1f}M encoder parameters, the real model has ~115M"

@@ -12,11 +12,11 @@ import pytest
 from extract_helpers import extract_config
 
 from mmfer.data.ravdess import scan_ravdess
-from mmfer.extract.audio import load_audio_encoder
+from mmfer.extract.encoders.nemo_fastconformer import load_audio_encoder
 from mmfer.extract.decode import decode_clip
 from mmfer.extract.facecrop import crop_faces
 from mmfer.extract.run import Decoding, _decoding_for, _likely_todo, decode_jobs, extract_all
-from mmfer.extract.visual import load_image_processor, load_visual_encoder
+from mmfer.extract.encoders.siglip import load_image_processor, load_visual_encoder
 from mmfer.core.store import ClipStatus, StoreError, open_store
 
 

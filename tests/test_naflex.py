@@ -10,7 +10,7 @@ from extract_helpers import extract_config
 
 from mmfer.data.ravdess import scan_ravdess
 from mmfer.extract.run import extract_all
-from mmfer.extract.visual import load_visual_encoder, preprocess_frames
+from mmfer.extract.encoders.siglip import load_visual_encoder, preprocess_frames
 from mmfer.core.errors import ConfigError
 
 

@@ -122,17 +122,36 @@ def test_ensemble_is_the_mean_of_the_fold_models(clips, outputs):
     assert np.allclose(ensemble.sum(axis=1), 1, atol=1e-5)
 
 
-def test_mismatched_encoder_is_refused(run, demo_cache, clips, tmp_path, capsys):
-    cache = shutil.copytree(demo_cache, tmp_path / "cache")
-    (entry,) = [p for p in (cache / "video").iterdir() if (p / "zarr.json").exists()]
-    meta = json.loads((entry / "zarr.json").read_text())
-    meta["attributes"]["encoder"]["weights_sha256"] = "0" * 64
-    (entry / "zarr.json").write_text(json.dumps(meta))
-    argv = ["--run", run, "--fold", "1", "--cache", cache, "--device", "cpu", clips[0]]
+def rewrite_checkpoints(run: Path, edit) -> None:
+    """Apply `edit(state)` to every fold's best.pt of `run`, saved back with train's own saver."""
+    from mmfer.train.checkpoint import load_checkpoint, save_checkpoint
+
+    for path in run.glob("*/checkpoints/best.pt"):
+        state = load_checkpoint(path)
+        edit(state)
+        save_checkpoint(path, state, keep_previous=False)
+
+
+def test_mismatched_encoder_is_refused(run, clips, tmp_path, capsys):
+    run = shutil.copytree(run, tmp_path / "run")
+    rewrite_checkpoints(run, lambda state: state["feature_spec"]["video"]["encoder"].update(weights_sha256="0" * 64))
+    argv = ["--run", run, "--fold", "1", "--device", "cpu", clips[0]]
     assert mmfer_main(["predict", *map(str, argv)]) == 2   # through the CLI's one error handler
     err = capsys.readouterr().err
     assert "video encoder weights_sha256" in err and "--allow-encoder-mismatch" in err, err
     assert run_cli(add_predict_arguments, cmd_predict, [*argv, "--allow-encoder-mismatch"]) == 0
+
+
+def test_a_run_predicts_after_its_cache_moved_away(run, clips, outputs, tmp_path):
+    """The checkpoint carries its FeatureSpec: a run whose feature store is gone predicts as before."""
+    run = shutil.copytree(run, tmp_path / "run")
+    gone = str(tmp_path / "moved-away-cache")
+
+    def cache_elsewhere(state: dict) -> None:
+        state["config"].update(cache=gone, cache_location={"resolved": gone, "relative": "../moved-away-cache"})
+    rewrite_checkpoints(run, cache_elsewhere)
+    got = predict(["--run", run, "--fold", "1", *clips], tmp_path / "out.csv")
+    assert np.abs(got[PROBS].to_numpy() - outputs["fold1"][PROBS].to_numpy()).max() < 1e-6
 
 
 def test_exported_model_predicts_identically_without_cache_or_run(run, demo_cache, clips, outputs, tmp_path):
@@ -347,7 +366,10 @@ def test_exported_folder_reads_only_its_own_files_and_never_a_pickle(exported, c
         assert "outside the model folder" in err, err
 
 
-def test_no_face_fallback_is_one_line_naming_the_file(exported, tmp_path, caplog):
+def test_no_face_fallback_is_one_line_naming_the_file(exported, tmp_path, caplog, monkeypatch):
+    """From the clips' found_face, not from another module's log text: a user who silences the face crop's
+    own logger still gets the line."""
+    monkeypatch.setattr(logging.getLogger("mmfer.extract.facecrop"), "level", logging.ERROR)
     model = shutil.copytree(exported, tmp_path / "model")
     features = json.loads((model / "features.json").read_text())
     features["video"]["face_crop"] = "detect"

@@ -283,7 +283,7 @@ def test_tiny_preset_keeps_explicit_values():
 def test_amp_dtype_is_bf16_only_where_the_chosen_gpu_has_it_natively(monkeypatch, capability, want):
     """V100 (7.0) and T4 (7.5) emulate bf16 (is_bf16_supported() says True): fp16 + GradScaler there. The
     encoders' autocast at extraction (policy auto) follows the same rule."""
-    from mmfer.extract.visual import encoder_autocast_dtype
+    from mmfer.extract.encoders.siglip import encoder_autocast_dtype
     from mmfer.train.loop import autocast_dtype, dtype_name
 
     asked = []

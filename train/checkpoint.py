@@ -60,7 +60,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict, *, keep_previous: bool
     return path
 
 
-BEST_KEYS = ("model", "epoch", "metric", "val_metrics", "config", "cache_fingerprints", "model_spec")
+BEST_KEYS = ("model", "epoch", "metric", "val_metrics", "config", "cache_fingerprints", "model_spec", "feature_spec")
 
 
 def best_weights(state: dict) -> dict:

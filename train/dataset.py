@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mmfer.core.labels import store_label_names
+from mmfer.core.feature_spec import FeatureSpec
 from mmfer.core.store import ClipStatus, FeatureStore, StoreError, open_store, set_codec_threads
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class CacheInfo:
     label_names: tuple[str, ...]        # C class names, in class-id order (the store's label_names)
     dataset: str | None                 # the adapter that made the store (ravdess, crema-d, manifest)
     num_views: int = 0                  # augmented views per clip every entry read holds (`extract --views K`)
+    feature_spec: FeatureSpec = FeatureSpec()   # what the chosen entries hold; checkpoints carry it (predict needs no store)
 
 
 def open_cache(path: str, *, use_video: bool, use_audio: bool, video_entry: str | None = None,
@@ -60,7 +62,7 @@ def open_cache(path: str, *, use_video: bool, use_audio: bool, video_entry: str 
             train/ reads / fingerprints other than `expected`.
     """
     store = open_store(path, mode="r")
-    statuses, fingerprints, encoders, shapes, num_bytes, num_views = {}, {}, {}, {}, 0, []
+    statuses, fingerprints, encoders, shapes, num_bytes, num_views, attrs = {}, {}, {}, {}, 0, [], {}
     for modality, used, chosen, names in (("video", use_video, video_entry, VIDEO_ARRAYS),
                                            ("audio", use_audio, audio_entry, AUDIO_ARRAYS)):
         if not used:
@@ -77,6 +79,7 @@ def open_cache(path: str, *, use_video: bool, use_audio: bool, video_entry: str 
                              f"{entry.fingerprint}; pass --{modality}-entry {want} or start a new --out")
         fingerprints[modality] = entry.fingerprint
         encoders[modality] = dict(entry.attrs.get("encoder", {}))
+        attrs[modality] = entry.attrs
         statuses[modality] = entry.statuses()
         shapes[modality] = entry.array_specs["tokens"].shape
         num_bytes += entry.raw_bytes_per_clip()
@@ -94,7 +97,8 @@ def open_cache(path: str, *, use_video: bool, use_audio: bool, video_entry: str 
     return CacheInfo(str(path), fingerprints["video"], fingerprints["audio"],
                      tuple(shapes.get("video", (1, 1, 1))), tuple(shapes.get("audio", (1, 1))),
                      encoders, table[usable].reset_index(drop=True), num_bytes,
-                     store_label_names(store.attrs), store.attrs.get("dataset"), min(num_views, default=0))
+                     store_label_names(store.attrs), store.attrs.get("dataset"), min(num_views, default=0),
+                     FeatureSpec.from_entries(attrs))
 
 
 def available_memory_bytes() -> int:
@@ -184,7 +188,7 @@ def epoch_views(clip_ids: list[str], positions: np.ndarray, *, seed: int, epoch:
 
 
 def collate_clips(items: list[dict], video_shape: tuple[int, int, int] | None = None, audio_dim: int | None = None) -> dict:
-    """Stack clips into the batch contract (interfaces.md); masks are True for real frames.
+    """Stack clips into the batch the model reads (its keys and shapes below); masks are True for real frames.
 
     Tokens keep their stored dtype (fp16): `to_device` casts them on the device, so the host copies half the
     bytes and never runs a per-clip cast. Video is one `np.stack` into the batch array, audio one masked

@@ -18,17 +18,19 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mmfer.core.config import ModelConfig, TrainConfig
+from mmfer.core.config import ExtractConfig, ModelConfig, TrainConfig
 from mmfer.train.model.builder import FusionModel, build_model
 
-# Forward GFLOP per clip of the frozen encoders, measured by the issue-5 author with FlopCounterMode on the
-# real architectures (random weights): SigLIP2-base/16 at 224 px on 16 frames, FastConformer-large on 3.5 s.
+# Forward GFLOP per clip of the frozen encoders, measured with FlopCounterMode on the real architectures
+# (random weights): SigLIP2-base/16 at 224 px on 16 frames, FastConformer-large on 3.5 s (`mmfer bench` counts
+# them again on its own clips).
 ENCODER_GFLOPS_PER_CLIP: dict[str, float] = {"siglip2-base x16 frames": 544.0, "fastconformer-large 3.5 s": 10.0}
 TRAIN_STEP_FLOPS_PER_FORWARD = 3.0   # forward + backward (about twice the forward)
 CUDA_OVERHEAD_GB = 0.5               # CUDA context + allocator slack on a consumer card
 CARD_SIZES_GB = (4, 6, 8)
 GB = 1024**3
-FULL_DIMS = {"video_dim": 768, "num_patches": 196, "num_frames": 16, "audio_dim": 512}  # SigLIP2-base, FastConformer-L
+# SigLIP2-base, FastConformer-L, at extract's default frame count: the sizes before any cache exists
+FULL_DIMS = {"video_dim": 768, "num_patches": 196, "num_frames": ExtractConfig().num_frames, "audio_dim": 512}
 TYPICAL_AUDIO_FRAMES = 44   # Ta of a 3.5 s RAVDESS clip at 80 ms per FastConformer frame
 
 log = logging.getLogger(__name__)
@@ -43,10 +45,12 @@ def dry_run_for_cache(cfg: TrainConfig) -> dict:
 
         cache = open_cache(cfg.cache, use_video=cfg.model.uses_video, use_audio=cfg.model.uses_audio,
                            video_entry=cfg.video_entry, audio_entry=cfg.audio_entry)
-        if cfg.model.uses_video:
-            dims.update(num_frames=cache.video_shape[0], num_patches=cache.video_shape[1], video_dim=cache.video_shape[2])
-        if cfg.model.uses_audio:
-            dims.update(audio_dim=cache.audio_shape[1])
+        spec = cache.feature_spec   # the dims every consumer reads, in one place (core/feature_spec.py)
+        if spec.video is not None:
+            num_frames, num_patches, video_dim = spec.video_shape
+            dims.update(num_frames=num_frames, num_patches=num_patches, video_dim=video_dim)
+        if spec.audio is not None:
+            dims.update(audio_dim=spec.audio_dim)
     else:
         log.info("%s: no cache yet; dry run with the full encoders' feature sizes %s", cfg.cache, dims)
     t = cfg.training

@@ -335,7 +335,7 @@ def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, 
                  "metric": {"name": t.monitor, "value": val[t.monitor]}, "val_metrics": {k: val[k] for k in HEADLINE},
                  "early_stopping": stopper.state_dict(),
                  "rng": rng_state(), "config": resolved, "cache_fingerprints": resolved["cache_fingerprints"],
-                 "model_spec": model.spec}
+                 "model_spec": model.spec, "feature_spec": cache.feature_spec.to_dict()}
         record = {"fold": fold.name, "epoch": epoch + 1, **stats, **{f"val_{k}": val[k] for k in (*HEADLINE, "nll")},
                   **{f"lr_{k}": v for k, v in lrs.items()}, "is_best": is_best}
         if world.is_main:

@@ -11,6 +11,8 @@ import hashlib
 import logging
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,26 +20,19 @@ import numpy as np
 import torch
 
 from mmfer.core.device import has_native_bf16
-from mmfer.core.errors import MmferError
+from mmfer.extract.encoders.common import EncoderLoadError, offline_advice, walk
 
 log = logging.getLogger(__name__)
+
+# This kind's entry in the encoder registry (extract/encoders/__init__.py)
+KIND = "siglip"
+MODALITY = "video"
+BACKEND = "transformers"
 
 _SIGLIP_TYPES = {"siglip", "siglip_vision_model"}  # full SigLIP checkpoint, or a saved vision tower
 _SIGLIP2_TYPES = {"siglip2", "siglip2_vision_model"}  # NaFlex checkpoints
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 IMAGE_PROCESSOR_BACKEND = "pil"   # transformers' PIL image processors, never the torchvision ones
-
-
-class EncoderLoadError(MmferError, RuntimeError):
-    """An encoder checkpoint could not be found or read; the message says what to do."""
-
-
-def offline_advice(name: str) -> str:
-    """The three ways out when a checkpoint is not on this machine."""
-    return (
-        f"either download it ahead while online (`hf download {name}`, or `huggingface-cli download {name}`), "
-        f"pass a local path instead of {name!r}, or use `--preset tiny` for small random stand-in encoders"
-    )
 
 
 class VisualEncoder:
@@ -77,6 +72,51 @@ class VisualEncoder:
         ):
             out = self.model(**inputs)
         return out.last_hidden_state.float().cpu(), out.pooler_output.float().cpu()
+
+
+def claims(name_or_path: str) -> bool:
+    """A local folder whose config.json names a SigLIP or SigLIP2 model; hub ids are the default kind's."""
+    config = Path(name_or_path) / "config.json"
+    if not config.is_file():
+        return False
+    import json
+
+    return json.loads(config.read_text()).get("model_type") in _SIGLIP_TYPES | _SIGLIP2_TYPES
+
+
+def load(name_or_path: str, *, revision: str | None, device: torch.device, dtype_policy: str = "auto",
+         processor: Any = None) -> VisualEncoder:
+    """The registry's entry point: `load_visual_encoder`."""
+    return load_visual_encoder(name_or_path, revision=revision, device=device, dtype_policy=dtype_policy,
+                               processor=processor)
+
+
+def is_complete(path: Path) -> bool:
+    """A folder `write_random` finished (its rename is the last step)."""
+    return all((path / name).is_file() for name in ("config.json", "model.safetensors", "preprocessor_config.json"))
+
+
+def find_local(record: dict, folder: Path) -> Path | None:
+    """A model folder under `folder` whose weights hash is the recorded one (same-named folders first)."""
+    name = Path(str(record.get("name", ""))).name
+    folders = sorted({p.parent for p in walk(folder) if p.name == "config.json"}, key=lambda p: p.name != name)
+    for candidate in folders:
+        try:
+            if _hash_files(_weight_files(str(candidate), True, None)) == record.get("weights_sha256"):
+                return candidate
+        except (EncoderLoadError, OSError):
+            continue
+    return None
+
+
+def cached_copy(name: str, revision: str | None) -> Path | None:
+    """A hub id's snapshot folder in the local HF cache, or None."""
+    from transformers.utils import cached_file
+
+    try:
+        return Path(cached_file(name, "config.json", revision=revision, local_files_only=True)).parent
+    except OSError:
+        return None
 
 
 def preprocess_frames(processor: Any, frames: np.ndarray) -> dict[str, torch.Tensor]:
@@ -274,3 +314,31 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "value"):  # enum.Enum such as PIL Resampling
         return _jsonable(value.value)
     return str(value)
+
+
+def write_random(visual_dir: Path, widths: dict, *, seed: int) -> None:
+    """A random SigLIP vision tower of `widths` + the siglip2-base image processor, saved with transformers' own
+    savers into `visual_dir` (via a temporary folder, so a crash leaves no half model)."""
+    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+
+    # 224 / 16 = 14 -> P = 196 patches, as in siglip2-base-patch16-224
+    cfg = SiglipVisionConfig(image_size=224, patch_size=16, **widths)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = SiglipVisionModel(cfg).eval()
+    # Same processing as google/siglip2-base-patch16-224: 224x224 bilinear resize (resample=2), /255,
+    # mean = std = 0.5.
+    processor = SiglipImageProcessor(
+        size={"height": 224, "width": 224}, resample=2, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5]
+    )
+    if visual_dir.exists():  # an incomplete earlier attempt
+        shutil.rmtree(visual_dir)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=visual_dir.name + ".tmp-", dir=visual_dir.parent))
+    try:
+        model.save_pretrained(tmp_dir)  # safetensors by default
+        processor.save_pretrained(tmp_dir)
+        tmp_dir.rename(visual_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    log.info("wrote random SigLIP vision encoder (%s) to %s", widths, visual_dir)

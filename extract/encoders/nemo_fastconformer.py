@@ -10,15 +10,21 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from mmfer.extract.visual import EncoderLoadError, offline_advice
+from mmfer.extract.encoders.common import EncoderLoadError, offline_advice, walk
 
 log = logging.getLogger(__name__)
+
+# This kind's entry in the encoder registry (extract/encoders/__init__.py)
+KIND = "nemo-fastconformer"
+MODALITY = "audio"
+BACKEND = "nemo"
 
 AUDIO_SAMPLE_RATE_HZ = 16_000
 AUDIO_FRAME_SHIFT_S = 0.08  # 10 ms mel hop x 8 subsampling (FastConformer); other models are logged
@@ -57,6 +63,36 @@ class AudioEncoder:
             encoded, enc_lengths = self.model.encoder(audio_signal=feats, length=feat_lengths)  # (B, Da, Ta)
         encoded = encoded.float().transpose(1, 2).cpu()  # (B, Ta, Da): time-first from here on
         return [encoded[i, : int(n)].numpy().copy() for i, n in enumerate(enc_lengths.cpu())]
+
+
+def claims(name_or_path: str) -> bool:
+    """A .nemo file (a hub id is the default kind's)."""
+    return name_or_path.endswith(".nemo")
+
+
+def load(name_or_path: str, *, revision: str | None, device: torch.device, dtype_policy: str = "auto",
+         processor: Any = None) -> "AudioEncoder":
+    """The registry's entry point: `load_audio_encoder` (a .nemo file carries no revision; NeMo runs fp32)."""
+    return load_audio_encoder(name_or_path, device=device)
+
+
+def is_complete(path: Path) -> bool:
+    """A file `write_random` finished (it is renamed into place last)."""
+    return path.is_file()
+
+
+def find_local(record: dict, folder: Path) -> Path | None:
+    """A .nemo file of the recorded name under `folder` (its weights are checked once loaded)."""
+    name = Path(str(record.get("name", ""))).name
+    return next((p for p in walk(folder) if p.is_file() and p.suffix == ".nemo" and p.name == name), None)
+
+
+def cached_copy(name: str, revision: str | None) -> Path | None:
+    """A hub id's .nemo file in the local HF cache, or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(name, f"{name.split('/')[-1]}.nemo")
+    return Path(cached) if isinstance(cached, str) and Path(cached).is_file() else None
 
 
 def load_audio_encoder(name_or_path: str, *,
@@ -177,3 +213,87 @@ def _state_dict_sha256(model: torch.nn.Module) -> str:
         digest.update(f"{name}:{tensor.dtype}:{tuple(shape)}\n".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
+
+
+RANDOM_CHAR_LABELS = [" ", "a", "e", "i", "o", "u", "n", "s", "t", "'"]   # a random model's CTC vocabulary
+
+
+def random_model_config(widths: dict) -> dict:
+    """NeMo config of a random CTC model: FastConformer layout (dw_striding x8, kernel 9), encoder `widths`."""
+    config = {
+        "sample_rate": 16_000,
+        "labels": RANDOM_CHAR_LABELS,
+        "train_ds": None,
+        "validation_ds": None,
+        "test_ds": None,
+        "optim": None,
+        "preprocessor": {
+            "_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
+            "sample_rate": 16_000,
+            "normalize": "per_feature",
+            "window_size": 0.025,
+            "window_stride": 0.01,
+            "window": "hann",
+            "features": 80,
+            "n_fft": 512,
+            "log": True,
+            "frame_splicing": 1,
+            "dither": 0.0,
+            "pad_to": 0,
+            "pad_value": 0.0,
+        },
+        "encoder": {
+            "_target_": "nemo.collections.asr.modules.ConformerEncoder",
+            "feat_in": 80,
+            "feat_out": -1,
+            "n_layers": 2,
+            "d_model": 64,
+            "subsampling": "dw_striding",
+            "subsampling_factor": 8,
+            "subsampling_conv_channels": 32,
+            "causal_downsampling": False,
+            "ff_expansion_factor": 4,
+            "self_attention_model": "rel_pos",
+            "n_heads": 2,
+            "att_context_size": [-1, -1],
+            "xscaling": True,
+            "untie_biases": True,
+            "pos_emb_max_len": 5000,
+            "conv_kernel_size": 9,
+            "conv_norm_type": "batch_norm",
+            "dropout": 0.1,
+            "dropout_pre_encoder": 0.1,
+            "dropout_emb": 0.0,
+            "dropout_att": 0.1,
+        },
+        "decoder": {
+            "_target_": "nemo.collections.asr.modules.ConvASRDecoder",
+            "feat_in": 64,
+            "num_classes": len(RANDOM_CHAR_LABELS),
+            "vocabulary": RANDOM_CHAR_LABELS,
+        },
+    }
+    config["encoder"].update(widths)
+    config["decoder"]["feat_in"] = widths["d_model"]
+    return config
+
+
+def write_random(audio_nemo: Path, widths: dict, *, seed: int) -> None:
+    """A random FastConformer CTC model of encoder `widths`, saved with NeMo's own `save_to` as `audio_nemo`
+    (via a temporary file, so a crash leaves no half model)."""
+    from nemo.collections.asr.models import EncDecCTCModel
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(random_model_config(widths))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = EncDecCTCModel(cfg=cfg).eval()
+    fd, tmp_name = tempfile.mkstemp(prefix=audio_nemo.name + ".tmp-", suffix=".nemo", dir=audio_nemo.parent)
+    os.close(fd)
+    try:
+        model.save_to(tmp_name)
+        os.replace(tmp_name, audio_nemo)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    log.info("wrote random FastConformer CTC model (%s) to %s", widths, audio_nemo)

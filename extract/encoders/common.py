@@ -1,0 +1,32 @@
+"""What every encoder kind shares: the load error and the advice it gives when a checkpoint is not here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mmfer.core.errors import MmferError
+
+
+class EncoderLoadError(MmferError, RuntimeError):
+    """An encoder checkpoint could not be found or read; the message says what to do."""
+
+
+def offline_advice(name: str) -> str:
+    """The three ways out when a checkpoint is not on this machine."""
+    return (
+        f"either download it ahead while online (`hf download {name}`, or `huggingface-cli download {name}`), "
+        f"pass a local path instead of {name!r}, or use `--preset tiny` for small random stand-in encoders"
+    )
+
+
+MAX_SEARCH_DEPTH = 4   # folders below a models dir that `walk` looks into
+
+
+def walk(folder: Path) -> list[Path]:
+    """Every file and folder up to MAX_SEARCH_DEPTH levels below `folder` (no symlinked folders), level by level."""
+    out, level = [], [folder]
+    for _ in range(MAX_SEARCH_DEPTH):
+        level = [p for d in level for p in sorted(d.iterdir())] if level else []
+        out += level
+        level = [p for p in level if p.is_dir() and not p.is_symlink()]
+    return out
