@@ -43,12 +43,13 @@ def run_chromium(page: Path, *args: str, net_log: Path | None = None) -> str:
         BrowserError: no Chromium, a non-zero exit or a timeout (its stderr's tail in the message).
     """
     exe = find_chromium()
+    logging = [f"--log-net-log={net_log}", "--net-log-capture-mode=Everything"] if net_log else []
     with tempfile.TemporaryDirectory(prefix="mmfer-chromium-") as profile:
+        # --no-sandbox: CI and containers run as root, where Chromium's sandbox refuses to start
         command = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                   "--disable-default-apps", '--host-resolver-rules=MAP * ~NOTFOUND', f"--user-data-dir={profile}",
-                   f"--window-size={WINDOW}", *( [f"--log-net-log={net_log}", "--net-log-capture-mode=Everything"]
-                                                 if net_log else []), *args, page.resolve().as_uri()]
+                   "--disable-default-apps", "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={profile}",
+                   f"--window-size={WINDOW}", *logging, *args, page.resolve().as_uri()]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S)
         except subprocess.TimeoutExpired:

@@ -177,7 +177,7 @@ def _extract_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_parser(parser: argparse.ArgumentParser) -> None:
-    parser.description = "Stage 2: train the fusion model from the feature store only (by default the dataset's own speaker-independent folds: RAVDESS 6, CREMA-D 5, a manifest's fold column or 5 speaker folds)."
+    parser.description = "Stage 2: train the fusion model from the feature store only (by default the dataset's own speaker-independent folds: RAVDESS 6, CREMA-D 5, a manifest's fold column or 5 speaker folds). Ends by writing the run's page, RUN/report.html (`mmfer report`)."
     parser.add_argument("--dry-run", action="store_true", help="Print parameters, FLOPs per clip and GPU memory estimates; train nothing.")
     parser.add_argument("--json", action="store_true", help="With --dry-run: print one JSON object.")
     add_config_flags(parser, TrainConfig, TRAIN_ALIASES)

@@ -21,18 +21,9 @@ import yaml
 
 from mmfer.core.errors import BadInputError
 from mmfer.pipeline.command_config import ReportConfig
+from mmfer.pipeline.report_page import SELECTIONS, render_page
 
 log = logging.getLogger(__name__)
-
-SELECTIONS = {   # key: (column title, what it means); the order of the headline table's columns
-    "validation": ("validation-selected (headline)",
-                   "each fold's epoch chosen on its validation actors only: the number to report"),
-    "last": ("last epoch", "no selection: each fold's last epoch trained"),
-    "oracle": ("test-selected: ORACLE",
-               "each fold's epoch with the best TEST score: optimistic, not a result; only for comparing with "
-               "papers that choose the epoch on the test fold"),
-}
-
 
 def read_json(path: Path) -> dict:
     try:
@@ -230,10 +221,12 @@ def read_ablation(run_dir: Path) -> dict | None:
 
 def write_report(cfg: ReportConfig) -> Path:
     """Write the page (default RUN/report.html) and, with cfg.screenshot, its screenshot; return the page's path."""
-    from mmfer.pipeline.report_page import render_page
-
     run_dir = Path(cfg.run)
     out = Path(cfg.out) if cfg.out else run_dir / "report.html"
+    if cfg.screenshot:   # refused before any work when there is no browser to take it
+        from mmfer.pipeline.browser import find_chromium
+
+        find_chromium()
     if out.is_dir():
         raise BadInputError(f"{out}: --out is a folder; give the HTML file to write (e.g. {out / 'report.html'})")
     page = render_page(read_run(run_dir, cfg))

@@ -9,8 +9,16 @@ from __future__ import annotations
 import html
 import math
 
-from mmfer.pipeline.report import SELECTIONS
 from mmfer.pipeline.report_figures import confusion_uri, curves_uri
+
+SELECTIONS = {   # key: (column title, what it means); the order of the headline table's columns
+    "validation": ("validation-selected (headline)",
+                   "each fold's epoch chosen on its validation actors only: the number to report"),
+    "last": ("last epoch", "no selection: each fold's last epoch trained"),
+    "oracle": ("test-selected: ORACLE",
+               "each fold's epoch with the best TEST score: optimistic, not a result; only for comparing with "
+               "papers that choose the epoch on the test fold"),
+}
 
 SECTIONS = {"protocol": "Protocol", "headline": "Headline: three selections", "folds": "Per fold",
             "curves": "Training and validation curves", "confusion": "Confusion matrix",
