@@ -46,6 +46,9 @@ def read_run(run_dir: Path, cfg: ReportConfig) -> dict:
         raise BadInputError(f"{run_dir}: no summary.json; a run has one when train-fusion finishes (resume it with "
                             "`train-fusion --resume` and the same --out)")
     summary = read_json(run_dir / "summary.json")
+    if not isinstance(summary, dict) or not isinstance(summary.get("folds"), dict) or not summary["folds"]:
+        raise BadInputError(f"{run_dir / 'summary.json'}: holds no per-fold results ('folds'); not a train-fusion summary")
+    evaluations = [read_evaluation(p) for p in evaluation_folders(run_dir, cfg.evaluations)]   # a bad name: before any work
     config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
     class_names = tuple(config.get("label_names") or _default_names())
     monitor = (config.get("training") or {}).get("monitor", "f1_macro")
@@ -79,7 +82,7 @@ def read_run(run_dir: Path, cfg: ReportConfig) -> dict:
         "pooled": _pooled(predictions, class_names) if predictions is not None else None,
         "misclassified": misclassified(predictions, clips, class_names, max_clips=cfg.max_clips,
                                        thumbnails=cfg.thumbnails, store_note=store_note) if predictions is not None else None,
-        "evaluations": [read_evaluation(p) for p in evaluation_folders(run_dir, cfg.evaluations)],
+        "evaluations": evaluations,
         "ablation": read_ablation(run_dir),
     }
 
@@ -184,6 +187,8 @@ def evaluation_folders(run_dir: Path, given: str | None) -> list[Path]:
     """
     named = [Path(p.strip()) for p in (given or "").split(",") if p.strip()]
     for folder in named:
+        if not folder.is_dir():
+            raise BadInputError(f"{folder}: no such folder (--evaluations)")
         if not _is_evaluation(folder):
             raise BadInputError(f"{folder}: holds neither robustness.csv nor metrics.json; --evaluations takes "
                                 "folders written by `mmfer evaluate --out`")

@@ -191,3 +191,15 @@ def test_report_refuses_a_folder_that_is_not_a_finished_run(tmp_path, capsys):
     assert err.count("\n") == 0 and "no summary.json" in err and str(tmp_path / "half") in err
     assert mmfer_main(["report", str(tmp_path / "nowhere")]) == 2
     assert "no such run folder" in capsys.readouterr().err
+    (tmp_path / "half" / "summary.json").write_text("{")
+    assert mmfer_main(["report", str(tmp_path / "half")]) == 2
+    assert "summary.json: not valid JSON" in capsys.readouterr().err
+    (tmp_path / "half" / "summary.json").write_text("{}")
+    assert mmfer_main(["report", str(tmp_path / "half")]) == 2
+    assert "holds no per-fold results" in capsys.readouterr().err
+    (tmp_path / "half" / "summary.json").write_text('{"folds": {"fold1": {}}}')
+    assert mmfer_main(["report", str(tmp_path / "half"), "--evaluations", str(tmp_path / "eval")]) == 2
+    assert f"{tmp_path / 'eval'}: no such folder (--evaluations)" in capsys.readouterr().err
+    (tmp_path / "eval").mkdir()
+    assert mmfer_main(["report", str(tmp_path / "half"), "--evaluations", str(tmp_path / "eval")]) == 2
+    assert "holds neither robustness.csv nor metrics.json" in capsys.readouterr().err
