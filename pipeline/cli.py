@@ -116,7 +116,8 @@ def _write_run_report(run_dir: str) -> None:
     from mmfer.pipeline.report import write_report
 
     try:
-        print(f"report: {write_report(ReportConfig(run=run_dir))}")
+        out, selections = write_report(ReportConfig(run=run_dir))
+        print(f"{selections}\nreport: {out}")
     except (MmferError, OSError, ValueError) as err:
         log.warning("%s: report.html not written (%s); `mmfer report %s` retries", run_dir, err, run_dir)
 

@@ -224,8 +224,9 @@ def read_ablation(run_dir: Path) -> dict | None:
             "plot": file_uri(study / "ablation.png")}
 
 
-def write_report(cfg: ReportConfig) -> Path:
-    """Write the page (default RUN/report.html) and, with cfg.screenshot, its screenshot; return the page's path."""
+def write_report(cfg: ReportConfig) -> tuple[Path, str]:
+    """Write the page (default RUN/report.html) and, with cfg.screenshot, its screenshot; return the page's
+    path and the three selections' line (`selections_line`)."""
     run_dir = Path(cfg.run)
     out = Path(cfg.out) if cfg.out else run_dir / "report.html"
     if cfg.screenshot:   # refused before any work when there is no browser to take it
@@ -234,7 +235,8 @@ def write_report(cfg: ReportConfig) -> Path:
         find_chromium()
     if out.is_dir():
         raise BadInputError(f"{out}: --out is a folder; give the HTML file to write (e.g. {out / 'report.html'})")
-    page = render_page(read_run(run_dir, cfg))
+    report = read_run(run_dir, cfg)
+    page = render_page(report)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(page, encoding="utf-8")
@@ -243,7 +245,18 @@ def write_report(cfg: ReportConfig) -> Path:
         from mmfer.pipeline.browser import screenshot
 
         screenshot(out, Path(cfg.screenshot))
-    return out
+    return out, selections_line(report)
+
+
+def selections_line(report: dict) -> str:
+    """The monitored metric's mean ± sample std [95% interval] under each selection, one line (printed by
+    `mmfer report` and train-fusion, for a results table)."""
+    from mmfer.pipeline.report_page import spread
+
+    monitor = report["monitor"]
+    return f"{monitor} over {len(report['folds'])} fold row(s): " + " | ".join(
+        f"{title} {spread(report['aggregate'][key][monitor] if report['aggregate'][key] else None)}"
+        for key, (title, _) in SELECTIONS.items())
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
@@ -264,6 +277,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from mmfer.pipeline.flags import resolve_config
 
     cfg: ReportConfig = resolve_config(ReportConfig, args, layered=False)
-    out = write_report(cfg)
+    out, selections = write_report(cfg)
+    print(selections)
     print(f"wrote {out}" + (f" and {cfg.screenshot}" if cfg.screenshot else ""))
     return 0

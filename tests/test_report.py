@@ -135,6 +135,8 @@ def test_report_renders_in_chromium_with_every_section_and_no_request(run, demo_
     page, shot = tmp_path / "report.html", tmp_path / "report.png"
     code, printed = mmfer("report", run, "--out", page, "--evaluations", cross, "--screenshot", shot)
     assert code == 0 and f"wrote {page}" in printed
+    assert re.search(r"f1_macro over 2 fold row\(s\): validation-selected \(headline\) [\d.]+ ± [\d.]+ \[.*\] \| "
+                     r"last epoch .* \| test-selected: ORACLE [\d.]+", printed), printed
     text = page.read_text()
     # nothing outside the file: every src and href is inline data or a link inside the page
     links = re.findall(r'(?:src|href)="([^"]*)"', text)
