@@ -4,7 +4,8 @@
 #   bash run_all.sh --root DATA     # real RAVDESS with the pretrained encoders (GPU recommended)
 # Expected for the demo on a quiet 2-core CPU (measured in a fresh clone): demo data ~1 min, extract ~2 min
 # (384 clips), train-fusion (6 folds x up to 30 epochs) ~11 min; it ends with the results table,
-# mean macro-F1 0.908 over the 6 folds with the previous landing's code (README "Demo result": this one's rerun is pending).
+# mean macro-F1 0.908 over the 6 folds with the previous landing's code (README "Demo result": this one's rerun is pending),
+# and the run's report, work/runs/lfm2/report.html (+ report.png, its top, when Chromium is installed).
 set -euo pipefail
 ROOT=""
 WORK="${MMFER_WORK:-work}"
@@ -26,4 +27,10 @@ else
   extract --dataset ravdess --root "$ROOT" --out "$WORK/cache"
   mmfer cache-info "$WORK/cache"
   train-fusion --cache "$WORK/cache" --out "$WORK/runs/lfm2"
+fi
+# train-fusion wrote the report (RUN/report.html); its top as a picture for docs/results.md when Chromium is here
+if command -v chromium >/dev/null 2>&1; then
+  mmfer report "$WORK/runs/lfm2" --screenshot "$WORK/runs/lfm2/report.png"
+else
+  echo "report: $WORK/runs/lfm2/report.html (install chromium for its screenshot: mmfer report RUN --screenshot FILE.png)"
 fi

@@ -106,7 +106,20 @@ def cmd_train_fusion(args: argparse.Namespace) -> int:
     summary = train(cfg)
     if current_world().is_main:   # under torchrun every rank returns the same summary: one table
         print(format_summary_table(summary))
+        _write_run_report(cfg.out)
     return 0
+
+
+def _write_run_report(run_dir: str) -> None:
+    """RUN/report.html after a finished training; a report that fails is a warning (the run itself is complete)."""
+    from mmfer.pipeline.command_config import ReportConfig
+    from mmfer.pipeline.report import write_report
+
+    try:
+        out, selections = write_report(ReportConfig(run=run_dir))
+        print(f"{selections}\nreport: {out}")
+    except (MmferError, OSError, ValueError) as err:
+        log.warning("%s: report.html not written (%s); `mmfer report %s` retries", run_dir, err, run_dir)
 
 
 def cmd_make_demo(args: argparse.Namespace) -> int:
@@ -165,7 +178,7 @@ def _extract_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_parser(parser: argparse.ArgumentParser) -> None:
-    parser.description = "Stage 2: train the fusion model from the feature store only (by default the dataset's own speaker-independent folds: RAVDESS 6, CREMA-D 5, a manifest's fold column or 5 speaker folds)."
+    parser.description = "Stage 2: train the fusion model from the feature store only (by default the dataset's own speaker-independent folds: RAVDESS 6, CREMA-D 5, a manifest's fold column or 5 speaker folds). Ends by writing the run's page, RUN/report.html (`mmfer report`)."
     parser.add_argument("--dry-run", action="store_true", help="Print parameters, FLOPs per clip and GPU memory estimates; train nothing.")
     parser.add_argument("--json", action="store_true", help="With --dry-run: print one JSON object.")
     add_config_flags(parser, TrainConfig, TRAIN_ALIASES)
@@ -256,6 +269,15 @@ def _evaluate_parser(parser: argparse.ArgumentParser) -> None:
     add_evaluate_arguments(parser)
     add_common_arguments(parser, with_overrides=False)
     parser.set_defaults(handler=cmd_evaluate)
+
+
+@_register("report", "One self-contained HTML page of a run (RUN/report.html): protocol, three selections, spread, curves, errors.")
+def _report_parser(parser: argparse.ArgumentParser) -> None:
+    from mmfer.pipeline.report import add_report_arguments, cmd_report
+
+    add_report_arguments(parser)
+    add_common_arguments(parser, with_overrides=False)
+    parser.set_defaults(handler=cmd_report)
 
 
 @_register("ablate", "Ablation study from one cache: audio/visual/early/LFM2 and recipe variants, same folds and seeds.")

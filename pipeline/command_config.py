@@ -1,4 +1,4 @@
-"""The commands' own settings (demo, predict, export, evaluate, bench, ablate, tune), as typed dataclasses.
+"""The commands' own settings (demo, predict, export, evaluate, report, bench, ablate, tune), as typed dataclasses.
 
 The stages' settings (extract, model, training, split) are the floor's, in `core/config.py`; these are read
 only by the commands in this folder. `pipeline/flags.py` turns both into the CLI's flags.
@@ -123,6 +123,26 @@ class EvaluateConfig:
     """With --corrupt face-crop-off: load the audio encoder from here instead of the recorded name (its weights must match)."""
     models_dir: str | None = None
     """With --corrupt face-crop-off: folder searched for the run's encoders when they are not where it recorded them; default: $MMFER_MODELS."""
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    run: str = ""
+    """A train-fusion run folder (required)."""
+    out: str | None = None
+    """The HTML file to write (default: RUN/report.html)."""
+    evaluations: str | None = None
+    """Comma-separated folders written by `mmfer evaluate` (cross-corpus or --corrupt) for this run, shown beside its own tables; folders inside RUN that hold them are found without this."""
+    max_clips: int = 48
+    """Misclassified test clips listed (the most confident first), each with a frame thumbnail."""
+    thumbnails: bool = True
+    """Decode one frame of each listed clip from its media file (--no-thumbnails: list the clips only)."""
+    screenshot: str | None = None
+    """Also write a PNG screenshot of the report's top (headless Chromium, e.g. for the docs)."""
+
+    def __post_init__(self) -> None:
+        if self.max_clips < 0:
+            raise ValueError(f"max_clips must be >= 0, got {self.max_clips}")
 
 
 @dataclass(frozen=True)

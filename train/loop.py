@@ -327,6 +327,9 @@ def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, 
         _, val_labels, val_probs = predict(model, loader, sampler, val_pos, device, amp_dtype, world=world)
         val = {**compute_metrics(val_labels, val_probs.argmax(1), class_names=cache.label_names),
                "nll": mean_nll(val_labels, val_probs)}
+        # recorded only, never read by the stopper: the report's test-selected ORACLE column (papers that pick on test)
+        _, test_labels, test_probs = predict(model, loader, sampler, test_pos, device, amp_dtype, world=world)
+        test = compute_metrics(test_labels, test_probs.argmax(1), class_names=cache.label_names)
         lrs = schedule.lrs()
         is_best = stopper.update(val[t.monitor], epoch, tie_loss=val["nll"] if t.tie_break == "val_nll" else math.inf)
         schedule.step(val[t.monitor])
@@ -337,7 +340,7 @@ def train_fold(cfg: TrainConfig, fold, fold_number: int, fold_dir: Path, cache, 
                  "rng": rng_state(), "config": resolved, "cache_fingerprints": resolved["cache_fingerprints"],
                  "model_spec": model.spec, "feature_spec": cache.feature_spec.to_dict()}
         record = {"fold": fold.name, "epoch": epoch + 1, **stats, **{f"val_{k}": val[k] for k in (*HEADLINE, "nll")},
-                  **{f"lr_{k}": v for k, v in lrs.items()}, "is_best": is_best}
+                  **{f"test_{k}": test[k] for k in HEADLINE}, **{f"lr_{k}": v for k, v in lrs.items()}, "is_best": is_best}
         if world.is_main:
             if is_best:   # best before last: a kill between the two replays this epoch on resume
                 save_checkpoint(best_path, best_weights(state), keep_previous=False)
