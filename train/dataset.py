@@ -13,7 +13,7 @@ import logging
 import os
 import queue
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from mmfer.core.labels import store_label_names
+from mmfer.core.cache_facts import CacheFacts, read_cache_facts
 from mmfer.core.store import ClipStatus, FeatureStore, StoreError, open_store, set_codec_threads
 
 log = logging.getLogger(__name__)
@@ -46,11 +46,13 @@ class CacheInfo:
     label_names: tuple[str, ...]        # C class names, in class-id order (the store's label_names)
     dataset: str | None                 # the adapter that made the store (ravdess, crema-d, manifest)
     num_views: int = 0                  # augmented views per clip every entry read holds (`extract --views K`)
+    facts: CacheFacts | None = field(default=None, repr=False, compare=False)   # the store read once (its handle)
 
 
-def open_cache(path: str, *, use_video: bool, use_audio: bool, video_entry: str | None = None,
+def open_cache(cache: CacheFacts | str, *, use_video: bool, use_audio: bool, video_entry: str | None = None,
                audio_entry: str | None = None, expected: dict[str, str | None] | None = None) -> CacheInfo:
-    """Open the store, pick the entries and the usable clips.
+    """Pick the entries and the usable clips of a store: `cache` is the store read once (`CacheFacts`),
+    or its path (read here).
 
     A clip is usable when every modality the run reads is DONE or MISSING and at least one is DONE.
     `expected` ({"video": fp, "audio": fp}, e.g. from a checkpoint) must match the chosen entries.
@@ -59,14 +61,15 @@ def open_cache(path: str, *, use_video: bool, use_audio: bool, video_entry: str 
         StoreError: no store / another schema version / no such entry / an entry without the arrays
             train/ reads / fingerprints other than `expected`.
     """
-    store = open_store(path, mode="r")
+    facts = cache if isinstance(cache, CacheFacts) else read_cache_facts(cache)
+    path = facts.path
     statuses, fingerprints, encoders, shapes, num_bytes, num_views = {}, {}, {}, {}, 0, []
     for modality, used, chosen, names in (("video", use_video, video_entry, VIDEO_ARRAYS),
                                            ("audio", use_audio, audio_entry, AUDIO_ARRAYS)):
         if not used:
             fingerprints[modality] = None
             continue
-        entry = store.entry(modality, chosen)
+        entry = facts.entry(modality, chosen)
         missing = [n for n in names if n not in entry.array_specs]
         if missing:
             raise StoreError(f"{entry.path}: {modality} entry lacks arrays {missing} (has {sorted(entry.array_specs)}); "
@@ -81,7 +84,7 @@ def open_cache(path: str, *, use_video: bool, use_audio: bool, video_entry: str 
         shapes[modality] = entry.array_specs["tokens"].shape
         num_bytes += entry.raw_bytes_per_clip()
         num_views.append(entry.num_views)
-    table = store.clip_table.copy()
+    table = facts.clip_table.copy()
     done = {m: s == ClipStatus.DONE for m, s in statuses.items()}
     ok = {m: np.isin(s, (ClipStatus.DONE, ClipStatus.MISSING)) for m, s in statuses.items()}
     has_video = done.get("video", np.zeros(len(table), bool))
@@ -94,7 +97,7 @@ def open_cache(path: str, *, use_video: bool, use_audio: bool, video_entry: str 
     return CacheInfo(str(path), fingerprints["video"], fingerprints["audio"],
                      tuple(shapes.get("video", (1, 1, 1))), tuple(shapes.get("audio", (1, 1))),
                      encoders, table[usable].reset_index(drop=True), num_bytes,
-                     store_label_names(store.attrs), store.attrs.get("dataset"), min(num_views, default=0))
+                     facts.label_names, facts.dataset, min(num_views, default=0), facts)
 
 
 def available_memory_bytes() -> int:
@@ -135,6 +138,8 @@ class ClipDataset(Dataset):
         self._store: FeatureStore | None = None
         self._entries: dict = {}
         self._pid: int | None = None
+        if cache.facts is not None:   # this process reads through the handle the run already holds
+            self._store, self._pid = cache.facts.store, os.getpid()
         self._cached: list[dict] | None = None
         if preload:
             self._cached = [self._read(i) for i in range(len(self))]
