@@ -113,7 +113,7 @@ def train_fold(run: RunContext, fold: Fold, *, disk_estimate_folds: int = 0) -> 
     if world.is_distributed:
         ddp = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
-    from torch.utils.tensorboard import SummaryWriter   # here, so importing loop.py stays light
+    from torch.utils.tensorboard import SummaryWriter   # here, so importing fold.py stays light
     writer = SummaryWriter(str(fold_dir / "tb")) if world.is_main else None
     timings = []
     epochs = Progress(t.max_epochs - start_epoch, desc=fold.name, unit="epoch", logger=log, with_bar=False)
