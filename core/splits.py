@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -35,12 +35,16 @@ class LeakageError(BadInputError, ValueError):
 
 @dataclass(frozen=True)
 class Fold:
-    """One split: actors per part. Fold names are 1-based (`fold1` … `fold6`)."""
+    """One split: actors per part, and its identity. `number` is the fold's protocol number (1-based: the
+    number `train-fusion --folds`, the protocol card and `predict/export --fold` use; it also seeds the
+    fold); 0 for a fold made outside a protocol. `name` names its folder (`fold1` … `fold6`, `fixed`,
+    `manifest`, a fold file's names)."""
 
     name: str
     train_actors: tuple[int, ...]
     val_actors: tuple[int, ...]
     test_actors: tuple[int, ...]
+    number: int = 0
 
     def part_of(self, actor: int) -> str | None:
         for part in ("train", "val", "test"):
@@ -52,7 +56,8 @@ class Fold:
         """The same fold listing only `actors` (those the cache holds), so logs, summaries and model
         cards name the actors a run really used."""
         keep = set(actors)
-        return Fold(self.name, *(tuple(a for a in getattr(self, f"{p}_actors") if a in keep) for p in ("train", "val", "test")))
+        return replace(self, **{f"{p}_actors": tuple(a for a in getattr(self, f"{p}_actors") if a in keep)
+                                for p in ("train", "val", "test")})
 
     def as_dict(self) -> dict:
         return {"name": self.name, "train_actors": list(self.train_actors),
@@ -178,7 +183,7 @@ def clip_level_validation(fold: Fold, clips: pd.DataFrame, *, val_fraction: floa
         val += [int(group["actor"].iloc[i]) for i in order[:count]]
     chosen = set(val)
     train = tuple(sorted(int(a) for a in pool["actor"] if int(a) not in chosen))
-    return Fold(fold.name, train, tuple(sorted(chosen)), fold.test_actors)
+    return replace(fold, train_actors=train, val_actors=tuple(sorted(chosen)))
 
 
 def _speaker_name(clips: pd.DataFrame, actor: int) -> str:
@@ -218,7 +223,50 @@ def resolve_protocol(protocol: str, *, dataset: str | None, clips: pd.DataFrame)
 
 def make_folds(protocol: str, *, num_val_actors: int, fold_file: str | None, all_actors: list[int] | None = None,
                clips: pd.DataFrame | None, num_folds: int, val_fraction: float, val_seed: int) -> list[Fold]:
-    """The folds of a resolved protocol (see `resolve_protocol`); `clips` (the clip table) is needed by
+    """The folds of a resolved protocol (see `resolve_protocol`; the settings are `_protocol_folds`'),
+    numbered 1.. in the protocol's order: each fold's `number` is its identity from here on (`select_folds`)."""
+    folds = _protocol_folds(protocol, num_val_actors=num_val_actors, fold_file=fold_file, all_actors=all_actors,
+                            clips=clips, num_folds=num_folds, val_fraction=val_fraction, val_seed=val_seed)
+    return [replace(fold, number=k) for k, fold in enumerate(folds, start=1)]
+
+
+def parse_fold_numbers(folds: str) -> list[int] | None:
+    """`--folds` (TrainConfig.folds): None for `all`, else its 1-based protocol fold numbers.
+
+    Raises:
+        ConfigError: neither `all` nor comma-separated numbers of 1 or more.
+    """
+    if folds == "all":
+        return None
+    try:
+        numbers = [int(f) for f in folds.split(",")]
+    except ValueError:
+        raise ConfigError(f"folds must be 'all' or comma-separated numbers, got {folds!r}") from None
+    if any(n < 1 for n in numbers):
+        raise ConfigError(f"folds are 1-based, got {folds!r}")
+    return numbers
+
+
+def select_folds(folds: list[Fold], chosen: str, *, protocol: str) -> list[Fold]:
+    """The folds `--folds` chooses (`all`, or protocol fold numbers, in the order given) among the
+    protocol's `folds` (from `make_folds`).
+
+    Raises:
+        ConfigError: a number the protocol has no fold for.
+    """
+    numbers = parse_fold_numbers(chosen)
+    if numbers is None:
+        return list(folds)
+    by_number = {fold.number: fold for fold in folds}
+    if any(n not in by_number for n in numbers):
+        raise ConfigError(f"folds {chosen}: split.protocol {protocol} has {len(folds)} fold(s), "
+                          f"numbered 1..{len(folds)}; choose among them or pass --folds all")
+    return [by_number[n] for n in numbers]
+
+
+def _protocol_folds(protocol: str, *, num_val_actors: int, fold_file: str | None, all_actors: list[int] | None = None,
+               clips: pd.DataFrame | None, num_folds: int, val_fraction: float, val_seed: int) -> list[Fold]:
+    """The (unnumbered) folds of a resolved protocol (see `resolve_protocol`); `clips` (the clip table) is needed by
     manifest and speaker-kfold, `num_folds` (split.num_folds) by speaker-kfold. Validation actors come from
     the actors the cache holds (`all_actors`, else those of `clips`); for clip-level tables (`is_clip_level`)
     the generated folds validate on a `val_fraction` of their training clips instead (`clip_level_validation`).

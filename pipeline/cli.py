@@ -19,7 +19,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable
 
-from mmfer.pipeline.flags import TRAIN_ALIASES, add_common_arguments, add_config_flags, resolve_config
+from mmfer.pipeline.flags import (TRAIN_ALIASES, add_common_arguments, add_config_flags, resolve_config,
+                                  resolve_train_config)
 from mmfer.core.config import ExtractConfig, TrainConfig
 from mmfer.pipeline.command_config import DemoConfig
 from mmfer.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, BadInputError, ConfigError, MmferError
@@ -92,18 +93,18 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_train_fusion(args: argparse.Namespace) -> int:
-    cfg: TrainConfig = resolve_config(TrainConfig, args)
+    cfg, facts = resolve_train_config(args)   # the cache read once, here; train and the dry run reuse it
     if args.dry_run:
         from mmfer.train.dryrun import dry_run_for_cache, format_dry_run
 
-        result = dry_run_for_cache(cfg)
+        result = dry_run_for_cache(cfg, facts)
         print(json.dumps(result, indent=2) if args.json else format_dry_run(result))
         return 0
     from mmfer.core.distributed import current_world
-    from mmfer.train.loop import train
+    from mmfer.train.cross_validation import train
     from mmfer.train.report import format_summary_table
 
-    summary = train(cfg)
+    summary = train(cfg, facts)
     if current_world().is_main:   # under torchrun every rank returns the same summary: one table
         print(format_summary_table(summary))
         _write_run_report(cfg.out)

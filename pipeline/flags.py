@@ -2,7 +2,8 @@
 
 Every command's parser is built here (`add_config_flags`) and every command resolves its config here
 (`resolve_config`), so a default lives only in core/config.py. Layering: defaults <- preset <-
---config YAML <- flags <- key=value overrides.
+--config YAML <- flags <- key=value overrides. What the cache says (its preset, class count, protocol)
+comes from core/cache_facts.py, read once.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from __future__ import annotations
 import argparse
 import logging
 import typing
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmfer.core.config import TrainConfig, train_config_with_preset
 from mmfer.core.overrides import apply_overrides, leaf_fields, load_yaml_overrides, parse_key_values
+
+if TYPE_CHECKING:
+    from mmfer.core.cache_facts import CacheFacts
 
 log = logging.getLogger("mmfer")
 
@@ -64,21 +68,36 @@ def _metavar(annotation: Any) -> str:
 def resolve_config(cfg_type: type, args: argparse.Namespace, prefix: str = "cfg:", layered: bool = True) -> Any:
     """Defaults <- preset (TrainConfig: --preset, else the one the cache was extracted with) <- --config YAML
     <- flags <- key=value overrides. Only a `layered` config takes the YAML file and the overrides."""
+    overrides = _overrides(cfg_type, args, prefix, layered)
+    if cfg_type is TrainConfig:
+        from mmfer.core.cache_facts import read_cache_facts_if_any   # here: --help reads no store (zarr, pandas)
+
+        facts = read_cache_facts_if_any(str(overrides.get("cache", TrainConfig.cache)))
+        return _check_device(train_config_with_preset(facts.default_preset(overrides) if facts else overrides))
+    return _check_device(apply_overrides(cfg_type(), overrides))
+
+
+def resolve_train_config(args: argparse.Namespace) -> tuple[TrainConfig, CacheFacts | None]:
+    """train-fusion's config and its cache, read once (None: no store at --cache yet; training says so):
+    `resolve_config`'s layers, then the cache's class count and protocol (`CacheFacts.settle`)."""
+    from mmfer.core.cache_facts import read_cache_facts_if_any
+
+    overrides = _overrides(TrainConfig, args, "cfg:", True)
+    facts = read_cache_facts_if_any(str(overrides.get("cache", TrainConfig.cache)))
+    if facts is None:
+        return _check_device(train_config_with_preset(overrides)), None
+    return facts.settle(_check_device(train_config_with_preset(facts.default_preset(overrides)))), facts
+
+
+def _overrides(cfg_type: type, args: argparse.Namespace, prefix: str, layered: bool) -> dict[str, Any]:
+    """The user's values, in layer order: --config YAML <- flags <- key=value overrides."""
     overrides: dict[str, Any] = {}
     if layered and getattr(args, "config", None):
         overrides.update(load_yaml_overrides(args.config, cfg_type))
     overrides.update({k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix)})
     if layered:
         overrides.update(parse_key_values(getattr(args, "overrides", None) or []))
-    if cfg_type is TrainConfig:
-        if "preset" not in overrides:
-            cache = str(overrides.get("cache", TrainConfig.cache))
-            cache_preset = _cache_preset(cache)
-            if cache_preset is not None and cache_preset != TrainConfig.preset:
-                log.info("preset %s: the preset %s was extracted with (--preset full overrides it)", cache_preset, cache)
-                overrides["preset"] = cache_preset
-        return _check_device(train_config_with_preset(overrides))
-    return _check_device(apply_overrides(cfg_type(), overrides))
+    return overrides
 
 
 def _check_device(cfg: Any) -> Any:
@@ -89,16 +108,6 @@ def _check_device(cfg: Any) -> Any:
 
         resolve_device(device)
     return cfg
-
-
-def _cache_preset(cache: str) -> str | None:
-    """The encoder preset a feature store records (None for a store that records none, or no store)."""
-    from mmfer.core.store import StoreError, open_store
-
-    try:
-        return open_store(cache).attrs.get("preset")
-    except StoreError:
-        return None
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, with_overrides: bool = True,

@@ -225,7 +225,7 @@ def test_tuning_is_nested_and_a_tuned_config_is_marked_on_its_tuning_actors(stud
     assert same["tuned_on_test_actors"] == []
     other = tmp_path / "other.json"
     other.write_text(json.dumps([{"name": "fold1", "test_actors": [5, 6], "val_actors": [3, 4]}]))
-    with caplog.at_level("WARNING", logger="mmfer.train.loop"):
+    with caplog.at_level("WARNING", logger="mmfer.train.cross_validation"):
         marked = train(dataclasses.replace(cfg, out=str(tmp_path / "other"), split=dataclasses.replace(
             cfg.split, fold_file=str(other))))
     assert marked["tuned_on_test_actors"] == [5, 6]

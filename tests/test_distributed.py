@@ -38,7 +38,7 @@ EPOCHS = 3
 # is twice that. Uniform class weights: with `auto` weights each rank's weighted mean has its own
 # denominator (sum of its clips' weights), which is not exact (measured 3.1e-3) - README says so.
 # The comparison turns off dropout, mixup and augmentation: each rank draws those from its own stream
-# (seed, fold, epoch, rank; train/loop.py epoch_streams), so with them on, 1 and 2 processes draw different
+# (seed, fold, epoch, rank; train/fold.py epoch_streams), so with them on, 1 and 2 processes draw different
 # masks for the same clip and agree only in distribution, not within any tolerance. Off, no draw depends on
 # the rank (the shuffle is shared), and 1e-3 still holds (rerun after the per-rank streams).
 PROB_TOLERANCE = 1e-3
@@ -133,7 +133,7 @@ def two_rank_run(cache: tuple[Path, Path], out: Path, extra: dict) -> pd.DataFra
 def test_two_rank_ddp_with_a_missing_modality_in_some_batches(cache, tmp_path):
     """Per-rank batches of 2 with modality dropout 0.5: some rank's batch has no audio (or no video), so the
     auxiliary head of that modality takes no part in its loss (train/losses.py): a parameter unused in that
-    step on that rank only. DDP must not fail or hang (find_unused_parameters, train/loop.py)."""
+    step on that rank only. DDP must not fail or hang (find_unused_parameters, train/fold.py)."""
     two_rank_run(cache, tmp_path / "dropout", {"training.modality_dropout": 0.5})
 
 

@@ -23,7 +23,9 @@ def every_update(monkeypatch):
 
 
 def progress_lines(caplog, logger: str) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == logger and LINE.match(r.getMessage())]
+    """Progress lines of `logger` and its children (training logs from train/fold.py and train/steps.py)."""
+    return [r.getMessage() for r in caplog.records
+            if (r.name == logger or r.name.startswith(logger + ".")) and LINE.match(r.getMessage())]
 
 
 def test_the_helper_logs_done_rate_and_time_left_at_most_once_per_interval(caplog, monkeypatch):
@@ -56,7 +58,7 @@ def test_extract_logs_progress_lines_for_its_clips(demo_root, tiny_models, tmp_p
 
 def test_training_logs_progress_lines_for_batches_and_epochs(tmp_path, caplog, every_update):
     from mmfer.core.config import train_config_with_preset
-    from mmfer.train.loop import train
+    from mmfer.train.cross_validation import train
 
     cache, folds = make_store(tmp_path / "cache", repetitions=1), write_fold_file(tmp_path / "folds.json")
     cfg = train_config_with_preset({
@@ -64,9 +66,9 @@ def test_training_logs_progress_lines_for_batches_and_epochs(tmp_path, caplog, e
         "model.variant": "early", "split.protocol": "file", "split.fold_file": str(folds),
         "model.visual.num_keep_tokens": 8, "training.max_epochs": 2, "training.warmup_epochs": 0,
         "training.batch_size": 16, "training.gradient_accumulation_steps": 1})
-    with caplog.at_level(logging.INFO, logger="mmfer.train.loop"):
+    with caplog.at_level(logging.INFO, logger="mmfer.train"):
         train(cfg)
-    lines = progress_lines(caplog, "mmfer.train.loop")
+    lines = progress_lines(caplog, "mmfer.train")
     batch_lines = [line for line in lines if line.startswith("fold1 epoch 1/2: ")]
     assert batch_lines and " batches (" in batch_lines[0] and "loss " in batch_lines[0], lines
     assert [line.split(",")[0] for line in lines if line.startswith("fold1: ")] == ["fold1: 1/2 epochs (50%)"], lines

@@ -4,7 +4,9 @@ import pandas as pd
 import pytest
 
 from mmfer.core.config import SplitConfig
-from mmfer.core.splits import Fold, LeakageError, check_no_leakage, make_folds, ravdess_folds
+from mmfer.core.errors import ConfigError
+from mmfer.core.splits import (Fold, LeakageError, check_no_leakage, clip_level_validation, make_folds, ravdess_folds,
+                               select_folds)
 
 
 def clip_table():
@@ -134,3 +136,25 @@ def test_actor_level_validation_comes_from_the_actors_the_cache_holds():
                        num_folds=5, val_fraction=0.1, val_seed=0)
     assert folds[0].val_actors == (5, 6) and folds[1].val_actors == (1, 2)
     assert [f.name for f in runnable_folds(ravdess, folds, chosen=False, cache_path="c")[0]] == ["fold1", "fold2"]
+
+
+def test_a_fold_carries_its_protocol_number_through_selection_and_restriction():
+    """One identity: the number `--folds` takes is the fold's own (`Fold.number`), kept by every later step."""
+    settings = dict(num_val_actors=2, fold_file=None, num_folds=5, val_fraction=0.1, val_seed=0)
+    folds = make_folds("ravdess-6fold", clips=None, **settings)
+    assert [(f.name, f.number) for f in folds] == [(f"fold{k}", k) for k in range(1, 7)]
+    chosen = select_folds(folds, "3,1", protocol="ravdess-6fold")   # in the order given
+    assert [(f.name, f.number) for f in chosen] == [("fold3", 3), ("fold1", 1)]
+    assert chosen[0].restricted_to([1, 2, 9, 10, 11]).number == 3
+    assert select_folds(folds, "all", protocol="ravdess-6fold") == folds
+    with pytest.raises(ConfigError, match="folds 1,7: split.protocol ravdess-6fold has 6 fold\\(s\\), numbered 1..6"):
+        select_folds(folds, "1,7", protocol="ravdess-6fold")
+    with pytest.raises(ConfigError, match="comma-separated numbers"):
+        select_folds(folds, "one", protocol="ravdess-6fold")
+    # a manifest's fold column 3 and 7: folders fold3 and fold7, protocol folds 1 and 2
+    table = pd.DataFrame({"clip_id": [f"c{i}" for i in range(8)], "actor": range(1, 9), "label": [0, 1] * 4,
+                          "fold": [3, 3, 3, 3, 7, 7, 7, 7]})
+    column = make_folds("manifest", clips=table, **settings)
+    assert [(f.name, f.number) for f in column] == [("fold3", 1), ("fold7", 2)]
+    assert select_folds(column, "2", protocol="manifest")[0].name == "fold7"
+    assert clip_level_validation(column[1], table, val_fraction=0.5, val_seed=0).number == 2

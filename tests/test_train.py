@@ -130,6 +130,36 @@ def test_spawned_workers_after_parent_read_and_no_encoder_loaded(cache, tmp_path
     assert (tmp_path / "w" / "summary.json").is_file()
 
 
+def test_train_fusion_opens_the_store_once_before_the_first_batch(cache, tmp_path, monkeypatch):
+    """The command reads the cache once (core/cache_facts.py): its preset, class count, protocol, entries and the
+    clips of the first batch all come through one open_store (the real function on the real store, counted)."""
+    import mmfer.core.store
+    import mmfer.train.fold
+    from mmfer.pipeline.cli import main
+
+    real, opens, at_first_batch = mmfer.core.store.open_store, [], []
+
+    def counted(*args, **kwargs):
+        opens.append(str(args[0]))
+        return real(*args, **kwargs)
+
+    for module in list(sys.modules.values()):   # every module that holds the function, and the store module itself
+        if getattr(module, "__name__", "").startswith("mmfer") and getattr(module, "open_store", None) is real:
+            monkeypatch.setattr(module, "open_store", counted)
+    real_epoch = mmfer.train.fold.train_epoch
+
+    def first_epoch(*args, **kwargs):
+        at_first_batch.append(len(opens))
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(mmfer.train.fold, "train_epoch", first_epoch)
+    argv = ["train-fusion", "--cache", str(cache[0]), "--out", str(tmp_path / "run"), "--preset", "tiny", "--device",
+            "cpu", "--epochs", "1", "--folds", "1", "--batch-size", "8", "split.protocol=file",
+            f"split.fold_file={cache[1]}", "model.visual.num_keep_tokens=8", "training.warmup_epochs=0"]
+    assert main(argv) == 0
+    assert at_first_batch[0] == 1, opens
+
+
 def test_other_schema_or_fingerprint_is_refused(cache, tmp_path):
     with pytest.raises(StoreError, match="no video entry with fingerprint nope"):
         open_cache(str(cache[0]), use_video=True, use_audio=True, video_entry="nope")

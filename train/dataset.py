@@ -13,7 +13,7 @@ import logging
 import os
 import queue
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from mmfer.core.labels import store_label_names
+from mmfer.core.cache_facts import CacheFacts, read_cache_facts
 from mmfer.core.feature_spec import FeatureSpec
 from mmfer.core.store import ClipStatus, FeatureStore, StoreError, open_store, set_codec_threads
 
@@ -34,25 +34,40 @@ PRELOAD_MEMORY_FRACTION = 0.25        # --preload auto keeps the cache in RAM be
 
 @dataclass(frozen=True)
 class CacheInfo:
-    """What a run reads from a store: fingerprints, feature sizes and the usable clips."""
+    """What a run reads from a store: the chosen entries' FeatureSpec, fingerprints and the usable clips."""
 
     path: str
     video_fingerprint: str | None
     audio_fingerprint: str | None
-    video_shape: tuple[int, int, int]   # (Tv, P, Dv); (1, 1, 1) when the run reads no video
-    audio_shape: tuple[int, int]        # (Ta_max, Da); (1, 1) when the run reads no audio
-    encoders: dict                      # modality -> the entry's "encoder" identity attrs
     clips: pd.DataFrame                 # usable clips: clip table columns + has_video, has_audio
     bytes_per_clip: int
     label_names: tuple[str, ...]        # C class names, in class-id order (the store's label_names)
     dataset: str | None                 # the adapter that made the store (ravdess, crema-d, manifest)
     num_views: int = 0                  # augmented views per clip every entry read holds (`extract --views K`)
-    feature_spec: FeatureSpec = FeatureSpec()   # what the chosen entries hold; checkpoints carry it (predict needs no store)
+    feature_spec: FeatureSpec = FeatureSpec()   # what the chosen entries hold; the model's dims; checkpoints carry it
+    facts: CacheFacts | None = field(default=None, repr=False, compare=False)   # the store read once (its handle)
+
+    @property
+    def video_shape(self) -> tuple[int, int, int]:
+        """(Tv, P, Dv); (1, 1, 1) when the run reads no video."""
+        return self.feature_spec.video_shape or (1, 1, 1)
+
+    @property
+    def audio_shape(self) -> tuple[int, int]:
+        """(Ta_max, Da); (1, 1) when the run reads no audio."""
+        spec = self.feature_spec
+        return (spec.max_audio_frames, spec.audio_dim) if spec.audio is not None else (1, 1)
+
+    @property
+    def encoders(self) -> dict:
+        """modality -> the entry's "encoder" record."""
+        return {m: dict(s.encoder.record) for m, s in self.feature_spec.modalities().items()}
 
 
-def open_cache(path: str, *, use_video: bool, use_audio: bool, video_entry: str | None = None,
+def open_cache(cache: CacheFacts | str, *, use_video: bool, use_audio: bool, video_entry: str | None = None,
                audio_entry: str | None = None, expected: dict[str, str | None] | None = None) -> CacheInfo:
-    """Open the store, pick the entries and the usable clips.
+    """Pick the entries and the usable clips of a store: `cache` is the store read once (`CacheFacts`),
+    or its path (read here).
 
     A clip is usable when every modality the run reads is DONE or MISSING and at least one is DONE.
     `expected` ({"video": fp, "audio": fp}, e.g. from a checkpoint) must match the chosen entries.
@@ -61,14 +76,15 @@ def open_cache(path: str, *, use_video: bool, use_audio: bool, video_entry: str 
         StoreError: no store / another schema version / no such entry / an entry without the arrays
             train/ reads / fingerprints other than `expected`.
     """
-    store = open_store(path, mode="r")
-    statuses, fingerprints, encoders, shapes, num_bytes, num_views, attrs = {}, {}, {}, {}, 0, [], {}
+    facts = cache if isinstance(cache, CacheFacts) else read_cache_facts(cache)
+    path = facts.path
+    statuses, fingerprints, num_bytes, num_views, attrs = {}, {}, 0, [], {}
     for modality, used, chosen, names in (("video", use_video, video_entry, VIDEO_ARRAYS),
                                            ("audio", use_audio, audio_entry, AUDIO_ARRAYS)):
         if not used:
             fingerprints[modality] = None
             continue
-        entry = store.entry(modality, chosen)
+        entry = facts.entry(modality, chosen)
         missing = [n for n in names if n not in entry.array_specs]
         if missing:
             raise StoreError(f"{entry.path}: {modality} entry lacks arrays {missing} (has {sorted(entry.array_specs)}); "
@@ -78,13 +94,11 @@ def open_cache(path: str, *, use_video: bool, use_audio: bool, video_entry: str 
             raise StoreError(f"{path}: this run was trained on {modality} features {want}, the cache holds "
                              f"{entry.fingerprint}; pass --{modality}-entry {want} or start a new --out")
         fingerprints[modality] = entry.fingerprint
-        encoders[modality] = dict(entry.attrs.get("encoder", {}))
         attrs[modality] = entry.attrs
         statuses[modality] = entry.statuses()
-        shapes[modality] = entry.array_specs["tokens"].shape
         num_bytes += entry.raw_bytes_per_clip()
         num_views.append(entry.num_views)
-    table = store.clip_table.copy()
+    table = facts.clip_table.copy()
     done = {m: s == ClipStatus.DONE for m, s in statuses.items()}
     ok = {m: np.isin(s, (ClipStatus.DONE, ClipStatus.MISSING)) for m, s in statuses.items()}
     has_video = done.get("video", np.zeros(len(table), bool))
@@ -94,11 +108,9 @@ def open_cache(path: str, *, use_video: bool, use_audio: bool, video_entry: str 
     skipped = int((~usable).sum())
     if skipped:
         log.warning("%s: %d of %d clips are not usable (failed or pending) and are left out", path, skipped, len(table))
-    return CacheInfo(str(path), fingerprints["video"], fingerprints["audio"],
-                     tuple(shapes.get("video", (1, 1, 1))), tuple(shapes.get("audio", (1, 1))),
-                     encoders, table[usable].reset_index(drop=True), num_bytes,
-                     store_label_names(store.attrs), store.attrs.get("dataset"), min(num_views, default=0),
-                     FeatureSpec.from_entries(attrs))
+    return CacheInfo(str(path), fingerprints["video"], fingerprints["audio"], table[usable].reset_index(drop=True),
+                     num_bytes, facts.label_names, facts.dataset, min(num_views, default=0),
+                     FeatureSpec.from_entries(attrs), facts)
 
 
 def available_memory_bytes() -> int:
@@ -139,6 +151,8 @@ class ClipDataset(Dataset):
         self._store: FeatureStore | None = None
         self._entries: dict = {}
         self._pid: int | None = None
+        if cache.facts is not None:   # this process reads through the handle the run already holds
+            self._store, self._pid = cache.facts.store, os.getpid()
         self._cached: list[dict] | None = None
         if preload:
             self._cached = [self._read(i) for i in range(len(self))]

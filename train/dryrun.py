@@ -36,14 +36,15 @@ TYPICAL_AUDIO_FRAMES = 44   # Ta of a 3.5 s RAVDESS clip at 80 ms per FastConfor
 log = logging.getLogger(__name__)
 
 
-def dry_run_for_cache(cfg: TrainConfig) -> dict:
+def dry_run_for_cache(cfg: TrainConfig, facts=None) -> dict:
     """dry_run with the feature sizes of cfg.cache when it exists (else the full encoders' sizes), the
-    run's batch size, dropout, precision (fp16 when mixed_precision) and gradient checkpointing."""
+    run's batch size, dropout, precision (fp16 when mixed_precision) and gradient checkpointing. `facts`
+    (core/cache_facts.py): the cache as the command read it (None: read here)."""
     dims = dict(FULL_DIMS)
-    if Path(cfg.cache).exists():
+    if facts is not None or Path(cfg.cache).exists():
         from mmfer.train.dataset import open_cache
 
-        cache = open_cache(cfg.cache, use_video=cfg.model.uses_video, use_audio=cfg.model.uses_audio,
+        cache = open_cache(facts if facts is not None else cfg.cache, use_video=cfg.model.uses_video, use_audio=cfg.model.uses_audio,
                            video_entry=cfg.video_entry, audio_entry=cfg.audio_entry)
         spec = cache.feature_spec   # the dims every consumer reads, in one place (core/feature_spec.py)
         if spec.video is not None:

@@ -179,7 +179,7 @@ def work_through(base: TrainConfig, out: Path, jobs: list[tuple[int, Entry]], ke
 
 def _run(cfg: TrainConfig, run_dir: Path, keep_checkpoints: bool) -> bool:
     """Train cfg in run_dir unless its summary.json exists (an unfinished folder is resumed); True if trained."""
-    from mmfer.train.loop import train  # here: building the parser must not import torch
+    from mmfer.train.cross_validation import train  # here: building the parser must not import torch
 
     if (run_dir / "summary.json").is_file():
         log.info("ablation: %s done before, skipped", run_dir)

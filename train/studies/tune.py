@@ -35,7 +35,7 @@ from mmfer.core.overrides import apply_overrides, flatten, to_dict
 log = logging.getLogger(__name__)
 
 STUDY_NAME = "mmfer"                # one study per outer fold: mmfer-<fold name>
-OBJECTIVE = "val_f1_macro"          # best-epoch validation macro-F1 of a fold (train/loop.py's summary)
+OBJECTIVE = "val_f1_macro"          # best-epoch validation macro-F1 of a fold (train/cross_validation.py's summary)
 MAX_FUSION_LAYERS = 6               # the design guide's depth; LFM2-700M has 16 layers, so every depth here exists
 KEEP_TOKEN_CHOICES = (8, 16, 32, 48, 64, 96, 128)   # K, capped at the cache's P patch tokens
 BASE_HASH_ATTR, BASE_CONFIG_ATTR = "base_config_sha256", "base_config"   # study user attrs (check_base)
@@ -71,24 +71,25 @@ def run_study(base: TrainConfig, study_dir: str | Path, num_trials: int, *, keep
     "best_fold", "best_config", "summary", "test_mean", "test_std", "folds" (tune_summary's entries), "plot"}.
     `storage_url` (see make_storage) lets processes on several machines share the studies' trials."""
 
-    from mmfer.core.splits import make_folds, resolve_protocol
+    from mmfer.core.cache_facts import read_cache_facts
+    from mmfer.core.splits import make_folds, select_folds
     from mmfer.train.dataset import open_cache
     from mmfer.train.metrics import HEADLINE, STD_LABEL, aggregate_folds
 
     study_dir = Path(study_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
-    cache = open_cache(base.cache, use_video=base.model.uses_video, use_audio=base.model.uses_audio,
+    facts = read_cache_facts(base.cache)   # the study's one read of the store; every trial's train reuses it
+    cache = open_cache(facts, use_video=base.model.uses_video, use_audio=base.model.uses_audio,
                        video_entry=base.video_entry, audio_entry=base.audio_entry)
-    protocol = resolve_protocol(base.split.protocol, dataset=cache.dataset, clips=cache.clips)
+    protocol = facts.protocol(base.split.protocol)
     folds = make_folds(protocol, num_val_actors=base.split.num_val_actors, fold_file=base.split.fold_file,
                        all_actors=sorted(int(a) for a in cache.clips["actor"].unique()), clips=cache.clips,
                        num_folds=base.split.num_folds, val_fraction=base.split.val_fraction,
                        val_seed=base.split.val_seed)
-    fold_numbers = list(range(1, len(folds) + 1)) if base.folds == "all" else [int(n) for n in base.folds.split(",")]
     storage = make_storage(storage_url, study_dir)
     entries, studies = [], []
-    for number in fold_numbers:
-        study, entry = tune_fold(base, folds[number - 1], number, study_dir, num_trials, storage,
+    for fold in select_folds(folds, base.folds, protocol=protocol):
+        study, entry = tune_fold(base, fold, study_dir, num_trials, storage, facts,
                                  num_patches=cache.video_shape[1], keep_checkpoints=keep_checkpoints)
         studies.append(study)
         if entry is not None:
@@ -131,15 +132,18 @@ def make_storage(url: str | None, study_dir: Path):
         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
 
 
-def tune_fold(base: TrainConfig, fold, number: int, study_dir: Path, num_trials: int, storage, *, num_patches: int,
+def tune_fold(base: TrainConfig, fold, study_dir: Path, num_trials: int, storage, facts, *, num_patches: int,
               keep_checkpoints: bool) -> tuple:
-    """One outer fold's study: trials train on `fold`'s training actors and are scored on its validation
-    actors. Returns (study, tune_summary entry or None when no trial completed)."""
+    """One outer fold's study: trials train on `fold`'s training actors (the protocol's fold `fold.number`)
+    and are scored on its validation actors; `facts` is the cache as the study read it (core/cache_facts.py).
+    Returns (study, tune_summary entry or None when no trial completed)."""
     import optuna
     from optuna.trial import TrialState
 
-    from mmfer.train.loop import train
+    from mmfer.train.cross_validation import train
     from mmfer.train.metrics import HEADLINE
+
+    number = fold.number
 
     def trial_dir(n: int) -> Path:
         return study_dir / "trials" / fold.name / f"{n:04d}"
@@ -149,7 +153,7 @@ def tune_fold(base: TrainConfig, fold, number: int, study_dir: Path, num_trials:
         out = trial_dir(trial.number)
         if out.exists():   # left by a study.db that was deleted: trial numbers restart at 0
             shutil.rmtree(out)
-        summary = train(dataclasses.replace(cfg, folds=str(number), out=str(out)))
+        summary = train(dataclasses.replace(cfg, folds=str(number), out=str(out)), facts)
         if not keep_checkpoints:
             shutil.rmtree(out / fold.name / "checkpoints", ignore_errors=True)
         return summary["folds"][fold.name][OBJECTIVE]   # validation actors only; test metrics are not read here
@@ -175,7 +179,7 @@ def tune_fold(base: TrainConfig, fold, number: int, study_dir: Path, num_trials:
         fold_summary = json.loads(summary_path.read_text())
     else:
         fold_summary = train(dataclasses.replace(apply_overrides(base, best.params), folds=str(number),
-                                                 out=str(study_dir / "outer" / fold.name), resume=True))
+                                                 out=str(study_dir / "outer" / fold.name), resume=True), facts)
     test_metrics = {k: fold_summary["folds"][fold.name][k] for k in HEADLINE}
     tuning_actors = sorted(set(fold.train_actors) | set(fold.val_actors))
     config = write_best_config(base, best.params, study_dir / f"best_config_{fold.name}.yaml", best.value, best.number,
