@@ -14,8 +14,8 @@ from synthetic_store import AUDIO_FP, FAILED_VIDEO_CLIP, NO_AUDIO_CLIP, VIDEO_FP
 from mmfer.pipeline.bundle import feature_records
 from mmfer.core.config import train_config_with_preset
 from mmfer.core.store import ClipStatus, CorruptClipError, StoreError, open_store
-from mmfer.core.store_export import export_h5
-from mmfer.core.store_verify import verify_store
+from mmfer.core.store.export import export_h5
+from mmfer.core.store.verify import verify_store
 from mmfer.train.loop import train
 
 

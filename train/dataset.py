@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mmfer.core.labels import store_label_names
-from mmfer.core.store import ClipStatus, FeatureStore, StoreError, open_store, set_codec_threads
+from mmfer.core.store import ClipStatus, StoreError, StoreReader, open_store, set_codec_threads
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class ClipDataset(Dataset):
         self.labels = rows["label"].to_numpy(dtype=np.int64)
         self.has_video = rows["has_video"].to_numpy(dtype=bool)
         self.has_audio = rows["has_audio"].to_numpy(dtype=bool)
-        self._store: FeatureStore | None = None
+        self._store: StoreReader | None = None
         self._entries: dict = {}
         self._pid: int | None = None
         self._cached: list[dict] | None = None
