@@ -52,6 +52,42 @@ def test_export_holds_the_same_clips_attributes_and_statuses(stores):
     assert feature_records(h5_path, fingerprints) == feature_records(zarr_path, fingerprints)
 
 
+def test_export_metadata_are_hdf5_attributes_too(stores, tmp_path):
+    """Issue 28 item 5: h5dump -A and HDFView show an export's metadata: the root's and each entry's attributes
+    as HDF5 attributes (strings and numbers as they are, anything else as JSON text), beside the checksummed
+    `attrs` datasets the reader trusts; an export made before (the datasets only) still opens alike."""
+    import shutil
+
+    import h5py
+
+    def readable(value, stored):   # a string or number as it is, anything else (dict, list, None) as JSON text
+        return stored == (value if isinstance(value, (str, int, float)) else json.dumps(value, sort_keys=True))
+
+    zarr_path, h5_path, _ = stores
+    source = open_store(zarr_path)
+    groups = {"/": source.attrs} | {f"{m}/{fp}": source.entry(m, fp).attrs for m, fp in (("video", VIDEO_FP), ("audio", AUDIO_FP))}
+    with h5py.File(h5_path, "r") as handle:
+        assert handle.attrs["schema_version"] == 1 and isinstance(handle["video"][VIDEO_FP].attrs["fingerprint"], str)
+        for name, attrs in groups.items():
+            got = {k: (v.item() if hasattr(v, "item") else v) for k, v in handle[name].attrs.items()}
+            assert set(got) == set(attrs) and all(readable(attrs[k], got[k]) for k in attrs), name
+        assert json.loads(handle["video"][VIDEO_FP].attrs["arrays"]) == groups[f"video/{VIDEO_FP}"]["arrays"]   # a dict
+    old = tmp_path / "before-attributes.h5"   # what cache-export wrote before: the same file without the attributes
+    shutil.copy(h5_path, old)
+    with h5py.File(old, "r+") as handle:
+        for name in groups:
+            for key in list(handle[name].attrs):
+                del handle[name].attrs[key]
+    copy = open_store(old)
+    assert copy.attrs == source.attrs and copy.clip_ids == source.clip_ids
+    for modality, fp in (("video", VIDEO_FP), ("audio", AUDIO_FP)):
+        entry = copy.entry(modality, fp)
+        assert entry.attrs == groups[f"{modality}/{fp}"] and (entry.statuses() == source.entry(modality).statuses()).all()
+        done = source.clip_ids[int(np.flatnonzero(entry.statuses() == ClipStatus.DONE)[0])]
+        assert all(np.array_equal(v, source.entry(modality).read_clip(done)[k]) for k, v in entry.read_clip(done).items())
+    assert verify_store(old).ok
+
+
 @pytest.mark.slow   # two short training runs (~40 s on 2 shared cores)
 def test_same_training_from_zarr_and_from_its_h5_export(stores, tmp_path):
     zarr_path, h5_path, folds = stores
