@@ -52,6 +52,24 @@ def test_export_holds_the_same_clips_attributes_and_statuses(stores):
     assert feature_records(h5_path, fingerprints) == feature_records(zarr_path, fingerprints)
 
 
+def test_both_backends_answer_one_reading_interface_and_share_no_class(stores):
+    """Issue 28 item 5: a Zarr store and its HDF5 export, opened by open_store, each answer every member of the
+    reading interface (reading.py's StoreReader, EntryReader); the HDF5 classes no longer subclass the Zarr ones."""
+    from mmfer.core.store import EntryReader, FeatureEntry, FeatureStore, StoreReader
+    from mmfer.core.store.h5_store import H5Entry, H5Store
+
+    zarr_path, h5_path, _ = stores
+    for path, classes in ((zarr_path, (FeatureStore, FeatureEntry)), (h5_path, (H5Store, H5Entry))):
+        store = open_store(path)
+        entry = store.entry("video", VIDEO_FP)
+        assert (type(store), type(entry)) == classes
+        for obj, protocol in ((store, StoreReader), (entry, EntryReader)):
+            members = {n for n in dir(protocol) if not n.startswith("_")} | set(protocol.__annotations__)
+            assert len(members) > 6 and not [n for n in members if not hasattr(obj, n)], (path, protocol)
+    assert set(H5Entry.__mro__) & set(FeatureEntry.__mro__) == {object}
+    assert set(H5Store.__mro__) & set(FeatureStore.__mro__) == {object}
+
+
 def test_export_metadata_are_hdf5_attributes_too(stores, tmp_path):
     """Issue 28 item 5: h5dump -A and HDFView show an export's metadata: the root's and each entry's attributes
     as HDF5 attributes (strings and numbers as they are, anything else as JSON text), beside the checksummed
@@ -86,6 +104,23 @@ def test_export_metadata_are_hdf5_attributes_too(stores, tmp_path):
         done = source.clip_ids[int(np.flatnonzero(entry.statuses() == ClipStatus.DONE)[0])]
         assert all(np.array_equal(v, source.entry(modality).read_clip(done)[k]) for k, v in entry.read_clip(done).items())
     assert verify_store(old).ok
+
+
+def test_a_clip_table_too_long_for_an_attribute_stays_in_the_dataset(tmp_path):
+    """A real dataset's clip table (1,440 RAVDESS rows, over 64 KiB of JSON: HDF5's dense attribute storage, which
+    older readers lack) is left out of the attributes, whole in the `attrs` dataset; the export reads back every clip."""
+    import h5py
+    import pandas as pd
+
+    from mmfer.core.store import create_store
+
+    table = pd.DataFrame({"clip_id": [f"clip-{i:05d}" for i in range(1440)], "label": [i % 8 for i in range(1440)],
+                          "path": [f"Actor_{i % 24:02d}/clip-{i:05d}.mp4" for i in range(1440)]})
+    create_store(tmp_path / "cache", table, {"dataset": "ravdess"})
+    export_h5(tmp_path / "cache", tmp_path / "big.h5")
+    with h5py.File(tmp_path / "big.h5", "r") as handle:
+        assert "clip_table" not in handle.attrs and handle.attrs["dataset"] == "ravdess"
+    assert open_store(tmp_path / "big.h5").clip_ids == list(table["clip_id"])
 
 
 @pytest.mark.slow   # two short training runs (~40 s on 2 shared cores)

@@ -12,7 +12,6 @@ import logging
 import os
 import uuid
 from pathlib import Path
-from typing import Iterator
 
 import h5py
 import numpy as np
@@ -27,8 +26,9 @@ from mmfer.core.store import open_store
 
 log = logging.getLogger(__name__)
 
-MAX_ATTRIBUTE_BYTES = 32 * 1024   # an HDF5 attribute in the object header caps at 64 KiB: a longer value (a real
-                                   # dataset's clip table) is only in the JSON dataset
+# A longer value (a real dataset's clip table) is only in the JSON dataset: over 64 KiB an attribute needs HDF5's
+# dense attribute storage, which older HDF5 readers lack, and it would flood `h5dump -A` and HDFView.
+MAX_ATTRIBUTE_BYTES = 32 * 1024
 
 
 def export_h5(store_path: str | os.PathLike, h5_path: str | os.PathLike) -> dict:
@@ -115,7 +115,7 @@ def _write_metadata(group: h5py.Group, attrs: dict) -> None:
     """A group's metadata: the checksummed JSON dataset `attrs` (what the reader trusts), and each key as an HDF5
     attribute: strings and numbers as they are, anything else (dicts, lists, None) as its JSON text."""
     _write_json(group, ATTRS, attrs)
-    for key, value in attrs.items():
+    for key, value in attrs.items():   # (a value longer than MAX_ATTRIBUTE_BYTES: only in the dataset)
         plain = isinstance(value, (str, int, float)) and not (isinstance(value, str) and len(value) > MAX_ATTRIBUTE_BYTES)
         text = None if plain else json.dumps(value, sort_keys=True)
         if text is not None and len(text.encode()) > MAX_ATTRIBUTE_BYTES:
