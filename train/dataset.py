@@ -1,6 +1,6 @@
 """Cached features -> training batches: which clips are usable, a per-clip dataset, collation, prefetch.
 
-Reads the store only through `core/store.py` and never builds an encoder. The store is opened lazily
+Reads the store only through `core/store/` (`open_store`) and never builds an encoder. The store is opened lazily
 in each process that reads (DataLoader workers are spawned, never forked after the parent used Zarr).
 Collation pads audio to the longest clip of the batch and builds masks (True = real token).
 """
