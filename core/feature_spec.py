@@ -18,13 +18,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from mmfer.core.store.layout import ENTRY_BOOKKEEPING, MODALITIES   # entry attrs the store adds itself; its modalities
+
 # Where an encoder was read from and which registry kind read it, recorded in the entry but not fingerprinted:
 # the weights hash (and the hub revision asked for) say what it is, so the same weights under another
 # --models-dir or folder resume, and stores made before `kind` was recorded keep their fingerprints.
 ENCODER_LOCATION_KEYS = ("name", "commit_hash", "location", "kind", "backend")
-# Entry attrs the store adds itself; not part of the features' definition.
-ENTRY_BOOKKEEPING = ("modality", "fingerprint", "arrays", "view_arrays")
-MODALITIES = ("video", "audio")
 
 
 def _plain(value: Any) -> Any:

@@ -65,7 +65,6 @@ def run_bench(*, num_clips: int, preset: str, device: str, work_parent: str | No
 
     from mmfer.pipeline import bench_parts as parts
     from mmfer.pipeline.bench_setup import load_encoder_pair, make_setup, make_work_dir, remove_work_dir
-    from mmfer.core.store import tensorstore_version
 
     started = time.perf_counter()
     work_dir = make_work_dir(work_parent)
@@ -139,7 +138,6 @@ def run_bench(*, num_clips: int, preset: str, device: str, work_parent: str | No
         storage = parts.storage_stats(stores[num_clips], list(cache.clips["clip_id"]), setup.train_cfg)
         storage["size_options"] = parts.size_options(stores[num_clips], list(cache.clips["clip_id"]))
         storage["readers"] = parts.reader_comparison(stores[num_clips], list(cache.clips["clip_id"]), work_dir)
-        storage["tensorstore"] = tensorstore_version()
         result = summarize(num_clips, epoch_clips, env, setup_s, scaling, decode, encode, counted, dry,
                            {"memory": memory_runs, "cached": cached_runs, "online": [online_s]}, storage,
                            extract_batch_size=setup.extract_cfg.batch_size)
@@ -275,7 +273,7 @@ def format_report(r: dict) -> str:
               "4  size options (visual tokens):  " + "; ".join(
                   f"{o['option']}: {o['token_bytes_per_clip'] / 1e6:.3f} MB/clip, rel. error {o['relative_error']:.4f}"
                   for o in s.get("size_options", [])),
-              *format_readers(s.get("readers", []), s.get("tensorstore")),
+              *format_readers(s.get("readers", [])),
               f"5  {'clips':>6}{'extract s':>11}{'s/clip':>8}{'RSS MB':>8}{'workers':>9}{'train epoch s':>15}{'s/clip':>8}{'RSS MB':>8}"]
     for row in r["scaling"]:
         ex, tr = row["extract"], row["train"]
@@ -299,7 +297,7 @@ def format_scale_out(p: dict | None) -> list[str]:
             f"speedup {p['speedup']:.2f}x (with set-up: {p['with_setup_clips_per_s_1']:.3f} -> {p['with_setup_clips_per_s_n']:.3f})"]
 
 
-def format_readers(rows: list[dict], tensorstore: str | None) -> list[str]:
+def format_readers(rows: list[dict]) -> list[str]:
     """Part 4's reader comparison: one line per reader and thread count, cold and warm page cache."""
     by_key = {(r["reader"], r["readers"], r.get("cache", "warm")): r for r in rows}
     lines = ["4  readers of the same clips (video tokens + pooled, checksums checked; cold: the store's files dropped from "
@@ -310,8 +308,6 @@ def format_readers(rows: list[dict], tensorstore: str | None) -> list[str]:
         cells = "".join(f"{row['mb_per_s']:>11.0f}{row['clips_per_s']:>9.1f}" if row else f"{'-':>11}{'-':>9}"
                         for row in (cold, warm))
         lines.append(f"   {reader:<14}{readers:>8}{cells}")
-    if tensorstore is None:
-        lines.append("   tensorstore: not installed (pip install 'mmfer[fast-read]' to compare it)")
     return lines
 
 

@@ -231,31 +231,26 @@ def size_options(store_path: str, clip_ids: list[str]) -> list[dict]:
 
 def reader_comparison(store_path: str, clip_ids: list[str], work_dir: Path) -> list[dict]:
     """MB/s (decoded) and clips/s reading the same clips' video tokens and pooled, checksums checked, through the
-    store interface: the Zarr store by zarr-python and by tensorstore (when installed), its HDF5 export by h5py;
-    1 and 2 reader threads; cold (every file of the store dropped from the page cache with posix_fadvise
-    DONTNEED before each pass, store reopened) and warm (the same clips just read). Best of 3 passes each."""
-    from mmfer.core.store import tensorstore_version
-    from mmfer.core.store_export import export_h5
+    store interface: the Zarr store by zarr-python, its HDF5 export by h5py; 1 and 2 reader threads; cold
+    (every file of the store dropped from the page cache with posix_fadvise DONTNEED before each pass, store
+    reopened) and warm (the same clips just read). Best of 3 passes each."""
+    from mmfer.core.store.export import export_h5
 
     h5_path = work_dir / "reader-comparison.h5"
     if not h5_path.exists():
         export_h5(store_path, h5_path)
-    sources = [("zarr-python", store_path, "zarr-python")]
-    if tensorstore_version() is not None:
-        sources.append(("tensorstore", store_path, "tensorstore"))
-    sources.append(("hdf5 (h5py)", h5_path, "zarr-python"))   # an HDF5 file is read by h5py whatever the reader
     rows = []
-    for name, path, reader in sources:
+    for name, path in (("zarr-python", store_path), ("hdf5 (h5py)", h5_path)):
         for cache in ("cold", "warm"):
             for readers in (1, 2):
-                seconds, size = zip(*(_timed_reads(path, reader, clip_ids, readers=readers, cold=cache == "cold")
+                seconds, size = zip(*(_timed_reads(path, clip_ids, readers=readers, cold=cache == "cold")
                                       for _ in range(3)))
                 rows.append({"reader": name, "readers": readers, "cache": cache, "clips_per_s": len(clip_ids) / min(seconds),
                              "mb_per_s": size[0] * len(clip_ids) / min(seconds) / 1e6})
     return rows
 
 
-def _timed_reads(path, reader: str, clip_ids: list[str], *, readers: int, cold: bool) -> tuple[float, int]:
+def _timed_reads(path, clip_ids: list[str], *, readers: int, cold: bool) -> tuple[float, int]:
     """Seconds to read `clip_ids` with `readers` threads from a freshly opened store (closed again on return, so
     no library cache outlives a pass), and the decoded bytes of one clip."""
     from concurrent.futures import ThreadPoolExecutor
@@ -264,7 +259,7 @@ def _timed_reads(path, reader: str, clip_ids: list[str], *, readers: int, cold: 
 
     if cold:
         drop_from_page_cache(path)
-    entry = open_store(path, reader=reader).entry("video")
+    entry = open_store(path).entry("video")
     read = lambda cid: entry.read_clip(cid, ("tokens", "pooled"))   # noqa: E731
     if not cold:
         for cid in clip_ids:

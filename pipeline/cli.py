@@ -143,7 +143,7 @@ def cmd_cache_info(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from mmfer.core.store_verify import verify_store
+    from mmfer.core.store.verify import verify_store
 
     report = verify_store(args.cache, repair=args.repair)
     print(report.format())
@@ -155,7 +155,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_export(args: argparse.Namespace) -> int:
-    from mmfer.core.store_export import export_h5
+    from mmfer.core.store.export import export_h5
 
     result = export_h5(args.cache, args.h5)
     clips = ", ".join(f"{k}: {v} done clips" for k, v in result["clips_done"].items())

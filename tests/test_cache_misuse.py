@@ -12,7 +12,7 @@ from extract_helpers import extract_config
 from mmfer.data.ravdess import scan_ravdess
 from mmfer.extract.run import extract_all
 from mmfer.core.store import ClipStatus, CorruptClipError, StoreError, open_store
-from mmfer.core.store_verify import verify_store
+from mmfer.core.store.verify import verify_store
 
 
 @pytest.fixture

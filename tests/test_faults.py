@@ -28,7 +28,7 @@ from mmfer.pipeline.cli import main as mmfer_main
 from mmfer.core.config import ExtractConfig
 from mmfer.core.media import ffmpeg_exe
 from mmfer.core.store import MODALITIES, ClipStatus, StoreError, open_store
-from mmfer.core.store_verify import verify_store
+from mmfer.core.store.verify import verify_store
 
 pytestmark = pytest.mark.slow   # real kill -9 chains, disk-full and hanging decoders in subprocesses: minutes
 DEMO = {"num_actors": 1, "clips_per_emotion": 1, "size_px": 64, "duration_s": 1.0}   # 8 clips

@@ -14,8 +14,8 @@ from synthetic_store import AUDIO_FP, FAILED_VIDEO_CLIP, NO_AUDIO_CLIP, VIDEO_FP
 from mmfer.pipeline.bundle import feature_records
 from mmfer.core.config import train_config_with_preset
 from mmfer.core.store import ClipStatus, CorruptClipError, StoreError, open_store
-from mmfer.core.store_export import export_h5
-from mmfer.core.store_verify import verify_store
+from mmfer.core.store.export import export_h5
+from mmfer.core.store.verify import verify_store
 from mmfer.train.loop import train
 
 
@@ -50,6 +50,77 @@ def test_export_holds_the_same_clips_attributes_and_statuses(stores):
         copy.entry("video").read_clip(FAILED_VIDEO_CLIP)
     fingerprints = {"video": VIDEO_FP, "audio": AUDIO_FP}   # what `predict --run RUN --cache FILE.h5` reads
     assert feature_records(h5_path, fingerprints) == feature_records(zarr_path, fingerprints)
+
+
+def test_both_backends_answer_one_reading_interface_and_share_no_class(stores):
+    """Issue 28 item 5: a Zarr store and its HDF5 export, opened by open_store, each answer every member of the
+    reading interface (reading.py's StoreReader, EntryReader); the HDF5 classes no longer subclass the Zarr ones."""
+    from mmfer.core.store import EntryReader, FeatureEntry, FeatureStore, StoreReader
+    from mmfer.core.store.h5_store import H5Entry, H5Store
+
+    zarr_path, h5_path, _ = stores
+    for path, classes in ((zarr_path, (FeatureStore, FeatureEntry)), (h5_path, (H5Store, H5Entry))):
+        store = open_store(path)
+        entry = store.entry("video", VIDEO_FP)
+        assert (type(store), type(entry)) == classes
+        for obj, protocol in ((store, StoreReader), (entry, EntryReader)):
+            members = {n for n in dir(protocol) if not n.startswith("_")} | set(protocol.__annotations__)
+            assert len(members) > 6 and not [n for n in members if not hasattr(obj, n)], (path, protocol)
+    assert set(H5Entry.__mro__) & set(FeatureEntry.__mro__) == {object}
+    assert set(H5Store.__mro__) & set(FeatureStore.__mro__) == {object}
+
+
+def test_export_metadata_are_hdf5_attributes_too(stores, tmp_path):
+    """Issue 28 item 5: h5dump -A and HDFView show an export's metadata: the root's and each entry's attributes
+    as HDF5 attributes (strings and numbers as they are, anything else as JSON text), beside the checksummed
+    `attrs` datasets the reader trusts; an export made before (the datasets only) still opens alike."""
+    import shutil
+
+    import h5py
+
+    def readable(value, stored):   # a string or number as it is, anything else (dict, list, None) as JSON text
+        return stored == (value if isinstance(value, (str, int, float)) else json.dumps(value, sort_keys=True))
+
+    zarr_path, h5_path, _ = stores
+    source = open_store(zarr_path)
+    groups = {"/": source.attrs} | {f"{m}/{fp}": source.entry(m, fp).attrs for m, fp in (("video", VIDEO_FP), ("audio", AUDIO_FP))}
+    with h5py.File(h5_path, "r") as handle:
+        assert handle.attrs["schema_version"] == 1 and isinstance(handle["video"][VIDEO_FP].attrs["fingerprint"], str)
+        for name, attrs in groups.items():
+            got = {k: (v.item() if hasattr(v, "item") else v) for k, v in handle[name].attrs.items()}
+            assert set(got) == set(attrs) and all(readable(attrs[k], got[k]) for k in attrs), name
+        assert json.loads(handle["video"][VIDEO_FP].attrs["arrays"]) == groups[f"video/{VIDEO_FP}"]["arrays"]   # a dict
+    old = tmp_path / "before-attributes.h5"   # what cache-export wrote before: the same file without the attributes
+    shutil.copy(h5_path, old)
+    with h5py.File(old, "r+") as handle:
+        for name in groups:
+            for key in list(handle[name].attrs):
+                del handle[name].attrs[key]
+    copy = open_store(old)
+    assert copy.attrs == source.attrs and copy.clip_ids == source.clip_ids
+    for modality, fp in (("video", VIDEO_FP), ("audio", AUDIO_FP)):
+        entry = copy.entry(modality, fp)
+        assert entry.attrs == groups[f"{modality}/{fp}"] and (entry.statuses() == source.entry(modality).statuses()).all()
+        done = source.clip_ids[int(np.flatnonzero(entry.statuses() == ClipStatus.DONE)[0])]
+        assert all(np.array_equal(v, source.entry(modality).read_clip(done)[k]) for k, v in entry.read_clip(done).items())
+    assert verify_store(old).ok
+
+
+def test_a_clip_table_too_long_for_an_attribute_stays_in_the_dataset(tmp_path):
+    """A real dataset's clip table (1,440 RAVDESS rows, over 64 KiB of JSON: HDF5's dense attribute storage, which
+    older readers lack) is left out of the attributes, whole in the `attrs` dataset; the export reads back every clip."""
+    import h5py
+    import pandas as pd
+
+    from mmfer.core.store import create_store
+
+    table = pd.DataFrame({"clip_id": [f"clip-{i:05d}" for i in range(1440)], "label": [i % 8 for i in range(1440)],
+                          "path": [f"Actor_{i % 24:02d}/clip-{i:05d}.mp4" for i in range(1440)]})
+    create_store(tmp_path / "cache", table, {"dataset": "ravdess"})
+    export_h5(tmp_path / "cache", tmp_path / "big.h5")
+    with h5py.File(tmp_path / "big.h5", "r") as handle:
+        assert "clip_table" not in handle.attrs and handle.attrs["dataset"] == "ravdess"
+    assert open_store(tmp_path / "big.h5").clip_ids == list(table["clip_id"])
 
 
 @pytest.mark.slow   # two short training runs (~40 s on 2 shared cores)

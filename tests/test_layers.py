@@ -4,7 +4,8 @@
     stages    data/  extract/  train/    import the floor only, never each other or the commands
     floor     core/                      imports nothing above it
 
-Also: only the store modules (store.py, store_h5.py) import zarr, h5py or tensorstore; only extract/ imports NeMo or the SigLIP classes;
+Also: only the store's backends (core/store/zarr_store.py, h5_store.py) and its HDF5 export writer (export.py)
+import zarr, h5py or tensorstore; only extract/ imports NeMo or the SigLIP classes;
 no import cycle among mmfer's modules; a test module does not import another test module. Every import
 counts, also one inside a function (a lazy import is still an arrow).
 """
@@ -18,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"core": "mmfer.core", "pipeline": "mmfer.pipeline", "extract": "mmfer.extract", "train": "mmfer.train", "data": "mmfer.data"}
-STORE_MODULES = {"mmfer.core.store", "mmfer.core.store_h5"}   # store_h5: its HDF5 side
+STORE_MODULES = {"mmfer.core.store.zarr_store", "mmfer.core.store.h5_store", "mmfer.core.store.export"}
 STORE_LIBRARIES = ("zarr", "h5py", "tensorstore")
 
 
@@ -164,8 +165,10 @@ def test_test_modules_do_not_import_each_other():
     ("train/bad.py", "from mmfer import extract\n", "train code imports mmfer.extract"),
     ("train/studies/bad.py", "from mmfer.pipeline.cli import resolve_config\n", "train code imports mmfer.pipeline.cli"),
     ("data/bad.py", "from ..extract import run\n", "data code imports mmfer.extract"),
-    ("train/bad.py", "import zarr\n", "only ['mmfer.core.store', 'mmfer.core.store_h5'] may touch"),
-    ("pipeline/bad.py", "import h5py\n", "only ['mmfer.core.store', 'mmfer.core.store_h5'] may touch"),
+    ("train/bad.py", "import zarr\n", "only ['mmfer.core.store.export', 'mmfer.core.store.h5_store', 'mmfer.core.store.zarr_store'] may touch"),
+    ("pipeline/bad.py", "import h5py\n", "only ['mmfer.core.store.export', 'mmfer.core.store.h5_store', 'mmfer.core.store.zarr_store'] may touch"),
+    ("core/store/zarr_entry.py", "import zarr\n", "imports zarr; only ['mmfer.core.store.export',"),
+    ("core/store/verify.py", "import h5py\n", "imports h5py; only ['mmfer.core.store.export',"),
     ("pipeline/bad.py", "from nemo.collections.asr.models import ASRModel\n", "only extract/ loads NeMo"),
     ("pipeline/bad.py", "from transformers import SiglipVisionModel\n", "only extract/ loads NeMo or SigLIP"),
 ])

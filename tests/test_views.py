@@ -24,8 +24,8 @@ from train_helpers import tiny_config, train_recording_inputs
 from mmfer.extract.views import PITCH_SEMITONES, SNR_DB, TEMPO, audio_view, video_view
 from mmfer.core.errors import ConfigError
 from mmfer.core.store import TOKEN_SCALE, ArraySpec, ClipStatus, StoreError, create_store, open_store
-from mmfer.core.store_export import export_h5
-from mmfer.core.store_verify import verify_store
+from mmfer.core.store.export import export_h5
+from mmfer.core.store.verify import verify_store
 from mmfer.train.dataset import epoch_views
 
 SR = 16_000

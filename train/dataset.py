@@ -1,6 +1,6 @@
 """Cached features -> training batches: which clips are usable, a per-clip dataset, collation, prefetch.
 
-Reads the store only through `core/store.py` and never builds an encoder. The store is opened lazily
+Reads the store only through `core/store/` (`open_store`) and never builds an encoder. The store is opened lazily
 in each process that reads (DataLoader workers are spawned, never forked after the parent used Zarr).
 Collation pads audio to the longest clip of the batch and builds masks (True = real token).
 """
@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mmfer.core.cache_facts import CacheFacts, read_cache_facts
 from mmfer.core.feature_spec import FeatureSpec
-from mmfer.core.store import ClipStatus, FeatureStore, StoreError, open_store, set_codec_threads
+from mmfer.core.store import ClipStatus, StoreError, StoreReader, open_store, set_codec_threads
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class ClipDataset(Dataset):
         self.labels = rows["label"].to_numpy(dtype=np.int64)
         self.has_video = rows["has_video"].to_numpy(dtype=bool)
         self.has_audio = rows["has_audio"].to_numpy(dtype=bool)
-        self._store: FeatureStore | None = None
+        self._store: StoreReader | None = None
         self._entries: dict = {}
         self._pid: int | None = None
         if cache.facts is not None:   # this process reads through the handle the run already holds

@@ -1,8 +1,9 @@
 """`mmfer verify STORE [--repair]`: re-read every done clip of a store through its checks, and clean up.
 
 Read only without `--repair` (safe beside a running extract). `--repair` writes: it takes the extract writer
-lock, so it refuses while an extract writes the store (and an extract refuses while it repairs). Built on store.py's interface only (statuses, `read_clip`, `clip_chunk_files`, `clean_leftovers`); it spells no
-path inside the store.
+lock (lock.py), so it refuses while an extract writes the store (and an extract refuses while it repairs). Built on
+the reading interface only (statuses, `read_clip`, `clip_chunk_files`, `mark`, `clean_leftovers`), so it checks an
+HDF5 export as it checks a Zarr store; it spells no path inside the store.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from mmfer.core.store import (MODALITIES, ClipStatus, CorruptClipError, StoreError, is_h5_path, open_store,
-                                  writer_lock, writer_lock_holder)
+from mmfer.core.store import open_store
+from mmfer.core.store.layout import MODALITIES, ClipStatus, CorruptClipError, StoreError, is_h5_path
+from mmfer.core.store.lock import writer_lock, writer_lock_holder
+from mmfer.core.store.reading import StoreReader
 
 
 @dataclass
@@ -59,7 +62,7 @@ def verify_store(path: str | os.PathLike, *, repair: bool = False) -> VerifyRepo
         return _verify(open_store(path, mode="r+"), repair=True)
 
 
-def _verify(store, *, repair: bool) -> VerifyReport:
+def _verify(store: StoreReader, *, repair: bool) -> VerifyReport:
     report = VerifyReport(str(store.path), damaged=[])
     if repair:
         report.num_leftovers_removed = store.clean_leftovers()
