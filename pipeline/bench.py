@@ -3,7 +3,8 @@
 Writes demo clips and encoders to a temporary folder (full sizes: random weights of the real architectures),
 then measures (1) online vs cached epochs against their FLOP limit, (2) loader overhead, (3) extract pipeline
 efficiency vs its slowest stage, (4) storage and read speed, (5) scaling and peak RSS with the clip count,
-(6) extract clips/s with 1 and 2 torchrun processes (skipped with --no-scale-out).
+(6) extract clips/s with 1 and 2 torchrun processes (skipped with --no-scale-out). The finished studies
+(token size options, Zarr vs HDF5 readers) are scripts under benchmarks/ that read the store the same way.
 Light to import: the measuring code (pipeline/bench_parts.py) and both stages load inside `run_bench`.
 """
 
@@ -136,8 +137,6 @@ def run_bench(*, num_clips: int, preset: str, device: str, work_parent: str | No
                       precision="fp32" if trainer.fold.amp_dtype is None else "fp16", dropout=setup.train_cfg.training.dropout,
                       encoder_gflops=None if preset == "full" else counted)
         storage = parts.storage_stats(stores[num_clips], list(cache.clips["clip_id"]), setup.train_cfg)
-        storage["size_options"] = parts.size_options(stores[num_clips], list(cache.clips["clip_id"]))
-        storage["readers"] = parts.reader_comparison(stores[num_clips], list(cache.clips["clip_id"]), work_dir)
         result = summarize(num_clips, epoch_clips, env, setup_s, scaling, decode, encode, counted, dry,
                            {"memory": memory_runs, "cached": cached_runs, "online": [online_s]}, storage,
                            extract_batch_size=setup.extract_cfg.batch_size)
@@ -270,10 +269,6 @@ def format_report(r: dict) -> str:
               f"4  read: cache {s['cache_read_mb_s']:.0f} MB/s on disk ({s['cache_read_decoded_mb_s']:.0f} MB/s decoded), plain "
               f"sequential {s['plain_read_mb_s']:.0f} MB/s; {s['cache_read_s_per_clip'] * 1e3:.1f} ms/clip -> a {RAVDESS_EPOCH_CLIPS}-clip "
               f"epoch reads in {s['ravdess_epoch_read_s']:.1f} s (cached training epoch {s['ravdess_epoch_cached_train_s']:.0f} s)",
-              "4  size options (visual tokens):  " + "; ".join(
-                  f"{o['option']}: {o['token_bytes_per_clip'] / 1e6:.3f} MB/clip, rel. error {o['relative_error']:.4f}"
-                  for o in s.get("size_options", [])),
-              *format_readers(s.get("readers", [])),
               f"5  {'clips':>6}{'extract s':>11}{'s/clip':>8}{'RSS MB':>8}{'workers':>9}{'train epoch s':>15}{'s/clip':>8}{'RSS MB':>8}"]
     for row in r["scaling"]:
         ex, tr = row["extract"], row["train"]
@@ -295,20 +290,6 @@ def format_scale_out(p: dict | None) -> list[str]:
     return [f"6  extract clips/s on the same {p['clips']} clips: 1 process {p['clips_per_s_1']:.3f} ({p['threads_1']} threads), "
             f"{p['processes']} torchrun processes {p['clips_per_s_n']:.3f} ({p['threads_per_rank_n']} thread(s) each): "
             f"speedup {p['speedup']:.2f}x (with set-up: {p['with_setup_clips_per_s_1']:.3f} -> {p['with_setup_clips_per_s_n']:.3f})"]
-
-
-def format_readers(rows: list[dict]) -> list[str]:
-    """Part 4's reader comparison: one line per reader and thread count, cold and warm page cache."""
-    by_key = {(r["reader"], r["readers"], r.get("cache", "warm")): r for r in rows}
-    lines = ["4  readers of the same clips (video tokens + pooled, checksums checked; cold: the store's files dropped from "
-             "the page cache with posix_fadvise DONTNEED before each pass; warm: just read; best of 3)",
-             f"   {'reader':<14}{'threads':>8}{'cold MB/s':>11}{'clips/s':>9}{'warm MB/s':>11}{'clips/s':>9}"]
-    for reader, readers in dict.fromkeys((r["reader"], r["readers"]) for r in rows):
-        cold, warm = by_key.get((reader, readers, "cold")), by_key.get((reader, readers, "warm"))
-        cells = "".join(f"{row['mb_per_s']:>11.0f}{row['clips_per_s']:>9.1f}" if row else f"{'-':>11}{'-':>9}"
-                        for row in (cold, warm))
-        lines.append(f"   {reader:<14}{readers:>8}{cells}")
-    return lines
 
 
 def _cpu_name() -> str:

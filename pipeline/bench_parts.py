@@ -206,69 +206,6 @@ def storage_stats(store_path: str, clip_ids: list[str], train_cfg) -> dict:
             "plain_read_mb_s": chunk_bytes / plain_s / 1e6}
 
 
-def size_options(store_path: str, clip_ids: list[str]) -> list[dict]:
-    """Visual-token bytes per clip and relative reconstruction error ||x - x'|| / ||x|| of each cache size
-    option (extract's `pool_tokens`, the store's int8 round trip) on the bench's own stored tokens."""
-    from mmfer.extract.shrink import pool_tokens, unpool_tokens
-    from mmfer.core.store import dequantize_tokens, open_store, quantize_tokens
-
-    entry = open_store(store_path).entry("video")
-    tokens = np.stack([entry.read_clip(cid, ("tokens",))["tokens"] for cid in clip_ids]).astype(np.float32)
-    norm = float(np.linalg.norm(tokens))
-    rows = []
-    for pool in (1, 2):
-        pooled = pool_tokens(tokens, pool).astype(np.float16)
-        for dtype in ("float16", "int8"):
-            stored = dequantize_tokens(*quantize_tokens(pooled.astype(np.float32))) if dtype == "int8" else pooled
-            restored = unpool_tokens(stored.astype(np.float32), pool)
-            tv, p, dv = pooled.shape[1:]
-            num_bytes = tv * p * dv * (1 if dtype == "int8" else 2) + (tv * p * 2 if dtype == "int8" else 0)
-            rows.append({"option": f"--token-pool {pool} --token-dtype {'int8' if dtype == 'int8' else 'float'}",
-                         "tokens_per_frame": p, "token_bytes_per_clip": num_bytes,
-                         "relative_error": float(np.linalg.norm(tokens - restored)) / max(norm, 1e-12)})
-    return rows
-
-
-def reader_comparison(store_path: str, clip_ids: list[str], work_dir: Path) -> list[dict]:
-    """MB/s (decoded) and clips/s reading the same clips' video tokens and pooled, checksums checked, through the
-    store interface: the Zarr store by zarr-python, its HDF5 export by h5py; 1 and 2 reader threads; cold
-    (every file of the store dropped from the page cache with posix_fadvise DONTNEED before each pass, store
-    reopened) and warm (the same clips just read). Best of 3 passes each."""
-    from mmfer.core.store.export import export_h5
-
-    h5_path = work_dir / "reader-comparison.h5"
-    if not h5_path.exists():
-        export_h5(store_path, h5_path)
-    rows = []
-    for name, path in (("zarr-python", store_path), ("hdf5 (h5py)", h5_path)):
-        for cache in ("cold", "warm"):
-            for readers in (1, 2):
-                seconds, size = zip(*(_timed_reads(path, clip_ids, readers=readers, cold=cache == "cold")
-                                      for _ in range(3)))
-                rows.append({"reader": name, "readers": readers, "cache": cache, "clips_per_s": len(clip_ids) / min(seconds),
-                             "mb_per_s": size[0] * len(clip_ids) / min(seconds) / 1e6})
-    return rows
-
-
-def _timed_reads(path, clip_ids: list[str], *, readers: int, cold: bool) -> tuple[float, int]:
-    """Seconds to read `clip_ids` with `readers` threads from a freshly opened store (closed again on return, so
-    no library cache outlives a pass), and the decoded bytes of one clip."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from mmfer.core.store import drop_from_page_cache, open_store
-
-    if cold:
-        drop_from_page_cache(path)
-    entry = open_store(path).entry("video")
-    read = lambda cid: entry.read_clip(cid, ("tokens", "pooled"))   # noqa: E731
-    if not cold:
-        for cid in clip_ids:
-            read(cid)
-    with ThreadPoolExecutor(readers) as pool:
-        seconds = _timed(lambda: list(pool.map(read, clip_ids)))
-    return seconds, sum(v.nbytes for v in read(clip_ids[0]).values())
-
-
 def _read_all(files: list[Path]) -> int:
     total = 0
     for path in files:
