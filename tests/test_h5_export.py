@@ -74,6 +74,7 @@ def test_same_training_from_zarr_and_from_its_h5_export(stores, tmp_path):
     assert json.loads((tmp_path / "other" / "metrics.json").read_text())["num_left_out"] == 0
 
 
+@pytest.mark.slow   # export, info and verify CLI processes (~40 s on 2 shared cores)
 def test_cli_export_info_and_verify_read_the_h5(stores, tmp_path):
     zarr_path, _, _ = stores
     out = tmp_path / "shared.h5"

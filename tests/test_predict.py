@@ -355,6 +355,7 @@ def test_no_face_fallback_is_one_line_naming_the_file(exported, tmp_path, caplog
     assert result.loc["grey", "note"].startswith("no face found: centre crop")
 
 
+@pytest.mark.slow   # two predict CLI processes (~45 s on 2 shared cores)
 def test_stdout_holds_only_the_results(run, clips, tmp_path):
     """A real `mmfer predict > file`: NeMo's info line went to stdout; now stdout is the table alone, and the
     hidden third-party info lines are counted in one stderr line."""
@@ -370,6 +371,7 @@ def test_stdout_holds_only_the_results(run, clips, tmp_path):
     assert "Loading weights" not in result.stderr, result.stderr   # no tqdm bars in a log file
 
 
+@pytest.mark.slow   # extracts the test clips again and evaluates in CLI processes (~70 s on 2 shared cores)
 def test_face_crop_off_extracts_the_test_clips_again_with_whole_frames(run, demo_cache, clips, tmp_path):
     """`evaluate --corrupt face-crop-off`: the test clips are extracted again with face_crop=none. The demo cache
     was made with face_crop=center on square frames, where the crop is the whole frame: so the re-extracted

@@ -85,6 +85,7 @@ def test_usable_clips_follow_statuses(cache):
     assert not clips.loc[NO_AUDIO_CLIP, "has_audio"] and clips.loc[NO_AUDIO_CLIP, "has_video"]
 
 
+@pytest.mark.slow   # a killed run and its resume, on top of full_run (~60 s on 2 shared cores)
 def test_kill_and_resume_gives_the_uninterrupted_metrics(cache, full_run, tmp_path):
     out = tmp_path / "resumed"
     train(tiny_config(*cache, out=out, max_epochs=EPOCHS - 1))       # "killed" after epoch 2
