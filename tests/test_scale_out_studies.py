@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import optuna
+import pytest
 import yaml
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from synthetic_store import make_store, write_fold_file
