@@ -42,3 +42,47 @@ def demo_cache(tmp_path_factory, demo_root, tiny_models):
     summary = extract_all(extract_config(demo_root, out, tiny_models), scan_ravdess(demo_root))
     assert summary.num_done == 32 and summary.num_failed == 0, summary.format()
     return out
+
+
+# The cfg fields that choose the encoders: two extract runs that agree on these (and on the files' sizes and
+# times) load the same weights, so a test process loads each tiny pair once.
+_ENCODER_FIELDS = ("preset", "models_dir", "visual_encoder", "visual_revision", "audio_encoder", "dtype")
+
+
+def _files_stamp(name) -> tuple:
+    """(relative path, size, mtime_ns) of every file at `name` (a folder, a file), () when it is not on disk."""
+    from pathlib import Path
+
+    path = Path(str(name)).expanduser()
+    if not name or not path.exists():
+        return ()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return tuple((str(p.relative_to(path)) if p != path else "", p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def encoders_load_once():
+    """`mmfer.extract.encoders.load_encoders`, memoised for the session: keyed by the encoder settings, the device
+    and the encoder files on disk (a changed or moved file loads afresh). The encoders are frozen and extract only
+    runs them, so sharing them between runs changes no feature; loading is still the real code path once."""
+    import sys
+
+    from mmfer.extract import encoders as module
+
+    original = module.load_encoders
+    loaded = {}
+
+    def load_encoders(cfg, device, *, processor=None):
+        settings = tuple(getattr(cfg, name, None) for name in _ENCODER_FIELDS)
+        places = (cfg.models_dir if cfg.preset == "tiny" else None, cfg.visual_encoder, cfg.audio_encoder)
+        key = (settings, str(device), tuple(_files_stamp(place) for place in places))
+        if key not in loaded:
+            loaded[key] = original(cfg, device, processor=processor)
+        return loaded[key]
+
+    holders = [m for name, m in list(sys.modules.items())
+               if name.startswith("mmfer") and getattr(m, "load_encoders", None) is original]
+    with pytest.MonkeyPatch.context() as patch:
+        for holder in holders:   # the module itself and those that imported the name from it
+            patch.setattr(holder, "load_encoders", load_encoders)
+        yield loaded

@@ -14,12 +14,13 @@ import pandas as pd
 import pytest
 from extract_helpers import extract_config
 from synthetic_store import make_store
+from train_helpers import tiny_config
 
 from mmfer.data.crema_d import BROKEN_CLIPS, parse_crema_d_name, scan_crema_d
 from mmfer.data.datasets import build_manifest
 from mmfer.data.demo import write_demo_clip
 from mmfer.data.own_manifest import ManifestError, read_own_manifest
-from mmfer.core.config import ExtractConfig, train_config_with_preset
+from mmfer.core.config import ExtractConfig
 from mmfer.core.errors import ConfigError
 from mmfer.core.labels import CREMA_D_EMOTIONS
 from mmfer.core.splits import LeakageError, column_folds, make_folds, resolve_protocol
@@ -215,9 +216,8 @@ def test_crema_d_demo_extracts_and_trains_on_its_six_classes(tmp_path, tiny_mode
     folds = tmp_path / "folds.json"
     folds.write_text(json.dumps([{"name": "demo", "test_actors": [1001], "val_actors": [1019]}]))
     from mmfer.train.loop import train
-    run = train(train_config_with_preset({"cache": str(tmp_path / "cache"), "out": str(tmp_path / "run"), "preset": "tiny",
-                                          "device": "cpu", "split.protocol": "file", "split.fold_file": str(folds),
-                                          "training.max_epochs": 1, "training.batch_size": 4}))
+    run = train(tiny_config(tmp_path / "cache", folds, tmp_path / "run", variant=None, seed=0, epochs=1, warmup=2,
+                            batch_size=4, **{"model.visual.num_keep_tokens": 16}))
     assert set(run["folds"]["demo"]["per_class"]) == set(CREMA_D_EMOTIONS)
     predictions = pd.read_csv(tmp_path / "run" / "predictions.csv")
     assert len(predictions) == 6 and set(predictions["label"]) == set(CREMA_D_EMOTIONS)
@@ -225,9 +225,8 @@ def test_crema_d_demo_extracts_and_trains_on_its_six_classes(tmp_path, tiny_mode
     # RAVDESS -> CREMA-D: a one-epoch RAVDESS run scored on the CREMA-D cache, on the 6 shared classes
     ravdess_folds = tmp_path / "ravdess_folds.json"
     ravdess_folds.write_text(json.dumps([{"name": "r1", "test_actors": [1], "val_actors": [2]}]))
-    train(train_config_with_preset({"cache": str(demo_cache), "out": str(tmp_path / "ravdess_run"), "preset": "tiny",
-                                    "device": "cpu", "split.protocol": "file", "split.fold_file": str(ravdess_folds),
-                                    "training.max_epochs": 1, "training.batch_size": 4}))
+    train(tiny_config(demo_cache, ravdess_folds, tmp_path / "ravdess_run", variant=None, seed=0, epochs=1, warmup=2,
+                      batch_size=4, **{"model.visual.num_keep_tokens": 16}))
     cli = [sys.executable, "-m", "mmfer.pipeline.cli", "evaluate", "--run", str(tmp_path / "ravdess_run"), "--device", "cpu"]
     result = subprocess.run([*cli, "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "eval")],
                             capture_output=True, text=True, timeout=600)
@@ -407,8 +406,8 @@ def test_train_refuses_class_weights_of_another_class_count_before_writing(tmp_p
     from mmfer.train.loop import train
 
     cache = make_store(tmp_path / "cache", repetitions=1)   # written without label_names: RAVDESS's 8
-    cfg = train_config_with_preset({"cache": str(cache), "out": str(tmp_path / "run"), "preset": "tiny", "device": "cpu",
-                                    "training.class_weights": "1,2,3"})
+    cfg = tiny_config(cache, out=tmp_path / "run", variant=None, seed=0, epochs=30, warmup=2, batch_size=16,
+                      **{"model.visual.num_keep_tokens": 16, "training.class_weights": "1,2,3"})
     with pytest.raises(ConfigError, match=r"has 3 numbers, but .* has 8 classes \(neutral, calm"):
         train(cfg)
     assert not (tmp_path / "run").exists()

@@ -24,6 +24,7 @@ import torch
 import yaml
 from extract_helpers import assert_same_store
 from synthetic_store import make_store, write_fold_file
+from train_helpers import tiny_settings
 
 from mmfer.core.config import train_config_with_preset
 from mmfer.train.dataset import rank_share
@@ -45,10 +46,9 @@ PROB_TOLERANCE = 1e-3
 
 
 def settings(cache: Path, folds: Path, *, batch_size: int, epochs: int = EPOCHS) -> dict:
-    return {"cache": str(cache), "preset": "tiny", "device": "cpu", "seed": 7, "split.protocol": "file",
-            "split.fold_file": str(folds), "model.visual.num_keep_tokens": 8, "training.max_epochs": epochs,
-            "training.warmup_epochs": 1, "training.batch_size": batch_size, "training.gradient_accumulation_steps": 2,
-            "training.dropout": 0.0, "training.mixup_alpha": 0.0, "training.class_weights": "none"}
+    return tiny_settings(cache, folds, variant=None, epochs=epochs, warmup=1, batch_size=batch_size, **{
+        "training.gradient_accumulation_steps": 2, "training.dropout": 0.0, "training.mixup_alpha": 0.0,
+        "training.class_weights": "none"})
 
 
 RANK_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

@@ -15,8 +15,8 @@ import pytest
 import torch
 from extract_helpers import extract_config
 from synthetic_store import make_store
+from train_helpers import tiny_config
 
-from mmfer.core.config import train_config_with_preset
 from mmfer.core.labels import EMOTIONS
 from mmfer.core.store import open_store
 
@@ -27,10 +27,8 @@ PROBS = [f"prob_{e}" for e in EMOTIONS]
 
 
 def tiny_train_config(cache: Path, out: Path, device: str, **overrides) -> object:
-    return train_config_with_preset({
-        "cache": str(cache), "out": str(out), "preset": "tiny", "device": device, "seed": 0, "preload": "no",
-        "split.protocol": "fixed", "model.visual.num_keep_tokens": 8, "training.max_epochs": 1,
-        "training.warmup_epochs": 1, "training.batch_size": 8, **overrides})
+    return tiny_config(cache, out=out, variant=None, device=device, seed=0, preload="no", epochs=1, warmup=1,
+                       **{"split.protocol": "fixed", **overrides})
 
 
 @pytest.mark.parametrize("amp_dtype", [torch.float16, torch.bfloat16], ids=["fp16-gradscaler", "bf16"])

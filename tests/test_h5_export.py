@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from synthetic_store import AUDIO_FP, FAILED_VIDEO_CLIP, NO_AUDIO_CLIP, VIDEO_FP, make_store, write_fold_file
+from train_helpers import tiny_config
 
 from mmfer.pipeline.bundle import feature_records
-from mmfer.core.config import train_config_with_preset
 from mmfer.core.store import ClipStatus, CorruptClipError, StoreError, open_store
 from mmfer.core.store.export import export_h5
 from mmfer.core.store.verify import verify_store
@@ -128,10 +128,7 @@ def test_same_training_from_zarr_and_from_its_h5_export(stores, tmp_path):
     zarr_path, h5_path, folds = stores
     summaries = []
     for cache in (zarr_path, h5_path):
-        cfg = train_config_with_preset({
-            "cache": str(cache), "out": str(tmp_path / cache.name), "preset": "tiny", "device": "cpu", "seed": 3,
-            "preload": "no", "split.protocol": "file", "split.fold_file": str(folds), "model.visual.num_keep_tokens": 8,
-            "training.max_epochs": 2, "training.warmup_epochs": 1, "training.batch_size": 8})
+        cfg = tiny_config(cache, folds, tmp_path / cache.name, variant=None, seed=3, preload="no", epochs=2, warmup=1)
         summaries.append(train(cfg))
     assert summaries[0]["folds"] == summaries[1]["folds"]
     assert summaries[0]["mean"] == summaries[1]["mean"]
@@ -148,6 +145,7 @@ def test_same_training_from_zarr_and_from_its_h5_export(stores, tmp_path):
     assert json.loads((tmp_path / "other" / "metrics.json").read_text())["num_left_out"] == 0
 
 
+@pytest.mark.slow   # export, info and verify CLI processes (~40 s on 2 shared cores)
 def test_cli_export_info_and_verify_read_the_h5(stores, tmp_path):
     zarr_path, _, _ = stores
     out = tmp_path / "shared.h5"

@@ -20,14 +20,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from train_helpers import tiny_config
 
 from mmfer.data.demo import write_demo_clip
 from mmfer.pipeline.cli import main as mmfer_main
 from mmfer.pipeline.export import add_export_arguments, cmd_export
 from mmfer.pipeline.predict import add_predict_arguments, cmd_predict, window_starts
-from mmfer.core.config import (
-    train_config_with_preset,
-)
 from mmfer.core.labels import EMOTIONS
 from mmfer.train.loop import train
 
@@ -55,11 +53,8 @@ def run(demo_cache, tmp_path_factory) -> Path:
     fold_file = root / "folds.json"
     fold_file.write_text(json.dumps([{"name": "fold1", "test_actors": [1], "val_actors": [2]},
                                      {"name": "fold2", "test_actors": [3], "val_actors": [4]}]))
-    train(train_config_with_preset({
-        "cache": str(demo_cache), "out": str(root / "run"), "preset": "tiny", "device": "cpu", "seed": 0,
-        "split.protocol": "file", "split.fold_file": str(fold_file), "model.visual.num_keep_tokens": 8,
-        "training.max_epochs": 1, "training.warmup_epochs": 1, "training.batch_size": 4,
-        "training.gradient_accumulation_steps": 1}))
+    train(tiny_config(demo_cache, fold_file, root / "run", variant=None, seed=0, epochs=1, warmup=1, batch_size=4,
+                      **{"training.gradient_accumulation_steps": 1}))
     return root / "run"
 
 
@@ -382,6 +377,7 @@ def test_no_face_fallback_is_one_line_naming_the_file(exported, tmp_path, caplog
     assert result.loc["grey", "note"].startswith("no face found: centre crop")
 
 
+@pytest.mark.slow   # two predict CLI processes (~45 s on 2 shared cores)
 def test_stdout_holds_only_the_results(run, clips, tmp_path):
     """A real `mmfer predict > file`: NeMo's info line went to stdout; now stdout is the table alone, and the
     hidden third-party info lines are counted in one stderr line."""
@@ -397,6 +393,7 @@ def test_stdout_holds_only_the_results(run, clips, tmp_path):
     assert "Loading weights" not in result.stderr, result.stderr   # no tqdm bars in a log file
 
 
+@pytest.mark.slow   # extracts the test clips again and evaluates in CLI processes (~70 s on 2 shared cores)
 def test_face_crop_off_extracts_the_test_clips_again_with_whole_frames(run, demo_cache, clips, tmp_path):
     """`evaluate --corrupt face-crop-off`: the test clips are extracted again with face_crop=none. The demo cache
     was made with face_crop=center on square frames, where the crop is the whole frame: so the re-extracted

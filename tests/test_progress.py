@@ -57,15 +57,11 @@ def test_extract_logs_progress_lines_for_its_clips(demo_root, tiny_models, tmp_p
 
 
 def test_training_logs_progress_lines_for_batches_and_epochs(tmp_path, caplog, every_update):
-    from mmfer.core.config import train_config_with_preset
+    from train_helpers import tiny_config
     from mmfer.train.cross_validation import train
 
     cache, folds = make_store(tmp_path / "cache", repetitions=1), write_fold_file(tmp_path / "folds.json")
-    cfg = train_config_with_preset({
-        "cache": str(cache), "out": str(tmp_path / "run"), "preset": "tiny", "device": "cpu", "seed": 7,
-        "model.variant": "early", "split.protocol": "file", "split.fold_file": str(folds),
-        "model.visual.num_keep_tokens": 8, "training.max_epochs": 2, "training.warmup_epochs": 0,
-        "training.batch_size": 16, "training.gradient_accumulation_steps": 1})
+    cfg = tiny_config(cache, folds, tmp_path / "run", batch_size=16, **{"training.gradient_accumulation_steps": 1})
     with caplog.at_level(logging.INFO, logger="mmfer.train"):
         train(cfg)
     lines = progress_lines(caplog, "mmfer.train")

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import optuna
+import pytest
 import yaml
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from synthetic_store import make_store, write_fold_file
@@ -41,6 +42,7 @@ def test_tune_shares_trials_through_a_journal_file(tmp_path):
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]   # the second ran only the missing one
 
 
+@pytest.mark.slow   # two `mmfer ablate` CLI processes training every job (~140 s on 2 shared cores)
 def test_two_ablate_processes_on_one_out_run_every_job_once(tmp_path):
     """`mmfer ablate --workers 2` and a second `mmfer ablate` share one --out: 4 jobs, each trained once, a
     stale claim (its process gone) taken over, every claim released."""

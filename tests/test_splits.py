@@ -73,6 +73,7 @@ def dfew_sized_table(num_clips: int = 11_697, num_classes: int = 7) -> pd.DataFr
                          "fold": rng.integers(1, 6, num_clips)})
 
 
+@pytest.mark.slow   # five folds of a DFEW-sized table (~55 s on 2 shared cores)
 def test_clip_level_validation_is_a_stratified_fraction_of_each_fold():
     from mmfer.core.splits import (assign_parts, check_validation, is_clip_level, resolve_protocol,
                                        validation_counts)

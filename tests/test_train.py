@@ -16,13 +16,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import train_helpers
 import yaml
 from synthetic_store import AUDIO_FP, FAILED_VIDEO_CLIP, NO_AUDIO_CLIP, VIDEO_FP, make_store, write_fold_file
 
-from mmfer.core.config import (
-    TrainConfig,
-    train_config_with_preset,
-)
+from mmfer.core.config import TrainConfig
 from mmfer.core.labels import EMOTIONS
 from mmfer.core.store import StoreError
 from mmfer.train.dataset import open_cache
@@ -32,11 +30,9 @@ EPOCHS = 3
 
 
 def tiny_config(cache: Path, fold_file: Path, out: Path, **training) -> TrainConfig:
-    return train_config_with_preset({
-        "cache": str(cache), "out": str(out), "preset": "tiny", "device": "cpu", "seed": 7, "preload": "auto",
-        "split.protocol": "file", "split.fold_file": str(fold_file), "model.visual.num_keep_tokens": 8,
-        **{f"training.{k}": v for k, v in {"max_epochs": EPOCHS, "warmup_epochs": 1, "batch_size": 8,
-                                           "gradient_accumulation_steps": 2, "class_weights": "auto", **training}.items()}})
+    """train_helpers.tiny_config with the preset's fusion and this file's training settings (short names)."""
+    return train_helpers.tiny_config(cache, fold_file, out, variant=None, epochs=EPOCHS, warmup=1, preload="auto", **{
+        f"training.{k}": v for k, v in {"gradient_accumulation_steps": 2, "class_weights": "auto", **training}.items()})
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +85,7 @@ def test_usable_clips_follow_statuses(cache):
     assert not clips.loc[NO_AUDIO_CLIP, "has_audio"] and clips.loc[NO_AUDIO_CLIP, "has_video"]
 
 
+@pytest.mark.slow   # a killed run and its resume, on top of full_run (~60 s on 2 shared cores)
 def test_kill_and_resume_gives_the_uninterrupted_metrics(cache, full_run, tmp_path):
     out = tmp_path / "resumed"
     train(tiny_config(*cache, out=out, max_epochs=EPOCHS - 1))       # "killed" after epoch 2

@@ -92,6 +92,7 @@ def full_run(cache, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow   # needs full_run: a 3-epoch LFM2 train-fusion CLI run (~100 s on 2 shared cores)
 def test_a_fold_keeps_the_best_weights_and_the_last_resumable_state(full_run):
     """Issue 26.5: best.pt holds the weights alone (no optimizer moments, no RNG), with no previous copy; last.pt is
     the full state resume reads (and last.prev.pt its copy from the epoch before); the disk estimate names them."""
@@ -202,6 +203,7 @@ def test_the_payload_is_live(tmp_path):
         assert marker.exists()
 
 
+@pytest.mark.slow   # full_run (above) and a resume CLI run
 def test_hostile_last_checkpoint_is_refused_on_resume(cache, full_run, tmp_path):
     """Both last.pt and last.prev.pt hostile: the CLI stops with an error naming both; nothing runs."""
     out = tmp_path / "run"
@@ -218,6 +220,7 @@ def test_hostile_last_checkpoint_is_refused_on_resume(cache, full_run, tmp_path)
     assert not marker.exists()
 
 
+@pytest.mark.slow   # full_run (above)
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")   # torch's note on the bare pickle, before it refuses
 @pytest.mark.parametrize("zip_format", [True, False], ids=["torch-save-zip", "bare-pickle"])
 def test_hostile_best_checkpoint_is_refused_by_predict_and_export(full_run, tmp_path, zip_format, capsys):

@@ -20,14 +20,30 @@ def write_folds(path: Path, folds: list[dict] = TWO_FOLDS) -> Path:
     return path
 
 
-def tiny_config(cache: Path, fold_file: Path, out: Path, *, variant: str = "early", epochs: int = 2,
-                **overrides) -> TrainConfig:
-    """The tiny preset on CPU, early fusion (no LFM2: fastest), `epochs` epochs, no warmup."""
-    return train_config_with_preset({
-        "cache": str(cache), "out": str(out), "preset": "tiny", "device": "cpu", "seed": 7,
-        "split.protocol": "file", "split.fold_file": str(fold_file), "model.visual.num_keep_tokens": 8,
-        "model.variant": variant, "training.max_epochs": epochs, "training.warmup_epochs": 0,
-        "training.batch_size": 8, **overrides})
+def tiny_settings(cache: Path | None = None, fold_file: Path | None = None, out: Path | None = None, *,
+                  variant: str | None = "early", epochs: int = 2, warmup: int = 0, batch_size: int = 8, seed: int = 7,
+                  **settings) -> dict:
+    """The tests' tiny training settings, as `train_config_with_preset` takes them: the tiny preset on CPU with
+    8 visual tokens kept, `epochs` epochs of which `warmup` warm up, batches of `batch_size`; with `fold_file`
+    the folds it lists (`split.protocol: file`). `variant=None` keeps the preset's fusion (LFM2); the default,
+    early fusion, is the fastest. `settings`: any other keys (dotted, e.g. **{"training.mixup_alpha": 0.4})."""
+    base = {"preset": "tiny", "device": "cpu", "seed": seed, "model.visual.num_keep_tokens": 8,
+            "training.max_epochs": epochs, "training.warmup_epochs": warmup, "training.batch_size": batch_size}
+    if cache is not None:
+        base["cache"] = str(cache)
+    if out is not None:
+        base["out"] = str(out)
+    if fold_file is not None:
+        base.update({"split.protocol": "file", "split.fold_file": str(fold_file)})
+    if variant is not None:
+        base["model.variant"] = variant
+    return {**base, **settings}
+
+
+def tiny_config(cache: Path | None = None, fold_file: Path | None = None, out: Path | None = None,
+                **settings) -> TrainConfig:
+    """The one tiny training config of the suite: `tiny_settings(...)` made into a TrainConfig."""
+    return train_config_with_preset(tiny_settings(cache, fold_file, out, **settings))
 
 
 def train_recording_inputs(cfg: TrainConfig) -> dict[str, list[dict]]:
