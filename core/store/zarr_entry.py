@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from mmfer.core.faults import crash_point
-from mmfer.core.store.layout import VIEW_PARAMS, VIEW_PREFIX, ArraySpec, ClipRecord, ClipStatus, StoreError, entry_specs
+from mmfer.core.store.layout import VIEW_PARAMS, VIEW_PREFIX, ClipRecord, ClipStatus, StoreError, entry_specs
 from mmfer.core.store.quantize import as_stored, dequantize_clip, is_quantized
 from mmfer.core.store.reading import (StoreReader, num_views, parse_view_params, plan_clip_read, raw_bytes, read_cell,
                                       read_chunks, read_column)
