@@ -20,8 +20,9 @@ SAMPLE_RATE_HZ = 16_000
 
 
 @pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory):
-    return ensure_tiny_encoders(tmp_path_factory.mktemp("models"))
+def tiny_models(tiny_models):
+    """(visual folder, .nemo file) of the session's tiny encoders (conftest writes them once for every test file)."""
+    return ensure_tiny_encoders(tiny_models)
 
 
 @pytest.fixture(scope="session")
