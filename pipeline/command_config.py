@@ -58,7 +58,7 @@ class PredictConfig:
     hop_s: float | None = None
     """Seconds between window starts (default: the window length, no overlap)."""
     cache: str | None = None
-    """With --run: the run's feature store, if it moved."""
+    """With --run: the run's feature store, if it moved (only runs trained before checkpoints carried their FeatureSpec need it)."""
     device: str = "auto"
     """cpu, cuda, cuda:N or auto."""
     visual_encoder: str | None = None
