@@ -363,6 +363,8 @@ class TrainConfig:
     """Folds to run: all, or comma-separated fold numbers (1-based)."""
     seed: int = 0
     """Seed for weights, shuffling and mixup; the same command twice gives the same metrics on CPU."""
+    seeds: str | None = None
+    """Comma-separated seeds (e.g. 0,1,2): train every fold once per seed into this run (folders <fold>-seed<S>); the summary gives the mean, sample std and 95-percent t-interval over folds x seeds. Default: --seed alone."""
     device: str = "auto"
     """cpu, cuda, cuda:N or auto."""
     preload: Literal["auto", "yes", "no"] = "auto"
@@ -405,6 +407,18 @@ class TrainConfig:
                 raise ValueError(f"folds must be 'all' or comma-separated numbers, got {self.folds!r}") from None
             if any(n < 1 for n in numbers):
                 raise ValueError(f"folds are 1-based, got {self.folds!r}")
+        if self.seeds is not None:
+            try:
+                seeds = [int(s) for s in str(self.seeds).split(",")]
+            except ValueError:
+                raise ValueError(f"seeds must be comma-separated integers, got {self.seeds!r}") from None
+            if len(set(seeds)) != len(seeds):
+                raise ValueError(f"seeds must differ, got {self.seeds!r}")
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The seeds every fold trains with: --seeds, else --seed alone."""
+        return [int(s) for s in str(self.seeds).split(",")] if self.seeds is not None else [self.seed]
 
 
 TINY_TRAIN_OVERRIDES: dict[str, object] = {

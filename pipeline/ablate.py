@@ -22,7 +22,7 @@ def add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
                           "ablation.csv/.md/.png with means, 95% CIs and paired differences to the full model. "
                           "Finished entries (same config hash) are skipped.")
     add_config_flags(parser, AblateConfig, prefix=STUDY, layered=False)
-    add_config_flags(parser, TrainConfig, TRAIN_ALIASES, skip=("out", "resume", "pretrain"))
+    add_config_flags(parser, TrainConfig, TRAIN_ALIASES, skip=("out", "resume", "pretrain", "seeds"))   # the study's --seeds
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:

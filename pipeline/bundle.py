@@ -77,10 +77,10 @@ def choose_folds(available: list[str], fold: str | None, ensemble: bool, where: 
     if fold in available:
         return [fold]
     known = {name: number for name in available if (number := fold_number(name, numbers)) is not None}
-    if fold.isdigit():
+    if fold.isdigit():   # with --seeds, every seed's model of that fold (their ensemble)
         hits = [name for name, number in known.items() if number == int(fold)]
         if hits:
-            return hits[:1]
+            return hits
     trained = ", ".join(f"{n} (fold {known[n]})" if n in known else n for n in available)
     raise FileNotFoundError(f"{where}: fold {fold} was not trained in this run; it trained {trained} "
                             "(pass one of these protocol fold numbers or names)")

@@ -122,3 +122,29 @@ def test_summary_reports_the_last_epoch_and_a_protocol_card(store, both_folds):
     assert cards["fold2"]["val_clips_per_class"] == per_class
     assert ("fold2: test actors [3, 4], val actors [5, 6] (15 clips: " + ", ".join(f"{e} {n}" for e, n in per_class.items())
             + "), seed 7 (fold number 2), epoch") in table
+
+
+def test_seeds_train_every_fold_once_per_seed_into_one_run(store, tmp_path):
+    """`--seeds 7,8`: each fold per seed in its own folder; the summary's mean, std and interval are over all."""
+    from mmfer.pipeline.bundle import choose_folds, run_fold_numbers
+    from mmfer.train.report import format_summary_table
+
+    both = train(tiny_config(store["cache"], store["folds"], tmp_path / "seeds", folds="2", seeds="7,8"))
+    assert list(both["folds"]) == ["fold2-seed7", "fold2-seed8"] and both["seeds"] == [7, 8]
+    assert [(c["fold"], c["fold_number"], c["seed"]) for c in both["protocol_card"]] == [
+        ("fold2-seed7", 2, 7), ("fold2-seed8", 2, 8)]
+    alone = train(tiny_config(store["cache"], store["folds"], tmp_path / "seed7", folds="2", seed=7))
+    for key in ("accuracy", "f1_macro", "best_epoch"):   # a seed's model does not depend on the other seeds
+        assert both["folds"]["fold2-seed7"][key] == alone["folds"]["fold2"][key], key
+    losses = {seed: [json.loads(line)["loss"] for line in (tmp_path / "seeds" / f"fold2-seed{seed}" / "metrics.jsonl")
+                     .read_text().splitlines()] for seed in (7, 8)}
+    assert losses[7] != losses[8]   # the seeds really differ
+    scores = [both["folds"][f"fold2-seed{seed}"]["f1_macro"] for seed in (7, 8)]
+    assert both["mean"]["f1_macro"] == pytest.approx(sum(scores) / 2)
+    low, high = both["ci95"]["f1_macro"]
+    assert low <= both["mean"]["f1_macro"] <= high
+    assert set(pd.read_csv(tmp_path / "seeds" / "predictions.csv")["fold"]) == {"fold2-seed7", "fold2-seed8"}
+    assert "95% t-interval of the mean over 1 folds x 2 seeds" in format_summary_table(both)
+    # predict/export --fold 2: every seed's model of that fold, averaged
+    names = list(both["folds"])
+    assert choose_folds(names, "2", False, "run", run_fold_numbers(both)) == names

@@ -33,9 +33,10 @@ from mmfer.train.curriculum import check_difficulty, load_difficulty
 from mmfer.train.dataset import (ClipDataset, EpochSampler, apply_thread_budget, make_loader, open_cache,
                                  should_preload)
 from mmfer.train.fold import RunContext, derive_seed, train_fold
-from mmfer.train.metrics import aggregate_folds
+from mmfer.train.metrics import HEADLINE, aggregate_folds
 from mmfer.train.report import build_summary, write_config, write_confusion, write_predictions, write_summary
 from mmfer.train.steps import autocast_dtype, dtype_name
+from mmfer.train.studies.stats import mean_std_ci
 
 log = logging.getLogger(__name__)
 
@@ -124,21 +125,31 @@ def train_on(cfg: TrainConfig, device: torch.device, world: World, facts: CacheF
 
     run = RunContext(cfg, out, cache, dataset, sampler, loader, device, world, resolved,
                      difficulty.confidence if difficulty is not None else None)
-    fold_metrics, frames, timings = {}, [], []
-    for fold in folds:   # seeds follow the fold's protocol number, not its position
-        metrics, frame, epoch_times = train_fold(run, fold, disk_estimate_folds=len(folds) if fold is folds[0] else 0)
-        fold_metrics[fold.name], timings = metrics, timings + epoch_times
-        frames.append(frame)
+    fold_metrics, frames, timings, trained = {}, [], [], []
+    seeds = cfg.seed_list
+    for seed in seeds:   # --seeds: every fold once per seed, each in its own folder (<fold>-seed<S>)
+        seed_run = run if len(seeds) == 1 else dataclasses.replace(run, cfg=dataclasses.replace(cfg, seed=seed))
+        for fold in folds:   # seeds follow the fold's protocol number, not its position
+            fold = fold if len(seeds) == 1 else dataclasses.replace(fold, name=f"{fold.name}-seed{seed}")
+            first = not trained
+            metrics, frame, epoch_times = train_fold(seed_run, fold, disk_estimate_folds=len(folds) * len(seeds) if first else 0)
+            fold_metrics[fold.name], timings = {**metrics, "seed": seed}, timings + epoch_times
+            frames.append(frame)
+            trained.append((fold, seed))
 
     mean, std = aggregate_folds(list(fold_metrics.values()))
     mean_last, std_last = aggregate_folds([m["last_epoch"] for m in fold_metrics.values()])
     confusion = np.sum([m["confusion_matrix"] for m in fold_metrics.values()], axis=0)
     if world.is_main:
         write_predictions(out, frames)
-        write_confusion(out, confusion, f"{cfg.model.variant}: test clips of {len(folds)} fold(s)",
+        write_confusion(out, confusion, f"{cfg.model.variant}: test clips of {len(folds)} fold(s)"
+                        + (f" x {len(seeds)} seeds" if len(seeds) > 1 else ""),
                         class_names=cache.label_names)
-    card = protocol_card(cfg, folds, fold_metrics, clips=cache.clips)
-    summary = build_summary([f.as_dict() for f in folds], fold_metrics, mean, std, {
+    card = protocol_card(cfg, trained, fold_metrics, clips=cache.clips)
+    spread = {k: mean_std_ci([m[k] for m in fold_metrics.values()]) for k in HEADLINE}
+    summary = build_summary([f.as_dict() for f, _ in trained], fold_metrics, mean, std, {
+        "seeds": seeds,
+        "ci95": {k: [v["ci_low"], v["ci_high"]] if v["n"] > 1 else None for k, v in spread.items()},
         "selection": SELECTION_RULE.format(monitor=cfg.training.monitor, tie_break=TIE_BREAKS[cfg.training.tie_break]),
         "protocol_card": card,
         "mean_last_epoch": mean_last, "std_last_epoch": std_last,
@@ -210,21 +221,21 @@ SELECTION_RULE = ("each fold's test score is that of the epoch with the best val
 TIE_BREAKS = {"val_nll": "ties broken by the lower validation cross-entropy", "none": "ties kept by the earliest epoch"}
 
 
-def protocol_card(cfg: TrainConfig, folds: list[Fold], fold_metrics: dict, *, clips) -> list[dict]:
-    """Per fold: the actors of each part, the validation clips per class (of the clip table `clips`), the
-    seeds, and what selected the reported epoch."""
+def protocol_card(cfg: TrainConfig, trained: list[tuple[Fold, int]], fold_metrics: dict, *, clips) -> list[dict]:
+    """Per trained (fold, seed): the actors of each part, the validation clips per class (of the clip table
+    `clips`), the seeds, and what selected the reported epoch."""
     t = cfg.training
     return [{"fold": fold.name, "fold_number": fold.number, "test_actors": list(fold.test_actors),
              "val_actors": list(fold.val_actors), "train_actors": list(fold.train_actors),
              "val_clips_per_class": validation_counts(clips, fold),
-             "seed": cfg.seed, "init_seed": derive_seed(cfg.seed, fold.number, -1),
-             "epoch_seeds": f"derive_seed({cfg.seed}, {fold.number}, epoch, rank) for dropout; numpy [{cfg.seed}, "
-                            f"{fold.number}, epoch] for shuffling, [{cfg.seed}, {fold.number}, epoch, rank] for mixup "
+             "seed": seed, "init_seed": derive_seed(seed, fold.number, -1),
+             "epoch_seeds": f"derive_seed({seed}, {fold.number}, epoch, rank) for dropout; numpy [{seed}, "
+                            f"{fold.number}, epoch] for shuffling, [{seed}, {fold.number}, epoch, rank] for mixup "
                             "and augmentation",
              "selection": f"best validation {t.monitor} ({TIE_BREAKS[t.tie_break]}; min delta {t.early_stopping_min_delta}, "
                           f"early-stopping patience {t.early_stopping_patience}, max {t.max_epochs} epochs)",
              "selected_epoch": fold_metrics[fold.name]["best_epoch"], "epochs_run": fold_metrics[fold.name]["epochs_run"]}
-            for fold in folds]
+            for fold, seed in trained]
 
 
 def seed_everything(seed: int) -> None:

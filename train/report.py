@@ -87,16 +87,22 @@ def format_summary_table(summary: dict) -> str:
     """A plain-text table: one row per fold (test metrics at the selected epoch, then the last epoch's
     macro-F1), mean ± sample std, and the protocol card (actors, seeds, selection rule) under it."""
     has_last = all("last_epoch" in m for m in summary["folds"].values())
-    header = f"{'fold':<10}" + "".join(f"{k:>14}" for k in HEADLINE) + (f"{'epoch':>8}{'last-ep F1':>12}" if has_last else "")
+    width = max([10, *(len(name) + 2 for name in summary["folds"])])   # fold1-seed2 with --seeds
+    header = f"{'fold':<{width}}" + "".join(f"{k:>14}" for k in HEADLINE) + (f"{'epoch':>8}{'last-ep F1':>12}" if has_last else "")
     lines = [header, "-" * len(header)]
     for name, metrics in summary["folds"].items():
         tail = f"{metrics['best_epoch']:>8}{metrics['last_epoch']['f1_macro']:>12.4f}" if has_last else ""
-        lines.append(f"{name:<10}" + "".join(f"{metrics[k]:>14.4f}" for k in HEADLINE) + tail)
+        lines.append(f"{name:<{width}}" + "".join(f"{metrics[k]:>14.4f}" for k in HEADLINE) + tail)
     lines.append("-" * len(header))
-    lines.append(f"{'mean':<10}" + "".join(
+    lines.append(f"{'mean':<{width}}" + "".join(
         f"{summary['mean'][k]:>8.4f}±{_spread(summary['std'][k]):<5}" for k in HEADLINE)
         + (f"{'':>8}{summary['mean_last_epoch']['f1_macro']:>12.4f}" if has_last and "mean_last_epoch" in summary else ""))
     lines.append(f"± = {summary.get('std_kind', STD_LABEL)}" + ("" if len(summary["folds"]) > 1 else " (n/a: one fold)"))
+    seeds = summary.get("seeds") or []
+    if any(summary.get("ci95", {}).get(k) for k in HEADLINE):
+        over = f"{len(summary['folds']) // max(len(seeds), 1)} folds x {len(seeds)} seeds" if len(seeds) > 1 else "folds"
+        lines.append(f"95% t-interval of the mean over {over}: " + ", ".join(
+            f"{k} [{low:.4f}, {high:.4f}]" for k in HEADLINE if summary["ci95"].get(k) for low, high in [summary["ci95"][k]]))
     if summary.get("optimistic"):   # a tuned config on its own tuning actors: said beside the scores, not only logged
         lines.append(f"WARNING {summary['optimistic']}")
     if summary.get("selection"):
