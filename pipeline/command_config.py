@@ -57,6 +57,8 @@ class PredictConfig:
     """Predict over windows of this many seconds; writes an emotion timeline (CSV + PNG)."""
     hop_s: float | None = None
     """Seconds between window starts (default: the window length, no overlap)."""
+    stream: str | None = None
+    """Predict windows of one source as it is decoded (with --window): a file, a webcam (0 or /dev/videoN) or any URL ffmpeg reads; prints a JSON line per window, Ctrl-C stops and keeps the timeline."""
     cache: str | None = None
     """With --run: the run's feature store, if it moved (only runs trained before checkpoints carried their FeatureSpec need it)."""
     device: str = "auto"

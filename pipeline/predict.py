@@ -1,9 +1,9 @@
 """`mmfer predict`: emotion probabilities for video files, from a run folder or an exported model.
 
 Inputs are files or folders (walked for video files); each file is predicted on its own, a bad one gets
-an error row and the rest go on. With `--window S` a file is cut into windows (lossless temporary copies
-made by ffmpeg, WINDOW_BATCH at a time), each predicted like a clip, and the emotion timeline is written
-as CSV and PNG; inputs that share a file name get unique names (`unique_names`).
+an error row and the rest go on. With `--window S` a file is decoded once and its windows slide over it in
+memory (pipeline/predict_stream.py, as `--stream SOURCE` does for a webcam or URL), each predicted like a clip,
+and the emotion timeline is written as CSV and PNG; inputs that share a file name get unique names.
 The model and feature work is `pipeline/predictor.py`; this file walks inputs and writes outputs.
 """
 
@@ -13,8 +13,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +28,6 @@ log = logging.getLogger(__name__)
 
 PREDICT_ALIASES = {"window": "window_s", "hop": "hop_s"}   # the short flags users type
 WINDOW_EPS_S = 1e-3   # a window may end this much past the reported duration (container rounding)
-WINDOW_BATCH = 8      # windows encoded and predicted together: 8 x (Tv, P, Dv) float16 tokens held at a time
-WINDOW_DIR_PREFIX = "mmfer-window-"   # + pid: a folder left by a killed run is found and removed by the next
 
 
 @dataclass
@@ -72,16 +68,6 @@ def window_starts(duration_s: float, window_s: float, hop_s: float) -> list[floa
     return [round(i * hop_s, 6) for i in range(count)]
 
 
-def cut_window(path: Path, start_s: float, window_s: float, out_path: Path, timeout_s: float) -> Path:
-    """A lossless copy of [start_s, start_s + window_s) of the first video and audio streams (FFV1 + PCM)."""
-    from mmfer.core.media import run_ffmpeg
-
-    run_ffmpeg(["-y", "-ss", f"{start_s:.6f}", "-i", str(path), "-t", f"{window_s:.6f}", "-map", "0:V:0",
-                "-map", "0:a:0?", "-sn", "-dn", "-c:v", "ffv1", "-c:a", "pcm_f32le", str(out_path)],
-               path=path, timeout_s=timeout_s)
-    return out_path
-
-
 def unique_names(paths: list[Path]) -> list[str]:
     """One name per input for its table row and timeline files: the file stem when no other input shares it,
     else its path below the inputs' common folder, suffix kept (`a/clip.mp4`, `b/clip.mp4`, `b/clip.mkv` ->
@@ -102,22 +88,6 @@ def unique_names(paths: list[Path]) -> list[str]:
     return names
 
 
-def _remove_stale_window_folders() -> None:
-    """Delete window folders left by predict runs that were killed (SIGKILL/SIGTERM run no cleanup): the
-    folder name carries the pid of its process, and only folders of processes that are gone are removed."""
-    for folder in Path(tempfile.gettempdir()).glob(f"{WINDOW_DIR_PREFIX}*-"):
-        pid = folder.name[len(WINDOW_DIR_PREFIX):].split("-")[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(folder, ignore_errors=True)
-            log.info("removed %s, left by a predict run that was killed", folder)
-        except PermissionError:   # another user's live process
-            continue
-
-
 def _warn_no_face(path: Path, num_without_face: int, num_windows: int) -> None:
     """One warning per file, naming it, when the face detector found no face (the clips' `found_face`): a long
     video would otherwise repeat it for every window, without saying which file."""
@@ -129,11 +99,12 @@ def _warn_no_face(path: Path, num_without_face: int, num_windows: int) -> None:
 def predict_file(predictor, path: Path, *, clip_id: str, window_s: float | None, hop_s: float | None) -> ClipResult:
     """Predict one file (or its windows); decode/encode problems become `ClipResult.error`.
 
-    Windows are cut, encoded and predicted WINDOW_BATCH at a time; only each window's (start_s, end_s,
-    probabilities) is kept, and each cut is deleted once encoded, so memory and the temp folder stay
-    bounded on a long video. The temp folder is removed on every exit path, Ctrl-C included.
+    Windows come from one decode of the file (pipeline/predict_stream.py): only each window's (start_s, end_s,
+    probabilities) is kept, so memory stays bounded on a long video, and nothing is written to disk.
     """
-    from mmfer.extract.decode import DecodeError, probe_media
+    from mmfer.extract.decode import DecodeError
+    from mmfer.extract.stream import stream_source
+    from mmfer.pipeline.predict_stream import predict_windows
     from mmfer.pipeline.predictor import NO_FACE_NOTE, PredictError
     from mmfer.core.media import FfmpegError
     from mmfer.core.progress import Progress
@@ -145,39 +116,35 @@ def predict_file(predictor, path: Path, *, clip_id: str, window_s: float | None,
             result.probabilities, result.notes = predictor.predict([item])[0], item["notes"]
             _warn_no_face(path, int(NO_FACE_NOTE in item["notes"]), 1)
             return result
-        duration_s = probe_media(path, timeout_s=predictor.decode_timeout_s).duration_s
-        if not duration_s:
+        source = stream_source(str(path), timeout_s=predictor.decode_timeout_s)
+        if not source.duration_s:
             raise PredictError(f"{path}: ffmpeg reports no duration; cannot place windows")
-        starts = window_starts(duration_s, window_s, hop_s or window_s)
-        windows, notes = [], Counter()
-        with tempfile.TemporaryDirectory(prefix=f"{WINDOW_DIR_PREFIX}{os.getpid()}-", suffix="-") as tmp, \
-                Progress(len(starts), desc=path.name, unit="window", logger=log, leave=False) as progress:
-            for first in range(0, len(starts), WINDOW_BATCH):
-                items, spans = [], []
-                for start_s in starts[first:first + WINDOW_BATCH]:
-                    length_s = min(window_s, duration_s - start_s)
-                    piece = cut_window(path, start_s, length_s, Path(tmp) / f"w{first + len(items)}.mkv",
-                                       predictor.decode_timeout_s)
-                    try:
-                        items.append(predictor.features(piece, f"{clip_id}@{start_s:g}s"))
-                    finally:
-                        piece.unlink(missing_ok=True)
-                    spans.append((start_s, start_s + length_s))
-                probs = predictor.predict(items)
-                windows += [(s, e, p) for (s, e), p in zip(spans, probs)]
-                notes.update(n for item in items for n in set(item["notes"]))
-                progress.update(len(items))
-        _warn_no_face(path, notes[NO_FACE_NOTE], len(windows))
-        result.windows = windows
-        result.probabilities = np.mean([p for _, _, p in windows], axis=0)
-        result.notes = [n if k == len(windows) else f"{n} ({k} of {len(windows)} windows)" for n, k in sorted(notes.items())]
-        result.notes.append(f"mean of {len(windows)} windows")
+        windows = []
+        with Progress(len(window_starts(source.duration_s, window_s, hop_s or window_s)), desc=path.name,
+                      unit="window", logger=log, leave=False) as progress:
+            for window in predict_windows(predictor, source, clip_id=clip_id, window_s=window_s, hop_s=hop_s or window_s):
+                windows.append(window)
+                progress.update(1)
+        if not windows:
+            raise PredictError(f"{path}: no video frames decoded; is the file truncated?")
+        summarize_windows(result, windows)
+        _warn_no_face(path, sum(NO_FACE_NOTE in w.notes for w in windows), len(windows))
     except (PredictError, DecodeError, FfmpegError, OSError) as err:
         message = str(err).splitlines()[0]
         start = message.find(str(path))   # decode_job prefixes the reason to a message that names the file
         result.error = message[start:] if start > 0 else message
         log.warning("%s: %s", path, result.error)
     return result
+
+
+def summarize_windows(result: ClipResult, windows: list) -> None:
+    """Fill a result from its windows (pipeline/predict_stream.py's WindowPrediction): the timeline rows, the
+    mean probabilities, and each note with the count of windows it held in."""
+    notes = Counter(n for w in windows for n in set(w.notes))
+    result.windows = [(w.start_s, w.end_s, w.probabilities) for w in windows]
+    result.probabilities = np.mean([w.probabilities for w in windows], axis=0)
+    result.notes = [n if k == len(windows) else f"{n} ({k} of {len(windows)} windows)" for n, k in sorted(notes.items())]
+    result.notes.append(f"mean of {len(windows)} windows")
 
 
 def write_timeline(result: ClipResult, folder: Path) -> list[str]:
@@ -251,7 +218,8 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.description = ("Emotion probabilities for video files, with the run's exact extraction and its trained "
                           "model (or an exported model folder). A bad file gets an error row; the rest go on.")
-    parser.add_argument("inputs", nargs="+", metavar="VIDEO_OR_DIR", help=f"Video files or folders (walked for {', '.join(VIDEO_SUFFIXES)}).")
+    parser.add_argument("inputs", nargs="*", metavar="VIDEO_OR_DIR",
+                        help=f"Video files or folders (walked for {', '.join(VIDEO_SUFFIXES)}); none with --stream.")
     add_config_flags(parser, PredictConfig, aliases=PREDICT_ALIASES, layered=False)
 
 
@@ -268,9 +236,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigError("give --fold K or --ensemble, not both")
     if cfg.hop_s is not None and cfg.window_s is None:
         raise ConfigError("--hop needs --window")
+    if cfg.stream is not None and (args.inputs or cfg.window_s is None):
+        raise ConfigError("--stream SOURCE takes no VIDEO_OR_DIR and needs --window S (e.g. --window 2 --hop 1)")
+    if cfg.stream is None and not args.inputs:
+        raise ConfigError("give VIDEO_OR_DIR (files or folders) or --stream SOURCE")
     out = check_out(cfg.out) if cfg.out else None   # before any model loads or file is predicted
     paths = find_videos(args.inputs)
-    if not paths:
+    if not paths and cfg.stream is None:
         raise BadInputError(f"no video files ({', '.join(VIDEO_SUFFIXES)}) in {' '.join(args.inputs)}")
     if cfg.model:
         bundle = load_export_bundle(cfg.model, fold=cfg.fold, ensemble=cfg.ensemble)
@@ -279,10 +251,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor = Predictor(bundle, device=cfg.device, visual_encoder=cfg.visual_encoder,
                           audio_encoder=cfg.audio_encoder, models_dir=cfg.models_dir,
                           allow_encoder_mismatch=cfg.allow_encoder_mismatch)
-    if cfg.window_s is not None:
-        _remove_stale_window_folders()
     results = []
     timeline_dir = out.parent if out else Path.cwd()
+    if cfg.stream is not None:
+        return _predict_stream(cfg, predictor, bundle, timeline_dir, out)
     with Progress(len(paths), desc="predict", unit="file", logger=log) as progress:
         for path, clip_id in zip(paths, unique_names(paths)):
             result = predict_file(predictor, path, clip_id=clip_id, window_s=cfg.window_s, hop_s=cfg.hop_s)
@@ -296,6 +268,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                      "ensemble": bundle.is_ensemble, "description": bundle.describe()})
         print(f"wrote {out}")
     return 0 if any(r.error is None for r in results) else 1
+
+
+def _predict_stream(cfg: PredictConfig, predictor, bundle, timeline_dir: Path, out: Path | None) -> int:
+    """--stream: a JSON line per window on stdout (so the table is left out), the timeline and --out at the end."""
+    from mmfer.pipeline.predict_stream import run_stream, stream_clip_id
+
+    def emit(line: str) -> None:
+        print(line, flush=True)
+
+    result = ClipResult(stream_clip_id(cfg.stream), cfg.stream, label_names=predictor.label_names)
+    windows, result.error = run_stream(predictor, cfg.stream, clip_id=result.clip_id, window_s=cfg.window_s,
+                                       hop_s=cfg.hop_s or cfg.window_s, emit=emit)
+    if windows:
+        summarize_windows(result, windows)
+        if result.error:   # the windows before the failure stand; the failure becomes a note
+            result.notes.append(f"stopped: {result.error}")
+            result.error = None
+        result.timeline = write_timeline(result, timeline_dir)
+        log.info("%s: timeline %s", cfg.stream, " ".join(result.timeline))
+    if out:
+        write_results([result], out, {"source": bundle.source, "folds": bundle.fold_names,
+                                      "ensemble": bundle.is_ensemble, "description": bundle.describe()})
+        log.info("wrote %s", out)
+    return 0 if result.windows else 1
 
 
 def check_out(out: str) -> Path:

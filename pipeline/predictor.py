@@ -148,11 +148,20 @@ class Predictor:
         """
         from mmfer.extract.worker import decode_job
 
-        path = row["path"].iloc[0]
         (job,) = self.featurizer.decode_jobs(row, timeout_s=self.decode_timeout_s, other_face_crop=face_crop)
         decoded = decode_job(job, self.processor)   # extract's own job, decode + crop + image processor
         if decoded.error is not None:
             raise PredictError(decoded.error)
+        return self.decoded_features(decoded, face_crop=job.face_crop)
+
+    def decoded_features(self, decoded, *, face_crop: str) -> dict:
+        """`features` of a clip already decoded, cropped and run through the image processor (a `DecodedItem`:
+        `decode_job`'s, or a stream window's from extract/stream.py).
+
+        Raises:
+            PredictError: the clip cannot be encoded.
+        """
+        path = decoded.path
         if decoded.audio is None and self.spec.video is None:
             raise PredictError(f"{path}: no audio stream, and this model reads audio only")
         try:
@@ -161,7 +170,7 @@ class Predictor:
         except ValueError as err:   # the encoders' output is not what the model's features hold
             raise PredictError(f"{path}: encoder-output: {err}") from err
         item["notes"] = []
-        if self.spec.video is not None and job.face_crop == "detect" and not decoded.found_face:
+        if self.spec.video is not None and face_crop == "detect" and not decoded.found_face:
             item["notes"].append(NO_FACE_NOTE)
         if decoded.audio is None:
             item["notes"].append("video only: no audio stream")

@@ -26,6 +26,7 @@ from mmfer.data.demo import write_demo_clip
 from mmfer.pipeline.cli import main as mmfer_main
 from mmfer.pipeline.export import add_export_arguments, cmd_export
 from mmfer.pipeline.predict import add_predict_arguments, cmd_predict, window_starts
+from mmfer.core.errors import ConfigError
 from mmfer.core.labels import EMOTIONS
 from mmfer.train.loop import train
 
@@ -272,7 +273,17 @@ class WindowWatch(logging.Handler):
                 raise KeyboardInterrupt
 
 
-def test_long_video_windows_stream_in_batches_with_progress_and_leave_no_temp_files(run, clips, tmp_path, monkeypatch):
+def child_processes() -> list[int]:
+    """This process's live children (from /proc), e.g. an ffmpeg left running."""
+    found = []
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        found += [int(pid) for pid in (task / "children").read_text().split()]
+    return found
+
+
+def test_long_video_windows_stream_with_progress_and_write_no_temp_files(run, clips, tmp_path, monkeypatch):
+    """Windows slide over one decode of the file: nothing is written to the temp folder at any point, and Ctrl-C
+    in the middle of a file leaves no ffmpeg behind."""
     import tempfile
 
     import mmfer.pipeline.predict as predict_module
@@ -284,12 +295,6 @@ def test_long_video_windows_stream_in_batches_with_progress_and_leave_no_temp_fi
     temp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
     monkeypatch.setattr(progress_module, "PROGRESS_INTERVAL_S", 0.0)   # a line at every update
-    monkeypatch.setattr(predict_module, "WINDOW_BATCH", 2)
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    stale = temp / f"mmfer-window-{dead.pid}-abcd-"   # what a killed run leaves behind
-    stale.mkdir()
-    (stale / "w0.mkv").write_bytes(b"x")
     video = write_demo_clip(tmp_path / "long.mp4", "angry", 1, duration_s=6.0, size_px=96)
     watch = WindowWatch(temp)
     logger = logging.getLogger("mmfer.pipeline.predict")
@@ -301,14 +306,14 @@ def test_long_video_windows_stream_in_batches_with_progress_and_leave_no_temp_fi
     finally:
         logger.removeHandler(watch)
     lines = [m for m, _ in watch.lines]
-    assert [m.split(",")[0] for m in lines] == ["long.mp4: 2/6 windows (33%)", "long.mp4: 4/6 windows (67%)",
-                                                "predict: 1/2 files (50%)"], lines
+    assert [m.split(",")[0] for m in lines] == [f"long.mp4: {k}/6 windows ({100 * k / 6:.0f}%)" for k in range(1, 6)] \
+        + ["predict: 1/2 files (50%)"], lines
     assert "left" in lines[0] and "windows/s" in lines[0]
-    assert all(files == [] for _, files in watch.lines), watch.lines   # each batch's cuts are gone once encoded
-    assert list(temp.iterdir()) == [], list(temp.iterdir())            # the stale folder too
+    assert all(files == [] for _, files in watch.lines), watch.lines   # no cut files, ever
+    assert list(temp.iterdir()) == [], list(temp.iterdir())
     assert len(pd.read_csv(tmp_path / "out" / "long.timeline.csv")) == 6 and "mean of 6 windows" in result.loc["long", "note"]
 
-    # Ctrl-C in the middle of a file: the temp folder goes too
+    # Ctrl-C in the middle of a file: ffmpeg is stopped with it
     predictor = Predictor(load_run_bundle(run, fold="1"), device="cpu")
     watch = WindowWatch(temp, interrupt_at=1)
     logger.addHandler(watch)
@@ -317,7 +322,102 @@ def test_long_video_windows_stream_in_batches_with_progress_and_leave_no_temp_fi
             predict_module.predict_file(predictor, video, clip_id="long", window_s=1.0, hop_s=None)
     finally:
         logger.removeHandler(watch)
-    assert len(watch.lines) == 1 and list(temp.iterdir()) == []
+    assert len(watch.lines) == 1 and list(temp.iterdir()) == [] and child_processes() == []
+
+
+# ---- issue 30: predict on a stream ----------------------------------------------------------------------------
+
+
+def lossless_cut(path: Path, start_s: float, length_s: float, out_path: Path) -> Path:
+    """[start_s, start_s + length_s) of the file as FFV1 + float PCM: what predict --window cut before issue 30."""
+    from mmfer.core.media import run_ffmpeg
+
+    run_ffmpeg(["-y", "-ss", f"{start_s:.6f}", "-i", str(path), "-t", f"{length_s:.6f}", "-map", "0:V:0",
+                "-map", "0:a:0?", "-sn", "-dn", "-c:v", "ffv1", "-c:a", "pcm_f32le", str(out_path)],
+               path=path, timeout_s=60)
+    return out_path
+
+
+def test_stream_windows_equal_the_clips_cut_from_the_file(run, tmp_path):
+    """Each window of one decode gives the probabilities its own clip (a lossless ffmpeg cut, predicted as a
+    clip) gives: the same frames (sampled by the clip's rule over the window), the same audio samples."""
+    from mmfer.pipeline.bundle import load_run_bundle
+    from mmfer.pipeline.predict_stream import predict_windows
+    from mmfer.pipeline.predictor import Predictor
+
+    predictor = Predictor(load_run_bundle(run, fold="1"), device="cpu")
+    video = write_demo_clip(tmp_path / "long.mp4", "happy", 2, duration_s=5.0, size_px=96)
+    # hops on a frame boundary (1.2 s = 30 frames at 25 fps): a start half a frame off (1.5 s) makes the cut's
+    # own timestamps round (pts 0.02 s in a 1/25 time base), and the cut loses the window's last frame
+    windows = list(predict_windows(predictor, video, clip_id="long", window_s=2.0, hop_s=1.2))
+    assert [(w.start_s, w.end_s) for w in windows] == [(0.0, 2.0), (1.2, 3.2), (2.4, 4.4)]
+    for w in windows:
+        cut = lossless_cut(video, w.start_s, w.end_s - w.start_s, tmp_path / f"w{w.start_s:g}.mkv")
+        want = predictor.predict([predictor.features(cut, cut.stem)])[0]
+        diff = np.abs(w.probabilities - want)
+        assert diff.max() < TOLERANCE, f"window {w.start_s:g}s: max diff {diff.max():.2e}, mean {diff.mean():.2e}"
+        assert w.latency_ms > 0
+    short = write_demo_clip(tmp_path / "short.mp4", "sad", 2, duration_s=1.2, size_px=96)
+    (w,) = predict_windows(predictor, short, clip_id="short", window_s=2.0, hop_s=1.0)   # the whole clip, as one
+    assert (w.start_s, w.end_s) == (0.0, 1.2)
+    diff = np.abs(w.probabilities - predictor.predict([predictor.features(short, "short")])[0])
+    assert diff.max() < TOLERANCE, f"short clip: max diff {diff.max():.2e}"
+
+
+def test_predict_stream_prints_a_json_line_per_window_and_writes_the_timeline(run, tmp_path, capsys, monkeypatch):
+    video = write_demo_clip(tmp_path / "talk.mp4", "angry", 1, duration_s=4.0, size_px=96)
+    monkeypatch.chdir(tmp_path)
+    argv = ["--run", run, "--fold", "1", "--device", "cpu", "--window", "2", "--hop", "1"]
+    assert run_cli(add_predict_arguments, cmd_predict, [*argv, "--stream", video]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(x["start_s"], x["end_s"]) for x in lines] == [(0.0, 2.0), (1.0, 3.0), (2.0, 4.0)], lines
+    assert all(set(x) == {"start_s", "end_s", "probabilities", "emotion", "latency_ms"} for x in lines)
+    assert all(x["emotion"] == max(x["probabilities"], key=x["probabilities"].get) for x in lines)
+    timeline = pd.read_csv(tmp_path / "talk.timeline.csv")
+    assert (tmp_path / "talk.timeline.png").stat().st_size > 1000
+    assert np.allclose(timeline[PROBS].to_numpy(), [[x["probabilities"][e] for e in EMOTIONS] for x in lines], atol=2e-6)
+    files = predict([*argv, video], tmp_path / "file.csv")   # --window FILE: the same windows
+    assert np.allclose(pd.read_csv(tmp_path / "talk.timeline.csv")[PROBS].to_numpy(), timeline[PROBS].to_numpy(), atol=1e-6)
+    assert "mean of 3 windows" in files.loc["talk", "note"]
+    for bad in (["--stream", video, video], ["--stream", video, "--window", "0"][:2]):
+        with pytest.raises(ConfigError) as err:
+            run_cli(add_predict_arguments, cmd_predict, ["--run", run, *bad])
+        assert "--stream" in str(err.value), str(err.value)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_live_stream_and_keeps_its_timeline(run, clips, tmp_path):
+    """A looped file through a named pipe stands in for a webcam (it never ends): `mmfer predict --stream` prints
+    windows as they come, and SIGINT stops it with exit code 0, the windows so far in the timeline and --out."""
+    import signal
+
+    from mmfer.core.media import ffmpeg_exe
+
+    fifo = tmp_path / "cam.nut"
+    os.mkfifo(fifo)
+    feeder = subprocess.Popen([ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-y", "-stream_loop", "-1", "-i",
+                               str(clips[0]), "-c", "copy", "-f", "nut", str(fifo)], stdin=subprocess.DEVNULL)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "mmfer.pipeline.cli", "predict", "--run", str(run), "--fold", "1",
+                             "--device", "cpu", "--stream", str(fifo), "--window", "1", "--hop", "0.5",
+                             "--out", str(tmp_path / "out" / "cam.csv")],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [json.loads(proc.stdout.readline()) for _ in range(4)]
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=120)
+    finally:
+        for p in (proc, feeder):
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    assert proc.returncode == 0, err[-3000:]
+    assert [x["start_s"] for x in lines] == [0.0, 0.5, 1.0, 1.5]
+    lines += [json.loads(line) for line in rest.splitlines()]
+    assert "stopped by Ctrl-C" in err, err[-3000:]
+    timeline = pd.read_csv(tmp_path / "out" / "cam.timeline.csv")
+    assert timeline["start_s"].tolist() == [x["start_s"] for x in lines]
+    assert "mean of" in pd.read_csv(tmp_path / "out" / "cam.csv").loc[0, "note"]
 
 
 @pytest.fixture(scope="module")

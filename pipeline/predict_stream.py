@@ -1,0 +1,103 @@
+"""One source's windows through the model as it is decoded: `mmfer predict --stream` and `--window FILE`.
+
+extract/stream.py decodes the source once (one ffmpeg process) and slides the windows over it in memory; each
+window goes through the Predictor like a clip (face crop, image processor, the featurizer's encode and store
+dtype cast, the model). `predict_windows` yields one `WindowPrediction` per window; `run_stream` is the
+`--stream` command: a JSON line per window on stdout, Ctrl-C stops and keeps the windows done.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WindowPrediction:
+    """probabilities: (C,) float32; latency_ms: from the window's last frame and audio arriving to its probabilities."""
+
+    start_s: float
+    end_s: float
+    probabilities: np.ndarray
+    latency_ms: float
+    notes: list[str] = field(default_factory=list)
+
+
+def decode_settings(predictor, source: str):
+    """The model's decode settings (Tv, sample rate, max audio, face crop) as the featurizer's DecodeJob holds them."""
+    import pandas as pd
+
+    (job,) = predictor.featurizer.decode_jobs(pd.DataFrame({"clip_id": [source], "path": [source], "source": [""]}),
+                                             timeout_s=predictor.decode_timeout_s)
+    return job
+
+
+def predict_windows(predictor, source, *, clip_id: str, window_s: float, hop_s: float) -> Iterator[WindowPrediction]:
+    """Predict each window of `source` (a path or URL string, or an extract.stream.StreamSource) as it is decoded.
+
+    Raises:
+        DecodeError: the source cannot be opened or ffmpeg fails (windows already yielded stay yielded).
+        PredictError: a window cannot be encoded.
+    """
+    from mmfer.extract.stream import MediaStream, stream_source, stream_windows, window_item
+
+    if isinstance(source, (str, Path)):
+        source = stream_source(str(source), timeout_s=predictor.decode_timeout_s)
+    job = decode_settings(predictor, source.name)
+    with MediaStream(source, sample_rate_hz=job.sample_rate_hz) as stream:
+        for window in stream_windows(stream, window_s=window_s, hop_s=hop_s, num_frames=job.num_frames,
+                                     max_audio_s=job.max_audio_s):
+            item = window_item(window, clip_id=f"{clip_id}@{window.start_s:g}s", path=source.name,
+                               processor=predictor.processor, face_crop=job.face_crop)
+            features = predictor.decoded_features(item, face_crop=job.face_crop)
+            (probabilities,) = predictor.predict([features])
+            yield WindowPrediction(window.start_s, window.end_s, probabilities,
+                                   (time.perf_counter() - window.ready_s) * 1e3, features["notes"])
+
+
+def window_line(window: WindowPrediction, label_names: tuple[str, ...]) -> str:
+    """One window as a JSON line: start_s, end_s, probabilities {emotion: p}, emotion, latency_ms."""
+    return json.dumps({"start_s": window.start_s, "end_s": window.end_s,
+                       "probabilities": {n: round(float(p), 6) for n, p in zip(label_names, window.probabilities)},
+                       "emotion": label_names[int(window.probabilities.argmax())],
+                       "latency_ms": round(window.latency_ms, 1)})
+
+
+def stream_clip_id(source: str) -> str:
+    """A name for the timeline files: the file's stem, `webcam0` for a webcam, else the URL's last part."""
+    if source.isdigit() or source.startswith("/dev/video"):
+        return f"webcam{source.removeprefix('/dev/video')}"
+    return Path(source.split("?")[0].rstrip("/")).stem or "stream"
+
+
+def run_stream(predictor, source: str, *, clip_id: str, window_s: float, hop_s: float,
+               emit: Callable[[str], None]) -> tuple[list[WindowPrediction], str | None]:
+    """`mmfer predict --stream`: every window's JSON line to `emit` as it is predicted; Ctrl-C ends the stream and
+    keeps what was done. Returns the windows and the error that ended the stream early (None: it ended or was
+    stopped)."""
+    from mmfer.extract.decode import DecodeError
+    from mmfer.pipeline.predictor import PredictError
+
+    windows: list[WindowPrediction] = []
+    error = None
+    try:
+        for window in predict_windows(predictor, source, clip_id=clip_id, window_s=window_s, hop_s=hop_s):
+            windows.append(window)
+            emit(window_line(window, predictor.label_names))
+    except KeyboardInterrupt:
+        log.warning("%s: stopped by Ctrl-C after %d windows; keeping them", source, len(windows))
+    except (DecodeError, PredictError) as err:
+        error = str(err).splitlines()[0]
+        log.warning("%s: %s", source, error)
+    if windows:
+        log.info("%s: %d windows, median latency %.0f ms per window", source, len(windows),
+                 float(np.median([w.latency_ms for w in windows])))
+    return windows, error
