@@ -649,3 +649,32 @@ def test_encoder_lookup_order_and_its_one_line_refusal(tmp_path, monkeypatch):
     # a hub id found in no models dir is loaded by its name (from the HF cache)
     hub = {"encoder": {"name": "google/siglip2-base-patch16-224", "weights_sha256": "cd" * 32}}
     assert find_encoder("video", hub, export, flag=None, models_dir=str(tmp_path)) == "google/siglip2-base-patch16-224"
+
+
+@pytest.fixture(scope="module")
+def onnx_export(run, tmp_path_factory) -> Path:
+    """The 2-fold run exported with --onnx (one ONNX graph per fold model)."""
+    out = tmp_path_factory.mktemp("onnx") / "model"
+    assert run_cli(add_export_arguments, cmd_export, ["--run", run, "--out", out, "--onnx"]) == 0
+    return out
+
+
+@pytest.mark.slow   # two ONNX exports: ~40 s each on a busy 2-core CPU
+def test_onnx_export_predicts_like_pytorch(onnx_export, exported, clips, outputs, tmp_path, capsys):
+    """onnxruntime runs each fold's graph: the ensemble's probabilities equal PyTorch's within 1e-4, at any
+    audio length (dynamic axes); an export without --onnx is refused with one line naming the flag."""
+    import onnxruntime
+
+    manifest = json.loads((onnx_export / "model.json").read_text())
+    assert [f["onnx"] for f in manifest["folds"]] == ["onnx/fold1.onnx", "onnx/fold2.onnx"]
+    session = onnxruntime.InferenceSession(str(onnx_export / "onnx/fold1.onnx"), providers=["CPUExecutionProvider"])
+    axes = {i.name: i.shape for i in session.get_inputs()}
+    assert axes["video_tokens"][:2] == ["batch", "frames"] and axes["audio_tokens"][:2] == ["batch", "audio_frames"], axes
+    got = predict(["--model", onnx_export, "--runtime", "onnx", *clips], tmp_path / "onnx.csv")
+    diff = np.abs(got[PROBS].to_numpy() - outputs["ensemble"][PROBS].to_numpy())
+    assert diff.max() < TOLERANCE, f"onnxruntime vs PyTorch: max diff {diff.max():.2e}"
+    assert list(got["prediction"]) == list(outputs["ensemble"]["prediction"])
+
+    assert mmfer_main(["predict", "--model", str(exported), "--runtime", "onnx", str(clips[0])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "exported with --onnx" in err, err
