@@ -332,7 +332,7 @@ def exported(run, demo_cache, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("attack", ["dotdot", "absolute", "symlink", "pickle", "manifest_symlink"])
+@pytest.mark.parametrize("attack", ["dotdot", "absolute", "symlink", "pickle", "manifest_symlink", "onnx_dotdot"])
 def test_exported_folder_reads_only_its_own_files_and_never_a_pickle(exported, clips, tmp_path, capsys, attack):
     import torch
 
@@ -355,7 +355,10 @@ def test_exported_folder_reads_only_its_own_files_and_never_a_pickle(exported, c
         (outside / "model.json").write_text(json.dumps(manifest))
         (model / "model.json").unlink()
         (model / "model.json").symlink_to(outside / "model.json")
-    if attack in ("dotdot", "absolute"):
+    elif attack == "onnx_dotdot":   # an ONNX graph is a program too: only the folder's own
+        (outside / "fold1.onnx").write_bytes(b"")
+        manifest["folds"][0]["onnx"] = "../elsewhere/fold1.onnx"
+    if attack in ("dotdot", "absolute", "onnx_dotdot"):
         (model / "model.json").write_text(json.dumps(manifest))
     assert mmfer_main(["predict", "--model", str(model), "--device", "cpu", str(clips[0])]) == 2
     err = capsys.readouterr().err.strip()
