@@ -40,6 +40,11 @@ def export_model(run_dir: str | Path, out: str | Path, *, fold: str | None = Non
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: exists and is not empty; choose another --out")
+    if onnx or onnx_encoders:   # before any work: the exporter's and the runtime's packages
+        from mmfer.pipeline.runtime import require_onnx
+
+        for module in ("onnx", "onnxscript", "onnxruntime"):
+            require_onnx("--onnx", module)
     bundle = load_run_bundle(run_dir, fold=fold, ensemble=ensemble, cache=cache)
     staging = out.parent / f".{out.name}.staging-{uuid.uuid4().hex[:8]}"
     (staging / "weights").mkdir(parents=True)

@@ -17,7 +17,7 @@ import numpy as np
 
 from mmfer.pipeline.bundle import ModelBundle, train_config
 from mmfer.pipeline.encoder_lookup import describe, find_encoder, how_to_point
-from mmfer.pipeline.runtime import OnnxRuntime, TorchRuntime
+from mmfer.pipeline.runtime import OnnxRuntime, TorchRuntime, require_onnx
 from mmfer.core.config import ExtractConfig
 from mmfer.core.errors import BadInputError, MmferError
 from mmfer.core.feature_spec import ENCODER_LOCATION_KEYS
@@ -97,6 +97,8 @@ class Predictor:
         if runtime == "onnx" and len(bundle.onnx_files) != len(bundle.states):   # before any encoder loads
             raise BadInputError(f"{bundle.source}: --runtime onnx needs a model folder exported with --onnx "
                                 "(`mmfer export --run RUN --out DIR --onnx`)")
+        if runtime == "onnx":
+            require_onnx("--runtime onnx", "onnxruntime")
         self.bundle, self.decode_timeout_s = bundle, decode_timeout_s
         self.device = resolve_device(device)
         cfg = train_config(bundle.config)

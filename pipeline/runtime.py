@@ -41,10 +41,7 @@ class OnnxRuntime:
     """One onnxruntime session per fold model's ONNX file (written by `mmfer export --onnx`), on the CPU."""
 
     def __init__(self, paths: list[Path]) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as err:
-            raise ImportError("--runtime onnx needs onnxruntime: pip install 'mmfer[onnx]'") from err
+        ort = require_onnx("--runtime onnx", "onnxruntime")
         self.sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in paths]
 
     def __call__(self, batches: list[dict]) -> np.ndarray:
@@ -62,3 +59,15 @@ def onnx_array(value: torch.Tensor) -> np.ndarray:
     """A batch tensor as the ONNX graph takes it: tokens float32 (as `to_device` casts them), masks bool."""
     array = value.numpy()
     return array.astype(np.float32) if array.dtype.kind == "f" else array
+
+
+def require_onnx(what: str, module: str):
+    """`module` imported, or a one-line ConfigError naming the extra that installs it."""
+    import importlib
+
+    from mmfer.core.errors import ConfigError
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ConfigError(f"{what} needs {module}, which is not installed: pip install 'mmfer[onnx]'") from err
