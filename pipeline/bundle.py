@@ -44,6 +44,8 @@ class ModelBundle:
     unfinished: str | None = None    # why the run is not a finished one (no summary.json), for the card and a warning
     store_path: str | None = None    # a run's feature store: the folder its encoder records are relative to
     encoder_files: dict[str, Path] = field(default_factory=dict)   # modality -> encoder copied into an export
+    onnx_files: list[Path] = field(default_factory=list)           # per fold: its ONNX graph (export --onnx)
+    onnx_encoders: dict[str, Path] = field(default_factory=dict)   # modality -> its encoder's ONNX (--onnx-encoders)
 
     @property
     def feature_spec(self) -> FeatureSpec:
@@ -235,11 +237,16 @@ def load_export_bundle(model_dir: str | Path, *, fold: str | None = None, ensemb
             raise ExportFolderError(f"{path}: not a readable safetensors file ({err}); re-export the model") from err
     carried = manifest.get("encoders") or {}   # `mmfer export --include-encoders`: the encoders inside the folder
     encoder_files = {m: _inside(model_dir, name, f"the {m} encoder") for m, name in carried.items()}
+    onnx = {f["name"]: f["onnx"] for f in manifest["folds"] if "onnx" in f}   # `mmfer export --onnx`
+    onnx_files = [_inside(model_dir, onnx[n], f"fold {n} ONNX") for n in names if n in onnx]
+    onnx_encoders = {m: _inside(model_dir, name, f"the {m} encoder's ONNX")
+                     for m, name in (manifest.get("onnx_encoders") or {}).items()}
     unfinished = manifest.get("unfinished")
     if unfinished:
         log.warning("%s: exported from an %s", model_dir, unfinished)
     return ModelBundle(str(model_dir), config, features, names, states, evaluation,
-                       json.loads(spec) if spec else None, unfinished, encoder_files=encoder_files)
+                       json.loads(spec) if spec else None, unfinished, encoder_files=encoder_files,
+                       onnx_files=onnx_files, onnx_encoders=onnx_encoders)
 
 
 def _inside(model_dir: Path, name: object, what: str) -> Path:

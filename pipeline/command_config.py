@@ -71,6 +71,8 @@ class PredictConfig:
     """Folder searched for the model's encoders (SigLIP2 folders by weights hash, .nemo files by name) when they are not where the run recorded them; default: $MMFER_MODELS."""
     allow_encoder_mismatch: bool = False
     """Predict even when the encoders differ from those the model was trained on."""
+    runtime: Literal["torch", "onnx"] = "torch"
+    """What runs the fold models: torch, or onnx (onnxruntime on the CPU; a --model folder exported with --onnx, pip install 'mmfer[onnx]'); with --onnx-encoders in the export, the encoders run in onnxruntime too."""
 
     def __post_init__(self) -> None:
         for name in ("window_s", "hop_s"):
@@ -93,6 +95,10 @@ class ExportConfig:
     """The run's feature store, if it moved."""
     include_encoders: bool = False
     """Copy the encoder files into the folder (a SigLIP2 folder, a .nemo file), so predict needs nothing else; default: name them by id and weights hash (predict finds them with --models-dir)."""
+    onnx: bool = False
+    """Also write each fold model as ONNX (onnx/<fold>.onnx; dynamic batch, frame and audio-frame axes) for `predict --runtime onnx` (pip install 'mmfer[onnx]')."""
+    onnx_encoders: bool = False
+    """Also write the SigLIP2 vision tower and the audio encoder as ONNX (onnx/encoders/), so `predict --runtime onnx` runs without PyTorch models; implies --onnx."""
 
 
 @dataclass(frozen=True)

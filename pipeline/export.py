@@ -3,7 +3,8 @@
 It holds the fold weights (safetensors), the resolved config, the feature records (encoder identities,
 preprocessing and decode parameters, copied from the cache entries), the label names, the protocol and
 metrics from summary.json, a model card and, with --include-encoders, the encoders themselves (else predict
-finds them by weights hash, pipeline/encoder_lookup.py). Neither the cache nor the run is needed afterwards.
+finds them by weights hash, pipeline/encoder_lookup.py); with --onnx each fold model as ONNX too (onnx/<fold>.onnx),
+with --onnx-encoders the encoders as well (onnx/encoders/). Neither the cache nor the run is needed afterwards.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from mmfer.core.labels import EMOTIONS
 log = logging.getLogger(__name__)
 
 def export_model(run_dir: str | Path, out: str | Path, *, fold: str | None = None, ensemble: bool = False,
-                 cache: str | None = None, include_encoders: bool = False) -> Path:
+                 cache: str | None = None, include_encoders: bool = False, onnx: bool = False,
+                 onnx_encoders: bool = False) -> Path:
     """Write the export folder `out` (staged, then renamed into place) and return it.
 
     Raises:
@@ -38,6 +40,11 @@ def export_model(run_dir: str | Path, out: str | Path, *, fold: str | None = Non
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: exists and is not empty; choose another --out")
+    if onnx or onnx_encoders:   # before any work: the exporter's and the runtime's packages
+        from mmfer.pipeline.runtime import require_onnx
+
+        for module in ("onnx", "onnxscript", "onnxruntime"):
+            require_onnx("--onnx", module)
     bundle = load_run_bundle(run_dir, fold=fold, ensemble=ensemble, cache=cache)
     staging = out.parent / f".{out.name}.staging-{uuid.uuid4().hex[:8]}"
     (staging / "weights").mkdir(parents=True)
@@ -55,6 +62,8 @@ def export_model(run_dir: str | Path, out: str | Path, *, fold: str | None = Non
                           **{k: v for k, v in protocol.get(name, {}).items() if k != "name"},
                           "metrics": {k: v for k, v in summary.get("folds", {}).get(name, {}).items()
                                       if not isinstance(v, (dict, list))}})   # per class + confusion: evaluation.json
+            if onnx or onnx_encoders:
+                folds[-1]["onnx"] = _export_fold_onnx(bundle, state, staging / f"onnx/{name}.onnx").relative_to(staging).as_posix()
         evaluation = {"protocol": [protocol[n] for n in bundle.fold_names if n in protocol],
                       "folds": {n: summary.get("folds", {}).get(n, {}) for n in bundle.fold_names},
                       "run_mean": summary.get("mean", {}), "run_std": summary.get("std", {}),
@@ -65,12 +74,14 @@ def export_model(run_dir: str | Path, out: str | Path, *, fold: str | None = Non
         _write_json(staging / "evaluation.json", evaluation)
         _copy_lfm2_config(bundle.config, staging)
         encoders = _copy_encoders(bundle, staging) if include_encoders else {}
+        onnx_encoder_files = _export_encoders_onnx(bundle, staging) if onnx_encoders else {}
         label_names = list(bundle.config.get("label_names") or EMOTIONS)   # runs before label_names: RAVDESS's
         manifest = {"format": EXPORT_FORMAT, "label_names": label_names, "folds": folds,
                     "ensemble": bundle.is_ensemble, "config": "config.json", "features": "features.json",
                     "evaluation": "evaluation.json", "source_run": str(Path(run_dir).resolve()),
                     "cache_fingerprints": bundle.config.get("cache_fingerprints"),
                     **({"encoders": encoders} if encoders else {}),
+                    **({"onnx_encoders": onnx_encoder_files} if onnx_encoder_files else {}),
                     **({"unfinished": bundle.unfinished} if bundle.unfinished else {})}
         _write_json(staging / EXPORT_MANIFEST, manifest)
         (staging / "README.md").write_text(model_card(out.name, bundle, folds, evaluation, encoders))
@@ -112,6 +123,49 @@ def _copy_encoders(bundle, staging: Path) -> dict[str, str]:
         copied[modality] = name
         log.info("copied the %s encoder %s into the export (%s)", modality, source, name)
     return copied
+
+
+def _export_fold_onnx(bundle, state: dict, path: Path) -> Path:
+    """One fold model as ONNX (pipeline/onnx_export.py), built from its model_spec as predict builds it."""
+    from mmfer.pipeline.bundle import train_config
+    from mmfer.pipeline.onnx_export import export_fusion
+    from mmfer.pipeline.predictor import offline_overrides
+    from mmfer.train.model.builder import build_model_from_spec
+
+    if not bundle.model_spec:
+        raise ConfigError(f"{bundle.source}: its checkpoints carry no model_spec (trained by an older mmfer); "
+                          "--onnx needs one: train the run again")
+    model = build_model_from_spec(bundle.model_spec, offline_overrides(train_config(bundle.config).model))
+    model.load_state_dict(state)
+    return export_fusion(model.eval(), path)
+
+
+def _export_encoders_onnx(bundle, staging: Path) -> dict[str, str]:
+    """Each encoder the model reads, loaded as predict loads it (weights checked against the run's record), as ONNX
+    under onnx/encoders/ (extract/encoders/onnx_encoders.py); returns {modality: its graph's name in the export}.
+
+    Raises:
+        EncoderNotFoundError: an encoder is not on this machine. EncoderMismatchError: other weights than the run's.
+    """
+    import torch
+
+    from mmfer.extract.encoders import load_encoder
+    from mmfer.extract.encoders.onnx_encoders import export_encoder_onnx
+    from mmfer.pipeline.encoder_lookup import find_encoder
+    from mmfer.pipeline.predictor import EncoderMismatchError, compare_encoder
+
+    written = {}
+    for modality, spec in bundle.feature_spec.modalities().items():
+        record = bundle.features[modality]
+        name = find_encoder(modality, record, bundle, flag=None, models_dir=None)
+        encoder = load_encoder(modality, name, kind=spec.encoder.kind, revision=spec.encoder.revision,
+                               device=torch.device("cpu"), dtype_policy="fp32")
+        problems = compare_encoder(modality, record, encoder.identity, encoder.preprocessing)
+        if problems:
+            raise EncoderMismatchError(f"--onnx-encoders: {'; '.join(problems)}")
+        path = export_encoder_onnx(modality, encoder, staging / "onnx" / "encoders")
+        written[modality] = path.relative_to(staging).as_posix()
+    return written
 
 
 def _copy_lfm2_config(config: dict, staging: Path) -> None:
@@ -203,6 +257,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     if cfg.fold is not None and cfg.ensemble:
         raise ConfigError("give --fold K or --ensemble, not both")
     out = export_model(cfg.run, cfg.out, fold=cfg.fold, ensemble=cfg.ensemble, cache=cfg.cache,
-                       include_encoders=cfg.include_encoders)
+                       include_encoders=cfg.include_encoders, onnx=cfg.onnx, onnx_encoders=cfg.onnx_encoders)
     print(f"exported {cfg.run} to {out} (see {out / 'README.md'})")
     return 0

@@ -250,7 +250,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         bundle = load_run_bundle(cfg.run, fold=cfg.fold, ensemble=cfg.ensemble, cache=cfg.cache)
     predictor = Predictor(bundle, device=cfg.device, visual_encoder=cfg.visual_encoder,
                           audio_encoder=cfg.audio_encoder, models_dir=cfg.models_dir,
-                          allow_encoder_mismatch=cfg.allow_encoder_mismatch)
+                          allow_encoder_mismatch=cfg.allow_encoder_mismatch, runtime=cfg.runtime)
     results = []
     timeline_dir = out.parent if out else Path.cwd()
     if cfg.stream is not None:

@@ -3,6 +3,7 @@
 `Predictor` takes a `ModelBundle` (pipeline/bundle.py), loads the encoders its FeatureSpec records through the
 encoder registry, refuses other weights, and runs extract's featurizer (decode, encoders, token pooling, the
 store's dtype cast), train's collate and the model, so a clip's inputs equal what training read from the cache.
+The model runs in PyTorch or, from an export made with --onnx, in onnxruntime (pipeline/runtime.py).
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from mmfer.pipeline.bundle import ModelBundle, train_config
 from mmfer.pipeline.encoder_lookup import describe, find_encoder, how_to_point
+from mmfer.pipeline.runtime import OnnxRuntime, TorchRuntime, require_onnx
 from mmfer.core.config import ExtractConfig
 from mmfer.core.errors import BadInputError, MmferError
 from mmfer.core.feature_spec import ENCODER_LOCATION_KEYS
@@ -86,13 +87,18 @@ class Predictor:
 
     def __init__(self, bundle: ModelBundle, *, device: str = "auto", visual_encoder: str | None = None,
                  audio_encoder: str | None = None, models_dir: str | None = None, allow_encoder_mismatch: bool = False,
-                 decode_timeout_s: float = ExtractConfig().decode_timeout_s) -> None:
+                 decode_timeout_s: float = ExtractConfig().decode_timeout_s, runtime: str = "torch") -> None:
         from mmfer.core.device import resolve_device
         from mmfer.extract.encoders import EncoderPair, load_encoder
         from mmfer.extract.featurize import Featurizer
         from mmfer.train.loop import autocast_dtype
         from mmfer.train.model.builder import build_model_from_spec, model_spec
 
+        if runtime == "onnx" and len(bundle.onnx_files) != len(bundle.states):   # before any encoder loads
+            raise BadInputError(f"{bundle.source}: --runtime onnx needs a model folder exported with --onnx "
+                                "(`mmfer export --run RUN --out DIR --onnx`)")
+        if runtime == "onnx":
+            require_onnx("--runtime onnx", "onnxruntime")
         self.bundle, self.decode_timeout_s = bundle, decode_timeout_s
         self.device = resolve_device(device)
         cfg = train_config(bundle.config)
@@ -102,6 +108,9 @@ class Predictor:
         loaded, problems = {}, []
         for modality, spec in self.spec.modalities().items():
             record = bundle.features[modality]
+            if runtime == "onnx" and modality in bundle.onnx_encoders:   # exported with --onnx-encoders
+                loaded[modality] = onnx_encoder(modality, bundle.onnx_encoders[modality], record)
+                continue
             # the encoder computes in the dtype the cache was made in, where this device has it
             policy = _DTYPE_POLICY.get(spec.preprocessing.get("autocast_dtype"), "auto")
             name = find_encoder(modality, record, bundle, flag=flags[modality], models_dir=models_dir)
@@ -122,11 +131,13 @@ class Predictor:
         spec = bundle.model_spec or model_spec(cfg.model, video_dim=(self.video_shape or (1, 1, 1))[2],
                                                num_patches=(self.video_shape or (1, 1, 1))[1],
                                                audio_dim=self.audio_dim or 1, dropout=cfg.training.dropout)
-        self.model = build_model_from_spec(spec, offline_overrides(cfg.model)).to(self.device).eval()
         self.num_classes = cfg.model.num_classes
         self.label_names = tuple(bundle.config.get("label_names") or EMOTIONS)   # runs before label_names: RAVDESS's
-        if len(bundle.states) == 1:
-            self.model.load_state_dict(bundle.states[0])
+        if runtime == "onnx":
+            self.runtime = OnnxRuntime(bundle.onnx_files)
+        else:
+            model = build_model_from_spec(spec, offline_overrides(cfg.model)).to(self.device).eval()
+            self.runtime = TorchRuntime(model, bundle.states, self.device, self.amp_dtype)
 
     def features(self, path: str | Path, clip_id: str) -> dict:
         """One clip's model inputs, as `ClipDataset` items (tokens in the store dtype), plus notes.
@@ -178,21 +189,12 @@ class Predictor:
             item["notes"].append(f"audio after {self.spec.audio.settings['max_audio_s']:g} s not used; see --window")
         return item
 
-    @torch.inference_mode()
     def predict(self, items: list[dict]) -> np.ndarray:
         """Probabilities (N, C) float32: each clip alone (B = 1), averaged over the bundle's fold models."""
-        from mmfer.train.dataset import collate_clips, to_device
+        from mmfer.train.dataset import collate_clips
 
-        total = np.zeros((len(items), self.num_classes), dtype=np.float64)
-        for state in self.bundle.states:
-            if len(self.bundle.states) > 1:
-                self.model.load_state_dict(state)
-            for i, item in enumerate(items):
-                batch = to_device(collate_clips([item], video_shape=self.video_shape, audio_dim=self.audio_dim), self.device)
-                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-                    probs = self.model(batch)["probabilities"]
-                total[i] += probs.float().cpu().numpy()[0]
-        return (total / len(self.bundle.states)).astype(np.float32)
+        batches = [collate_clips([item], video_shape=self.video_shape, audio_dim=self.audio_dim) for item in items]
+        return self.runtime(batches).astype(np.float32)
 
     @property
     def video_shape(self) -> tuple[int, int, int] | None:
@@ -201,6 +203,14 @@ class Predictor:
     @property
     def audio_dim(self) -> int | None:
         return self.spec.audio_dim
+
+
+def onnx_encoder(modality: str, path: Path, record: dict):
+    """The ONNX graph of an encoder written by `mmfer export --onnx-encoders` (made from the recorded weights,
+    which export checked), with the registry's encoder interface."""
+    from mmfer.extract.encoders.onnx_encoders import OnnxAudioEncoder, OnnxVisualEncoder
+
+    return (OnnxVisualEncoder if modality == "video" else OnnxAudioEncoder)(path, record)
 
 
 def offline_overrides(model_cfg) -> dict[str, object]:

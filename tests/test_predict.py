@@ -427,7 +427,7 @@ def exported(run, demo_cache, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("attack", ["dotdot", "absolute", "symlink", "pickle", "manifest_symlink"])
+@pytest.mark.parametrize("attack", ["dotdot", "absolute", "symlink", "pickle", "manifest_symlink", "onnx_dotdot"])
 def test_exported_folder_reads_only_its_own_files_and_never_a_pickle(exported, clips, tmp_path, capsys, attack):
     import torch
 
@@ -450,7 +450,10 @@ def test_exported_folder_reads_only_its_own_files_and_never_a_pickle(exported, c
         (outside / "model.json").write_text(json.dumps(manifest))
         (model / "model.json").unlink()
         (model / "model.json").symlink_to(outside / "model.json")
-    if attack in ("dotdot", "absolute"):
+    elif attack == "onnx_dotdot":   # an ONNX graph is a program too: only the folder's own
+        (outside / "fold1.onnx").write_bytes(b"")
+        manifest["folds"][0]["onnx"] = "../elsewhere/fold1.onnx"
+    if attack in ("dotdot", "absolute", "onnx_dotdot"):
         (model / "model.json").write_text(json.dumps(manifest))
     assert mmfer_main(["predict", "--model", str(model), "--device", "cpu", str(clips[0])]) == 2
     err = capsys.readouterr().err.strip()
@@ -746,3 +749,42 @@ def test_encoder_lookup_order_and_its_one_line_refusal(tmp_path, monkeypatch):
     # a hub id found in no models dir is loaded by its name (from the HF cache)
     hub = {"encoder": {"name": "google/siglip2-base-patch16-224", "weights_sha256": "cd" * 32}}
     assert find_encoder("video", hub, export, flag=None, models_dir=str(tmp_path)) == "google/siglip2-base-patch16-224"
+
+
+@pytest.fixture(scope="module")
+def onnx_export(run, tmp_path_factory) -> Path:
+    """The 2-fold run exported with --onnx-encoders: one ONNX graph per fold model, and the tiny encoders'."""
+    out = tmp_path_factory.mktemp("onnx") / "model"
+    assert run_cli(add_export_arguments, cmd_export, ["--run", run, "--out", out, "--onnx-encoders"]) == 0
+    return out
+
+
+@pytest.mark.slow   # four ONNX exports: ~30 s each on a busy 2-core CPU
+def test_onnx_export_predicts_like_pytorch(onnx_export, exported, clips, outputs, tmp_path, capsys):
+    """onnxruntime runs each fold's graph (PyTorch encoders) and then everything (ONNX encoders too): the
+    ensemble's probabilities equal PyTorch's within 1e-4 both ways; an export without --onnx is refused in one line."""
+    import onnxruntime
+
+    manifest = json.loads((onnx_export / "model.json").read_text())
+    assert [f["onnx"] for f in manifest["folds"]] == ["onnx/fold1.onnx", "onnx/fold2.onnx"]
+    assert manifest["onnx_encoders"] == {"video": "onnx/encoders/video.onnx", "audio": "onnx/encoders/audio.onnx"}
+    session = onnxruntime.InferenceSession(str(onnx_export / "onnx/fold1.onnx"), providers=["CPUExecutionProvider"])
+    axes = {i.name: i.shape for i in session.get_inputs()}
+    assert axes["video_tokens"][:2] == ["batch", "frames"] and axes["audio_tokens"][:2] == ["batch", "audio_frames"], axes
+    audio = onnxruntime.InferenceSession(str(onnx_export / "onnx/encoders/audio.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.shape for i in audio.get_inputs()] == [["batch", "samples"], ["batch"]]   # the wave, not mel features
+
+    fusion_only = shutil.copytree(onnx_export, tmp_path / "fusion-only")
+    del manifest["onnx_encoders"]
+    (fusion_only / "model.json").write_text(json.dumps(manifest))
+    want = outputs["ensemble"][PROBS].to_numpy()
+    for name, model in (("fusion", fusion_only), ("all", onnx_export)):
+        got = predict(["--model", model, "--runtime", "onnx", *clips], tmp_path / f"{name}.csv")
+        diff = np.abs(got[PROBS].to_numpy() - want)
+        assert diff.max() < TOLERANCE, f"{name} in onnxruntime vs PyTorch: max diff {diff.max():.2e}"
+        assert list(got["prediction"]) == list(outputs["ensemble"]["prediction"]), name
+
+    capsys.readouterr()
+    assert mmfer_main(["predict", "--model", str(exported), "--runtime", "onnx", str(clips[0])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "exported with --onnx" in err, err
