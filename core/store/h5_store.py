@@ -17,8 +17,8 @@ import numpy as np
 from mmfer.core.store.clip_table import checked_root, position
 from mmfer.core.store.layout import VIEW_PARAMS, VIEW_PREFIX, ClipStatus, StoreError, entry_specs
 from mmfer.core.store.quantize import dequantize_clip, is_quantized
-from mmfer.core.store.reading import (num_views, parse_view_params, plan_clip_read, raw_bytes, read_cell, read_chunks,
-                                      read_column)
+from mmfer.core.store.reading import (chosen_fingerprint, num_views, parse_view_params, plan_clip_read, raw_bytes,
+                                      read_cell, read_chunks, read_column)
 
 ATTRS = "attrs"   # the JSON dataset holding a group's metadata (the root's, an entry's)
 READ_ONLY = "an HDF5 export is read only"
@@ -128,14 +128,7 @@ class H5Store:
         Raises:
             StoreError: none, or several and no fingerprint given.
         """
-        found = self.fingerprints(modality)
-        if fingerprint is None:
-            if len(found) != 1:
-                what = "no" if not found else f"{len(found)} ({', '.join(found)}); choose one with --{modality}-entry"
-                raise StoreError(f"{self.path}: {what} {modality} feature entries")
-            fingerprint = found[0]
-        elif fingerprint not in found:
-            raise StoreError(f"{self.path}: no {modality} entry with fingerprint {fingerprint} (have: {', '.join(found) or 'none'})")
+        fingerprint = chosen_fingerprint(self.path, modality, self.fingerprints(modality), fingerprint)
         return H5Entry(self, modality, fingerprint, self._handle[modality][fingerprint])
 
     def leftovers(self) -> list[Path]:

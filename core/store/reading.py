@@ -69,6 +69,22 @@ class StoreReader(Protocol):
     def bytes_on_disk(self) -> int: ...
 
 
+def chosen_fingerprint(store_path: object, modality: str, found: list[str], fingerprint: str | None) -> str:
+    """`fingerprint`, checked to be among the store's `found` entries of `modality`; None: the only one.
+
+    Raises:
+        StoreError: none, or several and no fingerprint given, or no entry with that fingerprint.
+    """
+    if fingerprint is None:
+        if len(found) != 1:
+            what = "no" if not found else f"{len(found)} ({', '.join(found)}); choose one with --{modality}-entry"
+            raise StoreError(f"{store_path}: {what} {modality} feature entries")
+        return found[0]
+    if fingerprint not in found:
+        raise StoreError(f"{store_path}: no {modality} entry with fingerprint {fingerprint} (have: {', '.join(found) or 'none'})")
+    return fingerprint
+
+
 def raw_bytes(specs: dict[str, ArraySpec]) -> int:
     """Uncompressed bytes of one clip's slice of `specs`."""
     return sum(int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for s in specs.values())

@@ -23,6 +23,7 @@ from mmfer.core.faults import crash_point
 from mmfer.core.store.clip_table import ClipTableChange, checked_root, plan_clip_table, position, records
 from mmfer.core.store.layout import (MODALITIES, PARTIAL_SUFFIX, SCHEMA_VERSION, STAGING_PREFIX, VIEW_PARAMS, VIEW_PREFIX,
                                      ArraySpec, StoreError, format_differences, spec_attrs)
+from mmfer.core.store.reading import chosen_fingerprint
 from mmfer.core.store.zarr_entry import FeatureEntry
 
 log = logging.getLogger(__name__)
@@ -93,14 +94,7 @@ class FeatureStore:
         Raises:
             StoreError: none, or several and no fingerprint given.
         """
-        found = self.fingerprints(modality)
-        if fingerprint is None:
-            if len(found) != 1:
-                what = "no" if not found else f"{len(found)} ({', '.join(found)}); choose one with --{modality}-entry"
-                raise StoreError(f"{self.path}: {what} {modality} feature entries")
-            fingerprint = found[0]
-        elif fingerprint not in found:
-            raise StoreError(f"{self.path}: no {modality} entry with fingerprint {fingerprint} (have: {', '.join(found) or 'none'})")
+        fingerprint = chosen_fingerprint(self.path, modality, self.fingerprints(modality), fingerprint)
         group = _open_group(self.path / modality / fingerprint, mode="r" if self._group.read_only else "r+")
         return FeatureEntry(self, modality, fingerprint, group)
 
