@@ -77,8 +77,12 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise BadInputError(f"{out}: --out is a file, not a folder; give a folder for the evaluation")
-    try:
+    try:   # the cache must hold features made with the run's encoders and settings (its fingerprints)
         bundle = load_run_bundle(cfg.run, fold=cfg.fold, ensemble=cfg.fold is None, cache=cfg.cache)
+        train_cfg = train_config(bundle.config)
+        fingerprints = bundle.config["cache_fingerprints"]
+        cache = open_cache(cfg.cache, use_video=train_cfg.model.uses_video, use_audio=train_cfg.model.uses_audio,
+                           video_entry=fingerprints.get("video"), audio_entry=fingerprints.get("audio"))
     except StoreError as err:
         store = open_store(cfg.cache)
         held = {m: [store.entry(m, fp).attrs.get("encoder", {}).get("name") for fp in store.fingerprints(m)]
@@ -86,10 +90,6 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         raise EncoderMismatchError(f"{cfg.cache}: holds no features made with run {cfg.run}'s encoders and settings "
                                    f"({err}); it holds video {held['video']}, audio {held['audio']}. Extract it with the "
                                    "run's encoders and settings (same --preset, encoders, num_frames, face_crop)") from None
-    train_cfg = train_config(bundle.config)
-    fingerprints = bundle.config["cache_fingerprints"]
-    cache = open_cache(cfg.cache, use_video=train_cfg.model.uses_video, use_audio=train_cfg.model.uses_audio,
-                       video_entry=fingerprints.get("video"), audio_entry=fingerprints.get("audio"))
     run_names = tuple(bundle.config.get("label_names") or EMOTIONS)
     mapping = label_mapping(run_names, cache.label_names, cfg.label_map)
     shared = [n for n in run_names if n in mapping.values()]          # the scored classes, in the run's order

@@ -578,6 +578,19 @@ def _edit_clip_table(cache: Path, edit) -> None:
     (cache / "zarr.json").write_text(json.dumps(meta))
 
 
+def test_evaluate_refuses_a_cache_of_other_encoders_in_one_line(run, tmp_path, capsys):
+    """The run's checkpoints carry their FeatureSpec, so the refusal comes from the --cache's entries, not from
+    reading the run's features out of that cache."""
+    from synthetic_store import make_store
+
+    other = make_store(tmp_path / "other_cache", repetitions=1)
+    argv = ["evaluate", "--run", str(run), "--cache", str(other), "--out", str(tmp_path / "eval"), "--device", "cpu"]
+    assert mmfer_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and "holds no features made with run" in err, err
+    assert not (tmp_path / "eval").exists()
+
+
 def test_evaluate_refuses_the_runs_own_clips_unless_allowed_and_counts_them(run, demo_cache, tmp_path, capsys):
     """Cross-corpus on the run's own cache (or a copy of it): every clip was trained or validated on by some fold
     model, matched by source signature and path; refused, or with --allow-overlap scored and counted."""
