@@ -315,6 +315,8 @@ def test_long_video_windows_stream_with_progress_and_write_no_temp_files(run, cl
 
     # Ctrl-C in the middle of a file: ffmpeg is stopped with it
     predictor = Predictor(load_run_bundle(run, fold="1"), device="cpu")
+    # children from earlier tests in this process (multiprocessing's resource tracker after a spawn pool) stay
+    before = set(child_processes())
     watch = WindowWatch(temp, interrupt_at=1)
     logger.addHandler(watch)
     try:
@@ -322,7 +324,8 @@ def test_long_video_windows_stream_with_progress_and_write_no_temp_files(run, cl
             predict_module.predict_file(predictor, video, clip_id="long", window_s=1.0, hop_s=None)
     finally:
         logger.removeHandler(watch)
-    assert len(watch.lines) == 1 and list(temp.iterdir()) == [] and child_processes() == []
+    left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] for pid in set(child_processes()) - before}
+    assert len(watch.lines) == 1 and list(temp.iterdir()) == [] and left == {}, left
 
 
 # ---- issue 30: predict on a stream ----------------------------------------------------------------------------
