@@ -2,7 +2,8 @@
 
 In: decoded frames (Tv, H, W, 3) uint8 RGB. Out: square crops (Tv, h, w, 3) and their boxes.
 Modes: "none" (whole frame), "center" (central square) or "detect" (OpenCV Haar cascade per frame,
-then one smoothed box track per clip). Decoding is `decode.py`'s job, encoding `video.py`'s.
+then one smoothed box track per clip). `crop_tracks` crops every face instead (predict --faces all): one
+track per face (facetrack.py), each cropped from its own boxes. Decoding is `decode.py`'s job, encoding `video.py`'s.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from mmfer.extract.facetrack import box_iou, track_boxes
+
 log = logging.getLogger(__name__)
 
 MODES = ("none", "center", "detect")
@@ -24,6 +27,7 @@ SCALE_FACTOR = 1.1        # the cascade's step between window sizes
 MIN_NEIGHBORS = 5         # overlapping windows a box needs to count as a face
 FACE_MARGIN = 0.25        # "detect" widens the face box by this fraction of its side on each side
 CASCADE_FILE = "haarcascade_frontalface_default.xml"
+DUPLICATE_IOU = 0.3       # crop_tracks: boxes of one frame overlapping this much are one face found twice
 
 
 def detector_settings() -> dict:
@@ -101,8 +105,8 @@ def _cascade() -> cv2.CascadeClassifier:
     return cascade
 
 
-def _detect_face(frame: np.ndarray) -> tuple[float, float, float]:
-    """(cx, cy, side) in frame pixels of the most certain frontal face, or NaNs when there is none."""
+def _detections(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """The cascade's boxes (N, 4) int x, y, w, h and votes (N,) on the frame shrunk by `scale` (returned too)."""
     scale = min(1.0, DETECT_SIDE_PX / max(frame.shape[:2]))
     gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
     if scale < 1.0:
@@ -111,6 +115,77 @@ def _detect_face(frame: np.ndarray) -> tuple[float, float, float]:
     found, votes = _cascade().detectMultiScale2(
         gray, scaleFactor=SCALE_FACTOR, minNeighbors=MIN_NEIGHBORS, minSize=(MIN_FACE_PX, MIN_FACE_PX)
     )
+    return np.asarray(found, int).reshape(-1, 4), np.asarray(votes, int).reshape(-1), scale
+
+
+def detect_faces(frame: np.ndarray) -> np.ndarray:
+    """Every frontal face in an (H, W, 3) uint8 RGB frame: (N, 4) float x0, y0, x1, y1 in frame pixels, most
+    votes first; a box overlapping a better one (IoU > DUPLICATE_IOU) is the same face found twice and dropped."""
+    found, votes, scale = _detections(frame)
+    order = sorted(range(len(found)), key=lambda i: (-int(votes[i]), -int(found[i][2])))
+    boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in found[order]], dtype=np.float64).reshape(-1, 4) / scale
+    kept: list[int] = []
+    for i in range(len(boxes)):
+        if not kept or box_iou(boxes[i:i + 1], boxes[kept]).max() <= DUPLICATE_IOU:
+            kept.append(i)
+    return boxes[kept]
+
+
+class TrackCrops(NamedTuple):
+    """One face track of a clip. crops: (Tv, h, w, 3) uint8 RGB squares from this track's boxes only.
+    boxes: (Tv, 4) float32 normalized crop boxes (as FaceCrops). face_px: (Tv, 4) float32 x0, y0, x1, y1 of the
+    detected face in pixels, NaN in frames where the track has no detection.
+    """
+
+    crops: np.ndarray
+    boxes: np.ndarray
+    face_px: np.ndarray
+
+    @property
+    def has_face(self) -> np.ndarray:
+        """(Tv,) bool: True in the frames where this track's face was detected."""
+        return np.isfinite(self.face_px[:, 0])
+
+    @property
+    def box_px(self) -> tuple[float, float, float, float]:
+        """The track's face box: the median of its detected boxes, x0, y0, x1, y1 in pixels."""
+        return tuple(float(v) for v in np.median(self.face_px[self.has_face], axis=0))
+
+
+def crop_tracks(frames: np.ndarray, *, out_px: int | None = None, margin: float = FACE_MARGIN) -> list[TrackCrops]:
+    """Crop every face of a clip: detect faces in each frame, link them into tracks (facetrack.py), and crop each
+    track like "detect" crops its one face (missed frames interpolated between the track's neighbouring
+    detections, its nearest box before the first and after the last, running median of centres, median side).
+
+    Args:
+        frames: (Tv, H, W, 3) uint8 RGB.
+
+    Returns:
+        one TrackCrops per track, ordered by first frame then left to right; [] when no frame has a face.
+
+    Raises:
+        ValueError: frames that are not (Tv, H, W, 3) uint8.
+    """
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
+        raise ValueError(f"want frames (Tv, H, W, 3) uint8 with Tv >= 1, got {frames.shape} {frames.dtype}")
+    height, width = frames.shape[1:3]
+    out = []
+    for track in track_boxes([detect_faces(f) for f in frames]):   # track: (Tv, 4), NaN where missed
+        faces = np.stack([(track[:, 0] + track[:, 2]) / 2, (track[:, 1] + track[:, 3]) / 2,
+                          np.maximum(track[:, 2] - track[:, 0], track[:, 3] - track[:, 1])], axis=1)   # (Tv, 3)
+        squares = _smooth_track(faces, height, width, margin)
+        boxes = np.stack([squares[:, 0] / width, squares[:, 1] / height, (squares[:, 0] + squares[:, 2]) / width,
+                          (squares[:, 1] + squares[:, 2]) / height], axis=1).astype(np.float32)
+        crops = [f[y:y + s, x:x + s] for f, (x, y, s) in zip(frames, squares)]
+        if out_px is not None:
+            crops = [_resize(c, out_px) for c in crops]
+        out.append(TrackCrops(np.stack(crops), boxes, track.astype(np.float32)))
+    return out
+
+
+def _detect_face(frame: np.ndarray) -> tuple[float, float, float]:
+    """(cx, cy, side) in frame pixels of the most certain frontal face, or NaNs when there is none."""
+    found, votes, scale = _detections(frame)
     if len(found) == 0:
         return (np.nan, np.nan, np.nan)
     # the box most windows agree on: on real faces it gets 10-40 votes, textures that fool the cascade

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from mmfer.extract.decode import DecodeError, decode_clip
-from mmfer.extract.facecrop import crop_faces
+from mmfer.extract.facecrop import TrackCrops, crop_faces, crop_tracks
 from mmfer.extract.views import audio_view, video_view
 from mmfer.extract.encoders.siglip import preprocess_frames
 from mmfer.core.media import FfmpegError, run_ffmpeg
@@ -81,11 +81,7 @@ def decode_job(job: DecodeJob, processor) -> DecodedItem:
     """Decode one clip and prepare the visual encoder's inputs; errors become `DecodedItem.error`."""
     item = DecodedItem(job.clip_id, job.path, job.source)
     try:
-        prepared = tempfile.TemporaryDirectory(prefix="mmfer-segment-") if job.needs_preparing else contextlib.nullcontext()
-        with prepared as tmp:
-            path = prepare_segment(job, Path(tmp) / "clip.mkv") if job.needs_preparing else job.path
-            clip = decode_clip(path, num_frames=job.num_frames, sample_rate_hz=job.sample_rate_hz,
-                               timeout_s=job.timeout_s, max_audio_s=job.max_audio_s)
+        clip = _decode(job)
         crops = crop_faces(clip.frames, job.face_crop)
         item.pixel_inputs = preprocess_frames(processor, crops.crops)
         for view in range(1, job.num_views + 1):
@@ -112,3 +108,37 @@ def decode_job(job: DecodeJob, processor) -> DecodedItem:
     item.duration_s = clip.duration_s
     item.found_face = crops.found_face
     return item
+
+
+def _decode(job: DecodeJob):
+    """decode_clip of the job's file, or of its segment / separate audio prepared first."""
+    prepared = tempfile.TemporaryDirectory(prefix="mmfer-segment-") if job.needs_preparing else contextlib.nullcontext()
+    with prepared as tmp:
+        path = prepare_segment(job, Path(tmp) / "clip.mkv") if job.needs_preparing else job.path
+        return decode_clip(path, num_frames=job.num_frames, sample_rate_hz=job.sample_rate_hz,
+                           timeout_s=job.timeout_s, max_audio_s=job.max_audio_s)
+
+
+def decode_tracks(job: DecodeJob, processor) -> list[tuple[TrackCrops, DecodedItem]]:
+    """`decode_job` for every face (predict --faces all): one DecodedItem per face track of the clip, its frames
+    cropped from that track's boxes only (facecrop.crop_tracks), each with the clip's whole audio; [] without faces.
+
+    Raises:
+        DecodeError, FfmpegError: the clip cannot be decoded (decode_job records these instead).
+    """
+    clip = _decode(job)
+    return track_items(clip.frames, clip_id=job.clip_id, path=job.path, source=job.source, processor=processor,
+                       timestamps_s=clip.timestamps_s, audio=clip.audio, duration_s=clip.duration_s)
+
+
+def track_items(frames: np.ndarray, *, clip_id: str, path: str, source: str, processor, timestamps_s: np.ndarray,
+                audio: np.ndarray | None, duration_s: float) -> list[tuple[TrackCrops, DecodedItem]]:
+    """Each face track of frames (Tv, H, W, 3) uint8 with the DecodedItem of its crops (image processor run)."""
+    out = []
+    for track in crop_tracks(frames):
+        item = DecodedItem(clip_id, path, source)
+        item.pixel_inputs = preprocess_frames(processor, track.crops)
+        item.timestamps_s, item.boxes, item.audio = timestamps_s, track.boxes, audio
+        item.duration_s, item.found_face = duration_s, True
+        out.append((track, item))
+    return out

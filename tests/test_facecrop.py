@@ -1,9 +1,11 @@
-"""crop_faces on a real face photo (skimage's astronaut) pasted into wider frames, and on blank frames."""
+"""crop_faces on a real face photo (skimage's astronaut) pasted into wider frames, and on blank frames; crop_tracks
+and the IoU tracker on two demo faces (tests/face_helpers.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from face_helpers import TWO_FACES_HW, track_crop_owners, two_face_frames
 from skimage.data import astronaut
 
 from mmfer.extract.facecrop import crop_faces
@@ -81,3 +83,48 @@ def test_bad_arguments():
         crop_faces(np.zeros((1, 8, 8, 3), np.uint8), "faces")
     with pytest.raises(ValueError, match="uint8"):
         crop_faces(np.zeros((1, 8, 8, 3), np.float32), "none")
+
+
+# ---- issue 30: every face (crop_tracks, extract/facetrack.py) ---------------------------------------------------
+
+def test_crop_tracks_give_each_face_its_own_crops():
+    from mmfer.extract.facecrop import crop_tracks
+
+    frames, tiles = two_face_frames(25)
+    frames = frames[::3]                       # Tv = 9 sampled frames, 0.12 s apart
+    tiles = tiles[::3]
+    frames[4, :, 128:] = 60                    # the right face is missing from one frame: its track goes on
+    tracks = crop_tracks(frames, out_px=64)
+    assert len(tracks) == 2, [t.box_px for t in tracks]
+    owners = track_crop_owners(tracks, tiles, *TWO_FACES_HW)
+    assert (owners[0] == 0).all() and (owners[1] == 1).all(), owners
+    assert tracks[1].has_face.tolist() == [True] * 4 + [False] + [True] * 4 and tracks[0].has_face.all()
+    # pixels: the left (skin) face is red over blue, the right (swapped) one blue over red
+    red_minus_blue = [t.crops[..., 0].astype(float).mean() - t.crops[..., 2].astype(float).mean() for t in tracks]
+    assert red_minus_blue[0] > 10 and red_minus_blue[1] < -10, red_minus_blue
+    assert tracks[0].crops.shape == (9, 64, 64, 3)
+    # the right face moves down: its crop follows (the missing frame takes its neighbours' box)
+    tops = tracks[1].boxes[:, 1] * TWO_FACES_HW[0]
+    assert tops[-1] > tops[0] + 10 and tops[3] <= tops[4] <= tops[5], tops
+    x0, y0, x1, y1 = tracks[1].box_px      # the median detected face lies in the drawn tile's span
+    assert 150 <= x0 and x1 <= 256 and 0 <= y0 and y1 <= 64 + 96 + 8, tracks[1].box_px
+    # the default crop keeps one face, as before
+    one = crop_faces(frames, "detect")
+    assert one.found_face and one.boxes.shape == (9, 4)
+
+
+def test_iou_tracker_links_boxes_across_misses():
+    from mmfer.extract.facetrack import IouTracker, track_boxes
+
+    a, b = np.array([0, 0, 10, 10.0]), np.array([50, 0, 60, 10.0])
+    tracks = track_boxes([np.stack([b, a]), np.stack([a + 1]), np.zeros((0, 4)), np.stack([a + 2, b + 2]),
+                          np.stack([[200, 200, 210, 210.0]])])
+    # two tracks, left one first; the one-frame box at (200, 200) is dropped (MIN_HITS = 2)
+    assert tracks.shape == (2, 5, 4)
+    assert np.isfinite(tracks[0, :, 0]).tolist() == [True, True, False, True, False]
+    assert np.isfinite(tracks[1, :, 0]).tolist() == [True, False, False, True, False]
+    tracker = IouTracker(max_missed=1)
+    assert tracker.update(np.stack([a])) == [0]
+    tracker.update(np.zeros((0, 4)))
+    tracker.update(np.zeros((0, 4)))
+    assert tracker.update(np.stack([a])) == [1]   # missed 2 > 1 steps: a new track
