@@ -59,6 +59,8 @@ class PredictConfig:
     """Seconds between window starts (default: the window length, no overlap)."""
     stream: str | None = None
     """Predict windows of one source as it is decoded (with --window): a file, a webcam (0 or /dev/videoN) or any URL ffmpeg reads; prints a JSON line per window, Ctrl-C stops and keeps the timeline."""
+    faces: Literal["largest", "all"] = "largest"
+    """largest: one crop per clip, the model's own face crop (the most certain face with detect); all: detect every face, track it over the sampled frames (IoU) and predict each track from its own crops: a row per face with its box and time span, a timeline line per face (frames where a track is not detected reuse its boxes interpolated from its nearest detections)."""
     cache: str | None = None
     """With --run: the run's feature store, if it moved (only runs trained before checkpoints carried their FeatureSpec need it)."""
     device: str = "auto"

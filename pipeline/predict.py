@@ -4,48 +4,28 @@ Inputs are files or folders (walked for video files); each file is predicted on 
 an error row and the rest go on. With `--window S` a file is decoded once and its windows slide over it in
 memory (pipeline/predict_stream.py, as `--stream SOURCE` does for a webcam or URL), each predicted like a clip,
 and the emotion timeline is written as CSV and PNG; inputs that share a file name get unique names.
-The model and feature work is `pipeline/predictor.py`; this file walks inputs and writes outputs.
+The model and feature work is `pipeline/predictor.py`, the outputs `predict_output.py`, `--faces all`
+`predict_faces.py`; this file walks the inputs.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from mmfer.pipeline.command_config import PredictConfig
+from mmfer.pipeline.predict_output import (ClipResult, error_line, format_table, model_record, summarize_windows,
+                                           write_results, write_timeline)
+from mmfer.pipeline.predict_stream import window_starts
 from mmfer.core.errors import BadInputError, ConfigError
-from mmfer.core.labels import EMOTIONS
 from mmfer.core.media import VIDEO_SUFFIXES
 
 log = logging.getLogger(__name__)
 
 PREDICT_ALIASES = {"window": "window_s", "hop": "hop_s"}   # the short flags users type
-WINDOW_EPS_S = 1e-3   # a window may end this much past the reported duration (container rounding)
-
-
-@dataclass
-class ClipResult:
-    """One input file: probabilities (C,) (the mean over windows when windowed) or an error."""
-
-    clip_id: str
-    path: str
-    probabilities: np.ndarray | None = None
-    notes: list[str] = field(default_factory=list)
-    error: str | None = None
-    windows: list[tuple[float, float, np.ndarray]] | None = None   # (start_s, end_s, probabilities)
-    timeline: list[str] = field(default_factory=list)              # written CSV / PNG paths
-    label_names: tuple[str, ...] = EMOTIONS                        # the model's C class names (its cache's)
-
-    @property
-    def prediction(self) -> str:
-        return self.label_names[int(self.probabilities.argmax())] if self.probabilities is not None else ""
 
 
 def find_videos(inputs: list[str]) -> list[Path]:
@@ -58,14 +38,6 @@ def find_videos(inputs: list[str]) -> list[Path]:
         else:
             found.append(path)
     return found
-
-
-def window_starts(duration_s: float, window_s: float, hop_s: float) -> list[float]:
-    """Starts of the full windows that fit in the clip (one window of the whole clip when it is shorter)."""
-    if duration_s <= window_s + WINDOW_EPS_S:
-        return [0.0]
-    count = int(np.floor((duration_s - window_s + WINDOW_EPS_S) / hop_s)) + 1
-    return [round(i * hop_s, 6) for i in range(count)]
 
 
 def unique_names(paths: list[Path]) -> list[str]:
@@ -130,87 +102,8 @@ def predict_file(predictor, path: Path, *, clip_id: str, window_s: float | None,
         summarize_windows(result, windows)
         _warn_no_face(path, sum(NO_FACE_NOTE in w.notes for w in windows), len(windows))
     except (PredictError, DecodeError, FfmpegError, OSError) as err:
-        message = str(err).splitlines()[0]
-        start = message.find(str(path))   # decode_job prefixes the reason to a message that names the file
-        result.error = message[start:] if start > 0 else message
-        log.warning("%s: %s", path, result.error)
+        result.error = error_line(err, path)
     return result
-
-
-def summarize_windows(result: ClipResult, windows: list) -> None:
-    """Fill a result from its windows (pipeline/predict_stream.py's WindowPrediction): the timeline rows, the
-    mean probabilities, and each note with the count of windows it held in."""
-    notes = Counter(n for w in windows for n in set(w.notes))
-    result.windows = [(w.start_s, w.end_s, w.probabilities) for w in windows]
-    result.probabilities = np.mean([w.probabilities for w in windows], axis=0)
-    result.notes = [n if k == len(windows) else f"{n} ({k} of {len(windows)} windows)" for n, k in sorted(notes.items())]
-    result.notes.append(f"mean of {len(windows)} windows")
-
-
-def write_timeline(result: ClipResult, folder: Path) -> list[str]:
-    """`<clip_id>.timeline.csv` (start_s, end_s, prob_<emotion> x C) and a PNG of the same curves."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    folder.mkdir(parents=True, exist_ok=True)
-    csv_path, png_path = folder / f"{result.clip_id}.timeline.csv", folder / f"{result.clip_id}.timeline.png"
-    frame = pd.DataFrame({"start_s": [s for s, _, _ in result.windows], "end_s": [e for _, e, _ in result.windows]})
-    for i, name in enumerate(result.label_names):
-        frame[f"prob_{name}"] = [float(p[i]) for _, _, p in result.windows]
-    frame["prediction"] = [result.label_names[int(p.argmax())] for _, _, p in result.windows]
-    frame.to_csv(csv_path, index=False, float_format="%.6f")
-    centers = (frame["start_s"] + frame["end_s"]) / 2
-    fig, ax = plt.subplots(figsize=(9, 4))
-    for name in result.label_names:
-        ax.plot(centers, frame[f"prob_{name}"], marker="o", markersize=3, label=name)
-    ax.set_xlabel("time (s, window centre)")
-    ax.set_ylabel("probability")
-    ax.set_ylim(0, 1)
-    ax.set_title(f"{result.clip_id}: emotion over time")
-    ax.legend(loc="upper right", ncol=4, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
-    return [str(csv_path), str(png_path)]
-
-
-def result_rows(results: list[ClipResult]) -> list[dict]:
-    rows = []
-    for r in results:
-        row = {"clip_id": r.clip_id, "path": r.path, "prediction": r.prediction,
-               "probability": float(r.probabilities.max()) if r.probabilities is not None else None}
-        for i, name in enumerate(r.label_names):
-            row[f"prob_{name}"] = float(r.probabilities[i]) if r.probabilities is not None else None
-        row.update(note="; ".join(r.notes), error=r.error or "", timeline=" ".join(r.timeline))
-        rows.append(row)
-    return rows
-
-
-def write_results(results: list[ClipResult], out: Path, model: dict) -> None:
-    """--out FILE.csv (one row per file, all C probabilities) or FILE.json (the same plus the model used)."""
-    import pandas as pd
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() == ".json":
-        out.write_text(json.dumps({"model": model, "clips": result_rows(results)}, indent=2))
-    else:
-        pd.DataFrame(result_rows(results)).to_csv(out, index=False, float_format="%.6f")
-
-
-def format_table(results: list[ClipResult], header: str) -> str:
-    width = max([len(r.clip_id) for r in results] + [4])
-    lines = [header, f"{'clip':<{width}}  {'emotion':<10} {'prob':>6}  note", "-" * (width + 30)]
-    for r in results:
-        if r.error:
-            lines.append(f"{r.clip_id:<{width}}  {'ERROR':<10} {'':>6}  {r.error}")
-        else:
-            note = "; ".join(r.notes + ([f"timeline: {r.timeline[0]}"] if r.timeline else []))
-            lines.append(f"{r.clip_id:<{width}}  {r.prediction:<10} {r.probabilities.max():>6.3f}  {note}")
-    num_failed = sum(r.error is not None for r in results)
-    lines.append(f"{len(results) - num_failed} predicted, {num_failed} failed")
-    return "\n".join(lines)
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
@@ -226,6 +119,7 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     from mmfer.pipeline.bundle import load_export_bundle, load_run_bundle
     from mmfer.pipeline.flags import resolve_config
+    from mmfer.pipeline.predict_faces import check_faces_all, predict_tracks
     from mmfer.pipeline.predictor import Predictor
     from mmfer.core.progress import Progress
 
@@ -248,6 +142,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         bundle = load_export_bundle(cfg.model, fold=cfg.fold, ensemble=cfg.ensemble)
     else:
         bundle = load_run_bundle(cfg.run, fold=cfg.fold, ensemble=cfg.ensemble, cache=cfg.cache)
+    if cfg.faces == "all":
+        check_faces_all(bundle)
     predictor = Predictor(bundle, device=cfg.device, visual_encoder=cfg.visual_encoder,
                           audio_encoder=cfg.audio_encoder, models_dir=cfg.models_dir,
                           allow_encoder_mismatch=cfg.allow_encoder_mismatch, runtime=cfg.runtime)
@@ -257,6 +153,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return _predict_stream(cfg, predictor, bundle, timeline_dir, out)
     with Progress(len(paths), desc="predict", unit="file", logger=log) as progress:
         for path, clip_id in zip(paths, unique_names(paths)):
+            if cfg.faces == "all":
+                results += predict_tracks(predictor, path, clip_id=clip_id, window_s=cfg.window_s, hop_s=cfg.hop_s,
+                                          timeline_dir=timeline_dir)
+                progress.update(1)
+                continue
             result = predict_file(predictor, path, clip_id=clip_id, window_s=cfg.window_s, hop_s=cfg.hop_s)
             if result.windows:
                 result.timeline = write_timeline(result, timeline_dir)
@@ -264,8 +165,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             progress.update(1)
     print(format_table(results, f"model: {bundle.source}, {bundle.describe()}"))
     if out:
-        write_results(results, out, {"source": bundle.source, "folds": bundle.fold_names,
-                                     "ensemble": bundle.is_ensemble, "description": bundle.describe()})
+        write_results(results, out, model_record(bundle))
         print(f"wrote {out}")
     return 0 if any(r.error is None for r in results) else 1
 
@@ -279,7 +179,11 @@ def _predict_stream(cfg: PredictConfig, predictor, bundle, timeline_dir: Path, o
 
     result = ClipResult(stream_clip_id(cfg.stream), cfg.stream, label_names=predictor.label_names)
     windows, result.error = run_stream(predictor, cfg.stream, clip_id=result.clip_id, window_s=cfg.window_s,
-                                       hop_s=cfg.hop_s or cfg.window_s, emit=emit)
+                                       hop_s=cfg.hop_s or cfg.window_s, emit=emit, faces=cfg.faces)
+    if cfg.faces == "all":
+        from mmfer.pipeline.predict_faces import stream_tracks
+
+        return stream_tracks(result, windows, timeline_dir, out, bundle)
     if windows:
         summarize_windows(result, windows)
         if result.error:   # the windows before the failure stand; the failure becomes a note
@@ -288,8 +192,7 @@ def _predict_stream(cfg: PredictConfig, predictor, bundle, timeline_dir: Path, o
         result.timeline = write_timeline(result, timeline_dir)
         log.info("%s: timeline %s", cfg.stream, " ".join(result.timeline))
     if out:
-        write_results([result], out, {"source": bundle.source, "folds": bundle.fold_names,
-                                      "ensemble": bundle.is_ensemble, "description": bundle.describe()})
+        write_results([result], out, model_record(bundle))
         log.info("wrote %s", out)
     return 0 if result.windows else 1
 

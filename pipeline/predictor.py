@@ -165,6 +165,27 @@ class Predictor:
             raise PredictError(decoded.error)
         return self.decoded_features(decoded, face_crop=job.face_crop)
 
+    def track_features(self, path: str | Path, clip_id: str) -> list[tuple[object, tuple[float, float], dict]]:
+        """`features` of each face track of a clip (predict --faces all): (extract.facecrop.TrackCrops, the
+        timestamps of its first and last detection in s, model inputs) per track, its frames cropped from its own
+        boxes; [] when no sampled frame has a face.
+
+        Raises:
+            DecodeError, FfmpegError: the file cannot be decoded. PredictError: it cannot be encoded.
+        """
+        import pandas as pd
+
+        from mmfer.extract.worker import decode_tracks
+
+        (job,) = self.featurizer.decode_jobs(pd.DataFrame({"clip_id": [clip_id], "path": [str(path)], "source": [""]}),
+                                             timeout_s=self.decode_timeout_s)
+        out = []
+        for track, item in decode_tracks(job, self.processor):
+            seen_s = item.timestamps_s[track.has_face]
+            out.append((track, (round(float(seen_s.min()), 6), round(float(seen_s.max()), 6)),
+                        self.decoded_features(item, face_crop="detect")))
+        return out
+
     def decoded_features(self, decoded, *, face_crop: str) -> dict:
         """`features` of a clip already decoded, cropped and run through the image processor (a `DecodedItem`:
         `decode_job`'s, or a stream window's from extract/stream.py).

@@ -804,3 +804,80 @@ def test_onnx_export_predicts_like_pytorch(onnx_export, exported, clips, outputs
     assert mmfer_main(["predict", "--model", str(exported), "--runtime", "onnx", str(clips[0])]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "exported with --onnx" in err, err
+
+
+# ---- issue 30: every face (--faces all) -------------------------------------------------------------------------
+
+
+def two_face_video(path: Path, *, duration_s: float = 2.0, fps: int = 25) -> tuple[Path, np.ndarray]:
+    """face_helpers' two demo faces (left still, right blue and moving down) as H.264 with a tone, written by
+    ffmpeg; returns the path and the faces' drawn tiles (frames, 2, 4) x0, y0, x1, y1 in pixels."""
+    from face_helpers import TWO_FACES_HW, two_face_frames
+
+    from mmfer.core.media import run_ffmpeg
+
+    frames, tiles = two_face_frames(int(round(duration_s * fps)), fps=fps)
+    height, width = TWO_FACES_HW
+    run_ffmpeg(["-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "pipe:0",
+                "-f", "lavfi", "-i", f"sine=frequency=220:duration={duration_s}:sample_rate=16000",
+                "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt",
+                "yuv420p", "-c:a", "aac", "-shortest", str(path)], path=path, timeout_s=60, input_bytes=frames.tobytes())
+    return path, tiles
+
+
+def test_faces_all_gives_a_row_per_face_from_its_own_crops(run, tmp_path):
+    """Two faces: the default predicts the file once, as before; --faces all gives a row per face, with its
+    median box and time span, and each row's probabilities are the model's on that track's crops, which cover
+    their own face in every sampled frame and not the other."""
+    from face_helpers import TWO_FACES_HW, track_crop_owners
+
+    from mmfer.extract.worker import decode_tracks
+    from mmfer.pipeline.bundle import load_run_bundle
+    from mmfer.pipeline.predictor import Predictor
+
+    video, tiles = two_face_video(tmp_path / "pair.mp4")
+    base = ["--run", run, "--fold", "1"]
+    one = predict([*base, video], tmp_path / "one.csv")
+    assert one.index.tolist() == ["pair"] and "track" not in one.columns
+    rows = predict([*base, "--faces", "all", video], tmp_path / "all.csv").reset_index()
+    assert rows["clip_id"].tolist() == ["pair", "pair"] and rows["track"].tolist() == [0, 1], rows
+    assert rows.loc[0, "x1"] <= 128 and rows.loc[1, "x0"] >= 150, rows[["x0", "y0", "x1", "y1"]]   # left, right
+    assert (rows["start_s"] < 0.2).all() and (rows["end_s"] > 1.7).all(), rows[["start_s", "end_s"]]
+    probs = rows[PROBS].to_numpy(float)
+    assert np.allclose(probs.sum(axis=1), 1, atol=1e-5) and np.abs(probs[0] - probs[1]).max() > 1e-3
+
+    predictor = Predictor(load_run_bundle(run, fold="1"), device="cpu")
+    (job,) = predictor.featurizer.decode_jobs(pd.DataFrame({"clip_id": ["pair"], "path": [str(video)], "source": [""]}),
+                                             timeout_s=60)
+    tracks = decode_tracks(job, predictor.processor)
+    frame_index = np.round(tracks[0][1].timestamps_s * 25).astype(int)   # the Tv sampled frames
+    owners = track_crop_owners([t for t, _ in tracks], tiles[frame_index], *TWO_FACES_HW)
+    assert len(tracks) == 2 and (owners[0] == 0).all() and (owners[1] == 1).all(), owners
+    for (_, item), row in zip(tracks, probs):
+        (want,) = predictor.predict([predictor.decoded_features(item, face_crop="detect")])
+        assert np.abs(want - row).max() < TOLERANCE, f"max diff {np.abs(want - row).max():.2e}"
+
+    faceless = faceless_clip(tmp_path / "wall.mp4", 1.0)
+    assert run_cli(add_predict_arguments, cmd_predict, [*base, "--device", "cpu", "--faces", "all", faceless]) == 1
+
+
+def test_faces_all_windows_and_stream_give_a_timeline_line_per_face(run, tmp_path, capsys, monkeypatch):
+    video, _ = two_face_video(tmp_path / "pair.mp4", duration_s=1.5)
+    monkeypatch.chdir(tmp_path)
+    argv = ["--run", run, "--fold", "1", "--device", "cpu", "--faces", "all", "--window", "1", "--hop", "0.5"]
+    assert run_cli(add_predict_arguments, cmd_predict, [*argv, "--stream", video]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(x["start_s"], x["track"]) for x in lines] == [(s, k) for s in (0.0, 0.5) for k in (0, 1)], lines
+    assert all(x["box_px"][2] <= 128 if x["track"] == 0 else x["box_px"][0] >= 150 for x in lines), lines
+    streamed = pd.read_csv(tmp_path / "pair.timeline.csv")
+    rows = predict([*argv, video], tmp_path / "file.csv").reset_index()   # --window FILE: the same windows
+    timeline = pd.read_csv(tmp_path / "pair.timeline.csv")
+    assert list(timeline.columns[:7]) == ["track", "start_s", "end_s", "x0", "y0", "x1", "y1"]
+    assert timeline["track"].tolist() == [0, 1] * 2 and timeline["start_s"].tolist() == [0.0, 0.0, 0.5, 0.5]
+    assert np.allclose(timeline[PROBS].to_numpy(), streamed[PROBS].to_numpy(), atol=1e-6)
+    assert np.allclose(timeline[PROBS].to_numpy(), [[x["probabilities"][e] for e in EMOTIONS] for x in lines], atol=2e-6)
+    assert (tmp_path / "pair.timeline.png").stat().st_size > 1000
+    assert rows["track"].tolist() == [0, 1] and all("mean of 2 windows" in n for n in rows["note"])
+    for k in (0, 1):
+        own = timeline[timeline["track"] == k]
+        assert np.allclose(rows.loc[k, PROBS].to_numpy(float), own[PROBS].mean().to_numpy(), atol=1e-5)
