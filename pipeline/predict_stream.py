@@ -2,8 +2,9 @@
 
 extract/stream.py decodes the source once (one ffmpeg process) and slides the windows over it in memory; each
 window goes through the Predictor like a clip (face crop, image processor, the featurizer's encode and store
-dtype cast, the model). `predict_windows` yields one `WindowPrediction` per window; `run_stream` is the
-`--stream` command: a JSON line per window on stdout, Ctrl-C stops and keeps the windows done.
+dtype cast, the model). `predict_windows` yields one `WindowPrediction` per window (per window and face track
+with --faces all); `run_stream` is the `--stream` command: a JSON line per window on stdout, Ctrl-C stops and
+keeps the windows done.
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ def predict_windows(predictor, source, *, clip_id: str, window_s: float, hop_s: 
 
 
 def window_line(window: WindowPrediction, label_names: tuple[str, ...]) -> str:
-    """One window as a JSON line: start_s, end_s, probabilities {emotion: p}, emotion, latency_ms."""
+    """One window as a JSON line: start_s, end_s, (--faces all: track, box_px), probabilities {emotion: p}, emotion,
+    latency_ms."""
     face = {} if window.track is None else {"track": window.track, "box_px": [round(v, 1) for v in window.box_px]}
     return json.dumps({"start_s": window.start_s, "end_s": window.end_s, **face,
                        "probabilities": {n: round(float(p), 6) for n, p in zip(label_names, window.probabilities)},

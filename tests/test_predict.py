@@ -862,18 +862,18 @@ def test_faces_all_gives_a_row_per_face_from_its_own_crops(run, tmp_path):
 
 
 def test_faces_all_windows_and_stream_give_a_timeline_line_per_face(run, tmp_path, capsys, monkeypatch):
-    video, _ = two_face_video(tmp_path / "pair.mp4", duration_s=1.5)
+    video, _ = two_face_video(tmp_path / "pair.mp4")
     monkeypatch.chdir(tmp_path)
-    argv = ["--run", run, "--fold", "1", "--device", "cpu", "--faces", "all", "--window", "1", "--hop", "0.5"]
+    argv = ["--run", run, "--fold", "1", "--device", "cpu", "--faces", "all", "--window", "1", "--hop", "1"]
     assert run_cli(add_predict_arguments, cmd_predict, [*argv, "--stream", video]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [(x["start_s"], x["track"]) for x in lines] == [(s, k) for s in (0.0, 0.5) for k in (0, 1)], lines
+    assert [(x["start_s"], x["track"]) for x in lines] == [(s, k) for s in (0.0, 1.0) for k in (0, 1)], lines
     assert all(x["box_px"][2] <= 128 if x["track"] == 0 else x["box_px"][0] >= 150 for x in lines), lines
     streamed = pd.read_csv(tmp_path / "pair.timeline.csv")
     rows = predict([*argv, video], tmp_path / "file.csv").reset_index()   # --window FILE: the same windows
     timeline = pd.read_csv(tmp_path / "pair.timeline.csv")
     assert list(timeline.columns[:7]) == ["track", "start_s", "end_s", "x0", "y0", "x1", "y1"]
-    assert timeline["track"].tolist() == [0, 1] * 2 and timeline["start_s"].tolist() == [0.0, 0.0, 0.5, 0.5]
+    assert timeline["track"].tolist() == [0, 1] * 2 and timeline["start_s"].tolist() == [0.0, 0.0, 1.0, 1.0]
     assert np.allclose(timeline[PROBS].to_numpy(), streamed[PROBS].to_numpy(), atol=1e-6)
     assert np.allclose(timeline[PROBS].to_numpy(), [[x["probabilities"][e] for e in EMOTIONS] for x in lines], atol=2e-6)
     assert (tmp_path / "pair.timeline.png").stat().st_size > 1000
