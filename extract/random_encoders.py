@@ -4,7 +4,9 @@
 the real checkpoints (a SigLIP vision tower + image processor folder, a NeMo CTC `.nemo` file), so they are
 read back through the real loading code of their kinds (extract/encoders/). Each kind module writes its own
 random model (`write_random`); this module says which sizes and names. Seeded: the same code writes the same
-weights. This is the one writer of stand-in encoders; the bench and the tests call it.
+weights. The audio stand-in exists for both backends: the `.nemo` (NeMo kind) and its transformers conversion
+(`ensure_transformers_audio`, parakeet kind), the same weights. This is the one writer of stand-in encoders; the
+bench and the tests call it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from pathlib import Path
 from typing import Literal
 
 import mmfer.extract.encoders.nemo_fastconformer as nemo_fastconformer   # the kind modules, not the registry
-import mmfer.extract.encoders.siglip as siglip                         # (which imports this module)
+import mmfer.extract.encoders.parakeet as parakeet                     # (which imports this module)
+import mmfer.extract.encoders.siglip as siglip
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,7 @@ RANDOM_KINDS = {"visual": siglip, "audio": nemo_fastconformer}   # the registry 
 SIZES: dict[str, dict] = {
     "tiny": {
         "visual_dirname": "tiny-siglip-vision", "audio_filename": "tiny-fastconformer-ctc.nemo",
+        "audio_hf_dirname": "tiny-fastconformer-ctc-hf",
         "visual": {"hidden_size": TINY_VISUAL_DIM, "num_hidden_layers": 2, "num_attention_heads": 2,
                    "intermediate_size": 256},
         "audio": {"n_layers": 2, "d_model": TINY_AUDIO_DIM, "n_heads": 2, "subsampling_conv_channels": 32},
@@ -35,6 +39,7 @@ SIZES: dict[str, dict] = {
     "full": {
         # SigLIP2-base/16 at 224 px (google/siglip2-base-patch16-224 vision tower): 86M parameters, Dv = 768.
         "visual_dirname": "siglip-base-random", "audio_filename": "fastconformer-large-random.nemo",
+        "audio_hf_dirname": "fastconformer-large-random-hf",
         "visual": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
         # FastConformer-large CTC (nvidia/stt_en_fastconformer_ctc_large, "around 115M parameters", a 463 MB fp32
         # .nemo): 18 layers (NeMo's fast-conformer_ctc_bpe.yaml; its table says 17), d_model 512, 8 heads, ff 2048.
@@ -61,6 +66,16 @@ def ensure_random_encoders(models_dir: str | os.PathLike, *, size: Size) -> tupl
         if not kind.is_complete(path):
             kind.write_random(path, spec[role], seed=RANDOM_SEED)
     return visual_dir, audio_nemo
+
+
+def ensure_transformers_audio(models_dir: str | os.PathLike, *, size: Size) -> Path:
+    """The audio stand-in of `size` as a transformers folder (parakeet kind): the `.nemo` of
+    `ensure_random_encoders`, converted by `convert_nemo` once, so both backends hold the same weights."""
+    _, audio_nemo = ensure_random_encoders(models_dir, size=size)
+    folder = Path(models_dir) / SIZES[size]["audio_hf_dirname"]
+    if not parakeet.is_complete(folder):
+        parakeet.convert_from(audio_nemo, folder)
+    return folder
 
 
 def ensure_tiny_encoders(models_dir: str | os.PathLike) -> tuple[Path, Path]:

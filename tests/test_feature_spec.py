@@ -53,8 +53,8 @@ def test_the_registry_loads_each_kind_through_its_module_and_names_an_unknown_on
     assert (kind_of("video", str(visual)), kind_of("audio", str(audio))) == ("siglip", "nemo-fastconformer")
     encoder = load_encoder("video", str(visual), device=torch.device("cpu"))
     assert encoder.kind_record == {"kind": "siglip", "backend": "transformers"}
-    with pytest.raises(EncoderLoadError, match="encoder kind 'parakeet' is not known"):
-        load_encoder("audio", str(audio), kind="parakeet", device=torch.device("cpu"))
+    with pytest.raises(EncoderLoadError, match="encoder kind 'whisper' is not known"):
+        load_encoder("audio", str(audio), kind="whisper", device=torch.device("cpu"))
     for module in REGISTRY.values():   # the interface every kind module keeps
         assert {"KIND", "MODALITY", "BACKEND", "claims", "load", "write_random", "is_complete", "find_local",
                 "cached_copy"} <= set(vars(module))
