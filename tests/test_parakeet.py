@@ -1,14 +1,14 @@
 """The transformers FastConformer kind (extract/encoders/parakeet.py) and `mmfer convert-encoder`.
 
-Parity: speech spoken by espeak-ng (0.3 s to 20 s, resampled to 16 kHz by ffmpeg) through the tiny random .nemo
-(NeMo kind) and its conversion (parakeet kind): log-mel features, valid-frame counts and encoder outputs agree
-within 1e-4 in fp32. Refusals: a .nemo whose settings the transformers classes cannot compute is refused in one line.
+Parity (`nemo` marker): speech spoken by espeak-ng (0.3 s to 20 s, resampled to 16 kHz by ffmpeg) through the tiny
+random .nemo (NeMo kind, NeMo's saver) and its conversion (parakeet kind): log-mel features, valid-frame counts and
+encoder outputs agree within 1e-4 in fp32. The conversion and its refusals need no NeMo: they read a .nemo-layout
+file written here (tar of model_config.yaml + model_weights.ckpt, as NeMo writes it).
 """
 
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from mmfer.core.media import ffmpeg_exe
-from mmfer.extract.random_encoders import ensure_transformers_audio
+from mmfer.extract.encoders.nemo_convert import convert_nemo
 
 SPEECH = ("The quick brown fox jumps over the lazy dog. She sells sea shells by the sea shore, and the shells she "
           "sells are surely sea shells. Peter Piper picked a peck of pickled peppers. How much wood would a "
@@ -42,8 +42,31 @@ def speech(tmp_path_factory) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def converted(tiny_models) -> Path:
-    return ensure_transformers_audio(tiny_models, size="tiny")
+def nemo_layout(tiny_models, tmp_path_factory) -> Path:
+    """The tiny stand-in as a .nemo-layout file written without NeMo: the random writer's NeMo config and the tiny
+    folder's weights under NeMo names (what `ensure_nemo_audio` gives NeMo's saver)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from mmfer.extract.encoders.nemo_convert import nemo_encoder_state_dict
+    from mmfer.extract.encoders.nemo_fastconformer import random_model_config
+    from mmfer.extract.random_encoders import SIZES
+
+    folder = tmp_path_factory.mktemp("nemo-layout")
+    weights = load_file(tiny_models / "tiny-fastconformer-ctc" / "model.safetensors")
+    (folder / "model_config.yaml").write_text(yaml.safe_dump(random_model_config(SIZES["tiny"]["audio"])))
+    torch.save({f"encoder.{k}": v for k, v in nemo_encoder_state_dict(weights).items()}, folder / "model_weights.ckpt")
+    path = folder / "tiny.nemo"
+    with tarfile.open(path, "w") as tar:
+        for name in ("model_config.yaml", "model_weights.ckpt"):
+            tar.add(folder / name, arcname=f"./{name}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def converted(tiny_nemo, tmp_path_factory) -> Path:
+    """The tiny .nemo (NeMo's saver) converted by `convert_nemo`."""
+    return convert_nemo(tiny_nemo, tmp_path_factory.mktemp("converted") / "fc")
 
 
 def _worst(a, b) -> str:
@@ -52,14 +75,14 @@ def _worst(a, b) -> str:
 
 
 @pytest.mark.nemo
-def test_transformers_kind_equals_nemo_on_speech(tiny_models, converted, speech):
+def test_transformers_kind_equals_nemo_on_speech(tiny_nemo, converted, speech):
     """Features, valid-frame counts and tokens of every clip, one batch of all lengths and each clip alone."""
     import torch
 
     from mmfer.extract.encoders import kind_of, load_encoder
 
     assert kind_of("audio", str(converted)) == "parakeet"
-    nemo = load_encoder("audio", str(tiny_models / "tiny-fastconformer-ctc.nemo"), device=torch.device("cpu"))
+    nemo = load_encoder("audio", str(tiny_nemo), device=torch.device("cpu"))
     hf = load_encoder("audio", str(converted), device=torch.device("cpu"))
     assert (nemo.kind_record, hf.kind_record) == ({"kind": "nemo-fastconformer", "backend": "nemo"},
                                                   {"kind": "parakeet", "backend": "transformers"})
@@ -72,10 +95,15 @@ def test_transformers_kind_equals_nemo_on_speech(tiny_models, converted, speech)
     with torch.inference_mode():
         nemo_feats, nemo_counts = nemo.model.preprocessor(input_signal=signal, length=lengths)   # (B, 80, T_mel)
     hf_feats, hf_counts = hf.features(waves)
-    # Measured with nemo_toolkit 3.0: no off-by-one, both count floor(S / 160) valid mel frames.
-    assert hf_counts.tolist() == nemo_counts.tolist() == [n // 160 for n in CLIP_SAMPLES]
+    # transformers' own extractor, as the folder configures it (our torch twin of it is what encode runs)
+    theirs = hf.feature_extractor(waves, sampling_rate=16_000, return_tensors="pt", return_attention_mask=True)
+    # Measured with nemo_toolkit 3.0 and transformers 5.25: no off-by-one, all count floor(S / 160) valid frames.
+    assert hf_counts.tolist() == nemo_counts.tolist() == theirs.attention_mask.sum(-1).tolist() == [
+        n // 160 for n in CLIP_SAMPLES]
     assert hf_feats.shape == nemo_feats.shape
     assert np.allclose(hf_feats, nemo_feats, atol=TOLERANCE), _worst(hf_feats, nemo_feats)
+    assert np.allclose(theirs.input_features.transpose(1, 2), nemo_feats, atol=TOLERANCE), _worst(
+        theirs.input_features.transpose(1, 2), nemo_feats)
 
     for batch in (waves, *[[w] for w in waves]):
         nemo_tokens, hf_tokens = nemo.encode(batch), hf.encode(batch)
@@ -84,11 +112,14 @@ def test_transformers_kind_equals_nemo_on_speech(tiny_models, converted, speech)
             assert np.allclose(a, b, atol=TOLERANCE), f"{n} samples: {_worst(a, b)}"
 
 
-def test_convert_reads_the_nemo_without_nemo(tiny_models, tmp_path):
-    """The conversion in a fresh process: nemo is never imported, and the folder is the parakeet kind's."""
+def test_convert_reads_the_nemo_without_nemo(nemo_layout, tiny_models, tmp_path):
+    """The conversion in a fresh process: nemo is never imported; the folder is the parakeet kind's and holds the
+    weights the .nemo was written from."""
+    from safetensors.torch import load_file
+
     out = tmp_path / "converted"
     code = ("import sys\nfrom mmfer.extract.encoders.nemo_convert import convert_nemo\n"
-            f"convert_nemo({str(tiny_models / 'tiny-fastconformer-ctc.nemo')!r}, {str(out)!r})\n"
+            f"convert_nemo({str(nemo_layout)!r}, {str(out)!r})\n"
             "loaded = [m for m in sys.modules if m == 'nemo' or m.startswith('nemo.')]\n"
             "assert not loaded, loaded\n")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -96,6 +127,8 @@ def test_convert_reads_the_nemo_without_nemo(tiny_models, tmp_path):
 
     assert kind_of("audio", str(out)) == "parakeet"
     assert json.loads((out / "config.json").read_text())["hidden_size"] == 64
+    got, wanted = load_file(out / "model.safetensors"), load_file(tiny_models / "tiny-fastconformer-ctc" / "model.safetensors")
+    assert got.keys() == wanted.keys() and all((got[k] == wanted[k]).all() for k in got)
 
 
 def _nemo_with(source: Path, dest: Path, section: str, key: str, value) -> Path:
@@ -122,27 +155,27 @@ def _nemo_with(source: Path, dest: Path, section: str, key: str, value) -> Path:
     ("preprocessor", "normalize", "all_features", "preprocessor.normalize is 'all_features'"),
     ("preprocessor", "frame_splicing", 3, "preprocessor.frame_splicing is 3"),
 ])
-def test_convert_encoder_refuses_what_it_cannot_represent(tiny_models, tmp_path, capsys, section, key, value, words):
+def test_convert_encoder_refuses_what_it_cannot_represent(nemo_layout, tmp_path, capsys, section, key, value, words):
     from mmfer.pipeline.cli import main
 
-    bad = _nemo_with(tiny_models / "tiny-fastconformer-ctc.nemo", tmp_path / "bad.nemo", section, key, value)
+    bad = _nemo_with(nemo_layout, tmp_path / "bad.nemo", section, key, value)
     assert main(["convert-encoder", str(bad), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and str(bad) in err and words in err, err
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.staging-*"))
 
 
-def test_convert_encoder_command_writes_a_loadable_folder(tiny_models, tmp_path, capsys):
+def test_convert_encoder_command_writes_a_loadable_folder(nemo_layout, tmp_path, capsys):
     import torch
 
     from mmfer.extract.encoders import load_encoder
     from mmfer.pipeline.cli import main
 
     out = tmp_path / "fc"
-    assert main(["convert-encoder", str(tiny_models / "tiny-fastconformer-ctc.nemo"), "--out", str(out)]) == 0
+    assert main(["convert-encoder", str(nemo_layout), "--out", str(out)]) == 0
     assert f"--audio-encoder {out}" in capsys.readouterr().out
     encoder = load_encoder("audio", str(out), device=torch.device("cpu"))
     (tokens,) = encoder.encode([np.zeros(16000, np.float32)])
     assert tokens.shape == (13, 64) and encoder.frame_shift_s == 0.08
-    assert main(["convert-encoder", str(tiny_models / "tiny-fastconformer-ctc.nemo"), "--out", str(out)]) == 2
+    assert main(["convert-encoder", str(nemo_layout), "--out", str(out)]) == 2
     assert "exists and is not empty" in capsys.readouterr().err

@@ -207,22 +207,35 @@ def feature_config(config: dict) -> dict:
     }
 
 
-def _rename(key: str) -> str:
-    """One NeMo ConformerEncoder weight name -> its ParakeetEncoder name."""
-    key = key.removeprefix("encoder.")
-    key = key.replace("pre_encode.conv.", "subsampling.layers.").replace("pre_encode.out.", "subsampling.linear.")
-    for nemo_name, hf_name in (("self_attn.linear_q.", "self_attn.q_proj."), ("self_attn.linear_k.", "self_attn.k_proj."),
-                               ("self_attn.linear_v.", "self_attn.v_proj."), ("self_attn.linear_out.", "self_attn.o_proj."),
-                               ("self_attn.linear_pos.", "self_attn.relative_k_proj."),
-                               ("self_attn.pos_bias_u", "self_attn.bias_u"), ("self_attn.pos_bias_v", "self_attn.bias_v"),
-                               ("conv.batch_norm.", "conv.norm.")):
-        key = key.replace(nemo_name, hf_name)
-    return key
+# NeMo ConformerEncoder weight names -> ParakeetEncoder's (the rest of each name is the same in both)
+_RENAMES = (("pre_encode.conv.", "subsampling.layers."), ("pre_encode.out.", "subsampling.linear."),
+            ("self_attn.linear_q.", "self_attn.q_proj."), ("self_attn.linear_k.", "self_attn.k_proj."),
+            ("self_attn.linear_v.", "self_attn.v_proj."), ("self_attn.linear_out.", "self_attn.o_proj."),
+            ("self_attn.linear_pos.", "self_attn.relative_k_proj."), ("self_attn.pos_bias_u", "self_attn.bias_u"),
+            ("self_attn.pos_bias_v", "self_attn.bias_v"), ("conv.batch_norm.", "conv.norm."))
 
 
 def encoder_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The encoder's weights under ParakeetEncoder names (the preprocessor's and the decoder's are left out)."""
-    return {_rename(k): v for k, v in state.items() if k.startswith("encoder.")}
+    """A .nemo's encoder weights under ParakeetEncoder names (the preprocessor's and the decoder's are left out)."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith("encoder."):
+            key = key.removeprefix("encoder.")
+            for nemo_name, hf_name in _RENAMES:
+                key = key.replace(nemo_name, hf_name)
+            out[key] = value
+    return out
+
+
+def nemo_encoder_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ParakeetEncoder weights under NeMo ConformerEncoder names (`encoder_state_dict` backwards, without
+    the `encoder.` prefix): how the random writer gives the .nemo the transformers stand-in's weights."""
+    out = {}
+    for key, value in state.items():
+        for nemo_name, hf_name in _RENAMES:
+            key = key.replace(hf_name, nemo_name)
+        out[key] = value
+    return out
 
 
 def convert_nemo(path: str | os.PathLike, out: str | os.PathLike) -> Path:

@@ -2,9 +2,10 @@
 
 The same encoder as the NeMo kind (nemo_fastconformer.py) without NeMo: a transformers folder (config.json of a
 `parakeet_encoder` or `parakeet_ctc` model, weights, preprocessor_config.json), read with `from_pretrained`;
-`mmfer convert-encoder` writes one from a .nemo file (nemo_convert.py). `AudioEncoder.encode` runs the folder's
-ParakeetFeatureExtractor (NeMo's inference preprocessing) and encoder on a padded batch and returns one float32
-(Ta, Da) array per clip, cut to its valid frames: the NeMo kind's outputs, within 1e-4 (tests/test_parakeet.py).
+`mmfer convert-encoder` writes one from a .nemo file (nemo_convert.py). `AudioEncoder.encode` runs `WaveEncoder`:
+the folder's ParakeetFeatureExtractor settings and mel filters computed in torch ops (NeMo's inference
+preprocessing, exportable to ONNX), then the encoder, on a padded batch; one float32 (Ta, Da) array per clip, cut
+to its valid frames: the NeMo kind's outputs, within 1e-4 (tests/test_parakeet.py).
 """
 
 from __future__ import annotations
@@ -32,35 +33,80 @@ BACKEND = "transformers"
 AUDIO_SAMPLE_RATE_HZ = 16_000
 AUDIO_FRAME_SHIFT_S = 0.08  # 10 ms mel hop x 8 subsampling (FastConformer); other models are logged
 _MODEL_TYPES = {"parakeet_encoder", "parakeet_ctc"}   # an encoder alone, or a CTC model whose .encoder we use
+LOG_ZERO_GUARD = 2 ** -24   # added before the log, as NeMo's log_zero_guard_value and ParakeetFeatureExtractor do
+NORMALIZE_EPS = 1e-5        # added to each feature's std (NeMo's CONSTANT, the extractor's EPSILON)
+
+
+class WaveEncoder(torch.nn.Module):
+    """Wave -> log-mel -> ParakeetEncoder as one module (what `encode` runs and `export --onnx-encoders` exports):
+    ParakeetFeatureExtractor's computation in torch ops on a padded batch, NeMo's inference preprocessing
+    (pre-emphasis, Hann STFT, slaney mel, log(x + 2^-24), per-feature normalisation over valid frames)."""
+
+    def __init__(self, model: torch.nn.Module, feature_extractor: Any) -> None:
+        super().__init__()
+        fe = feature_extractor
+        self.model = model
+        self.hop_length, self.n_fft, self.win_length = int(fe.hop_length), int(fe.n_fft), int(fe.win_length)
+        self.preemphasis = float(fe.preemphasis or 0.0)
+        self.register_buffer("window", torch.hann_window(self.win_length, periodic=False), persistent=False)
+        self.register_buffer("mel_filters", fe.mel_filters.clone().float(), persistent=False)   # (80, n_fft/2+1)
+
+    def features(self, wave: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """wave float32 (B, S) zero-padded, length long (B,) -> (features (B, 80, T_mel), zero past each clip's
+        valid frames; valid frames (B,)). Valid frames: floor(S / hop), NeMo's get_seq_len (center-padded STFT)."""
+        keep = torch.arange(wave.shape[1], device=wave.device)[None, :] < length[:, None]   # True = a real sample
+        if self.preemphasis:
+            wave = torch.cat([wave[:, :1], wave[:, 1:] - self.preemphasis * wave[:, :-1]], dim=1)
+        wave = wave.masked_fill(~keep, 0.0)
+        spec = torch.stft(wave, self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
+                          window=self.window, center=True, pad_mode="constant", return_complex=True)
+        power = torch.view_as_real(spec).pow(2).sum(-1).sqrt().pow(2)          # (B, n_fft/2+1, T_mel); NeMo's order
+        mel = torch.log(self.mel_filters @ power + LOG_ZERO_GUARD)             # (B, 80, T_mel)
+        num_frames = torch.div(length + self.n_fft // 2 * 2 - self.n_fft, self.hop_length, rounding_mode="floor")
+        valid = (torch.arange(mel.shape[-1], device=mel.device)[None, :] < num_frames[:, None])[:, None, :]
+        count = num_frames[:, None, None].to(mel.dtype)
+        mean = torch.where(valid, mel, 0.0).sum(-1, keepdim=True) / count
+        std = (torch.where(valid, mel - mean, 0.0).pow(2).sum(-1, keepdim=True) / (count - 1)).sqrt()
+        return torch.where(valid, (mel - mean) / (std + NORMALIZE_EPS), 0.0), num_frames
+
+    def forward(self, wave: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """wave float32 (B, S), length long (B,) -> (frames float32 (B, Ta, Da), valid frames long (B,))."""
+        feats, num_frames = self.features(wave, length)
+        mel_mask = torch.arange(feats.shape[-1], device=feats.device)[None, :] < num_frames[:, None]   # True = real
+        out = self.model(input_features=feats.transpose(1, 2), attention_mask=mel_mask)
+        return out.last_hidden_state, out.attention_mask.sum(-1)
 
 
 class AudioEncoder:
-    """A loaded, frozen ParakeetEncoder and its feature extractor (the NeMo kind's AudioEncoder interface)."""
+    """A loaded, frozen ParakeetEncoder and its feature extractor's settings (the NeMo kind's AudioEncoder interface)."""
 
     def __init__(self, model: torch.nn.Module, feature_extractor: Any, *, device: torch.device,
                  frame_shift_s: float, identity: dict, preprocessing: dict) -> None:
         self.model = model
         self.feature_extractor = feature_extractor
+        self.graph = WaveEncoder(model, feature_extractor).to(device).eval()
         self.device = device
         self.frame_shift_s = frame_shift_s
         self.identity = identity
         self.preprocessing = preprocessing
 
-    def features(self, waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-mel features of a zero-padded batch, NeMo's layout.
-
-        waves: list of float32 (S_i,) mono at 16 kHz
-        returns (features float32 (B, 80, T_mel), zero past each clip's valid frames; valid frames long (B,))
-        """
+    def _batch(self, waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(signal float32 (B, S_max) zero-padded, lengths long (B,)) on the encoder's device."""
         for i, wave in enumerate(waves):
             if np.ndim(wave) != 1 or len(wave) == 0:
                 raise ValueError(f"wave {i}: want a non-empty 1-D float array, got shape {np.shape(wave)}")
-        batch = self.feature_extractor([np.asarray(w, dtype=np.float32) for w in waves],
-                                       sampling_rate=AUDIO_SAMPLE_RATE_HZ, return_tensors="pt",
-                                       return_attention_mask=True)
-        # The extractor counts floor(S / hop) valid frames, as NeMo 3.0's get_seq_len does (measured equal for
-        # 0.3-20 s clips and odd sample counts in tests/test_parakeet.py); NeMo 1.x counted one more.
-        return batch.input_features.transpose(1, 2), batch.attention_mask.sum(-1)
+        lengths = torch.tensor([len(wave) for wave in waves], dtype=torch.long)
+        signal = torch.zeros(len(waves), int(lengths.max()), dtype=torch.float32)
+        for i, wave in enumerate(waves):
+            signal[i, : len(wave)] = torch.as_tensor(np.asarray(wave, dtype=np.float32))
+        return signal.to(self.device), lengths.to(self.device)
+
+    def features(self, waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-mel features of a zero-padded batch, NeMo's layout: waves float32 (S_i,) at 16 kHz ->
+        (features float32 (B, 80, T_mel), zero past each clip's valid frames; valid frames long (B,))."""
+        with torch.inference_mode():
+            feats, num_frames = self.graph.features(*self._batch(waves))
+        return feats.cpu(), num_frames.cpu()
 
     def encode(self, waves: list[np.ndarray]) -> list[np.ndarray]:
         """Encode a batch of clips.
@@ -71,14 +117,10 @@ class AudioEncoder:
         """
         if not waves:
             return []
-        feats, feat_lengths = self.features(waves)                      # (B, 80, T_mel), (B,)
-        mel_mask = torch.arange(feats.shape[-1])[None, :] < feat_lengths[:, None]   # True = a real mel frame
         with torch.inference_mode():
-            out = self.model(input_features=feats.transpose(1, 2).to(self.device),
-                             attention_mask=mel_mask.to(self.device))
-        encoded = out.last_hidden_state.float().cpu()                   # (B, Ta, Da): time-first already
-        enc_lengths = out.attention_mask.sum(-1).cpu()
-        return [encoded[i, : int(n)].numpy().copy() for i, n in enumerate(enc_lengths)]
+            encoded, enc_lengths = self.graph(*self._batch(waves))   # (B, Ta, Da): time-first already
+        encoded = encoded.float().cpu()
+        return [encoded[i, : int(n)].numpy().copy() for i, n in enumerate(enc_lengths.cpu())]
 
 
 def _model_type(folder: Path) -> str | None:
@@ -206,23 +248,26 @@ def load_audio_encoder(name_or_path: str, *, revision: str | None = None,
 
 
 def write_random(folder: Path, widths: dict, *, seed: int) -> None:
-    """The random FastConformer of encoder `widths` as a transformers folder: the NeMo kind's random `.nemo` (NeMo's
-    own saver) in a scratch folder, converted by `convert_nemo` (random_encoders.py converts its kept .nemo instead)."""
-    import mmfer.extract.encoders.nemo_fastconformer as nemo_fastconformer   # the kind module, not the registry
+    """A random FastConformer of encoder `widths` (NeMo ConformerEncoder fields, the NeMo kind's random config) as
+    a transformers folder, saved with `save_pretrained`; no NeMo needed (via a temporary folder, so a crash leaves
+    no half model). The NeMo kind's random .nemo takes these weights (random_encoders.ensure_nemo_audio)."""
+    from transformers import ParakeetEncoder, ParakeetEncoderConfig, ParakeetFeatureExtractor
 
-    scratch = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
+    from mmfer.extract.encoders.nemo_convert import encoder_config, feature_config
+    from mmfer.extract.encoders.nemo_fastconformer import random_model_config
+
+    config = random_model_config(widths)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ParakeetEncoder(ParakeetEncoderConfig(**encoder_config(config))).eval()
+    staging = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
     try:
-        nemo_file = scratch / "random.nemo"
-        nemo_fastconformer.write_random(nemo_file, widths, seed=seed)
-        convert_from(nemo_file, folder)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-def convert_from(nemo_file: Path, folder: Path) -> None:
-    """`folder` (replaced if there) as the transformers conversion of a FastConformer .nemo file."""
-    from mmfer.extract.encoders.nemo_convert import convert_nemo
-
-    if folder.exists():
-        shutil.rmtree(folder)
-    convert_nemo(nemo_file, folder)
+        model.save_pretrained(staging)
+        ParakeetFeatureExtractor(**feature_config(config)).save_pretrained(staging)
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.rename(folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("wrote random FastConformer (%s) as a transformers folder to %s", widths, folder)
