@@ -179,3 +179,26 @@ def test_convert_encoder_command_writes_a_loadable_folder(nemo_layout, tmp_path,
     assert tokens.shape == (13, 64) and encoder.frame_shift_s == 0.08
     assert main(["convert-encoder", str(nemo_layout), "--out", str(out)]) == 2
     assert "exists and is not empty" in capsys.readouterr().err
+
+
+def test_convert_follows_the_references_nemo_configs_keep(nemo_layout, tmp_path):
+    """Saved NeMo configs keep OmegaConf references (`feat_in: ${model.preprocessor.features}`); NeMo is not here
+    to resolve them, so the converter does."""
+    linked = _nemo_with(nemo_layout, tmp_path / "linked.nemo", "encoder", "feat_in", "${model.preprocessor.features}")
+    out = convert_nemo(linked, tmp_path / "fc")
+    assert json.loads((out / "config.json").read_text())["num_mel_bins"] == 80
+
+
+def test_the_nemo_kind_without_nemo_says_how_to_go_on(nemo_layout, monkeypatch):
+    """A .nemo asked of the NeMo kind where nemo_toolkit is missing: one line, the extra and the conversion."""
+    import torch
+
+    from mmfer.extract.encoders import load_encoder
+    from mmfer.extract.encoders.common import EncoderLoadError
+
+    monkeypatch.setitem(sys.modules, "nemo.collections.asr.models", None)   # what an install without NeMo has
+    with pytest.raises(EncoderLoadError) as err:
+        load_encoder("audio", str(nemo_layout), device=torch.device("cpu"))
+    message = str(err.value)
+    assert "\n" not in message and str(nemo_layout) in message
+    assert "pip install 'mmfer[nemo]'" in message and f"mmfer convert-encoder {nemo_layout} --out DIR" in message

@@ -110,7 +110,24 @@ def read_nemo(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
     except (tarfile.TarError, EOFError) as err:
         raise EncoderLoadError(f"{path}: not a readable .nemo (tar) file ({err}); download it again") from err
     state = torch.load(weights, map_location="cpu", weights_only=True)
-    return config, state.get("state_dict", state)
+    return _resolved(config, config), state.get("state_dict", state)
+
+
+def _resolved(value, root: dict):
+    """`value` with OmegaConf-style whole-value references (`${model.preprocessor.features}`, as NeMo's saved
+    configs keep them) replaced by what they point at in `root` (the model's config); other text is left as is."""
+    if isinstance(value, dict):
+        return {k: _resolved(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolved(v, root) for v in value]
+    if isinstance(value, str) and value.startswith("${") and value.endswith("}") and ":" not in value:
+        node = root
+        for part in value[2:-1].removeprefix("model.").split("."):
+            if not isinstance(node, dict) or part not in node:
+                return value
+            node = node[part]
+        return _resolved(node, root)
+    return value
 
 
 def _value(section: dict, key: str, default):
