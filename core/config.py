@@ -52,7 +52,7 @@ class ExtractConfig:
     visual_revision: str | None = None
     """Hub revision (branch, tag or commit) of --visual-encoder; recorded in the store."""
     audio_encoder: str = "nvidia/stt_en_fastconformer_ctc_large"
-    """NeMo FastConformer ASR checkpoint: NGC/HF name or a local .nemo file."""
+    """FastConformer ASR checkpoint: NGC/HF name, a local .nemo file (NeMo), or a transformers FastConformer folder (`mmfer convert-encoder`; no NeMo needed)."""
     num_frames: int = 16
     """Tv: frames sampled at uniform timestamps over each clip."""
     sample_rate_hz: int = 16_000

@@ -66,8 +66,8 @@ class EncoderSpec:
 _KINDS_BY_CLASS = {"SiglipVisionModel": "siglip", "Siglip2VisionModel": "siglip", "SiglipModel": "siglip",
                    "Siglip2Model": "siglip", "EncDecCTCModel": "nemo-fastconformer",
                    "EncDecCTCModelBPE": "nemo-fastconformer", "EncDecRNNTBPEModel": "nemo-fastconformer",
-                   "EncDecHybridRNNTCTCBPEModel": "nemo-fastconformer"}
-_BACKENDS = {"siglip": "transformers", "nemo-fastconformer": "nemo"}
+                   "EncDecHybridRNNTCTCBPEModel": "nemo-fastconformer", "ParakeetEncoder": "parakeet"}
+_BACKENDS = {"siglip": "transformers", "nemo-fastconformer": "nemo", "parakeet": "transformers"}
 
 
 def _kind_of(record: Mapping) -> str:

@@ -263,6 +263,16 @@ def _export_parser(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=cmd_export)
 
 
+@_register("convert-encoder", "Convert a FastConformer .nemo file into a transformers folder (no NeMo needed) for "
+                               "--audio-encoder DIR; refuses settings the conversion cannot represent.")
+def _convert_encoder_parser(parser: argparse.ArgumentParser) -> None:
+    from mmfer.pipeline.convert_encoder import add_convert_encoder_arguments, cmd_convert_encoder
+
+    add_convert_encoder_arguments(parser)
+    add_common_arguments(parser, with_overrides=False)
+    parser.set_defaults(handler=cmd_convert_encoder)
+
+
 @_register("evaluate", "Cross-corpus evaluation on another dataset's cache, or robustness (--corrupt) on the run's own test clips.")
 def _evaluate_parser(parser: argparse.ArgumentParser) -> None:
     from mmfer.pipeline.evaluate import add_evaluate_arguments, cmd_evaluate

@@ -70,7 +70,7 @@ class PredictConfig:
     audio_encoder: str | None = None
     """Load the audio encoder from here instead of the recorded name (its weights must match)."""
     models_dir: str | None = None
-    """Folder searched for the model's encoders (SigLIP2 folders by weights hash, .nemo files by name) when they are not where the run recorded them; default: $MMFER_MODELS."""
+    """Folder searched for the model's encoders (SigLIP2 and transformers FastConformer folders by weights hash, .nemo files by name) when they are not where the run recorded them; default: $MMFER_MODELS."""
     allow_encoder_mismatch: bool = False
     """Predict even when the encoders differ from those the model was trained on."""
     runtime: Literal["torch", "onnx"] = "torch"

@@ -2,7 +2,7 @@
 
 In order: the --visual-encoder/--audio-encoder flag; the copy inside an export (`mmfer export --include-encoders`);
 the recorded location (relative to the run's store, resolved: core/paths.py); a search of --models-dir /
-$MMFER_MODELS (each encoder kind's own `find_local`: SigLIP2 folders by weights hash, .nemo files by name); the name as typed at extract, from this
+$MMFER_MODELS (each encoder kind's own `find_local`: SigLIP2 and transformers FastConformer folders by weights hash, .nemo files by name); the name as typed at extract, from this
 working folder; last the recorded name as a hub id (read from the HF cache). The loaded weights are checked against the record afterwards
 (predictor.compare_encoder), so a wrong candidate is refused, never used.
 """

@@ -23,6 +23,14 @@ def tiny_models(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_nemo(tiny_models):
+    """The tiny audio stand-in as a .nemo (NeMo's saver, the tiny folder's weights); only `nemo`-marked tests."""
+    from mmfer.extract.random_encoders import ensure_nemo_audio
+
+    return ensure_nemo_audio(tiny_models, size="tiny")
+
+
+@pytest.fixture(scope="session")
 def demo_root(tmp_path_factory):
     """4 actors x 8 emotions x 1 clip of the synthetic demo: 32 real mp4 files."""
     from mmfer.data.demo import make_demo

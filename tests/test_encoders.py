@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmfer.extract.encoders.nemo_fastconformer import load_audio_encoder
+from mmfer.extract.encoders.parakeet import load_audio_encoder
 from mmfer.extract.random_encoders import TINY_AUDIO_DIM, TINY_VISUAL_DIM, ensure_tiny_encoders
 from mmfer.extract.encoders.siglip import EncoderLoadError, load_visual_encoder
 
@@ -21,8 +21,17 @@ SAMPLE_RATE_HZ = 16_000
 
 @pytest.fixture(scope="session")
 def tiny_models(tiny_models):
-    """(visual folder, .nemo file) of the session's tiny encoders (conftest writes them once for every test file)."""
+    """(visual folder, FastConformer folder) of the session's tiny encoders (conftest writes them once for every
+    test file); the tiny .nemo (NeMo kind) is `tiny_nemo`."""
     return ensure_tiny_encoders(tiny_models)
+
+
+@pytest.fixture(scope="session")
+def tiny_nemo(tiny_models):
+    """conftest's tiny .nemo, from this file's (visual, audio) pair."""
+    from mmfer.extract.random_encoders import ensure_nemo_audio
+
+    return ensure_nemo_audio(tiny_models[0].parent, size="tiny")
 
 
 @pytest.fixture(scope="session")
@@ -65,10 +74,10 @@ def _diff(a, b) -> str:
 
 
 def test_tiny_encoders_are_written_once_and_seeded(tiny_models, tmp_path):
-    visual_dir, audio_nemo = tiny_models
-    stamps = [p.stat().st_mtime_ns for p in (visual_dir / "model.safetensors", audio_nemo)]
-    assert ensure_tiny_encoders(visual_dir.parent) == (visual_dir, audio_nemo)
-    assert [p.stat().st_mtime_ns for p in (visual_dir / "model.safetensors", audio_nemo)] == stamps
+    visual_dir, audio_dir = tiny_models
+    stamps = [p.stat().st_mtime_ns for p in (visual_dir / "model.safetensors", audio_dir / "model.safetensors")]
+    assert ensure_tiny_encoders(visual_dir.parent) == (visual_dir, audio_dir)
+    assert [p.stat().st_mtime_ns for p in (visual_dir / "model.safetensors", audio_dir / "model.safetensors")] == stamps
     assert not [p.name for p in visual_dir.parent.iterdir() if ".tmp-" in p.name]
 
     # A second copy written elsewhere holds the very same weights.
@@ -76,7 +85,7 @@ def test_tiny_encoders_are_written_once_and_seeded(tiny_models, tmp_path):
     assert load_visual_encoder(str(other_visual)).identity["weights_sha256"] == \
         load_visual_encoder(str(visual_dir)).identity["weights_sha256"]
     assert load_audio_encoder(str(other_audio)).identity["weights_sha256"] == \
-        load_audio_encoder(str(audio_nemo)).identity["weights_sha256"]
+        load_audio_encoder(str(audio_dir)).identity["weights_sha256"]
 
 
 def test_visual_shapes_and_determinism(visual):
@@ -135,10 +144,13 @@ def test_audio_shapes_frame_shift_and_determinism(audio):
     assert np.array_equal(tokens, again)
 
 
-def test_audio_matches_direct_nemo_call(audio, tiny_models):
+@pytest.mark.nemo
+def test_nemo_kind_matches_direct_nemo_call(tiny_nemo):
     from nemo.collections.asr.models import EncDecCTCModel
 
-    reference = EncDecCTCModel.restore_from(str(tiny_models[1]), map_location="cpu").eval()
+    from mmfer.extract.encoders.nemo_fastconformer import load_audio_encoder as load_nemo_encoder
+
+    reference = EncDecCTCModel.restore_from(str(tiny_nemo), map_location="cpu").eval()
     assert reference.preprocessor.featurizer.dither == 0.0
     (wave,) = _waves([40_000], seed=3)
     with torch.no_grad():
@@ -146,7 +158,7 @@ def test_audio_matches_direct_nemo_call(audio, tiny_models):
                                                  length=torch.tensor([len(wave)]))
         encoded, enc_len = reference.encoder(audio_signal=feats, length=feat_len)
     expected = encoded[0, :, : enc_len[0]].T  # (Ta, Da)
-    (tokens,) = audio.encode([wave])
+    (tokens,) = load_nemo_encoder(str(tiny_nemo)).encode([wave])
     assert tokens.shape == tuple(expected.shape)
     assert torch.allclose(torch.from_numpy(tokens), expected, atol=1e-5), _diff(tokens, expected)
 
@@ -174,10 +186,14 @@ def test_identity_and_preprocessing_are_stable_across_loads(visual, audio, tiny_
 
 
 def test_missing_local_paths_name_the_path(tmp_path):
+    from mmfer.extract.encoders.nemo_fastconformer import load_audio_encoder as load_nemo_encoder
+
     with pytest.raises(EncoderLoadError, match="no such model folder"):
         load_visual_encoder(str(tmp_path / "nope"))
     with pytest.raises(EncoderLoadError, match="no such .nemo file"):
-        load_audio_encoder(str(tmp_path / "nope.nemo"))
+        load_nemo_encoder(str(tmp_path / "nope.nemo"))   # refused before NeMo is imported
+    with pytest.raises(EncoderLoadError, match="no such transformers FastConformer folder"):
+        load_audio_encoder(str(tmp_path / "nope"))
 
 
 _GUARD = '''
@@ -196,10 +212,10 @@ _OFFLINE_SCRIPT = '''
 import json, sys, numpy as np
 from mmfer.extract.random_encoders import ensure_tiny_encoders
 from mmfer.extract.encoders.siglip import EncoderLoadError, load_visual_encoder
-from mmfer.extract.encoders.nemo_fastconformer import load_audio_encoder
-visual_dir, audio_nemo = ensure_tiny_encoders(sys.argv[1])
+from mmfer.extract.encoders.parakeet import load_audio_encoder
+visual_dir, audio_dir = ensure_tiny_encoders(sys.argv[1])
 tokens, pooled = load_visual_encoder(str(visual_dir)).encode(np.zeros((2, 64, 64, 3), np.uint8))
-(audio,) = load_audio_encoder(str(audio_nemo)).encode([np.zeros(16000, np.float32)])
+(audio,) = load_audio_encoder(str(audio_dir)).encode([np.zeros(16000, np.float32)])
 errors = {}
 for kind, load in (("visual", load_visual_encoder), ("audio", load_audio_encoder)):
     try:
@@ -252,12 +268,14 @@ def test_image_processor_backend_is_pinned_to_pil(tiny_models):
 
 def test_full_size_random_fastconformer_has_the_real_models_parameter_count():
     """nvidia/stt_en_fastconformer_ctc_large: about 115M parameters (model card), a 463 MB fp32 .nemo; our
-    character CTC head is 0.5M smaller than its 1024-token one, so the encoder alone must be ~115M."""
-    from nemo.collections.asr.modules import ConformerEncoder
+    character CTC head is 0.5M smaller than its 1024-token one, so the encoder alone must be ~115M (counted on the
+    transformers twin the random writer saves; NeMo's ConformerEncoder of this config has the same weights)."""
+    from transformers import ParakeetEncoder, ParakeetEncoderConfig
 
+    from mmfer.extract.encoders.nemo_convert import encoder_config
     from mmfer.extract.encoders.nemo_fastconformer import random_model_config
     from mmfer.extract.random_encoders import SIZES
 
-    cfg = {k: v for k, v in random_model_config(SIZES["full"]["audio"])["encoder"].items() if k != "_target_"}
-    num_params = sum(p.numel() for p in ConformerEncoder(**cfg).parameters())
+    config = ParakeetEncoderConfig(**encoder_config(random_model_config(SIZES["full"]["audio"])))
+    num_params = sum(p.numel() for p in ParakeetEncoder(config).parameters())
     assert 113e6 < num_params < 117e6, f"{num_params / 1e6:.1f}M encoder parameters, the real model has ~115M"

@@ -12,7 +12,7 @@ import pytest
 from extract_helpers import extract_config
 
 from mmfer.data.ravdess import scan_ravdess
-from mmfer.extract.encoders.nemo_fastconformer import load_audio_encoder
+from mmfer.extract.encoders.parakeet import load_audio_encoder
 from mmfer.extract.decode import decode_clip
 from mmfer.extract.facecrop import crop_faces
 from mmfer.extract.run import Decoding, _decoding_for, _likely_todo, decode_jobs, extract_all
@@ -49,7 +49,7 @@ def test_cache_holds_the_real_encoder_output(demo_cache, demo_root, tiny_models)
     diff = np.abs(cached["tokens"].astype(np.float32) - tokens.numpy())
     assert diff.max() < 2e-2, f"max diff {diff.max():.4g}, mean {diff.mean():.4g}"
     np.testing.assert_allclose(cached["pooled"].astype(np.float32), pooled.numpy(), atol=2e-2)
-    audio_encoder = load_audio_encoder(str(tiny_models / "tiny-fastconformer-ctc.nemo"))
+    audio_encoder = load_audio_encoder(str(tiny_models / "tiny-fastconformer-ctc"))
     (frames,) = audio_encoder.encode([decoded.audio])
     sound = store.entry("audio").read_clip(clip_id)
     got = sound["tokens"][: int(sound["length"])].astype(np.float32)

@@ -42,6 +42,6 @@ def test_square_frames_fill_the_grid_and_others_are_refused(naflex_dir):
 def test_extract_refuses_naflex_with_full_frames(naflex_dir, tmp_path, demo_root, tiny_models):
     cfg = replace(extract_config(demo_root, tmp_path / "cache", tiny_models, face_crop="none", limit=1),
                   preset="full", visual_encoder=str(naflex_dir),
-                  audio_encoder=str(tiny_models / "tiny-fastconformer-ctc.nemo"))
+                  audio_encoder=str(tiny_models / "tiny-fastconformer-ctc"))
     with pytest.raises(ConfigError, match="NaFlex.*--face-crop center or detect"):
         extract_all(cfg, scan_ravdess(demo_root))

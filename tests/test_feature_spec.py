@@ -27,7 +27,7 @@ def test_the_spec_of_a_store_keys_its_entries_and_round_trips(demo_cache):
     assert (spec.max_audio_frames, spec.audio_dim) == tuple(attrs["audio"]["arrays"]["tokens"]["shape"])
     # what extract recorded: the registry kind and backend of each encoder
     assert (spec.video.encoder.kind, spec.video.encoder.backend) == ("siglip", "transformers")
-    assert (spec.audio.encoder.kind, spec.audio.encoder.backend) == ("nemo-fastconformer", "nemo")
+    assert (spec.audio.encoder.kind, spec.audio.encoder.backend) == ("parakeet", "transformers")
 
 
 def test_a_store_made_before_kinds_were_recorded_keeps_its_fingerprint_and_kind(demo_cache):
@@ -49,12 +49,13 @@ def test_the_registry_loads_each_kind_through_its_module_and_names_an_unknown_on
     from mmfer.extract.encoders import REGISTRY, kind_of, load_encoder
     from mmfer.extract.encoders.common import EncoderLoadError
 
-    visual, audio = tiny_models / "tiny-siglip-vision", tiny_models / "tiny-fastconformer-ctc.nemo"
-    assert (kind_of("video", str(visual)), kind_of("audio", str(audio))) == ("siglip", "nemo-fastconformer")
+    visual, audio = tiny_models / "tiny-siglip-vision", tiny_models / "tiny-fastconformer-ctc"
+    assert (kind_of("video", str(visual)), kind_of("audio", str(audio))) == ("siglip", "parakeet")
+    assert kind_of("audio", str(tiny_models / "tiny-fastconformer-ctc.nemo")) == "nemo-fastconformer"   # by its name
     encoder = load_encoder("video", str(visual), device=torch.device("cpu"))
     assert encoder.kind_record == {"kind": "siglip", "backend": "transformers"}
-    with pytest.raises(EncoderLoadError, match="encoder kind 'parakeet' is not known"):
-        load_encoder("audio", str(audio), kind="parakeet", device=torch.device("cpu"))
+    with pytest.raises(EncoderLoadError, match="encoder kind 'whisper' is not known"):
+        load_encoder("audio", str(audio), kind="whisper", device=torch.device("cpu"))
     for module in REGISTRY.values():   # the interface every kind module keeps
         assert {"KIND", "MODALITY", "BACKEND", "claims", "load", "write_random", "is_complete", "find_local",
                 "cached_copy"} <= set(vars(module))

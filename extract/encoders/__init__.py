@@ -1,6 +1,6 @@
 """The encoder registry: one module per encoder kind, loaded here and nowhere else.
 
-Each kind module (siglip.py, nemo_fastconformer.py) has the same small interface:
+Each kind module (siglip.py, nemo_fastconformer.py, parakeet.py) has the same small interface:
 
     KIND, MODALITY, BACKEND     its registry key, "video" or "audio", the library that runs it
     claims(name) -> bool        whether a local checkpoint is of this kind (hub ids go to the modality's default)
@@ -29,7 +29,7 @@ import torch
 
 from mmfer.core.config import ExtractConfig
 from mmfer.core.feature_spec import EncoderSpec
-from mmfer.extract.encoders import nemo_fastconformer, siglip
+from mmfer.extract.encoders import nemo_fastconformer, parakeet, siglip
 from mmfer.extract.encoders.common import EncoderLoadError
 from mmfer.extract.encoders.nemo_fastconformer import AudioEncoder
 from mmfer.extract.encoders.siglip import VisualEncoder
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 REGISTRY = {kind.KIND: kind for kind in (   # one line per encoder kind
     siglip,
     nemo_fastconformer,
+    parakeet,
 )}
 DEFAULT_KINDS = {"video": siglip.KIND, "audio": nemo_fastconformer.KIND}   # for hub ids no local file claims
 

@@ -107,8 +107,11 @@ def load_audio_encoder(name_or_path: str, *,
     Raises:
         EncoderLoadError: the file is missing, or the name is not cached and cannot be downloaded.
     """
-    from nemo.collections.asr.models import ASRModel
-
+    path = Path(name_or_path).expanduser()
+    if not path.is_file() and (name_or_path.endswith(".nemo") or os.path.isabs(name_or_path)
+                               or name_or_path.startswith(".")):
+        raise EncoderLoadError(f"{name_or_path}: no such .nemo file; check the path")
+    ASRModel = _nemo_asr_model(name_or_path)
     device = torch.device(device)
     nemo_path = _resolve_nemo_file(name_or_path, ASRModel)
     try:
@@ -177,6 +180,21 @@ def load_audio_encoder(name_or_path: str, *,
              type(model.encoder).__name__, identity["d_model"], identity["n_layers"], frame_shift_s, device)
     return AudioEncoder(model, device=device, frame_shift_s=frame_shift_s, identity=identity,
                         preprocessing=preprocessing)
+
+
+def _nemo_asr_model(name_or_path: str):
+    """NeMo's ASRModel class.
+
+    Raises:
+        EncoderLoadError: NeMo is not installed (it is the `nemo` extra); the message gives both ways on.
+    """
+    try:
+        from nemo.collections.asr.models import ASRModel
+    except ImportError as err:
+        raise EncoderLoadError(f"{name_or_path}: reading a .nemo with NeMo needs nemo_toolkit, which is not installed "
+                               f"({err}); pip install 'mmfer[nemo]', or convert it once with `mmfer convert-encoder "
+                               f"{name_or_path} --out DIR` and pass --audio-encoder DIR (no NeMo needed)") from err
+    return ASRModel
 
 
 def _resolve_nemo_file(name_or_path: str, asr_model_class: Any) -> Path:
@@ -278,9 +296,10 @@ def random_model_config(widths: dict) -> dict:
     return config
 
 
-def write_random(audio_nemo: Path, widths: dict, *, seed: int) -> None:
+def write_random(audio_nemo: Path, widths: dict, *, seed: int, encoder_weights: dict | None = None) -> None:
     """A random FastConformer CTC model of encoder `widths`, saved with NeMo's own `save_to` as `audio_nemo`
-    (via a temporary file, so a crash leaves no half model)."""
+    (via a temporary file, so a crash leaves no half model). `encoder_weights`: the encoder's weights under NeMo
+    names (the transformers stand-in's, so both backends hold the same model); None: NeMo's random ones."""
     from nemo.collections.asr.models import EncDecCTCModel
     from omegaconf import OmegaConf
 
@@ -288,6 +307,8 @@ def write_random(audio_nemo: Path, widths: dict, *, seed: int) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = EncDecCTCModel(cfg=cfg).eval()
+    if encoder_weights is not None:
+        model.encoder.load_state_dict(encoder_weights, strict=True)
     fd, tmp_name = tempfile.mkstemp(prefix=audio_nemo.name + ".tmp-", suffix=".nemo", dir=audio_nemo.parent)
     os.close(fd)
     try:

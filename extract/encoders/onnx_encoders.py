@@ -58,7 +58,9 @@ def export_encoder_onnx(modality: str, encoder, folder: Path) -> Path:
         shapes, outputs, path = (tuple({0: batch} for _ in names),), ["tokens", "pooled"], folder / VIDEO_FILE
         encoder.processor.save_pretrained(str(folder / IMAGE_PROCESSOR_DIR))
     else:
-        graph, names = _AudioGraph(encoder.model.eval()), ["wave", "length"]
+        # the transformers kind is one wave-in module already (parakeet.WaveEncoder); NeMo's is two, joined here
+        graph = encoder.graph if hasattr(encoder, "graph") else _AudioGraph(encoder.model.eval())
+        names = ["wave", "length"]
         args = (torch.randn(2, 16_000) * 0.1, torch.tensor([16_000, 12_000]))
         shapes = ({0: batch, 1: Dim("samples", min=1_600, max=MAX_AUDIO_SAMPLES)}, {0: batch})
         outputs, path = ["frames", "frame_lengths"], folder / AUDIO_FILE
