@@ -14,11 +14,27 @@ See docs/performance.md ("GPU figures from a bare box") for the one-call recipe.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import sys
 import tempfile
 from pathlib import Path
+
+
+# What the check imports besides the standard library and the tree, by import name (pip names in
+# docs/performance.md); checked before anything loads. PIL: transformers' PIL image processor; sklearn: train's
+# metrics; peft: the LoRA rows. No NeMo, no ffmpeg(-python), no imageio-ffmpeg, no OpenCV.
+REQUIRED = ("torch", "transformers", "PIL", "numpy", "pandas", "sklearn", "zarr", "numcodecs", "yaml", "tqdm", "peft",
+            "safetensors")
+
+
+def can_import(name: str) -> bool:
+    """Whether this Python has module `name` (looked up, not imported)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:   # a finder that refuses it
+        return False
 
 
 def import_mmfer() -> None:
@@ -49,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     import_mmfer()
+    missing = [name for name in REQUIRED if not can_import(name)]
+    if missing:   # before anything loads: one line naming every module this Python lacks
+        print(f"gpu_check: this Python ({sys.executable}) lacks {', '.join(missing)}; the check needs "
+              f"{', '.join(REQUIRED)} (not NeMo, not ffmpeg)", file=sys.stderr)
+        return 2
     from mmfer.pipeline.bench_decoded import format_decoded_report, run_decoded_check, write_decoded
 
     if args.command == "write":

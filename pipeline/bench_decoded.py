@@ -10,6 +10,7 @@ batch sizes. Decode itself is not measured there (no ffmpeg): the online epoch s
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -151,12 +152,13 @@ def run_decoded_check(folder: str | os.PathLike, *, device: str, num_clips: int 
         encoders, audio_note = load_nemo_free_encoders(work, preset, torch_device)
         autocast = encoders.visual.autocast_dtype   # the visual kind's dtype policy "auto" (core/device.py)
         env["audio_encoder"], env["visual_encoder_dtype"] = audio_note, "float32" if autocast is None else str(autocast)
-        if encoders.audio is None:   # no audio encoder: the visual one alone, and online clips without audio
+        has_audio = encoders.audio is not None
+        if not has_audio:   # no audio encoder: the visual one alone, and online clips without audio
             items = [dataclasses.replace(item, audio=None) for item in items]
         timed = [items[i % len(items)] for i in range(num_clips)]
         encode = parts.time_encode_only(encoders, timed, batch_size=8, device=str(torch_device))
         encoder_rates = {"visual_clips_per_s": num_clips / encode["visual_s"],
-                         "audio_clips_per_s": num_clips / encode["audio_s"] if encoders.audio is not None else None}
+                         "audio_clips_per_s": num_clips / encode["audio_s"] if has_audio else None}
 
         cfg = bench_train_config(preset, str(torch_device))
         store = str(folder / CACHE_DIR)
@@ -176,11 +178,12 @@ def run_decoded_check(folder: str | os.PathLike, *, device: str, num_clips: int 
                                         for g in groups), len(groups))
         online_s = parts.run_epoch(trainer, online, epoch=1)
         amp = trainer.fold.amp_dtype
-        del trainer, first, loader
+        del trainer, first, loader, online, featurizer, encoders   # the memory rows count the trainable stage alone
+        gc.collect()
         epoch = {"clips": len(epoch_ids), "cached_clips_per_s": len(epoch_ids) / cached_s,
                  "online_clips_per_s": len(epoch_ids) / online_s, "speedup_cached_vs_online": online_s / cached_s,
                  "online_includes": "encoders + featurizer (decode and image preprocessing done ahead, as extract's "
-                                    "workers do)" + ("" if encoders.audio is not None else "; visual encoder only")}
+                                    "workers do)" + ("" if has_audio else "; visual encoder only")}
         memory = [peak_memory_row(store, cfg, mode, b, torch_device) for mode in modes for b in batch_sizes]
         return {"env": {**env, "wall_s": time.perf_counter() - started}, "amp_dtype": None if amp is None else str(amp),
                 "encoders": encoder_rates, "training": epoch, "memory": memory, "budgets_gb": list(BUDGETS_GB)}
@@ -203,6 +206,7 @@ def peak_memory_row(store: str, cfg, mode: str, batch_size: int, device: torch.d
     ids = parts.whole_groups(dataset.clip_ids, 2 * batch_size * t.gradient_accumulation_steps)
     _, _, loader = parts.cached_loader(store, cfg, ids[:2 * batch_size * t.gradient_accumulation_steps])
     row = {"mode": mode, "batch_size": batch_size}
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -241,5 +245,6 @@ def format_decoded_report(r: dict) -> str:
                      f"{max(m['process_peak_rss_gb'] for m in r['memory']):.2f} GiB)")
     else:
         lines.append("(peak GiB: torch.cuda.max_memory_allocated + 0.5 GiB CUDA overhead, as train-fusion --dry-run counts)")
+    lines.append("(step s: the mean of the first two optimizer steps, the loader's start included: not a throughput)")
     lines.append(f"check took {env['wall_s']:.0f} s")
     return "\n".join(lines)

@@ -37,3 +37,13 @@ def test_check_names_the_missing_file_in_one_line(tmp_path):
     assert done.returncode == 2, done.stderr[-2000:]
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and str(tmp_path / "decoded.json") in lines[0] and "gpu_check.py write" in lines[0], lines
+
+
+def test_check_names_every_missing_module_in_one_line(tmp_path):
+    """A box without peft (the LoRA rows) or pandas: refused before anything loads, both named."""
+    (tmp_path / "decoded.json").write_text("{}")
+    done = subprocess.run([sys.executable, str(GPU_CHECK), "run", str(tmp_path), "--device", "cpu"],
+                          env=bare_box_env(tmp_path, also_blocked=("peft", "pandas")), capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "lacks pandas, peft;" in lines[0] and "not NeMo" in lines[0], lines
