@@ -47,3 +47,14 @@ def test_check_names_every_missing_module_in_one_line(tmp_path):
     assert done.returncode == 2, done.stderr[-2000:]
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "lacks pandas, peft;" in lines[0] and "not NeMo" in lines[0], lines
+
+
+def test_check_without_peft_runs_when_the_lora_rows_are_left_out(tmp_path):
+    """peft is needed only for the LoRA rows: `--modes finetune,frozen` gets past the module check (and stops at
+    the missing folder), while the default modes are refused, naming peft."""
+    args = [sys.executable, str(GPU_CHECK), "run", str(tmp_path), "--device", "cpu"]
+    env = bare_box_env(tmp_path, also_blocked=("peft",))
+    done = subprocess.run([*args, "--modes", "finetune,frozen"], env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and "decoded.json: missing" in done.stderr and "lacks" not in done.stderr, done.stderr
+    done = subprocess.run(args, env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and "lacks peft;" in done.stderr, done.stderr
