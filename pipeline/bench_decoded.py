@@ -144,7 +144,8 @@ def run_decoded_check(folder: str | os.PathLike, *, device: str, num_clips: int 
     meta, items = load_decoded(folder)
     preset, torch_device = meta["preset"], resolve_device(device)
     env = {"device": str(torch_device), "torch": torch.__version__, "preset": preset, "decoded_clips": len(items),
-           "decoded_folder_bytes": meta["cache_bytes"] + meta["decoded_bytes"], "threads": torch.get_num_threads()}
+           "decoded_folder_bytes": meta["cache_bytes"] + meta["decoded_bytes"], "threads": torch.get_num_threads(),
+           "cores": os.cpu_count(), "load_avg_start": os.getloadavg()[0]}
     if torch_device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(torch_device)
     work = Path(models_dir) if models_dir else make_work_dir(None)
@@ -185,7 +186,8 @@ def run_decoded_check(folder: str | os.PathLike, *, device: str, num_clips: int 
                  "online_includes": "encoders + featurizer (decode and image preprocessing done ahead, as extract's "
                                     "workers do)" + ("" if has_audio else "; visual encoder only")}
         memory = [peak_memory_row(store, cfg, mode, b, torch_device) for mode in modes for b in batch_sizes]
-        return {"env": {**env, "wall_s": time.perf_counter() - started}, "amp_dtype": None if amp is None else str(amp),
+        env.update(wall_s=time.perf_counter() - started, load_avg_end=os.getloadavg()[0])   # other jobs' share
+        return {"env": env, "amp_dtype": None if amp is None else str(amp),
                 "encoders": encoder_rates, "training": epoch, "memory": memory, "budgets_gb": list(BUDGETS_GB)}
     finally:
         if not models_dir:
@@ -228,7 +230,8 @@ def format_decoded_report(r: dict) -> str:
     env, e, tr = r["env"], r["encoders"], r["training"]
     audio = "n/a" if e["audio_clips_per_s"] is None else f"{e['audio_clips_per_s']:.2f}"
     lines = [f"gpu_check: {env['preset']} sizes, device {env['device']}" + (f" ({env['gpu']})" if "gpu" in env else "")
-             + f", torch {env['torch']}, {env['decoded_clips']} decoded clips; audio encoder: {env['audio_encoder']}",
+             + f", torch {env['torch']}, {env['decoded_clips']} decoded clips, 1-min load avg {env['load_avg_start']:.1f}"
+             f" -> {env['load_avg_end']:.1f} on {env['cores']} cores; audio encoder: {env['audio_encoder']}",
              f"{'encoder clips/s':<34}visual {e['visual_clips_per_s']:.2f}, audio {audio}",
              f"{'training clips/s':<34}cached {tr['cached_clips_per_s']:.2f}, online {tr['online_clips_per_s']:.2f} "
              f"(epoch of {tr['clips']} clips; online: {tr['online_includes']})",

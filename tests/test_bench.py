@@ -177,6 +177,7 @@ def test_gpu_check_runs_on_cpu_without_nemo_or_ffmpeg(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["env"]["device"] == "cpu" and r["env"]["decoded_clips"] == 2 and r["amp_dtype"] is None   # no AMP on CPU
+    assert r["env"]["cores"] >= 1 and r["env"]["load_avg_end"] >= 0   # other jobs' share of the machine, reported
     assert r["encoders"]["visual_clips_per_s"] > 0
     audio = r["encoders"]["audio_clips_per_s"]   # a NeMo-free audio kind in the registry measures; else it says so
     assert (audio is None and "without NeMo" in r["env"]["audio_encoder"]) or (audio > 0 and "random" in r["env"]["audio_encoder"])
