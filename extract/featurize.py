@@ -20,7 +20,7 @@ from mmfer.core.config import ExtractConfig
 from mmfer.core.feature_spec import FeatureSpec
 from mmfer.core.store import as_stored
 from mmfer.extract.shrink import pool_tokens
-from mmfer.extract.worker import DecodedItem, DecodeJob
+from mmfer.extract.items import DecodedItem, DecodeJob
 
 NO_VIDEO_FRAMES = 1   # frames decoded for a model that reads no video (decode_clip always reads some)
 

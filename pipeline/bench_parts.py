@@ -75,7 +75,8 @@ def time_encode_only(encoders, items: list, batch_size: int, device: str) -> dic
     """Both frozen encoders on pre-decoded clips, extract's batch size (a first batch warms up, untimed)."""
     batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
     encoders.encode_visual([it.pixel_inputs for it in batches[0][:1]])
-    encoders.encode_audio([batches[0][0].audio])
+    if batches[0][0].audio is not None:   # None: no audio encoder (benchmarks/gpu_check.py without NeMo)
+        encoders.encode_audio([batches[0][0].audio])
     visual_s = audio_s = 0.0
     for batch in batches:
         sync(device)
@@ -139,11 +140,17 @@ def online_batches(decoder, featurizer, labels: dict[str, int], *, batch_size: i
     """decode (extract's loader) -> extract's featurizer (encoders, token pooling, the store's dtype) -> the loader's
     batch contract, per batch: what training would read from the cache, made on the fly."""
     from mmfer.extract.run import decoded_batches
-    from mmfer.train.dataset import collate_clips
 
     for decoded in decoded_batches(decoder, batch_size=batch_size):
-        items = [featurizer.model_inputs(clip) for clip in featurizer.encode(decoded)]
-        yield collate_clips([{**item, "label": labels[item["clip_id"]]} for item in items])
+        yield featurized_batch(decoded, featurizer, labels)
+
+
+def featurized_batch(decoded: list, featurizer, labels: dict[str, int]) -> dict:
+    """Decoded clips -> extract's featurizer -> the loader's batch contract (collate_clips), labels by clip_id."""
+    from mmfer.train.dataset import collate_clips
+
+    items = [featurizer.model_inputs(clip) for clip in featurizer.encode(decoded)]
+    return collate_clips([{**item, "label": labels[item["clip_id"]]} for item in items])
 
 
 def cached_loader(store_path: str, cfg, clip_ids: list[str] | None = None):

@@ -156,3 +156,39 @@ def test_no_scale_out_leaves_part_six_out(report):
     assert resolve_config(BenchConfig, parser.parse_args([]), layered=False).scale_out is True
     without = {key: value for key, value in report.items() if key != "scale_out"}
     assert "\n6  " in format_report(report) and "\n6  " not in format_report(without)
+
+
+def test_gpu_check_runs_on_cpu_without_nemo_or_ffmpeg(tmp_path):
+    """benchmarks/gpu_check.py (issue 29 item 4): `write` here (ffmpeg, NeMo), then `run` in a child that cannot
+    import NeMo, ffmpeg-python, imageio-ffmpeg or OpenCV and has no ffmpeg on PATH, with the tiny encoders on CPU."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bare_box import bare_box_env
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
+    folder, out = tmp_path / "decoded", tmp_path / "gpu.json"
+    done = subprocess.run([sys.executable, str(script), "write", str(folder), "--clips", "2", "--preset", "tiny"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = subprocess.run([sys.executable, str(script), "run", str(folder), "--device", "cpu", "--clips", "4",
+                           "--json", str(out)], env=bare_box_env(tmp_path), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["env"]["device"] == "cpu" and r["env"]["decoded_clips"] == 2 and r["amp_dtype"] is None   # no AMP on CPU
+    assert r["env"]["cores"] >= 1 and r["env"]["load_avg_end"] >= 0   # other jobs' share of the machine, reported
+    assert r["encoders"]["visual_clips_per_s"] > 0
+    audio = r["encoders"]["audio_clips_per_s"]   # a NeMo-free audio kind in the registry measures; else it says so
+    assert (audio is None and "without NeMo" in r["env"]["audio_encoder"]) or (audio > 0 and "random" in r["env"]["audio_encoder"])
+    training = r["training"]
+    assert training["cached_clips_per_s"] > 0 and training["online_clips_per_s"] > 0
+    assert training["speedup_cached_vs_online"] == pytest.approx(training["cached_clips_per_s"] / training["online_clips_per_s"])
+    assert [(m["mode"], m["batch_size"]) for m in r["memory"]] == [
+        (mode, b) for mode in ("finetune", "frozen", "lora") for b in (1, 4, 8)]
+    for row in r["memory"]:   # CPU: no per-config peak, no verdict; the process's RSS, labelled as such
+        assert row["peak_allocated_gb"] is None and row["fits_4gb"] is None and row["fits_8gb"] is None
+        assert row["process_peak_rss_gb"] > 0 and row["step_s"] > 0
+    printed = done.stdout
+    for label in ("encoder clips/s", "training clips/s", "cached vs online speedup", "AMP dtype", "fits 4 GB", "lora"):
+        assert label in printed, label
