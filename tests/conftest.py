@@ -6,11 +6,26 @@ Nothing here touches a model hub: HF_HUB_OFFLINE is set before anything imports 
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")   # read when transformers is imported, so set it first
+# One torch thread per test process and per child it starts, read when torch is imported: the suite runs in two
+# pytest-xdist workers on two cores (pyproject addopts), and two processes of a thread per core each make OpenMP
+# threads spin on each other (about 10x the CPU time on the tiny runs). Extract encodes with one thread anyway.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+TEST_THREADS = int(os.environ["OMP_NUM_THREADS"])
 
 import pytest
 from extract_helpers import extract_config
 
 SMALL_DEMO = {"num_actors": 4, "clips_per_emotion": 1, "size_px": 96, "duration_s": 1.5}
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Each test starts on TEST_THREADS torch threads: a training run in the test process sets torch's thread count
+    for the whole process (train/dataset.py apply_thread_budget), and it would stay for the tests after it."""
+    import torch
+
+    torch.set_num_threads(TEST_THREADS)
+    yield
 
 
 @pytest.fixture(scope="session")
