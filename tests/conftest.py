@@ -1,4 +1,5 @@
-"""Shared fixtures: one tiny-encoder folder, one small demo dataset and its extracted cache per session.
+"""Shared fixtures: one tiny-encoder folder, one small demo dataset and its extracted cache per test run (shared by
+the pytest-xdist workers).
 
 Nothing here touches a model hub: HF_HUB_OFFLINE is set before anything imports transformers.
 """
@@ -6,6 +7,11 @@ Nothing here touches a model hub: HF_HUB_OFFLINE is set before anything imports 
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")   # read when transformers is imported, so set it first
+# One torch thread per test process and per child it starts, read when torch is imported: the suite runs in two
+# pytest-xdist workers on two cores (pyproject addopts), and two processes of a thread per core each make OpenMP
+# threads spin on each other (about 10x the CPU time on the tiny runs). Extract encodes with one thread anyway.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+TEST_THREADS = int(os.environ["OMP_NUM_THREADS"])
 
 import pytest
 from extract_helpers import extract_config
@@ -13,13 +19,45 @@ from extract_helpers import extract_config
 SMALL_DEMO = {"num_actors": 4, "clips_per_emotion": 1, "size_px": 96, "duration_s": 1.5}
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Each test starts on TEST_THREADS torch threads: a training run in the test process sets torch's thread count
+    for the whole process (train/dataset.py apply_thread_budget), and it would stay for the tests after it."""
+    import torch
+
+    torch.set_num_threads(TEST_THREADS)
+    yield
+
+
+def built_once(tmp_path_factory, name: str, build):
+    """A folder `name` that `build(folder)` fills, made once per test run: under pytest-xdist the first worker to
+    ask builds it under a lock in the run's shared temporary folder and the others wait for it and use it (these
+    folders are read-only for tests); without xdist, a folder of this process."""
+    import fcntl
+
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    shared = tmp_path_factory.getbasetemp().parent   # .../pytest-N, above each worker's popen-gwK
+    folder, done = shared / name, shared / f"{name}.done"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)   # what a worker whose build failed left
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     from mmfer.extract.random_encoders import ensure_tiny_encoders
 
-    models_dir = tmp_path_factory.mktemp("models")
-    ensure_tiny_encoders(models_dir)
-    return models_dir
+    return built_once(tmp_path_factory, "models", ensure_tiny_encoders)
 
 
 @pytest.fixture(scope="session")
@@ -35,9 +73,7 @@ def demo_root(tmp_path_factory):
     """4 actors x 8 emotions x 1 clip of the synthetic demo: 32 real mp4 files."""
     from mmfer.data.demo import make_demo
 
-    root = tmp_path_factory.mktemp("demo")
-    make_demo(root, seed=0, overwrite=False, **SMALL_DEMO)
-    return root
+    return built_once(tmp_path_factory, "demo", lambda root: make_demo(root, seed=0, overwrite=False, **SMALL_DEMO))
 
 
 @pytest.fixture(scope="session")
@@ -46,10 +82,11 @@ def demo_cache(tmp_path_factory, demo_root, tiny_models):
     from mmfer.data.ravdess import scan_ravdess
     from mmfer.extract.run import extract_all
 
-    out = tmp_path_factory.mktemp("cache") / "cache"
-    summary = extract_all(extract_config(demo_root, out, tiny_models), scan_ravdess(demo_root))
-    assert summary.num_done == 32 and summary.num_failed == 0, summary.format()
-    return out
+    def extract(folder):
+        summary = extract_all(extract_config(demo_root, folder / "cache", tiny_models), scan_ravdess(demo_root))
+        assert summary.num_done == 32 and summary.num_failed == 0, summary.format()
+
+    return built_once(tmp_path_factory, "cache", extract) / "cache"
 
 
 # The cfg fields that choose the encoders: two extract runs that agree on these (and on the files' sizes and

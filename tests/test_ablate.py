@@ -24,6 +24,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 from synthetic_store import make_store, write_fold_file
+from train_helpers import ONE_THREAD_ARG
 
 from mmfer.pipeline.ablate import add_ablate_arguments
 from mmfer.pipeline.flags import add_common_arguments, resolve_config
@@ -53,7 +54,7 @@ def base_argv(cache: Path, folds: Path) -> list[str]:
 
 def base_overrides(folds: Path) -> list[str]:
     return ["split.protocol=file", f"split.fold_file={folds}", "model.visual.num_keep_tokens=8",
-            "model.fusion.num_layers=2", "training.warmup_epochs=0",
+            "model.fusion.num_layers=2", "training.warmup_epochs=0", ONE_THREAD_ARG,
             "training.lr=1e-4", "training.lr_fusion=5e-5"]   # the design guide's rates (also the full defaults: explicit wins)
 
 

@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 import yaml
 from synthetic_store import NUM_ACTORS, make_store, write_fold_file
+from train_helpers import ONE_THREAD_ARG
 
 from mmfer.pipeline.cli import main
 from mmfer.core.store import ArraySpec, StoreError, open_store
 
-TINY = ["--preset", "tiny", "--device", "cpu", "model.visual.num_keep_tokens=8", "training.batch_size=8"]
+TINY = ["--preset", "tiny", "--device", "cpu", "model.visual.num_keep_tokens=8", "training.batch_size=8", ONE_THREAD_ARG]
 
 
 def one_error_line(capsys) -> str:

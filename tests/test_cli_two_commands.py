@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 
+from train_helpers import ONE_THREAD_ARG
+
 from mmfer.pipeline.cli import main
 from mmfer.core.store import open_store
 
@@ -18,7 +20,7 @@ def test_train_fusion_takes_the_caches_preset(demo_cache, tmp_path, caplog):
     folds = tmp_path / "folds.json"
     folds.write_text(json.dumps([{"name": "fold1", "test_actors": [1], "val_actors": [2]}]))
     argv = ["train-fusion", "--cache", str(demo_cache), "--out", str(tmp_path / "run"), "--device", "cpu",
-            "--epochs", "1", "split.protocol=file", f"split.fold_file={folds}"]
+            "--epochs", "1", "split.protocol=file", f"split.fold_file={folds}", ONE_THREAD_ARG]
     with caplog.at_level(logging.INFO, logger="mmfer"):
         assert main(argv) == 0
     assert any("preset tiny" in r.getMessage() and "extracted with" in r.getMessage() for r in caplog.records)

@@ -12,9 +12,10 @@ import sys
 
 import pandas as pd
 import pytest
+from cli_helpers import run_mmfer
 from extract_helpers import extract_config
 from synthetic_store import make_store
-from train_helpers import tiny_config
+from train_helpers import ONE_THREAD_ARG, tiny_config
 
 from mmfer.data.crema_d import BROKEN_CLIPS, parse_crema_d_name, scan_crema_d
 from mmfer.data.datasets import build_manifest
@@ -158,10 +159,8 @@ def test_manifest_clips_extract_and_train_with_their_own_labels(tmp_path, tiny_m
     assert float(audio.read_clip("eve-happy", ("duration_s",))["duration_s"]) > 0.9            # the WAV's sound
     assert abs(float(audio.read_clip("ann-sad", ("duration_s",))["duration_s"]) - 1.0) < 0.1
     out = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "mmfer.pipeline.cli", "train-fusion", "--cache", str(tmp_path / "cache"),
-                             "--out", str(out), "--preset", "tiny", "--device", "cpu", "--epochs", "1",
-                             "split.num_folds=3", "split.num_val_actors=1", "training.batch_size=4"],
-                            capture_output=True, text=True, timeout=600)
+    result = run_mmfer("train-fusion", "--cache", tmp_path / "cache", "--out", out, "--preset", "tiny", "--device", "cpu",
+                       "--epochs", "1", "split.num_folds=3", "split.num_val_actors=1", "training.batch_size=4", ONE_THREAD_ARG)
     assert result.returncode == 0, result.stderr[-3000:]
     run = json.loads((out / "summary.json").read_text())
     assert [f["test_actors"] for f in run["protocol"]] == [[1, 2], [3, 4], [5, 6]]
@@ -174,9 +173,8 @@ def test_manifest_clips_extract_and_train_with_their_own_labels(tmp_path, tiny_m
     assert list(confusion.index) == [f"true_{n}" for n in LABELS] and confusion.to_numpy().sum() == 18
     assert set(run["folds"]["fold1"]["per_class"]) == set(LABELS)
     predicted = tmp_path / "predict.csv"
-    result = subprocess.run([sys.executable, "-m", "mmfer.pipeline.cli", "predict", "--run", str(out), "--fold", "1",
-                             "--device", "cpu", "--out", str(predicted), str(tmp_path / "media" / "ann_sad.mp4")],
-                            capture_output=True, text=True, timeout=600)
+    result = run_mmfer("predict", "--run", out, "--fold", "1", "--device", "cpu", "--out", predicted,
+                       tmp_path / "media" / "ann_sad.mp4")
     assert result.returncode == 0, result.stderr[-3000:]
     row = pd.read_csv(predicted).iloc[0]
     assert row["prediction"] in LABELS and [c for c in row.index if c.startswith("prob_")] == [f"prob_{n}" for n in LABELS]
@@ -227,9 +225,8 @@ def test_crema_d_demo_extracts_and_trains_on_its_six_classes(tmp_path, tiny_mode
     ravdess_folds.write_text(json.dumps([{"name": "r1", "test_actors": [1], "val_actors": [2]}]))
     train(tiny_config(demo_cache, ravdess_folds, tmp_path / "ravdess_run", variant=None, seed=0, epochs=1, warmup=2,
                       batch_size=4, **{"model.visual.num_keep_tokens": 16}))
-    cli = [sys.executable, "-m", "mmfer.pipeline.cli", "evaluate", "--run", str(tmp_path / "ravdess_run"), "--device", "cpu"]
-    result = subprocess.run([*cli, "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "eval")],
-                            capture_output=True, text=True, timeout=600)
+    cli = ["evaluate", "--run", tmp_path / "ravdess_run", "--device", "cpu"]
+    result = run_mmfer(*cli, "--cache", tmp_path / "cache", "--out", tmp_path / "eval")
     assert result.returncode == 0, result.stderr[-3000:]
     evaluation = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert evaluation["classes"] == ["neutral", "happy", "sad", "angry", "fearful", "disgust"]   # the run's order
@@ -238,12 +235,11 @@ def test_crema_d_demo_extracts_and_trains_on_its_six_classes(tmp_path, tiny_mode
     assert confusion.shape == (6, 6) and confusion.to_numpy().sum() == 24
     # a label map narrows the classes; a cache of other encoders is refused in one line, exit 2
     (tmp_path / "map.yaml").write_text("angry: angry\nsad: sad\n")
-    result = subprocess.run([*cli, "--cache", str(tmp_path / "cache"), "--label-map", str(tmp_path / "map.yaml"),
-                             "--out", str(tmp_path / "eval2")], capture_output=True, text=True, timeout=600)
+    result = run_mmfer(*cli, "--cache", tmp_path / "cache", "--label-map", tmp_path / "map.yaml", "--out", tmp_path / "eval2")
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "eval2" / "metrics.json").read_text())["classes"] == ["sad", "angry"]
     other = make_store(tmp_path / "other_cache", repetitions=1)
-    result = subprocess.run([*cli, "--cache", str(other), "--out", str(tmp_path / "eval3")], capture_output=True, text=True, timeout=600)
+    result = run_mmfer(*cli, "--cache", other, "--out", tmp_path / "eval3")
     assert result.returncode == 2 and "holds no features made with run" in result.stderr, result.stderr[-2000:]
     assert not (tmp_path / "eval3").exists()
 
@@ -367,10 +363,9 @@ def test_dfew_and_mafw_layouts_extract_and_train_on_their_official_folds(dataset
     assert summary.num_done == 12 and summary.num_failed == 0, summary.format()
     assert open_store(tmp_path / "cache").attrs["label_names"] == list(names)
     out = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "mmfer.pipeline.cli", "train-fusion", "--cache", str(tmp_path / "cache"),
-                             "--out", str(out), "--preset", "tiny", "--device", "cpu", "--epochs", "1",
-                             "split.allow_small_val=true", "training.batch_size=4"],   # 12 clips, 7 or 11 classes
-                            capture_output=True, text=True, timeout=900)
+    result = run_mmfer("train-fusion", "--cache", tmp_path / "cache", "--out", out, "--preset", "tiny", "--device", "cpu",
+                       "--epochs", "1", "split.allow_small_val=true", "training.batch_size=4",   # 12 clips, 7 or 11 classes
+                       ONE_THREAD_ARG)
     assert result.returncode == 0, result.stderr[-3000:]
     predictions = pd.read_csv(out / "predictions.csv", dtype={"clip_id": str})
     assert sorted(predictions["clip_id"]) == sorted(test_sets)                       # each clip tested once

@@ -63,7 +63,10 @@ def torchrun(nproc: int, argv: list[str], cwd: Path) -> subprocess.CompletedProc
 
 
 def flags(values: dict) -> list[str]:
-    return [part for key, value in values.items() for part in (f"--{key}", str(value))]
+    """Settings as CLI flags: a dotted key is its own flag (--training.batch_size), a top-level one is spelt with
+    dashes (--compute-threads)."""
+    return [part for key, value in values.items()
+            for part in (f"--{key}" if "." in key else f"--{key.replace('_', '-')}", str(value))]
 
 
 @pytest.fixture(scope="module")

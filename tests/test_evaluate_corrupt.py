@@ -1,18 +1,17 @@
 """`mmfer evaluate --corrupt`: corruptions of the cached test features, and the report of a real tiny run.
 
 The run trains 2 epochs of the tiny preset on the synthetic store (tests/synthetic_store.py); the command
-runs as a real subprocess.
+runs in-process through the CLI's entry function and error handler (tests/cli_helpers.py).
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 import torch
+from cli_helpers import run_mmfer
 from model_inputs import make_batch
 from synthetic_store import make_store, write_fold_file
 from train_helpers import tiny_config
@@ -21,9 +20,7 @@ from mmfer.train.loop import train
 from mmfer.train.robustness import FEATURE_CORRUPTIONS, corrupt_batch, parse_corruptions
 
 
-def _mmfer(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mmfer.pipeline.cli", *args], capture_output=True, text=True,
-                          timeout=600)
+_mmfer = run_mmfer
 
 
 def test_corruptions_change_what_they_name_and_leave_the_input_alone():

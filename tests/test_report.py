@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from train_helpers import ONE_THREAD_ARG
 
 from mmfer.pipeline.cli import main as mmfer_main
 from mmfer.pipeline.report_page import SECTIONS
@@ -43,7 +44,7 @@ def run(demo_cache, tmp_path_factory) -> Path:
     code, printed = mmfer("train-fusion", "--cache", demo_cache, "--out", run, "--preset", "tiny", "--device", "cpu",
                           "split.protocol=file", f"split.fold_file={fold_file}", "model.visual.num_keep_tokens=8",
                           "training.max_epochs=3", "training.warmup_epochs=1", "training.batch_size=4",
-                          "training.gradient_accumulation_steps=1")
+                          "training.gradient_accumulation_steps=1", ONE_THREAD_ARG)
     assert code == 0
     assert f"report: {run / 'report.html'}" in printed, printed   # train-fusion's own report
     return run

@@ -19,6 +19,7 @@ import pytest
 import yaml
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from synthetic_store import make_store, write_fold_file
+from train_helpers import ONE_THREAD_ARG
 
 from mmfer.pipeline.cli import main as mmfer_main
 
@@ -29,7 +30,7 @@ def tune_argv(study_dir, cache, folds, storage, trials: int) -> list[str]:
     return ["tune", "--cache", str(cache), "--preset", "tiny", "--variant", "early", "--epochs", "1",
             "--device", "cpu", "--seed", "7", "--batch-size", "8", "--trials", str(trials),
             "--study-dir", str(study_dir), "--storage", str(storage), "split.protocol=file",
-            f"split.fold_file={folds}", "model.visual.num_keep_tokens=8", "training.warmup_epochs=0"]
+            f"split.fold_file={folds}", "model.visual.num_keep_tokens=8", "training.warmup_epochs=0", ONE_THREAD_ARG]
 
 
 def test_tune_shares_trials_through_a_journal_file(tmp_path):
@@ -59,7 +60,7 @@ def test_two_ablate_processes_on_one_out_run_every_job_once(tmp_path):
     argv = [str(BIN / "mmfer"), "ablate", "--cache", str(cache), "--preset", "tiny", "--epochs", "1", "--device", "cpu",
             "--seed", "7", "--batch-size", "8", "--out", str(out), "--seeds", "2", "--entries", str(entries),
             "split.protocol=file", f"split.fold_file={folds}", "model.visual.num_keep_tokens=8",
-            "training.warmup_epochs=0"]
+            "training.warmup_epochs=0", ONE_THREAD_ARG]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([*argv, *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for extra in (["--workers", "2"], [])]

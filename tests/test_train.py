@@ -152,7 +152,8 @@ def test_train_fusion_opens_the_store_once_before_the_first_batch(cache, tmp_pat
     monkeypatch.setattr(mmfer.train.fold, "train_epoch", first_epoch)
     argv = ["train-fusion", "--cache", str(cache[0]), "--out", str(tmp_path / "run"), "--preset", "tiny", "--device",
             "cpu", "--epochs", "1", "--folds", "1", "--batch-size", "8", "split.protocol=file",
-            f"split.fold_file={cache[1]}", "model.visual.num_keep_tokens=8", "training.warmup_epochs=0"]
+            f"split.fold_file={cache[1]}", "model.visual.num_keep_tokens=8", "training.warmup_epochs=0",
+            train_helpers.ONE_THREAD_ARG]
     assert main(argv) == 0
     assert at_first_batch[0] == 1, opens
 

@@ -25,6 +25,7 @@ import torch
 from mmfer.pipeline.cli import main as mmfer_main
 from mmfer.train.checkpoint import CheckpointError, load_checkpoint
 from synthetic_store import make_store, write_fold_file
+from train_helpers import ONE_THREAD_ARG
 
 EPOCHS = 3          # 31 training clips, batch 8: 4 batches an epoch
 RUN_TIMEOUT_S = 300
@@ -36,7 +37,7 @@ def train_cmd(cache: tuple[Path, Path], out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "mmfer.pipeline.cli", "train-fusion", "--cache", str(store), "--out", str(out),
             "--preset", "tiny", "--epochs", str(EPOCHS), "--device", "cpu", "--seed", "7", "split.protocol=file",
             f"split.fold_file={folds}", "training.batch_size=8", "training.warmup_epochs=1",
-            "model.visual.num_keep_tokens=8",
+            "model.visual.num_keep_tokens=8", ONE_THREAD_ARG,
             # the design guide's slow rates: validation improves every epoch, so each epoch saves best and last
             # (the kill points below count those saves)
             "training.lr=1e-4", "training.lr_fusion=5e-5", "training.lr_branches=1e-4", *extra]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import optuna
 from synthetic_store import make_store, write_fold_file
+from train_helpers import ONE_THREAD_ARG
 
 from mmfer.pipeline.cli import main as mmfer_main
 
@@ -16,7 +17,7 @@ def tune_argv(root, cache, folds, epochs: int, trials: int) -> list[str]:
     return ["tune", "--cache", str(cache), "--preset", "tiny", "--variant", "early", "--epochs", str(epochs),
             "--device", "cpu", "--seed", "7", "--batch-size", "8", "--trials", str(trials),
             "--study-dir", str(root / "tune"), "split.protocol=file", f"split.fold_file={folds}",
-            "model.visual.num_keep_tokens=8", "training.warmup_epochs=0"]
+            "model.visual.num_keep_tokens=8", "training.warmup_epochs=0", ONE_THREAD_ARG]
 
 
 def test_resume_with_other_base_settings_is_refused_by_name(tmp_path, capsys):

@@ -15,6 +15,14 @@ TWO_FOLDS = [{"name": "fold1", "test_actors": [1, 2], "val_actors": [3, 4]},
              {"name": "fold2", "test_actors": [3, 4], "val_actors": [5, 6]}]
 
 
+# Training takes every core by default (compute_threads=0). The tests run in two pytest-xdist workers on two cores:
+# two processes of two OpenMP threads each spin on each other (measured: ~10x the CPU time of one thread for the
+# same tiny run), and the tiny widths gain nothing from a second thread. Tests that train through the CLI pass
+# ONE_THREAD_ARG; tests about the thread budget itself set compute_threads as they need.
+ONE_THREAD = {"compute_threads": 1}
+ONE_THREAD_ARG = "compute_threads=1"
+
+
 def write_folds(path: Path, folds: list[dict] = TWO_FOLDS) -> Path:
     path.write_text(json.dumps(folds))
     return path
@@ -24,10 +32,10 @@ def tiny_settings(cache: Path | None = None, fold_file: Path | None = None, out:
                   variant: str | None = "early", epochs: int = 2, warmup: int = 0, batch_size: int = 8, seed: int = 7,
                   **settings) -> dict:
     """The tests' tiny training settings, as `train_config_with_preset` takes them: the tiny preset on CPU with
-    8 visual tokens kept, `epochs` epochs of which `warmup` warm up, batches of `batch_size`; with `fold_file`
-    the folds it lists (`split.protocol: file`). `variant=None` keeps the preset's fusion (LFM2); the default,
+    8 visual tokens kept and one compute thread (ONE_THREAD), `epochs` epochs of which `warmup` warm up, batches
+    of `batch_size`; with `fold_file` the folds it lists (`split.protocol: file`). `variant=None` keeps the preset's fusion (LFM2); the default,
     early fusion, is the fastest. `settings`: any other keys (dotted, e.g. **{"training.mixup_alpha": 0.4})."""
-    base = {"preset": "tiny", "device": "cpu", "seed": seed, "model.visual.num_keep_tokens": 8,
+    base = {"preset": "tiny", "device": "cpu", "seed": seed, "model.visual.num_keep_tokens": 8, **ONE_THREAD,
             "training.max_epochs": epochs, "training.warmup_epochs": warmup, "training.batch_size": batch_size}
     if cache is not None:
         base["cache"] = str(cache)
