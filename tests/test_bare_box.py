@@ -1,5 +1,5 @@
 """What a bare GPU box (torch + transformers, no NeMo, no ffmpeg) can import and run: benchmarks/gpu_check.py's
-path (issue 29 item 4). The whole check, on CPU with the tiny encoders, is in tests/test_bench.py (slow)."""
+path. The whole check, on CPU with the tiny encoders, is in tests/test_bench.py (slow)."""
 
 from __future__ import annotations
 

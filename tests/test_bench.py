@@ -27,7 +27,7 @@ HEADLINE = ("speedup_cached_vs_online", "speedup_flop_limit", "loader_overhead_p
             "bytes_per_clip")
 
 
-NUM_CLIPS = 2   # issue 15 item 14: 2 clips (1 vs 2 in the scaling part) once printed negative efficiencies
+NUM_CLIPS = 2   # 2 clips (1 vs 2 in the scaling part) once printed negative efficiencies
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_headline_numbers_are_finite_and_positive(report):
         assert report[key] > 0, (key, report[key])
     assert report["bottleneck"] in ("decode", "encode")
     assert report["speedup_flop_limit"] > 1   # encoders cost something on top of the training step
-    # issue 18's target: the speedup against what this run's measured training and encoder rates allow
+    # the target: the speedup against what this run's measured training and encoder rates allow
     rates = report["epochs"]["train_gflops_per_s"] / report["extract"]["encoder_gflops_per_s"]
     assert report["speedup_compute_ceiling"] == pytest.approx(1 + (report["speedup_flop_limit"] - 1) * rates)
     assert report["fraction_of_compute_ceiling"] == pytest.approx(report["speedup_cached_vs_online"] / report["speedup_compute_ceiling"])
@@ -84,7 +84,7 @@ def test_every_part_is_reported(report):
 
 
 def test_extract_with_one_and_two_processes_is_reported(report):
-    """Part 6 (issue 17 item 5): the same clips extracted by 1 process and by 2 real torchrun processes."""
+    """Part 6: the same clips extracted by 1 process and by 2 real torchrun processes."""
     six = report["scale_out"]
     assert six["clips"] == NUM_CLIPS and six["processes"] == 2
     assert six["clips_per_s_1"] == pytest.approx(NUM_CLIPS / report["scaling"][-1]["extract"]["loop_s"])   # part 5's own run
@@ -139,7 +139,7 @@ def test_marginal_rate_needs_a_batch_of_extra_clips():
 
 
 def test_two_clips_print_no_negative_efficiency(report):
-    """`mmfer bench --clips 2` (issue 15 item 14): every efficiency is absent or >= 0, in the JSON and the table."""
+    """`mmfer bench --clips 2`: every efficiency is absent or >= 0, in the JSON and the table."""
     assert report["extract_pipeline_efficiency"] > 0
     marginal = report["extract_pipeline_efficiency_marginal"]
     assert marginal is None or marginal >= 0
@@ -159,7 +159,7 @@ def test_no_scale_out_leaves_part_six_out(report):
 
 
 def test_gpu_check_runs_on_cpu_without_nemo_or_ffmpeg(tmp_path):
-    """benchmarks/gpu_check.py (issue 29 item 4): `write` here (ffmpeg, NeMo), then `run` in a child that cannot
+    """benchmarks/gpu_check.py: `write` here (ffmpeg, NeMo), then `run` in a child that cannot
     import NeMo, ffmpeg-python, imageio-ffmpeg or OpenCV and has no ffmpeg on PATH, with the tiny encoders on CPU."""
     import subprocess
     import sys

@@ -104,7 +104,7 @@ def test_one_handler_one_line_and_the_exit_code_of_each_kind(tmp_path, capsys):
 
 
 def test_common_mistakes_get_one_line_and_leave_no_empty_out(tmp_path, capsys):
-    """Issue 15 item 11: a broken or hostile --config, a fold that does not exist, values out of range,
+    """A broken or hostile --config, a fold that does not exist, values out of range,
     --out on a file and a non-cache --cache: exit 2, one `error:` line, no --out folder left behind."""
     from synthetic_store import make_store
 

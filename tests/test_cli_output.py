@@ -1,4 +1,4 @@
-"""Quiet, correct command-line output (issue 15, item 14): --version, --help examples that the command
+"""Quiet, correct command-line output: --version, --help examples that the command
 accepts, and -v that shows mmfer's debug lines without the libraries' (zarr, numcodecs)."""
 
 from __future__ import annotations

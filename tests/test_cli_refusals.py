@@ -1,4 +1,4 @@
-"""A newcomer's first hour (issue 15): mistakes are refused early, in one line, and nothing is destroyed.
+"""A newcomer's first hour: mistakes are refused early, in one line, and nothing is destroyed.
 
 An empty or wrong --root, make-demo into a folder that holds files, --resume with other settings, a
 cache still being written, a cache holding some actors only, a refused fingerprint. Real tiny stores
@@ -169,7 +169,7 @@ def test_a_refused_fingerprint_names_the_settings_that_differ(tmp_path):
     assert "encoder.dim: 32 -> 64" in str(err.value) and "num_frames: (none) -> 8" in str(err.value)
 
 
-# ---- issue 26.2: errors at the door, one line, exit 2, nothing created ---------------------------------
+# ---- errors at the door, one line, exit 2, nothing created ---------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +236,7 @@ def test_predict_walks_every_container_extract_reads(tmp_path):
     assert [p.name for p in find_videos([str(tmp_path)])] == ["a.flv", "b.MP4", "c.mkv", "d.m4v"]
 
 
-# ---- issue 26.6: evaluate --out refuses a folder that holds files, as the other commands do -------------
+# ---- evaluate --out refuses a folder that holds files, as the other commands do -------------
 
 
 @pytest.mark.parametrize("mode", [[], ["--corrupt", "no-audio"]])

@@ -428,7 +428,7 @@ def test_default_label_map_reads_each_datasets_spelling_of_a_class(tmp_path):
     assert label_mapping(EMOTIONS, MAFW_LABELS, str(given)) == {"fear": "fearful", "contempt": "disgust"}
 
 
-# ---- issue 25.4 / 26.2: inputs refused at the door, with the right line --------------------------------
+# ---- inputs refused at the door, with the right line --------------------------------
 
 
 def test_manifest_line_numbers_count_blank_lines_and_a_0_based_fold_column_is_refused_once(tmp_path, caplog):
@@ -493,7 +493,7 @@ def test_extract_refuses_a_manifest_without_label_names(tmp_path, tiny_models):
     assert scan_ravdess(tmp_path).attrs["label_names"][0] == "neutral"   # every adapter names its classes
 
 
-# ---- issue 25.2: DFEW's file names as the release and its loaders have them ---------------------------
+# ---- DFEW's file names as the release and its loaders have them ---------------------------
 
 
 def test_dfew_files_match_by_number_in_part_folders_padded_or_not(tmp_path):
@@ -520,7 +520,7 @@ def test_dfew_files_match_by_number_in_part_folders_padded_or_not(tmp_path):
             build_manifest(ExtractConfig(dataset="dfew", root=str(tmp_path)))
 
 
-# ---- issue 25.1 / 26.3: a rerun takes the edited manifest; a grown manifest extracts into the same store --
+# ---- a rerun takes the edited manifest; a grown manifest extracts into the same store --
 
 
 @pytest.mark.slow

@@ -262,7 +262,7 @@ exec {real} "$@"
 
 @pytest.mark.parametrize("version", ["5.1.6", "6.0.1"])
 def test_ffmpeg_without_an_option_decode_passes_is_not_used(version, tmp_path, monkeypatch, caplog):
-    """Issue 25.6: 5.1 and 6.0 pass a version gate at 5.1, but the exact-frame fallback passes
+    """5.1 and 6.0 pass a version gate at 5.1, but the exact-frame fallback passes
     `-enc_time_base:v filter` (6.1): the gate tries the options themselves, once, and names the one missing."""
     real = ffmpeg_exe()
     folder = tmp_path / "bin"
@@ -308,7 +308,7 @@ def test_each_pass_is_an_ffmpeg_python_graph_run_by_run_ffmpeg(clips):
 
 
 def test_decode_settings_have_no_defaults_of_their_own():
-    """ExtractConfig owns the decode settings; a second default here would drift from it (issue 13)."""
+    """ExtractConfig owns the decode settings; a second default here would drift from it."""
     owned = {"decode_clip": ("num_frames", "sample_rate_hz", "timeout_s", "max_audio_s"), "probe_media": ("timeout_s",)}
     for function in (decode_clip, probe_media):
         params = inspect.signature(function).parameters

@@ -283,7 +283,7 @@ def test_two_ranks_draw_their_own_modality_dropout(cache, tmp_path):
 
 @pytest.mark.slow
 def test_two_rank_extraction_of_clips_of_different_lengths_is_the_one_process_store(tiny_models, tmp_path):
-    """Issue 25.9: the demo's clips all last 1.5 s; these last 0.5 to 2.9 s. One plain process (2 threads, batch
+    """The demo's clips all last 1.5 s; these last 0.5 to 2.9 s. One plain process (2 threads, batch
     size 4) and 2 torchrun ranks (OMP_NUM_THREADS=1, batch size 1) write the same bytes."""
     from extract_helpers import write_varied_manifest
 

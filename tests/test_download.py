@@ -1,4 +1,4 @@
-"""`mmfer download` and the data home (issue 27), without the internet.
+"""`mmfer download` and the data home, without the internet.
 
 A real HTTP server on 127.0.0.1 (http.server in a thread) plays Zenodo (the record's JSON, zips of the demo's
 real RAVDESS-named clips with their md5s, Range requests, a dropped connection, a wrong checksum) and GitHub

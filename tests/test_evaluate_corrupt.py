@@ -100,7 +100,7 @@ def test_face_crop_off_needs_a_face_cropped_cache(run_dir, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-# ---- issue 26.7: plots that do not mislead -----------------------------------------------------------------
+# ---- plots that do not mislead -----------------------------------------------------------------
 
 
 def test_plots_label_aux_heads_mark_a_single_value_ci_na_and_number_trials_whole():

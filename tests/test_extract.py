@@ -184,7 +184,7 @@ def test_entries_record_the_extractor_version_sampling_rule_and_detector_constan
 
 @pytest.mark.slow
 def test_stored_features_do_not_depend_on_batch_size_or_thread_count(tmp_path, tiny_models):
-    """Issue 25.9: clips of different lengths give the same bytes at batch size 1 and 4 (audio is never padded to
+    """Clips of different lengths give the same bytes at batch size 1 and 4 (audio is never padded to
     a batch-mate's length), and with 1 or 2 intra-op threads in the process (extract encodes with
     ENCODE_THREADS, recorded in each entry)."""
     import torch

@@ -217,7 +217,7 @@ def test_leftovers_are_cleaned_by_the_rerun_and_by_verify_repair(kill_chain, tmp
     partial = entry.clip_chunk_files(0)[0].with_suffix(".0123abcd.partial")
     partial.write_bytes(b"half a chunk")
     (copy / ".staging-audio-x-0123abcd").mkdir()
-    assert mmfer_main(["verify", str(copy)]) == 0             # read only (issue 25.5): found, left in place
+    assert mmfer_main(["verify", str(copy)]) == 0             # read only: found, left in place
     assert partial.exists() and (copy / ".staging-audio-x-0123abcd").exists()
     assert mmfer_main(["verify", "--repair", str(copy)]) == 0
     assert not partial.exists() and not (copy / ".staging-audio-x-0123abcd").exists()
@@ -253,7 +253,7 @@ def _let_run(proc, seconds: float) -> None:
 
 
 def test_decode_workers_decode_while_the_encoders_load(tmp_path, small_root, tiny_models):
-    """Issue 18 item 2: extract frozen (SIGSTOP) at the point where it loads the encoders already has decode
+    """Extract frozen (SIGSTOP) at the point where it loads the encoders already has decode
     workers, and they run ffmpeg to completion while the main process sleeps there; let go, it finishes."""
     proc = subprocess.Popen(extract_cmd(small_root, tmp_path / "cache", tiny_models, "--num-workers", "2"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

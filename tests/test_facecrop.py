@@ -85,7 +85,7 @@ def test_bad_arguments():
         crop_faces(np.zeros((1, 8, 8, 3), np.float32), "none")
 
 
-# ---- issue 30: every face (crop_tracks, extract/facetrack.py) ---------------------------------------------------
+# ---- every face (crop_tracks, extract/facetrack.py) ---------------------------------------------------
 
 def test_crop_tracks_give_each_face_its_own_crops():
     from mmfer.extract.facecrop import crop_tracks

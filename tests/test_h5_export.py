@@ -53,7 +53,7 @@ def test_export_holds_the_same_clips_attributes_and_statuses(stores):
 
 
 def test_both_backends_answer_one_reading_interface_and_share_no_class(stores):
-    """Issue 28 item 5: a Zarr store and its HDF5 export, opened by open_store, each answer every member of the
+    """A Zarr store and its HDF5 export, opened by open_store, each answer every member of the
     reading interface (reading.py's StoreReader, EntryReader); the HDF5 classes no longer subclass the Zarr ones."""
     from mmfer.core.store import EntryReader, FeatureEntry, FeatureStore, StoreReader
     from mmfer.core.store.h5_store import H5Entry, H5Store
@@ -71,7 +71,7 @@ def test_both_backends_answer_one_reading_interface_and_share_no_class(stores):
 
 
 def test_export_metadata_are_hdf5_attributes_too(stores, tmp_path):
-    """Issue 28 item 5: h5dump -A and HDFView show an export's metadata: the root's and each entry's attributes
+    """h5dump -A and HDFView show an export's metadata: the root's and each entry's attributes
     as HDF5 attributes (strings and numbers as they are, anything else as JSON text), beside the checksummed
     `attrs` datasets the reader trusts; an export made before (the datasets only) still opens alike."""
     import shutil

@@ -215,7 +215,7 @@ def test_window_starts():
     assert window_starts(10.0, 3.0, 3.0) == [0.0, 3.0, 6.0]
 
 
-# ---- issue 15: names, --out, long videos, exported folders, quiet output -------------------------------
+# ---- names, --out, long videos, exported folders, quiet output -------------------------------
 
 
 def faceless_clip(path: Path, duration_s: float) -> Path:
@@ -328,11 +328,11 @@ def test_long_video_windows_stream_with_progress_and_write_no_temp_files(run, cl
     assert len(watch.lines) == 1 and list(temp.iterdir()) == [] and left == {}, left
 
 
-# ---- issue 30: predict on a stream ----------------------------------------------------------------------------
+# ---- predict on a stream ----------------------------------------------------------------------------
 
 
 def lossless_cut(path: Path, start_s: float, length_s: float, out_path: Path) -> Path:
-    """[start_s, start_s + length_s) of the file as FFV1 + float PCM: what predict --window cut before issue 30."""
+    """[start_s, start_s + length_s) of the file as FFV1 + float PCM: what predict --window cut before it streamed."""
     from mmfer.core.media import run_ffmpeg
 
     run_ffmpeg(["-y", "-ss", f"{start_s:.6f}", "-i", str(path), "-t", f"{length_s:.6f}", "-map", "0:V:0",
@@ -644,7 +644,7 @@ def dataclasses_replace(cfg, **changes):
     return dataclasses.replace(cfg, **changes)
 
 
-# ---- issue 26.4: an unfinished run says so ---------------------------------------------------------------
+# ---- an unfinished run says so ---------------------------------------------------------------
 
 
 def test_an_unfinished_run_is_named_in_one_warning_and_on_the_card(run, tmp_path, caplog):
@@ -674,7 +674,7 @@ def test_an_unfinished_run_is_named_in_one_warning_and_on_the_card(run, tmp_path
     assert not [r for r in caplog.records if "unfinished" in r.getMessage()]
 
 
-# ---- issue 26.1: runs and exported models that travel -------------------------------------------------------
+# ---- runs and exported models that travel -------------------------------------------------------
 
 
 @pytest.mark.slow
@@ -806,7 +806,7 @@ def test_onnx_export_predicts_like_pytorch(onnx_export, exported, clips, outputs
     assert len(err.splitlines()) == 1 and "exported with --onnx" in err, err
 
 
-# ---- issue 30: every face (--faces all) -------------------------------------------------------------------------
+# ---- every face (--faces all) -------------------------------------------------------------------------
 
 
 def two_face_video(path: Path, *, duration_s: float = 2.0, fps: int = 25) -> tuple[Path, np.ndarray]:

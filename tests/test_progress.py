@@ -1,4 +1,4 @@
-"""Progress without a terminal (issue 15, item 13): when stderr is not a TTY (as under pytest), extract's
+"""Progress without a terminal: when stderr is not a TTY (as under pytest), extract's
 clip loop and training's batch and epoch loops log "done/total, rate, time left" lines through the one helper
 in core/progress.py, at most one per PROGRESS_INTERVAL_S (set to 0 here: a line at every update)."""
 

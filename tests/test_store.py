@@ -60,7 +60,7 @@ def test_flipped_byte_is_caught_and_verify_repairs(tmp_path):
 
 
 def test_tensorstore_reads_an_extracted_store_as_we_do(demo_cache, tmp_path):
-    """Issue 28 item 5: our store is standard Zarr v3. tensorstore, a Zarr implementation independent of ours
+    """Our store is standard Zarr v3. tensorstore, a Zarr implementation independent of ours
     (and no longer an mmfer reader), opens the arrays extract wrote and reads every array of a done clip bitwise
     as stored, its tokens equal to what read_clip gives training; and a flipped byte fails its crc32c there too."""
     import tensorstore
@@ -156,7 +156,7 @@ def test_second_writer_is_refused(tmp_path):
 
 
 def test_a_rerun_takes_the_manifests_labels_folds_and_new_clips(tmp_path, caplog):
-    """Issue 25.1 / 26.3: the clip table is the manifest of the latest extract (a relabelled clip, a clip moved to
+    """The clip table is the manifest of the latest extract (a relabelled clip, a clip moved to
     another fold, reordered label names, rows in another order), clips keep their positions and data, and rows
     appended to the manifest are appended to the store (every entry's arrays grow, the new clips pending)."""
     path = tmp_path / "cache"

@@ -95,7 +95,7 @@ def full_run(cache, tmp_path_factory) -> Path:
 
 @pytest.mark.slow   # needs full_run: a 3-epoch LFM2 train-fusion CLI run (~100 s on 2 shared cores)
 def test_a_fold_keeps_the_best_weights_and_the_last_resumable_state(full_run):
-    """Issue 26.5: best.pt holds the weights alone (no optimizer moments, no RNG), with no previous copy; last.pt is
+    """best.pt holds the weights alone (no optimizer moments, no RNG), with no previous copy; last.pt is
     the full state resume reads (and last.prev.pt its copy from the epoch before); the disk estimate names them."""
     folder = full_run / "fold1" / "checkpoints"
     assert sorted(p.name for p in folder.iterdir()) == ["best.pt", "last.prev.pt", "last.pt"]

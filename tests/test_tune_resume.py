@@ -1,4 +1,4 @@
-"""`mmfer tune` resumes a study only under the base settings it was started with (issue 15, item 14).
+"""`mmfer tune` resumes a study only under the base settings it was started with.
 
 A one-trial study on a small synthetic store; the same command again with another base setting is refused
 through the CLI's handler with one line naming the setting, and no trial runs under the new settings.

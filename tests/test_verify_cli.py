@@ -1,4 +1,4 @@
-"""`mmfer verify [--repair]`: what --help says is what it does, exit code included (issue 15, item 14)."""
+"""`mmfer verify [--repair]`: what --help says is what it does, exit code included."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def test_verify_repair_does_what_its_help_says(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_verify_is_read_only_beside_a_running_extract_and_repair_waits_for_its_lock(tmp_path, tiny_models, capsys):
-    """Issue 25.5, with a real concurrent extract: frozen (SIGSTOP) right after the first array of its 3rd clip was
+    """With a real concurrent extract: frozen (SIGSTOP) right after the first array of its 3rd clip was
     written, that clip's chunks on disk and its status still pending. `verify` reads without touching a file;
     `verify --repair` refuses, naming the extract's pid; let go, the extract finishes a store that verifies."""
     import os

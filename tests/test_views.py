@@ -1,4 +1,4 @@
-"""Augmented views at extraction (`extract --views K`) and `training.view_sampling` (issue 19 item 2).
+"""Augmented views at extraction (`extract --views K`) and `training.view_sampling`.
 
 Fast: the view functions on real pixels and a real ffmpeg run, the store's view arrays (write, read,
 verify, HDF5 export) and the per-epoch view choice. Slow: a real tiny extraction of demo clips with
