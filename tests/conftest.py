@@ -63,7 +63,13 @@ def tiny_models(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_nemo(tiny_models):
     """The tiny audio stand-in as a .nemo (NeMo's saver, the tiny folder's weights); only `nemo`-marked tests."""
+    import importlib.util
+
     from mmfer.extract.random_encoders import ensure_nemo_audio
+
+    if importlib.util.find_spec("nemo") is None:   # a failure that says what to do, not a skip
+        pytest.fail("this test needs NeMo: pip install -c requirements.lock -e '.[test,nemo]', "
+                    "or leave the NeMo tests out with -m 'not nemo'", pytrace=False)
 
     return ensure_nemo_audio(tiny_models, size="tiny")
 
