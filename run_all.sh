@@ -4,7 +4,7 @@
 #   bash run_all.sh --root DATA     # real RAVDESS with the pretrained encoders (GPU recommended)
 # Expected for the demo on a quiet 2-core CPU (measured in a fresh clone): demo data ~1 min, extract ~2 min
 # (384 clips), train-fusion (6 folds x up to 30 epochs) ~11 min; it ends with the results table,
-# mean macro-F1 0.893 over the 6 folds (README "Demo result"; the report's headline),
+# mean macro-F1 0.897 over the 6 folds (README "Demo result"; the report's headline),
 # and the run's report, work/runs/lfm2/report.html (+ report.png, its top, when Chromium is installed).
 set -euo pipefail
 ROOT=""

@@ -55,3 +55,36 @@ def test_verbose_shows_no_zarr_debug_lines(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     foreign = [line for line in result.stderr.splitlines() if " DEBUG " in line and " mmfer" not in line]
     assert foreign == [], "\n".join(foreign[:5])
+
+
+def test_other_libraries_info_lines_are_counted_not_shown(capsys):
+    """Without -v, another library's info lines (NeMo's logger among them) are counted, not shown; its warnings and
+    mmfer's own lines pass; the command's last line gives the counts. With -v every line shows."""
+    import logging
+
+    from mmfer.pipeline.cli import _report_hidden, _ThirdPartyLines
+
+    def records(*named):
+        return [logging.LogRecord(name, level, __file__, 1, "line", None, None) for name, level in named]
+
+    quiet = _ThirdPartyLines(verbose=False)
+    shown = [quiet.filter(r) for r in records(("nemo_logger", logging.INFO), ("nemo_logger", logging.INFO),
+                                              ("transformers.modeling", logging.INFO),
+                                              ("transformers.modeling", logging.WARNING),
+                                              ("nv_one_logger.api", logging.WARNING), ("mmfer.pipeline", logging.INFO))]
+    assert shown == [False, False, False, True, False, True]
+    assert quiet.hidden == {"NeMo": 2, "transformers": 1, "nv_one_logger": 1}
+    logger = logging.getLogger("mmfer")
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger.addHandler(handler)
+    old_level, logger.level = logger.level, logging.INFO
+    try:
+        _report_hidden(quiet)
+    finally:
+        logger.removeHandler(handler)
+        logger.level = old_level
+    assert seen == ["hid 4 info lines of other libraries (2 from NeMo, 1 from nv_one_logger, 1 from transformers); "
+                    "-v shows them"], seen
+    assert all(_ThirdPartyLines(verbose=True).filter(r) for r in records(("nemo_logger", logging.INFO)))

@@ -408,7 +408,7 @@ def test_ctrl_c_stops_a_live_stream_and_keeps_its_timeline(run, clips, tmp_path)
     try:
         lines = [json.loads(proc.stdout.readline()) for _ in range(4)]
         proc.send_signal(signal.SIGINT)
-        rest, err = proc.communicate(timeout=120)
+        rest, err = proc.communicate(timeout=300)   # a CI run under a load of 4+ once needed over 120 s here
     finally:
         for p in (proc, feeder):
             if p.poll() is None:
@@ -485,8 +485,9 @@ def test_no_face_fallback_is_one_line_naming_the_file(exported, tmp_path, caplog
 
 @pytest.mark.slow   # two predict CLI processes (~45 s on 2 shared cores)
 def test_stdout_holds_only_the_results(run, clips, tmp_path):
-    """A real `mmfer predict > file`: NeMo's info line went to stdout; now stdout is the table alone, and the
-    hidden third-party info lines are counted in one stderr line."""
+    """A real `mmfer predict > file`: NeMo's info line went to stdout; now stdout is the table alone. The tiny run's
+    audio encoder is the transformers kind, so NeMo is not even loaded (how hidden lines are counted:
+    test_cli_output's test_other_libraries_info_lines_are_counted_not_shown)."""
     cli = [sys.executable, "-m", "mmfer.pipeline.cli"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([*cli, "predict", "--run", str(run), "--fold", "1", "--device", "cpu", str(clips[0])],
@@ -495,7 +496,7 @@ def test_stdout_holds_only_the_results(run, clips, tmp_path):
     lines = result.stdout.splitlines()
     assert lines[0].startswith("model: ") and lines[-1] == "1 predicted, 0 failed" and len(lines) == 5, result.stdout
     assert "NeMo" not in result.stdout
-    assert "hid" in result.stderr and "from NeMo" in result.stderr and "-v shows them" in result.stderr, result.stderr
+    assert "NeMo" not in result.stderr and "nemo" not in result.stderr, result.stderr
     assert "Loading weights" not in result.stderr, result.stderr   # no tqdm bars in a log file
 
 
