@@ -1,10 +1,16 @@
-"""What every encoder kind shares: the load error and the advice it gives when a checkpoint is not here."""
+"""What every encoder kind shares: the load error and the advice it gives when a checkpoint is not here, and what
+both FastConformer kinds (NeMo, transformers) require of an audio model."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from mmfer.core.errors import MmferError
+
+
+# The FastConformer audio kinds (nemo_fastconformer.py, parakeet.py) and the .nemo converter: the models' rate
+AUDIO_SAMPLE_RATE_HZ = 16_000
+AUDIO_FRAME_SHIFT_S = 0.08  # 10 ms mel hop x 8 subsampling (FastConformer); other models are logged
 
 
 class EncoderLoadError(MmferError, RuntimeError):

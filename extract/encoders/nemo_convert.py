@@ -21,12 +21,11 @@ from pathlib import Path
 import torch
 
 from mmfer.core.errors import BadInputError
-from mmfer.extract.encoders.common import EncoderLoadError, offline_advice
+from mmfer.extract.encoders.common import AUDIO_SAMPLE_RATE_HZ, EncoderLoadError, offline_advice
 
 log = logging.getLogger(__name__)
 
 PROVENANCE_FILE = "converted_from.json"   # what convert_nemo read: file name, size, config; not read back
-AUDIO_SAMPLE_RATE_HZ = 16_000
 
 # What the transformers classes implement, NeMo's name and default for each setting (the ConformerEncoder and
 # AudioToMelSpectrogramPreprocessor signatures of nemo_toolkit 3.0): a .nemo that sets anything else is refused.

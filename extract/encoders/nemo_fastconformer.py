@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmfer.extract.encoders.common import EncoderLoadError, offline_advice, walk
+from mmfer.extract.encoders.common import (AUDIO_FRAME_SHIFT_S, AUDIO_SAMPLE_RATE_HZ, EncoderLoadError,
+                                           offline_advice, walk)
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,6 @@ KIND = "nemo-fastconformer"
 MODALITY = "audio"
 BACKEND = "nemo"
 
-AUDIO_SAMPLE_RATE_HZ = 16_000
-AUDIO_FRAME_SHIFT_S = 0.08  # 10 ms mel hop x 8 subsampling (FastConformer); other models are logged
 
 
 class AudioEncoder:

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmfer.extract.encoders.common import EncoderLoadError, offline_advice, walk
+from mmfer.extract.encoders.common import (AUDIO_FRAME_SHIFT_S, AUDIO_SAMPLE_RATE_HZ, EncoderLoadError,
+                                           offline_advice, walk)
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,6 @@ KIND = "parakeet"
 MODALITY = "audio"
 BACKEND = "transformers"
 
-AUDIO_SAMPLE_RATE_HZ = 16_000
-AUDIO_FRAME_SHIFT_S = 0.08  # 10 ms mel hop x 8 subsampling (FastConformer); other models are logged
 _MODEL_TYPES = {"parakeet_encoder", "parakeet_ctc"}   # an encoder alone, or a CTC model whose .encoder we use
 LOG_ZERO_GUARD = 2 ** -24   # added before the log, as NeMo's log_zero_guard_value and ParakeetFeatureExtractor do
 NORMALIZE_EPS = 1e-5        # added to each feature's std (NeMo's CONSTANT, the extractor's EPSILON)
