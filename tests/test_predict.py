@@ -404,11 +404,14 @@ def test_ctrl_c_stops_a_live_stream_and_keeps_its_timeline(run, clips, tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "mmfer.pipeline.cli", "predict", "--run", str(run), "--fold", "1",
                              "--device", "cpu", "--stream", str(fifo), "--window", "1", "--hop", "0.5",
                              "--out", str(tmp_path / "out" / "cam.csv")],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a terminal's Ctrl-C: SIGINT at its default even where this test process ignores it
+                            # (a pytest-xdist worker does; a child would inherit that and Python never raise it)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         lines = [json.loads(proc.stdout.readline()) for _ in range(4)]
         proc.send_signal(signal.SIGINT)
-        rest, err = proc.communicate(timeout=300)   # a CI run under a load of 4+ once needed over 120 s here
+        rest, err = proc.communicate(timeout=120)
     finally:
         for p in (proc, feeder):
             if p.poll() is None:
