@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from mmfer.core.errors import MmferError
 
 
@@ -36,3 +39,20 @@ def walk(folder: Path) -> list[Path]:
         out += level
         level = [p for p in level if p.is_dir() and not p.is_symlink()]
     return out
+
+
+def pad_waves(waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """What both FastConformer kinds feed their front end: waves float32 (S_i,) -> (signal float32 (B, S_max)
+    zero-padded, lengths long (B,)), on the CPU.
+
+    Raises:
+        ValueError: a wave that is not a non-empty 1-D array.
+    """
+    for i, wave in enumerate(waves):
+        if np.ndim(wave) != 1 or len(wave) == 0:
+            raise ValueError(f"wave {i}: want a non-empty 1-D float array, got shape {np.shape(wave)}")
+    lengths = torch.tensor([len(wave) for wave in waves], dtype=torch.long)
+    signal = torch.zeros(len(waves), int(lengths.max()), dtype=torch.float32)
+    for i, wave in enumerate(waves):
+        signal[i, : len(wave)] = torch.as_tensor(np.asarray(wave, dtype=np.float32))
+    return signal, lengths

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from mmfer.extract.encoders.common import (AUDIO_FRAME_SHIFT_S, AUDIO_SAMPLE_RATE_HZ, EncoderLoadError,
-                                           offline_advice, walk)
+                                           offline_advice, pad_waves, walk)
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +49,7 @@ class AudioEncoder:
         """
         if not waves:
             return []
-        for i, wave in enumerate(waves):
-            if np.ndim(wave) != 1 or len(wave) == 0:
-                raise ValueError(f"wave {i}: want a non-empty 1-D float array, got shape {np.shape(wave)}")
-        lengths = torch.tensor([len(wave) for wave in waves], dtype=torch.long)
-        signal = torch.zeros(len(waves), int(lengths.max()), dtype=torch.float32)  # (B, S) zero-padded
-        for i, wave in enumerate(waves):
-            signal[i, : len(wave)] = torch.as_tensor(np.asarray(wave, dtype=np.float32))
+        signal, lengths = pad_waves(waves)   # (B, S) zero-padded, (B,)
         with torch.inference_mode():
             feats, feat_lengths = self.model.preprocessor(
                 input_signal=signal.to(self.device), length=lengths.to(self.device))  # (B, 80, T_mel)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from mmfer.extract.encoders.common import (AUDIO_FRAME_SHIFT_S, AUDIO_SAMPLE_RATE_HZ, EncoderLoadError,
-                                           offline_advice, walk)
+                                           offline_advice, pad_waves, walk)
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +91,7 @@ class AudioEncoder:
 
     def _batch(self, waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """(signal float32 (B, S_max) zero-padded, lengths long (B,)) on the encoder's device."""
-        for i, wave in enumerate(waves):
-            if np.ndim(wave) != 1 or len(wave) == 0:
-                raise ValueError(f"wave {i}: want a non-empty 1-D float array, got shape {np.shape(wave)}")
-        lengths = torch.tensor([len(wave) for wave in waves], dtype=torch.long)
-        signal = torch.zeros(len(waves), int(lengths.max()), dtype=torch.float32)
-        for i, wave in enumerate(waves):
-            signal[i, : len(wave)] = torch.as_tensor(np.asarray(wave, dtype=np.float32))
+        signal, lengths = pad_waves(waves)
         return signal.to(self.device), lengths.to(self.device)
 
     def features(self, waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
