@@ -1,4 +1,4 @@
-"""GPU figures from a bare box (issue 29 item 4): torch + transformers + the store's libraries, no NeMo, no ffmpeg.
+"""GPU figures from a bare box: torch + transformers + the store's libraries, no NeMo, no ffmpeg.
 
     python benchmarks/gpu_check.py write DIR [--clips 4] [--preset full]       # on a CPU machine with ffmpeg + NeMo
     python benchmarks/gpu_check.py run DIR --device cuda [--json OUT.json]       # on the GPU box (or --device cpu)

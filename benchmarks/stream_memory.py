@@ -1,4 +1,4 @@
-"""Peak memory and speed of `mmfer predict --stream` on a 1-minute and a 10-minute file (issue 30).
+"""Peak memory and speed of `mmfer predict --stream` on a 1-minute and a 10-minute file.
 
     python benchmarks/stream_memory.py --run RUN_DIR [--fold 1] [--minutes 1 10] [--window 2] [--hop 2]
 

@@ -101,6 +101,7 @@ def confusion_uri(matrix: np.ndarray, class_names: tuple[str, ...]) -> str:
 def thumbnail_uri(path: str | None) -> tuple[str | None, str]:
     """(inline PNG of the clip's middle frame, "") or (None, why there is none): decoded by extract's own
     decode_clip (ffmpeg); a missing or unreadable file is said, never raised."""
+    from mmfer.core.config import ExtractConfig
     from mmfer.core.errors import MmferError
     from mmfer.extract.decode import DecodeError, decode_clip
 
@@ -109,7 +110,7 @@ def thumbnail_uri(path: str | None) -> tuple[str | None, str]:
     if not Path(path).is_file():
         return None, f"media not found: {path}"
     try:   # one frame at the clip's middle; the audio pass is kept to a token 0.1 s
-        clip = decode_clip(path, num_frames=1, sample_rate_hz=16_000, timeout_s=THUMBNAIL_TIMEOUT_S, max_audio_s=0.1,
+        clip = decode_clip(path, num_frames=1, sample_rate_hz=ExtractConfig.sample_rate_hz, timeout_s=THUMBNAIL_TIMEOUT_S, max_audio_s=0.1,
                            max_side_px=THUMBNAIL_SIDE_PX)
     except DecodeError as err:
         log.warning("report thumbnail: %s", err)

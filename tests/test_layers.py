@@ -248,3 +248,15 @@ def test_functions_below_the_commands_take_config_settings_without_their_own_def
                 if arg.arg in names and not allowed:
                     found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.name}({arg.arg}={ast.unparse(default)})")
     assert not found, "defaults written twice (take them as keyword-only arguments without a default):\n" + "\n".join(found)
+
+
+def test_code_says_why_without_pointing_at_the_tracker():
+    """A comment or docstring that points at a tracker's issue number explains nothing once the tracker is gone
+    or renumbered: the text says the why itself. Every .py file we ship, benchmarks and tests included."""
+    import re
+
+    pattern = re.compile(r"\bissue[ #-]?\d+", re.IGNORECASE)
+    files = [*source_files(), *sorted((ROOT / "benchmarks").rglob("*.py")), *sorted((ROOT / "tests").rglob("*.py"))]
+    found = [f"{p.relative_to(ROOT)}:{n}: {line.strip()}" for p in files
+             for n, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert found == [], "\n".join(found)
