@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from bare_box import bare_box_env
 
 GPU_CHECK = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
@@ -21,6 +22,7 @@ def test_the_blocker_blocks(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+@pytest.mark.slow   # a child process importing torch and transformers: ~11 s
 def test_featurizer_and_the_checks_modules_import_without_nemo_or_ffmpeg(tmp_path):
     """The online path of the check is extract's featurizer, which once imported the decoder (ffmpeg-python, OpenCV)
     through extract/worker.py; the decoded clip's type now lives in extract/items.py."""

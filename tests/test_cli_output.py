@@ -48,6 +48,7 @@ def test_help_override_example_is_a_key_of_that_command(command, cfg_type):
         apply_overrides(cfg_type(), parse_key_values([example]))   # raises ConfigError on a key it does not have
 
 
+@pytest.mark.slow   # an extract and a train-fusion child process: ~8 s
 def test_verbose_shows_no_zarr_debug_lines(tmp_path):
     cache = make_store(tmp_path / "cache", repetitions=1)
     result = subprocess.run([str(BIN / "mmfer"), "cache-info", str(cache), "-v"], capture_output=True, text=True,

@@ -112,6 +112,7 @@ def test_transformers_kind_equals_nemo_on_speech(tiny_nemo, converted, speech):
             assert np.allclose(a, b, atol=TOLERANCE), f"{n} samples: {_worst(a, b)}"
 
 
+@pytest.mark.slow   # a child process importing torch and transformers: ~10 s
 def test_convert_reads_the_nemo_without_nemo(nemo_layout, tiny_models, tmp_path):
     """The conversion in a fresh process: nemo is never imported; the folder is the parakeet kind's and holds the
     weights the .nemo was written from."""

@@ -121,6 +121,7 @@ def test_three_selections_come_from_the_runs_own_records(run):
     assert all(r["path"].endswith(".mp4") and r["speaker"] in ("1", "3") for r in wrong["rows"])
 
 
+@pytest.mark.slow   # a headless Chromium process: ~11 s of the fast tier on 2 cores
 def test_report_renders_in_chromium_with_every_section_and_no_request(run, demo_cache, tmp_path):
     from mmfer.train.studies.ablate import format_markdown, summarize, write_outputs
 

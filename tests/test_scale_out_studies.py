@@ -33,6 +33,7 @@ def tune_argv(study_dir, cache, folds, storage, trials: int) -> list[str]:
             f"split.fold_file={folds}", "model.visual.num_keep_tokens=8", "training.warmup_epochs=0", ONE_THREAD_ARG]
 
 
+@pytest.mark.slow   # two tuning processes sharing a journal: ~8 s
 def test_tune_shares_trials_through_a_journal_file(tmp_path):
     cache, folds = make_store(tmp_path / "cache", repetitions=1), write_fold_file(tmp_path / "folds.json")
     journal = tmp_path / "shared" / "optuna.log"

@@ -7,6 +7,7 @@ through the CLI's handler with one line naming the setting, and no trial runs un
 from __future__ import annotations
 
 import optuna
+import pytest
 from synthetic_store import make_store, write_fold_file
 from train_helpers import ONE_THREAD_ARG
 
@@ -20,6 +21,7 @@ def tune_argv(root, cache, folds, epochs: int, trials: int) -> list[str]:
             "model.visual.num_keep_tokens=8", "training.warmup_epochs=0", ONE_THREAD_ARG]
 
 
+@pytest.mark.slow   # two tuning runs: ~8 s
 def test_resume_with_other_base_settings_is_refused_by_name(tmp_path, capsys):
     cache, folds = make_store(tmp_path / "cache", repetitions=1), write_fold_file(tmp_path / "folds.json")
     assert mmfer_main(tune_argv(tmp_path, cache, folds, epochs=1, trials=1)) == 0
