@@ -59,7 +59,8 @@ def main() -> None:
     parser.add_argument("--size-px", type=int, default=112)
     parser.add_argument("--window-file", action="store_true", help="also time `predict --window FILE` (same windows)")
     args = parser.parse_args()
-    model = ["--run", args.run] if args.run else ["--model", args.model]
+    # the children run in their own temporary folders, so a relative folder is resolved here
+    model = ["--run", str(Path(args.run).resolve())] if args.run else ["--model", str(Path(args.model).resolve())]
     model += ["--fold", args.fold] if args.fold else []
     cli = [sys.executable, "-m", "mmfer.pipeline.cli", "predict", *model, "--device", "cpu"]
     with tempfile.TemporaryDirectory(prefix="mmfer-stream-bench-") as tmp:
