@@ -364,7 +364,7 @@ class TrainConfig:
     seed: int = 0
     """Seed for weights, shuffling and mixup; the same command twice gives the same metrics on CPU."""
     seeds: str | None = None
-    """Comma-separated seeds (e.g. 0,1,2): train every fold once per seed into this run (folders <fold>-seed<S>); the summary gives the mean, sample std and 95-percent t-interval over folds x seeds. Default: --seed alone."""
+    """Comma-separated seeds (e.g. 0,1,2): train every fold once per seed into this run (folders <fold>-seed<S>); the summary gives the mean, and the sample std and 95-percent t-interval over the folds, each fold the mean of its seeds. Default: --seed alone."""
     device: str = "auto"
     """cpu, cuda, cuda:N or auto."""
     preload: Literal["auto", "yes", "no"] = "auto"

@@ -109,16 +109,28 @@ def oracle_selection(records: list[dict], monitor: str, headline: tuple[str, ...
 
 
 def aggregate(folds: list[dict], headline: tuple[str, ...]) -> dict:
-    """{selection: {metric: mean, sample std and 95% t-interval}} over the fold (x seed) rows; a selection
-    that some row lacks is None."""
+    """{selection: {metric: mean, sample std and 95% t-interval}} over the folds, each fold the mean of its seeds
+    (train-fusion's summary takes them so: a fold's seeds share its test clips); a selection that some row lacks
+    is None."""
+    from mmfer.train.metrics import per_fold_means
     from mmfer.train.studies.stats import mean_std_ci
 
+    keys = [fold_of_row(f) for f in folds]
     out = {}
     for key in SELECTIONS:
         rows = [f["selections"][key] for f in folds]
-        out[key] = None if not rows or any(r is None for r in rows) else {
-            k: mean_std_ci([r[k] for r in rows]) for k in headline}
+        if not rows or any(r is None for r in rows):
+            out[key] = None
+            continue
+        per_fold = per_fold_means(rows, keys, headline)
+        out[key] = {k: mean_std_ci([r[k] for r in per_fold]) for k in headline}
     return out
+
+
+def fold_of_row(row: dict) -> str:
+    """The fold a (fold, seed) row belongs to: its folder name without train-fusion's `-seed<S>` suffix."""
+    suffix = f"-seed{row['seed']}"
+    return row["fold"][: -len(suffix)] if row.get("seed") is not None and row["fold"].endswith(suffix) else row["fold"]
 
 
 def _clip_table(config: dict, run_dir: Path) -> tuple[pd.DataFrame | None, str, str | None]:

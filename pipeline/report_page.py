@@ -104,7 +104,7 @@ def _protocol(report: dict) -> str:
              ("cache", config.get("cache", "?")), ("protocol", split.get("protocol", "?")),
              ("model variant", summary.get("variant", "?")), ("preset", config.get("preset", "?")),
              ("seeds", ", ".join(map(str, seeds)) or "?"), ("selection rule", summary.get("selection", "?")),
-             ("spread", summary.get("std_kind", "?") + "; interval: 95% Student-t over the fold (x seed) rows"),
+             ("spread", summary.get("std_kind", "?") + "; interval: 95% Student-t over the folds"),
              ("tuned on actors", config.get("tuned_on_actors") or "none (not a tuned config)"),
              ("device", f"{summary.get('device', '?')} ({summary.get('amp_dtype', '?')})")]
     body = table(None, [[k, v] for k, v in facts], classes=["l", "l"])

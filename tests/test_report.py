@@ -207,3 +207,22 @@ def test_report_refuses_a_folder_that_is_not_a_finished_run(tmp_path, capsys):
     (tmp_path / "eval").mkdir()
     assert mmfer_main(["report", str(tmp_path / "half"), "--evaluations", str(tmp_path / "eval")]) == 2
     assert "holds neither robustness.csv nor metrics.json" in capsys.readouterr().err
+
+
+def test_spread_with_seeds_is_over_folds_each_the_mean_of_its_seeds():
+    """Two folds x two seeds are two samples (a fold's seeds share its test clips): the interval's n is 2, its
+    std that of the two fold means, not of the four rows."""
+    from mmfer.pipeline.report import aggregate
+    from mmfer.train.studies.stats import mean_std_ci
+
+    values = {("fold1", 7): 0.5, ("fold1", 8): 0.7, ("fold2", 7): 0.9, ("fold2", 8): 0.9}
+    rows = [{"fold": f"{fold}-seed{seed}", "seed": seed, "selections": {"validation": {"f1_macro": v}, "last": None,
+                                                                        "oracle": None}}
+            for (fold, seed), v in values.items()]
+    got = aggregate(rows, ("f1_macro",))
+    expected = mean_std_ci([0.6, 0.9])
+    assert got["validation"]["f1_macro"] == pytest.approx(expected) and got["validation"]["f1_macro"]["n"] == 2
+    assert got["last"] is None and got["oracle"] is None
+    # one seed per fold: the rows are the folds, as before
+    one_seed = aggregate([{**r, "fold": r["fold"].split("-")[0]} for r in rows if r["seed"] == 7], ("f1_macro",))
+    assert one_seed["validation"]["f1_macro"] == pytest.approx(mean_std_ci([0.5, 0.9]))

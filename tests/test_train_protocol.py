@@ -125,26 +125,37 @@ def test_summary_reports_the_last_epoch_and_a_protocol_card(store, both_folds):
 
 
 def test_seeds_train_every_fold_once_per_seed_into_one_run(store, tmp_path):
-    """`--seeds 7,8`: each fold per seed in its own folder; the summary's mean, std and interval are over all."""
+    """`--seeds 7,8`: each fold per seed in its own folder; the summary's mean is over all, its std and interval
+    over the folds, each fold the mean of its seeds (a fold's seeds share its test clips: four rows of two folds
+    are two samples, not four)."""
     from mmfer.pipeline.bundle import choose_folds, run_fold_numbers
+    from mmfer.pipeline.command_config import ReportConfig
+    from mmfer.pipeline.report import read_run
+    from mmfer.train.metrics import sample_std
     from mmfer.train.report import format_summary_table
+    from mmfer.train.studies.stats import mean_std_ci
 
-    both = train(tiny_config(store["cache"], store["folds"], tmp_path / "seeds", folds="2", seeds="7,8"))
-    assert list(both["folds"]) == ["fold2-seed7", "fold2-seed8"] and both["seeds"] == [7, 8]
+    both = train(tiny_config(store["cache"], store["folds"], tmp_path / "seeds", seeds="7,8"))
+    names = ["fold1-seed7", "fold2-seed7", "fold1-seed8", "fold2-seed8"]
+    assert list(both["folds"]) == names and both["seeds"] == [7, 8]
     assert [(c["fold"], c["fold_number"], c["seed"]) for c in both["protocol_card"]] == [
-        ("fold2-seed7", 2, 7), ("fold2-seed8", 2, 8)]
+        ("fold1-seed7", 1, 7), ("fold2-seed7", 2, 7), ("fold1-seed8", 1, 8), ("fold2-seed8", 2, 8)]
     alone = train(tiny_config(store["cache"], store["folds"], tmp_path / "seed7", folds="2", seed=7))
     for key in ("accuracy", "f1_macro", "best_epoch"):   # a seed's model does not depend on the other seeds
         assert both["folds"]["fold2-seed7"][key] == alone["folds"]["fold2"][key], key
     losses = {seed: [json.loads(line)["loss"] for line in (tmp_path / "seeds" / f"fold2-seed{seed}" / "metrics.jsonl")
                      .read_text().splitlines()] for seed in (7, 8)}
     assert losses[7] != losses[8]   # the seeds really differ
-    scores = [both["folds"][f"fold2-seed{seed}"]["f1_macro"] for seed in (7, 8)]
-    assert both["mean"]["f1_macro"] == pytest.approx(sum(scores) / 2)
-    low, high = both["ci95"]["f1_macro"]
-    assert low <= both["mean"]["f1_macro"] <= high
-    assert set(pd.read_csv(tmp_path / "seeds" / "predictions.csv")["fold"]) == {"fold2-seed7", "fold2-seed8"}
-    assert "95% t-interval of the mean over 1 folds x 2 seeds" in format_summary_table(both)
+    score = {name: both["folds"][name]["f1_macro"] for name in names}
+    fold_means = [(score[f"fold{k}-seed7"] + score[f"fold{k}-seed8"]) / 2 for k in (1, 2)]
+    assert both["mean"]["f1_macro"] == pytest.approx(sum(score.values()) / 4)
+    assert both["std"]["f1_macro"] == pytest.approx(sample_std(fold_means))
+    expected = mean_std_ci(fold_means)
+    assert both["ci95"]["f1_macro"] == pytest.approx([expected["ci_low"], expected["ci_high"]])
+    assert both["std_kind"] == "sample std (ddof=1) over folds, each fold the mean of its 2 seeds"
+    assert set(pd.read_csv(tmp_path / "seeds" / "predictions.csv")["fold"]) == set(names)
+    assert "95% t-interval of the mean over 2 folds (each the mean of its 2 seeds)" in format_summary_table(both)
+    page = read_run(tmp_path / "seeds", ReportConfig(thumbnails=False))["aggregate"]["validation"]["f1_macro"]
+    assert page["n"] == 2 and page["ci_low"] == pytest.approx(expected["ci_low"])   # the report says the same
     # predict/export --fold 2: every seed's model of that fold, averaged
-    names = list(both["folds"])
-    assert choose_folds(names, "2", False, "run", run_fold_numbers(both)) == names
+    assert choose_folds(names, "2", False, "run", run_fold_numbers(both)) == ["fold2-seed7", "fold2-seed8"]

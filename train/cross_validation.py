@@ -33,7 +33,7 @@ from mmfer.train.curriculum import check_difficulty, load_difficulty
 from mmfer.train.dataset import (ClipDataset, EpochSampler, apply_thread_budget, make_loader, open_cache,
                                  should_preload)
 from mmfer.train.fold import RunContext, derive_seed, train_fold
-from mmfer.train.metrics import HEADLINE, aggregate_folds
+from mmfer.train.metrics import HEADLINE, aggregate_folds, per_fold_means, seed_std_label
 from mmfer.train.report import build_summary, write_config, write_confusion, write_predictions, write_summary
 from mmfer.train.steps import autocast_dtype, dtype_name
 from mmfer.train.studies.stats import mean_std_ci
@@ -125,20 +125,23 @@ def train_on(cfg: TrainConfig, device: torch.device, world: World, facts: CacheF
 
     run = RunContext(cfg, out, cache, dataset, sampler, loader, device, world, resolved,
                      difficulty.confidence if difficulty is not None else None)
-    fold_metrics, frames, timings, trained = {}, [], [], []
+    fold_metrics, frames, timings, trained, fold_keys = {}, [], [], [], []
     seeds = cfg.seed_list
     for seed in seeds:   # --seeds: every fold once per seed, each in its own folder (<fold>-seed<S>)
         seed_run = run if len(seeds) == 1 else dataclasses.replace(run, cfg=dataclasses.replace(cfg, seed=seed))
-        for fold in folds:   # seeds follow the fold's protocol number, not its position
-            fold = fold if len(seeds) == 1 else dataclasses.replace(fold, name=f"{fold.name}-seed{seed}")
+        for base in folds:   # seeds follow the fold's protocol number, not its position
+            fold = base if len(seeds) == 1 else dataclasses.replace(base, name=f"{base.name}-seed{seed}")
             first = not trained
             metrics, frame, epoch_times = train_fold(seed_run, fold, disk_estimate_folds=len(folds) * len(seeds) if first else 0)
             fold_metrics[fold.name], timings = {**metrics, "seed": seed}, timings + epoch_times
             frames.append(frame)
             trained.append((fold, seed))
+            fold_keys.append(base.name)
 
-    mean, std = aggregate_folds(list(fold_metrics.values()))
-    mean_last, std_last = aggregate_folds([m["last_epoch"] for m in fold_metrics.values()])
+    # mean, std and interval over folds, each fold the mean of its seeds (they share its test clips)
+    per_fold = per_fold_means(list(fold_metrics.values()), fold_keys)
+    mean, std = aggregate_folds(per_fold)
+    mean_last, std_last = aggregate_folds(per_fold_means([m["last_epoch"] for m in fold_metrics.values()], fold_keys))
     confusion = np.sum([m["confusion_matrix"] for m in fold_metrics.values()], axis=0)
     if world.is_main:
         write_predictions(out, frames)
@@ -146,9 +149,9 @@ def train_on(cfg: TrainConfig, device: torch.device, world: World, facts: CacheF
                         + (f" x {len(seeds)} seeds" if len(seeds) > 1 else ""),
                         class_names=cache.label_names)
     card = protocol_card(cfg, trained, fold_metrics, clips=cache.clips)
-    spread = {k: mean_std_ci([m[k] for m in fold_metrics.values()]) for k in HEADLINE}
+    spread = {k: mean_std_ci([m[k] for m in per_fold]) for k in HEADLINE}
     summary = build_summary([f.as_dict() for f, _ in trained], fold_metrics, mean, std, {
-        "seeds": seeds,
+        "seeds": seeds, "std_kind": seed_std_label(len(seeds)),
         "ci95": {k: [v["ci_low"], v["ci_high"]] if v["n"] > 1 else None for k, v in spread.items()},
         "selection": SELECTION_RULE.format(monitor=cfg.training.monitor, tie_break=TIE_BREAKS[cfg.training.tie_break]),
         "protocol_card": card,

@@ -56,6 +56,22 @@ def sample_std(values) -> float | None:
     return float(x.std(ddof=1)) if x.size >= 2 else None
 
 
+def seed_std_label(num_seeds: int) -> str:
+    """STD_LABEL, saying that a fold's seeds were averaged first when there are several."""
+    return STD_LABEL if num_seeds <= 1 else f"{STD_LABEL}, each fold the mean of its {num_seeds} seeds"
+
+
+def per_fold_means(rows: list[dict], fold_keys: list, keys: tuple[str, ...] = HEADLINE) -> list[dict]:
+    """One row per fold from the rows of every trained (fold, seed): each key averaged over the rows of the same
+    fold key, folds in first-seen order. Seeds of one fold are scored on the same test clips, so they are not
+    independent samples of the protocol: spread and interval are taken over folds, each the mean of its seeds
+    (with one seed per fold the rows come back as they are)."""
+    groups: dict = {}
+    for key, row in zip(fold_keys, rows, strict=True):
+        groups.setdefault(key, []).append(row)
+    return [{k: float(np.mean([r[k] for r in group])) for k in keys} for group in groups.values()]
+
+
 def aggregate_folds(fold_metrics: list[dict], keys: tuple[str, ...] = HEADLINE) -> tuple[dict, dict]:
     """(mean, sample std) of the headline metrics over folds; std values are None for one fold."""
     values = {k: np.array([m[k] for m in fold_metrics], dtype=np.float64) for k in keys}

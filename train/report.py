@@ -100,7 +100,8 @@ def format_summary_table(summary: dict) -> str:
     lines.append(f"± = {summary.get('std_kind', STD_LABEL)}" + ("" if len(summary["folds"]) > 1 else " (n/a: one fold)"))
     seeds = summary.get("seeds") or []
     if any(summary.get("ci95", {}).get(k) for k in HEADLINE):
-        over = f"{len(summary['folds']) // max(len(seeds), 1)} folds x {len(seeds)} seeds" if len(seeds) > 1 else "folds"
+        over = (f"{len(summary['folds']) // len(seeds)} folds (each the mean of its {len(seeds)} seeds)" if len(seeds) > 1
+                else "folds")
         lines.append(f"95% t-interval of the mean over {over}: " + ", ".join(
             f"{k} [{low:.4f}, {high:.4f}]" for k in HEADLINE if summary["ci95"].get(k) for low, high in [summary["ci95"][k]]))
     if summary.get("optimistic"):   # a tuned config on its own tuning actors: said beside the scores, not only logged

@@ -1,8 +1,9 @@
-"""Spread and confidence intervals for comparing runs over folds x seeds (used by `mmfer ablate`).
+"""Spread and confidence intervals: train-fusion's summary and the report (over folds, each fold the mean of
+its seeds: `train/metrics.py` `per_fold_means`), and `mmfer ablate` (over its folds x seeds values).
 
-Inputs are plain {(fold, seed): value} dicts; outputs are floats. The intervals are Student-t intervals
-over the folds x seeds values, which treats them as independent: seeds of one fold share test actors, so
-read the intervals as a guide to the spread, not as exact coverage.
+Inputs are plain value lists or {(fold, seed): value} dicts; outputs are floats. `mmfer ablate`'s intervals
+treat the folds x seeds values as independent: seeds of one fold share test actors, so read them as a guide
+to the spread, not as exact coverage.
 """
 
 from __future__ import annotations
