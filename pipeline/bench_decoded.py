@@ -164,10 +164,10 @@ def run_decoded_check(folder: str | os.PathLike, *, device: str, num_clips: int 
         cfg = bench_train_config(preset, str(torch_device))
         store = str(folder / CACHE_DIR)
         t = cfg.training
-        cache, dataset, _ = parts.cached_loader(store, cfg)
+        cache, dataset, _ = parts.cached_loader(store, cfg)   # the store opened once for every loader below
         trainer = parts.build_trainer(cfg, cache, dataset)
         epoch_ids = parts.whole_groups(dataset.clip_ids, t.batch_size * t.gradient_accumulation_steps)
-        _, dataset, loader = parts.cached_loader(store, cfg, epoch_ids)
+        _, dataset, loader = parts.cached_loader(cache, cfg, epoch_ids)
         first = next(iter(loader))
         parts.run_epoch(trainer, parts.Batches(lambda: [first], 1))   # warm-up
         cached_s = min(parts.run_epoch(trainer, loader, epoch=e) for e in range(1, 4))   # best of 3
@@ -185,7 +185,7 @@ def run_decoded_check(folder: str | os.PathLike, *, device: str, num_clips: int 
                  "online_clips_per_s": len(epoch_ids) / online_s, "speedup_cached_vs_online": online_s / cached_s,
                  "online_includes": "encoders + featurizer (decode and image preprocessing done ahead, as extract's "
                                     "workers do)" + ("" if has_audio else "; visual encoder only")}
-        memory = [peak_memory_row(store, cfg, mode, b, torch_device) for mode in modes for b in batch_sizes]
+        memory = [peak_memory_row(cache, cfg, mode, b, torch_device) for mode in modes for b in batch_sizes]
         env.update(wall_s=time.perf_counter() - started, load_avg_end=os.getloadavg()[0])   # other jobs' share
         return {"env": env, "amp_dtype": None if amp is None else str(amp),
                 "encoders": encoder_rates, "training": epoch, "memory": memory, "budgets_gb": list(BUDGETS_GB)}
@@ -194,7 +194,7 @@ def run_decoded_check(folder: str | os.PathLike, *, device: str, num_clips: int 
             remove_work_dir(work)
 
 
-def peak_memory_row(store: str, cfg, mode: str, batch_size: int, device: torch.device) -> dict:
+def peak_memory_row(cache, cfg, mode: str, batch_size: int, device: torch.device) -> dict:
     """Two optimizer steps of train's own fold set-up with fusion.mode `mode` at `batch_size`: peak CUDA memory
     (torch.cuda.max_memory_allocated + the dry run's CUDA overhead) against each budget; on CPU the process's
     peak RSS so far (not per config), and no verdict."""
@@ -204,9 +204,9 @@ def peak_memory_row(store: str, cfg, mode: str, batch_size: int, device: torch.d
     model = dataclasses.replace(cfg.model, fusion=dataclasses.replace(cfg.model.fusion, mode=mode))
     cfg = dataclasses.replace(cfg, model=model, training=dataclasses.replace(cfg.training, batch_size=batch_size))
     t = cfg.training
-    cache, dataset, _ = parts.cached_loader(store, cfg)
+    _, dataset, _ = parts.cached_loader(cache, cfg)
     ids = parts.whole_groups(dataset.clip_ids, 2 * batch_size * t.gradient_accumulation_steps)
-    _, _, loader = parts.cached_loader(store, cfg, ids[:2 * batch_size * t.gradient_accumulation_steps])
+    _, _, loader = parts.cached_loader(cache, cfg, ids[:2 * batch_size * t.gradient_accumulation_steps])
     row = {"mode": mode, "batch_size": batch_size}
     gc.collect()
     if device.type == "cuda":

@@ -153,12 +153,13 @@ def featurized_batch(decoded: list, featurizer, labels: dict[str, int]) -> dict:
     return collate_clips([{**item, "label": labels[item["clip_id"]]} for item in items])
 
 
-def cached_loader(store_path: str, cfg, clip_ids: list[str] | None = None):
-    """train/'s own reader: open_cache -> ClipDataset (no preload) -> make_loader, in clip order."""
+def cached_loader(store, cfg, clip_ids: list[str] | None = None):
+    """train/'s own reader: open_cache -> ClipDataset (no preload) -> make_loader, in clip order. `store` is a
+    path, or the CacheInfo an earlier call returned (a bench that builds many loaders opens its store once)."""
     from mmfer.core.device import resolve_device
     from mmfer.train.dataset import ClipDataset, EpochSampler, make_loader, open_cache
 
-    cache = open_cache(store_path, use_video=True, use_audio=True)
+    cache = open_cache(store, use_video=True, use_audio=True) if isinstance(store, (str, Path)) else store
     ids = list(cache.clips["clip_id"]) if clip_ids is None else clip_ids
     dataset = ClipDataset(cache, ids, preload=False)
     sampler = EpochSampler(range(len(ids)))

@@ -179,8 +179,9 @@ def test_gpu_check_runs_on_cpu_without_nemo_or_ffmpeg(tmp_path):
     assert r["env"]["device"] == "cpu" and r["env"]["decoded_clips"] == 2 and r["amp_dtype"] is None   # no AMP on CPU
     assert r["env"]["cores"] >= 1 and r["env"]["load_avg_end"] >= 0   # other jobs' share of the machine, reported
     assert r["encoders"]["visual_clips_per_s"] > 0
-    audio = r["encoders"]["audio_clips_per_s"]   # a NeMo-free audio kind in the registry measures; else it says so
-    assert (audio is None and "without NeMo" in r["env"]["audio_encoder"]) or (audio > 0 and "random" in r["env"]["audio_encoder"])
+    # the transformers FastConformer is the registry's NeMo-free audio kind: audio is measured on the bare box too
+    assert r["encoders"]["audio_clips_per_s"] > 0 and r["env"]["audio_encoder"].startswith("parakeet"), r["env"]
+    assert done.stderr.count("clips are not usable") == 1, done.stderr[-3000:]   # the store is opened once
     training = r["training"]
     assert training["cached_clips_per_s"] > 0 and training["online_clips_per_s"] > 0
     assert training["speedup_cached_vs_online"] == pytest.approx(training["cached_clips_per_s"] / training["online_clips_per_s"])
