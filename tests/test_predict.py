@@ -274,11 +274,16 @@ class WindowWatch(logging.Handler):
 
 
 def child_processes() -> list[int]:
-    """This process's live children (from /proc), e.g. an ffmpeg left running."""
-    found = []
-    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
-        found += [int(pid) for pid in (task / "children").read_text().split()]
-    return found
+    """This process's live children (from /proc), e.g. an ffmpeg left running. A thread that ends while /proc is
+    read (the stream's reader threads, just after Ctrl-C) takes its `children` file with it and hands its children
+    to another thread of the process, so the scan starts again when a file vanishes."""
+    for _ in range(20):
+        try:
+            return [int(pid) for task in Path(f"/proc/{os.getpid()}/task").iterdir()
+                    for pid in (task / "children").read_text().split()]
+        except FileNotFoundError:
+            continue
+    raise AssertionError("this process's threads kept ending while /proc was read")
 
 
 def test_long_video_windows_stream_with_progress_and_write_no_temp_files(run, clips, tmp_path, monkeypatch):
