@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from mmfer.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class DeviceError(ConfigError):
@@ -17,6 +20,8 @@ def resolve_device(name: str) -> torch.device:
     Raises:
         DeviceError: not a device name, or a CUDA device was asked for that this machine does not have.
     """
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -39,4 +44,6 @@ NATIVE_BF16_CAPABILITY = (8, 0)   # Ampere and later have bf16 tensor cores; old
 def has_native_bf16(device: torch.device) -> bool:
     """True on a CUDA device of compute capability >= 8.0. Asks the given device, not the current one, and
     ignores `torch.cuda.is_bf16_supported()`, which also counts emulated bf16 (a T4 or V100 would pick it)."""
+    import torch
+
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= NATIVE_BF16_CAPABILITY

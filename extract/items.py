@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,7 @@ class DecodeJob:
 
 @dataclass
 class DecodedItem:
-    """pixel_inputs: the image processor's tensors for the Tv frames (e.g. pixel_values (Tv, 3, 224, 224)).
+    """pixel_inputs: the image processor's arrays for the Tv frames (e.g. pixel_values (Tv, 3, 224, 224)).
     timestamps_s: (Tv,) float32; boxes: (Tv, 4) float32 normalized; audio: (S,) float32 or None.
     view_pixel_inputs / view_audio: the same for each of the K augmented views (audio (S',), tempo-changed),
     and video_view_params / audio_view_params what each view was drawn with (extract/views.py).
@@ -45,13 +44,13 @@ class DecodedItem:
     path: str
     source: str
     error: str | None = None
-    pixel_inputs: dict[str, torch.Tensor] | None = None
+    pixel_inputs: dict[str, np.ndarray] | None = None
     timestamps_s: np.ndarray | None = None
     boxes: np.ndarray | None = None
     audio: np.ndarray | None = None
     duration_s: float = 0.0
     found_face: bool = False
-    view_pixel_inputs: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    view_pixel_inputs: list[dict[str, np.ndarray]] = field(default_factory=list)
     view_audio: list[np.ndarray] = field(default_factory=list)
     video_view_params: list[dict] = field(default_factory=list)
     audio_view_params: list[dict] = field(default_factory=list)

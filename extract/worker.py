@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from mmfer.extract.items import DecodedItem, DecodeJob   # defined there so the featurizer needs no decoder
 from mmfer.extract.decode import DecodeError, decode_clip

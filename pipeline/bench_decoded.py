@@ -55,8 +55,7 @@ def write_decoded(out_dir: str | os.PathLike, *, num_clips: int, preset: str) ->
         decoded.pop("loader")
         arrays = {}
         for i, item in enumerate(decoded["items"]):
-            for key, value in item.pixel_inputs.items():   # the image processor's tensors; floats kept as fp16
-                value = value.numpy()
+            for key, value in item.pixel_inputs.items():   # the image processor's arrays; floats kept as fp16
                 arrays[f"pixels_{i}_{key}"] = value.astype(np.float16) if value.dtype.kind == "f" else value
             if item.audio is not None:
                 arrays[f"audio_{i}"] = item.audio.astype(np.float32)
@@ -75,7 +74,7 @@ def write_decoded(out_dir: str | os.PathLike, *, num_clips: int, preset: str) ->
 
 
 def load_decoded(folder: Path) -> tuple[dict, list]:
-    """decoded.json and decoded.npz -> (meta, extract's DecodedItems, pixel tensors back in float32).
+    """decoded.json and decoded.npz -> (meta, extract's DecodedItems, pixel arrays back in float32).
 
     Raises:
         FileNotFoundError: the folder lacks a file write_decoded writes (names it).
@@ -91,8 +90,8 @@ def load_decoded(folder: Path) -> tuple[dict, list]:
     items = []
     for i, (clip_id, duration_s) in enumerate(zip(meta["clip_ids"], meta["duration_s"])):
         prefix = f"pixels_{i}_"
-        pixels = {k[len(prefix):]: torch.from_numpy(arrays[k].astype(np.float32) if arrays[k].dtype == np.float16
-                                                    else arrays[k]) for k in arrays.files if k.startswith(prefix)}
+        pixels = {k[len(prefix):]: arrays[k].astype(np.float32) if arrays[k].dtype == np.float16 else arrays[k]
+                  for k in arrays.files if k.startswith(prefix)}
         audio = arrays[f"audio_{i}"] if f"audio_{i}" in arrays.files else None
         items.append(DecodedItem(clip_id, "", "", pixel_inputs=pixels, audio=audio, duration_s=duration_s))
     return meta, items

@@ -11,8 +11,8 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import SafetensorError
 
 from mmfer.core.feature_spec import FeatureSpec
@@ -21,6 +21,9 @@ from mmfer.core.config import TrainConfig
 from mmfer.core.errors import BadInputError
 from mmfer.core.overrides import apply_overrides, flatten, leaf_fields
 from mmfer.core.paths import recorded_candidates
+
+if TYPE_CHECKING:   # the weights are torch tensors; an onnxruntime bundle has none (see load_export_bundle)
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ class ModelBundle:
     config: dict
     features: dict[str, dict]
     fold_names: list[str]
-    states: list[dict[str, torch.Tensor]]
+    states: list[dict[str, torch.Tensor]]   # [] when loaded for onnxruntime (the ONNX graphs hold the weights)
     evaluation: dict = field(default_factory=dict)
     model_spec: dict | None = None   # build_model's arguments; None for checkpoints saved before they carried it
     unfinished: str | None = None    # why the run is not a finished one (no summary.json), for the card and a warning
@@ -194,17 +197,18 @@ class ExportFolderError(BadInputError, ValueError):
     """An exported model folder that is damaged or names files outside itself (the message names the file)."""
 
 
-def load_export_bundle(model_dir: str | Path, *, fold: str | None = None, ensemble: bool = False) -> ModelBundle:
+def load_export_bundle(model_dir: str | Path, *, fold: str | None = None, ensemble: bool = False,
+                       load_weights: bool = True) -> ModelBundle:
     """A folder written by `mmfer export` (see pipeline/export.py). It reads only its own files: a name in
     model.json that resolves outside the folder (`../`, an absolute path, a symlink) is refused, and so is a
-    weights file that is not safetensors (a pickle is never loaded).
+    weights file that is not safetensors (a pickle is never loaded). `load_weights=False` (onnxruntime, whose graphs
+    hold the weights) reads only each weights file's header, so neither this nor predict's ONNX path imports torch.
 
     Raises:
         FileNotFoundError: not an exported model folder, or no such fold.
         ExportFolderError: a file outside the folder, a pickle, or a file that does not parse.
     """
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     model_dir = Path(model_dir)
     manifest_path = model_dir / EXPORT_MANIFEST
@@ -229,9 +233,12 @@ def load_export_bundle(model_dir: str | Path, *, fold: str | None = None, ensemb
         path = _inside(model_dir, weights[n], f"fold {n} weights")
         _refuse_pickle(path)
         try:
-            states.append(load_file(str(path)))
+            if load_weights:
+                from safetensors.torch import load_file
+
+                states.append(load_file(str(path)))
             if spec is None:
-                with safe_open(str(path), framework="pt") as handle:
+                with safe_open(str(path), framework="numpy") as handle:
                     spec = (handle.metadata() or {}).get(MODEL_SPEC_KEY)
         except SafetensorError as err:
             raise ExportFolderError(f"{path}: not a readable safetensors file ({err}); re-export the model") from err

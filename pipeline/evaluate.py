@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from mmfer.pipeline.command_config import EvaluateConfig
 from mmfer.core.errors import BadInputError, ConfigError
@@ -63,6 +62,8 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         EncoderMismatchError: the cache lacks features with the run's fingerprints.
         ConfigError: a bad label map, or no clip of a shared class.
     """
+    import torch
+
     from mmfer.pipeline.bundle import load_run_bundle, train_config
     from mmfer.pipeline.clip_overlap import seen_clips
     from mmfer.pipeline.predictor import offline_overrides

@@ -150,7 +150,7 @@ def _export_encoders_onnx(bundle, staging: Path) -> dict[str, str]:
     import torch
 
     from mmfer.extract.encoders import load_encoder
-    from mmfer.extract.encoders.onnx_encoders import export_encoder_onnx
+    from mmfer.extract.encoders.onnx_graphs import export_encoder_onnx
     from mmfer.pipeline.encoder_lookup import find_encoder
     from mmfer.pipeline.predictor import EncoderMismatchError, compare_encoder
 

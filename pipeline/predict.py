@@ -139,7 +139,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not paths and cfg.stream is None:
         raise BadInputError(f"no video files ({', '.join(VIDEO_SUFFIXES)}) in {' '.join(args.inputs)}")
     if cfg.model:
-        bundle = load_export_bundle(cfg.model, fold=cfg.fold, ensemble=cfg.ensemble)
+        bundle = load_export_bundle(cfg.model, fold=cfg.fold, ensemble=cfg.ensemble, load_weights=cfg.runtime != "onnx")
     else:
         bundle = load_run_bundle(cfg.run, fold=cfg.fold, ensemble=cfg.ensemble, cache=cfg.cache)
     if cfg.faces == "all":

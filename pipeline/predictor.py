@@ -88,29 +88,33 @@ class Predictor:
     def __init__(self, bundle: ModelBundle, *, device: str = "auto", visual_encoder: str | None = None,
                  audio_encoder: str | None = None, models_dir: str | None = None, allow_encoder_mismatch: bool = False,
                  decode_timeout_s: float = ExtractConfig().decode_timeout_s, runtime: str = "torch") -> None:
-        from mmfer.core.device import resolve_device
-        from mmfer.extract.encoders import EncoderPair, load_encoder
+        from mmfer.extract.encoders import EncoderPair
         from mmfer.extract.featurize import Featurizer
-        from mmfer.train.loop import autocast_dtype
-        from mmfer.train.model.builder import build_model_from_spec, model_spec
 
-        if runtime == "onnx" and len(bundle.onnx_files) != len(bundle.states):   # before any encoder loads
+        if runtime == "onnx" and len(bundle.onnx_files) != len(bundle.fold_names):   # before any encoder loads
             raise BadInputError(f"{bundle.source}: --runtime onnx needs a model folder exported with --onnx "
                                 "(`mmfer export --run RUN --out DIR --onnx`)")
         if runtime == "onnx":
             require_onnx("--runtime onnx", "onnxruntime")
         self.bundle, self.decode_timeout_s = bundle, decode_timeout_s
-        self.device = resolve_device(device)
-        cfg = train_config(bundle.config)
-        self.amp_dtype = autocast_dtype(self.device, cfg.training.mixed_precision)   # as the run's test pass
         self.spec = bundle.feature_spec
+        cfg = train_config(bundle.config)
+        onnx_encoders = bundle.onnx_encoders if runtime == "onnx" else {}
+        # torch only where something runs in PyTorch: an --onnx-encoders export under onnxruntime needs none
+        self.device = None
+        if runtime != "onnx" or set(self.spec.modalities()) - set(onnx_encoders):
+            from mmfer.core.device import resolve_device
+
+            self.device = resolve_device(device)
         flags = {"video": visual_encoder, "audio": audio_encoder}
         loaded, problems = {}, []
         for modality, spec in self.spec.modalities().items():
             record = bundle.features[modality]
-            if runtime == "onnx" and modality in bundle.onnx_encoders:   # exported with --onnx-encoders
-                loaded[modality] = onnx_encoder(modality, bundle.onnx_encoders[modality], record)
+            if modality in onnx_encoders:   # exported with --onnx-encoders
+                loaded[modality] = onnx_encoder(modality, onnx_encoders[modality], record)
                 continue
+            from mmfer.extract.encoders import load_encoder
+
             # the encoder computes in the dtype the cache was made in, where this device has it
             policy = _DTYPE_POLICY.get(spec.preprocessing.get("autocast_dtype"), "auto")
             name = find_encoder(modality, record, bundle, flag=flags[modality], models_dir=models_dir)
@@ -128,16 +132,24 @@ class Predictor:
             log.warning("encoder mismatch allowed: %s", problem)
         self.featurizer = Featurizer(self.spec, EncoderPair(loaded.get("video"), loaded.get("audio")))
         self.processor = loaded["video"].processor if "video" in loaded else _NoImages()
-        spec = bundle.model_spec or model_spec(cfg.model, video_dim=(self.video_shape or (1, 1, 1))[2],
-                                               num_patches=(self.video_shape or (1, 1, 1))[1],
-                                               audio_dim=self.audio_dim or 1, dropout=cfg.training.dropout)
         self.num_classes = cfg.model.num_classes
         self.label_names = tuple(bundle.config.get("label_names") or EMOTIONS)   # runs before label_names: RAVDESS's
         if runtime == "onnx":
             self.runtime = OnnxRuntime(bundle.onnx_files)
         else:
-            model = build_model_from_spec(spec, offline_overrides(cfg.model)).to(self.device).eval()
-            self.runtime = TorchRuntime(model, bundle.states, self.device, self.amp_dtype)
+            self.runtime = self._torch_runtime(cfg)
+
+    def _torch_runtime(self, cfg) -> TorchRuntime:
+        """The fold models in PyTorch, run in the autocast dtype of the run's own test pass."""
+        from mmfer.train.loop import autocast_dtype
+        from mmfer.train.model.builder import build_model_from_spec, model_spec
+
+        shape = self.video_shape or (1, 1, 1)
+        spec = self.bundle.model_spec or model_spec(cfg.model, video_dim=shape[2], num_patches=shape[1],
+                                                    audio_dim=self.audio_dim or 1, dropout=cfg.training.dropout)
+        model = build_model_from_spec(spec, offline_overrides(cfg.model)).to(self.device).eval()
+        amp_dtype = autocast_dtype(self.device, cfg.training.mixed_precision)
+        return TorchRuntime(model, self.bundle.states, self.device, amp_dtype)
 
     def features(self, path: str | Path, clip_id: str) -> dict:
         """One clip's model inputs, as `ClipDataset` items (tokens in the store dtype), plus notes.
@@ -212,9 +224,9 @@ class Predictor:
 
     def predict(self, items: list[dict]) -> np.ndarray:
         """Probabilities (N, C) float32: each clip alone (B = 1), averaged over the bundle's fold models."""
-        from mmfer.train.dataset import collate_clips
+        from mmfer.train.batch import stack_clips
 
-        batches = [collate_clips([item], video_shape=self.video_shape, audio_dim=self.audio_dim) for item in items]
+        batches = [stack_clips([item], video_shape=self.video_shape, audio_dim=self.audio_dim) for item in items]
         return self.runtime(batches).astype(np.float32)
 
     @property

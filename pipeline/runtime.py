@@ -1,16 +1,19 @@
 """What runs predict's fold models: PyTorch (`TorchRuntime`) or onnxruntime (`OnnxRuntime`, `--runtime onnx`).
 
-Both take the collated one-clip batches (train's `collate_clips`) and return their probabilities (N, C) float64,
+Both take one-clip batches of numpy arrays (train's `stack_clips`) and return their probabilities (N, C) float64,
 the mean over the bundle's fold models. Decoding, the featurizer and the encoders are the Predictor's, the same
-for both.
+for both. Only `TorchRuntime` imports torch: a deployment of an `--onnx-encoders` export runs without it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:   # torch is imported where the PyTorch runtime runs, never for onnxruntime
+    import torch
 
 
 class TorchRuntime:
@@ -21,17 +24,19 @@ class TorchRuntime:
         if len(states) == 1:
             self.model.load_state_dict(states[0])
 
-    @torch.inference_mode()
     def __call__(self, batches: list[dict]) -> np.ndarray:
-        from mmfer.train.dataset import to_device
+        import torch
+
+        from mmfer.train.dataset import batch_tensors, to_device
 
         total = None
         for state in self.states:
             if len(self.states) > 1:
                 self.model.load_state_dict(state)
             for i, batch in enumerate(batches):
-                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-                    probs = self.model(to_device(batch, self.device))["probabilities"].float().cpu().numpy()
+                with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                                            enabled=self.amp_dtype is not None):
+                    probs = self.model(to_device(batch_tensors(batch), self.device))["probabilities"].float().cpu().numpy()
                 total = np.zeros((len(batches), probs.shape[1])) if total is None else total
                 total[i] += probs[0]
         return total / len(self.states)
@@ -55,9 +60,8 @@ class OnnxRuntime:
         return total / len(self.sessions)
 
 
-def onnx_array(value: torch.Tensor) -> np.ndarray:
-    """A batch tensor as the ONNX graph takes it: tokens float32 (as `to_device` casts them), masks bool."""
-    array = value.numpy()
+def onnx_array(array: np.ndarray) -> np.ndarray:
+    """A batch array as the ONNX graph takes it: tokens float32 (as `to_device` casts them), masks bool."""
     return array.astype(np.float32) if array.dtype.kind == "f" else array
 
 

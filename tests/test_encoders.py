@@ -101,7 +101,7 @@ def test_visual_shapes_and_determinism(visual):
 
 def test_visual_preprocess_is_siglip_normalization(visual):
     frames = _frames(2, height=224, width=224)  # already 224x224: the resize keeps the pixels
-    pixels = visual.preprocess(frames)["pixel_values"]
+    pixels = torch.from_numpy(visual.preprocess(frames)["pixel_values"])   # numpy: decode workers and ONNX need no torch
     expected = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0 * 2.0 - 1.0  # mean = std = 0.5
     assert pixels.shape == (2, 3, 224, 224)
     assert torch.allclose(pixels, expected, atol=1e-5), _diff(pixels, expected)
@@ -116,7 +116,7 @@ def test_visual_matches_direct_transformers_call(visual, tiny_models):
     frames = _frames(4, seed=1)
     reference_model = SiglipVisionModel.from_pretrained(str(tiny_models[0])).eval()
     with torch.no_grad():
-        out = reference_model(**visual.preprocess(frames))
+        out = reference_model(**{k: torch.from_numpy(v) for k, v in visual.preprocess(frames).items()})
     tokens, pooled = visual.encode(frames)
     assert torch.allclose(tokens, out.last_hidden_state, atol=1e-5), _diff(tokens, out.last_hidden_state)
     assert torch.allclose(pooled, out.pooler_output, atol=1e-5), _diff(pooled, out.pooler_output)

@@ -786,8 +786,9 @@ def onnx_export(run, tmp_path_factory) -> Path:
 
 @pytest.mark.slow   # four ONNX exports: ~30 s each on a busy 2-core CPU
 def test_onnx_export_predicts_like_pytorch(onnx_export, exported, clips, outputs, tmp_path, capsys):
-    """onnxruntime runs each fold's graph (PyTorch encoders) and then everything (ONNX encoders too): the
-    ensemble's probabilities equal PyTorch's within 1e-4 both ways; an export without --onnx is refused in one line."""
+    """onnxruntime runs each fold's graph (PyTorch encoders) and then everything (ONNX encoders too), the latter
+    also in a child process that cannot import torch: the ensemble's probabilities equal PyTorch's within 1e-4
+    every way; an export without --onnx is refused in one line."""
     import onnxruntime
 
     manifest = json.loads((onnx_export / "model.json").read_text())
@@ -808,6 +809,17 @@ def test_onnx_export_predicts_like_pytorch(onnx_export, exported, clips, outputs
         diff = np.abs(got[PROBS].to_numpy() - want)
         assert diff.max() < TOLERANCE, f"{name} in onnxruntime vs PyTorch: max diff {diff.max():.2e}"
         assert list(got["prediction"]) == list(outputs["ensemble"]["prediction"]), name
+
+    # a deployment box: onnxruntime and ffmpeg, no torch
+    from bare_box import onnx_box_env
+
+    out = tmp_path / "no-torch.csv"
+    done = subprocess.run([sys.executable, "-m", "mmfer.pipeline.cli", "predict", "--model", str(onnx_export),
+                           "--runtime", "onnx", "--out", str(out), *map(str, clips)],
+                          env=onnx_box_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    diff = np.abs(pd.read_csv(out)[PROBS].to_numpy() - want)
+    assert diff.max() < TOLERANCE, f"onnxruntime without torch vs PyTorch: max diff {diff.max():.2e}"
 
     capsys.readouterr()
     assert mmfer_main(["predict", "--model", str(exported), "--runtime", "onnx", str(clips[0])]) == 2

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from mmfer.core.cache_facts import CacheFacts, read_cache_facts
 from mmfer.core.feature_spec import FeatureSpec
 from mmfer.core.store import ClipStatus, StoreError, StoreReader, open_store, set_codec_threads
+from mmfer.train.batch import stack_clips
 
 log = logging.getLogger(__name__)
 
@@ -202,52 +203,14 @@ def epoch_views(clip_ids: list[str], positions: np.ndarray, *, seed: int, epoch:
 
 
 def collate_clips(items: list[dict], video_shape: tuple[int, int, int] | None = None, audio_dim: int | None = None) -> dict:
-    """Stack clips into the batch the model reads (its keys and shapes below); masks are True for real frames.
+    """`stack_clips` (train/batch.py) as torch tensors: the batch the model reads. Tokens keep their stored dtype
+    (fp16): `to_device` casts them on the device, so the host copies half the bytes and never runs a per-clip cast."""
+    return batch_tensors(stack_clips(items, video_shape, audio_dim))
 
-    Tokens keep their stored dtype (fp16): `to_device` casts them on the device, so the host copies half the
-    bytes and never runs a per-clip cast. Video is one `np.stack` into the batch array, audio one masked
-    scatter of the concatenated frames. `video_shape` (Tv, P, Dv) and `audio_dim` (Da) size a modality that
-    no clip of the batch has, so a batch of only no-audio clips still has the audio width the model expects.
 
-    returns video_tokens (B, Tv, P, Dv) fp16, video_pooled (B, Tv, Dv), frame_mask (B, Tv) bool,
-    has_video (B,) bool, audio_tokens (B, Ta, Da) fp16, audio_mask (B, Ta) bool, has_audio (B,) bool,
-    labels (B,) long, clip_ids list[str]. A missing modality is zeros with an all-False mask.
-    """
-    b = len(items)
-    has_video = np.array([bool(it["has_video"]) for it in items])
-    has_audio = np.array([bool(it["has_audio"]) for it in items])
-    with_video = [it for it in items if it["has_video"]]
-    with_audio = [it for it in items if it["has_audio"]]
-    tv, p, dv = with_video[0]["video_tokens"].shape if with_video else (video_shape or (1, 1, 1))
-    da = with_audio[0]["audio_tokens"].shape[1] if with_audio else (audio_dim or 1)
-    for it in with_video:
-        if it["video_tokens"].shape != (tv, p, dv):
-            raise ValueError(f"clip {it['clip_id']}: video tokens {it['video_tokens'].shape}, batch has {(tv, p, dv)}")
-    lengths = np.array([len(it["audio_tokens"]) if it["has_audio"] else 0 for it in items])
-    ta = max(int(lengths.max(initial=0)), 1)
-    video_dtype = with_video[0]["video_tokens"].dtype if with_video else np.float16
-    audio_dtype = with_audio[0]["audio_tokens"].dtype if with_audio else np.float16
-    video = np.zeros((b, tv, p, dv), video_dtype)
-    pooled = np.zeros((b, tv, dv), video_dtype)
-    if len(with_video) == b:
-        np.stack([it["video_tokens"] for it in items], out=video)
-        np.stack([it["video_pooled"] for it in items], out=pooled)
-    elif with_video:
-        video[has_video] = np.stack([it["video_tokens"] for it in with_video])
-        pooled[has_video] = np.stack([it["video_pooled"] for it in with_video])
-    audio_mask = np.arange(ta)[None, :] < lengths[:, None]
-    audio = np.zeros((b, ta, da), audio_dtype)
-    if with_audio:
-        audio[audio_mask] = np.concatenate([it["audio_tokens"] for it in with_audio])
-    return {
-        "video_tokens": torch.from_numpy(video), "video_pooled": torch.from_numpy(pooled),
-        "frame_mask": torch.from_numpy(np.repeat(has_video[:, None], tv, axis=1)),   # extract samples exactly Tv real frames
-        "has_video": torch.from_numpy(has_video),
-        "audio_tokens": torch.from_numpy(audio), "audio_mask": torch.from_numpy(audio_mask),
-        "has_audio": torch.from_numpy(has_audio),
-        "labels": torch.tensor([int(it["label"]) for it in items], dtype=torch.long),
-        "clip_ids": [it["clip_id"] for it in items],
-    }
+def batch_tensors(batch: dict) -> dict:
+    """A `stack_clips` batch with its arrays as torch tensors sharing their memory (labels int64 = torch.long)."""
+    return {key: torch.from_numpy(value) if isinstance(value, np.ndarray) else value for key, value in batch.items()}
 
 
 def to_device(batch: dict, device: torch.device) -> dict:

@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from mmfer.core.config import ExtractConfig
 from mmfer.core.feature_spec import EncoderSpec
@@ -33,6 +32,9 @@ from mmfer.extract.encoders import nemo_fastconformer, parakeet, siglip
 from mmfer.extract.encoders.common import EncoderLoadError
 from mmfer.extract.encoders.nemo_fastconformer import AudioEncoder
 from mmfer.extract.encoders.siglip import VisualEncoder
+
+if TYPE_CHECKING:   # kind modules import torch where a model loads or runs, never at import (predict's onnxruntime path)
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -95,17 +97,18 @@ class EncoderPair:
         (frames,) = self.audio.encode([np.zeros(int(round(max_audio_s * sample_rate_hz)), dtype=np.float32)])
         return int(frames.shape[0]), int(frames.shape[1])
 
-    def encode_visual(self, pixel_inputs: list[dict[str, torch.Tensor]]) -> tuple[np.ndarray, np.ndarray]:
+    def encode_visual(self, pixel_inputs: list[dict[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
         """Encode the frames of several clips in one batch.
 
-        pixel_inputs: per clip, the image processor's tensors for its Tv frames
+        pixel_inputs: per clip, the image processor's arrays for its Tv frames
         returns (tokens float32 [N, Tv, P, Dv], pooled float32 [N, Tv, Dv])
         """
         num_frames = [next(iter(p.values())).shape[0] for p in pixel_inputs]
-        joined = {key: torch.cat([p[key] for p in pixel_inputs]) for key in pixel_inputs[0]}
+        joined = {key: np.concatenate([p[key] for p in pixel_inputs]) for key in pixel_inputs[0]}
         tokens, pooled = self.visual.encode_inputs(joined)
         splits = np.cumsum(num_frames)[:-1]
-        return (np.stack(np.split(tokens.numpy(), splits)), np.stack(np.split(pooled.numpy(), splits)))
+        # a torch encoder gives CPU tensors, an ONNX graph arrays: both read as arrays without a copy
+        return (np.stack(np.split(np.asarray(tokens), splits)), np.stack(np.split(np.asarray(pooled), splits)))
 
     def encode_audio(self, waves: list[np.ndarray]) -> list[np.ndarray]:
         """waves: per clip float32 [S] at 16 kHz -> per clip float32 [Ta, Da] (time-first, true length)."""

@@ -4,9 +4,7 @@ both FastConformer kinds (NeMo, transformers) require of an audio model."""
 from __future__ import annotations
 
 from pathlib import Path
-
 import numpy as np
-import torch
 
 from mmfer.core.errors import MmferError
 
@@ -41,9 +39,9 @@ def walk(folder: Path) -> list[Path]:
     return out
 
 
-def pad_waves(waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """What both FastConformer kinds feed their front end: waves float32 (S_i,) -> (signal float32 (B, S_max)
-    zero-padded, lengths long (B,)), on the CPU.
+def pad_waves(waves: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """What every audio encoder (both FastConformer kinds, and their ONNX graphs) is fed: waves float32 (S_i,) ->
+    (signal float32 (B, S_max) zero-padded, lengths int64 (B,)).
 
     Raises:
         ValueError: a wave that is not a non-empty 1-D array.
@@ -51,8 +49,8 @@ def pad_waves(waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     for i, wave in enumerate(waves):
         if np.ndim(wave) != 1 or len(wave) == 0:
             raise ValueError(f"wave {i}: want a non-empty 1-D float array, got shape {np.shape(wave)}")
-    lengths = torch.tensor([len(wave) for wave in waves], dtype=torch.long)
-    signal = torch.zeros(len(waves), int(lengths.max()), dtype=torch.float32)
+    lengths = np.array([len(wave) for wave in waves], dtype=np.int64)
+    signal = np.zeros((len(waves), int(lengths.max())), dtype=np.float32)
     for i, wave in enumerate(waves):
-        signal[i, : len(wave)] = torch.as_tensor(np.asarray(wave, dtype=np.float32))
+        signal[i, : len(wave)] = wave
     return signal, lengths

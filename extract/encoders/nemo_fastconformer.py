@@ -12,13 +12,15 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from mmfer.extract.encoders.common import (AUDIO_FRAME_SHIFT_S, AUDIO_SAMPLE_RATE_HZ, EncoderLoadError,
                                            offline_advice, pad_waves, walk)
+
+if TYPE_CHECKING:   # torch is imported where a model runs: predict's onnxruntime path never imports it
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +51,11 @@ class AudioEncoder:
         """
         if not waves:
             return []
-        signal, lengths = pad_waves(waves)   # (B, S) zero-padded, (B,)
+        import torch
+
+        signal, lengths = (torch.from_numpy(a).to(self.device) for a in pad_waves(waves))   # (B, S) zero-padded, (B,)
         with torch.inference_mode():
-            feats, feat_lengths = self.model.preprocessor(
-                input_signal=signal.to(self.device), length=lengths.to(self.device))  # (B, 80, T_mel)
+            feats, feat_lengths = self.model.preprocessor(input_signal=signal, length=lengths)  # (B, 80, T_mel)
             encoded, enc_lengths = self.model.encoder(audio_signal=feats, length=feat_lengths)  # (B, Da, Ta)
         encoded = encoded.float().transpose(1, 2).cpu()  # (B, Ta, Da): time-first from here on
         return [encoded[i, : int(n)].numpy().copy() for i, n in enumerate(enc_lengths.cpu())]
@@ -104,6 +107,8 @@ def load_audio_encoder(name_or_path: str, *,
     if not path.is_file() and (name_or_path.endswith(".nemo") or os.path.isabs(name_or_path)
                                or name_or_path.startswith(".")):
         raise EncoderLoadError(f"{name_or_path}: no such .nemo file; check the path")
+    import torch
+
     ASRModel = _nemo_asr_model(name_or_path)
     device = torch.device(device)
     nemo_path = _resolve_nemo_file(name_or_path, ASRModel)
@@ -217,6 +222,8 @@ def _resolve_nemo_file(name_or_path: str, asr_model_class: Any) -> Path:
 def _state_dict_sha256(model: torch.nn.Module) -> str:
     """sha256 over every tensor's name, dtype, shape and bytes: the same weights give the same hash,
     whatever .nemo packaging (tar mtimes) they came in."""
+    import torch
+
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         shape = tensor.shape
@@ -293,6 +300,7 @@ def write_random(audio_nemo: Path, widths: dict, *, seed: int, encoder_weights: 
     """A random FastConformer CTC model of encoder `widths`, saved with NeMo's own `save_to` as `audio_nemo`
     (via a temporary file, so a crash leaves no half model). `encoder_weights`: the encoder's weights under NeMo
     names (the transformers stand-in's, so both backends hold the same model); None: NeMo's random ones."""
+    import torch
     from nemo.collections.asr.models import EncDecCTCModel
     from omegaconf import OmegaConf
 

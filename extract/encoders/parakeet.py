@@ -2,10 +2,10 @@
 
 The same encoder as the NeMo kind (nemo_fastconformer.py) without NeMo: a transformers folder (config.json of a
 `parakeet_encoder` or `parakeet_ctc` model, weights, preprocessor_config.json), read with `from_pretrained`;
-`mmfer convert-encoder` writes one from a .nemo file (nemo_convert.py). `AudioEncoder.encode` runs `WaveEncoder`:
-the folder's ParakeetFeatureExtractor settings and mel filters computed in torch ops (NeMo's inference
-preprocessing, exportable to ONNX), then the encoder, on a padded batch; one float32 (Ta, Da) array per clip, cut
-to its valid frames: the NeMo kind's outputs, within 1e-4 (tests/test_parakeet.py).
+`mmfer convert-encoder` writes one from a .nemo file (nemo_convert.py). `AudioEncoder.encode` runs `WaveEncoder`
+(parakeet_wave.py): the folder's ParakeetFeatureExtractor settings and mel filters computed in torch ops (NeMo's
+inference preprocessing, exportable to ONNX), then the encoder, on a padded batch; one float32 (Ta, Da) array per
+clip, cut to its valid frames: the NeMo kind's outputs, within 1e-4 (tests/test_parakeet.py).
 """
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from mmfer.extract.encoders.common import (AUDIO_FRAME_SHIFT_S, AUDIO_SAMPLE_RATE_HZ, EncoderLoadError,
                                            offline_advice, pad_waves, walk)
+
+if TYPE_CHECKING:   # torch is imported where a model runs: predict's onnxruntime path never imports it
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -32,48 +34,6 @@ MODALITY = "audio"
 BACKEND = "transformers"
 
 _MODEL_TYPES = {"parakeet_encoder", "parakeet_ctc"}   # an encoder alone, or a CTC model whose .encoder we use
-LOG_ZERO_GUARD = 2 ** -24   # added before the log, as NeMo's log_zero_guard_value and ParakeetFeatureExtractor do
-NORMALIZE_EPS = 1e-5        # added to each feature's std (NeMo's CONSTANT, the extractor's EPSILON)
-
-
-class WaveEncoder(torch.nn.Module):
-    """Wave -> log-mel -> ParakeetEncoder as one module (what `encode` runs and `export --onnx-encoders` exports):
-    ParakeetFeatureExtractor's computation in torch ops on a padded batch, NeMo's inference preprocessing
-    (pre-emphasis, Hann STFT, slaney mel, log(x + 2^-24), per-feature normalisation over valid frames)."""
-
-    def __init__(self, model: torch.nn.Module, feature_extractor: Any) -> None:
-        super().__init__()
-        fe = feature_extractor
-        self.model = model
-        self.hop_length, self.n_fft, self.win_length = int(fe.hop_length), int(fe.n_fft), int(fe.win_length)
-        self.preemphasis = float(fe.preemphasis or 0.0)
-        self.register_buffer("window", torch.hann_window(self.win_length, periodic=False), persistent=False)
-        self.register_buffer("mel_filters", fe.mel_filters.clone().float(), persistent=False)   # (80, n_fft/2+1)
-
-    def features(self, wave: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """wave float32 (B, S) zero-padded, length long (B,) -> (features (B, 80, T_mel), zero past each clip's
-        valid frames; valid frames (B,)). Valid frames: floor(S / hop), NeMo's get_seq_len (center-padded STFT)."""
-        keep = torch.arange(wave.shape[1], device=wave.device)[None, :] < length[:, None]   # True = a real sample
-        if self.preemphasis:
-            wave = torch.cat([wave[:, :1], wave[:, 1:] - self.preemphasis * wave[:, :-1]], dim=1)
-        wave = wave.masked_fill(~keep, 0.0)
-        spec = torch.stft(wave, self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
-                          window=self.window, center=True, pad_mode="constant", return_complex=True)
-        power = torch.view_as_real(spec).pow(2).sum(-1).sqrt().pow(2)          # (B, n_fft/2+1, T_mel); NeMo's order
-        mel = torch.log(self.mel_filters @ power + LOG_ZERO_GUARD)             # (B, 80, T_mel)
-        num_frames = torch.div(length + self.n_fft // 2 * 2 - self.n_fft, self.hop_length, rounding_mode="floor")
-        valid = (torch.arange(mel.shape[-1], device=mel.device)[None, :] < num_frames[:, None])[:, None, :]
-        count = num_frames[:, None, None].to(mel.dtype)
-        mean = torch.where(valid, mel, 0.0).sum(-1, keepdim=True) / count
-        std = (torch.where(valid, mel - mean, 0.0).pow(2).sum(-1, keepdim=True) / (count - 1)).sqrt()
-        return torch.where(valid, (mel - mean) / (std + NORMALIZE_EPS), 0.0), num_frames
-
-    def forward(self, wave: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """wave float32 (B, S), length long (B,) -> (frames float32 (B, Ta, Da), valid frames long (B,))."""
-        feats, num_frames = self.features(wave, length)
-        mel_mask = torch.arange(feats.shape[-1], device=feats.device)[None, :] < num_frames[:, None]   # True = real
-        out = self.model(input_features=feats.transpose(1, 2), attention_mask=mel_mask)
-        return out.last_hidden_state, out.attention_mask.sum(-1)
 
 
 class AudioEncoder:
@@ -82,6 +42,8 @@ class AudioEncoder:
     def __init__(self, model: torch.nn.Module, feature_extractor: Any, *, device: torch.device,
                  frame_shift_s: float, identity: dict, preprocessing: dict) -> None:
         self.model = model
+        from mmfer.extract.encoders.parakeet_wave import WaveEncoder
+
         self.feature_extractor = feature_extractor
         self.graph = WaveEncoder(model, feature_extractor).to(device).eval()
         self.device = device
@@ -91,12 +53,16 @@ class AudioEncoder:
 
     def _batch(self, waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """(signal float32 (B, S_max) zero-padded, lengths long (B,)) on the encoder's device."""
+        import torch
+
         signal, lengths = pad_waves(waves)
-        return signal.to(self.device), lengths.to(self.device)
+        return torch.from_numpy(signal).to(self.device), torch.from_numpy(lengths).to(self.device)
 
     def features(self, waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-mel features of a zero-padded batch, NeMo's layout: waves float32 (S_i,) at 16 kHz ->
         (features float32 (B, 80, T_mel), zero past each clip's valid frames; valid frames long (B,))."""
+        import torch
+
         with torch.inference_mode():
             feats, num_frames = self.graph.features(*self._batch(waves))
         return feats.cpu(), num_frames.cpu()
@@ -110,6 +76,8 @@ class AudioEncoder:
         """
         if not waves:
             return []
+        import torch
+
         with torch.inference_mode():
             encoded, enc_lengths = self.graph(*self._batch(waves))   # (B, Ta, Da): time-first already
         encoded = encoded.float().cpu()
@@ -178,6 +146,7 @@ def load_audio_encoder(name_or_path: str, *, revision: str | None = None,
     Raises:
         EncoderLoadError: not a Parakeet folder, not cached and not downloadable, or not a 16 kHz model.
     """
+    import torch
     from transformers import ParakeetEncoder, ParakeetFeatureExtractor, ParakeetForCTC
 
     device = torch.device(device)
@@ -244,6 +213,7 @@ def write_random(folder: Path, widths: dict, *, seed: int) -> None:
     """A random FastConformer of encoder `widths` (NeMo ConformerEncoder fields, the NeMo kind's random config) as
     a transformers folder, saved with `save_pretrained`; no NeMo needed (via a temporary folder, so a crash leaves
     no half model). The NeMo kind's random .nemo takes these weights (random_encoders.ensure_nemo_audio)."""
+    import torch
     from transformers import ParakeetEncoder, ParakeetEncoderConfig, ParakeetFeatureExtractor
 
     from mmfer.extract.encoders.nemo_convert import encoder_config, feature_config

@@ -14,13 +14,14 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from mmfer.core.device import has_native_bf16
 from mmfer.extract.encoders.common import EncoderLoadError, offline_advice, walk
+
+if TYPE_CHECKING:   # torch is imported where a model runs: predict's onnxruntime path never imports it
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class VisualEncoder:
         self.identity = identity
         self.preprocessing = preprocessing
 
-    def preprocess(self, frames: np.ndarray) -> dict[str, torch.Tensor]:
+    def preprocess(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         """The checkpoint's own image processor on `frames`; see `preprocess_frames`."""
         return preprocess_frames(self.processor, frames)
 
@@ -59,13 +60,15 @@ class VisualEncoder:
         """
         return self.encode_inputs(self.preprocess(frames))
 
-    def encode_inputs(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_inputs(self, inputs: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode frames already run through `preprocess_frames` (e.g. in a decoding worker).
 
         inputs: pixel_values float32 (N, 3, 224, 224) [+ NaFlex masks]
         returns (tokens float32 (N, P, Dv), pooled float32 (N, Dv)) on the CPU
         """
-        inputs = {key: value.to(self.device) for key, value in inputs.items()}
+        import torch
+
+        inputs = {key: torch.from_numpy(value).to(self.device) for key, value in inputs.items()}
         with torch.inference_mode(), torch.autocast(
             self.device.type, dtype=self.autocast_dtype or torch.float32,
             enabled=self.autocast_dtype is not None,
@@ -119,10 +122,11 @@ def cached_copy(name: str, revision: str | None) -> Path | None:
         return None
 
 
-def preprocess_frames(processor: Any, frames: np.ndarray) -> dict[str, torch.Tensor]:
+def preprocess_frames(processor: Any, frames: np.ndarray) -> dict[str, np.ndarray]:
     """Run the checkpoint's own image processor (resize, rescale, normalize) on RGB frames.
 
-    A plain function of the processor so decoding workers can run it without the model.
+    A plain function of the processor so decoding workers can run it without the model, and without torch
+    (numpy out), as predict's onnxruntime path does.
     frames: uint8 (N, H, W, 3) RGB
     returns dict with pixel_values float32 (N, 3, 224, 224) for fixed-resolution SigLIP; for NaFlex
     SigLIP2 pixel_values (N, max_num_patches, 3 * patch^2), pixel_attention_mask and spatial_shapes.
@@ -133,14 +137,14 @@ def preprocess_frames(processor: Any, frames: np.ndarray) -> dict[str, torch.Ten
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"want uint8 frames (N, H, W, 3), got {frames.dtype} {frames.shape}")
-    batch = processor(images=list(frames), return_tensors="pt")
+    batch = processor(images=list(frames), return_tensors="np")
     mask = batch.get("pixel_attention_mask")   # NaFlex only: (N, max_num_patches), 1 = a real patch
     if mask is not None and not bool(mask.all()):
         raise ValueError(
-            f"NaFlex SigLIP2 left {int((mask == 0).sum())} of {mask.numel()} patches as padding for "
+            f"NaFlex SigLIP2 left {int((mask == 0).sum())} of {mask.size} patches as padding for "
             f"{frames.shape[1]}x{frames.shape[2]} frames; the store keeps no patch mask, so NaFlex checkpoints "
             "take square crops only (--face-crop center or detect, and a square max_num_patches)")
-    return {key: value for key, value in batch.items() if isinstance(value, torch.Tensor)}
+    return {key: value for key, value in batch.items() if isinstance(value, np.ndarray)}
 
 
 def load_image_processor(name_or_path: str, *, revision: str | None) -> Any:
@@ -201,6 +205,7 @@ def load_visual_encoder(name_or_path: str, *, revision: str | None = None,
     Raises:
         EncoderLoadError: the checkpoint is not on disk and cannot be downloaded, or is not SigLIP.
     """
+    import torch
     from transformers import AutoConfig, Siglip2VisionModel, SiglipVisionModel
 
     device = torch.device(device)
@@ -256,7 +261,11 @@ def encoder_autocast_dtype(device: torch.device, dtype_policy: str) -> torch.dty
         raise ValueError(f"dtype_policy must be auto|fp32|bf16|fp16, got {dtype_policy!r}")
     if dtype_policy == "fp32" or device.type != "cuda":
         return None  # CPU always runs fp32
+    import torch
+
     if dtype_policy == "auto":   # the rule training follows: bf16 only where the chosen GPU has it natively
+        from mmfer.core.device import has_native_bf16
+
         return torch.bfloat16 if has_native_bf16(device) else torch.float16
     return torch.bfloat16 if dtype_policy == "bf16" else torch.float16
 
@@ -319,6 +328,7 @@ def _jsonable(value: Any) -> Any:
 def write_random(visual_dir: Path, widths: dict, *, seed: int) -> None:
     """A random SigLIP vision tower of `widths` + the siglip2-base image processor, saved with transformers' own
     savers into `visual_dir` (via a temporary folder, so a crash leaves no half model)."""
+    import torch
     from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
 
     # 224 / 16 = 14 -> P = 196 patches, as in siglip2-base-patch16-224
