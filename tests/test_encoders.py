@@ -163,6 +163,25 @@ def test_nemo_kind_matches_direct_nemo_call(tiny_nemo):
     assert torch.allclose(torch.from_numpy(tokens), expected, atol=1e-5), _diff(tokens, expected)
 
 
+@pytest.mark.nemo
+@pytest.mark.slow   # the dynamo ONNX export of NeMo's preprocessor + encoder: ~55 s on a busy 2-core CPU
+def test_nemo_kind_exports_to_an_onnx_graph_that_onnxruntime_runs_alike(tiny_nemo, tmp_path):
+    """`export --onnx-encoders` of the default audio kind (a .nemo): NeMo's preprocessor and encoder joined into one
+    wave-in graph; onnxruntime's frames equal NeMo's within 1e-4 at three lengths, clip by clip and batched."""
+    from mmfer.extract.encoders import load_encoder
+    from mmfer.extract.encoders.onnx_encoders import OnnxAudioEncoder
+    from mmfer.extract.encoders.onnx_graphs import export_encoder_onnx
+
+    encoder = load_encoder("audio", str(tiny_nemo), device=torch.device("cpu"))
+    assert encoder.kind_record["kind"] == "nemo-fastconformer"
+    graph = OnnxAudioEncoder(export_encoder_onnx("audio", encoder, tmp_path), {"encoder": encoder.identity,
+                                                                                "frame_shift_s": encoder.frame_shift_s})
+    waves = _waves([4_800, 16_000, 56_000], seed=5)
+    for want, got in [*zip(encoder.encode(waves), graph.encode(waves)),
+                      *((encoder.encode([w])[0], graph.encode([w])[0]) for w in waves)]:
+        assert got.shape == want.shape and np.abs(got - want).max() < 1e-4, _diff(got, want)
+
+
 def test_audio_batch_invariance(audio):
     lengths = [56_000, 40_001, 17_000, 33_333, 8_000]
     waves = _waves(lengths, seed=4)
