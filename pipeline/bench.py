@@ -109,10 +109,11 @@ def run_bench(*, num_clips: int, preset: str, device: str, work_parent: str | No
         from mmfer.train.dryrun import dry_run
 
         t = setup.train_cfg.training
-        cache, dataset, _ = parts.cached_loader(stores[num_clips], setup.train_cfg)
+        cache = parts.open_bench_cache(stores[num_clips])
+        dataset, _ = parts.cached_loader(cache, setup.train_cfg)
         trainer = parts.build_trainer(setup.train_cfg, cache, dataset)   # train's fold set-up, all clips for training
         epoch_ids = parts.whole_groups(dataset.clip_ids, t.batch_size * t.gradient_accumulation_steps)
-        _, dataset, loader = parts.cached_loader(cache, setup.train_cfg, epoch_ids)
+        dataset, loader = parts.cached_loader(cache, setup.train_cfg, epoch_ids)
         in_memory = list(loader)
         parts.run_epoch(trainer, parts.Batches(lambda: in_memory[:1], 1))   # warm-up
         memory_runs, cached_runs = [], []

@@ -163,10 +163,11 @@ def run_decoded_check(folder: str | os.PathLike, *, device: str, num_clips: int 
         cfg = bench_train_config(preset, str(torch_device))
         store = str(folder / CACHE_DIR)
         t = cfg.training
-        cache, dataset, _ = parts.cached_loader(store, cfg)   # the store opened once for every loader below
+        cache = parts.open_bench_cache(store)   # opened once for every loader below
+        dataset, _ = parts.cached_loader(cache, cfg)
         trainer = parts.build_trainer(cfg, cache, dataset)
         epoch_ids = parts.whole_groups(dataset.clip_ids, t.batch_size * t.gradient_accumulation_steps)
-        _, dataset, loader = parts.cached_loader(cache, cfg, epoch_ids)
+        dataset, loader = parts.cached_loader(cache, cfg, epoch_ids)
         first = next(iter(loader))
         parts.run_epoch(trainer, parts.Batches(lambda: [first], 1))   # warm-up
         cached_s = min(parts.run_epoch(trainer, loader, epoch=e) for e in range(1, 4))   # best of 3
@@ -203,9 +204,9 @@ def peak_memory_row(cache, cfg, mode: str, batch_size: int, device: torch.device
     model = dataclasses.replace(cfg.model, fusion=dataclasses.replace(cfg.model.fusion, mode=mode))
     cfg = dataclasses.replace(cfg, model=model, training=dataclasses.replace(cfg.training, batch_size=batch_size))
     t = cfg.training
-    _, dataset, _ = parts.cached_loader(cache, cfg)
+    dataset, _ = parts.cached_loader(cache, cfg)
     ids = parts.whole_groups(dataset.clip_ids, 2 * batch_size * t.gradient_accumulation_steps)
-    _, _, loader = parts.cached_loader(cache, cfg, ids[:2 * batch_size * t.gradient_accumulation_steps])
+    _, loader = parts.cached_loader(cache, cfg, ids[:2 * batch_size * t.gradient_accumulation_steps])
     row = {"mode": mode, "batch_size": batch_size}
     gc.collect()
     if device.type == "cuda":

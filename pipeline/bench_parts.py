@@ -153,19 +153,25 @@ def featurized_batch(decoded: list, featurizer, labels: dict[str, int]) -> dict:
     return collate_clips([{**item, "label": labels[item["clip_id"]]} for item in items])
 
 
-def cached_loader(store, cfg, clip_ids: list[str] | None = None):
-    """train/'s own reader: open_cache -> ClipDataset (no preload) -> make_loader, in clip order. `store` is a
-    path, or the CacheInfo an earlier call returned (a bench that builds many loaders opens its store once)."""
-    from mmfer.core.device import resolve_device
-    from mmfer.train.dataset import ClipDataset, EpochSampler, make_loader, open_cache
+def open_bench_cache(path: str | Path):
+    """train/'s `open_cache` of a bench store, both modalities: open it once and pass it to each `cached_loader`."""
+    from mmfer.train.dataset import open_cache
 
-    cache = open_cache(store, use_video=True, use_audio=True) if isinstance(store, (str, Path)) else store
+    return open_cache(path, use_video=True, use_audio=True)
+
+
+def cached_loader(cache, cfg, clip_ids: list[str] | None = None):
+    """train/'s own reader on an opened cache (`open_bench_cache`): ClipDataset (no preload) -> make_loader, in clip
+    order; (dataset, loader) of `clip_ids`, or of every clip."""
+    from mmfer.core.device import resolve_device
+    from mmfer.train.dataset import ClipDataset, EpochSampler, make_loader
+
     ids = list(cache.clips["clip_id"]) if clip_ids is None else clip_ids
     dataset = ClipDataset(cache, ids, preload=False)
     sampler = EpochSampler(range(len(ids)))
     loader = make_loader(dataset, sampler, batch_size=cfg.training.batch_size, num_workers=cfg.num_workers, seed=cfg.seed,
                          pin_memory=resolve_device(cfg.device).type == "cuda")
-    return cache, dataset, loader
+    return dataset, loader
 
 
 def run_epoch(trainer, batches, *, epoch: int = 0) -> float:
@@ -201,7 +207,7 @@ def storage_stats(store_path: str, clip_ids: list[str], train_cfg) -> dict:
     da = entries[1].array_specs["tokens"].shape[1]
     lengths = [int(entries[1].read_clip(cid)["length"]) for cid in clip_ids]
     raw_true = 2 * (tv * p * dv + tv * dv + float(np.mean(lengths)) * da)   # fp16 tokens + pooled, true-length audio
-    _, dataset, _ = cached_loader(store_path, train_cfg, clip_ids)
+    dataset, _ = cached_loader(open_bench_cache(store_path), train_cfg, clip_ids)
     _read_all(files)                              # warm the page cache for both readers
     [dataset[i] for i in range(len(dataset))]
     plain_s = min(_timed(lambda: _read_all(files)) for _ in range(3))
@@ -288,7 +294,8 @@ def time_extract_processes(setup: BenchSetup, one_process: dict, *, num_clips: i
 def _child_train(spec: dict) -> dict:
     cfg = bench_train_config(spec["preset"], spec["device"])
     started = time.perf_counter()
-    cache, dataset, loader = cached_loader(spec["store"], cfg)
+    cache = open_bench_cache(spec["store"])
+    dataset, loader = cached_loader(cache, cfg)
     trainer = build_trainer(cfg, cache, dataset)
     build_s = time.perf_counter() - started
     first = next(iter(loader))                          # warm-up step, untimed

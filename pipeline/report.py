@@ -115,7 +115,7 @@ def aggregate(folds: list[dict], headline: tuple[str, ...]) -> dict:
     from mmfer.train.metrics import per_fold_means
     from mmfer.train.studies.stats import mean_std_ci
 
-    keys = [fold_of_row(f) for f in folds]
+    keys = [protocol_fold(f) for f in folds]
     out = {}
     for key in SELECTIONS:
         rows = [f["selections"][key] for f in folds]
@@ -127,10 +127,10 @@ def aggregate(folds: list[dict], headline: tuple[str, ...]) -> dict:
     return out
 
 
-def fold_of_row(row: dict) -> str:
-    """The fold a (fold, seed) row belongs to: its folder name without train-fusion's `-seed<S>` suffix."""
-    suffix = f"-seed{row['seed']}"
-    return row["fold"][: -len(suffix)] if row.get("seed") is not None and row["fold"].endswith(suffix) else row["fold"]
+def protocol_fold(row: dict) -> int | str:
+    """The protocol fold a trained (fold, seed) row belongs to: the fold number its protocol card records (every
+    seed of a fold carries it); a card without numbers: the row's own fold, one seed per fold."""
+    return row["fold_number"] if row.get("fold_number") is not None else row["fold"]
 
 
 def _clip_table(config: dict, run_dir: Path) -> tuple[pd.DataFrame | None, str, str | None]:

@@ -97,13 +97,14 @@ def test_extract_with_one_and_two_processes_is_reported(report):
 
 def test_bench_trainer_is_trains_fold_setup(tmp_path):
     """The bench trains what train-fusion trains: train/loop.py's setup_fold, input standardization included."""
-    from mmfer.pipeline.bench_parts import build_trainer, cached_loader
+    from mmfer.pipeline.bench_parts import build_trainer, cached_loader, open_bench_cache
     from mmfer.pipeline.bench_setup import bench_train_config
     from mmfer.train.loop import setup_fold
     from mmfer.train.model.normalize import feature_statistics
 
     cfg = bench_train_config("tiny", "cpu")
-    cache, dataset, loader = cached_loader(str(make_store(tmp_path / "cache", repetitions=1)), cfg)
+    cache = open_bench_cache(make_store(tmp_path / "cache", repetitions=1))
+    dataset, loader = cached_loader(cache, cfg)
     trainer = build_trainer(cfg, cache, dataset)
     norm = trainer.fold.model.input_norm
     stats = feature_statistics(dataset[i] for i in range(len(dataset)))   # every bench clip is a training clip

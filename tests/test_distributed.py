@@ -143,13 +143,14 @@ def test_two_rank_ddp_with_a_missing_modality_in_some_batches(cache, tmp_path):
 @pytest.mark.slow
 def test_two_rank_ddp_with_the_lfm2_trunk_frozen(cache, tmp_path):
     """model.fusion.mode frozen: the LFM2 trunk has no gradients; DDP trains the rest and the trunk stays as built."""
-    from mmfer.pipeline.bench_parts import cached_loader
+    from mmfer.pipeline.bench_parts import cached_loader, open_bench_cache
     from mmfer.train.loop import setup_fold
 
     out = tmp_path / "frozen"
     two_rank_run(cache, out, {"model.fusion.mode": "frozen"})
     cfg = train_config_with_preset({**settings(*cache, batch_size=2), "model.fusion.mode": "frozen"})
-    store, dataset, _ = cached_loader(str(cache[0]), cfg)
+    store = open_bench_cache(cache[0])
+    dataset, _ = cached_loader(store, cfg)
     built = setup_fold(cfg, store, dataset, np.arange(len(dataset)), torch.device("cpu"), fold_number=1, fold=None).model
     trained = torch.load(out / "fold1" / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["model"]
     trunk = {k: v for k, v in built.state_dict().items() if k.startswith("fusion.backbone.")}

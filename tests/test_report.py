@@ -215,14 +215,18 @@ def test_spread_with_seeds_is_over_folds_each_the_mean_of_its_seeds():
     from mmfer.pipeline.report import aggregate
     from mmfer.train.studies.stats import mean_std_ci
 
-    values = {("fold1", 7): 0.5, ("fold1", 8): 0.7, ("fold2", 7): 0.9, ("fold2", 8): 0.9}
-    rows = [{"fold": f"{fold}-seed{seed}", "seed": seed, "selections": {"validation": {"f1_macro": v}, "last": None,
-                                                                        "oracle": None}}
-            for (fold, seed), v in values.items()]
+    values = {(1, 7): 0.5, (1, 8): 0.7, (2, 7): 0.9, (2, 8): 0.9}
+    rows = [{"fold": f"fold{number}-seed{seed}", "fold_number": number, "seed": seed,
+             "selections": {"validation": {"f1_macro": v}, "last": None, "oracle": None}}
+            for (number, seed), v in values.items()]
     got = aggregate(rows, ("f1_macro",))
     expected = mean_std_ci([0.6, 0.9])
     assert got["validation"]["f1_macro"] == pytest.approx(expected) and got["validation"]["f1_macro"]["n"] == 2
     assert got["last"] is None and got["oracle"] is None
-    # one seed per fold: the rows are the folds, as before
-    one_seed = aggregate([{**r, "fold": r["fold"].split("-")[0]} for r in rows if r["seed"] == 7], ("f1_macro",))
+    # the fold is the card's protocol number, whatever the folders are called
+    renamed = aggregate([{**r, "fold": name} for r, name in zip(rows, "abcd")], ("f1_macro",))
+    assert renamed["validation"]["f1_macro"] == pytest.approx(expected)
+    # one seed per fold: the rows are the folds, as before (a card without numbers: each row its own fold)
+    one_seed = aggregate([{**r, "fold": r["fold"].split("-")[0], "fold_number": None} for r in rows if r["seed"] == 7],
+                         ("f1_macro",))
     assert one_seed["validation"]["f1_macro"] == pytest.approx(mean_std_ci([0.5, 0.9]))
