@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from bare_box import bare_box_env
+from bare_box import bare_box_env, onnx_box_env
 
 GPU_CHECK = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
 
@@ -31,6 +31,20 @@ def test_featurizer_and_the_checks_modules_import_without_nemo_or_ffmpeg(tmp_pat
     code = "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules)
     done = subprocess.run([sys.executable, "-c", code], env=bare_box_env(tmp_path), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_onnx_predict_path_imports_without_torch(tmp_path):
+    """What `predict --runtime onnx` of an --onnx-encoders export imports, in a child that cannot import torch: the
+    CLI with every parser, the bundle, the Predictor, the registry, the featurizer, decoding and the numpy batch.
+    (tests/test_predict.py runs the whole predict so, slow.)"""
+    modules = ("mmfer.pipeline.cli", "mmfer.pipeline.predict", "mmfer.pipeline.bundle", "mmfer.pipeline.predictor",
+               "mmfer.pipeline.runtime", "mmfer.extract.encoders", "mmfer.extract.encoders.onnx_encoders",
+               "mmfer.extract.featurize", "mmfer.extract.worker", "mmfer.extract.stream", "mmfer.train.batch")
+    code = ("import importlib, sys\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules)
+            + "assert 'torch' not in sys.modules\nprint('all imported', flush=True)\nimport torch\n")
+    done = subprocess.run([sys.executable, "-c", code], env=onnx_box_env(tmp_path), capture_output=True, text=True)
+    assert done.stdout.strip() == "all imported", done.stderr[-2000:]
+    assert done.returncode == 1 and done.stderr.strip().endswith("No module named 'torch'"), done.stderr[-2000:]   # the box has none
 
 
 def test_check_names_the_missing_file_in_one_line(tmp_path):
