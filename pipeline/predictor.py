@@ -104,6 +104,7 @@ class Predictor:
         self.device = None
         if runtime != "onnx" or set(self.spec.modalities()) - set(onnx_encoders):
             from mmfer.core.device import resolve_device
+            from mmfer.extract.encoders import load_encoder
 
             self.device = resolve_device(device)
         flags = {"video": visual_encoder, "audio": audio_encoder}
@@ -113,8 +114,6 @@ class Predictor:
             if modality in onnx_encoders:   # exported with --onnx-encoders
                 loaded[modality] = onnx_encoder(modality, onnx_encoders[modality], record)
                 continue
-            from mmfer.extract.encoders import load_encoder
-
             # the encoder computes in the dtype the cache was made in, where this device has it
             policy = _DTYPE_POLICY.get(spec.preprocessing.get("autocast_dtype"), "auto")
             name = find_encoder(modality, record, bundle, flag=flags[modality], models_dir=models_dir)
