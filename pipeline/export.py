@@ -171,11 +171,14 @@ def _export_encoders_onnx(bundle, staging: Path) -> dict[str, str]:
 def _copy_lfm2_config(config: dict, staging: Path) -> None:
     """A pretrained LFM2 other than the built-in LFM2-700M config: keep its config.json, so predict can
     build the architecture offline (the exported weights replace every weight)."""
-    from mmfer.train.model.fusion import LFM2_700M_ID, CheckpointNotFoundError, resolve_checkpoint
-
     model = config["model"]
     fusion = model["fusion"]
-    if model["variant"] != "lfm2" or fusion["tiny_hidden_size"] > 0 or fusion["pretrained_model"] == LFM2_700M_ID:
+    if model["variant"] != "lfm2" or fusion["tiny_hidden_size"] > 0:
+        return
+    # imported here, past the cheap checks: it loads transformers' LFM2 modelling (seconds in a fresh process)
+    from mmfer.train.model.fusion import LFM2_700M_ID, CheckpointNotFoundError, resolve_checkpoint
+
+    if fusion["pretrained_model"] == LFM2_700M_ID:
         return
     try:
         source = resolve_checkpoint(fusion["pretrained_model"]) / "config.json"

@@ -8,8 +8,6 @@ it is undefined and given as None (null in summary.json), never 0.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
-                             precision_recall_fscore_support)
 
 
 HEADLINE = ("accuracy", "uar", "f1_macro", "f1_weighted")
@@ -17,6 +15,11 @@ HEADLINE = ("accuracy", "uar", "f1_macro", "f1_weighted")
 
 def compute_metrics(labels: np.ndarray, preds: np.ndarray, *, class_names: tuple[str, ...]) -> dict:
     """labels, preds: (N,) int class ids; class_names: the C names (the cache's label_names). Returns headline metrics, per_class P/R/F1/support, confusion_matrix."""
+    # imported here: predict, export and the report read HEADLINE from this module and never score (scikit-learn
+    # costs ~2 s of a fresh process's start-up)
+    from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
+                                 precision_recall_fscore_support)
+
     classes = list(range(len(class_names)))
     labels, preds = np.asarray(labels, dtype=np.int64), np.asarray(preds, dtype=np.int64)
     if len(labels) == 0:
