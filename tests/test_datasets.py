@@ -259,12 +259,13 @@ def test_crema_d_demo_actors_fill_every_fold_of_crema_d_5fold():
 
 
 @pytest.mark.slow
-def test_the_readme_crema_d_demo_chain_trains_under_its_default_protocol(tmp_path, tiny_models):
+def test_the_readme_crema_d_demo_chain_trains_under_its_default_protocol(tmp_path, tiny_models, monkeypatch):
     """README: `mmfer make-demo --layout crema-d --out demo_crema --num-actors 6`, extract, train-fusion, as written
-    (smaller clips, the tiny encoders, one epoch): all five folds of crema-d-5fold run."""
-    def mmfer(*args):
-        return subprocess.run([sys.executable, "-m", "mmfer.pipeline.cli", *map(str, args)], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=600)
+    (smaller clips, the tiny encoders, one epoch): all five folds of crema-d-5fold run. In this process
+    (cli_helpers), from the folder the README's paths are relative to."""
+    from cli_helpers import run_mmfer as mmfer
+
+    monkeypatch.chdir(tmp_path)
 
     done = mmfer("make-demo", "--layout", "crema-d", "--out", "demo_crema", "--num-actors", "6", "--clips-per-emotion", "1",
                  "--size-px", "64", "--duration-s", "1.0")

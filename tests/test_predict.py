@@ -687,22 +687,28 @@ def test_an_unfinished_run_is_named_in_one_warning_and_on_the_card(run, tmp_path
 
 
 @pytest.mark.slow
-def test_a_run_and_its_exports_travel_to_other_folders(demo_root, tmp_path):
+def test_a_run_and_its_exports_travel_to_other_folders(demo_root, tmp_path, monkeypatch):
     """Everything typed relative to a working folder `w`: predict --run from its parent finds the cache; an export
     copied to a colleague's folder predicts from a third working folder, with its encoders carried inside
-    (--include-encoders), or found by weights hash in --models-dir / $MMFER_MODELS after the original models moved."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MMFER_")}
-    env.update(HF_HUB_OFFLINE="1")
+    (--include-encoders), or found by weights hash in --models-dir / $MMFER_MODELS after the original models moved.
+    The commands run in this process (cli_helpers), each from its own working folder."""
+    from cli_helpers import run_mmfer
+
+    for name in [k for k in os.environ if k.startswith("MMFER_")]:
+        monkeypatch.delenv(name)
 
     def mmfer(cwd: Path, *args, extra_env: dict | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "mmfer.pipeline.cli", *map(str, args)], cwd=cwd,
-                              env={**env, **(extra_env or {})}, capture_output=True, text=True, timeout=600)
+        with monkeypatch.context() as local:
+            local.chdir(cwd)
+            for name, value in (extra_env or {}).items():
+                local.setenv(name, value)
+            return run_mmfer(*args)
 
     w = tmp_path / "w"
     shutil.copytree(demo_root, w / "clips")
     (w / "folds.json").write_text(json.dumps([{"name": "fold1", "test_actors": [1], "val_actors": [2]}]))
     done = mmfer(w, "extract", "--root", "clips", "--out", "cache", "--preset", "tiny", "--models-dir", "models",
-                 "--select", "*-0[123]", "--device", "cpu")
+                 "--select", "*-0[123]", "--device", "cpu", "--num-workers", "0")
     assert done.returncode == 0, done.stderr[-3000:]
     done = mmfer(w, "train-fusion", "--cache", "cache", "--out", "runs/r1", "--preset", "tiny", "--device", "cpu",
                  "--epochs", "1", "split.protocol=file", "split.fold_file=folds.json", "model.visual.num_keep_tokens=8",
