@@ -18,6 +18,18 @@ from extract_helpers import extract_config
 
 SMALL_DEMO = {"num_actors": 4, "clips_per_emotion": 1, "size_px": 96, "duration_s": 1.5}
 
+# The fast tier (`-m "not slow"`) is the edit-test loop, about a minute and a half on two cores: it never extracts
+# the 32-clip demo (~20 s of the tiny encoders, shared by every test that asks) nor trains on it, so a test that
+# asks for `demo_cache` (a run trained on it, predict's and evaluate's parity) is slow wherever it is written.
+# Other tests over a few seconds carry their own `slow` mark.
+SLOW_FIXTURES = ("demo_cache",)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(name in item.fixturenames for name in SLOW_FIXTURES):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(autouse=True)
 def one_torch_thread():

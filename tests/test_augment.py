@@ -183,6 +183,7 @@ def runs(tmp_path_factory) -> dict:
             "on": _recorded_run(root, "on", **{"training.mixup_alpha": 0.0, **ALL_ON})}
 
 
+@pytest.mark.slow   # over 4 s on two shared cores (the fast tier is the edit-test loop)
 def test_training_batches_are_augmented(runs):
     off, on = runs["off"]["train"], runs["on"]["train"]
     assert off and len(on) == len(off)
@@ -193,6 +194,7 @@ def test_training_batches_are_augmented(runs):
                for b in on)                                                   # modality dropout
 
 
+@pytest.mark.slow   # its module's fixture trains or exports a store: seconds on two shared cores
 def test_validation_and_test_batches_are_never_augmented(runs):
     off, on = runs["off"]["eval"], runs["on"]["eval"]
     assert off and len(on) == len(off)

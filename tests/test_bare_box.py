@@ -47,6 +47,7 @@ def test_the_onnx_predict_path_imports_without_torch(tmp_path):
     assert done.returncode == 1 and done.stderr.strip().endswith("No module named 'torch'"), done.stderr[-2000:]   # the box has none
 
 
+@pytest.mark.slow   # over 4 s on two shared cores (the fast tier is the edit-test loop)
 def test_check_names_the_missing_file_in_one_line(tmp_path):
     done = subprocess.run([sys.executable, str(GPU_CHECK), "run", str(tmp_path), "--device", "cpu"],
                           env=bare_box_env(tmp_path), capture_output=True, text=True)
@@ -65,6 +66,7 @@ def test_check_names_every_missing_module_in_one_line(tmp_path):
     assert len(lines) == 1 and "lacks pandas, peft;" in lines[0] and "not NeMo" in lines[0], lines
 
 
+@pytest.mark.slow   # over 4 s on two shared cores (the fast tier is the edit-test loop)
 def test_check_without_peft_runs_when_the_lora_rows_are_left_out(tmp_path):
     """peft is needed only for the LoRA rows: `--modes finetune,frozen` gets past the module check (and stops at
     the missing folder), while the default modes are refused, naming peft."""

@@ -103,6 +103,7 @@ def test_one_handler_one_line_and_the_exit_code_of_each_kind(tmp_path, capsys):
         assert err.startswith("error: ") and "Traceback" not in err and err.count("\n") == 1, (argv, err)
 
 
+@pytest.mark.slow   # over 4 s on two shared cores (the fast tier is the edit-test loop)
 def test_common_mistakes_get_one_line_and_leave_no_empty_out(tmp_path, capsys):
     """A broken or hostile --config, a fold that does not exist, values out of range,
     --out on a file and a non-cache --cache: exit 2, one `error:` line, no --out folder left behind."""

@@ -92,6 +92,7 @@ def test_make_demo_refuses_a_folder_that_holds_files_unless_overwrite(tmp_path, 
 # ---- item 10: a store holding some actors only ------------------------------------------------------
 
 
+@pytest.mark.slow   # over 4 s on two shared cores (the fast tier is the edit-test loop)
 def test_actor_subset_runs_the_folds_it_can_and_names_the_others(subset_run, store, tmp_path, capsys, caplog):
     summary = json.loads((subset_run / "summary.json").read_text())
     # actors used, not the 24; fold 2 validates on actors the store holds (1, 2), not on its absent next group (9, 10)
@@ -110,6 +111,7 @@ def test_actor_subset_runs_the_folds_it_can_and_names_the_others(subset_run, sto
 # ---- item 5: --resume with other settings ---------------------------------------------------------------
 
 
+@pytest.mark.slow   # over 4 s on two shared cores (the fast tier is the edit-test loop)
 def test_resume_refuses_changed_settings_by_name_and_records_more_epochs(store, tmp_path, capsys):
     run = tmp_path / "run"
     split = ["split.protocol=file", f"split.fold_file={write_fold_file(tmp_path / 'folds.json')}"]
@@ -239,6 +241,7 @@ def test_predict_walks_every_container_extract_reads(tmp_path):
 # ---- evaluate --out refuses a folder that holds files, as the other commands do -------------
 
 
+@pytest.mark.slow   # its module's fixture trains or exports a store: seconds on two shared cores
 @pytest.mark.parametrize("mode", [[], ["--corrupt", "no-audio"]])
 def test_evaluate_refuses_a_non_empty_out_unless_overwrite(subset_run, store, tmp_path, capsys, mode):
     out = tmp_path / "eval"

@@ -68,6 +68,7 @@ def test_files_decode_to_expected_frames_and_samples(demo):
     assert np.abs(audio).max() > 0.02                                                  # not silence
 
 
+@pytest.mark.slow   # over 4 s on two shared cores (the fast tier is the edit-test loop)
 def test_decoded_content_matches_the_label_in_the_name(demo):
     """Each file's last frame is nearest to the generator's drawing for its named emotion's face code,
     and its audio is the voice synthesized for that name."""

@@ -144,6 +144,7 @@ def test_audio_shapes_frame_shift_and_determinism(audio):
     assert np.array_equal(tokens, again)
 
 
+@pytest.mark.slow   # over 4 s on two shared cores (the fast tier is the edit-test loop)
 @pytest.mark.nemo
 def test_nemo_kind_matches_direct_nemo_call(tiny_nemo):
     from nemo.collections.asr.models import EncDecCTCModel
@@ -269,6 +270,7 @@ def test_tiny_encoders_work_with_network_blocked(blocked_run):
     assert blocked_run["attempts"] == "", f"tried the network: {blocked_run['attempts']}"
 
 
+@pytest.mark.slow   # over 4 s on two shared cores (the fast tier is the edit-test loop)
 def test_unknown_hub_id_offline_gives_advice(blocked_run):
     for kind in ("visual", "audio"):
         message = blocked_run["errors"].get(kind, "")

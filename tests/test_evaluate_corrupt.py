@@ -57,6 +57,7 @@ def run_dir(tmp_path_factory):
     return root / "run"
 
 
+@pytest.mark.slow   # over 4 s on two shared cores (the fast tier is the edit-test loop)
 def test_report_on_a_real_run_matches_its_clean_test_score(run_dir, tmp_path):
     out = tmp_path / "report"
     done = _mmfer("evaluate", "--run", str(run_dir), "--corrupt", "no-audio,no-video,audio-snr-10,frame-drop-50",
@@ -76,6 +77,7 @@ def test_report_on_a_real_run_matches_its_clean_test_score(run_dir, tmp_path):
     assert "| frame-drop-50 |" in done.stdout
 
 
+@pytest.mark.slow   # its module's fixture trains or exports a store: seconds on two shared cores
 def test_unknown_corruption_is_one_error_line_exit_2(run_dir, tmp_path):
     done = _mmfer("evaluate", "--run", str(run_dir), "--corrupt", "blur", "--out", str(tmp_path / "r"))
     assert done.returncode == 2
@@ -83,6 +85,7 @@ def test_unknown_corruption_is_one_error_line_exit_2(run_dir, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow   # its module's fixture trains or exports a store: seconds on two shared cores
 def test_robustness_is_evaluate_corrupt_all_and_one_fold_can_be_asked(run_dir, tmp_path):
     """`mmfer robustness` (the command's first name) = `mmfer evaluate --corrupt all`; --fold scores that fold only."""
     done = _mmfer("robustness", "--run", str(run_dir), "--out", str(tmp_path / "r"), "--device", "cpu", "--fold", "1")
@@ -92,6 +95,7 @@ def test_robustness_is_evaluate_corrupt_all_and_one_fold_can_be_asked(run_dir, t
     assert set(scores["fold"]) == {"fold1"}
 
 
+@pytest.mark.slow   # its module's fixture trains or exports a store: seconds on two shared cores
 def test_face_crop_off_needs_a_face_cropped_cache(run_dir, tmp_path):
     """The synthetic store records no face crop: there is nothing to turn off, and no clip is re-extracted."""
     done = _mmfer("evaluate", "--run", str(run_dir), "--corrupt", "face-crop-off", "--out", str(tmp_path / "r"))

@@ -97,6 +97,7 @@ def test_partial_run_then_rerun_equals_one_run(tmp_path, demo_root, demo_cache, 
                                            atol=2e-3, err_msg=f"{modality}/{name} of {clip_id}")
 
 
+@pytest.mark.slow   # over 4 s on two shared cores (the fast tier is the edit-test loop)
 def test_bad_file_fails_alone_and_other_preprocessing_is_refused(tmp_path, demo_root, tiny_models):
     root = tmp_path / "data"
     shutil.copytree(demo_root / "Actor_01", root / "Actor_01")

@@ -85,6 +85,7 @@ def status_of(run, case):
         run["video"].reasons()[index]
 
 
+@pytest.mark.slow   # over 4 s on two shared cores (the fast tier is the edit-test loop)
 def test_the_run_completes_with_only_the_broken_files_failed(bad_run):
     summary = bad_run["summary"]
     failed = {clip_id for clip_id, _, _ in summary.failures}

@@ -32,6 +32,7 @@ def mmfer(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mmfer.pipeline.cli", *map(str, args)], capture_output=True, text=True)
 
 
+@pytest.mark.slow   # over 4 s on two shared cores (the fast tier is the edit-test loop)
 def test_export_holds_the_same_clips_attributes_and_statuses(stores):
     zarr_path, h5_path, _ = stores
     source, copy = open_store(zarr_path), open_store(h5_path)
@@ -52,6 +53,7 @@ def test_export_holds_the_same_clips_attributes_and_statuses(stores):
     assert feature_records(h5_path, fingerprints) == feature_records(zarr_path, fingerprints)
 
 
+@pytest.mark.slow   # its module's fixture trains or exports a store: seconds on two shared cores
 def test_both_backends_answer_one_reading_interface_and_share_no_class(stores):
     """A Zarr store and its HDF5 export, opened by open_store, each answer every member of the
     reading interface (reading.py's StoreReader, EntryReader); the HDF5 classes no longer subclass the Zarr ones."""
@@ -70,6 +72,7 @@ def test_both_backends_answer_one_reading_interface_and_share_no_class(stores):
     assert set(H5Store.__mro__) & set(FeatureStore.__mro__) == {object}
 
 
+@pytest.mark.slow   # its module's fixture trains or exports a store: seconds on two shared cores
 def test_export_metadata_are_hdf5_attributes_too(stores, tmp_path):
     """h5dump -A and HDFView show an export's metadata: the root's and each entry's attributes
     as HDF5 attributes (strings and numbers as they are, anything else as JSON text), beside the checksummed
@@ -161,6 +164,7 @@ def test_cli_export_info_and_verify_read_the_h5(stores, tmp_path):
     assert again.returncode == 2 and again.stderr.count("\n") == 1 and "exists" in again.stderr
 
 
+@pytest.mark.slow   # over 4 s on two shared cores (the fast tier is the edit-test loop)
 def test_a_flipped_byte_in_a_clip_chunk_is_caught(stores, tmp_path):
     import h5py
 

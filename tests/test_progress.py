@@ -44,6 +44,7 @@ def test_the_helper_logs_done_rate_and_time_left_at_most_once_per_interval(caplo
     assert all(line.endswith("left, loss 0.5") for line in lines), lines
 
 
+@pytest.mark.slow   # over 4 s on two shared cores (the fast tier is the edit-test loop)
 def test_extract_logs_progress_lines_for_its_clips(demo_root, tiny_models, tmp_path, caplog, every_update):
     from mmfer.data.ravdess import scan_ravdess
     from mmfer.extract.run import extract_all
@@ -56,6 +57,7 @@ def test_extract_logs_progress_lines_for_its_clips(demo_root, tiny_models, tmp_p
     assert [line.split(",")[0] for line in lines] == ["extract: 4/8 clips (50%)"], lines
 
 
+@pytest.mark.slow   # over 4 s on two shared cores (the fast tier is the edit-test loop)
 def test_training_logs_progress_lines_for_batches_and_epochs(tmp_path, caplog, every_update):
     from train_helpers import tiny_config
     from mmfer.train.cross_validation import train

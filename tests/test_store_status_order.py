@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from synthetic_store import make_store
 
 from mmfer.core.store import ClipStatus, open_store
@@ -19,6 +21,7 @@ MARK_FAILED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow   # over 4 s on two shared cores (the fast tier is the edit-test loop)
 def test_kill_while_a_done_clip_is_marked_failed_leaves_it_not_done(tmp_path):
     path = make_store(tmp_path / "cache", repetitions=1)
     store = open_store(path)

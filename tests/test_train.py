@@ -47,6 +47,7 @@ def full_run(cache, tmp_path_factory) -> tuple[Path, dict]:
     return out, train(tiny_config(*cache, out=out))
 
 
+@pytest.mark.slow   # over 4 s on two shared cores (the fast tier is the edit-test loop)
 def test_a_few_epochs_learn_and_write_every_output(full_run):
     out, summary = full_run
     for name in ("config.yaml", "predictions.csv", "summary.json", "confusion_matrix.png", "confusion_matrix.csv",
@@ -127,6 +128,7 @@ def test_spawned_workers_after_parent_read_and_no_encoder_loaded(cache, tmp_path
     assert (tmp_path / "w" / "summary.json").is_file()
 
 
+@pytest.mark.slow   # over 4 s on two shared cores (the fast tier is the edit-test loop)
 def test_train_fusion_opens_the_store_once_before_the_first_batch(cache, tmp_path, monkeypatch):
     """The command reads the cache once (core/cache_facts.py): its preset, class count, protocol, entries and the
     clips of the first batch all come through one open_store (the real function on the real store, counted)."""
@@ -170,6 +172,7 @@ def test_other_schema_or_fingerprint_is_refused(cache, tmp_path):
         open_cache(str(other), use_video=True, use_audio=True)
 
 
+@pytest.mark.slow   # over 4 s on two shared cores (the fast tier is the edit-test loop)
 def test_pretrained_branch_loads_per_fold_and_freezes(cache, tmp_path):
     from safetensors.torch import load_file
     stage1 = tmp_path / "stage1"

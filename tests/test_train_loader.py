@@ -47,6 +47,7 @@ def test_collate_mixes_clips_without_a_modality():
     assert batch["audio_mask"].tolist() == [[True, True], [False, False]]
 
 
+@pytest.mark.slow   # over 4 s on two shared cores (the fast tier is the edit-test loop)
 def test_workers_read_the_same_batches(dataset):
     sampler = EpochSampler(range(len(dataset)))
     batches = {}

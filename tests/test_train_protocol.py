@@ -33,6 +33,7 @@ def both_folds(store) -> dict:
     return train(tiny_config(store["cache"], store["folds"], store["root"] / "all", **{"training.mixup_alpha": 0.4}))
 
 
+@pytest.mark.slow   # over 4 s on two shared cores (the fast tier is the edit-test loop)
 def test_a_fold_alone_equals_the_same_fold_of_a_full_run(store, both_folds, tmp_path):
     alone = train(tiny_config(store["cache"], store["folds"], tmp_path / "fold2", folds="2",
                               **{"training.mixup_alpha": 0.4}))
@@ -124,6 +125,7 @@ def test_summary_reports_the_last_epoch_and_a_protocol_card(store, both_folds):
             + "), seed 7 (fold number 2), epoch") in table
 
 
+@pytest.mark.slow   # over 4 s on two shared cores (the fast tier is the edit-test loop)
 def test_seeds_train_every_fold_once_per_seed_into_one_run(store, tmp_path):
     """`--seeds 7,8`: each fold per seed in its own folder; the summary's mean is over all, its std and interval
     over the folds, each fold the mean of its seeds (a fold's seeds share its test clips: four rows of two folds

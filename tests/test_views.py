@@ -163,6 +163,7 @@ def test_epoch_views_are_uniform_and_seeded_by_seed_epoch_and_clip():
     assert (first != epoch_views(clip_ids, positions, seed=8, epoch=0, num_views=2)).mean() > 0.4
 
 
+@pytest.mark.slow   # over 4 s on two shared cores (the fast tier is the edit-test loop)
 def test_uniform_view_sampling_on_a_cache_without_views_is_refused(tmp_path):
     from mmfer.train.loop import train
 
