@@ -133,21 +133,17 @@ def two_rank_run(cache: tuple[Path, Path], out: Path, extra: dict) -> pd.DataFra
 
 
 @pytest.mark.slow
-def test_two_rank_ddp_with_a_missing_modality_in_some_batches(cache, tmp_path):
-    """Per-rank batches of 2 with modality dropout 0.5: some rank's batch has no audio (or no video), so the
-    auxiliary head of that modality takes no part in its loss (train/losses.py): a parameter unused in that
-    step on that rank only. DDP must not fail or hang (find_unused_parameters, train/fold.py)."""
-    two_rank_run(cache, tmp_path / "dropout", {"training.modality_dropout": 0.5})
-
-
-@pytest.mark.slow
-def test_two_rank_ddp_with_the_lfm2_trunk_frozen(cache, tmp_path):
-    """model.fusion.mode frozen: the LFM2 trunk has no gradients; DDP trains the rest and the trunk stays as built."""
+def test_two_rank_ddp_with_the_lfm2_trunk_frozen_and_a_missing_modality_in_some_batches(cache, tmp_path):
+    """Two kinds of parameters without a gradient, in one 2-rank run (one torchrun, not two):
+    - model.fusion.mode frozen: the LFM2 trunk has no gradients; DDP trains the rest and the trunk stays as built.
+    - per-rank batches of 2 with modality dropout 0.5: some rank's batch has no audio (or no video), so the
+      auxiliary head of that modality takes no part in its loss (train/losses.py): a parameter unused in that
+      step on that rank only. DDP must not fail or hang (find_unused_parameters, train/fold.py)."""
     from mmfer.pipeline.bench_parts import cached_loader, open_bench_cache
     from mmfer.train.loop import setup_fold
 
     out = tmp_path / "frozen"
-    two_rank_run(cache, out, {"model.fusion.mode": "frozen"})
+    two_rank_run(cache, out, {"model.fusion.mode": "frozen", "training.modality_dropout": 0.5})
     cfg = train_config_with_preset({**settings(*cache, batch_size=2), "model.fusion.mode": "frozen"})
     store = open_bench_cache(cache[0])
     dataset, _ = cached_loader(store, cfg)
