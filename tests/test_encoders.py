@@ -110,6 +110,7 @@ def test_visual_preprocess_is_siglip_normalization(visual):
     assert visual.preprocessing["rescale_factor"] == pytest.approx(1 / 255)
 
 
+@pytest.mark.parity
 def test_visual_matches_direct_transformers_call(visual, tiny_models):
     from transformers import SiglipVisionModel
 
@@ -144,6 +145,7 @@ def test_audio_shapes_frame_shift_and_determinism(audio):
     assert np.array_equal(tokens, again)
 
 
+@pytest.mark.parity
 @pytest.mark.slow   # over 4 s on two shared cores (the fast tier is the edit-test loop)
 @pytest.mark.nemo
 def test_nemo_kind_matches_direct_nemo_call(tiny_nemo):

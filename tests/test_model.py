@@ -133,6 +133,7 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5), name
 
 
+@pytest.mark.parity
 def test_truncated_lfm2_matches_transformers_lfm2model(tmp_path) -> None:
     torch.manual_seed(0)
     full = lfm2_config("tiny", False, 5, 64)

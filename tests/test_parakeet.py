@@ -74,6 +74,7 @@ def _worst(a, b) -> str:
     return f"max diff {diff.max():.3g}, mean {diff.mean():.3g}"
 
 
+@pytest.mark.parity
 @pytest.mark.slow   # NeMo's import and a .nemo save: ~12 s on two shared cores
 @pytest.mark.nemo
 def test_transformers_kind_equals_nemo_on_speech(tiny_nemo, converted, speech):
