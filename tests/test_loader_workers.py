@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 
 from mmfer.core.loader_workers import worker_settings
@@ -14,6 +15,7 @@ def where_am_i(_item: int) -> dict:
     return {"pid": os.getpid(), "parent": os.getppid(), "cwd": os.getcwd(), "mark": os.environ.get("MMFER_TEST_MARK")}
 
 
+@pytest.mark.slow   # over 4 s on two shared cores: the forkserver imports torch (the fast tier is the edit-test loop)
 def test_workers_are_forked_from_the_server_with_the_parents_current_folder_and_environment(tmp_path, monkeypatch):
     """A first loader starts the forkserver here; then this process moves and changes its environment. A second
     loader's worker is a child of that server (not of this process, whose Zarr or OpenMP state a fork would copy)
