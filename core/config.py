@@ -370,7 +370,7 @@ class TrainConfig:
     preload: Literal["auto", "yes", "no"] = "auto"
     """Keep the cache in RAM (auto: when it fits in a quarter of free memory)."""
     num_workers: int = 0
-    """DataLoader worker processes (forked from a clean server process; each opens the store itself)."""
+    """DataLoader worker processes (spawned; each opens the store itself)."""
     compute_threads: int = 0
     """Torch threads of the training process; 0: the cores left after the loader workers (one thread each), at least 1."""
     resume: bool = False

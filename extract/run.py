@@ -1,6 +1,6 @@
 """`extract`: manifest -> decode (worker processes) -> frozen encoders -> feature store.
 
-Decoding, face cropping and the image processor run in DataLoader worker processes, ahead of the
+Decoding, face cropping and the image processor run in spawned DataLoader workers, ahead of the
 encoders in the main process, so on a GPU the encoders do not wait for ffmpeg. The workers start
 before the encoders' weights load and decode while they do. Clips already done
 under the same fingerprint and unchanged source file are skipped; a bad clip is recorded as failed
@@ -38,7 +38,6 @@ from mmfer.core.device import resolve_device
 from mmfer.core.distributed import World, barrier, broadcast_object, current_world, device_for_rank, gather_objects, process_group
 from mmfer.core.errors import ConfigError, MmferError
 from mmfer.core.faults import crash_point
-from mmfer.core.loader_workers import worker_settings
 from mmfer.core.progress import Progress
 from mmfer.core.store import (TOKEN_SCALE, ArraySpec, ClipStatus, FeatureEntry, FeatureStore, StoreError,
                                   check_clip_table, create_store, entry_differences, group_writer_lock, open_store)
@@ -270,7 +269,7 @@ class Decoding:
     def __init__(self, jobs: list[DecodeJob], processor, cfg: ExtractConfig) -> None:
         self.jobs = jobs
         self._items = iter(decode_loader(jobs, processor, num_workers=cfg.num_workers, batch_size=cfg.batch_size,
-                                         persistent_workers=False)) if jobs else iter(())   # starts the workers
+                                         persistent_workers=False)) if jobs else iter(())   # spawns the workers
         self.batches = decoded_batches(self._items, batch_size=cfg.batch_size)
 
     def close(self) -> None:
@@ -431,16 +430,14 @@ def decode_jobs(clips: pd.DataFrame, cfg: ExtractConfig) -> list[DecodeJob]:
 
 def decode_loader(jobs: list[DecodeJob], processor, *, num_workers: int, batch_size: int,
                   persistent_workers: bool) -> torch.utils.data.DataLoader:
-    """The DataLoader that decodes `jobs` in worker processes (core/loader_workers.py: forked from a clean server
-    that has imported this module and the image processor's, never from this process), one DecodedItem per item,
-    in job order; `decoded_batches` groups them. Workers start at its first iteration."""
+    """The DataLoader that decodes `jobs` in spawned workers (never forked after zarr was used), one
+    DecodedItem per item, in job order; `decoded_batches` groups them. Workers start at its first iteration."""
     # One clip per worker item, regrouped by decoded_batches: every worker decodes a share of the first
     # batch, so the encoders get it sooner than if one worker decoded a whole batch.
-    workers = worker_settings([__name__, type(processor).__module__]) if num_workers else {}
     return torch.utils.data.DataLoader(
-        _JobList(jobs, processor), batch_size=None, shuffle=False, collate_fn=_as_is, num_workers=num_workers,
-        prefetch_factor=4 * batch_size if num_workers else None, persistent_workers=persistent_workers and num_workers > 0,
-        **workers)
+        _JobList(jobs, processor), batch_size=None, shuffle=False, collate_fn=_as_is,
+        num_workers=num_workers, multiprocessing_context="spawn" if num_workers else None,
+        prefetch_factor=4 * batch_size if num_workers else None, persistent_workers=persistent_workers and num_workers > 0)
 
 
 def decoded_batches(loader, *, batch_size: int):

@@ -225,21 +225,16 @@ def test_leftovers_are_cleaned_by_the_rerun_and_by_verify_repair(kill_chain, tmp
 
 
 def _reaped_children_cpu_ticks(pid: int) -> int:
-    """CPU clock ticks of the processes that `pid`'s descendants have run and waited for (cutime + cstime of each
-    in /proc): a decode worker's finished ffmpeg runs. The workers are the children of extract's forkserver
-    (core/loader_workers.py), so the whole tree below `pid` counts."""
+    """CPU clock ticks of the processes that `pid`'s children have run and waited for (cutime + cstime of each
+    child in /proc): a decode worker's finished ffmpeg runs."""
     total = 0
     for children in Path(f"/proc/{pid}/task").glob("*/children"):
-        try:
-            listed = children.read_text().split()
-        except FileNotFoundError:   # gone meanwhile
-            continue
-        for child in listed:
+        for child in children.read_text().split():
             try:
                 fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
-            except FileNotFoundError:
+            except FileNotFoundError:   # gone meanwhile
                 continue
-            total += int(fields[13]) + int(fields[14]) + _reaped_children_cpu_ticks(int(child))   # stat(5) 16, 17
+            total += int(fields[13]) + int(fields[14])   # fields 16 and 17 of stat(5): cutime, cstime
     return total
 
 

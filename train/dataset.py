@@ -1,7 +1,7 @@
 """Cached features -> training batches: which clips are usable, a per-clip dataset, collation, prefetch.
 
 Reads the store only through `core/store/` (`open_store`) and never builds an encoder. The store is opened lazily
-in each process that reads (DataLoader workers are never forked from a parent that has used Zarr).
+in each process that reads (DataLoader workers are spawned, never forked after the parent used Zarr).
 Collation pads audio to the longest clip of the batch and builds masks (True = real token).
 """
 
@@ -24,7 +24,6 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from mmfer.core.cache_facts import CacheFacts, read_cache_facts
 from mmfer.core.feature_spec import FeatureSpec
 from mmfer.core.store import ClipStatus, StoreError, StoreReader, open_store, set_codec_threads
-from mmfer.core.loader_workers import worker_settings
 from mmfer.train.batch import stack_clips
 
 log = logging.getLogger(__name__)
@@ -254,7 +253,7 @@ def _init_worker(_worker_id: int) -> None:
 class EpochSampler(Sampler[int]):
     """Yields the positions set for the current epoch (the loop sets them: shuffled, curriculum subset), or
     (position, view) pairs when views are set with them (`training.view_sampling`). The sampler runs in the
-    main process, so the views reach the persistent loader workers through the keys they are given."""
+    main process, so the views reach spawned, persistent loader workers through the keys they are given."""
 
     def __init__(self, indices: Iterable[int] = ()) -> None:
         self.indices = list(indices)
@@ -293,13 +292,12 @@ def rank_share(order: np.ndarray, *, batch_size: int, rank: int, world_size: int
 
 def make_loader(dataset: ClipDataset, sampler: Sampler, *, batch_size: int, num_workers: int,
                 seed: int, pin_memory: bool, prefetch_factor: int = 4) -> DataLoader:
-    """A DataLoader whose workers (core/loader_workers.py: forked from a clean server, never from this process,
-    which has used Zarr) run one thread each and stay alive across epochs. `pin_memory` (for a CUDA device) lets
-    `to_device` copy without blocking."""
+    """A DataLoader whose workers are spawned (fork after Zarr use can deadlock), one thread each, and stay
+    alive across epochs. `pin_memory` (for a CUDA device) lets `to_device` copy without blocking."""
     extra = {}
     if num_workers > 0:
-        extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor,
-                 **worker_settings([__name__], then=_init_worker)}
+        extra = {"multiprocessing_context": "spawn", "persistent_workers": True, "prefetch_factor": prefetch_factor,
+                 "worker_init_fn": _init_worker}
     collate = functools.partial(collate_clips, video_shape=dataset.video_shape, audio_dim=dataset.audio_shape[1])
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       collate_fn=collate, pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed), **extra)
